@@ -1,0 +1,368 @@
+"""The executor: ``run`` walks a pipeline, makes every model call and writes history.
+
+LLM steps run their calls concurrently in an anyio task group under an optional
+CapacityLimiter; each call has an optional ``fail_after`` timeout and tenacity retries.
+Outputs and history are assembled in pipeline order, so they never depend on which call
+finished first.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from time import monotonic
+from typing import Any, Protocol
+
+import anyio
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
+
+from ._history import CallRecord, History, StepRecord
+from ._llm_steps import LLMStep, Message, Request
+from ._pipeline import Parallel, Pipeline, Step, StepLike, _describe, as_step
+from ._transforms import Transform
+from .errors import ClientOutputError, EmptyInputError, StepFailedError
+
+__all__ = ("Client", "Retry", "run", "run_sync")
+
+
+class Client(Protocol):
+    """``async def client(model, messages, temp, max_tokens) -> (text, input_tokens,
+    output_tokens)``, called with keyword arguments. A token count may be None (unknown)."""
+
+    def __call__(
+        self, *, model: str, messages: list[dict[str, str]], temp: float, max_tokens: int
+    ) -> Awaitable[tuple[str, int | None, int | None]]: ...
+
+
+# Jitter only moves when a retry happens, never what a run returns; it has its own generator
+# so the global ``random`` module is never touched.
+_jitter = random.Random()
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """How a failed call is retried: up to ``attempts`` tries in all, waiting
+    ``initial * 2**k`` seconds (at most ``max_wait``) plus up to ``jitter`` times that, at
+    random, between tries. An exception is retried when it is an instance of ``retry_on``
+    and does not say ``retryable = False``; a ``retry_after`` attribute (seconds, as a
+    provider's 429 sends it) is the least wait.
+
+    ``Retry(attempts=1)`` never retries. The default is 3 attempts starting near 0.5 s.
+    """
+
+    attempts: int = 3
+    initial: float = 0.5
+    max_wait: float = 8.0
+    jitter: float = 0.5
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int) or self.attempts < 1:
+            raise ValueError(f"Retry(attempts=...): attempts must be an int >= 1, got {self.attempts!r}")
+        for name in ("initial", "max_wait", "jitter"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"Retry({name}=...): {name} must be a number >= 0, got {value!r}")
+        if isinstance(self.retry_on, type):
+            object.__setattr__(self, "retry_on", (self.retry_on,))
+        if not all(isinstance(t, type) and issubclass(t, BaseException) for t in self.retry_on):
+            raise TypeError(f"Retry(retry_on=...): retry_on must be exception types, got {self.retry_on!r}")
+
+    def should_retry(self, exc: BaseException) -> bool:
+        """Whether ``exc`` may be retried under this policy (attempts left aside)."""
+        return isinstance(exc, self.retry_on) and getattr(exc, "retryable", True) is not False
+
+    def wait(self, attempt: int, exc: BaseException | None = None) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        base = min(self.max_wait, self.initial * 2 ** (attempt - 1))
+        delay = base + self.jitter * base * _jitter.random()
+        after = getattr(exc, "retry_after", None)
+        if isinstance(after, (int, float)) and after > delay:
+            delay = float(after)
+        return delay
+
+    def _tenacity_wait(self, state: Any) -> float:
+        return self.wait(state.attempt_number, state.outcome.exception() if state.outcome else None)
+
+    def retrying(self) -> AsyncRetrying:
+        """A tenacity ``AsyncRetrying`` that carries out this policy on anyio's clock."""
+        return AsyncRetrying(
+            stop=stop_after_attempt(self.attempts),
+            wait=self._tenacity_wait,
+            retry=retry_if_exception(self.should_retry),
+            sleep=anyio.sleep,
+            reraise=True,
+        )
+
+
+DEFAULT_RETRY = Retry()
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _check_output(model: str, out: Any) -> tuple[str, int | None, int | None]:
+    if type(out) is not tuple and type(out) is not list or len(out) != 3:
+        raise ClientOutputError(model, out, "expected a tuple of 3 items")
+    text, tin, tout = out
+    if type(text) is not str:
+        raise ClientOutputError(model, out, f"the text must be a str, got {type(text).__name__}")
+    for name, n in (("input_tokens", tin), ("output_tokens", tout)):
+        if n is not None and (type(n) is not int or n < 0):
+            raise ClientOutputError(model, out, f"{name} must be an int >= 0 or None, got {n!r}")
+    return text, tin, tout
+
+
+class _Run:
+    """One run's state: the client, its limits and policy, and the prompt."""
+
+    __slots__ = ("client", "prompt", "limiter", "timeout", "retry")
+
+    def __init__(self, client: Client, prompt: str, limiter: anyio.CapacityLimiter | None,
+                 timeout: float | None, retry: Retry) -> None:
+        self.client = client
+        self.prompt = prompt
+        self.limiter = limiter
+        self.timeout = timeout
+        self.retry = retry
+
+    async def _attempt(self, req: Request) -> tuple[str, int | None, int | None]:
+        # The client gets its own copies: a client that edits its messages cannot edit history.
+        msgs = [dict(m) for m in req.messages]
+        call = self.client(model=req.model, messages=msgs, temp=req.temp, max_tokens=req.max_tokens)
+        if self.limiter is None:
+            if self.timeout is None:
+                return _check_output(req.model, await call)
+            with anyio.fail_after(self.timeout):
+                return _check_output(req.model, await call)
+        async with self.limiter:
+            if self.timeout is None:
+                return _check_output(req.model, await call)
+            with anyio.fail_after(self.timeout):
+                return _check_output(req.model, await call)
+
+    async def call(self, req: Request) -> tuple[CallRecord, BaseException | None]:
+        """One call with its retries, as a record; never raises but for cancellation."""
+        start = monotonic()
+        try:
+            text, tin, tout = await self._attempt(req)
+            return CallRecord(req.model, req.messages, req.temp, req.max_tokens, text, tin, tout,
+                              1, None, monotonic() - start), None
+        except Exception as exc:
+            first = exc
+        # The failure path: only here is tenacity's machinery built.
+        attempts = 1
+        try:
+            async for attempt in self.retry.retrying():
+                with attempt:
+                    attempts = attempt.retry_state.attempt_number
+                    if first is not None:
+                        exc, first = first, None
+                        raise exc
+                    text, tin, tout = await self._attempt(req)
+            return CallRecord(req.model, req.messages, req.temp, req.max_tokens, text, tin, tout,
+                              attempts, None, monotonic() - start), None
+        except Exception as exc:
+            return CallRecord(req.model, req.messages, req.temp, req.max_tokens, None, None, None,
+                              attempts, _error_text(exc), monotonic() - start), exc
+
+
+@dataclass(slots=True)
+class _Branch:
+    """The evolving state of one line of execution: its RNG, its records, and which step
+    (if any) emptied its responses."""
+
+    rng: random.Random
+    records: list[StepRecord]
+    emptied_by: str | None = None
+
+
+async def _exec(run: _Run, step: Step, responses: list[str], br: _Branch,
+                path: tuple[int, ...]) -> list[str]:
+    if isinstance(step, Pipeline):
+        for i, sub in enumerate(step.steps):
+            responses = await _exec(run, sub, responses, br, path + (i,))
+        return responses
+    if isinstance(step, LLMStep):
+        return await _exec_llm(run, step, responses, br, path)
+    if isinstance(step, Transform):
+        return _exec_transform(step, responses, br, path)
+    if isinstance(step, Parallel):
+        return await _exec_parallel(run, step, responses, br, path)
+    raise TypeError(f"moa cannot run {_describe(step)}: a step must derive from Transform, "
+                    f"LLMStep, Pipeline or Parallel")
+
+
+def _exec_transform(step: Transform, responses: list[str], br: _Branch,
+                    path: tuple[int, ...]) -> list[str]:
+    start = monotonic()
+    try:
+        out = step.apply(list(responses), br.rng)
+    except Exception as exc:
+        exc.add_note(f"in step {step!r} at path {path}")
+        raise
+    if type(out) is not list or not all(type(r) is str for r in out):
+        raise TypeError(f"{step!r}.apply must return a list of str, returned {_describe(out)}")
+    notes: tuple[str, ...] = ()
+    if responses and not out:
+        br.emptied_by = f"{step!r} at path {path}"
+        notes = (f"{step!r} left no responses",)
+    br.records.append(StepRecord(repr(step), path, "transform", tuple(responses), tuple(out),
+                                 (), notes, monotonic() - start))
+    return out
+
+
+async def _exec_llm(run: _Run, step: LLMStep, responses: list[str], br: _Branch,
+                    path: tuple[int, ...]) -> list[str]:
+    start = monotonic()
+    if step.needs_responses and not responses:
+        cause = (f"{br.emptied_by} left none" if br.emptied_by else
+                 "no step before it produced any; start the pipeline with Propose")
+        br.records.append(StepRecord(repr(step), path, "llm", (), (), (),
+                                     ("received no responses",), 0.0))
+        raise EmptyInputError(f"{step!r} received no responses: {cause}", step=repr(step),
+                              history=None)  # type: ignore[arg-type]
+    requests = step.requests(run.prompt, responses)
+    if len(requests) == 1:
+        results = [await run.call(requests[0])]
+    else:
+        results = [None] * len(requests)
+
+        async def one(i: int, req: Request) -> None:
+            results[i] = await run.call(req)
+
+        async with anyio.create_task_group() as tg:
+            for i, req in enumerate(requests):
+                tg.start_soon(one, i, req)
+    calls = tuple(r[0] for r in results)  # type: ignore[index]
+    replies = [c.text for c in calls]
+    ok = sum(c.ok for c in calls)
+    need = step.required(len(requests))
+    if ok < need or (not requests and step.needs_responses):
+        br.records.append(StepRecord(repr(step), path, "llm", tuple(responses), (), calls, (),
+                                     monotonic() - start))
+        for _, exc in results:  # type: ignore[misc]
+            if isinstance(exc, ClientOutputError):
+                raise exc
+        errors = "; ".join(f"{c.model}: {c.error}" for c in calls if c.error)
+        raise StepFailedError(
+            f"{step!r} failed: {ok} of {len(calls)} calls succeeded and it needs {need} ({errors})",
+            step=repr(step), history=None)  # type: ignore[arg-type]
+    out, notes = step.combine(run.prompt, list(responses), replies)
+    if failed := len(calls) - ok:
+        notes = [*notes, f"{failed} of {len(calls)} calls failed; the step went on with {ok}"]
+    if responses and not out:
+        br.emptied_by = f"{step!r} at path {path}"
+    br.records.append(StepRecord(repr(step), path, "llm", tuple(responses), tuple(out), calls,
+                                 tuple(notes), monotonic() - start))
+    return out
+
+
+async def _exec_parallel(run: _Run, step: Parallel, responses: list[str], br: _Branch,
+                         path: tuple[int, ...]) -> list[str]:
+    start = monotonic()
+    # Each branch gets its own generator, seeded from the parent in branch order, so the
+    # draws do not depend on how the branches interleave.
+    subs = [_Branch(random.Random(br.rng.getrandbits(64)), [], br.emptied_by)
+            for _ in step.branches]
+    outs: list[list[str] | None] = [None] * len(subs)
+    failures: list[BaseException | None] = [None] * len(subs)
+
+    async def branch(i: int, tg: anyio.abc.TaskGroup) -> None:
+        try:
+            outs[i] = await _exec(run, step.branches[i], responses, subs[i], path + (i,))
+        except Exception as exc:
+            failures[i] = exc
+            tg.cancel_scope.cancel()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for i in range(len(subs)):
+                tg.start_soon(branch, i, tg)
+    finally:
+        for sub in subs:
+            br.records.extend(sub.records)
+    for exc in failures:
+        if exc is not None:
+            raise exc
+    out = [r for o in outs for r in o]  # type: ignore[union-attr]
+    if responses and not out:
+        br.emptied_by = f"{step!r} at path {path}"
+    br.records.append(StepRecord(repr(step), path, "parallel", tuple(responses), tuple(out), (),
+                                 (), monotonic() - start))
+    return out
+
+
+def _check_run_args(prompt: object, client: object, seed: object, max_concurrency: object,
+                    timeout: object, retry: object) -> None:
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(f"run(prompt): prompt must be a non-empty str, got {prompt!r}")
+    if not callable(client):
+        raise TypeError("run(client): client must be an async callable "
+                        f"client(model, messages, temp, max_tokens), not {_describe(client)}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"run(seed=...): seed must be an int or None, not {_describe(seed)}")
+    if max_concurrency is not None and (isinstance(max_concurrency, bool) or
+                                        not isinstance(max_concurrency, int) or max_concurrency < 1):
+        raise ValueError("run(max_concurrency=...): max_concurrency must be an int >= 1 or None, "
+                         f"got {max_concurrency!r}")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not 0 < timeout < math.inf):
+        raise ValueError(f"run(timeout=...): timeout must be a number of seconds > 0 or None, "
+                         f"got {timeout!r}")
+    if retry is not None and not isinstance(retry, Retry):
+        raise TypeError(f"run(retry=...): retry must be a moa.Retry policy or None, "
+                        f"not {_describe(retry)}")
+
+
+async def run(
+    pipeline: StepLike,
+    prompt: str,
+    client: Client,
+    *,
+    seed: int | None = None,
+    max_concurrency: int | None = None,
+    timeout: float | None = None,
+    retry: Retry | None = None,
+) -> tuple[str, History]:
+    """Run ``pipeline`` on ``prompt``; return the final response and the run's history.
+
+    The final response is the first of the last step's outputs (all of them are in
+    ``history.outputs``), or ``""`` when a transform left none. ``seed`` seeds every random
+    step (drawn and recorded in history when None); ``max_concurrency`` caps calls in flight;
+    ``timeout`` bounds each call attempt in seconds; ``retry`` is the policy for failed calls.
+    A step that fails raises a :class:`~moa.errors.StepFailedError` carrying the history so far.
+    """
+    step = as_step(pipeline, where="run(pipeline)")
+    _check_run_args(prompt, client, seed, max_concurrency, timeout, retry)
+    if seed is None:
+        seed = secrets.randbits(63)
+    limiter = anyio.CapacityLimiter(max_concurrency) if max_concurrency else None
+    state = _Run(client, prompt, limiter, timeout, retry or DEFAULT_RETRY)
+    root = _Branch(random.Random(seed), [])
+    start = monotonic()
+    path = () if isinstance(step, Pipeline) else (0,)
+    try:
+        outputs = await _exec(state, step, [], root, path)
+    except StepFailedError as exc:
+        exc.history = History(prompt, seed, tuple(root.records), (), monotonic() - start)
+        raise
+    history = History(prompt, seed, tuple(root.records), tuple(outputs), monotonic() - start)
+    return (outputs[0] if outputs else ""), history
+
+
+def run_sync(
+    pipeline: StepLike,
+    prompt: str,
+    client: Client,
+    *,
+    backend: str = "asyncio",
+    **options: Any,
+) -> tuple[str, History]:
+    """``run`` for scripts: starts an event loop (``backend`` "asyncio" or "trio") and runs."""
+    return anyio.run(functools.partial(run, pipeline, prompt, client, **options), backend=backend)

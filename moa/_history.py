@@ -1,0 +1,177 @@
+"""Immutable records of a run: one per call, one per step, and the totals.
+
+Timing fields (``latency``, ``duration``, ``wall_time``) are excluded from ``==``, so two runs
+with the same seed and the same client outputs compare equal whatever the clock said.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ("CallRecord", "StepRecord", "History")
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One model call, after its retries. ``text`` is None and ``error`` says why when it failed.
+
+    ``input_tokens``/``output_tokens`` are None when the provider did not report them.
+    """
+
+    model: str
+    messages: tuple[Mapping[str, str], ...]
+    temp: float
+    max_tokens: int
+    text: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    attempts: int
+    error: str | None = None
+    latency: float = field(default=0.0, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    # The seed's per-call dict keys, so ``call["in_tokens"]`` keeps working.
+    def __getitem__(self, key: str) -> Any:
+        seed_names = {"in_tokens": "input_tokens", "out_tokens": "output_tokens", "time": "latency"}
+        try:
+            return getattr(self, seed_names.get(key, key))
+        except AttributeError:
+            raise KeyError(key) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "messages": [dict(m) for m in self.messages],
+            "temp": self.temp,
+            "max_tokens": self.max_tokens,
+            "text": self.text,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "attempts": self.attempts,
+            "error": self.error,
+            "latency": self.latency,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """One step as it ran: the expression that built it, where it sits, what it produced.
+
+    ``path`` locates the step in the pipeline tree: ``(2,)`` is the third top-level step,
+    ``(2, 1, 0)`` the first step of the second branch of a parallel third step.
+    ``notes`` records every decision the user should see (a judge reply that could not be
+    parsed and the fallback taken, the step that emptied the responses).
+    """
+
+    step: str
+    path: tuple[int, ...]
+    kind: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    calls: tuple[CallRecord, ...] = ()
+    notes: tuple[str, ...] = ()
+    duration: float = field(default=0.0, compare=False)
+
+    # Seed names.
+    @property
+    def llm_calls(self) -> tuple[CallRecord, ...]:
+        return self.calls
+
+    @property
+    def step_time(self) -> float:
+        return self.duration
+
+    def __getitem__(self, key: str) -> Any:
+        if key in ("step", "outputs", "llm_calls", "step_time", "calls", "notes", "path"):
+            return getattr(self, key)
+        raise KeyError(key)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "path": list(self.path),
+            "kind": self.kind,
+            "inputs": list(self.inputs),
+            "outputs": list(self.outputs),
+            "calls": [c.to_dict() for c in self.calls],
+            "notes": list(self.notes),
+            "duration": self.duration,
+        }
+
+
+def _sum_known(values: Iterator[int | None]) -> int | None:
+    total = 0
+    for v in values:
+        if v is None:
+            return None
+        total += v
+    return total
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """Everything a run did, in pipeline order (never in completion order).
+
+    Iterating yields the step records, as the seed's list of step dicts did. ``seed`` is the
+    seed the run's RNG used (drawn at random when ``run`` was given none), so any run can be
+    replayed.
+    """
+
+    prompt: str
+    seed: int
+    steps: tuple[StepRecord, ...]
+    outputs: tuple[str, ...]
+    wall_time: float = field(default=0.0, compare=False)
+
+    def __iter__(self) -> Iterator[StepRecord]:
+        return iter(self.steps)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __getitem__(self, index: int) -> StepRecord:
+        return self.steps[index]
+
+    @property
+    def calls(self) -> tuple[CallRecord, ...]:
+        """Every call of the run, in pipeline order."""
+        return tuple(c for s in self.steps for c in s.calls)
+
+    @property
+    def failed_calls(self) -> tuple[CallRecord, ...]:
+        return tuple(c for c in self.calls if not c.ok)
+
+    @property
+    def total_calls(self) -> int:
+        return sum(len(s.calls) for s in self.steps)
+
+    @property
+    def input_tokens(self) -> int | None:
+        """Input tokens over all calls; None when any call's count is unknown."""
+        return _sum_known(c.input_tokens for c in self.calls)
+
+    @property
+    def output_tokens(self) -> int | None:
+        """Output tokens over all calls; None when any call's count is unknown."""
+        return _sum_known(c.output_tokens for c in self.calls)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable copy."""
+        return {
+            "prompt": self.prompt,
+            "seed": self.seed,
+            "steps": [s.to_dict() for s in self.steps],
+            "outputs": list(self.outputs),
+            "wall_time": self.wall_time,
+            "totals": {
+                "calls": self.total_calls,
+                "failed_calls": len(self.failed_calls),
+                "input_tokens": self.input_tokens,
+                "output_tokens": self.output_tokens,
+            },
+        }

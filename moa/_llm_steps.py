@@ -1,0 +1,381 @@
+"""LLM steps: Propose, Synthesize, Aggregate, Refine, Rank, Vote, and the base for your own.
+
+A step only describes its calls (:meth:`LLMStep.requests`) and how the replies become the new
+responses (:meth:`LLMStep.combine`); the executor makes the calls, with concurrency, limits,
+timeouts, retries and history. Message layout: the step's instruction is the system message,
+the numbered responses and the user's question form the user message.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import ClassVar, Mapping
+
+from ._pipeline import Step, _describe
+
+__all__ = (
+    "LLMStep",
+    "Request",
+    "Propose",
+    "Synthesize",
+    "Aggregate",
+    "Refine",
+    "Rank",
+    "Vote",
+    "parse_ranking",
+    "DEFAULT_TEMP",
+    "DEFAULT_MAX_TOKENS",
+)
+
+DEFAULT_TEMP = 0.7
+DEFAULT_MAX_TOKENS = 2048
+
+SYNTHESIZE_PROMPT = (
+    "You are given several responses to the user's question. Some may be wrong or biased. "
+    "Write one new, better response: keep what is correct, fix what is wrong, add what is "
+    "missing. Answer the question directly and do not mention the responses."
+)
+AGGREGATE_PROMPT = (
+    "You are given several responses to the user's question. Some may be wrong or biased. "
+    "Combine them into one final answer: keep what is correct, fix what is wrong. Answer the "
+    "question directly and do not mention the responses."
+)
+REFINE_PROMPT = (
+    "Improve the response to the user's question: correct its mistakes, fill its gaps and keep "
+    "what is right. Reply with the improved response only."
+)
+RANK_PROMPT = (
+    "Rank the numbered responses by how well they answer the user's question, best first. "
+    "Reply with the numbers of the best {n} responses only, comma-separated, best first "
+    "(for example: 3, 1, 2)."
+)
+VOTE_PROMPT = (
+    "These responses answer the same question. Find the answer that most of them agree on; "
+    "if there is no clear majority, pick the most accurate one. Reply with only that answer, "
+    "restated clearly."
+)
+
+Message = Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One call an LLM step asks for. ``messages`` are read-only mappings of role and content."""
+
+    model: str
+    messages: tuple[Message, ...]
+    temp: float
+    max_tokens: int
+
+
+def messages(*pairs: tuple[str, str]) -> tuple[Message, ...]:
+    """Read-only ``{"role", "content"}`` messages from ``(role, content)`` pairs."""
+    return tuple(MappingProxyType({"role": role, "content": content}) for role, content in pairs)
+
+
+def numbered(responses: Sequence[str]) -> str:
+    """The responses as the user message shows them: ``Response 1:`` and its text, and so on."""
+    return "\n\n".join(f"Response {i}:\n{text}" for i, text in enumerate(responses, 1))
+
+
+def _with_responses(instruction: str, prompt: str, responses: Sequence[str]) -> tuple[Message, ...]:
+    # Responses first and the question last: small models answer what they read last.
+    return messages(
+        ("system", instruction),
+        ("user", f"{numbered(responses)}\n\nQuestion:\n{prompt}"),
+    )
+
+
+# -- validation, at construction ----------------------------------------------------------------
+def _check_agent(step: str, agent: object) -> None:
+    if isinstance(agent, (list, tuple)):
+        raise TypeError(
+            f"{step}(agent): takes one model name, not a list; for several models use "
+            f"Propose/Synthesize/Refine, or pick one: {step}({agent[0]!r})" if agent else
+            f"{step}(agent): takes one model name, not an empty list"
+        )
+    if not isinstance(agent, str) or not agent:
+        raise TypeError(f"{step}(agent): agent must be a non-empty model name, not {_describe(agent)}")
+
+
+def _agents(step: str, agents: object) -> tuple[str, ...]:
+    if isinstance(agents, str):
+        raise TypeError(
+            f"{step}(agents): agents must be a list of model names, not a bare string; "
+            f"did you mean {step}([{agents!r}])?"
+        )
+    if not isinstance(agents, (list, tuple)):
+        raise TypeError(f"{step}(agents): agents must be a list of model names, not {_describe(agents)}")
+    if not agents:
+        raise ValueError(f"{step}(agents): agents must name at least one model, got []")
+    for a in agents:
+        if not isinstance(a, str) or not a:
+            raise TypeError(f"{step}(agents): every agent must be a non-empty model name, "
+                            f"not {_describe(a)}")
+    return tuple(agents)
+
+
+def _check_sampling(step: str, temp: object, max_tokens: object, prompt: object) -> None:
+    if isinstance(temp, bool) or not isinstance(temp, (int, float)) or not temp >= 0:
+        raise ValueError(f"{step}(temp=...): temp must be a number >= 0, got {temp!r}")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ValueError(f"{step}(max_tokens=...): max_tokens must be an int >= 1, got {max_tokens!r}")
+    if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()):
+        raise ValueError(f"{step}(prompt=...): prompt must be a non-empty str or None for the "
+                         f"default, got {prompt!r}")
+
+
+def _check_min_success(step: str, min_success: object, most: int | None) -> None:
+    if isinstance(min_success, bool) or not isinstance(min_success, int) or min_success < 1:
+        raise ValueError(f"{step}(min_success=...): min_success must be an int >= 1, "
+                         f"got {min_success!r}")
+    if most is not None and min_success > most:
+        raise ValueError(f"{step}(min_success=...): min_success={min_success} exceeds the "
+                         f"{most} agents, so the step could never succeed")
+
+
+class LLMStep(Step):
+    """A step that calls models. Subclasses describe their calls and how the replies become
+    the new responses; the executor does the calling.
+
+    ``needs_responses``: the step has nothing to work on without current responses, and the
+    executor raises :class:`~moa.errors.EmptyInputError` rather than call with none.
+    """
+
+    __slots__ = ()
+    needs_responses: ClassVar[bool] = True
+
+    def requests(self, prompt: str, responses: list[str]) -> list[Request]:
+        """The calls to make, in the order their replies are passed to :meth:`combine`."""
+        raise NotImplementedError
+
+    def required(self, n_requests: int) -> int:
+        """How many of the calls must succeed for the step to succeed (default: all)."""
+        return n_requests
+
+    def combine(
+        self, prompt: str, responses: list[str], replies: list[str | None]
+    ) -> tuple[list[str], list[str]]:
+        """The new responses and any notes for history, from the replies in request order
+        (None where a call failed)."""
+        raise NotImplementedError
+
+
+class _MultiAgent(LLMStep):
+    """Shared by the steps whose calls may partly fail: keep the successful replies in order."""
+
+    __slots__ = ()
+
+    def required(self, n_requests: int) -> int:
+        return min(self.min_success, n_requests)  # type: ignore[attr-defined]
+
+    def combine(self, prompt, responses, replies):  # type: ignore[no-untyped-def]
+        return [r for r in replies if r is not None], []
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Propose(_MultiAgent):
+    """Every agent answers the user's prompt alone, concurrently; the answers, in agent order,
+    replace the current responses."""
+
+    agents: tuple[str, ...]
+    temp: float = DEFAULT_TEMP
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    min_success: int = 1
+    _positional: ClassVar[int] = 1
+    needs_responses: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "agents", _agents("Propose", self.agents))
+        _check_sampling("Propose", self.temp, self.max_tokens, None)
+        _check_min_success("Propose", self.min_success, len(self.agents))
+
+    def requests(self, prompt: str, responses: list[str]) -> list[Request]:
+        msgs = messages(("user", prompt))
+        return [Request(a, msgs, self.temp, self.max_tokens) for a in self.agents]
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Synthesize(_MultiAgent):
+    """Every agent reads the prompt and all current responses and writes a new response; the
+    new responses, in agent order, replace the old."""
+
+    agents: tuple[str, ...]
+    prompt: str | None = None
+    temp: float = DEFAULT_TEMP
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    min_success: int = 1
+    _positional: ClassVar[int] = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "agents", _agents("Synthesize", self.agents))
+        _check_sampling("Synthesize", self.temp, self.max_tokens, self.prompt)
+        _check_min_success("Synthesize", self.min_success, len(self.agents))
+
+    def requests(self, prompt: str, responses: list[str]) -> list[Request]:
+        msgs = _with_responses(self.prompt or SYNTHESIZE_PROMPT, prompt, responses)
+        return [Request(a, msgs, self.temp, self.max_tokens) for a in self.agents]
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Refine(_MultiAgent):
+    """Each response is improved on its own; agents take the responses round-robin. The
+    refined responses keep the order of the originals."""
+
+    agents: tuple[str, ...]
+    prompt: str | None = None
+    temp: float = DEFAULT_TEMP
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    min_success: int = 1
+    _positional: ClassVar[int] = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "agents", _agents("Refine", self.agents))
+        _check_sampling("Refine", self.temp, self.max_tokens, self.prompt)
+        _check_min_success("Refine", self.min_success, None)
+
+    def requests(self, prompt: str, responses: list[str]) -> list[Request]:
+        instruction = self.prompt or REFINE_PROMPT
+        agents = self.agents
+        return [
+            Request(
+                agents[i % len(agents)],
+                messages(("system", instruction),
+                         ("user", f"Question:\n{prompt}\n\nResponse to improve:\n{text}")),
+                self.temp,
+                self.max_tokens,
+            )
+            for i, text in enumerate(responses)
+        ]
+
+
+class _Judge(LLMStep):
+    """One call over all current responses; its failure fails the step."""
+
+    __slots__ = ()
+
+    def _instruction(self) -> str:
+        raise NotImplementedError
+
+    def requests(self, prompt: str, responses: list[str]) -> list[Request]:
+        msgs = _with_responses(self._instruction(), prompt, responses)
+        return [Request(self.agent, msgs, self.temp, self.max_tokens)]  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Aggregate(_Judge):
+    """One agent combines all current responses into the single final response."""
+
+    agent: str
+    prompt: str | None = None
+    temp: float = DEFAULT_TEMP
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    _positional: ClassVar[int] = 1
+
+    def __post_init__(self) -> None:
+        _check_agent("Aggregate", self.agent)
+        _check_sampling("Aggregate", self.temp, self.max_tokens, self.prompt)
+
+    def _instruction(self) -> str:
+        return self.prompt or AGGREGATE_PROMPT
+
+    def combine(self, prompt, responses, replies):  # type: ignore[no-untyped-def]
+        return [replies[0]], []
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Vote(_Judge):
+    """A judge finds the consensus among the responses; its reply (the consensus answer,
+    restated) is the single output."""
+
+    agent: str
+    prompt: str | None = None
+    temp: float = DEFAULT_TEMP
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    _positional: ClassVar[int] = 1
+
+    def __post_init__(self) -> None:
+        _check_agent("Vote", self.agent)
+        _check_sampling("Vote", self.temp, self.max_tokens, self.prompt)
+
+    def _instruction(self) -> str:
+        return self.prompt or VOTE_PROMPT
+
+    def combine(self, prompt, responses, replies):  # type: ignore[no-untyped-def]
+        return [replies[0]], []
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Rank(_Judge):
+    """A judge orders the responses; the best ``n`` are kept verbatim, in the judge's order.
+
+    The judge may list only its top ``n``. Its reply is read by :func:`parse_ranking`. When no
+    response number can be read from it, the first ``n`` responses are kept in their current
+    order; when it names fewer than ``n``, only those are kept. Either way a note in history
+    says so, beside the judge's raw reply.
+    """
+
+    agent: str
+    n: int = 3
+    prompt: str | None = None
+    temp: float = DEFAULT_TEMP
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    _positional: ClassVar[int] = 1
+
+    def __post_init__(self) -> None:
+        _check_agent("Rank", self.agent)
+        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
+            raise ValueError(f"Rank(n=...): n must be an int >= 1, got {self.n!r}")
+        _check_sampling("Rank", self.temp, self.max_tokens, self.prompt)
+
+    def _instruction(self) -> str:
+        # replace, not format: a user's prompt may hold JSON braces.
+        return (self.prompt or RANK_PROMPT).replace("{n}", str(self.n))
+
+    def combine(self, prompt, responses, replies):  # type: ignore[no-untyped-def]
+        want = min(self.n, len(responses))
+        order = parse_ranking(replies[0], len(responses))[:want]
+        if not order:
+            return responses[:want], [
+                f"Rank: no response number (1-{len(responses)}) could be read from the judge's "
+                f"reply; kept the first {want} responses in their current order"
+            ]
+        notes = []
+        if len(order) < want:
+            notes.append(f"Rank: the judge named {len(order)} of the {want} responses asked "
+                         f"for; kept only those")
+        return [responses[i] for i in order], notes
+
+
+_REFERENCE = re.compile(r"(?:\bresponses?\s*#?\s*|#|\[)\s*(\d+)", re.IGNORECASE)
+_NUMBER_RUN = re.compile(r"\d+(?:\s*(?:[,;>/]|\band\b|\bthen\b|\s)\s*\d+)*", re.IGNORECASE)
+
+
+def parse_ranking(text: str, count: int) -> list[int]:
+    """The 0-based indices, best first, that a judge's reply ranks among ``count`` responses.
+
+    Two readings compete: the explicit references ("Response 3", "#3", "[3]") in order, and
+    the longest run of numbers joined by commas, ``>``, "and" or spaces; the one naming more
+    responses wins, the references on a tie. So "I compared 5 responses: 3, 1" reads as 3
+    then 1, and "2 > 1 > 3. Response 2 wins" as 2, 1, 3. Numbers outside 1..count and
+    repeats are ignored. An empty list means nothing could be read.
+    """
+    refs = _valid(_REFERENCE.findall(text), count)
+    runs = [_valid(re.findall(r"\d+", m.group()), count)
+            for m in _NUMBER_RUN.finditer(text)]
+    longest = max(runs, key=len, default=[])
+    return refs if len(refs) >= len(longest) else longest
+
+
+def _valid(digits: list[str], count: int) -> list[int]:
+    """1-based numbers to 0-based indices, dropping those out of range and repeats."""
+    seen: list[int] = []
+    for d in digits:
+        # int() of a huge digit string is slow or refused; no index is that long anyway.
+        i = int(d) if len(d) <= 9 else 0
+        if 1 <= i <= count and i - 1 not in seen:
+            seen.append(i - 1)
+    return seen

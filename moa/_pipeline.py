@@ -1,0 +1,196 @@
+"""Step, Pipeline and Parallel: immutable values joined by ``|``, ``&`` and ``*``.
+
+Each operator is a one-line alias of a named method (``a | b`` is ``a.then(b)``, ``a & b`` is
+``a.alongside(b)``, ``s * n`` is ``s.repeat(n)``). Construction flattens, so the laws of the
+algebra hold as ``==``: ``(a | b) | c == a | (b | c)``, ``Pipeline() | a == a``,
+``(a & b) & c == a & (b & c)``, ``s * (m + n) == s * m | s * n``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator
+from typing import Any, ClassVar, Union
+
+__all__ = ("Step", "Pipeline", "Parallel", "pipeline", "parallel", "as_step")
+
+#: What ``|`` and ``run`` accept where a step is expected: a step, or a list of them (seed style).
+StepLike = Union["Step", list, tuple]
+
+
+def _show(value: Any) -> str:
+    """The source text of one constructor argument."""
+    if isinstance(value, tuple):
+        return repr(list(value))
+    if callable(value) and not isinstance(value, Step):
+        name = getattr(value, "__qualname__", None) or getattr(value, "__name__", None)
+        return name if name and "<" not in name else repr(value)
+    return repr(value)
+
+
+def _describe(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def as_step(value: Any, *, where: str = "a pipeline") -> Step:
+    """``value`` as a Step: a Step is itself, a list or tuple of steps is their Pipeline."""
+    if isinstance(value, Step):
+        return value
+    if isinstance(value, (list, tuple)):
+        return Pipeline(*value)
+    raise TypeError(
+        f"{where} must be a step, a pipeline or a list of steps, not {_describe(value)}"
+    )
+
+
+class Step:
+    """A pipeline stage: an immutable value, hashable and equal by value.
+
+    Subclasses are frozen dataclasses; the repr prints the first ``_positional`` fields as
+    positional arguments and every other field that differs from its default as a keyword,
+    so ``eval(repr(step)) == step`` for a step without user functions.
+    """
+
+    __slots__ = ()
+    _positional: ClassVar[int] = 0
+
+    # -- the algebra ----------------------------------------------------------------------
+    def then(self, other: StepLike) -> Step:
+        """Run ``self``, then ``other`` on its outputs (``self | other``)."""
+        return Pipeline(self, as_step(other, where=f"the right operand of {self!r} | ..."))
+
+    def alongside(self, other: StepLike) -> Step:
+        """Run ``self`` and ``other`` concurrently on the same input and concatenate their
+        outputs, ``self``'s first (``self & other``)."""
+        return Parallel(self, as_step(other, where=f"the right operand of {self!r} & ..."))
+
+    def repeat(self, n: int) -> Step:
+        """``self`` run ``n`` times in sequence (``self * n``); ``n == 0`` is the identity."""
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"a step repeats a whole number of times, not {_describe(n)}")
+        if n < 0:
+            raise ValueError(f"a step repeats n >= 0 times, got {n}")
+        return Pipeline(*([self] * n))
+
+    def __or__(self, other: StepLike) -> Step:
+        return self.then(other)
+
+    def __ror__(self, other: StepLike) -> Step:
+        return as_step(other, where=f"the left operand of ... | {self!r}").then(self)
+
+    def __and__(self, other: StepLike) -> Step:
+        return self.alongside(other)
+
+    def __rand__(self, other: StepLike) -> Step:
+        return as_step(other, where=f"the left operand of ... & {self!r}").alongside(self)
+
+    def __mul__(self, n: int) -> Step:
+        return self.repeat(n)
+
+    def __rmul__(self, n: int) -> Step:
+        return self.repeat(n)
+
+    # -- value behaviour for dataclass steps --------------------------------------------------
+    def __repr__(self) -> str:
+        fields = dataclasses.fields(self)  # type: ignore[arg-type]
+        args = [_show(getattr(self, f.name)) for f in fields[: self._positional]]
+        for f in fields[self._positional :]:
+            value = getattr(self, f.name)
+            if f.default is dataclasses.MISSING or value != f.default:
+                args.append(f"{f.name}={_show(value)}")
+        return f"{type(self).__name__}({', '.join(args)})"
+
+
+class Pipeline(Step):
+    """Steps run in sequence, each on the previous one's outputs.
+
+    ``Pipeline()`` is the identity; ``Pipeline(a)`` is ``a`` itself; nested pipelines and
+    lists are flattened, so equal compositions compare equal.
+    """
+
+    __slots__ = ("steps",)
+    steps: tuple[Step, ...]
+
+    def __new__(cls, *steps: StepLike) -> Step:  # type: ignore[misc]
+        flat: list[Step] = []
+        for s in steps:
+            s = as_step(s, where="each argument of Pipeline(...)")
+            flat.extend(s.steps if isinstance(s, Pipeline) else (s,))
+        if len(flat) == 1:
+            return flat[0]
+        self = object.__new__(cls)
+        object.__setattr__(self, "steps", tuple(flat))
+        return self
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Pipeline and other.steps == self.steps
+
+    def __hash__(self) -> int:
+        return hash((Pipeline, self.steps))
+
+    def __iter__(self) -> Iterator[Step]:
+        return iter(self.steps)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __repr__(self) -> str:
+        if not self.steps:
+            return "Pipeline()"
+        return " | ".join(f"({s!r})" if isinstance(s, Parallel) else repr(s) for s in self.steps)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Pipeline, self.steps)
+
+
+class Parallel(Step):
+    """Branches run concurrently on the same input; their outputs are concatenated in branch
+    order. Nested Parallels are flattened; one branch is that branch itself."""
+
+    __slots__ = ("branches",)
+    branches: tuple[Step, ...]
+
+    def __new__(cls, *branches: StepLike) -> Step:  # type: ignore[misc]
+        flat: list[Step] = []
+        for b in branches:
+            b = as_step(b, where="each argument of Parallel(...)")
+            flat.extend(b.branches if isinstance(b, Parallel) else (b,))
+        if not flat:
+            raise ValueError("Parallel needs at least one branch")
+        if len(flat) == 1:
+            return flat[0]
+        self = object.__new__(cls)
+        object.__setattr__(self, "branches", tuple(flat))
+        return self
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Parallel and other.branches == self.branches
+
+    def __hash__(self) -> int:
+        return hash((Parallel, self.branches))
+
+    def __repr__(self) -> str:
+        return " & ".join(
+            f"({b!r})" if isinstance(b, Pipeline) and b.steps else repr(b) for b in self.branches
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Parallel, self.branches)
+
+
+def pipeline(*steps: StepLike) -> Step:
+    """The named form of ``|``: ``pipeline(a, b, c) == a | b | c``."""
+    return Pipeline(*steps)
+
+
+def parallel(*branches: StepLike) -> Step:
+    """The named form of ``&``: ``parallel(a, b) == a & b``."""
+    return Parallel(*branches)
+
+

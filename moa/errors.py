@@ -1,0 +1,74 @@
+"""The exceptions moa raises. Every one derives from :class:`MoaError`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._history import History
+
+__all__ = (
+    "MoaError",
+    "ClientOutputError",
+    "ProviderError",
+    "StepFailedError",
+    "EmptyInputError",
+)
+
+
+class MoaError(Exception):
+    """Base class of moa's errors."""
+
+
+class ClientOutputError(MoaError, TypeError):
+    """A client returned something other than ``(text, input_tokens, output_tokens)``.
+
+    Never retried: a client with the wrong shape is a bug, not a transient failure.
+    """
+
+    retryable = False
+
+    def __init__(self, model: str, returned: Any, rule: str) -> None:
+        shown = repr(returned)
+        if len(shown) > 200:
+            shown = shown[:200] + "..."
+        super().__init__(
+            f"client returned {shown} for model {model!r}: {rule}; a client must return "
+            "(text: str, input_tokens: int, output_tokens: int)"
+        )
+        self.model = model
+        self.returned = returned
+
+
+class ProviderError(MoaError):
+    """A provider call failed. ``retryable`` says whether the retry policy may try again;
+    ``retry_after`` (seconds), when the provider sent one, is the least wait before it does."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        model: str,
+        retryable: bool,
+        retry_after: float | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(f"{model}: {message}")
+        self.model = model
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.status = status
+
+
+class StepFailedError(MoaError):
+    """A step could not produce its outputs; ``history`` holds everything run so far,
+    the failed step's calls included."""
+
+    def __init__(self, message: str, *, step: str, history: History) -> None:
+        super().__init__(message)
+        self.step = step
+        self.history = history
+
+
+class EmptyInputError(StepFailedError):
+    """An LLM step that needs responses received none."""
