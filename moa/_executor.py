@@ -132,19 +132,22 @@ class _Run:
         self.retry = retry
 
     async def _attempt(self, req: Request) -> tuple[str, int | None, int | None]:
+        if self.limiter is None:
+            return await self._send(req)
+        async with self.limiter:
+            return await self._send(req)
+
+    async def _send(self, req: Request) -> tuple[str, int | None, int | None]:
         # The client gets its own copies: a client that edits its messages cannot edit history.
         msgs = [dict(m) for m in req.messages]
-        call = self.client(model=req.model, messages=msgs, temp=req.temp, max_tokens=req.max_tokens)
-        if self.limiter is None:
-            if self.timeout is None:
-                return _check_output(req.model, await call)
+        if self.timeout is None:
+            out = await self.client(model=req.model, messages=msgs, temp=req.temp,
+                                    max_tokens=req.max_tokens)
+        else:
             with anyio.fail_after(self.timeout):
-                return _check_output(req.model, await call)
-        async with self.limiter:
-            if self.timeout is None:
-                return _check_output(req.model, await call)
-            with anyio.fail_after(self.timeout):
-                return _check_output(req.model, await call)
+                out = await self.client(model=req.model, messages=msgs, temp=req.temp,
+                                        max_tokens=req.max_tokens)
+        return _check_output(req.model, out)
 
     async def call(self, req: Request) -> tuple[CallRecord, BaseException | None]:
         """One call with its retries, as a record; never raises but for cancellation."""

@@ -23,8 +23,9 @@ def _show(value: Any) -> str:
     if isinstance(value, tuple):
         return repr(list(value))
     if callable(value) and not isinstance(value, Step):
+        # A function prints as its name, as it was written in the building expression.
         name = getattr(value, "__qualname__", None) or getattr(value, "__name__", None)
-        return name if name and "<" not in name else repr(value)
+        return name if isinstance(name, str) else repr(value)
     return repr(value)
 
 

@@ -1,0 +1,160 @@
+"""Ready-made pipelines from the Mixture-of-Agents papers, as functions returning plain values.
+
+Each recipe returns an ordinary :class:`~moa.Pipeline`, so it prints as the expression that
+builds it, compares by ``==`` and composes with ``|`` like any hand-written pipeline. With its
+defaults every recipe equals the seed library's pipeline of the same name:
+
+>>> from moa import Aggregate, Propose
+>>> from moa.recipes import self_moa
+>>> self_moa() == Propose(["gpt-5-nano-2025-08-07"] * 6, temp=0.7) | Aggregate("gpt-5-nano-2025-08-07")
+True
+
+Papers: Wang et al. (2024), "Mixture-of-Agents Enhances Large Language Model Capabilities",
+arXiv:2406.04692; Li et al. (2025), "Rethinking Mixture-of-Agents: Is Mixing Different Large
+Language Models Beneficial?", arXiv:2502.00674.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from ._llm_steps import DEFAULT_MAX_TOKENS, DEFAULT_TEMP, Aggregate, Propose, Synthesize
+from ._pipeline import Step, _describe
+from ._transforms import Dropout, Shuffle
+
+__all__ = (
+    "PROPOSERS",
+    "ROBUST_PROPOSERS",
+    "together_moa",
+    "moa_lite",
+    "self_moa",
+    "robust_moa",
+)
+
+#: The six open models of Wang et al. (2024)'s benchmark-winning Together MoA configuration.
+PROPOSERS: tuple[str, ...] = (
+    "wizardlm-2-8x22b",
+    "qwen1.5-110b-chat",
+    "qwen1.5-72b-chat",
+    "llama-3-70b-instruct",
+    "mixtral-8x22b-instruct",
+    "dbrx-instruct",
+)
+
+#: The seed's robust_moa proposers: four models from different providers.
+ROBUST_PROPOSERS: tuple[str, ...] = (
+    "gpt-5-nano-2025-08-07",
+    "claude-sonnet-4-5",
+    "llama-70b",
+    "gemini-2.5-flash",
+)
+
+
+# -- argument checks, named after the recipe so the error points at the call the user wrote ----
+def _models(recipe: str, arg: str, value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        raise TypeError(f"{recipe}({arg}=...): {arg} must be a list of model names, not a bare "
+                        f"string; did you mean {arg}=[{value!r}]?")
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"{recipe}({arg}=...): {arg} must be a list of model names, "
+                        f"not {_describe(value)}")
+    if not value:
+        raise ValueError(f"{recipe}({arg}=...): {arg} must name at least one model, got []")
+    for m in value:
+        if not isinstance(m, str) or not m:
+            raise TypeError(f"{recipe}({arg}=...): every model must be a non-empty name, "
+                            f"not {_describe(m)}")
+    return tuple(value)
+
+
+def _model(recipe: str, arg: str, value: object) -> str:
+    if isinstance(value, (list, tuple)):
+        raise TypeError(f"{recipe}({arg}=...): {arg} is one model name, not a list "
+                        f"({_describe(value)})")
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"{recipe}({arg}=...): {arg} must be a non-empty model name, "
+                        f"not {_describe(value)}")
+    return value
+
+
+def _build(recipe: str, make: Callable[[], Step]) -> Step:
+    """``make()``, with a step's own argument errors prefixed by the recipe's name."""
+    try:
+        return make()
+    except (TypeError, ValueError) as exc:
+        kind = TypeError if isinstance(exc, TypeError) else ValueError
+        raise kind(f"{recipe}: {exc}") from exc
+
+
+# -- the recipes ----------------------------------------------------------------------------------
+def together_moa(
+    proposers: Sequence[str] = PROPOSERS,
+    aggregator: str = "qwen1.5-110b-chat",
+    *,
+    temp: float = 0.7,
+    max_tokens: int = 512,
+) -> Step:
+    """Together MoA, Wang et al. (2024, arXiv:2406.04692): 3 layers of 6 open proposers and a
+    Qwen aggregator; 65.1% on AlpacaEval 2.0. ``temp``/``max_tokens`` set the proposer layers."""
+    p = _models("together_moa", "proposers", proposers)
+    agg = _model("together_moa", "aggregator", aggregator)
+    return _build("together_moa", lambda: (
+        Propose(p, temp=temp, max_tokens=max_tokens)
+        | Synthesize(p, temp=temp, max_tokens=max_tokens)
+        | Synthesize(p, temp=temp, max_tokens=max_tokens)
+        | Aggregate(agg)
+    ))
+
+
+def moa_lite(
+    proposers: Sequence[str] = PROPOSERS,
+    aggregator: str = "qwen1.5-72b-chat",
+    *,
+    temp: float = 0.7,
+    max_tokens: int = 512,
+) -> Step:
+    """MoA-Lite, Wang et al. (2024, arXiv:2406.04692): the cost-optimised 2-layer variant
+    (one Synthesize layer, Qwen1.5-72B aggregator), which still beats GPT-4o."""
+    p = _models("moa_lite", "proposers", proposers)
+    agg = _model("moa_lite", "aggregator", aggregator)
+    return _build("moa_lite", lambda: (
+        Propose(p, temp=temp, max_tokens=max_tokens)
+        | Synthesize(p, temp=temp, max_tokens=max_tokens)
+        | Aggregate(agg)
+    ))
+
+
+def self_moa(
+    model: str = "gpt-5-nano-2025-08-07",
+    n: int = 6,
+    *,
+    temp: float = DEFAULT_TEMP,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+) -> Step:
+    """Self-MoA, Li et al. (2025, arXiv:2502.00674): one strong model sampled ``n`` times at
+    ``temp``, then aggregated by itself; it can beat mixtures of different models."""
+    m = _model("self_moa", "model", model)
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"self_moa(n=...): n must be an int >= 1, not {_describe(n)}")
+    if n < 1:
+        raise ValueError(f"self_moa(n=...): n must be >= 1 samples, got {n}")
+    return _build("self_moa", lambda: (
+        Propose([m] * n, temp=temp, max_tokens=max_tokens) | Aggregate(m)
+    ))
+
+
+def robust_moa(
+    proposers: Sequence[str] = ROBUST_PROPOSERS,
+    aggregator: str = "gpt-5-nano-2025-08-07",
+    dropout: float = 0.2,
+    *,
+    temp: float = DEFAULT_TEMP,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+) -> Step:
+    """Robust MoA, a variant of Wang et al. (2024, arXiv:2406.04692): proposals are shuffled
+    (against position bias) and dropped at rate ``dropout`` before one model aggregates."""
+    p = _models("robust_moa", "proposers", proposers)
+    agg = _model("robust_moa", "aggregator", aggregator)
+    return _build("robust_moa", lambda: (
+        Propose(p, temp=temp, max_tokens=max_tokens) | Shuffle() | Dropout(dropout) | Aggregate(agg)
+    ))

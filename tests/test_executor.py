@@ -1,0 +1,223 @@
+"""The executor: concurrency, limits, timeouts, retries, failures, cancellation, both backends."""
+
+import gc
+import random
+
+import anyio
+import pytest
+from conftest import FAST
+from scripted import ScriptedClient
+
+import moa
+from moa import (Aggregate, ClientOutputError, EmptyInputError, Filter, Propose, Rank, Retry,
+                 StepFailedError, Synthesize, Take, Vote, run)
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_calls_of_a_step_run_concurrently():
+    client = ScriptedClient(delay=0.1)
+    start = anyio.current_time()
+    await run(Propose(["a"] * 6), "Q", client)
+    assert anyio.current_time() - start < 0.35
+    assert client.max_in_flight == 6
+
+
+async def test_max_concurrency_caps_calls_in_flight():
+    client = ScriptedClient(delay=0.01)
+    await run(Propose(["a"] * 8) | Synthesize(["b"] * 8), "Q", client, max_concurrency=3)
+    assert client.max_in_flight == 3
+    assert len(client.calls) == 16
+
+
+async def test_transient_failures_are_retried():
+    client = ScriptedClient(transient={"a": 2})
+    result, history = await run(Propose(["a", "b"]), "Q", client, retry=FAST)
+    call = history[0].calls[0]
+    assert call.ok and call.attempts == 3
+    assert history[0].calls[1].attempts == 1
+    assert len(client.calls) == 4
+
+
+async def test_retries_wait_with_backoff():
+    client = ScriptedClient(transient={"a": 2})
+    start = anyio.current_time()
+    await run(Propose(["a"]), "Q", client, retry=Retry(attempts=3, initial=0.05, jitter=0))
+    assert anyio.current_time() - start >= 0.05 + 0.1
+
+
+async def test_retry_after_is_the_least_wait():
+    attempts = []
+
+    async def client(*, model, messages, temp, max_tokens):
+        attempts.append(anyio.current_time())
+        if len(attempts) == 1:
+            raise moa.ProviderError("rate limited", model=model, retryable=True, retry_after=0.2, status=429)
+        return "ok", 1, 1
+
+    await run(Propose(["a"]), "Q", client, retry=FAST)
+    assert attempts[1] - attempts[0] >= 0.2
+
+
+async def test_permanent_failure_is_not_retried_and_is_recorded():
+    client = ScriptedClient(permanent={"bad"})
+    result, history = await run(Propose(["good", "bad", "good"]), "Q", client, retry=FAST)
+    failed = history[0].calls[1]
+    assert not failed.ok and failed.attempts == 1 and failed.text is None
+    assert failed.error == "Permanent: bad: scripted permanent failure"
+    assert history.outputs == (history[0].calls[0].text, history[0].calls[2].text)
+    assert "1 of 3 calls failed" in history[0].notes[0]
+    assert history.failed_calls == (failed,)
+
+
+async def test_exhausted_retries_are_recorded_with_attempt_count():
+    client = ScriptedClient(transient={"flaky": 10})
+    _, history = await run(Propose(["flaky", "ok"]), "Q", client, retry=FAST)
+    assert history[0].calls[0].attempts == 3 and "Transient" in history[0].calls[0].error
+
+
+async def test_step_fails_below_min_success_with_partial_history():
+    client = ScriptedClient(permanent={"b", "c"})
+    with pytest.raises(StepFailedError, match=r"1 of 3 calls succeeded and it needs 2") as info:
+        await run(Propose(["a"]) | Synthesize(["a", "b", "c"], min_success=2) | Aggregate("a"),
+                  "Q", client, retry=FAST)
+    history = info.value.history
+    assert [r.step for r in history] == ["Propose(['a'])", "Synthesize(['a', 'b', 'c'], min_success=2)"]
+    assert [c.ok for c in history[1].calls] == [True, False, False]
+    assert history.outputs == ()
+
+
+@pytest.mark.parametrize("final", [Aggregate("judge"), Vote("judge"), Rank("judge", n=1)])
+async def test_a_failing_judge_raises_never_returns_an_earlier_answer(final):
+    client = ScriptedClient(permanent={"judge"})
+    with pytest.raises(StepFailedError, match=r"0 of 1 calls succeeded") as info:
+        await run(Propose(["a", "b"]) | final, "Q", client, retry=FAST)
+    assert info.value.history[-1].calls[0].error.startswith("Permanent")
+
+
+async def test_everything_failing_raises_not_empty_string():
+    client = ScriptedClient(permanent={"a", "b"})
+    with pytest.raises(StepFailedError, match="Propose"):
+        await run(Propose(["a", "b"]), "Q", client, retry=FAST)
+
+
+async def test_hung_call_times_out_and_is_retried_then_recorded():
+    client = ScriptedClient(hang={"slow"})
+    start = anyio.current_time()
+    _, history = await run(Propose(["slow", "fast"]), "Q", client, timeout=0.05, retry=FAST)
+    assert anyio.current_time() - start < 1
+    slow = history[0].calls[0]
+    assert slow.error == "TimeoutError" and slow.attempts == 3
+    assert history.outputs == (history[0].calls[1].text,)
+
+
+async def test_wrong_shape_from_client_is_a_clear_error_naming_the_model():
+    async def client(*, model, messages, temp, max_tokens):
+        return "just text"
+
+    with pytest.raises(ClientOutputError, match=r"client returned 'just text' for model 'm1'.*tuple of 3"):
+        await run(Propose(["m1"]), "Q", client)
+
+    async def bad_tokens(*, model, messages, temp, max_tokens):
+        return "text", "12", 3
+
+    with pytest.raises(ClientOutputError, match=r"input_tokens must be an int >= 0 or None, got '12'"):
+        await run(Propose(["m1", "m2"]), "Q", bad_tokens)
+
+
+async def test_llm_step_after_an_emptying_transform_names_the_cause():
+    with pytest.raises(EmptyInputError, match=r"Aggregate\('a'\) received no responses: Filter\(.*\) at path \(1,\) left none") as info:
+        await run(Propose(["a"]) | Filter(lambda s: False) | Aggregate("a"), "Q", ScriptedClient())
+    assert info.value.history[1].notes == ("Filter(test_llm_step_after_an_emptying_transform_names_the_cause.<locals>.<lambda>) left no responses",)
+
+
+async def test_pipeline_without_propose_is_told_to_start_with_one():
+    with pytest.raises(EmptyInputError, match="start the pipeline with Propose"):
+        await run(Synthesize(["a"]), "Q", ScriptedClient())
+
+
+async def test_transform_emptying_the_end_returns_empty_result_and_says_where():
+    result, history = await run(Propose(["a", "b"]) | Take(0), "Q", ScriptedClient())
+    assert result == "" and history.outputs == ()
+    assert history[-1].notes == ("Take(0) left no responses",)
+
+
+async def test_cancelling_run_cancels_every_call_and_leaves_nothing_running():
+    client = ScriptedClient(delay=10)
+    with anyio.move_on_after(0.1) as scope:
+        await run(Propose(["a"] * 5) | Aggregate("a"), "Q", client, max_concurrency=2)
+    assert scope.cancelled_caught
+    assert client.in_flight == 0 and client.finished == 0
+    await anyio.sleep(0.05)
+    assert client.finished == 0
+
+
+async def test_cancelling_a_parallel_run_cancels_all_branches():
+    client = ScriptedClient(delay=10)
+    with anyio.move_on_after(0.1):
+        await run(Propose(["a", "b"]) & Propose(["c"]), "Q", client)
+    assert client.in_flight == 0 and client.finished == 0
+
+
+async def test_a_failing_branch_cancels_its_siblings_and_raises():
+    client = ScriptedClient(permanent={"bad"}, delay=lambda m, _: 0 if m == "bad" else 10)
+    start = anyio.current_time()
+    with pytest.raises(StepFailedError, match="Propose"):
+        await run(Propose(["bad"]) & Propose(["slow"]), "Q", client, retry=FAST)
+    assert anyio.current_time() - start < 1
+    assert client.in_flight == 0
+
+
+async def test_results_do_not_depend_on_completion_order():
+    p = Propose(["a", "b", "c", "d"]) | moa.Shuffle() | moa.Dropout(0.3) | Synthesize(["a", "b"]) | Aggregate("c")
+    outcomes = []
+    for i in range(5):
+        rnd = random.Random(i)
+        client = ScriptedClient(delay=lambda m, _: rnd.random() / 100)
+        outcomes.append(await run(p, "Q", client, seed=42))
+    assert all(o == outcomes[0] for o in outcomes)
+
+
+async def test_unseeded_runs_record_their_seed_for_replay():
+    p = Propose(["a", "b", "c", "d"]) | moa.Shuffle()
+    _, h1 = await run(p, "Q", ScriptedClient())
+    _, h2 = await run(p, "Q", ScriptedClient(), seed=h1.seed)
+    assert h1 == h2
+
+
+async def test_global_random_is_never_touched():
+    state = random.getstate()
+    await run(Propose(["a", "b", "c"]) | moa.Shuffle() | moa.Sample(2) | moa.Dropout(0.5), "Q",
+              ScriptedClient(transient={"a": 1}), retry=Retry(initial=0.001))
+    assert random.getstate() == state
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"prompt": ""}, ValueError, "prompt must be a non-empty str"),
+        ({"prompt": "  "}, ValueError, "prompt must be a non-empty str"),
+        ({"client": "openai"}, TypeError, "client must be an async callable"),
+        ({"seed": "1"}, TypeError, "seed must be an int or None"),
+        ({"max_concurrency": 0}, ValueError, "max_concurrency must be an int >= 1"),
+        ({"timeout": 0}, ValueError, "timeout must be a number of seconds > 0"),
+        ({"retry": 3}, TypeError, "retry must be a moa.Retry policy"),
+        ({"pipeline": "Propose"}, TypeError, r"run\(pipeline\) must be a step"),
+    ],
+)
+async def test_bad_run_arguments(kwargs, error, message):
+    args = {"pipeline": Propose(["a"]), "prompt": "Q", "client": ScriptedClient(), **kwargs}
+    with pytest.raises(error, match=message):
+        await run(args.pop("pipeline"), args.pop("prompt"), args.pop("client"), **args)
+
+
+async def test_seed_style_list_pipeline_runs():
+    result, history = await run([Propose(["a", "b"]), Aggregate("a")], "Q", ScriptedClient())
+    assert result.startswith("a says") and len(history) == 2
+
+
+def test_run_sync_on_both_backends():
+    for backend in ("asyncio", "trio"):
+        result, _ = moa.run_sync(Propose(["a"]), "Q", ScriptedClient(), backend=backend, seed=1)
+        assert result.startswith("a says")
+    gc.collect()
