@@ -8,6 +8,7 @@ the numbered responses and the user's question form the user message.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -119,8 +120,8 @@ def _agents(step: str, agents: object) -> tuple[str, ...]:
 
 
 def _check_sampling(step: str, temp: object, max_tokens: object, prompt: object) -> None:
-    if isinstance(temp, bool) or not isinstance(temp, (int, float)) or not temp >= 0:
-        raise ValueError(f"{step}(temp=...): temp must be a number >= 0, got {temp!r}")
+    if isinstance(temp, bool) or not isinstance(temp, (int, float)) or not 0 <= temp < math.inf:
+        raise ValueError(f"{step}(temp=...): temp must be a finite number >= 0, got {temp!r}")
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise ValueError(f"{step}(max_tokens=...): max_tokens must be an int >= 1, got {max_tokens!r}")
     if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()):

@@ -1,0 +1,248 @@
+"""Per-call overhead of moa's executor, against a hand-written anyio loop and the seed.
+
+The client answers instantly (no sleep, no I/O), so everything measured is the framework:
+building messages, scheduling tasks, limits, timeouts, retry set-up, history. The pipeline is
+
+    Propose(6 models) | Synthesize(6) | Synthesize(6) | Aggregate(1)      -> 19 calls per run
+
+Contenders, all in ONE process and ONE asyncio event loop (anyio, backend="asyncio"):
+
+  moa-defaults   await moa.run(p, prompt, client, seed=1)
+  moa-cap+to+rt  the same with max_concurrency=64, timeout=30, retry=moa.Retry()
+  anyio-baseline the same 19 calls in 4 layers with anyio task groups, the same kind of
+                 messages (system + user with numbered responses), no history, no retries
+  seed           mixture_llm.run([Propose, Synthesize, Synthesize, Aggregate], ...) from the
+                 seed package ``mixture-llm`` (skipped, with a note, when not installed)
+
+Every run is timed alone with ``time.perf_counter``; the contenders take turns round-robin
+(``--rounds`` rounds, the order rotated each round, ``--runs`` runs per contender in all) so
+drift in the machine (frequency, other load) falls on all of them alike. The figure is the
+median run time divided by 19, in microseconds per call.
+
+    python benchmarks/overhead.py                    # defaults
+    python benchmarks/overhead.py --runs 5000 --rounds 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from importlib.metadata import PackageNotFoundError, version
+
+import anyio
+
+# Run from a checkout without installing: the repository root holds the moa package.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import moa  # noqa: E402
+
+MODELS = [f"model-{i}" for i in range(6)]
+AGGREGATOR = "model-agg"
+PROMPT = "What is the capital of France? Answer in one word."
+CALLS_PER_RUN = 6 + 6 + 6 + 1
+
+SYSTEM = (
+    "You are given several responses to the user's question. Some may be wrong or biased. "
+    "Write one new, better response: keep what is correct, fix what is wrong, add what is "
+    "missing. Answer the question directly and do not mention the responses."
+)
+
+
+class CountingClient:
+    """The instant client, counting its calls so every contender is checked to make 19."""
+
+    __slots__ = ("calls",)
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self, *, model, messages, temp, max_tokens):  # noqa: ANN001
+        self.calls += 1
+        return "ok", 1, 1
+
+
+# -- (c) the hand-written anyio baseline --------------------------------------------------------
+def _numbered(responses: list[str]) -> str:
+    return "\n\n".join(f"Response {i}:\n{text}" for i, text in enumerate(responses, 1))
+
+
+async def _layer(client, models: list[str], messages: list[dict[str, str]]) -> list[str]:
+    if len(models) == 1:
+        text, _, _ = await client(model=models[0], messages=messages, temp=0.7, max_tokens=2048)
+        return [text]
+    out: list[str] = [""] * len(models)
+
+    async def one(i: int, model: str) -> None:
+        text, _, _ = await client(model=model, messages=messages, temp=0.7, max_tokens=2048)
+        out[i] = text
+
+    async with anyio.create_task_group() as tg:
+        for i, m in enumerate(models):
+            tg.start_soon(one, i, m)
+    return out
+
+
+def _with_responses(prompt: str, responses: list[str]) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": f"{_numbered(responses)}\n\nQuestion:\n{prompt}"},
+    ]
+
+
+async def anyio_baseline(prompt: str, client) -> str:
+    responses = await _layer(client, MODELS, [{"role": "user", "content": prompt}])
+    responses = await _layer(client, MODELS, _with_responses(prompt, responses))
+    responses = await _layer(client, MODELS, _with_responses(prompt, responses))
+    responses = await _layer(client, [AGGREGATOR], _with_responses(prompt, responses))
+    return responses[0]
+
+
+# -- the contenders -----------------------------------------------------------------------------
+Contender = tuple[str, Callable[[CountingClient], Awaitable[str]]]
+
+
+def contenders() -> tuple[list[Contender], str | None]:
+    """The contenders, and a note when the seed could not be imported."""
+    p = (moa.Propose(MODELS) | moa.Synthesize(MODELS) | moa.Synthesize(MODELS)
+         | moa.Aggregate(AGGREGATOR))
+    retry = moa.Retry()
+
+    async def moa_defaults(client):
+        text, _ = await moa.run(p, PROMPT, client, seed=1)
+        return text
+
+    async def moa_all_on(client):
+        text, _ = await moa.run(p, PROMPT, client, seed=1, max_concurrency=64, timeout=30,
+                                retry=retry)
+        return text
+
+    async def baseline(client):
+        return await anyio_baseline(PROMPT, client)
+
+    out: list[Contender] = [
+        ("anyio-baseline", baseline),
+        ("moa-defaults", moa_defaults),
+        ("moa-cap+to+rt", moa_all_on),
+    ]
+    try:
+        import mixture_llm as seed
+    except ImportError:
+        return out, ("seed: mixture_llm is not installed; skipped. Install it with "
+                     "`pip install mixture-llm` (on Python 3.11 pip picks 0.1.3, whose core "
+                     "matches 0.1.5)")
+    seed_pipeline = [seed.Propose(MODELS), seed.Synthesize(MODELS), seed.Synthesize(MODELS),
+                     seed.Aggregate(AGGREGATOR)]
+
+    async def seed_run(client):
+        text, _ = await seed.run(seed_pipeline, PROMPT, client)
+        return text
+
+    out.append(("seed", seed_run))
+    return out, None
+
+
+async def measure(cands: list[Contender], runs: int, rounds: int, warmup: int
+                  ) -> dict[str, list[float]]:
+    """Per-run seconds for every contender, taken round-robin."""
+    for name, fn in cands:  # warm up, and check each makes exactly 19 calls
+        for _ in range(warmup):
+            client = CountingClient()
+            text = await fn(client)
+            if client.calls != CALLS_PER_RUN or text != "ok":
+                raise SystemExit(f"{name}: made {client.calls} calls and returned {text!r}; "
+                                 f"expected {CALLS_PER_RUN} calls and 'ok'")
+    samples: dict[str, list[float]] = {name: [] for name, _ in cands}
+    per_round = [runs // rounds + (1 if r < runs % rounds else 0) for r in range(rounds)]
+    perf = time.perf_counter
+    for r, n in enumerate(per_round):
+        k = r % len(cands)
+        order = cands[k:] + cands[:k]  # rotate who goes first
+        for name, fn in order:
+            gc.collect()
+            out = samples[name]
+            client = CountingClient()
+            for _ in range(n):
+                t0 = perf()
+                await fn(client)
+                out.append(perf() - t0)
+    return samples
+
+
+def moa_revision() -> str:
+    """The checkout's commit, and whether moa/ differs from it: the figures belong to it."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
+                                capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "moa"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    if not dirty:
+        return commit
+    paths = [line[3:] for line in dirty.splitlines()]
+    shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+    return f"{commit} + uncommitted changes: {shown}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=3000,
+                    help="timed runs per contender, in all (default 3000)")
+    ap.add_argument("--rounds", type=int, default=30,
+                    help="round-robin rounds the runs are split into (default 30)")
+    ap.add_argument("--warmup", type=int, default=200,
+                    help="untimed runs per contender first (default 200)")
+    args = ap.parse_args(argv)
+    if args.runs < 1 or args.rounds < 1 or args.rounds > args.runs or args.warmup < 1:
+        ap.error("need runs >= rounds >= 1 and warmup >= 1")
+
+    cands, note = contenders()
+    try:
+        seed_version = version("mixture-llm")
+    except PackageNotFoundError:
+        seed_version = None
+    print(f"command : {' '.join([os.path.basename(sys.executable)] + sys.argv)}")
+    print(f"python  : {platform.python_implementation()} {platform.python_version()}")
+    print(f"machine : {platform.platform()}, {platform.machine()}, {os.cpu_count()} CPUs")
+    print(f"date    : {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
+    print(f"moa     : {moa.__version__} at {moa_revision()}")
+    print(f"versions: anyio {version('anyio')}, "
+          f"tenacity {version('tenacity')}, mixture-llm {seed_version or 'not installed'}")
+    print(f"pipeline: Propose(6) | Synthesize(6) | Synthesize(6) | Aggregate(1) = "
+          f"{CALLS_PER_RUN} calls/run, instant client, asyncio backend")
+    print(f"sampling: {args.runs} timed runs per contender in {args.rounds} round-robin rounds, "
+          f"{args.warmup} warm-up runs each")
+    if note:
+        print(note)
+    print()
+
+    t0 = time.perf_counter()
+    samples = anyio.run(measure, cands, args.runs, args.rounds, args.warmup, backend="asyncio")
+    elapsed = time.perf_counter() - t0
+
+    us = {name: [s * 1e6 / CALLS_PER_RUN for s in xs] for name, xs in samples.items()}
+    med = {name: statistics.median(xs) for name, xs in us.items()}
+    base = med["anyio-baseline"]
+    seed = med.get("seed")
+    header = (f"{'contender':<16}{'median us/call':>16}{'p10-p90 us/call':>18}"
+              f"{'x anyio-baseline':>18}{'x seed':>9}")
+    print(header)
+    print("-" * len(header))
+    for name, _ in cands:
+        q = statistics.quantiles(us[name], n=10)
+        spread = f"{q[0]:.2f}-{q[-1]:.2f}"
+        vs_seed = f"{med[name] / seed:.2f}" if seed else "n/a"
+        print(f"{name:<16}{med[name]:>16.2f}{spread:>18}{med[name] / base:>18.2f}{vs_seed:>9}")
+    print(f"\n(measured in {elapsed:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()
