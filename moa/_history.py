@@ -13,6 +13,10 @@ from typing import Any
 __all__ = ("CallRecord", "StepRecord", "History")
 
 
+_SEED_CALL_NAMES = {"in_tokens": "input_tokens", "out_tokens": "output_tokens", "time": "latency"}
+_STEP_KEYS = ("step", "outputs", "llm_calls", "step_time", "calls", "notes", "path", "inputs", "kind")
+
+
 @dataclass(frozen=True, slots=True)
 class CallRecord:
     """One model call, after its retries. ``text`` is None and ``error`` says why when it failed.
@@ -37,11 +41,18 @@ class CallRecord:
 
     # The seed's per-call dict keys, so ``call["in_tokens"]`` keeps working.
     def __getitem__(self, key: str) -> Any:
-        seed_names = {"in_tokens": "input_tokens", "out_tokens": "output_tokens", "time": "latency"}
-        try:
-            return getattr(self, seed_names.get(key, key))
-        except AttributeError:
-            raise KeyError(key) from None
+        if key in self:
+            return getattr(self, _SEED_CALL_NAMES.get(key, key))
+        raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        # As the seed's dicts: "error" is there only when the call failed.
+        if key == "error":
+            return self.error is not None
+        return isinstance(key, str) and (key in _SEED_CALL_NAMES or key in CallRecord.__slots__)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self else default
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -87,9 +98,12 @@ class StepRecord:
         return self.duration
 
     def __getitem__(self, key: str) -> Any:
-        if key in ("step", "outputs", "llm_calls", "step_time", "calls", "notes", "path"):
+        if key in self:
             return getattr(self, key)
         raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in _STEP_KEYS
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -351,8 +351,12 @@ class Rank(_Judge):
         return [responses[i] for i in order], notes
 
 
-_REFERENCE = re.compile(r"(?:\bresponses?\s*#?\s*|#|\[)\s*(\d+)", re.IGNORECASE)
-_NUMBER_RUN = re.compile(r"\d+(?:\s*(?:[,;>/]|\band\b|\bthen\b|\s)\s*\d+)*", re.IGNORECASE)
+# A number counts only standing alone: not inside a name such as "llama-3.3-70b" or "gpt4".
+_ALONE = r"(?<![\w.\-])\d+(?![\w\-]|\.\d)"
+_REFERENCE = re.compile(r"(?:\bresponses?\s*#?\s*|#|\[)\s*(\d+)(?![\w\-]|\.\d)", re.IGNORECASE)
+_NUMBER_RUN = re.compile(
+    rf"{_ALONE}(?:\s*(?:[,;>/]|\band\b|\bthen\b|\s)\s*{_ALONE})*", re.IGNORECASE
+)
 
 
 def parse_ranking(text: str, count: int) -> list[int]:
@@ -365,7 +369,7 @@ def parse_ranking(text: str, count: int) -> list[int]:
     repeats are ignored. An empty list means nothing could be read.
     """
     refs = _valid(_REFERENCE.findall(text), count)
-    runs = [_valid(re.findall(r"\d+", m.group()), count)
+    runs = [_valid(re.findall(_ALONE, m.group()), count)
             for m in _NUMBER_RUN.finditer(text)]
     longest = max(runs, key=len, default=[])
     return refs if len(refs) >= len(longest) else longest

@@ -6,7 +6,8 @@ defaults every recipe equals the seed library's pipeline of the same name:
 
 >>> from moa import Aggregate, Propose
 >>> from moa.recipes import self_moa
->>> self_moa() == Propose(["gpt-5-nano-2025-08-07"] * 6, temp=0.7) | Aggregate("gpt-5-nano-2025-08-07")
+>>> nano = "gpt-5-nano-2025-08-07"
+>>> self_moa() == Propose([nano] * 6, temp=0.7) | Aggregate(nano)
 True
 
 Papers: Wang et al. (2024), "Mixture-of-Agents Enhances Large Language Model Capabilities",

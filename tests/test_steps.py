@@ -223,3 +223,33 @@ def test_parallel_branches_concatenate_in_branch_order():
         ("Propose(['a'])", (0, 0, 0)), ("Map(str.upper)", (0, 0, 1)), ("Propose(['b', 'c'])", (0, 1)),
         ("(Propose(['a']) | Map(str.upper)) & Propose(['b', 'c'])", (0,)),
     ]
+
+
+def test_seed_style_lookups_on_records():
+    client = ScriptedClient(permanent={"bad"})
+    _, history = run_sync(Propose(["ok", "bad"]), "Q", client, retry=moa.Retry(attempts=1))
+    good, bad = history[0].calls
+    assert "error" not in good and "error" in bad
+    assert "in_tokens" in good and "nonsense" not in good and 0 not in good
+    assert bad["error"].startswith("Permanent") and good.get("error") is None
+    with pytest.raises(KeyError):
+        good["error"]
+    with pytest.raises(KeyError):
+        history[0][0]
+    assert "llm_calls" in history[0] and 0 not in history[0]
+
+
+@pytest.mark.parametrize(
+    "reply, count, order",
+    [
+        ("I compared 5 responses: 3, 1", 5, [2, 0]),
+        ("The ranking is 2 > 1 > 3. Response 2 wins", 3, [1, 0, 2]),
+        ("1. Response 3\n2. Response 1", 3, [2, 0]),
+        ("llama-3.3-70b-versatile says 2 is best", 4, [1]),
+        ("Response 9 and response 2", 3, [1]),
+        ("nothing to see", 3, []),
+        ("9" * 5000, 3, []),
+    ],
+)
+def test_parse_ranking(reply, count, order):
+    assert moa.parse_ranking(reply, count) == order

@@ -1,0 +1,51 @@
+"""Mixing providers: OpenAI and Anthropic models in one pipeline, routed by model name.
+
+Shuffle() puts the proposals in a random order before the aggregator reads them, so it cannot
+favour whichever provider happens to come first.
+
+    export OPENAI_API_KEY=sk-...
+    export ANTHROPIC_API_KEY=sk-ant-...
+    python examples/multi_provider.py ["your question"]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from moa import Aggregate, Propose, Shuffle, Step, run_sync
+
+from _common import clients_missing, print_summary, prompt_from, require_keys
+
+PROPOSERS = ["gpt-5-nano-2025-08-07", "claude-sonnet-4-5", "gpt-5-nano-2025-08-07"]
+AGGREGATOR = "claude-sonnet-4-5"
+PROMPT = "What are the most promising approaches to aligning AI systems with human values?"
+
+
+def build_pipeline() -> Step:
+    """Two providers propose, the order is shuffled, Claude aggregates."""
+    return Propose(PROPOSERS) | Shuffle() | Aggregate(AGGREGATOR)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    openai_key, anthropic_key = require_keys("OPENAI_API_KEY", "ANTHROPIC_API_KEY")
+    try:
+        from moa.clients import openai_client, route
+    except ImportError as exc:
+        clients_missing(exc)
+    # Anthropic serves an OpenAI-compatible API, so one client kind reaches both providers;
+    # route() sends each call to the client whose model-name prefix matches.
+    client = route({
+        "claude": openai_client(base_url="https://api.anthropic.com/v1/", api_key=anthropic_key),
+        "gpt": openai_client(base_url="https://api.openai.com/v1", api_key=openai_key),
+    })
+    pipeline = build_pipeline()
+    print(f"Pipeline: {pipeline!r}\n")
+    result, history = run_sync(pipeline, prompt_from(argv, PROMPT), client)
+    for call in history.calls:
+        print(f"  {call.model}: {call.latency:.2f}s {'ok' if call.ok else call.error}")
+    print()
+    print_summary(result, history)
+
+
+if __name__ == "__main__":
+    main()
