@@ -56,7 +56,7 @@ _engines_lock = threading.Lock()
 
 
 class _Stopped(Exception):
-    """Raised inside llama.cpp's token loop to end a generation whose call was cancelled."""
+    """The call was cancelled before its generation started."""
 
 
 def _load(key: tuple[Any, ...], path: str, options: dict[str, Any]) -> _Engine:
@@ -97,10 +97,14 @@ class LocalClient:
     def _generate(self, model: str, messages: list[dict[str, str]], temp: float,
                   max_tokens: int, stop: threading.Event) -> tuple[str, int, int]:
         engine = self._engine()
+        eos = engine.llama.token_eos()
 
+        # llama.cpp calls this per token from C, where an exception would be swallowed; once the
+        # call is cancelled it forces the end-of-sequence token, so generation ends at once.
         def check_stop(input_ids: Any, scores: Any) -> Any:
             if stop.is_set():
-                raise _Stopped
+                scores[:] = -float("inf")
+                scores[eos] = 0.0
             return scores
 
         with engine.lock:

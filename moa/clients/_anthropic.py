@@ -1,0 +1,159 @@
+"""The Anthropic client, on Anthropic's own Messages API."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+from ..errors import MoaError, ProviderError
+from ._common import PerLoop, check_defaults, check_timeout, token_count
+from ._errors import provider_error, redact
+from ._extras import require
+
+__all__ = ("AnthropicClient", "anthropic_client")
+
+log = logging.getLogger("moa.clients")
+
+_RESERVED = frozenset({"model", "messages", "system", "temperature", "max_tokens", "stream"})
+
+
+def split_system(messages: list[dict[str, str]]) -> tuple[str, list[dict[str, str]]]:
+    """The system messages joined into one ``system`` text, and the other messages."""
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    rest = [{"role": m["role"], "content": m["content"]} for m in messages if m["role"] != "system"]
+    return system, rest
+
+
+class AnthropicClient:
+    """A ``moa.Client`` over ``anthropic.AsyncAnthropic`` (one per event loop); built by
+    :func:`anthropic_client`."""
+
+    __slots__ = ("base_url", "send_temperature", "defaults", "_sdks", "_secrets")
+
+    def __init__(self, sdks: PerLoop, *, base_url: str | None, send_temperature: bool,
+                 defaults: dict[str, Any], secrets: tuple[str, ...]) -> None:
+        self._sdks = sdks
+        self.base_url = base_url
+        self.send_temperature = send_temperature
+        self.defaults = defaults
+        self._secrets = secrets
+
+    def __repr__(self) -> str:
+        args = [f"base_url={self.base_url!r}"] if self.base_url is not None else []
+        if not self.send_temperature:
+            args.append("send_temperature=False")
+        args += [f"{k}={v!r}" for k, v in self.defaults.items()]
+        return redact(f"anthropic_client({', '.join(args)})", self._secrets)
+
+    def params(self, model: str, messages: list[dict[str, str]], temp: float,
+               max_tokens: int) -> dict[str, Any]:
+        """The keyword arguments of ``messages.create`` for one call."""
+        system, rest = split_system(messages)
+        params: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "messages": rest}
+        if system:
+            params["system"] = system
+        # anthropic 1.0 took ``temperature`` out of create()'s signature; the API still reads
+        # it from the body, where extra_body puts it (older SDKs do the same).
+        body = dict(self.defaults)
+        if self.send_temperature:
+            body["temperature"] = temp
+        if body:
+            params["extra_body"] = body
+        return params
+
+    async def __call__(self, *, model: str, messages: list[dict[str, str]], temp: float,
+                       max_tokens: int) -> tuple[str, int | None, int | None]:
+        try:
+            params = self.params(model, messages, temp, max_tokens)
+            response = await self._sdks.get().messages.create(**params)
+        except Exception as exc:
+            if isinstance(exc, ValueError) and "streaming is required" in str(exc).lower():
+                # The SDK refuses, before sending, a non-streaming call it expects to run past
+                # ten minutes (a large max_tokens); retrying cannot help.
+                error = ProviderError(
+                    redact(f"{exc} (give anthropic_client(timeout=...) to send it anyway)",
+                           self._secrets), model=model, retryable=False)
+            else:
+                error = provider_error(exc, model=model, secrets=self._secrets)
+                if error is None:
+                    raise
+                said = str(error)[len(model) + 2:]
+                if error.status == 400 and self.send_temperature and "temperature" in said:
+                    error = ProviderError(
+                        f"{said}; if this model takes no temperature, use "
+                        f"anthropic_client(send_temperature=False)",
+                        model=model, retryable=False, status=400)
+        else:
+            return _reply(model, response)
+        raise error from None
+
+    async def aclose(self) -> None:
+        """Close this event loop's HTTP connections; a later call opens new ones."""
+        sdk = self._sdks.pop()
+        if sdk is not None:
+            await sdk.close()
+
+
+def _reply(model: str, response: Any) -> tuple[str, int | None, int | None]:
+    blocks = getattr(response, "content", None) or []
+    texts = [b.text for b in blocks
+             if getattr(b, "type", None) == "text" and isinstance(getattr(b, "text", None), str)]
+    if not texts:
+        log.warning("%s: the response has no text block (stop_reason=%r); returning \"\"", model,
+                    getattr(response, "stop_reason", None))
+    usage = getattr(response, "usage", None)
+    tin = token_count(getattr(usage, "input_tokens", None))
+    if tin is not None:
+        # input_tokens counts only the uncached part of the prompt.
+        for name in ("cache_creation_input_tokens", "cache_read_input_tokens"):
+            tin += token_count(getattr(usage, name, None)) or 0
+    return "".join(texts), tin, token_count(getattr(usage, "output_tokens", None))
+
+
+def anthropic_client(api_key: str | None = None, *, base_url: str | None = None,
+                     http_client: Any = None, timeout: float | None = None,
+                     send_temperature: bool = True, **defaults: Any) -> AnthropicClient:
+    """A client for Anthropic's Messages API (``moa-dsl[anthropic]``).
+
+    ``api_key`` defaults to ``ANTHROPIC_API_KEY``. System messages are joined into the
+    ``system`` parameter; text blocks of the reply are concatenated; input tokens include cached
+    ones. ``send_temperature=False`` is for models that refuse a temperature. ``defaults`` are
+    extra request fields sent with every call (``top_k=40``). ``http_client`` (an
+    ``httpx2.AsyncClient``, yours to keep on one event loop) and ``timeout`` go to the SDK,
+    which never retries: ``moa.run``'s retry policy does.
+    """
+    anthropic = require("anthropic", "anthropic", "anthropic_client")
+    for name, value in (("api_key", api_key), ("base_url", base_url)):
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"anthropic_client({name}=...): {name} must be a str or None, "
+                            f"not {type(value).__name__}")
+    check_timeout("anthropic_client", timeout)
+    if not isinstance(send_temperature, bool):
+        raise TypeError(f"anthropic_client(send_temperature=...): send_temperature must be a "
+                        f"bool, not {type(send_temperature).__name__}")
+    check_defaults("anthropic_client", defaults, _RESERVED)
+    options: dict[str, Any] = {"api_key": api_key or None, "base_url": base_url, "max_retries": 0}
+    if http_client is not None:
+        options["http_client"] = http_client
+    if timeout is not None:
+        options["timeout"] = timeout
+    try:
+        sdk = anthropic.AsyncAnthropic(**options)
+    except anthropic.AnthropicError as exc:
+        message = redact(str(exc), (api_key,))
+    else:
+        key = getattr(sdk, "api_key", None)
+        if (key is None and getattr(sdk, "auth_token", None) is None
+                and getattr(sdk, "credentials", None) is None):
+            raise MoaError("anthropic_client needs an API key: pass api_key=... or set the "
+                           "ANTHROPIC_API_KEY environment variable")
+        secrets = tuple(s for s in (key, getattr(sdk, "auth_token", None)) if isinstance(s, str))
+        sdks = PerLoop(functools.partial(anthropic.AsyncAnthropic, **options), sdk)
+        return AnthropicClient(sdks, base_url=base_url, send_temperature=send_temperature,
+                               defaults=dict(defaults), secrets=secrets)
+    if api_key is None:
+        raise MoaError(f"anthropic_client needs an API key: pass api_key=... or set the "
+                       f"ANTHROPIC_API_KEY environment variable (the Anthropic SDK found no other "
+                       f"credentials: {message})") from None
+    raise MoaError(f"anthropic_client could not start the Anthropic SDK: {message}") from None

@@ -1,0 +1,221 @@
+"""Sorting a provider SDK's exception into a ``ProviderError`` the retry policy can read.
+
+Every adapter sends its failures through :func:`provider_error`: a rate limit, a timeout, a
+dropped connection or a server error is retryable (with the provider's Retry-After as the least
+wait); a bad key, a bad request, an unknown model or an overflowing context is not. Messages name
+the model, the HTTP status and the provider's own words, and never carry an API key.
+
+Only duck typing is used here (``status_code``, ``response.headers``, class names), so this
+module imports no SDK and serves OpenAI, Anthropic and LiteLLM (whose errors subclass OpenAI's)
+alike.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from ..errors import ProviderError
+
+__all__ = ("provider_error", "redact", "retry_after_seconds")
+
+_REDACTED = "[REDACTED]"
+
+# Shapes of keys and credentials that may be echoed in a provider's error text: OpenAI
+# (sk-..., sk-proj-...), Anthropic (sk-ant-...), OpenRouter (sk-or-...), Groq (gsk_...), xAI,
+# Google (AIza...), then Bearer tokens and key=value pairs whatever the key looks like.
+_KEY_SHAPES = re.compile(
+    r"(?<![A-Za-z0-9_-])(?:sk|rk|pk)-[A-Za-z0-9_\-]{6,}"
+    r"|(?<![A-Za-z0-9_-])gsk_[A-Za-z0-9_\-]{6,}"
+    r"|(?<![A-Za-z0-9_-])xai-[A-Za-z0-9_\-]{6,}"
+    r"|(?<![A-Za-z0-9_-])AIza[A-Za-z0-9_\-]{20,}"
+)
+_BEARER = re.compile(r"(?i)\b(bearer)\s+[^\s'\",;}]+")
+_KEY_VALUE = re.compile(
+    r"(?i)\b(api[_-]?key|x-api-key|access[_-]?token|auth[_-]?token|authorization)"
+    r"(['\"]?\s*[:=]\s*['\"]?)(?!bearer\b)[^\s'\",;&}]+"
+)
+
+# A configured secret shorter than this is not searched for: redacting "x" would mangle text.
+_MIN_SECRET = 8
+
+_RETRYABLE_4XX = frozenset({408, 409, 425, 429})
+
+# Class names (anywhere in the MRO) of timeouts and connection failures across the SDKs and
+# their HTTP layers: openai/anthropic APITimeoutError, litellm Timeout, httpx TimeoutException.
+_TIMEOUT_NAMES = frozenset({"APITimeoutError", "Timeout", "TimeoutException"})
+_CONNECTION_NAMES = frozenset({"APIConnectionError", "ConnectError", "NetworkError",
+                               "TransportError", "RemoteProtocolError"})
+
+_CONTEXT_OVERFLOW = re.compile(
+    r"(?i)context[ _-]?(length|window)|maximum context|prompt is too long|input is too long"
+    r"|too many (input )?tokens|exceeds? the (model'?s? )?(maximum )?context"
+)
+
+_MAX_MESSAGE = 500
+
+
+def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
+    """``text`` with every configured secret and anything shaped like a key replaced."""
+    for secret in secrets:
+        if isinstance(secret, str) and len(secret) >= _MIN_SECRET:
+            text = text.replace(secret, _REDACTED)
+    text = _KEY_SHAPES.sub(_REDACTED, text)
+    text = _BEARER.sub(lambda m: f"{m.group(1)} {_REDACTED}", text)
+    return _KEY_VALUE.sub(lambda m: f"{m.group(1)}{m.group(2)}{_REDACTED}", text)
+
+
+def _header(headers: Any, name: str) -> str | None:
+    if headers is None:
+        return None
+    try:
+        value = headers.get(name)
+    except Exception:
+        return None
+    if value is None and isinstance(headers, Mapping):
+        # A plain dict (litellm's ``exc.headers``) is case-sensitive; HTTP headers are not.
+        value = next((v for k, v in headers.items() if isinstance(k, str) and k.lower() == name),
+                     None)
+    return value if isinstance(value, str) else None
+
+
+def retry_after_seconds(headers: Any, *, now: datetime | None = None) -> float | None:
+    """The wait a response asks for, in seconds: ``retry-after-ms``, else ``retry-after`` as
+    seconds or as an HTTP date; None when neither is there or readable."""
+    ms = _header(headers, "retry-after-ms")
+    if ms is not None:
+        try:
+            value = float(ms) / 1000
+        except ValueError:
+            value = math.nan
+        if math.isfinite(value) and value >= 0:
+            return value
+    after = _header(headers, "retry-after")
+    if after is None:
+        return None
+    try:
+        value = float(after)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(after)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def _names(exc: BaseException) -> set[str]:
+    return {cls.__name__ for cls in type(exc).__mro__}
+
+
+def _headers_of(exc: BaseException) -> list[Any]:
+    # litellm puts the headers it kept on ``exc.headers`` or ``exc.litellm_response_headers``;
+    # the SDKs keep the response.
+    found = [getattr(exc, "headers", None), getattr(exc, "litellm_response_headers", None)]
+    response = getattr(exc, "response", None)
+    found.append(getattr(response, "headers", None))
+    return [h for h in found if h is not None]
+
+
+def _provider_message(exc: BaseException) -> str:
+    api_message = getattr(exc, "api_message", None)  # anthropic: error.message from the body
+    if isinstance(api_message, str) and api_message.strip():
+        return api_message.strip()
+    body = getattr(exc, "body", None)
+    if isinstance(body, Mapping):
+        err = body.get("error", body)
+        if isinstance(err, Mapping) and isinstance(err.get("message"), str) and err["message"]:
+            return err["message"].strip()
+        if isinstance(err, str) and err.strip():
+            return err.strip()
+    message = getattr(exc, "message", None)
+    text = message if isinstance(message, str) and message else str(exc)
+    # The SDKs prefix "Error code: 429 - "; the status is said once, by us.
+    return re.sub(r"^Error code: \d+\s*-?\s*", "", text.strip())
+
+
+def _is_context_overflow(exc: BaseException, message: str) -> bool:
+    if "ContextWindowExceededError" in _names(exc):
+        return True
+    codes = (getattr(exc, "code", None), getattr(exc, "error_code", None))
+    if any(isinstance(c, str) and "context_length" in c for c in codes):
+        return True
+    return bool(_CONTEXT_OVERFLOW.search(message))
+
+
+def _cause_text(exc: BaseException) -> str:
+    cause = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    if cause is None:
+        return ""
+    text = str(cause)
+    return f" ({type(cause).__name__}: {text})" if text else f" ({type(cause).__name__})"
+
+
+def _shorten(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE] + "..."
+
+
+def provider_error(exc: BaseException, *, model: str,
+                   secrets: Iterable[str | None] = ()) -> ProviderError | None:
+    """The ``ProviderError`` for an SDK's exception, or None when ``exc`` is not a failed
+    provider call (a bug, a bad argument), which the adapter then lets through unchanged.
+
+    Retryable: timeouts, connection failures, 408, 409, 425, 429 and 5xx but 501. Not
+    retryable: 400 (context overflow included), 401, 403, 404, 413, 422 and the rest.
+    """
+    secrets = tuple(secrets)
+    names = _names(exc)
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, bool) or not isinstance(status, int):
+        status = None
+    if names & _TIMEOUT_NAMES or isinstance(exc, TimeoutError):
+        detail = _provider_message(exc)
+        message = (f"timed out: {detail}{_cause_text(exc)}" if detail
+                   else f"timed out{_cause_text(exc)}")
+        return ProviderError(_shorten(redact(message, secrets)), model=model, retryable=True,
+                             status=status)
+    if names & _CONNECTION_NAMES or isinstance(exc, ConnectionError):
+        detail = _provider_message(exc)
+        message = (f"connection failed: {detail}{_cause_text(exc)}" if detail
+                   else f"connection failed{_cause_text(exc)}")
+        return ProviderError(_shorten(redact(message, secrets)), model=model, retryable=True,
+                             status=status)
+    if status is None:
+        return None
+    said = _provider_message(exc)
+    # 501 Not Implemented will not change on a retry, unlike the other 5xx.
+    retryable = status in _RETRYABLE_4XX or (status >= 500 and status != 501)
+    if status == 429:
+        kind = "rate limited"
+    elif status == 529:
+        kind = "overloaded"
+    elif status in (408, 504):
+        kind = "timed out"
+    elif status >= 500:
+        kind = "server error"
+    elif status in (401, 403):
+        kind = "authentication failed" if status == 401 else "permission denied"
+    elif status == 404:
+        kind = "not found (check the model name)"
+    elif status in (400, 413, 422) and _is_context_overflow(exc, said):
+        kind = "context overflow: the messages do not fit the model's context window"
+    else:
+        kind = "request rejected"
+    retry_after = None
+    if retryable:
+        retry_after = next((s for s in (retry_after_seconds(h) for h in _headers_of(exc))
+                            if s is not None), None)
+    message = f"{kind} (HTTP {status})"
+    if said:
+        message += f": {said}"
+    if retry_after is not None:
+        message += f"; retry after {retry_after:g} s"
+    return ProviderError(_shorten(redact(message, secrets)), model=model, retryable=retryable,
+                         retry_after=retry_after, status=status)

@@ -1,0 +1,183 @@
+"""The OpenAI client, for OpenAI and every server that speaks its Chat Completions API
+(OpenRouter, Together, Groq, vLLM, llama.cpp's server, Ollama...)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import re
+from typing import Any
+
+from ..errors import MoaError, ProviderError
+from ._common import PerLoop, check_defaults, check_timeout, token_count
+from ._errors import provider_error, redact
+from ._extras import require
+
+__all__ = ("OpenAIClient", "openai_client")
+
+log = logging.getLogger("moa.clients")
+
+# The request fields a call sets itself; a default naming one would fight the step's values.
+_RESERVED = frozenset({"model", "messages", "temperature", "max_tokens", "max_completion_tokens",
+                       "reasoning_effort", "stream", "n"})
+# Request options of the SDK rather than JSON fields.
+_OPTIONS = frozenset({"extra_headers", "extra_query", "extra_body"})
+
+# A placeholder key for local servers, which ignore it; the SDK refuses to start without one.
+LOCAL_KEY = "not-needed"
+
+_O_SERIES = re.compile(r"o\d")
+
+
+def _base_name(model: str) -> str:
+    # "openai/gpt-5-nano" (OpenRouter) is the same model as "gpt-5-nano".
+    return model.rsplit("/", 1)[-1].lower()
+
+
+def is_reasoning_model(model: str) -> bool:
+    """gpt-5* and the o-series (o1, o3, o4-mini...): they take ``max_completion_tokens``,
+    ``reasoning_effort`` and no ``temperature``."""
+    name = _base_name(model)
+    return name.startswith("gpt-5") or bool(_O_SERIES.match(name))
+
+
+def _default_effort(model: str) -> str | None:
+    # "minimal" is the gpt-5 family's fastest setting (the seed's choice); gpt-5.1 and later
+    # and gpt-5-chat do not accept it, and the o-series keeps the server's default.
+    name = _base_name(model)
+    if name.startswith("gpt-5") and not name.startswith("gpt-5.") and "chat" not in name:
+        return "minimal"
+    return None
+
+
+class OpenAIClient:
+    """A ``moa.Client`` over ``openai.AsyncOpenAI`` (one per event loop); built by
+    :func:`openai_client`."""
+
+    __slots__ = ("base_url", "reasoning_effort", "defaults", "_sdks", "_options", "_secrets")
+
+    def __init__(self, sdks: PerLoop, *, base_url: str | None, reasoning_effort: str | None,
+                 defaults: dict[str, Any], secrets: tuple[str, ...]) -> None:
+        self._sdks = sdks
+        self.base_url = base_url
+        self.reasoning_effort = reasoning_effort
+        self._options = {k: defaults.pop(k) for k in _OPTIONS & defaults.keys()}
+        self.defaults = {**self._options.pop("extra_body", {}), **defaults}
+        self._secrets = secrets
+
+    def __repr__(self) -> str:
+        args = [f"base_url={self.base_url!r}"] if self.base_url is not None else []
+        if self.reasoning_effort is not None:
+            args.append(f"reasoning_effort={self.reasoning_effort!r}")
+        args += [f"{k}={v!r}" for k, v in {**self.defaults, **self._options}.items()]
+        return redact(f"openai_client({', '.join(args)})", self._secrets)
+
+    def params(self, model: str, temp: float, max_tokens: int) -> dict[str, Any]:
+        """The keyword arguments of ``chat.completions.create`` for one call, bar the messages."""
+        params: dict[str, Any] = {"model": model}
+        if is_reasoning_model(model):
+            params["max_completion_tokens"] = max_tokens
+            effort = self.reasoning_effort or _default_effort(model)
+            if effort is not None:
+                params["reasoning_effort"] = effort
+        else:
+            params["max_tokens"] = max_tokens
+            params["temperature"] = temp
+        if self.defaults:
+            params["extra_body"] = dict(self.defaults)
+        params.update(self._options)
+        return params
+
+    async def __call__(self, *, model: str, messages: list[dict[str, str]], temp: float,
+                       max_tokens: int) -> tuple[str, int | None, int | None]:
+        try:
+            response = await self._sdks.get().chat.completions.create(
+                messages=messages, **self.params(model, temp, max_tokens))
+        except Exception as exc:
+            error = provider_error(exc, model=model, secrets=self._secrets)
+            if error is None:
+                raise
+        else:
+            return _reply(model, response, self._secrets)
+        # Raised outside the except block, so the SDK's exception (whose text may echo a key)
+        # is neither the cause nor the context.
+        raise error from None
+
+    async def aclose(self) -> None:
+        """Close this event loop's HTTP connections; a later call opens new ones."""
+        sdk = self._sdks.pop()
+        if sdk is not None:
+            await sdk.close()
+
+
+def _reply(model: str, response: Any,
+           secrets: tuple[str, ...]) -> tuple[str, int | None, int | None]:
+    choices = getattr(response, "choices", None)
+    if not choices:
+        # A 200 with no choices is what OpenRouter sends when the upstream provider failed
+        # mid-request (an "error" object in the body): a transient fault, so retryable.
+        error = getattr(response, "error", None)
+        said = error.get("message") if isinstance(error, dict) else error
+        detail = f": {said}" if said else ""
+        raise ProviderError(redact(f"the response has no choices{detail}", secrets), model=model,
+                            retryable=True)
+    choice = choices[0]
+    message = getattr(choice, "message", None)
+    text = getattr(message, "content", None)
+    if not isinstance(text, str):
+        refusal = getattr(message, "refusal", None)
+        log.warning("%s: the response has no text (finish_reason=%r%s); returning \"\"", model,
+                    getattr(choice, "finish_reason", None),
+                    f", refusal={refusal!r}" if refusal else "")
+        text = ""
+    usage = getattr(response, "usage", None)
+    return (text, token_count(getattr(usage, "prompt_tokens", None)),
+            token_count(getattr(usage, "completion_tokens", None)))
+
+
+def openai_client(base_url: str | None = None, api_key: str | None = None, *,
+                  reasoning_effort: str | None = None, http_client: Any = None,
+                  timeout: float | None = None, **defaults: Any) -> OpenAIClient:
+    """A client for an OpenAI-compatible Chat Completions API (``moa-dsl[openai]``).
+
+    ``api_key`` defaults to ``OPENAI_API_KEY``; a ``base_url`` without a key (a local server)
+    sends a placeholder. gpt-5* and o-series models get ``max_completion_tokens`` and no
+    temperature, plus ``reasoning_effort`` ("minimal" for the gpt-5 family unless given);
+    other models get ``max_tokens`` and ``temperature``. ``defaults`` are extra request fields
+    sent with every call (``top_p=0.9``, ``extra_headers={...}``). ``http_client`` (an
+    ``httpx2.AsyncClient``) and ``timeout`` go to the SDK. The client may serve one event loop
+    after another (``run_sync`` twice); it opens fresh connections for each, but an
+    ``http_client`` you give is yours to keep on one loop. The SDK never retries: ``moa.run``'s
+    retry policy does.
+    """
+    openai = require("openai", "openai", "openai_client")
+    for name, value in (("base_url", base_url), ("api_key", api_key),
+                        ("reasoning_effort", reasoning_effort)):
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"openai_client({name}=...): {name} must be a str or None, "
+                            f"not {type(value).__name__}")
+    check_timeout("openai_client", timeout)
+    check_defaults("openai_client", defaults, _RESERVED)
+    key = api_key or os.environ.get("OPENAI_API_KEY")
+    if not key:
+        if base_url is None:
+            raise MoaError("openai_client needs an API key: pass api_key=... or set the "
+                           "OPENAI_API_KEY environment variable (a local server needs only "
+                           "base_url=...)")
+        key = LOCAL_KEY
+    secrets = (key,)
+    options: dict[str, Any] = {"api_key": key, "base_url": base_url, "max_retries": 0}
+    if http_client is not None:
+        options["http_client"] = http_client
+    if timeout is not None:
+        options["timeout"] = timeout
+    try:
+        sdk = openai.AsyncOpenAI(**options)
+    except openai.OpenAIError as exc:
+        message = redact(str(exc), secrets)
+    else:
+        sdks = PerLoop(functools.partial(openai.AsyncOpenAI, **options), sdk)
+        return OpenAIClient(sdks, base_url=base_url, reasoning_effort=reasoning_effort,
+                            defaults=dict(defaults), secrets=secrets)
+    raise MoaError(f"openai_client could not start the OpenAI SDK: {message}") from None
