@@ -241,8 +241,7 @@ async def _exec_llm(run: _Run, step: LLMStep, responses: list[str], br: _Branch,
                  "no step before it produced any; start the pipeline with Propose")
         br.records.append(StepRecord(repr(step), path, "llm", (), (), (),
                                      ("received no responses",), 0.0))
-        raise EmptyInputError(f"{step!r} received no responses: {cause}", step=repr(step),
-                              history=None)  # type: ignore[arg-type]
+        raise EmptyInputError(f"{step!r} received no responses: {cause}", step=repr(step))
     requests = step.requests(run.prompt, responses)
     if len(requests) == 1:
         results = [await run.call(requests[0])]
@@ -259,7 +258,7 @@ async def _exec_llm(run: _Run, step: LLMStep, responses: list[str], br: _Branch,
     replies = [c.text for c in calls]
     ok = sum(c.ok for c in calls)
     need = step.required(len(requests))
-    if ok < need or (not requests and step.needs_responses):
+    if ok < need:
         br.records.append(StepRecord(repr(step), path, "llm", tuple(responses), (), calls, (),
                                      monotonic() - start))
         for _, exc in results:  # type: ignore[misc]
@@ -268,7 +267,7 @@ async def _exec_llm(run: _Run, step: LLMStep, responses: list[str], br: _Branch,
         errors = "; ".join(f"{c.model}: {c.error}" for c in calls if c.error)
         raise StepFailedError(
             f"{step!r} failed: {ok} of {len(calls)} calls succeeded and it needs {need} ({errors})",
-            step=repr(step), history=None)  # type: ignore[arg-type]
+            step=repr(step))
     out, notes = step.combine(run.prompt, list(responses), replies)
     if failed := len(calls) - ok:
         notes = [*notes, f"{failed} of {len(calls)} calls failed; the step went on with {ok}"]

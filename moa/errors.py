@@ -62,9 +62,9 @@ class ProviderError(MoaError):
 
 class StepFailedError(MoaError):
     """A step could not produce its outputs; ``history`` holds everything run so far,
-    the failed step's calls included."""
+    the failed step's calls included (``run`` fills it in as the error leaves)."""
 
-    def __init__(self, message: str, *, step: str, history: History) -> None:
+    def __init__(self, message: str, *, step: str, history: History | None = None) -> None:
         super().__init__(message)
         self.step = step
         self.history = history
