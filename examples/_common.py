@@ -1,14 +1,15 @@
-"""Helpers shared by the example scripts: API-key checks, the missing-clients message, and a
+"""Helpers shared by the example scripts: API-key checks, the missing-SDK message, and a
 short summary of a run. Not part of moa; each example imports it from its own folder."""
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
-from moa import Client, History
+from moa import History
+from moa.clients import MissingExtraError
 
 
 def require_keys(*names: str) -> list[str]:
@@ -28,22 +29,16 @@ def require_key(name: str) -> str:
     return require_keys(name)[0]
 
 
-def clients_missing(exc: ImportError) -> NoReturn:
-    """Say in one line that moa's provider clients are not installed yet, and exit 1."""
-    print(f"moa's provider clients (moa.clients) are not installed yet, so this example cannot "
-          f"call a provider ({type(exc).__name__}: {exc})", file=sys.stderr)
-    raise SystemExit(1)
-
-
-def with_prefix(client: Client, prefix: str) -> Client:
-    """``client`` with ``prefix`` put before every model name (LiteLLM names Groq's models
-    ``groq/<model>``), so the pipeline can use Groq's own names."""
-
-    async def prefixed(*, model, messages, temp, max_tokens):  # type: ignore[no-untyped-def]
-        return await client(model=prefix + model, messages=messages, temp=temp,
-                            max_tokens=max_tokens)
-
-    return prefixed
+@contextmanager
+def exit_on_missing_extra() -> Iterator[None]:
+    """Around the calls that make clients: when a client's SDK is not installed (moa's
+    ``MissingExtraError``), print its one-line message, which ends with the ``pip install``
+    command, and exit with status 1."""
+    try:
+        yield
+    except MissingExtraError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def prompt_from(argv: Sequence[str] | None, default: str) -> str:

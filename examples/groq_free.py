@@ -16,9 +16,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from moa import Aggregate, Dropout, Propose, Step, run_sync
+from moa.clients import litellm_client
 from moa.recipes import self_moa
 
-from _common import clients_missing, print_summary, prompt_from, require_key, with_prefix
+from _common import exit_on_missing_extra, print_summary, prompt_from, require_key
 
 GROQ_FREE = [
     "llama-3.3-70b-versatile",
@@ -42,11 +43,8 @@ def free_self_moa() -> Step:
 
 def main(argv: Sequence[str] | None = None) -> None:
     require_key("GROQ_API_KEY")  # LiteLLM reads it from the environment
-    try:
-        from moa.clients import litellm_client
-    except ImportError as exc:
-        clients_missing(exc)
-    client = with_prefix(litellm_client(), "groq/")
+    with exit_on_missing_extra():
+        client = litellm_client(prefix="groq/")  # LiteLLM names Groq's models groq/<model>
     prompt = prompt_from(argv, PROMPT)
     for name, pipeline in (("MoA", build_pipeline()), ("Self-MoA", free_self_moa())):
         print(f"== {name}: {pipeline!r}\n")

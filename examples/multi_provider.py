@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from moa import Aggregate, Propose, Shuffle, Step, run_sync
+from moa.clients import anthropic_client, openai_client, route
 
-from _common import clients_missing, print_summary, prompt_from, require_keys
+from _common import exit_on_missing_extra, print_summary, prompt_from, require_keys
 
 PROPOSERS = ["gpt-5-nano-2025-08-07", "claude-sonnet-4-5", "gpt-5-nano-2025-08-07"]
 AGGREGATOR = "claude-sonnet-4-5"
@@ -28,16 +29,12 @@ def build_pipeline() -> Step:
 
 def main(argv: Sequence[str] | None = None) -> None:
     openai_key, anthropic_key = require_keys("OPENAI_API_KEY", "ANTHROPIC_API_KEY")
-    try:
-        from moa.clients import openai_client, route
-    except ImportError as exc:
-        clients_missing(exc)
-    # Anthropic serves an OpenAI-compatible API, so one client kind reaches both providers;
-    # route() sends each call to the client whose model-name prefix matches.
-    client = route({
-        "claude": openai_client(base_url="https://api.anthropic.com/v1/", api_key=anthropic_key),
-        "gpt": openai_client(base_url="https://api.openai.com/v1", api_key=openai_key),
-    })
+    # route() sends each call to the client whose prefix starts the model name.
+    with exit_on_missing_extra():
+        client = route({
+            "claude": anthropic_client(api_key=anthropic_key),
+            "gpt": openai_client(api_key=openai_key),
+        })
     pipeline = build_pipeline()
     print(f"Pipeline: {pipeline!r}\n")
     result, history = run_sync(pipeline, prompt_from(argv, PROMPT), client)

@@ -4,7 +4,7 @@
     python examples/openai_basic.py ["your question"]
 
 The pipeline is a value: ``build_pipeline()`` returns it and you can print, compare or reuse
-it. Running it needs moa's OpenAI client (``moa.clients``), which arrives in a later release.
+it. Running it needs the OpenAI SDK: ``pip install 'moa-dsl[openai]'``.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from moa import Aggregate, Propose, Step, run_sync
+from moa.clients import openai_client
 
-from _common import clients_missing, print_summary, prompt_from, require_key
+from _common import exit_on_missing_extra, print_summary, prompt_from, require_key
 
 MODEL = "gpt-5-nano-2025-08-07"
 PROMPT = "What are the key differences between Python and Rust?"
@@ -26,11 +27,8 @@ def build_pipeline() -> Step:
 
 def main(argv: Sequence[str] | None = None) -> None:
     key = require_key("OPENAI_API_KEY")
-    try:
-        from moa.clients import openai_client
-    except ImportError as exc:
-        clients_missing(exc)
-    client = openai_client(base_url="https://api.openai.com/v1", api_key=key)
+    with exit_on_missing_extra():
+        client = openai_client(api_key=key)
     pipeline = build_pipeline()
     print(f"Pipeline: {pipeline!r}\n")
     result, history = run_sync(pipeline, prompt_from(argv, PROMPT), client)

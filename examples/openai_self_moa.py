@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from moa import Step, run_sync
+from moa.clients import openai_client
 from moa.recipes import self_moa
 
-from _common import clients_missing, print_summary, prompt_from, require_key
+from _common import exit_on_missing_extra, print_summary, prompt_from, require_key
 
 MODEL = "gpt-5-nano-2025-08-07"
 SAMPLES = 6
@@ -28,11 +29,8 @@ def build_pipeline() -> Step:
 
 def main(argv: Sequence[str] | None = None) -> None:
     key = require_key("OPENAI_API_KEY")
-    try:
-        from moa.clients import openai_client
-    except ImportError as exc:
-        clients_missing(exc)
-    client = openai_client(base_url="https://api.openai.com/v1", api_key=key)
+    with exit_on_missing_extra():
+        client = openai_client(api_key=key)
     pipeline = build_pipeline()
     print(f"Pipeline: {pipeline!r}\n")
     result, history = run_sync(pipeline, prompt_from(argv, PROMPT), client)

@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from moa import Aggregate, Propose, Step, Synthesize, run_sync
+from moa.clients import openai_client
 
-from _common import clients_missing, print_summary, prompt_from, require_key
+from _common import exit_on_missing_extra, print_summary, prompt_from, require_key
 
 # Modern open models standing in for the Together MoA proposers.
 PROPOSERS = [
@@ -37,11 +38,9 @@ def build_pipeline() -> Step:
 
 def main(argv: Sequence[str] | None = None) -> None:
     key = require_key("OPENROUTER_API_KEY")
-    try:
-        from moa.clients import openai_client
-    except ImportError as exc:
-        clients_missing(exc)
-    client = openai_client(base_url="https://openrouter.ai/api/v1", api_key=key)
+    # OpenRouter speaks OpenAI's Chat Completions API, so the OpenAI client reaches it.
+    with exit_on_missing_extra():
+        client = openai_client(base_url="https://openrouter.ai/api/v1", api_key=key)
     pipeline = build_pipeline()
     print(f"Pipeline: {pipeline!r}\n")
     result, history = run_sync(pipeline, prompt_from(argv, PROMPT), client)

@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from moa import Aggregate, History, Propose, Rank, Shuffle, Step, run_sync
+from moa.clients import litellm_client
 
-from _common import clients_missing, fmt_tokens, prompt_from, require_key, with_prefix
+from _common import exit_on_missing_extra, fmt_tokens, prompt_from, require_key
 
 MODEL = "llama-3.3-70b-versatile"
 PROMPT = "What makes a good API design?"
@@ -62,11 +63,8 @@ def format_history(history: History) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     require_key("GROQ_API_KEY")  # LiteLLM reads it from the environment
-    try:
-        from moa.clients import litellm_client
-    except ImportError as exc:
-        clients_missing(exc)
-    client = with_prefix(litellm_client(), "groq/")  # LiteLLM's names for Groq models
+    with exit_on_missing_extra():
+        client = litellm_client(prefix="groq/")  # LiteLLM names Groq's models groq/<model>
 
     pipeline = build_pipeline()
     print(f"Pipeline: {pipeline!r}\n")

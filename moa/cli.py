@@ -9,7 +9,9 @@ import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from . import Aggregate, History, MoaError, Propose, run_sync
+import anyio
+
+from . import Aggregate, History, MoaError, Propose, run
 
 __all__ = ("main",)
 
@@ -62,7 +64,8 @@ def make_client(provider: str, base_url: str | None, model: str | None):  # type
     return clients.openai_client(base_url=base_url or spec.base_url, api_key=key), model or spec.model
 
 
-def _print_history(history: History, result: str, out=sys.stdout) -> None:  # type: ignore[no-untyped-def]
+def _print_history(history: History, result: str, out=None) -> None:  # type: ignore[no-untyped-def]
+    out = sys.stdout if out is None else out  # looked up now, so a redirected stdout is used
     width = 88
     proposals = history.steps[0]
     print(f"\nProposals ({len(proposals.outputs)}):", file=out)
@@ -80,6 +83,17 @@ def _print_history(history: History, result: str, out=sys.stdout) -> None:  # ty
     print(f"per-call latency (s, queueing included): {latencies}", file=out)
 
 
+async def _run_and_close(pipeline, prompt, client, seed, timeout):  # type: ignore[no-untyped-def]
+    """``moa.run``, then close the client's connections (the HTTP clients have ``aclose``), so
+    none is left open when the event loop ends."""
+    try:
+        return await run(pipeline, prompt, client, seed=seed, timeout=timeout)
+    finally:
+        aclose = getattr(client, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
 def demo(args: argparse.Namespace) -> int:
     client, model = make_client(args.provider, args.base_url, args.model)
     pipeline = Propose([model] * args.samples, temp=0.7, max_tokens=args.max_tokens) | Aggregate(
@@ -88,7 +102,8 @@ def demo(args: argparse.Namespace) -> int:
     print(f"moa demo: a Self-MoA on {model} ({args.provider if not args.base_url else args.base_url})")
     print(f"pipeline: {pipeline!r}")
     print(f"prompt:   {args.prompt}")
-    result, history = run_sync(pipeline, args.prompt, client, seed=args.seed, timeout=args.timeout)
+    result, history = anyio.run(_run_and_close, pipeline, args.prompt, client, args.seed,
+                                args.timeout)
     _print_history(history, result)
     return 0
 

