@@ -4,11 +4,17 @@
 ``await run(pipeline, prompt, client)`` runs it on anyio.
 """
 
+from ._custom import transform as transform
+from ._batch import RunResult as RunResult
+from ._batch import as_completed as as_completed
+from ._batch import run_many as run_many
 from ._executor import Client as Client
 from ._executor import Retry as Retry
 from ._executor import run as run
 from ._executor import run_sync as run_sync
 from ._history import CallRecord as CallRecord
+from ._limits import Limits as Limits
+from ._limits import ModelLimit as ModelLimit
 from ._history import History as History
 from ._history import StepRecord as StepRecord
 from ._llm_steps import Aggregate as Aggregate
@@ -19,6 +25,8 @@ from ._llm_steps import Refine as Refine
 from ._llm_steps import Request as Request
 from ._llm_steps import Synthesize as Synthesize
 from ._llm_steps import Vote as Vote
+from ._llm_steps import messages as messages
+from ._llm_steps import numbered as numbered
 from ._llm_steps import parse_ranking as parse_ranking
 from ._pipeline import Parallel as Parallel
 from ._pipeline import Pipeline as Pipeline
@@ -50,8 +58,10 @@ __all__ = (
     "Filter",
     "History",
     "LLMStep",
+    "Limits",
     "Map",
     "MoaError",
+    "ModelLimit",
     "Parallel",
     "Pipeline",
     "Propose",
@@ -60,6 +70,7 @@ __all__ = (
     "Refine",
     "Request",
     "Retry",
+    "RunResult",
     "Sample",
     "Shuffle",
     "Step",
@@ -69,9 +80,14 @@ __all__ = (
     "Take",
     "Transform",
     "Vote",
+    "as_completed",
+    "messages",
+    "numbered",
     "parallel",
     "parse_ranking",
     "pipeline",
     "run",
+    "run_many",
     "run_sync",
+    "transform",
 )

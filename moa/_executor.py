@@ -21,6 +21,7 @@ import anyio
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
 from ._history import CallRecord, History, StepRecord
+from ._limits import Limits
 from ._llm_steps import LLMStep, Message, Request
 from ._pipeline import Parallel, Pipeline, Step, StepLike, _describe, as_step
 from ._transforms import Transform
@@ -119,20 +120,32 @@ def _check_output(model: str, out: Any) -> tuple[str, int | None, int | None]:
     return text, tin, tout
 
 
+def _estimate_tokens(messages: tuple[Message, ...]) -> int:
+    # About four characters a token: only a tokens-per-minute budget's first guess; the usage
+    # the provider reports settles the account afterwards.
+    return sum(len(m["content"]) for m in messages) // 4 + 1
+
+
 class _Run:
     """One run's state: the client, its limits and policy, and the prompt."""
 
-    __slots__ = ("client", "prompt", "limiter", "timeout", "retry")
+    __slots__ = ("client", "prompt", "limiter", "timeout", "retry", "limits", "hedge_after")
 
     def __init__(self, client: Client, prompt: str, limiter: anyio.CapacityLimiter | None,
-                 timeout: float | None, retry: Retry) -> None:
+                 timeout: float | None, retry: Retry, limits: Limits | None = None,
+                 hedge_after: float | None = None) -> None:
         self.client = client
         self.prompt = prompt
         self.limiter = limiter
         self.timeout = timeout
         self.retry = retry
+        self.limits = limits
+        self.hedge_after = hedge_after
 
     async def _attempt(self, req: Request) -> tuple[str, int | None, int | None]:
+        gate = self.limits.gate(req.model) if self.limits is not None else None
+        if gate is not None:
+            return await self._gated(gate, req)
         limiter = self.limiter
         if limiter is None:
             return await self._send(req)
@@ -146,6 +159,26 @@ class _Run:
             return await self._send(req)
         finally:
             limiter.release()
+
+    async def _gated(self, gate: Any, req: Request) -> tuple[str, int | None, int | None]:
+        estimate = _estimate_tokens(req.messages)
+        await gate.enter(estimate)
+        used: int | None = None
+        try:
+            if self.limiter is None:
+                out = await self._send(req)
+            else:
+                async with self.limiter:
+                    out = await self._send(req)
+            used = out[1] + out[2] if out[1] is not None and out[2] is not None else None
+            return out
+        except Exception as exc:
+            after = getattr(exc, "retry_after", None)
+            if isinstance(after, (int, float)) and after > 0:
+                gate.pause(float(after))  # this model only; the others keep going
+            raise
+        finally:
+            gate.leave(estimate, used)
 
     async def _send(self, req: Request) -> tuple[str, int | None, int | None]:
         # The client gets its own copies: a client that edits its messages cannot edit history.
@@ -162,9 +195,53 @@ class _Run:
                 raise TimeoutError
         return _check_output(req.model, out)
 
+    async def _hedged(self, req: Request, hedges: list[CallRecord]
+                      ) -> tuple[str, int | None, int | None]:
+        """One attempt that, unanswered after ``hedge_after`` seconds, races a duplicate: the
+        first answer wins and the other is cancelled and recorded in ``hedges``. When both
+        fail, the first one's error is raised."""
+        outcomes: list[tuple[Any, BaseException | None, float] | None] = [None, None]
+        starts = [0.0, 0.0]
+        first_done = anyio.Event()
+
+        async def race(i: int, scope: anyio.CancelScope) -> None:
+            starts[i] = monotonic()
+            try:
+                outcomes[i] = (await self._attempt(req), None, monotonic())
+                scope.cancel()
+            except Exception as exc:
+                outcomes[i] = (None, exc, monotonic())
+            finally:
+                if i == 0:
+                    first_done.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(race, 0, tg.cancel_scope)
+            with anyio.move_on_after(self.hedge_after):
+                await first_done.wait()
+            if outcomes[0] is None:  # still running: a primary that failed is the retry's job
+                tg.start_soon(race, 1, tg.cancel_scope)
+        winner = next((i for i in (0, 1) if outcomes[i] and outcomes[i][1] is None), None)
+        if starts[1]:
+            loser = 1 if winner == 0 else 0 if winner == 1 else 1
+            out = outcomes[loser]
+            if out is None:
+                hedges.append(CallRecord(req.model, req.messages, req.temp, req.max_tokens, None,
+                                         None, None, 1, None, monotonic() - starts[loser], True))
+            else:
+                text, tin, tout = out[0] if out[1] is None else (None, None, None)
+                hedges.append(CallRecord(req.model, req.messages, req.temp, req.max_tokens, text,
+                                         tin, tout, 1, _error_text(out[1]) if out[1] else None,
+                                         out[2] - starts[loser]))
+        if winner is None:
+            raise outcomes[0][1]  # type: ignore[index,misc]
+        return outcomes[winner][0]  # type: ignore[index]
+
     async def call(self, req: Request) -> tuple[CallRecord, BaseException | None]:
         """One call with its retries, as a record; never raises but for cancellation."""
         start = monotonic()
+        if self.hedge_after is not None:
+            return await self._call_hedged(req, start)
         try:
             text, tin, tout = await self._attempt(req)
             return CallRecord(req.model, req.messages, req.temp, req.max_tokens, text, tin, tout,
@@ -186,6 +263,22 @@ class _Run:
         except Exception as exc:
             return CallRecord(req.model, req.messages, req.temp, req.max_tokens, None, None, None,
                               attempts, _error_text(exc), monotonic() - start), exc
+
+    async def _call_hedged(self, req: Request, start: float
+                           ) -> tuple[CallRecord, BaseException | None]:
+        hedges: list[CallRecord] = []
+        attempts = 0
+        try:
+            async for attempt in self.retry.retrying():
+                with attempt:
+                    attempts = attempt.retry_state.attempt_number
+                    text, tin, tout = await self._hedged(req, hedges)
+            return CallRecord(req.model, req.messages, req.temp, req.max_tokens, text, tin, tout,
+                              attempts, None, monotonic() - start, False, tuple(hedges)), None
+        except Exception as exc:
+            return CallRecord(req.model, req.messages, req.temp, req.max_tokens, None, None, None,
+                              attempts, _error_text(exc), monotonic() - start, False,
+                              tuple(hedges)), exc
 
 
 @dataclass(slots=True)
@@ -243,9 +336,10 @@ async def _exec_llm(run: _Run, step: LLMStep, responses: list[str], br: _Branch,
                                      ("received no responses",), 0.0))
         raise EmptyInputError(f"{step!r} received no responses: {cause}", step=repr(step))
     requests = step.requests(run.prompt, responses)
+    enough = step.enough(len(requests))
     if len(requests) == 1:
         results = [await run.call(requests[0])]
-    else:
+    elif enough is None:
         results = [None] * len(requests)
 
         async def one(i: int, req: Request) -> None:
@@ -254,6 +348,8 @@ async def _exec_llm(run: _Run, step: LLMStep, responses: list[str], br: _Branch,
         async with anyio.create_task_group() as tg:
             for i, req in enumerate(requests):
                 tg.start_soon(one, i, req)
+    else:
+        results = await _quorum(run, requests, enough)
     calls = tuple(r[0] for r in results)  # type: ignore[index]
     replies = [c.text for c in calls]
     ok = sum(c.ok for c in calls)
@@ -269,13 +365,43 @@ async def _exec_llm(run: _Run, step: LLMStep, responses: list[str], br: _Branch,
             f"{step!r} failed: {ok} of {len(calls)} calls succeeded and it needs {need} ({errors})",
             step=repr(step))
     out, notes = step.combine(run.prompt, list(responses), replies)
-    if failed := len(calls) - ok:
+    if failed := sum(c.error is not None for c in calls):
         notes = [*notes, f"{failed} of {len(calls)} calls failed; the step went on with {ok}"]
+    if cancelled := sum(c.cancelled for c in calls):
+        notes = [*notes, f"quorum of {enough} reached: {cancelled} call(s) still running were "
+                         f"cancelled"]
     if responses and not out:
         br.emptied_by = f"{step!r} at path {path}"
     br.records.append(StepRecord(repr(step), path, "llm", tuple(responses), tuple(out), calls,
                                  tuple(notes), monotonic() - start))
     return out
+
+
+async def _quorum(run: _Run, requests: list[Request], enough: int
+                  ) -> list[tuple[CallRecord, BaseException | None]]:
+    """The calls of a step that stops once ``enough`` of them have answered; the rest are
+    cancelled and recorded as cancelled."""
+    results: list[tuple[CallRecord, BaseException | None] | None] = [None] * len(requests)
+    starts = [0.0] * len(requests)
+    answered = 0
+
+    async def one(i: int, req: Request, scope: anyio.CancelScope) -> None:
+        nonlocal answered
+        starts[i] = monotonic()
+        results[i] = record = await run.call(req)
+        if record[0].ok:
+            answered += 1
+            if answered >= enough:
+                scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        for i, req in enumerate(requests):
+            tg.start_soon(one, i, req, tg.cancel_scope)
+    now = monotonic()
+    return [r if r is not None else
+            (CallRecord(q.model, q.messages, q.temp, q.max_tokens, None, None, None, 1, None,
+                        now - starts[i], True), None)
+            for i, (r, q) in enumerate(zip(results, requests))]
 
 
 async def _exec_parallel(run: _Run, step: Parallel, responses: list[str], br: _Branch,
@@ -314,9 +440,15 @@ async def _exec_parallel(run: _Run, step: Parallel, responses: list[str], br: _B
 
 
 def _check_run_args(prompt: object, client: object, seed: object, max_concurrency: object,
-                    timeout: object, retry: object) -> None:
+                    timeout: object, retry: object, limits: object = None,
+                    hedge_after: object = None) -> None:
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(f"run(prompt): prompt must be a non-empty str, got {prompt!r}")
+    _check_options(client, seed, max_concurrency, timeout, retry, limits, hedge_after)
+
+
+def _check_options(client: object, seed: object, max_concurrency: object, timeout: object,
+                   retry: object, limits: object, hedge_after: object) -> None:
     if not callable(client):
         raise TypeError("run(client): client must be an async callable "
                         f"client(model, messages, temp, max_tokens), not {_describe(client)}")
@@ -326,13 +458,32 @@ def _check_run_args(prompt: object, client: object, seed: object, max_concurrenc
                                         not isinstance(max_concurrency, int) or max_concurrency < 1):
         raise ValueError("run(max_concurrency=...): max_concurrency must be an int >= 1 or None, "
                          f"got {max_concurrency!r}")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                or not 0 < timeout < math.inf):
-        raise ValueError(f"run(timeout=...): timeout must be a number of seconds > 0 or None, "
-                         f"got {timeout!r}")
+    for name, value in (("timeout", timeout), ("hedge_after", hedge_after)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not 0 < value < math.inf):
+            raise ValueError(f"run({name}=...): {name} must be a number of seconds > 0 or "
+                             f"None, got {value!r}")
     if retry is not None and not isinstance(retry, Retry):
         raise TypeError(f"run(retry=...): retry must be a moa.Retry policy or None, "
                         f"not {_describe(retry)}")
+    if limits is not None and not isinstance(limits, Limits):
+        raise TypeError(f"run(limits=...): limits must be a moa.Limits or None, "
+                        f"not {_describe(limits)}")
+
+
+async def _run(step: Step, prompt: str, state: _Run, seed: int | None) -> tuple[str, History]:
+    if seed is None:
+        seed = secrets.randbits(63)
+    root = _Branch(random.Random(seed), [])
+    start = monotonic()
+    path = () if isinstance(step, Pipeline) else (0,)
+    try:
+        outputs = await _exec(state, step, [], root, path)
+    except StepFailedError as exc:
+        exc.history = History(prompt, seed, tuple(root.records), (), monotonic() - start)
+        raise
+    history = History(prompt, seed, tuple(root.records), tuple(outputs), monotonic() - start)
+    return (outputs[0] if outputs else ""), history
 
 
 async def run(
@@ -344,31 +495,25 @@ async def run(
     max_concurrency: int | None = None,
     timeout: float | None = None,
     retry: Retry | None = None,
+    limits: Limits | None = None,
+    hedge_after: float | None = None,
 ) -> tuple[str, History]:
     """Run ``pipeline`` on ``prompt``; return the final response and the run's history.
 
     The final response is the first of the last step's outputs (all of them are in
     ``history.outputs``), or ``""`` when a transform left none. ``seed`` seeds every random
     step (drawn and recorded in history when None); ``max_concurrency`` caps calls in flight;
-    ``timeout`` bounds each call attempt in seconds; ``retry`` is the policy for failed calls.
-    A step that fails raises a :class:`~moa.errors.StepFailedError` carrying the history so far.
+    ``timeout`` bounds each call attempt in seconds; ``retry`` is the policy for failed calls;
+    ``limits`` holds per-model limits (shared by every run given the same object);
+    ``hedge_after`` starts a duplicate of a call unanswered after that many seconds, and the
+    first answer wins. A step that fails raises a :class:`~moa.errors.StepFailedError`
+    carrying the history so far.
     """
     step = as_step(pipeline, where="run(pipeline)")
-    _check_run_args(prompt, client, seed, max_concurrency, timeout, retry)
-    if seed is None:
-        seed = secrets.randbits(63)
+    _check_run_args(prompt, client, seed, max_concurrency, timeout, retry, limits, hedge_after)
     limiter = anyio.CapacityLimiter(max_concurrency) if max_concurrency else None
-    state = _Run(client, prompt, limiter, timeout, retry or DEFAULT_RETRY)
-    root = _Branch(random.Random(seed), [])
-    start = monotonic()
-    path = () if isinstance(step, Pipeline) else (0,)
-    try:
-        outputs = await _exec(state, step, [], root, path)
-    except StepFailedError as exc:
-        exc.history = History(prompt, seed, tuple(root.records), (), monotonic() - start)
-        raise
-    history = History(prompt, seed, tuple(root.records), tuple(outputs), monotonic() - start)
-    return (outputs[0] if outputs else ""), history
+    state = _Run(client, prompt, limiter, timeout, retry or DEFAULT_RETRY, limits, hedge_after)
+    return await _run(step, prompt, state, seed)
 
 
 def run_sync(

@@ -22,6 +22,9 @@ class CallRecord:
     """One model call, after its retries. ``text`` is None and ``error`` says why when it failed.
 
     ``input_tokens``/``output_tokens`` are None when the provider did not report them.
+    ``cancelled`` marks a call stopped because its step had its quorum (its spend is unknown to
+    moa). ``hedges`` holds the duplicate attempts started when this call was slow to answer:
+    the loser of each race, cancelled or failed, with whatever tokens it reported.
     """
 
     model: str
@@ -34,10 +37,13 @@ class CallRecord:
     attempts: int
     error: str | None = None
     latency: float = field(default=0.0, compare=False)
+    cancelled: bool = False
+    hedges: tuple[CallRecord, ...] = ()
 
     @property
     def ok(self) -> bool:
-        return self.error is None
+        """The call answered: not failed, not cancelled."""
+        return self.error is None and not self.cancelled
 
     # The seed's per-call dict keys, so ``call["in_tokens"]`` keeps working.
     def __getitem__(self, key: str) -> Any:
@@ -66,6 +72,8 @@ class CallRecord:
             "attempts": self.attempts,
             "error": self.error,
             "latency": self.latency,
+            "cancelled": self.cancelled,
+            "hedges": [h.to_dict() for h in self.hedges],
         }
 
 
@@ -158,7 +166,23 @@ class History:
 
     @property
     def failed_calls(self) -> tuple[CallRecord, ...]:
-        return tuple(c for c in self.calls if not c.ok)
+        """Calls that failed after their retries (cancelled calls are not failures)."""
+        return tuple(c for c in self.calls if c.error is not None)
+
+    @property
+    def cancelled_calls(self) -> tuple[CallRecord, ...]:
+        """Calls stopped because their step reached its quorum."""
+        return tuple(c for c in self.calls if c.cancelled)
+
+    def _spent(self) -> Iterator[CallRecord]:
+        # Every attempt that reported usage counts; a cancelled one reported none, and its
+        # spend is unknown rather than a reason to call the whole total unknown.
+        for c in self.calls:
+            if not c.cancelled:
+                yield c
+            for h in c.hedges:
+                if not h.cancelled:
+                    yield h
 
     @property
     def total_calls(self) -> int:
@@ -166,13 +190,13 @@ class History:
 
     @property
     def input_tokens(self) -> int | None:
-        """Input tokens over all calls; None when any call's count is unknown."""
-        return _sum_known(c.input_tokens for c in self.calls)
+        """Input tokens over all calls and hedges that answered; None when any count is unknown."""
+        return _sum_known(c.input_tokens for c in self._spent())
 
     @property
     def output_tokens(self) -> int | None:
-        """Output tokens over all calls; None when any call's count is unknown."""
-        return _sum_known(c.output_tokens for c in self.calls)
+        """Output tokens over all calls and hedges that answered; None when any count is unknown."""
+        return _sum_known(c.output_tokens for c in self._spent())
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy."""
@@ -185,6 +209,7 @@ class History:
             "totals": {
                 "calls": self.total_calls,
                 "failed_calls": len(self.failed_calls),
+                "cancelled_calls": len(self.cancelled_calls),
                 "input_tokens": self.input_tokens,
                 "output_tokens": self.output_tokens,
             },

@@ -27,6 +27,8 @@ __all__ = (
     "Rank",
     "Vote",
     "parse_ranking",
+    "messages",
+    "numbered",
     "DEFAULT_TEMP",
     "DEFAULT_MAX_TOKENS",
 )
@@ -138,30 +140,57 @@ def _check_min_success(step: str, min_success: object, most: int | None) -> None
                          f"{most} agents, so the step could never succeed")
 
 
+def _check_quorum(step: str, quorum: object, min_success: int, most: int | None) -> None:
+    if quorum is None:
+        return
+    if isinstance(quorum, bool) or not isinstance(quorum, int) or quorum < 1:
+        raise ValueError(f"{step}(quorum=...): quorum must be an int >= 1 or None, got {quorum!r}")
+    if most is not None and quorum > most:
+        raise ValueError(f"{step}(quorum=...): quorum={quorum} exceeds the {most} agents")
+    if quorum < min_success:
+        raise ValueError(f"{step}(quorum=...): quorum={quorum} is below min_success="
+                         f"{min_success}, so the step would stop before it could succeed")
+
+
 class LLMStep(Step):
-    """A step that calls models. Subclasses describe their calls and how the replies become
-    the new responses; the executor does the calling.
+    """A step that calls models; the base of the built-in LLM steps and of your own.
+
+    A subclass only describes: :meth:`requests` says which calls to make from the user's prompt
+    and the current responses, :meth:`combine` turns the replies into the new responses. The
+    executor makes the calls (concurrently, under ``max_concurrency``, with ``timeout`` and the
+    retry policy) and writes them to history. Write a subclass as a
+    ``@dataclass(frozen=True, slots=True, repr=False)`` whose fields are its arguments; set
+    ``_positional`` to how many of them its repr shows positionally. Both methods must be pure
+    functions of their arguments (no model calls, no randomness), so runs replay from a seed.
 
     ``needs_responses``: the step has nothing to work on without current responses, and the
-    executor raises :class:`~moa.errors.EmptyInputError` rather than call with none.
+    executor raises :class:`~moa.errors.EmptyInputError` rather than call with none. Set it
+    to False for a step that starts from the prompt alone, as ``Propose`` does.
     """
 
     __slots__ = ()
     needs_responses: ClassVar[bool] = True
 
     def requests(self, prompt: str, responses: list[str]) -> list[Request]:
-        """The calls to make, in the order their replies are passed to :meth:`combine`."""
+        """The calls to make, in the order their replies are passed to :meth:`combine`.
+        Build each one's messages with :func:`moa.messages` (and :func:`moa.numbered`)."""
         raise NotImplementedError
 
     def required(self, n_requests: int) -> int:
-        """How many of the calls must succeed for the step to succeed (default: all)."""
+        """How many of the calls must succeed for the step to succeed (default: all). When
+        fewer do, the executor raises :class:`~moa.errors.StepFailedError`."""
         return n_requests
+
+    def enough(self, n_requests: int) -> int | None:
+        """After this many successful calls the step stops waiting: the calls still running are
+        cancelled and recorded as cancelled (default: None, wait for all)."""
+        return None
 
     def combine(
         self, prompt: str, responses: list[str], replies: list[str | None]
     ) -> tuple[list[str], list[str]]:
-        """The new responses and any notes for history, from the replies in request order
-        (None where a call failed)."""
+        """The new responses (a list of str) and notes for history (a list of str), from the
+        replies in request order; a reply is None where its call failed."""
         raise NotImplementedError
 
 
@@ -172,6 +201,10 @@ class _MultiAgent(LLMStep):
 
     def required(self, n_requests: int) -> int:
         return min(self.min_success, n_requests)  # type: ignore[attr-defined]
+
+    def enough(self, n_requests: int) -> int | None:
+        quorum = self.quorum  # type: ignore[attr-defined]
+        return min(quorum, n_requests) if quorum is not None else None
 
     def combine(self, prompt, responses, replies):  # type: ignore[no-untyped-def]
         return [r for r in replies if r is not None], []
@@ -186,6 +219,7 @@ class Propose(_MultiAgent):
     temp: float = DEFAULT_TEMP
     max_tokens: int = DEFAULT_MAX_TOKENS
     min_success: int = 1
+    quorum: int | None = None
     _positional: ClassVar[int] = 1
     needs_responses: ClassVar[bool] = False
 
@@ -193,6 +227,7 @@ class Propose(_MultiAgent):
         object.__setattr__(self, "agents", _agents("Propose", self.agents))
         _check_sampling("Propose", self.temp, self.max_tokens, None)
         _check_min_success("Propose", self.min_success, len(self.agents))
+        _check_quorum("Propose", self.quorum, self.min_success, len(self.agents))
 
     def requests(self, prompt: str, responses: list[str]) -> list[Request]:
         msgs = messages(("user", prompt))
@@ -209,12 +244,14 @@ class Synthesize(_MultiAgent):
     temp: float = DEFAULT_TEMP
     max_tokens: int = DEFAULT_MAX_TOKENS
     min_success: int = 1
+    quorum: int | None = None
     _positional: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "agents", _agents("Synthesize", self.agents))
         _check_sampling("Synthesize", self.temp, self.max_tokens, self.prompt)
         _check_min_success("Synthesize", self.min_success, len(self.agents))
+        _check_quorum("Synthesize", self.quorum, self.min_success, len(self.agents))
 
     def requests(self, prompt: str, responses: list[str]) -> list[Request]:
         msgs = _with_responses(self.prompt or SYNTHESIZE_PROMPT, prompt, responses)
@@ -231,12 +268,14 @@ class Refine(_MultiAgent):
     temp: float = DEFAULT_TEMP
     max_tokens: int = DEFAULT_MAX_TOKENS
     min_success: int = 1
+    quorum: int | None = None
     _positional: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "agents", _agents("Refine", self.agents))
         _check_sampling("Refine", self.temp, self.max_tokens, self.prompt)
         _check_min_success("Refine", self.min_success, None)
+        _check_quorum("Refine", self.quorum, self.min_success, None)
 
     def requests(self, prompt: str, responses: list[str]) -> list[Request]:
         instruction = self.prompt or REFINE_PROMPT

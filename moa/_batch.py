@@ -1,0 +1,162 @@
+"""Many prompts through one pipeline: ``run_many`` (results in input order) and
+``as_completed`` (results as they finish), sharing one cap on calls in flight and one set of
+per-model limits. A run that fails is reported in its own result; the batch goes on."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream
+
+from ._executor import DEFAULT_RETRY, Client, Retry, _check_options, _Run, _run
+from ._history import History
+from ._limits import Limits
+from ._pipeline import StepLike, _describe, as_step
+from .errors import StepFailedError
+
+__all__ = ("RunResult", "run_many", "as_completed")
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """One prompt's outcome in a batch: its ``result`` and ``history``, or the ``error`` that
+    ended it (``history`` then holds what ran before, when the error carried it)."""
+
+    index: int
+    prompt: str
+    result: str | None
+    history: History | None
+    error: BaseException | None = field(default=None, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+Progress = Callable[[int, int, RunResult], Any]
+
+
+def _prompts(prompts: Iterable[str]) -> list[str]:
+    if isinstance(prompts, str):
+        raise TypeError("run_many(prompts): prompts must be a list of prompts, not a bare str; "
+                        "did you mean [prompt]?")
+    items = list(prompts)
+    for i, p in enumerate(items):
+        if not isinstance(p, str) or not p.strip():
+            raise ValueError(f"run_many(prompts): prompt {i} must be a non-empty str, got {p!r}")
+    return items
+
+
+async def _drive(pipeline: StepLike, prompts: list[str], client: Client, send:
+                 MemoryObjectSendStream[RunResult], *, seed: int | None,
+                 max_concurrency: int | None, timeout: float | None, retry: Retry | None,
+                 limits: Limits | None, hedge_after: float | None,
+                 progress: Progress | None) -> None:
+    step = as_step(pipeline, where="run_many(pipeline)")
+    limiter = anyio.CapacityLimiter(max_concurrency) if max_concurrency else None
+    policy = retry or DEFAULT_RETRY
+    # One seed per prompt, drawn in input order: the batch replays from its own seed.
+    draw = random.Random(seed).getrandbits if seed is not None else lambda bits: None
+    seeds: list[int | None] = [draw(63) for _ in prompts]
+    done = 0
+
+    async def one(i: int) -> None:
+        nonlocal done
+        state = _Run(client, prompts[i], limiter, timeout, policy, limits, hedge_after)
+        try:
+            result, history = await _run(step, prompts[i], state, seeds[i])
+            outcome = RunResult(i, prompts[i], result, history)
+        except Exception as exc:
+            history = exc.history if isinstance(exc, StepFailedError) else None
+            outcome = RunResult(i, prompts[i], None, history, exc)
+        done += 1
+        if progress is not None:
+            progress(done, len(prompts), outcome)
+        await send.send(outcome)
+
+    async with send, anyio.create_task_group() as tg:
+        for i in range(len(prompts)):
+            tg.start_soon(one, i)
+
+
+async def run_many(
+    pipeline: StepLike,
+    prompts: Iterable[str],
+    client: Client,
+    *,
+    seed: int | None = None,
+    max_concurrency: int | None = None,
+    timeout: float | None = None,
+    retry: Retry | None = None,
+    limits: Limits | None = None,
+    hedge_after: float | None = None,
+    progress: Progress | None = None,
+) -> list[RunResult]:
+    """Run ``pipeline`` on every prompt concurrently; the results come back in input order.
+
+    ``max_concurrency`` caps the calls in flight across the whole batch; ``limits`` are
+    shared by every run. A run that fails does not stop the batch: its ``RunResult`` carries
+    the error. ``progress(done, total, result)`` is called as each run finishes. With ``seed``
+    each prompt gets its own seed drawn from it, so the batch replays.
+    """
+    items = _prompts(prompts)
+    _check_batch(client, seed, max_concurrency, timeout, retry, limits, hedge_after, progress)
+    results: list[RunResult | None] = [None] * len(items)
+    send, receive = anyio.create_memory_object_stream[RunResult](math.inf)
+    async with receive:
+        await _drive(pipeline, items, client, send, seed=seed, max_concurrency=max_concurrency,
+                     timeout=timeout, retry=retry, limits=limits, hedge_after=hedge_after,
+                     progress=progress)
+        async for r in receive:
+            results[r.index] = r
+    return results  # type: ignore[return-value]
+
+
+@asynccontextmanager
+async def as_completed(
+    pipeline: StepLike,
+    prompts: Iterable[str],
+    client: Client,
+    *,
+    seed: int | None = None,
+    max_concurrency: int | None = None,
+    timeout: float | None = None,
+    retry: Retry | None = None,
+    limits: Limits | None = None,
+    hedge_after: float | None = None,
+    progress: Progress | None = None,
+) -> AsyncIterator[AsyncIterator[RunResult]]:
+    """``run_many`` as a stream in completion order::
+
+        async with moa.as_completed(pipeline, prompts, client) as results:
+            async for r in results:
+                ...
+
+    Leaving the block early cancels the runs still going.
+    """
+    items = _prompts(prompts)
+    _check_batch(client, seed, max_concurrency, timeout, retry, limits, hedge_after, progress)
+    send, receive = anyio.create_memory_object_stream[RunResult](math.inf)
+    async with receive, anyio.create_task_group() as tg:
+        tg.start_soon(lambda: _drive(pipeline, items, client, send, seed=seed,
+                                     max_concurrency=max_concurrency, timeout=timeout,
+                                     retry=retry, limits=limits, hedge_after=hedge_after,
+                                     progress=progress))
+        try:
+            yield receive
+        finally:
+            tg.cancel_scope.cancel()
+
+
+def _check_batch(client: object, seed: object, max_concurrency: object, timeout: object,
+                 retry: object, limits: object, hedge_after: object, progress: object) -> None:
+    _check_options(client, seed, max_concurrency, timeout, retry, limits, hedge_after)
+    if progress is not None and not callable(progress):
+        raise TypeError(f"run_many(progress=...): progress must be a callable "
+                        f"progress(done, total, result) or None, not {_describe(progress)}")

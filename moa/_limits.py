@@ -1,0 +1,149 @@
+"""Per-model limits: calls in flight, requests per minute, tokens per minute, and pauses.
+
+A provider limits each model on its own, so moa does too: a 429's Retry-After pauses that
+model's gate, and every other model keeps going. ``ModelLimit`` is a value (what the limit
+is); ``Limits`` is the run-time state shared by every run that is given it.
+
+No maintained anyio-compatible rate limiter fits (aiolimiter is asyncio-only; the token
+buckets on the package index are thread- or asyncio-bound), so this is a small token bucket
+on anyio's clock and primitives: it runs on asyncio and trio alike.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import anyio
+
+__all__ = ("ModelLimit", "Limits")
+
+
+def _positive(owner: str, name: str, value: object, kind: type = int) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int) \
+            or not 0 < value < math.inf:
+        raise ValueError(f"{owner}({name}=...): {name} must be "
+                         f"{'a number' if kind is float else 'an int'} > 0 or None, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelLimit:
+    """How hard one model may be driven: ``concurrency`` calls in flight, ``rpm`` requests
+    and ``tpm`` tokens (input + output) per minute. None means no limit of that kind."""
+
+    concurrency: int | None = None
+    rpm: float | None = None
+    tpm: float | None = None
+
+    def __post_init__(self) -> None:
+        _positive("ModelLimit", "concurrency", self.concurrency)
+        _positive("ModelLimit", "rpm", self.rpm, float)
+        _positive("ModelLimit", "tpm", self.tpm, float)
+
+
+class _Bucket:
+    """A token bucket refilled at ``per_minute / 60`` per second, holding at most a minute's
+    worth. Takers queue in order; usage learned after the fact may drive it below zero, and
+    later takers then wait for the debt to clear."""
+
+    __slots__ = ("rate", "capacity", "level", "stamp", "lock")
+
+    def __init__(self, per_minute: float) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = float(per_minute)
+        self.level = self.capacity
+        self.stamp = anyio.current_time()
+        self.lock = anyio.Lock()
+
+    def _refill(self) -> None:
+        now = anyio.current_time()
+        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    async def take(self, amount: float) -> None:
+        amount = min(amount, self.capacity)  # a call larger than a minute's budget still runs
+        async with self.lock:
+            while True:
+                self._refill()
+                if self.level >= amount:
+                    self.level -= amount
+                    return
+                await anyio.sleep((amount - self.level) / self.rate)
+
+    def charge(self, amount: float) -> None:
+        self._refill()
+        self.level -= amount
+
+
+class _Gate:
+    """One model's run-time limit state."""
+
+    __slots__ = ("limiter", "requests", "tokens", "paused_until")
+
+    def __init__(self, limit: ModelLimit) -> None:
+        self.limiter = anyio.CapacityLimiter(limit.concurrency) if limit.concurrency else None
+        self.requests = _Bucket(limit.rpm) if limit.rpm else None
+        self.tokens = _Bucket(limit.tpm) if limit.tpm else None
+        self.paused_until = 0.0
+
+    async def enter(self, estimate: int) -> None:
+        while (wait := self.paused_until - anyio.current_time()) > 0:
+            await anyio.sleep(wait)
+        if self.limiter is not None:
+            await self.limiter.acquire()
+        try:
+            if self.requests is not None:
+                await self.requests.take(1)
+            if self.tokens is not None:
+                await self.tokens.take(estimate)
+        except BaseException:
+            if self.limiter is not None:
+                self.limiter.release()
+            raise
+
+    def leave(self, estimate: int, used: int | None) -> None:
+        if self.limiter is not None:
+            self.limiter.release()
+        if self.tokens is not None and used is not None:
+            self.tokens.charge(used - estimate)
+
+    def pause(self, seconds: float) -> None:
+        self.paused_until = max(self.paused_until, anyio.current_time() + seconds)
+
+
+class Limits:
+    """Per-model limits shared by every run given this object (``run(..., limits=...)``,
+    ``run_many`` shares one across its runs). ``per_model`` maps a model name to its
+    ``ModelLimit``; ``default`` applies to every other model (None: unlimited)."""
+
+    def __init__(self, per_model: Mapping[str, ModelLimit] | None = None, *,
+                 default: ModelLimit | None = None) -> None:
+        per_model = dict(per_model or {})
+        for name, limit in per_model.items():
+            if not isinstance(name, str) or not name:
+                raise TypeError(f"Limits: model names must be non-empty str, got {name!r}")
+            if not isinstance(limit, ModelLimit):
+                raise TypeError(f"Limits: the limit for {name!r} must be a moa.ModelLimit, "
+                                f"got {limit!r}")
+        if default is not None and not isinstance(default, ModelLimit):
+            raise TypeError(f"Limits(default=...): default must be a moa.ModelLimit or None, "
+                            f"got {default!r}")
+        self.per_model = per_model
+        self.default = default
+        self._gates: dict[str, _Gate | None] = {}
+
+    def __repr__(self) -> str:
+        paused = [m for m, g in self._gates.items() if g and g.paused_until > 0]
+        return f"<Limits models={sorted(self.per_model)} default={self.default} paused={paused}>"
+
+    def gate(self, model: str) -> _Gate | None:
+        """The model's gate, made on first use (inside the event loop), or None if unlimited."""
+        try:
+            return self._gates[model]
+        except KeyError:
+            limit = self.per_model.get(model, self.default)
+            gate = self._gates[model] = _Gate(limit) if limit is not None else None
+            return gate
