@@ -8,6 +8,7 @@ finished first.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import math
 import random
@@ -120,6 +121,14 @@ def _check_output(model: str, out: Any) -> tuple[str, int | None, int | None]:
     return text, tin, tout
 
 
+def _on_asyncio() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 def _estimate_tokens(messages: tuple[Message, ...]) -> int:
     # About four characters a token: only a tokens-per-minute budget's first guess; the usage
     # the provider reports settles the account afterwards.
@@ -129,7 +138,8 @@ def _estimate_tokens(messages: tuple[Message, ...]) -> int:
 class _Run:
     """One run's state: the client, its limits and policy, and the prompt."""
 
-    __slots__ = ("client", "prompt", "limiter", "timeout", "retry", "limits", "hedge_after")
+    __slots__ = ("client", "prompt", "limiter", "timeout", "retry", "limits", "hedge_after",
+                 "native", "plain")
 
     def __init__(self, client: Client, prompt: str, limiter: anyio.CapacityLimiter | None,
                  timeout: float | None, retry: Retry, limits: Limits | None = None,
@@ -141,6 +151,8 @@ class _Run:
         self.retry = retry
         self.limits = limits
         self.hedge_after = hedge_after
+        self.native = _on_asyncio()
+        self.plain = limiter is None and timeout is None and limits is None
 
     async def _attempt(self, req: Request) -> tuple[str, int | None, int | None]:
         gate = self.limits.gate(req.model) if self.limits is not None else None
@@ -186,6 +198,10 @@ class _Run:
         if self.timeout is None:
             out = await self.client(model=req.model, messages=msgs, temp=req.temp,
                                     max_tokens=req.max_tokens)
+        elif self.native:
+            async with asyncio.timeout(self.timeout):
+                out = await self.client(model=req.model, messages=msgs, temp=req.temp,
+                                        max_tokens=req.max_tokens)
         else:
             # fail_after's behaviour with a bare cancel scope: two context-manager layers fewer.
             with anyio.CancelScope(deadline=anyio.current_time() + self.timeout) as scope:
@@ -243,7 +259,12 @@ class _Run:
         if self.hedge_after is not None:
             return await self._call_hedged(req, start)
         try:
-            text, tin, tout = await self._attempt(req)
+            if self.plain:  # nothing to apply around the client: two coroutine frames fewer
+                text, tin, tout = _check_output(req.model, await self.client(
+                    model=req.model, messages=[m.copy() for m in req.messages], temp=req.temp,
+                    max_tokens=req.max_tokens))
+            else:
+                text, tin, tout = await self._attempt(req)
             return CallRecord(req.model, req.messages, req.temp, req.max_tokens, text, tin, tout,
                               1, None, monotonic() - start), None
         except Exception as exc:
@@ -291,6 +312,20 @@ class _Branch:
     emptied_by: str | None = None
 
 
+@functools.lru_cache(maxsize=4096)
+def _cached_repr(step: Step) -> str:
+    return repr(step)
+
+
+def _repr(step: Step) -> str:
+    # Steps are immutable, so a batch of thousands of runs prints each of them once; a custom
+    # step holding an unhashable value is printed every time.
+    try:
+        return _cached_repr(step)
+    except TypeError:
+        return repr(step)
+
+
 async def _exec(run: _Run, step: Step, responses: list[str], br: _Branch,
                 path: tuple[int, ...]) -> list[str]:
     if isinstance(step, Pipeline):
@@ -321,7 +356,7 @@ def _exec_transform(step: Transform, responses: list[str], br: _Branch,
     if responses and not out:
         br.emptied_by = f"{step!r} at path {path}"
         notes = (f"{step!r} left no responses",)
-    br.records.append(StepRecord(repr(step), path, "transform", tuple(responses), tuple(out),
+    br.records.append(StepRecord(_repr(step), path, "transform", tuple(responses), tuple(out),
                                  (), notes, monotonic() - start))
     return out
 
@@ -339,6 +374,13 @@ async def _exec_llm(run: _Run, step: LLMStep, responses: list[str], br: _Branch,
     enough = step.enough(len(requests))
     if len(requests) == 1:
         results = [await run.call(requests[0])]
+    elif enough is None and run.native:
+        # On asyncio, its own TaskGroup (structured too: the group waits for and cancels its
+        # children) costs about half of anyio's per task; anyio's cancel scopes still reach
+        # in through the host task. Trio takes the anyio path below.
+        async with asyncio.TaskGroup() as atg:
+            tasks = [atg.create_task(run.call(req)) for req in requests]
+        results = [t.result() for t in tasks]
     elif enough is None:
         results = [None] * len(requests)
 
@@ -352,7 +394,14 @@ async def _exec_llm(run: _Run, step: LLMStep, responses: list[str], br: _Branch,
         results = await _quorum(run, requests, enough)
     calls = tuple(r[0] for r in results)  # type: ignore[index]
     replies = [c.text for c in calls]
-    ok = sum(c.ok for c in calls)
+    ok = failed = cancelled = 0
+    for c in calls:
+        if c.error is not None:
+            failed += 1
+        elif c.cancelled:
+            cancelled += 1
+        else:
+            ok += 1
     need = step.required(len(requests))
     if ok < need:
         br.records.append(StepRecord(repr(step), path, "llm", tuple(responses), (), calls, (),
@@ -365,14 +414,14 @@ async def _exec_llm(run: _Run, step: LLMStep, responses: list[str], br: _Branch,
             f"{step!r} failed: {ok} of {len(calls)} calls succeeded and it needs {need} ({errors})",
             step=repr(step))
     out, notes = step.combine(run.prompt, list(responses), replies)
-    if failed := sum(c.error is not None for c in calls):
+    if failed:
         notes = [*notes, f"{failed} of {len(calls)} calls failed; the step went on with {ok}"]
-    if cancelled := sum(c.cancelled for c in calls):
+    if cancelled:
         notes = [*notes, f"quorum of {enough} reached: {cancelled} call(s) still running were "
                          f"cancelled"]
     if responses and not out:
         br.emptied_by = f"{step!r} at path {path}"
-    br.records.append(StepRecord(repr(step), path, "llm", tuple(responses), tuple(out), calls,
+    br.records.append(StepRecord(_repr(step), path, "llm", tuple(responses), tuple(out), calls,
                                  tuple(notes), monotonic() - start))
     return out
 
