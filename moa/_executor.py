@@ -8,7 +8,6 @@ finished first.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import math
 import random
@@ -121,14 +120,6 @@ def _check_output(model: str, out: Any) -> tuple[str, int | None, int | None]:
     return text, tin, tout
 
 
-def _on_asyncio() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
-
-
 def _estimate_tokens(messages: tuple[Message, ...]) -> int:
     # About four characters a token: only a tokens-per-minute budget's first guess; the usage
     # the provider reports settles the account afterwards.
@@ -139,7 +130,7 @@ class _Run:
     """One run's state: the client, its limits and policy, and the prompt."""
 
     __slots__ = ("client", "prompt", "limiter", "timeout", "retry", "limits", "hedge_after",
-                 "native", "plain")
+                 "plain")
 
     def __init__(self, client: Client, prompt: str, limiter: anyio.CapacityLimiter | None,
                  timeout: float | None, retry: Retry, limits: Limits | None = None,
@@ -151,16 +142,16 @@ class _Run:
         self.retry = retry
         self.limits = limits
         self.hedge_after = hedge_after
-        self.native = _on_asyncio()
         self.plain = limiter is None and timeout is None and limits is None
 
-    async def _attempt(self, req: Request) -> tuple[str, int | None, int | None]:
+    async def _attempt(self, req: Request, sent: anyio.Event | None = None
+                       ) -> tuple[str, int | None, int | None]:
         gate = self.limits.gate(req.model) if self.limits is not None else None
         if gate is not None:
-            return await self._gated(gate, req)
+            return await self._gated(gate, req, sent)
         limiter = self.limiter
         if limiter is None:
-            return await self._send(req)
+            return await self._send(req, sent)
         # A free slot is taken without a trip through the event loop; acquire_nowait refuses
         # while others queue, so waiting callers keep their turn.
         try:
@@ -168,20 +159,20 @@ class _Run:
         except anyio.WouldBlock:
             await limiter.acquire()
         try:
-            return await self._send(req)
+            return await self._send(req, sent)
         finally:
             limiter.release()
 
-    async def _gated(self, gate: Any, req: Request) -> tuple[str, int | None, int | None]:
-        estimate = _estimate_tokens(req.messages)
-        await gate.enter(estimate)
+    async def _gated(self, gate: Any, req: Request, sent: anyio.Event | None
+                     ) -> tuple[str, int | None, int | None]:
+        estimate = await gate.enter(_estimate_tokens(req.messages))
         used: int | None = None
         try:
             if self.limiter is None:
-                out = await self._send(req)
+                out = await self._send(req, sent)
             else:
                 async with self.limiter:
-                    out = await self._send(req)
+                    out = await self._send(req, sent)
             used = out[1] + out[2] if out[1] is not None and out[2] is not None else None
             return out
         except Exception as exc:
@@ -192,16 +183,15 @@ class _Run:
         finally:
             gate.leave(estimate, used)
 
-    async def _send(self, req: Request) -> tuple[str, int | None, int | None]:
+    async def _send(self, req: Request, sent: anyio.Event | None = None
+                    ) -> tuple[str, int | None, int | None]:
         # The client gets its own copies: a client that edits its messages cannot edit history.
         msgs = [m.copy() for m in req.messages]
+        if sent is not None:
+            sent.set()
         if self.timeout is None:
             out = await self.client(model=req.model, messages=msgs, temp=req.temp,
                                     max_tokens=req.max_tokens)
-        elif self.native:
-            async with asyncio.timeout(self.timeout):
-                out = await self.client(model=req.model, messages=msgs, temp=req.temp,
-                                        max_tokens=req.max_tokens)
         else:
             # fail_after's behaviour with a bare cancel scope: two context-manager layers fewer.
             with anyio.CancelScope(deadline=anyio.current_time() + self.timeout) as scope:
@@ -219,20 +209,26 @@ class _Run:
         outcomes: list[tuple[Any, BaseException | None, float] | None] = [None, None]
         starts = [0.0, 0.0]
         first_done = anyio.Event()
+        # The hedge clock starts when the first attempt reaches the client, not while it
+        # queues for a slot: a duplicate of a queued call would only queue too.
+        first_sent = anyio.Event()
 
         async def race(i: int, scope: anyio.CancelScope) -> None:
             starts[i] = monotonic()
             try:
-                outcomes[i] = (await self._attempt(req), None, monotonic())
+                outcome = await self._attempt(req, first_sent if i == 0 else None)
+                outcomes[i] = (outcome, None, monotonic())
                 scope.cancel()
             except Exception as exc:
                 outcomes[i] = (None, exc, monotonic())
             finally:
                 if i == 0:
+                    first_sent.set()
                     first_done.set()
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(race, 0, tg.cancel_scope)
+            await first_sent.wait()
             with anyio.move_on_after(self.hedge_after):
                 await first_done.wait()
             if outcomes[0] is None:  # still running: a primary that failed is the retry's job
@@ -312,20 +308,6 @@ class _Branch:
     emptied_by: str | None = None
 
 
-@functools.lru_cache(maxsize=4096)
-def _cached_repr(step: Step) -> str:
-    return repr(step)
-
-
-def _repr(step: Step) -> str:
-    # Steps are immutable, so a batch of thousands of runs prints each of them once; a custom
-    # step holding an unhashable value is printed every time.
-    try:
-        return _cached_repr(step)
-    except TypeError:
-        return repr(step)
-
-
 async def _exec(run: _Run, step: Step, responses: list[str], br: _Branch,
                 path: tuple[int, ...]) -> list[str]:
     if isinstance(step, Pipeline):
@@ -356,7 +338,7 @@ def _exec_transform(step: Transform, responses: list[str], br: _Branch,
     if responses and not out:
         br.emptied_by = f"{step!r} at path {path}"
         notes = (f"{step!r} left no responses",)
-    br.records.append(StepRecord(_repr(step), path, "transform", tuple(responses), tuple(out),
+    br.records.append(StepRecord(repr(step), path, "transform", tuple(responses), tuple(out),
                                  (), notes, monotonic() - start))
     return out
 
@@ -370,17 +352,17 @@ async def _exec_llm(run: _Run, step: LLMStep, responses: list[str], br: _Branch,
         br.records.append(StepRecord(repr(step), path, "llm", (), (), (),
                                      ("received no responses",), 0.0))
         raise EmptyInputError(f"{step!r} received no responses: {cause}", step=repr(step))
-    requests = step.requests(run.prompt, responses)
+    try:
+        requests = step.requests(run.prompt, responses)
+    except Exception as exc:
+        exc.add_note(f"in step {step!r} at path {path}")
+        raise
+    if type(requests) is not list or not all(type(r) is Request for r in requests):
+        raise TypeError(f"{step!r}.requests must return a list of moa.Request, "
+                        f"returned {_describe(requests)}")
     enough = step.enough(len(requests))
     if len(requests) == 1:
         results = [await run.call(requests[0])]
-    elif enough is None and run.native:
-        # On asyncio, its own TaskGroup (structured too: the group waits for and cancels its
-        # children) costs about half of anyio's per task; anyio's cancel scopes still reach
-        # in through the host task. Trio takes the anyio path below.
-        async with asyncio.TaskGroup() as atg:
-            tasks = [atg.create_task(run.call(req)) for req in requests]
-        results = [t.result() for t in tasks]
     elif enough is None:
         results = [None] * len(requests)
 
@@ -403,17 +385,25 @@ async def _exec_llm(run: _Run, step: LLMStep, responses: list[str], br: _Branch,
         else:
             ok += 1
     need = step.required(len(requests))
-    if ok < need:
+    # A client of the wrong shape is a bug to fix, not a failure for min_success to absorb.
+    broken = next((e for _, e in results if isinstance(e, ClientOutputError)), None)  # type: ignore[misc]
+    if ok < need or broken is not None:
         br.records.append(StepRecord(repr(step), path, "llm", tuple(responses), (), calls, (),
                                      monotonic() - start))
-        for _, exc in results:  # type: ignore[misc]
-            if isinstance(exc, ClientOutputError):
-                raise exc
+        if broken is not None:
+            raise broken
         errors = "; ".join(f"{c.model}: {c.error}" for c in calls if c.error)
         raise StepFailedError(
             f"{step!r} failed: {ok} of {len(calls)} calls succeeded and it needs {need} ({errors})",
             step=repr(step))
-    out, notes = step.combine(run.prompt, list(responses), replies)
+    try:
+        out, notes = step.combine(run.prompt, list(responses), replies)
+    except Exception as exc:
+        exc.add_note(f"in step {step!r} at path {path}")
+        raise
+    if type(out) is not list or not all(type(r) is str for r in out):
+        raise TypeError(f"{step!r}.combine must return a list of str as its responses, "
+                        f"returned {_describe(out)}")
     if failed:
         notes = [*notes, f"{failed} of {len(calls)} calls failed; the step went on with {ok}"]
     if cancelled:
@@ -421,7 +411,7 @@ async def _exec_llm(run: _Run, step: LLMStep, responses: list[str], br: _Branch,
                          f"cancelled"]
     if responses and not out:
         br.emptied_by = f"{step!r} at path {path}"
-    br.records.append(StepRecord(_repr(step), path, "llm", tuple(responses), tuple(out), calls,
+    br.records.append(StepRecord(repr(step), path, "llm", tuple(responses), tuple(out), calls,
                                  tuple(notes), monotonic() - start))
     return out
 

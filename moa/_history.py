@@ -175,13 +175,13 @@ class History:
         return tuple(c for c in self.calls if c.cancelled)
 
     def _spent(self) -> Iterator[CallRecord]:
-        # Every attempt that reported usage counts; a cancelled one reported none, and its
-        # spend is unknown rather than a reason to call the whole total unknown.
+        # Every attempt that answered counts. One that failed or was cancelled reported no
+        # usage: its spend is unknown to moa, not a reason to call the whole total unknown.
         for c in self.calls:
-            if not c.cancelled:
+            if c.ok:
                 yield c
             for h in c.hedges:
-                if not h.cancelled:
+                if h.ok:
                     yield h
 
     @property
@@ -190,12 +190,14 @@ class History:
 
     @property
     def input_tokens(self) -> int | None:
-        """Input tokens over all calls and hedges that answered; None when any count is unknown."""
+        """Input tokens over the calls and hedges that answered; None when any of them did not
+        report its count (failed and cancelled attempts report none and are left out)."""
         return _sum_known(c.input_tokens for c in self._spent())
 
     @property
     def output_tokens(self) -> int | None:
-        """Output tokens over all calls and hedges that answered; None when any count is unknown."""
+        """Output tokens over the calls and hedges that answered; None when any of them did not
+        report its count."""
         return _sum_known(c.output_tokens for c in self._spent())
 
     def to_dict(self) -> dict[str, Any]:

@@ -53,7 +53,8 @@ class _Bucket:
 
     def __init__(self, per_minute: float) -> None:
         self.rate = per_minute / 60.0
-        self.capacity = float(per_minute)
+        # At least one whole request fits, or a limit under 1 a minute would run at 1 a minute.
+        self.capacity = max(float(per_minute), 1.0)
         self.level = self.capacity
         self.stamp = anyio.current_time()
         self.lock = anyio.Lock()
@@ -63,19 +64,22 @@ class _Bucket:
         self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
         self.stamp = now
 
-    async def take(self, amount: float) -> None:
-        amount = min(amount, self.capacity)  # a call larger than a minute's budget still runs
+    async def take(self, amount: float) -> float:
+        """Wait for ``amount`` and take it; return what was taken (at most the capacity: a
+        call larger than a minute's budget still runs once the bucket is full)."""
+        amount = min(amount, self.capacity)
         async with self.lock:
             while True:
                 self._refill()
                 if self.level >= amount:
                     self.level -= amount
-                    return
+                    return amount
                 await anyio.sleep((amount - self.level) / self.rate)
 
     def charge(self, amount: float) -> None:
+        """Settle a guess: a positive amount is debt, a negative one a refund."""
         self._refill()
-        self.level -= amount
+        self.level = min(self.capacity, self.level - amount)
 
 
 class _Gate:
@@ -89,26 +93,32 @@ class _Gate:
         self.tokens = _Bucket(limit.tpm) if limit.tpm else None
         self.paused_until = 0.0
 
-    async def enter(self, estimate: int) -> None:
+    async def _unpaused(self) -> None:
         while (wait := self.paused_until - anyio.current_time()) > 0:
             await anyio.sleep(wait)
+
+    async def enter(self, estimate: int) -> int:
+        """Wait until the model may take one more call; return the tokens charged for it."""
+        await self._unpaused()
         if self.limiter is not None:
             await self.limiter.acquire()
         try:
             if self.requests is not None:
                 await self.requests.take(1)
-            if self.tokens is not None:
-                await self.tokens.take(estimate)
+            charged = int(await self.tokens.take(estimate)) if self.tokens is not None else estimate
+            # A pause that began while this call queued holds it too.
+            await self._unpaused()
         except BaseException:
             if self.limiter is not None:
                 self.limiter.release()
             raise
+        return charged
 
-    def leave(self, estimate: int, used: int | None) -> None:
+    def leave(self, charged: int, used: int | None) -> None:
         if self.limiter is not None:
             self.limiter.release()
         if self.tokens is not None and used is not None:
-            self.tokens.charge(used - estimate)
+            self.tokens.charge(used - charged)
 
     def pause(self, seconds: float) -> None:
         self.paused_until = max(self.paused_until, anyio.current_time() + seconds)
@@ -136,7 +146,8 @@ class Limits:
         self._gates: dict[str, _Gate | None] = {}
 
     def __repr__(self) -> str:
-        paused = [m for m, g in self._gates.items() if g and g.paused_until > 0]
+        now = anyio.current_time() if self._gates else 0.0
+        paused = [m for m, g in self._gates.items() if g and g.paused_until > now]
         return f"<Limits models={sorted(self.per_model)} default={self.default} paused={paused}>"
 
     def gate(self, model: str) -> _Gate | None:

@@ -19,12 +19,16 @@ __all__ = ("Transform", "Shuffle", "Dropout", "Sample", "Take", "Filter", "Map")
 class Transform(Step):
     """A step that rewrites the list of responses without calling a model.
 
-    Subclasses implement :meth:`apply`; it must draw randomness only from ``rng``.
+    The short way to write one is :func:`moa.transform` on a function. A subclass is a
+    ``@dataclass(frozen=True, slots=True, repr=False)`` whose fields are its arguments
+    (``_positional`` of them shown positionally in its repr) and implements :meth:`apply`.
     """
 
     __slots__ = ()
 
     def apply(self, responses: list[str], rng: random.Random) -> list[str]:
+        """The new responses, a list of str. ``responses`` is the step's own copy; every random
+        draw must come from ``rng`` (the run's generator, seeded by ``run(..., seed=...)``)."""
         raise NotImplementedError
 
 

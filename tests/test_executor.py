@@ -221,3 +221,48 @@ def test_run_sync_on_both_backends():
         result, _ = moa.run_sync(Propose(["a"]), "Q", ScriptedClient(), backend=backend, seed=1)
         assert result.startswith("a says")
     gc.collect()
+
+
+async def test_wrong_shape_raises_even_when_min_success_is_met():
+    async def client(*, model, messages, temp, max_tokens):
+        return ("ok", 1, 1) if model != "broken" else "text only"
+
+    with pytest.raises(ClientOutputError, match="'broken'"):
+        await run(Propose(["a", "broken", "c"]), "Q", client)
+
+
+async def test_a_timeout_lets_the_clients_shielded_cleanup_finish():
+    finished = []
+
+    async def client(*, model, messages, temp, max_tokens):
+        with anyio.CancelScope(shield=True):
+            await anyio.sleep(0.1)
+            finished.append(model)
+        await anyio.sleep(10)
+
+    with pytest.raises(StepFailedError):
+        await run(Propose(["a", "b"]), "Q", client, timeout=0.02, retry=Retry(attempts=1))
+    assert sorted(finished) == ["a", "b"]
+
+
+async def test_equal_steps_are_recorded_as_written():
+    _, h1 = await run(Propose(["a"]) | moa.Dropout(1), "Q", ScriptedClient(), seed=1)
+    _, h2 = await run(Propose(["a"]) | moa.Dropout(1.0), "Q", ScriptedClient(), seed=1)
+    assert h1[1].step == "Dropout(1)" and h2[1].step == "Dropout(1.0)"
+
+
+async def test_a_custom_llm_step_returning_non_str_is_an_error_naming_it():
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True, slots=True, repr=False)
+    class Leaky(moa.LLMStep):
+        needs_responses = False
+
+        def requests(self, prompt, responses):
+            return [moa.Request("a", moa.messages(("user", prompt)), 0.0, 10)]
+
+        def combine(self, prompt, responses, replies):
+            return [None], []
+
+    with pytest.raises(TypeError, match=r"Leaky\(\)\.combine must return a list of str"):
+        await run(Leaky(), "Q", ScriptedClient())

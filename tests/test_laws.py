@@ -1,95 +1,48 @@
-"""The laws of the pipeline algebra and of the transforms, checked with Hypothesis.
+"""The laws of the pipeline algebra, checked with Hypothesis.
 
 Each law is a plain function named for what it promises, with its statement as its docstring;
 the test beside it draws the inputs. Laws "in results" run both sides through ``moa.run`` after
-the same responses and before the same random suffix, and compare what comes out.
+the same responses and before the same random suffix, and compare what comes out. The
+transforms' own laws are in ``tests/test_builtin_laws.py``, written with ``moa.testing``.
 """
 
-import operator
 import random
-from collections import Counter
-from functools import reduce
+from functools import partial
 
-import pytest
-from hypothesis import assume, example, given, reject, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from scripted import ScriptedClient, default_reply
 
 import moa
-from moa import (Aggregate, Dropout, EmptyInputError, Filter, Map, Parallel, Pipeline, Propose,
-                 Rank, Refine, Sample, Shuffle, Synthesize, Take, Vote)
+import moa.testing as mt
+from moa import (Dropout, EmptyInputError, Parallel, Pipeline, Propose, Rank, Sample, Shuffle,
+                 Synthesize, Take, Vote)
 
 PROMPT = "What is the answer?"
 MODELS = ("alpha", "beta", "gamma")
 MOA_NAMESPACE = {name: getattr(moa, name) for name in moa.__all__}
 
-#: Laws about values and single transforms: cheap, so many examples.
+#: Laws about values: cheap, so many examples.
 VALUES = settings(max_examples=200, deadline=None)
 #: Laws that run pipelines through the executor.
 RUNS = settings(max_examples=75, deadline=None)
 
 
-# -- strategies -------------------------------------------------------------------------------
-texts = st.text(max_size=6)
-responses = st.lists(texts, max_size=6)
-seeds = st.integers(0, 2**64 - 1)
-counts = st.integers(0, 7)
-rates = st.floats(0, 1)
-text_functions = st.functions(like=lambda s: "", returns=st.text(max_size=6), pure=True)
-predicates = st.functions(like=lambda s: True, returns=st.booleans(), pure=True)
+# -- strategies (moa.testing's, over this file's models) ---------------------------------------
+responses = mt.responses()
+seeds = mt.seeds()
 backends = st.sampled_from(["asyncio", "trio"])
-
-
-def transforms(*, functions=True):
-    """Shuffle, Dropout, Sample, Take, and (with ``functions``) Filter and Map of drawn functions."""
-    plain = [st.just(Shuffle()), rates.map(Dropout), counts.map(Sample), counts.map(Take)]
-    if functions:
-        plain += [predicates.map(Filter), text_functions.map(Map)]
-    return st.one_of(plain)
-
-
-@st.composite
-def llm_steps(draw, models=st.sampled_from(MODELS), options=False):
-    """One of the six LLM steps over ``models``; with ``options``, with drawn keyword arguments."""
-    kind = draw(st.sampled_from([Propose, Synthesize, Refine, Aggregate, Rank, Vote]))
-    kwargs = {}
-    if options:
-        if draw(st.booleans()):
-            kwargs["temp"] = draw(st.floats(min_value=0))
-        if draw(st.booleans()):
-            kwargs["max_tokens"] = draw(st.integers(1, 4096))
-        if kind is not Propose and draw(st.booleans()):
-            kwargs["prompt"] = draw(st.text(min_size=1, max_size=20).filter(str.strip))
-    if kind in (Propose, Synthesize, Refine):
-        args = [draw(st.lists(models, min_size=1, max_size=3))]
-        if options and draw(st.booleans()):
-            kwargs["min_success"] = draw(st.integers(1, len(args[0])))
-    else:
-        args = [draw(models)]
-        if kind is Rank and draw(st.booleans()):
-            kwargs["n"] = draw(st.integers(1, 4))
-    try:
-        return kind(*args, **kwargs)
-    except ValueError:
-        reject()  # a temperature the constructor refuses (infinity)
-
-
-def pipelines(leaves, max_leaves=6):
-    """Trees of ``leaves`` joined with ``|``, ``&`` and ``*``."""
-    def extend(kids):
-        return st.one_of(
-            st.lists(kids, max_size=3).map(lambda steps: reduce(operator.or_, steps, Pipeline())),
-            st.lists(kids, min_size=1, max_size=3).map(lambda steps: reduce(operator.and_, steps)),
-            st.tuples(kids, st.integers(0, 2)).map(lambda t: t[0] * t[1]),
-        )
-    return st.recursive(leaves, extend, max_leaves=max_leaves)
-
+transforms = mt.transforms
+llm_steps = partial(mt.llm_steps, models=MODELS)
+pipelines = mt.pipelines
+#: The transforms that take no function.
+FUNCTION_FREE = (Shuffle, Dropout, Sample, Take)
 
 #: Any step: transforms with drawn functions and LLM steps, nested.
 steps = pipelines(transforms() | llm_steps())
 #: Steps without user functions and with every constructor option drawn; their reprs evaluate.
 plain_steps = pipelines(
-    transforms(functions=False)
+    transforms(kinds=FUNCTION_FREE)
     | llm_steps(models=st.text(min_size=1, max_size=5), options=True),
     max_leaves=10,
 )
@@ -97,7 +50,7 @@ plain_steps = pipelines(
 non_parallel_steps = steps.filter(lambda s: not isinstance(s, Parallel))
 #: Steps without drawn functions, for runs whose responses Hypothesis cannot replay (an unseeded
 #: run calls a drawn function on different texts each time, which Hypothesis rejects as flaky).
-function_free_steps = pipelines(transforms(functions=False) | llm_steps())
+function_free_steps = pipelines(transforms(kinds=FUNCTION_FREE) | llm_steps())
 #: Generators for call delays. True randomness, so the number of calls (fewer when a failing
 #: branch cancels its siblings) never changes what Hypothesis draws.
 delay_randoms = st.randoms(use_true_random=True)
@@ -132,29 +85,6 @@ def run_after(xs, step, seed, *, delay=0.0, backend="asyncio"):
                             backend=backend)
     except EmptyInputError:
         return "EmptyInputError"
-
-
-def outcome(xs, step, seed):
-    """What ``feed(xs) | step`` gives: its result, outputs and calls (or the error's name)."""
-    ran = run_after(xs, step, seed)
-    if isinstance(ran, str):
-        return ran
-    result, history = ran
-    return result, history.outputs, history.calls
-
-
-def apply_all(transforms_, xs, seed):
-    """The transforms applied in turn, on one ``random.Random(seed)``, as the executor does."""
-    rng = random.Random(seed)
-    for t in transforms_:
-        xs = t.apply(list(xs), rng)
-    return xs
-
-
-def is_subsequence(part, whole):
-    """Whether ``part`` is ``whole`` with some items left out, the rest in order."""
-    rest = iter(whole)
-    return all(any(x == y for y in rest) for x in part)
 
 
 # -- the algebra as values --------------------------------------------------------------------
@@ -302,165 +232,6 @@ def test_and_concatenates(a, b, xs, seed):
 @given(steps, st.integers(0, 2), st.integers(0, 2), responses, seeds)
 def test_repeat_distributes_in_results(s, m, n, xs, seed):
     law_repeat_distributes_in_results(s, m, n, xs, seed)
-
-
-# -- transforms: equivalences, applied directly and in results --------------------------------
-def law_take_of_take_is_take_of_min(n, m, xs, seed, after):
-    """Taking n, then m, is taking min(n, m)."""
-    assert apply_all([Take(n), Take(m)], xs, seed) == apply_all([Take(min(n, m))], xs, seed)
-    assert outcome(xs, Take(n) | Take(m) | after, seed) == outcome(xs, Take(min(n, m)) | after, seed)
-
-
-def law_filter_of_filter_is_filter_of_both(p, q, xs, seed, after):
-    """Filtering by p, then by q, is filtering by "p and q"."""
-    both = Filter(lambda s: p(s) and q(s))
-    assert apply_all([Filter(p), Filter(q)], xs, seed) == apply_all([both], xs, seed)
-    assert outcome(xs, Filter(p) | Filter(q) | after, seed) == outcome(xs, both | after, seed)
-
-
-def law_map_of_map_is_map_of_composition(f, g, xs, seed, after):
-    """Mapping f, then g, is mapping their composition."""
-    composed = Map(lambda s: g(f(s)))
-    assert apply_all([Map(f), Map(g)], xs, seed) == apply_all([composed], xs, seed)
-    assert outcome(xs, Map(f) | Map(g) | after, seed) == outcome(xs, composed | after, seed)
-
-
-def law_map_of_identity_is_identity(xs, seed, after):
-    """Mapping the identity function changes nothing."""
-    assert apply_all([Map(lambda s: s)], xs, seed) == xs
-    assert outcome(xs, Map(lambda s: s) | after, seed) == outcome(xs, after, seed)
-
-
-def law_dropout_of_zero_is_identity(xs, seed, after):
-    """Dropout at rate 0 changes nothing, and draws nothing from the generator."""
-    assert apply_all([Dropout(0)], xs, seed) == xs
-    assert outcome(xs, Dropout(0) | after, seed) == outcome(xs, after, seed)
-
-
-def law_map_commutes_with(step, f, xs, seed, after):
-    """Mapping f before a step that only picks and orders responses is mapping f after it,
-    under the same seed."""
-    assert apply_all([Map(f), step], xs, seed) == apply_all([step, Map(f)], xs, seed)
-    assert outcome(xs, Map(f) | step | after, seed) == outcome(xs, step | Map(f) | after, seed)
-
-
-def law_filter_after_map_is_map_after_filter(f, p, xs, seed, after):
-    """Filtering by p after mapping f is filtering by "p of f" before it."""
-    before = Filter(lambda s: p(f(s)))
-    assert apply_all([Map(f), Filter(p)], xs, seed) == apply_all([before, Map(f)], xs, seed)
-    assert outcome(xs, Map(f) | Filter(p) | after, seed) == outcome(xs, before | Map(f) | after, seed)
-
-
-@RUNS
-@given(counts, counts, responses, seeds, steps)
-def test_take_of_take_is_take_of_min(n, m, xs, seed, after):
-    law_take_of_take_is_take_of_min(n, m, xs, seed, after)
-
-
-@RUNS
-@given(predicates, predicates, responses, seeds, steps)
-def test_filter_of_filter_is_filter_of_both(p, q, xs, seed, after):
-    law_filter_of_filter_is_filter_of_both(p, q, xs, seed, after)
-
-
-@RUNS
-@given(text_functions, text_functions, responses, seeds, steps)
-def test_map_of_map_is_map_of_composition(f, g, xs, seed, after):
-    law_map_of_map_is_map_of_composition(f, g, xs, seed, after)
-
-
-@RUNS
-@given(responses, seeds, steps)
-def test_map_of_identity_is_identity(xs, seed, after):
-    law_map_of_identity_is_identity(xs, seed, after)
-
-
-@RUNS
-@given(responses, seeds, steps)
-def test_dropout_of_zero_is_identity(xs, seed, after):
-    law_dropout_of_zero_is_identity(xs, seed, after)
-
-
-@pytest.mark.parametrize("picking", [st.just(Shuffle()), counts.map(Take), counts.map(Sample),
-                                     rates.map(Dropout)],
-                         ids=["Shuffle", "Take", "Sample", "Dropout"])
-@RUNS
-@given(data=st.data(), f=text_functions, xs=responses, seed=seeds, after=steps)
-def test_map_commutes_with(picking, data, f, xs, seed, after):
-    law_map_commutes_with(data.draw(picking, label="step"), f, xs, seed, after)
-
-
-@RUNS
-@given(text_functions, predicates, responses, seeds, steps)
-def test_filter_after_map_is_map_after_filter(f, p, xs, seed, after):
-    law_filter_after_map_is_map_after_filter(f, p, xs, seed, after)
-
-
-# -- transforms: what each one may do ---------------------------------------------------------
-def law_shuffle_permutes(xs, seed):
-    """Shuffling gives a permutation of the responses."""
-    assert Counter(Shuffle().apply(list(xs), random.Random(seed))) == Counter(xs)
-
-
-def law_sample_is_a_sub_multiset(n, xs, seed):
-    """Sampling n gives min(n, len) of the responses, each used at most as often as given."""
-    out = Sample(n).apply(list(xs), random.Random(seed))
-    assert len(out) == min(n, len(xs))
-    assert Counter(out) <= Counter(xs)
-
-
-def law_dropout_keeps_an_ordered_non_empty_subset(rate, xs, seed):
-    """Dropout keeps some responses in their order, and at least one of a non-empty list."""
-    out = Dropout(rate).apply(list(xs), random.Random(seed))
-    assert is_subsequence(out, xs)
-    assert Counter(out) <= Counter(xs)
-    assert bool(out) == bool(xs)
-
-
-def law_full_dropout_keeps_exactly_one(xs, seed):
-    """Dropout at rate 1 keeps exactly one response of a non-empty list."""
-    out = Dropout(1).apply(list(xs), random.Random(seed))
-    assert len(out) == min(1, len(xs))
-    assert all(x in xs for x in out)
-
-
-def law_transforms_leave_their_input_alone(step, xs, seed):
-    """Applying a transform never changes the list it was given."""
-    given_ = list(xs)
-    step.apply(given_, random.Random(seed))
-    assert given_ == xs
-
-
-@VALUES
-@given(responses, seeds)
-def test_shuffle_permutes(xs, seed):
-    law_shuffle_permutes(xs, seed)
-
-
-@VALUES
-@given(counts, responses, seeds)
-def test_sample_is_a_sub_multiset(n, xs, seed):
-    law_sample_is_a_sub_multiset(n, xs, seed)
-
-
-@VALUES
-@given(rates, responses, seeds)
-@example(1.0, ["a", "b", "a"], 0)
-@example(0.5, [], 0)
-def test_dropout_keeps_an_ordered_non_empty_subset(rate, xs, seed):
-    law_dropout_keeps_an_ordered_non_empty_subset(rate, xs, seed)
-
-
-@VALUES
-@given(responses, seeds)
-def test_full_dropout_keeps_exactly_one(xs, seed):
-    law_full_dropout_keeps_exactly_one(xs, seed)
-
-
-@VALUES
-@given(transforms(), responses, seeds)
-def test_transforms_leave_their_input_alone(step, xs, seed):
-    law_transforms_leave_their_input_alone(step, xs, seed)
 
 
 # -- determinism ------------------------------------------------------------------------------

@@ -193,3 +193,55 @@ async def test_hedged_calls_still_retry_when_both_fail():
     # attempt 1: both racers fail; attempt 2: the first answers, its duplicate is cancelled
     assert [h.error and h.error.split(":")[0] for h in call.hedges] == ["Transient", None]
     assert call.hedges[1].cancelled
+
+
+async def test_failed_calls_leave_the_token_totals_known():
+    client = ScriptedClient(permanent={"bad"})
+    _, history = await run(Propose(["a", "bad"]) | Aggregate("a"), "Q", client, retry=FAST)
+    assert len(history.failed_calls) == 1
+    assert history.input_tokens == sum(c.input_tokens for c in history.calls if c.ok)
+
+
+async def test_a_pause_holds_calls_already_queued_for_the_model():
+    sent = []
+
+    async def client(*, model, messages, temp, max_tokens):
+        sent.append(anyio.current_time())
+        await anyio.sleep(0.05)
+        if len(sent) == 1:
+            raise ProviderError("slow down", model=model, retryable=False, retry_after=0.4, status=429)
+        return "x", 1, 1
+
+    limits = Limits(default=ModelLimit(concurrency=1))
+    start = anyio.current_time()
+    await run(Propose(["m"] * 4), "Q", client, limits=limits, retry=FAST)
+    assert all(t - start >= 0.4 for t in sent[1:])
+
+
+async def test_a_prompt_larger_than_the_minute_budget_is_charged_in_full():
+    async def client(*, model, messages, temp, max_tokens):
+        return "x", 200_000, 0  # the provider's count: far past the minute's 60k
+
+    limits = Limits(default=ModelLimit(tpm=60_000))  # 1000 a second
+    await run(Propose(["m"]), "word " * 400_000, client, limits=limits)  # estimate > 60k too
+    with anyio.move_on_after(0.5) as scope:
+        await run(Propose(["m"]), "Q", client, limits=limits)
+    assert scope.cancelled_caught  # 140k of debt: the next call waits about 140 s
+
+
+async def test_rpm_below_one_a_minute_is_kept():
+    from moa._limits import _Bucket
+
+    bucket = _Bucket(0.5)
+    assert await bucket.take(1) == 1
+    with anyio.move_on_after(0.2) as scope:
+        await bucket.take(1)
+    assert scope.cancelled_caught  # the next request waits about 120 s
+
+
+async def test_hedge_clock_starts_when_the_call_is_sent_not_while_it_queues():
+    client = ScriptedClient(delay=0.1)
+    _, history = await run(Propose(["a", "b", "c"]), "Q", client, max_concurrency=1,
+                           hedge_after=0.15)
+    assert all(c.hedges == () for c in history.calls)
+    assert len(client.calls) == 3

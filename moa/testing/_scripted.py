@@ -1,0 +1,156 @@
+"""The scripted client: a test double for a model provider.
+
+Its replies are a pure function of (model, messages) by default, so a run's result does not
+depend on the order in which concurrent calls finish; delays and failures are scripted per
+model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+
+import anyio
+
+from ..errors import ProviderError
+
+__all__ = ("ScriptedClient", "Transient", "Permanent", "default_reply")
+
+Reply = Callable[[str, list[dict[str, str]]], str]
+
+
+def _digest(model: str, messages: Sequence[Mapping[str, str]], salt: object = "") -> str:
+    key = repr((salt, model, [(m["role"], m["content"]) for m in messages]))
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def default_reply(model: str, messages: list[dict[str, str]]) -> str:
+    """``"<model> says <8 hex digits>"``, the digits a hash of the messages."""
+    return f"{model} says {_digest(model, messages)[:8]}"
+
+
+class Transient(ProviderError):
+    """The retryable failure a ScriptedClient raises (as a provider's 503)."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__("scripted transient failure", model=model, retryable=True, status=503)
+
+
+class Permanent(ProviderError):
+    """The failure a ScriptedClient raises that is never retried (as a provider's 400)."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__("scripted permanent failure", model=model, retryable=False, status=400)
+
+
+class ScriptedClient:
+    """A client whose every answer is scripted: ``reply(model, messages) -> str`` answers;
+    ``delay`` (seconds, or a function of model and messages) is slept first; a model fails
+    retryably on its first ``transient[model]`` calls (``transient`` an int: every model);
+    models in ``permanent`` always fail; ``hang`` models never answer.
+
+    Every call is appended to ``calls`` as it arrives. :meth:`fresh` is the same script with
+    nothing counted yet, for a second run that must behave as the first.
+    """
+
+    def __init__(
+        self,
+        reply: Reply = default_reply,
+        *,
+        delay: float | Callable[[str, list[dict[str, str]]], float] = 0.0,
+        transient: Mapping[str, int] | int | None = None,
+        permanent: frozenset[str] | set[str] | Sequence[str] = frozenset(),
+        hang: frozenset[str] | set[str] | Sequence[str] = frozenset(),
+    ) -> None:
+        self.reply = reply
+        self.delay = delay
+        self.transient = transient if isinstance(transient, int) else dict(transient or {})
+        self.permanent = set(permanent)
+        self.hang = set(hang)
+        self.calls: list[dict] = []
+        self.failures: Counter[str] = Counter()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.finished = 0
+
+    def fresh(self) -> ScriptedClient:
+        """The same script, with no calls, failures or counts recorded yet."""
+        return ScriptedClient(self.reply, delay=self.delay, transient=self.transient,
+                              permanent=self.permanent, hang=self.hang)
+
+    def _transient(self, model: str) -> int:
+        if isinstance(self.transient, int):
+            return self.transient
+        return self.transient.get(model, 0)
+
+    async def __call__(self, *, model, messages, temp, max_tokens):  # type: ignore[no-untyped-def]
+        self.calls.append({"model": model, "messages": messages, "temp": temp,
+                           "max_tokens": max_tokens})
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            delay = self.delay(model, messages) if callable(self.delay) else self.delay
+            if model in self.hang:
+                await anyio.sleep_forever()
+            if delay:
+                await anyio.sleep(delay)
+            if model in self.permanent:
+                raise Permanent(model)
+            if self.failures[model] < self._transient(model):
+                self.failures[model] += 1
+                raise Transient(model)
+            text = self.reply(model, messages)
+            tokens_in = sum(len(m["content"].split()) for m in messages)
+            self.finished += 1
+            return text, tokens_in, len(text.split())
+        finally:
+            self.in_flight -= 1
+
+    def __repr__(self) -> str:
+        script = [f"reply={getattr(self.reply, '__name__', None) or self.reply!r}"]
+        if self.delay:
+            script.append(f"delay={getattr(self.delay, '__name__', None) or self.delay!r}")
+        if self.transient:
+            script.append(f"transient={self.transient!r}")
+        for name in ("permanent", "hang"):
+            if getattr(self, name):
+                script.append(f"{name}={sorted(getattr(self, name))!r}")
+        if self.calls:
+            script.append(f"calls={len(self.calls)}")
+        return f"<ScriptedClient {' '.join(script)}>"
+
+
+class HashedReply:
+    """A reply script for drawn clients: each call's text is one of ``texts``, picked by a
+    hash of ``salt``, the model and the messages, so it is fixed per model and call."""
+
+    __slots__ = ("texts", "salt")
+
+    def __init__(self, texts: Sequence[str], salt: int) -> None:
+        if not texts:
+            raise ValueError("HashedReply(texts): texts must hold at least one reply")
+        self.texts = tuple(texts)
+        self.salt = salt
+
+    def __call__(self, model: str, messages: list[dict[str, str]]) -> str:
+        return self.texts[int(_digest(model, messages, self.salt), 16) % len(self.texts)]
+
+    def __repr__(self) -> str:
+        return f"HashedReply({list(self.texts)!r}, salt={self.salt})"
+
+
+class HashedDelay:
+    """A delay script for drawn clients: up to ``most`` seconds, fixed per model and call."""
+
+    __slots__ = ("most", "salt")
+
+    def __init__(self, most: float, salt: int) -> None:
+        self.most = most
+        self.salt = salt
+
+    def __call__(self, model: str, messages: list[dict[str, str]]) -> float:
+        return self.most * (int(_digest(model, messages, ("delay", self.salt))[:8], 16) / 2**32)
+
+    def __repr__(self) -> str:
+        return f"HashedDelay({self.most!r}, salt={self.salt})"

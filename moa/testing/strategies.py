@@ -1,0 +1,199 @@
+"""Hypothesis strategies for moa: responses, prompts, seeds, steps, pipelines, scripted clients.
+
+Every function returns a ``SearchStrategy``. Arguments are keyword-only, and each takes a value
+or a strategy of values (a list of texts is sampled from), as ``hypothesis.extra.numpy`` does.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from functools import reduce
+from typing import Any, TypeVar
+
+from hypothesis import strategies as st
+from hypothesis.strategies import SearchStrategy
+
+from .._llm_steps import Aggregate, Propose, Rank, Refine, Synthesize, Vote
+from .._pipeline import Pipeline, Step
+from .._transforms import Dropout, Filter, Map, Sample, Shuffle, Take
+from ._scripted import HashedDelay, HashedReply, ScriptedClient
+
+__all__ = (
+    "responses",
+    "prompts",
+    "seeds",
+    "text_functions",
+    "predicates",
+    "transforms",
+    "llm_steps",
+    "pipelines",
+    "scripted_clients",
+)
+
+T = TypeVar("T")
+
+#: The built-in transform step types, in the order ``transforms(kinds=...)`` takes them.
+TRANSFORMS = (Shuffle, Dropout, Sample, Take, Filter, Map)
+#: The built-in LLM step types.
+LLM_STEPS = (Propose, Synthesize, Refine, Aggregate, Rank, Vote)
+DEFAULT_MODELS = ("alpha", "beta", "gamma")
+
+
+def _strategy(value: T | SearchStrategy[T]) -> SearchStrategy[T]:
+    """A value as a strategy: strategies pass through, anything else is ``just`` it."""
+    return value if isinstance(value, SearchStrategy) else st.just(value)
+
+
+#: Short texts: often from a tiny alphabet, so that lists of them hold repeats, else any unicode.
+TEXTS = st.text(alphabet="ab ", max_size=3) | st.text(max_size=6)
+
+
+def _texts(value: str | Sequence[str] | SearchStrategy[str] | None) -> SearchStrategy[str]:
+    """A strategy of texts: a strategy passes through, a list is sampled from, a str is fixed."""
+    if value is None:
+        return TEXTS
+    if isinstance(value, SearchStrategy):
+        return value
+    if isinstance(value, str):
+        return st.just(value)
+    return st.sampled_from(list(value))
+
+
+def responses(*, texts: str | Sequence[str] | SearchStrategy[str] | None = None,
+              min_size: int = 0, max_size: int = 6) -> SearchStrategy[list[str]]:
+    """Lists of responses: ``min_size`` to ``max_size`` texts (short texts by default, often
+    repeated; a list of texts is sampled from)."""
+    return st.lists(_texts(texts), min_size=min_size, max_size=max_size)
+
+
+def prompts(*, max_size: int = 40) -> SearchStrategy[str]:
+    """Prompts ``run`` accepts: text that is not blank."""
+    return st.text(min_size=1, max_size=max_size).filter(str.strip)
+
+
+def seeds() -> SearchStrategy[int]:
+    """Seeds for ``run(..., seed=...)`` and ``random.Random``."""
+    return st.integers(0, 2**64 - 1)
+
+
+def text_functions(*, texts: str | Sequence[str] | SearchStrategy[str] | None = None
+                   ) -> SearchStrategy[Any]:
+    """Pure functions from a str to a str, for ``Map``: the same text always maps the same."""
+    return st.functions(like=lambda text: "", returns=_texts(texts), pure=True)
+
+
+def predicates() -> SearchStrategy[Any]:
+    """Pure functions from a str to a bool, for ``Filter``."""
+    return st.functions(like=lambda text: True, returns=st.booleans(), pure=True)
+
+
+def transforms(*, kinds: Sequence[type] | None = None,
+               n: int | SearchStrategy[int] = st.integers(0, 7),
+               rate: float | SearchStrategy[float] = st.floats(0, 1),
+               functions: SearchStrategy[Any] | None = None,
+               filters: SearchStrategy[Any] | None = None) -> SearchStrategy[Step]:
+    """Built-in transform steps of the ``kinds`` given (default all six): ``Sample`` and
+    ``Take`` of ``n``, ``Dropout`` of ``rate``, ``Map`` of drawn pure ``functions`` and
+    ``Filter`` of drawn pure ``filters``."""
+    kinds = TRANSFORMS if kinds is None else tuple(kinds)
+    unknown = [k for k in kinds if k not in TRANSFORMS]
+    if unknown or not kinds:
+        raise ValueError(f"transforms(kinds=...): kinds must be some of "
+                         f"{[k.__name__ for k in TRANSFORMS]}, got {list(kinds)!r}")
+    made = {
+        Shuffle: st.just(Shuffle()),
+        Dropout: _strategy(rate).map(Dropout),
+        Sample: _strategy(n).map(Sample),
+        Take: _strategy(n).map(Take),
+        Filter: (filters or predicates()).map(Filter),
+        Map: (functions or text_functions()).map(Map),
+    }
+    return st.one_of([made[k] for k in kinds])
+
+
+@st.composite
+def _llm_step(draw: Any, kinds: tuple[type, ...], models: SearchStrategy[str],
+              options: bool) -> Step:
+    kind = draw(st.sampled_from(kinds))
+    kwargs: dict[str, Any] = {}
+    if options:
+        if draw(st.booleans()):
+            kwargs["temp"] = draw(st.floats(min_value=0, allow_infinity=False))
+        if draw(st.booleans()):
+            kwargs["max_tokens"] = draw(st.integers(1, 4096))
+        if kind is not Propose and draw(st.booleans()):
+            kwargs["prompt"] = draw(st.text(min_size=1, max_size=20).filter(str.strip))
+    if kind in (Propose, Synthesize, Refine):
+        args = [draw(st.lists(models, min_size=1, max_size=3))]
+        if options and draw(st.booleans()):
+            kwargs["min_success"] = draw(st.integers(1, len(args[0])))
+    else:
+        args = [draw(models)]
+        if kind is Rank and draw(st.booleans()):
+            kwargs["n"] = draw(st.integers(1, 4))
+    return kind(*args, **kwargs)
+
+
+def llm_steps(*, kinds: Sequence[type] | None = None,
+              models: str | Sequence[str] | SearchStrategy[str] = DEFAULT_MODELS,
+              options: bool = False) -> SearchStrategy[Step]:
+    """Built-in LLM steps of the ``kinds`` given (default all six) over ``models`` (a list is
+    sampled from); with ``options``, with drawn ``temp``, ``max_tokens``, ``prompt``,
+    ``min_success`` and ``n``."""
+    kinds = LLM_STEPS if kinds is None else tuple(kinds)
+    if not kinds or any(k not in LLM_STEPS for k in kinds):
+        raise ValueError(f"llm_steps(kinds=...): kinds must be some of "
+                         f"{[k.__name__ for k in LLM_STEPS]}, got {list(kinds)!r}")
+    return _llm_step(kinds, _texts(models), options)
+
+
+def pipelines(steps: Step | Sequence[Step] | SearchStrategy[Step], *,
+              max_leaves: int = 6) -> SearchStrategy[Step]:
+    """Trees of the given ``steps`` (a list is sampled from) joined with ``|``, ``&`` and
+    ``*``, up to ``max_leaves`` steps in all."""
+    if isinstance(steps, Step):
+        leaves: SearchStrategy[Step] = st.just(steps)
+    elif isinstance(steps, SearchStrategy):
+        leaves = steps
+    else:
+        leaves = st.sampled_from(list(steps))
+
+    def extend(kids: SearchStrategy[Step]) -> SearchStrategy[Step]:
+        return st.one_of(
+            st.lists(kids, max_size=3).map(lambda s: reduce(operator.or_, s, Pipeline())),
+            st.lists(kids, min_size=1, max_size=3).map(lambda s: reduce(operator.and_, s)),
+            st.tuples(kids, st.integers(0, 2)).map(lambda t: t[0] * t[1]),
+        )
+
+    return st.recursive(leaves, extend, max_leaves=max_leaves)
+
+
+@st.composite
+def _scripted_client(draw: Any, texts: SearchStrategy[list[str]],
+                     transient: SearchStrategy[int], permanent: SearchStrategy[Any],
+                     delay: SearchStrategy[float]) -> ScriptedClient:
+    reply = HashedReply(draw(texts), draw(st.integers(0, 2**16)))
+    most = draw(delay)
+    return ScriptedClient(
+        reply,
+        delay=HashedDelay(most, draw(st.integers(0, 2**16))) if most else 0.0,
+        transient=draw(transient),
+        permanent=frozenset(draw(permanent)),
+    )
+
+
+def scripted_clients(*, texts: str | Sequence[str] | SearchStrategy[str] | None = None,
+                     transient: int | SearchStrategy[int] = 0,
+                     permanent: Sequence[str] | SearchStrategy[Sequence[str]] = (),
+                     delay: float | SearchStrategy[float] = 0.0
+                     ) -> SearchStrategy[ScriptedClient]:
+    """Scripted clients whose text is fixed per model and call (a hash of both picks it among
+    drawn ``texts``; a list of texts is used as it is). Optionally every model fails its first
+    ``transient`` calls retryably, the ``permanent`` models always fail, and each call sleeps
+    up to ``delay`` seconds (fixed per call), so concurrent calls finish out of order."""
+    if texts is not None and not isinstance(texts, (str, SearchStrategy)):
+        choices: SearchStrategy[list[str]] = st.just(list(texts))
+    else:
+        choices = st.lists(_texts(texts), min_size=1, max_size=4)
+    return _scripted_client(choices, _strategy(transient), _strategy(permanent), _strategy(delay))
