@@ -182,7 +182,7 @@ def moa_revision() -> str:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
                                 capture_output=True, text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--", "moa"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip()
+                               capture_output=True, text=True, check=True).stdout.rstrip("\n")
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     if not dirty:

@@ -1,0 +1,79 @@
+"""What every benchmark prints above its figures: the command, Python, the machine, the date,
+the moa commit (with uncommitted changes under moa/), and the versions that matter.
+
+Kept apart from the scripts so each one prints the same header; ``overhead.py`` has its own
+copy and is left as it was.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Run from a checkout without installing: the repository root holds the moa package.
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+def pkg_version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def moa_revision() -> str:
+    """The checkout's commit, and whether moa/ differs from it: the figures belong to it."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "moa"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.rstrip("\n")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    if not dirty:
+        return commit
+    paths = [line[3:] for line in dirty.splitlines()]
+    shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+    return f"{commit} + uncommitted changes: {shown}"
+
+
+def print_header(*extra: str, packages: tuple[str, ...] = ("anyio", "tenacity",
+                                                           "mixture-llm")) -> None:
+    import moa
+
+    print(f"command : {' '.join([os.path.basename(sys.executable)] + sys.argv)}")
+    print(f"python  : {platform.python_implementation()} {platform.python_version()}")
+    print(f"machine : {platform.platform()}, {platform.machine()}, {os.cpu_count()} CPUs")
+    print(f"date    : {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
+    print(f"moa     : {moa.__version__} at {moa_revision()}")
+    print("versions: " + ", ".join(f"{p} {pkg_version(p) or 'not installed'}" for p in packages))
+    for line in extra:
+        print(line)
+    print(flush=True)
+
+
+SEED_MISSING = ("seed: mixture_llm is not installed; its column is skipped. Install it with "
+                "`pip install mixture-llm` (on Python 3.11 pip picks 0.1.3, whose core matches "
+                "0.1.5)")
+
+
+def quantile(xs: list[float], q: float) -> float:
+    """The q-quantile (0..1) by linear interpolation between order statistics."""
+    s = sorted(xs)
+    if len(s) == 1:
+        return s[0]
+    pos = q * (len(s) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
