@@ -80,9 +80,25 @@ async def _drive(pipeline: StepLike, prompts: list[str], client: Client, send:
             progress(done, len(prompts), outcome)
         await send.send(outcome)
 
+    # With a cap on calls, runs start as earlier ones finish, at most `cap` at a time: every
+    # running run keeps at least one call busy, so the cap stays full while memory stays flat
+    # (starting 10,000 runs at once kept 30,000 calls queued on the limiter).
+    # A semaphore, not a CapacityLimiter: the launcher takes the slot, the run gives it back.
+    runs = anyio.Semaphore(max_concurrency) if max_concurrency else None
+
+    async def slot(i: int) -> None:
+        try:
+            await one(i)
+        finally:
+            runs.release()  # type: ignore[union-attr]
+
     async with send, anyio.create_task_group() as tg:
         for i in range(len(prompts)):
-            tg.start_soon(one, i)
+            if runs is None:
+                tg.start_soon(one, i)
+            else:
+                await runs.acquire()
+                tg.start_soon(slot, i)
 
 
 async def run_many(

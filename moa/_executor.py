@@ -142,7 +142,8 @@ class _Run:
         self.retry = retry
         self.limits = limits
         self.hedge_after = hedge_after
-        self.plain = limiter is None and timeout is None and limits is None
+        self.plain = (limiter is None and timeout is None and limits is None
+                      and hedge_after is None)
 
     async def _attempt(self, req: Request, sent: anyio.Event | None = None
                        ) -> tuple[str, int | None, int | None]:
@@ -250,19 +251,22 @@ class _Run:
         return outcomes[winner][0]  # type: ignore[index]
 
     async def call(self, req: Request) -> tuple[CallRecord, BaseException | None]:
-        """One call with its retries, as a record; never raises but for cancellation."""
+        """One call with its retries (and hedges), as a record; never raises but for
+        cancellation."""
         start = monotonic()
-        if self.hedge_after is not None:
-            return await self._call_hedged(req, start)
+        hedges: list[CallRecord] | None = None if self.hedge_after is None else []
         try:
             if self.plain:  # nothing to apply around the client: two coroutine frames fewer
                 text, tin, tout = _check_output(req.model, await self.client(
                     model=req.model, messages=[m.copy() for m in req.messages], temp=req.temp,
                     max_tokens=req.max_tokens))
-            else:
+            elif hedges is None:
                 text, tin, tout = await self._attempt(req)
+            else:
+                text, tin, tout = await self._hedged(req, hedges)
             return CallRecord(req.model, req.messages, req.temp, req.max_tokens, text, tin, tout,
-                              1, None, monotonic() - start), None
+                              1, None, monotonic() - start, False,
+                              tuple(hedges) if hedges else ()), None
         except Exception as exc:
             first = exc
         # The failure path: only here is tenacity's machinery built.
@@ -274,28 +278,17 @@ class _Run:
                     if first is not None:
                         exc, first = first, None
                         raise exc
-                    text, tin, tout = await self._attempt(req)
+                    if hedges is None:
+                        text, tin, tout = await self._attempt(req)
+                    else:
+                        text, tin, tout = await self._hedged(req, hedges)
             return CallRecord(req.model, req.messages, req.temp, req.max_tokens, text, tin, tout,
-                              attempts, None, monotonic() - start), None
-        except Exception as exc:
-            return CallRecord(req.model, req.messages, req.temp, req.max_tokens, None, None, None,
-                              attempts, _error_text(exc), monotonic() - start), exc
-
-    async def _call_hedged(self, req: Request, start: float
-                           ) -> tuple[CallRecord, BaseException | None]:
-        hedges: list[CallRecord] = []
-        attempts = 0
-        try:
-            async for attempt in self.retry.retrying():
-                with attempt:
-                    attempts = attempt.retry_state.attempt_number
-                    text, tin, tout = await self._hedged(req, hedges)
-            return CallRecord(req.model, req.messages, req.temp, req.max_tokens, text, tin, tout,
-                              attempts, None, monotonic() - start, False, tuple(hedges)), None
+                              attempts, None, monotonic() - start, False,
+                              tuple(hedges) if hedges else ()), None
         except Exception as exc:
             return CallRecord(req.model, req.messages, req.temp, req.max_tokens, None, None, None,
                               attempts, _error_text(exc), monotonic() - start, False,
-                              tuple(hedges)), exc
+                              tuple(hedges) if hedges else ()), exc
 
 
 @dataclass(slots=True)
