@@ -34,6 +34,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+from _common import moa_revision  # benchmarks/ is on sys.path when run as a script
 from collections.abc import Awaitable, Callable
 from importlib.metadata import PackageNotFoundError, version
 
@@ -173,23 +175,6 @@ async def measure(cands: list[Contender], runs: int, rounds: int, warmup: int
                 await fn(client)
                 out.append(perf() - t0)
     return samples
-
-
-def moa_revision() -> str:
-    """The checkout's commit, and whether moa/ differs from it: the figures belong to it."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
-                                capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "moa"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.rstrip("\n")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    if not dirty:
-        return commit
-    paths = [line[3:] for line in dirty.splitlines()]
-    shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
-    return f"{commit} + uncommitted changes: {shown}"
 
 
 def main(argv: list[str] | None = None) -> None:
