@@ -31,7 +31,6 @@ import gc
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
