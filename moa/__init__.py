@@ -28,6 +28,8 @@ from ._llm_steps import Vote as Vote
 from ._llm_steps import messages as messages
 from ._llm_steps import numbered as numbered
 from ._llm_steps import parse_ranking as parse_ranking
+from ._parse import PipelineSyntaxError as PipelineSyntaxError
+from ._parse import parse_pipeline as parse_pipeline
 from ._pipeline import Parallel as Parallel
 from ._pipeline import Pipeline as Pipeline
 from ._pipeline import Step as Step
@@ -64,6 +66,7 @@ __all__ = (
     "ModelLimit",
     "Parallel",
     "Pipeline",
+    "PipelineSyntaxError",
     "Propose",
     "ProviderError",
     "Rank",
@@ -84,6 +87,7 @@ __all__ = (
     "messages",
     "numbered",
     "parallel",
+    "parse_pipeline",
     "parse_ranking",
     "pipeline",
     "run",

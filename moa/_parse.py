@@ -1,0 +1,383 @@
+"""Parse a one-line pipeline expression typed at a shell, without ``eval``.
+
+``parse_pipeline("Propose(['a', 'b']) | Shuffle() | Aggregate('a')")`` returns the same value
+as the Python expression, so ``parse_pipeline(repr(p)) == p`` for every pipeline without user
+functions. The text is parsed with :mod:`ast` and walked against a whitelist: calls of the step
+classes with literal arguments, ``|``, ``&``, ``step * n`` and parentheses. Nothing else is
+evaluated; the only code that runs is the whitelisted steps' own constructors.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import re
+from typing import Any, NoReturn
+
+from ._llm_steps import Aggregate, Propose, Rank, Refine, Synthesize, Vote
+from ._pipeline import Parallel, Pipeline, Step
+from ._transforms import Dropout, Sample, Shuffle, Take
+from .errors import MoaError
+
+__all__ = ("parse_pipeline", "PipelineSyntaxError")
+
+#: The names an expression may call.
+STEPS: dict[str, type] = {
+    cls.__name__: cls
+    for cls in (Propose, Synthesize, Aggregate, Refine, Rank, Vote,
+                Shuffle, Dropout, Sample, Take, Pipeline, Parallel)
+}
+#: Steps that exist but take a function, which the command line cannot give.
+FUNCTION_STEPS = ("Filter", "Map")
+
+MAX_CHARS = 10_000      # length of the whole expression
+MAX_NESTING = 50        # bracket nesting in the raw text
+MAX_DEPTH = 50          # AST nesting (a chain of | or & counts once)
+MAX_STEPS = 200         # steps in the result, repetitions expanded; also step calls written
+MAX_REPEAT = 100        # n in step * n
+MAX_ITEMS = 1_000       # items in one list or tuple literal
+MAX_STRING = 10_000     # characters in one string literal
+
+_OPERATORS = {ast.BitOr: "|", ast.BitAnd: "&", ast.Mult: "*", ast.Add: "+", ast.Sub: "-",
+              ast.Div: "/", ast.FloorDiv: "//", ast.Mod: "%", ast.Pow: "**",
+              ast.LShift: "<<", ast.RShift: ">>", ast.BitXor: "^", ast.MatMult: "@"}
+
+_WHAT = {
+    ast.Attribute: "attribute access is", ast.Subscript: "subscripts are",
+    ast.Lambda: "lambdas are", ast.ListComp: "comprehensions are",
+    ast.SetComp: "comprehensions are", ast.DictComp: "comprehensions are",
+    ast.GeneratorExp: "generator expressions are", ast.JoinedStr: "f-strings are",
+    ast.FormattedValue: "f-strings are", ast.Starred: "starred arguments are",
+    ast.NamedExpr: "assignment expressions (:=) are", ast.Compare: "comparisons are",
+    ast.BoolOp: "'and' / 'or' are", ast.IfExp: "conditional expressions are",
+    ast.Dict: "dict literals are", ast.Set: "set literals are", ast.Await: "await is",
+    ast.Yield: "yield is", ast.YieldFrom: "yield is", ast.Slice: "slices are",
+}
+
+
+class PipelineSyntaxError(MoaError, ValueError):
+    """A pipeline expression that cannot be parsed or is not allowed.
+
+    ``offset`` is the 0-based character offset of the offending token in the text (its column,
+    for one-line text); ``message`` is the reason alone, while ``str(error)`` adds the offending
+    line with a caret underneath.
+    """
+
+    def __init__(self, message: str, text: str, offset: int, length: int = 1) -> None:
+        self.message = message
+        self.text = text
+        self.offset = max(0, min(offset, len(text)))
+        self.length = max(1, length)
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        start = self.text.rfind("\n", 0, self.offset) + 1
+        end = self.text.find("\n", self.offset)
+        end = len(self.text) if end == -1 else end
+        line = self.text[start:end]
+        if len(line) > 200:  # keep the pointer readable for long input: show a window
+            lo = max(0, self.offset - start - 80)
+            line, start = line[lo:lo + 160], start + lo
+        col = self.offset - start
+        pad = "".join("\t" if ch == "\t" else " " for ch in line[:col])
+        width = max(1, min(self.length, len(line) - col))
+        return f"{self.message}\n{line}\n{pad}{'^' * width}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.message, self.text, self.offset, self.length))
+
+
+def parse_pipeline(text: str) -> Step:
+    """The pipeline that ``text``, a Python expression over the step classes, describes.
+
+    Raises :class:`PipelineSyntaxError` (a ``ValueError``) for text that is not a well-formed
+    expression, that uses anything outside the whitelist (attributes, other names and calls,
+    lambdas, comprehensions, subscripts, f-strings, ``**``...), that is too large, or whose
+    steps reject their arguments; the error points at the offending part of the text.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"parse_pipeline takes a str, not {type(text).__name__}")
+    if len(text) > MAX_CHARS:
+        raise PipelineSyntaxError(
+            f"expression is too long: {len(text)} characters, at most {MAX_CHARS}",
+            text[:MAX_CHARS], MAX_CHARS)
+    _check_nesting(text)
+    return _Parser(text).parse()
+
+
+def _check_nesting(text: str) -> None:
+    """Reject deeply nested or unbalanced brackets before Python's parser recurses into them.
+
+    String literals and comments are skipped; an unterminated string is left for the parser to
+    report. (The parser sees the text wrapped in parentheses, so an unclosed or extra bracket
+    must be caught here, where its position is still known.)
+    """
+    opened: list[int] = []
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch in "'\"":
+            quote = text[i:i + 3] if text[i:i + 3] == ch * 3 else ch
+            i += len(quote)
+            while i < n and not text.startswith(quote, i):
+                if text[i] == "\n" and len(quote) == 1:
+                    break
+                i += 2 if text[i] == "\\" else 1
+            if i >= n or text[i] == "\n":
+                return  # unterminated: the parser says so, with its position
+            i += len(quote)
+            continue
+        if ch == "#":  # a comment runs to the end of the line
+            nl = text.find("\n", i)
+            i = n if nl == -1 else nl
+            continue
+        if ch in "([{":
+            opened.append(i)
+            if len(opened) > MAX_NESTING:
+                raise PipelineSyntaxError(
+                    f"expression is nested too deeply: more than {MAX_NESTING} brackets",
+                    text, i)
+        elif ch in ")]}":
+            if not opened:
+                raise PipelineSyntaxError(f"invalid syntax: unmatched {ch!r}", text, i)
+            if "([{".index(text[opened[-1]]) != ")]}".index(ch):
+                raise PipelineSyntaxError(
+                    f"invalid syntax: {ch!r} does not match {text[opened[-1]]!r} at column "
+                    f"{opened[-1]}", text, i)
+            opened.pop()
+        i += 1
+    if opened:
+        raise PipelineSyntaxError(f"invalid syntax: {text[opened[-1]]!r} was never closed",
+                                  text, opened[-1])
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        lines = text.split("\n")
+        self.line_starts = [0]
+        for line in lines[:-1]:
+            self.line_starts.append(self.line_starts[-1] + len(line) + 1)
+        self.lines = lines
+        self.calls = 0
+
+    # -- errors ---------------------------------------------------------------------------
+    def _offset(self, lineno: int, col: int, *, in_bytes: bool = True) -> int:
+        """The character offset in ``text`` of a position in the wrapped source (see
+        :meth:`parse`): ``lineno`` 1-based, ``col`` in UTF-8 bytes (AST) or characters."""
+        index = lineno - 2  # the wrapped source opens with a line of its own
+        if index < 0:
+            return 0
+        if index >= len(self.lines):
+            return len(self.text)
+        line = self.lines[index]
+        if in_bytes:
+            col = len(line.encode("utf-8")[:col].decode("utf-8", errors="ignore"))
+        return self.line_starts[index] + max(0, min(col, len(line)))
+
+    def fail(self, message: str, node: ast.AST) -> NoReturn:
+        start = self._offset(node.lineno, node.col_offset)  # type: ignore[attr-defined]
+        end_line = getattr(node, "end_lineno", None)
+        end_col = getattr(node, "end_col_offset", None)
+        length = 1
+        if end_line is not None and end_col is not None:
+            length = self._offset(end_line, end_col) - start
+        raise PipelineSyntaxError(message, self.text, start, length)
+
+    # -- entry ----------------------------------------------------------------------------
+    def parse(self) -> Step:
+        if not self.text.strip():
+            raise PipelineSyntaxError("empty expression: expected a pipeline such as "
+                                      "Propose(['model']) | Aggregate('model')", self.text, 0)
+        # Wrapped in parentheses on lines of their own, the expression may span lines and
+        # start with spaces, as a shell argument may; columns are unchanged, lines move by one.
+        try:
+            tree = ast.parse(f"(\n{self.text}\n)", mode="eval")
+        except SyntaxError as e:
+            lineno = e.lineno or 2
+            start = self._offset(lineno, (e.offset or 1) - 1, in_bytes=False)
+            length = 1
+            if e.end_offset and e.end_lineno in (None, lineno) and e.end_offset > (e.offset or 0):
+                length = e.end_offset - (e.offset or 1)
+            # Python's message counts lines of the wrapped source; count the user's instead.
+            msg = re.sub(r"\b(line) (\d+)", lambda m: f"{m[1]} {max(1, int(m[2]) - 1)}", e.msg)
+            if not msg.startswith("invalid syntax"):
+                msg = f"invalid syntax: {msg}"
+            raise PipelineSyntaxError(msg, self.text, start, length) from None
+        except (RecursionError, MemoryError):
+            raise PipelineSyntaxError("expression is nested too deeply", self.text, 0) from None
+        value = self.value(tree.body, 0)
+        if not isinstance(value, Step):
+            self.fail(f"expected a pipeline, got {_kind(value)}", tree.body)
+        return value
+
+    # -- evaluation -----------------------------------------------------------------------
+    def value(self, node: ast.expr, depth: int) -> Any:
+        if depth > MAX_DEPTH:
+            self.fail(f"expression is nested too deeply: more than {MAX_DEPTH} levels", node)
+        if isinstance(node, ast.Constant):
+            return self.constant(node)
+        if isinstance(node, (ast.List, ast.Tuple)):
+            if len(node.elts) > MAX_ITEMS:
+                self.fail(f"list is too long: {len(node.elts)} items, at most {MAX_ITEMS}", node)
+            items = [self.value(e, depth + 1) for e in node.elts]
+            return items if isinstance(node, ast.List) else tuple(items)
+        if isinstance(node, ast.UnaryOp):
+            operand = node.operand
+            if (isinstance(node.op, ast.USub) and isinstance(operand, ast.Constant)
+                    and type(operand.value) in (int, float)):
+                return -operand.value
+            self.fail("only a minus sign before a number is allowed here", node)
+        if isinstance(node, ast.Call):
+            return self.call(node, depth)
+        if isinstance(node, ast.BinOp):
+            return self.binop(node, depth)
+        if isinstance(node, ast.Name):
+            self.name(node.id, node, called=False)
+        what = _WHAT.get(type(node), f"{type(node).__name__} expressions are")
+        self.fail(f"{what} not allowed in a pipeline expression", node)
+
+    def constant(self, node: ast.Constant) -> Any:
+        value = node.value
+        if value is None or type(value) in (bool, int, float):
+            return value
+        if type(value) is str:
+            if len(value) > MAX_STRING:
+                self.fail(f"string is too long: {len(value)} characters, at most {MAX_STRING}",
+                          node)
+            return value
+        self.fail(f"{type(value).__name__} literals are not allowed; use str, int, float, "
+                  f"bool or None", node)
+
+    def name(self, name: str, node: ast.AST, *, called: bool) -> type:
+        if name.startswith("_"):
+            self.fail(f"name {name!r} is not allowed", node)
+        if name in FUNCTION_STEPS:
+            self.fail(f"{name} takes a function, and functions cannot be given on the command "
+                      f"line; build it in Python instead", node)
+        if name in STEPS:
+            if not called:
+                self.fail(f"{name} must be called: write {name}(...)", node)
+            return STEPS[name]
+        close = difflib.get_close_matches(name, list(STEPS), n=1)
+        if not close:  # case slips ('shuffle') are too short for the ratio sometimes
+            lower = {k.lower(): k for k in STEPS}
+            close = [lower[name.lower()]] if name.lower() in lower else []
+        hint = f": did you mean {close[0]}?" if close else (
+            f"; the steps are {', '.join(sorted(STEPS))}")
+        self.fail(f"unknown {'step' if called else 'name'} {name!r}{hint}", node)
+
+    def call(self, node: ast.Call, depth: int) -> Step:
+        func = node.func
+        if not isinstance(func, ast.Name):
+            if isinstance(func, ast.Attribute):
+                self.fail("attribute access is not allowed in a pipeline expression", func)
+            self.fail("only the step names can be called", func)
+        cls = self.name(func.id, func, called=True)
+        self.calls += 1
+        if self.calls > MAX_STEPS:
+            self.fail(f"too many steps: more than {MAX_STEPS}", node)
+        args = []
+        for a in node.args:
+            if isinstance(a, ast.Starred):
+                self.fail("starred arguments (*args) are not allowed", a)
+            args.append(self.value(a, depth + 1))
+        kwargs = {}
+        for k in node.keywords:
+            if k.arg is None:
+                self.fail("keyword unpacking (**kwargs) is not allowed", k)
+            if k.arg in kwargs:  # the parser rejects this already; keep the guard
+                self.fail(f"keyword argument {k.arg!r} repeated", k)
+            kwargs[k.arg] = self.value(k.value, depth + 1)
+        if cls in (Pipeline, Parallel):
+            for a, v in zip(node.args, args):
+                if not isinstance(v, Step) and not (
+                        isinstance(v, (list, tuple)) and all(isinstance(x, Step) for x in v)):
+                    self.fail(f"each argument of {cls.__name__}(...) must be a step, "
+                              f"not {_kind(v)}", a)
+            if kwargs:
+                self.fail(f"{cls.__name__}(...) takes no keyword arguments", node.keywords[0])
+            steps = sum(_count(x) for v in args for x in (v if isinstance(v, (list, tuple))
+                                                          else [v]))
+            self.check_size(steps, node)
+        try:
+            return cls(*args, **kwargs)
+        except (TypeError, ValueError) as e:
+            self.fail(str(e), node)
+
+    def binop(self, node: ast.BinOp, depth: int) -> Step:
+        # A chain a | b | c nests to the left; walk it without recursion so a long chain is
+        # neither a deep AST nor a deep Python stack.
+        chain: list[ast.BinOp] = []
+        left: ast.expr = node
+        while isinstance(left, ast.BinOp):
+            chain.append(left)
+            left = left.left
+        chain.reverse()
+        for op_node in chain:
+            op = _OPERATORS.get(type(op_node.op), type(op_node.op).__name__)
+            if op not in ("|", "&", "*"):
+                self.fail(f"operator {op!r} is not allowed; use | (then), & (alongside) or "
+                          f"* (repeat)", op_node)
+        value = self.value(left, depth + 1)
+        for op_node in chain:
+            right = self.value(op_node.right, depth + 1)
+            value = self.combine(op_node, value, right)
+        return value
+
+    def combine(self, node: ast.BinOp, left: Any, right: Any) -> Step:
+        if isinstance(node.op, ast.Mult):
+            if isinstance(left, Step) and _is_count(right):
+                step, n, count_node = left, right, node.right
+            elif _is_count(left) and isinstance(right, Step):
+                step, n, count_node = right, left, node.left
+            else:
+                self.fail(f"'*' repeats a step a whole number of times (step * n), not "
+                          f"{_kind(left)} * {_kind(right)}", node)
+            if n < 0:
+                self.fail(f"a step repeats n >= 0 times, got {n}", count_node)
+            if n > MAX_REPEAT:
+                self.fail(f"too many repetitions: {n}, at most {MAX_REPEAT}", count_node)
+            self.check_size(_count(step) * n, node)
+            return step * n
+        op = "|" if isinstance(node.op, ast.BitOr) else "&"
+        for side, v, sub in (("left", left, node.left), ("right", right, node.right)):
+            if not isinstance(v, Step) and not (
+                    isinstance(v, (list, tuple)) and v and all(isinstance(x, Step) for x in v)):
+                self.fail(f"the {side} operand of '{op}' must be a step, not {_kind(v)}", sub)
+        left_s, right_s = Pipeline(*_steps(left)), Pipeline(*_steps(right))
+        self.check_size(_count(left_s) + _count(right_s), node)
+        try:
+            return left_s | right_s if op == "|" else left_s & right_s
+        except (TypeError, ValueError) as e:
+            self.fail(str(e), node)
+
+    def check_size(self, steps: int, node: ast.AST) -> None:
+        if steps > MAX_STEPS:
+            self.fail(f"too many steps: this part would make {steps}, at most {MAX_STEPS}", node)
+
+
+def _steps(value: Any) -> list[Step]:
+    return [value] if isinstance(value, Step) else list(value)
+
+
+def _is_count(value: Any) -> bool:
+    return type(value) is int
+
+
+def _count(step: Step) -> int:
+    """How many leaf steps ``step`` holds, repetitions expanded."""
+    if isinstance(step, Pipeline):
+        return sum(_count(s) for s in step.steps)
+    if isinstance(step, Parallel):
+        return sum(_count(b) for b in step.branches)
+    return 1
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, Step):
+        return "a step"
+    shown = repr(value)
+    if len(shown) > 40:
+        shown = shown[:37] + "..."
+    return f"{shown} ({type(value).__name__})"
