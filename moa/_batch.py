@@ -17,7 +17,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from ._executor import DEFAULT_RETRY, Client, Retry, _check_options, _Run, _run
 from ._history import History
 from ._limits import Limits
-from ._pipeline import StepLike, _describe, as_step
+from ._pipeline import Step, StepLike, _describe, as_step
 from .errors import StepFailedError
 
 __all__ = ("RunResult", "run_many", "as_completed")
@@ -53,12 +53,11 @@ def _prompts(prompts: Iterable[str]) -> list[str]:
     return items
 
 
-async def _drive(pipeline: StepLike, prompts: list[str], client: Client, send:
+async def _drive(step: Step, prompts: list[str], client: Client, send:
                  MemoryObjectSendStream[RunResult], *, seed: int | None,
                  max_concurrency: int | None, timeout: float | None, retry: Retry | None,
                  limits: Limits | None, hedge_after: float | None,
                  progress: Progress | None) -> None:
-    step = as_step(pipeline, where="run_many(pipeline)")
     limiter = anyio.CapacityLimiter(max_concurrency) if max_concurrency else None
     policy = retry or DEFAULT_RETRY
     # One seed per prompt, drawn in input order: the batch replays from its own seed.
@@ -121,17 +120,13 @@ async def run_many(
     the error. ``progress(done, total, result)`` is called as each run finishes. With ``seed``
     each prompt gets its own seed drawn from it, so the batch replays.
     """
-    items = _prompts(prompts)
-    _check_batch(client, seed, max_concurrency, timeout, retry, limits, hedge_after, progress)
-    results: list[RunResult | None] = [None] * len(items)
-    send, receive = anyio.create_memory_object_stream[RunResult](math.inf)
-    async with receive:
-        await _drive(pipeline, items, client, send, seed=seed, max_concurrency=max_concurrency,
-                     timeout=timeout, retry=retry, limits=limits, hedge_after=hedge_after,
-                     progress=progress)
-        async for r in receive:
+    results: dict[int, RunResult] = {}
+    async with as_completed(pipeline, prompts, client, seed=seed,
+                            max_concurrency=max_concurrency, timeout=timeout, retry=retry,
+                            limits=limits, hedge_after=hedge_after, progress=progress) as stream:
+        async for r in stream:
             results[r.index] = r
-    return results  # type: ignore[return-value]
+    return [results[i] for i in range(len(results))]
 
 
 @asynccontextmanager
@@ -156,11 +151,12 @@ async def as_completed(
 
     Leaving the block early cancels the runs still going.
     """
+    step = as_step(pipeline, where="run_many(pipeline)")
     items = _prompts(prompts)
     _check_batch(client, seed, max_concurrency, timeout, retry, limits, hedge_after, progress)
     send, receive = anyio.create_memory_object_stream[RunResult](math.inf)
     async with receive, anyio.create_task_group() as tg:
-        tg.start_soon(lambda: _drive(pipeline, items, client, send, seed=seed,
+        tg.start_soon(lambda: _drive(step, items, client, send, seed=seed,
                                      max_concurrency=max_concurrency, timeout=timeout,
                                      retry=retry, limits=limits, hedge_after=hedge_after,
                                      progress=progress))
