@@ -4,7 +4,18 @@
 ``await run(pipeline, prompt, client)`` runs it on anyio.
 """
 
+from ._cache import Cache as Cache
+from ._cost import DEFAULT_PRICES as DEFAULT_PRICES
+from ._cost import Cost as Cost
+from ._cost import Price as Price
+from ._cost import Prices as Prices
+from ._cost import cost as cost
 from ._custom import transform as transform
+from ._events import CallFinished as CallFinished
+from ._events import CallRetrying as CallRetrying
+from ._events import Event as Event
+from ._events import StepFinished as StepFinished
+from ._events import StepStarted as StepStarted
 from ._batch import RunResult as RunResult
 from ._batch import as_completed as as_completed
 from ._batch import run_many as run_many
@@ -42,6 +53,8 @@ from ._transforms import Sample as Sample
 from ._transforms import Shuffle as Shuffle
 from ._transforms import Take as Take
 from ._transforms import Transform as Transform
+from .errors import CacheError as CacheError
+from .errors import CacheMissError as CacheMissError
 from .errors import ClientOutputError as ClientOutputError
 from .errors import EmptyInputError as EmptyInputError
 from .errors import MoaError as MoaError
@@ -52,11 +65,19 @@ __version__ = "0.1.0"
 
 __all__ = (
     "Aggregate",
+    "Cache",
+    "CacheError",
+    "CacheMissError",
+    "CallFinished",
     "CallRecord",
+    "CallRetrying",
     "Client",
     "ClientOutputError",
+    "Cost",
+    "DEFAULT_PRICES",
     "Dropout",
     "EmptyInputError",
+    "Event",
     "Filter",
     "History",
     "LLMStep",
@@ -67,6 +88,8 @@ __all__ = (
     "Parallel",
     "Pipeline",
     "PipelineSyntaxError",
+    "Price",
+    "Prices",
     "Propose",
     "ProviderError",
     "Rank",
@@ -78,12 +101,15 @@ __all__ = (
     "Shuffle",
     "Step",
     "StepFailedError",
+    "StepFinished",
     "StepRecord",
+    "StepStarted",
     "Synthesize",
     "Take",
     "Transform",
     "Vote",
     "as_completed",
+    "cost",
     "messages",
     "numbered",
     "parallel",

@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
+from ._cache import Cache
 from ._executor import DEFAULT_RETRY, Client, Retry, _check_options, _Run, _run
 from ._history import History
 from ._limits import Limits
@@ -57,7 +58,7 @@ async def _drive(step: Step, prompts: list[str], client: Client, send:
                  MemoryObjectSendStream[RunResult], *, seed: int | None,
                  max_concurrency: int | None, timeout: float | None, retry: Retry | None,
                  limits: Limits | None, hedge_after: float | None,
-                 progress: Progress | None) -> None:
+                 progress: Progress | None, cache: Cache | None) -> None:
     limiter = anyio.CapacityLimiter(max_concurrency) if max_concurrency else None
     policy = retry or DEFAULT_RETRY
     # One seed per prompt, drawn in input order: the batch replays from its own seed.
@@ -67,7 +68,7 @@ async def _drive(step: Step, prompts: list[str], client: Client, send:
 
     async def one(i: int) -> None:
         nonlocal done
-        state = _Run(client, prompts[i], limiter, timeout, policy, limits, hedge_after)
+        state = _Run(client, prompts[i], limiter, timeout, policy, limits, hedge_after, cache)
         try:
             result, history = await _run(step, prompts[i], state, seeds[i])
             outcome = RunResult(i, prompts[i], result, history)
@@ -112,18 +113,21 @@ async def run_many(
     limits: Limits | None = None,
     hedge_after: float | None = None,
     progress: Progress | None = None,
+    cache: Cache | None = None,
 ) -> list[RunResult]:
     """Run ``pipeline`` on every prompt concurrently; the results come back in input order.
 
     ``max_concurrency`` caps the calls in flight across the whole batch; ``limits`` are
     shared by every run. A run that fails does not stop the batch: its ``RunResult`` carries
     the error. ``progress(done, total, result)`` is called as each run finishes. With ``seed``
-    each prompt gets its own seed drawn from it, so the batch replays.
+    each prompt gets its own seed drawn from it, so the batch replays. ``cache`` is shared by
+    every run, as in :func:`moa.run`.
     """
     results: dict[int, RunResult] = {}
     async with as_completed(pipeline, prompts, client, seed=seed,
                             max_concurrency=max_concurrency, timeout=timeout, retry=retry,
-                            limits=limits, hedge_after=hedge_after, progress=progress) as stream:
+                            limits=limits, hedge_after=hedge_after, progress=progress,
+                            cache=cache) as stream:
         async for r in stream:
             results[r.index] = r
     return [results[i] for i in range(len(results))]
@@ -142,6 +146,7 @@ async def as_completed(
     limits: Limits | None = None,
     hedge_after: float | None = None,
     progress: Progress | None = None,
+    cache: Cache | None = None,
 ) -> AsyncIterator[AsyncIterator[RunResult]]:
     """``run_many`` as a stream in completion order::
 
@@ -153,13 +158,14 @@ async def as_completed(
     """
     step = as_step(pipeline, where="run_many(pipeline)")
     items = _prompts(prompts)
-    _check_batch(client, seed, max_concurrency, timeout, retry, limits, hedge_after, progress)
+    _check_batch(client, seed, max_concurrency, timeout, retry, limits, hedge_after, progress,
+                 cache)
     send, receive = anyio.create_memory_object_stream[RunResult](math.inf)
     async with receive, anyio.create_task_group() as tg:
         tg.start_soon(lambda: _drive(step, items, client, send, seed=seed,
                                      max_concurrency=max_concurrency, timeout=timeout,
                                      retry=retry, limits=limits, hedge_after=hedge_after,
-                                     progress=progress))
+                                     progress=progress, cache=cache))
         try:
             yield receive
         finally:
@@ -167,8 +173,9 @@ async def as_completed(
 
 
 def _check_batch(client: object, seed: object, max_concurrency: object, timeout: object,
-                 retry: object, limits: object, hedge_after: object, progress: object) -> None:
-    _check_options(client, seed, max_concurrency, timeout, retry, limits, hedge_after)
+                 retry: object, limits: object, hedge_after: object, progress: object,
+                 cache: object = None) -> None:
+    _check_options(client, seed, max_concurrency, timeout, retry, limits, hedge_after, cache)
     if progress is not None and not callable(progress):
         raise TypeError(f"run_many(progress=...): progress must be a callable "
                         f"progress(done, total, result) or None, not {_describe(progress)}")

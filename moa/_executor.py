@@ -20,12 +20,14 @@ from typing import Any, Protocol
 import anyio
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
+from ._cache import Cache
+from ._events import CallFinished, CallRetrying, EventHandler, StepFinished, StepStarted
 from ._history import CallRecord, History, StepRecord
 from ._limits import Limits
 from ._llm_steps import LLMStep, Message, Request
 from ._pipeline import Parallel, Pipeline, Step, StepLike, _describe, as_step
 from ._transforms import Transform
-from .errors import ClientOutputError, EmptyInputError, StepFailedError
+from .errors import CacheMissError, ClientOutputError, EmptyInputError, StepFailedError
 
 __all__ = ("Client", "Retry", "run", "run_sync")
 
@@ -90,13 +92,15 @@ class Retry:
     def _tenacity_wait(self, state: Any) -> float:
         return self.wait(state.attempt_number, state.outcome.exception() if state.outcome else None)
 
-    def retrying(self) -> AsyncRetrying:
-        """A tenacity ``AsyncRetrying`` that carries out this policy on anyio's clock."""
+    def retrying(self, before_sleep: Callable[[Any], Any] | None = None) -> AsyncRetrying:
+        """A tenacity ``AsyncRetrying`` that carries out this policy on anyio's clock;
+        ``before_sleep(retry_state)`` is called before each wait."""
         return AsyncRetrying(
             stop=stop_after_attempt(self.attempts),
             wait=self._tenacity_wait,
             retry=retry_if_exception(self.should_retry),
             sleep=anyio.sleep,
+            before_sleep=before_sleep,
             reraise=True,
         )
 
@@ -130,11 +134,12 @@ class _Run:
     """One run's state: the client, its limits and policy, and the prompt."""
 
     __slots__ = ("client", "prompt", "limiter", "timeout", "retry", "limits", "hedge_after",
-                 "plain")
+                 "plain", "cache", "on_event")
 
     def __init__(self, client: Client, prompt: str, limiter: anyio.CapacityLimiter | None,
                  timeout: float | None, retry: Retry, limits: Limits | None = None,
-                 hedge_after: float | None = None) -> None:
+                 hedge_after: float | None = None, cache: Cache | None = None,
+                 on_event: EventHandler | None = None) -> None:
         self.client = client
         self.prompt = prompt
         self.limiter = limiter
@@ -142,6 +147,8 @@ class _Run:
         self.retry = retry
         self.limits = limits
         self.hedge_after = hedge_after
+        self.cache = cache
+        self.on_event = on_event
         self.plain = (limiter is None and timeout is None and limits is None
                       and hedge_after is None)
 
@@ -250,9 +257,10 @@ class _Run:
             raise outcomes[0][1]  # type: ignore[index,misc]
         return outcomes[winner][0]  # type: ignore[index]
 
-    async def call(self, req: Request) -> tuple[CallRecord, BaseException | None]:
+    async def call(self, req: Request, path: tuple[int, ...] = (), index: int = 0
+                   ) -> tuple[CallRecord, BaseException | None]:
         """One call with its retries (and hedges), as a record; never raises but for
-        cancellation."""
+        cancellation. ``path`` and ``index`` say which call it is, for events."""
         start = monotonic()
         hedges: list[CallRecord] | None = None if self.hedge_after is None else []
         try:
@@ -271,8 +279,12 @@ class _Run:
             first = exc
         # The failure path: only here is tenacity's machinery built.
         attempts = 1
+        on_event = self.on_event
+        before_sleep = None if on_event is None else (lambda state: on_event(CallRetrying(
+            path, index, req.model, state.attempt_number,
+            _error_text(state.outcome.exception()), state.next_action.sleep)))
         try:
-            async for attempt in self.retry.retrying():
+            async for attempt in self.retry.retrying(before_sleep):
                 with attempt:
                     attempts = attempt.retry_state.attempt_number
                     if first is not None:
@@ -310,14 +322,14 @@ async def _exec(run: _Run, step: Step, responses: list[str], br: _Branch,
     if isinstance(step, LLMStep):
         return await _exec_llm(run, step, responses, br, path)
     if isinstance(step, Transform):
-        return _exec_transform(step, responses, br, path)
+        return _exec_transform(run, step, responses, br, path)
     if isinstance(step, Parallel):
         return await _exec_parallel(run, step, responses, br, path)
     raise TypeError(f"moa cannot run {_describe(step)}: a step must derive from Transform, "
                     f"LLMStep, Pipeline or Parallel")
 
 
-def _exec_transform(step: Transform, responses: list[str], br: _Branch,
+def _exec_transform(run: _Run, step: Transform, responses: list[str], br: _Branch,
                     path: tuple[int, ...]) -> list[str]:
     start = monotonic()
     try:
@@ -331,9 +343,46 @@ def _exec_transform(step: Transform, responses: list[str], br: _Branch,
     if responses and not out:
         br.emptied_by = f"{step!r} at path {path}"
         notes = (f"{step!r} left no responses",)
-    br.records.append(StepRecord(repr(step), path, "transform", tuple(responses), tuple(out),
-                                 (), notes, monotonic() - start))
+    _record(run, br, StepRecord(repr(step), path, "transform", tuple(responses), tuple(out),
+                                (), notes, monotonic() - start))
     return out
+
+
+def _record(run: _Run, br: _Branch, record: StepRecord) -> None:
+    br.records.append(record)
+    if run.on_event is not None:
+        run.on_event(StepFinished(record))
+
+
+def _sample_indices(requests: list[Request]) -> list[int]:
+    # The n-th of several identical requests in a step is sample n: six identical Self-MoA
+    # calls are six cache entries, not one answer six times.
+    seen: dict[tuple[Any, ...], int] = {}
+    out = []
+    for req in requests:
+        key = (req.model, tuple(tuple(m.items()) for m in req.messages), req.temp, req.max_tokens)
+        out.append(seen.get(key, 0))
+        seen[key] = out[-1] + 1
+    return out
+
+
+def _lookup(run: _Run, step: LLMStep, path: tuple[int, ...], requests: list[Request],
+            indices: list[int]) -> list[CallRecord | None]:
+    """The cached answer of each request, or None; in replay mode a miss is an error."""
+    cache = run.cache
+    assert cache is not None
+    hits: list[CallRecord | None] = []
+    for i, (req, n) in enumerate(zip(requests, indices)):
+        hit = None if cache.mode == "record" else cache.get(req.model, req.messages, req.temp,
+                                                               req.max_tokens, n)
+        if hit is None and cache.mode == "replay":
+            raise CacheMissError(
+                f"replay: {cache!r} holds no answer for call {i} of {step!r} at path {path} "
+                f"(model {req.model!r}, sample {n}); record it first with mode='rw' or 'record'")
+        hits.append(None if hit is None else CallRecord(
+            req.model, req.messages, req.temp, req.max_tokens, hit[0], hit[1], hit[2], 0,
+            cached=True))
+    return hits
 
 
 async def _exec_llm(run: _Run, step: LLMStep, responses: list[str], br: _Branch,
@@ -342,8 +391,8 @@ async def _exec_llm(run: _Run, step: LLMStep, responses: list[str], br: _Branch,
     if step.needs_responses and not responses:
         cause = (f"{br.emptied_by} left none" if br.emptied_by else
                  "no step before it produced any; start the pipeline with Propose")
-        br.records.append(StepRecord(repr(step), path, "llm", (), (), (),
-                                     ("received no responses",), 0.0))
+        _record(run, br, StepRecord(repr(step), path, "llm", (), (), (),
+                                    ("received no responses",), 0.0))
         raise EmptyInputError(f"{step!r} received no responses: {cause}", step=repr(step))
     try:
         requests = step.requests(run.prompt, responses)
@@ -353,20 +402,53 @@ async def _exec_llm(run: _Run, step: LLMStep, responses: list[str], br: _Branch,
     if type(requests) is not list or not all(type(r) is Request for r in requests):
         raise TypeError(f"{step!r}.requests must return a list of moa.Request, "
                         f"returned {_describe(requests)}")
+    on_event = run.on_event
+    if on_event is not None:
+        on_event(StepStarted(path, repr(step), len(requests)))
     enough = step.enough(len(requests))
-    if len(requests) == 1:
-        results = [await run.call(requests[0])]
+    results: list[tuple[CallRecord, BaseException | None] | None] = [None] * len(requests)
+    indices: list[int] = []
+    if run.cache is not None:
+        indices = _sample_indices(requests)
+        for i, hit in enumerate(_lookup(run, step, path, requests, indices)):
+            if hit is not None:
+                results[i] = (hit, None)
+                if on_event is not None:
+                    on_event(CallFinished(path, i, hit))
+    todo = [i for i, r in enumerate(results) if r is None]
+    if enough is not None:
+        enough -= len(requests) - len(todo)  # cached answers count towards the quorum
+    stored: list[BaseException] = []
+
+    async def one(i: int) -> None:
+        results[i] = record = await run.call(requests[i], path, i)
+        if run.cache is not None and record[0].ok:
+            req, c = requests[i], record[0]
+            try:
+                run.cache.put(req.model, req.messages, req.temp, req.max_tokens, indices[i],
+                              c.text, c.input_tokens, c.output_tokens)  # type: ignore[arg-type]
+            except Exception as exc:  # a broken cache file is the user's to see, not a call's
+                stored.append(exc)
+        if on_event is not None:
+            on_event(CallFinished(path, i, record[0]))
+
+    if not todo:
+        pass
+    elif enough is not None and enough <= 0:
+        for i in todo:  # the quorum is met from the cache: nothing to send
+            req = requests[i]
+            results[i] = (CallRecord(req.model, req.messages, req.temp, req.max_tokens, None,
+                                     None, None, 0, None, 0.0, True), None)
+    elif len(todo) == 1 and run.cache is None and on_event is None:
+        results[todo[0]] = await run.call(requests[todo[0]], path, todo[0])
     elif enough is None:
-        results = [None] * len(requests)
-
-        async def one(i: int, req: Request) -> None:
-            results[i] = await run.call(req)
-
         async with anyio.create_task_group() as tg:
-            for i, req in enumerate(requests):
-                tg.start_soon(one, i, req)
+            for i in todo:
+                tg.start_soon(one, i)
     else:
-        results = await _quorum(run, requests, enough)
+        await _quorum(one, requests, todo, results, enough)
+    if stored:
+        raise stored[0]
     calls = tuple(r[0] for r in results)  # type: ignore[index]
     replies = [c.text for c in calls]
     ok = failed = cancelled = 0
@@ -381,8 +463,8 @@ async def _exec_llm(run: _Run, step: LLMStep, responses: list[str], br: _Branch,
     # A client of the wrong shape is a bug to fix, not a failure for min_success to absorb.
     broken = next((e for _, e in results if isinstance(e, ClientOutputError)), None)  # type: ignore[misc]
     if ok < need or broken is not None:
-        br.records.append(StepRecord(repr(step), path, "llm", tuple(responses), (), calls, (),
-                                     monotonic() - start))
+        _record(run, br, StepRecord(repr(step), path, "llm", tuple(responses), (), calls, (),
+                                    monotonic() - start))
         if broken is not None:
             raise broken
         errors = "; ".join(f"{c.model}: {c.error}" for c in calls if c.error)
@@ -400,40 +482,44 @@ async def _exec_llm(run: _Run, step: LLMStep, responses: list[str], br: _Branch,
     if failed:
         notes = [*notes, f"{failed} of {len(calls)} calls failed; the step went on with {ok}"]
     if cancelled:
-        notes = [*notes, f"quorum of {enough} reached: {cancelled} call(s) still running were "
-                         f"cancelled"]
+        notes = [*notes, f"quorum of {step.enough(len(requests))} reached: {cancelled} call(s) "
+                         f"still running were cancelled"]
+    hits = sum(c.cached for c in calls)
+    if hits:
+        notes = [*notes, f"{hits} of {len(calls)} answers came from the cache"]
     if responses and not out:
         br.emptied_by = f"{step!r} at path {path}"
-    br.records.append(StepRecord(repr(step), path, "llm", tuple(responses), tuple(out), calls,
-                                 tuple(notes), monotonic() - start))
+    _record(run, br, StepRecord(repr(step), path, "llm", tuple(responses), tuple(out), calls,
+                                tuple(notes), monotonic() - start))
     return out
 
 
-async def _quorum(run: _Run, requests: list[Request], enough: int
-                  ) -> list[tuple[CallRecord, BaseException | None]]:
-    """The calls of a step that stops once ``enough`` of them have answered; the rest are
+async def _quorum(one: Callable[[int], Awaitable[None]], requests: list[Request], todo: list[int],
+                  results: list[tuple[CallRecord, BaseException | None] | None], enough: int
+                  ) -> None:
+    """Runs the calls ``todo`` of a step until ``enough`` of them have answered; the rest are
     cancelled and recorded as cancelled."""
-    results: list[tuple[CallRecord, BaseException | None] | None] = [None] * len(requests)
     starts = [0.0] * len(requests)
     answered = 0
 
-    async def one(i: int, req: Request, scope: anyio.CancelScope) -> None:
+    async def quorum_one(i: int, scope: anyio.CancelScope) -> None:
         nonlocal answered
         starts[i] = monotonic()
-        results[i] = record = await run.call(req)
-        if record[0].ok:
+        await one(i)
+        if results[i][0].ok:  # type: ignore[index]
             answered += 1
             if answered >= enough:
                 scope.cancel()
 
     async with anyio.create_task_group() as tg:
-        for i, req in enumerate(requests):
-            tg.start_soon(one, i, req, tg.cancel_scope)
+        for i in todo:
+            tg.start_soon(quorum_one, i, tg.cancel_scope)
     now = monotonic()
-    return [r if r is not None else
-            (CallRecord(q.model, q.messages, q.temp, q.max_tokens, None, None, None, 1, None,
-                        now - starts[i], True), None)
-            for i, (r, q) in enumerate(zip(results, requests))]
+    for i in todo:
+        if results[i] is None:
+            q = requests[i]
+            results[i] = (CallRecord(q.model, q.messages, q.temp, q.max_tokens, None, None, None,
+                                     1, None, now - starts[i], True), None)
 
 
 async def _exec_parallel(run: _Run, step: Parallel, responses: list[str], br: _Branch,
@@ -466,21 +552,24 @@ async def _exec_parallel(run: _Run, step: Parallel, responses: list[str], br: _B
     out = [r for o in outs for r in o]  # type: ignore[union-attr]
     if responses and not out:
         br.emptied_by = f"{step!r} at path {path}"
-    br.records.append(StepRecord(repr(step), path, "parallel", tuple(responses), tuple(out), (),
-                                 (), monotonic() - start))
+    _record(run, br, StepRecord(repr(step), path, "parallel", tuple(responses), tuple(out), (),
+                                (), monotonic() - start))
     return out
 
 
 def _check_run_args(prompt: object, client: object, seed: object, max_concurrency: object,
                     timeout: object, retry: object, limits: object = None,
-                    hedge_after: object = None) -> None:
+                    hedge_after: object = None, cache: object = None,
+                    on_event: object = None) -> None:
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(f"run(prompt): prompt must be a non-empty str, got {prompt!r}")
-    _check_options(client, seed, max_concurrency, timeout, retry, limits, hedge_after)
+    _check_options(client, seed, max_concurrency, timeout, retry, limits, hedge_after, cache,
+                   on_event)
 
 
 def _check_options(client: object, seed: object, max_concurrency: object, timeout: object,
-                   retry: object, limits: object, hedge_after: object) -> None:
+                   retry: object, limits: object, hedge_after: object, cache: object = None,
+                   on_event: object = None) -> None:
     if not callable(client):
         raise TypeError("run(client): client must be an async callable "
                         f"client(model, messages, temp, max_tokens), not {_describe(client)}")
@@ -501,6 +590,11 @@ def _check_options(client: object, seed: object, max_concurrency: object, timeou
     if limits is not None and not isinstance(limits, Limits):
         raise TypeError(f"run(limits=...): limits must be a moa.Limits or None, "
                         f"not {_describe(limits)}")
+    if cache is not None and not isinstance(cache, Cache):
+        raise TypeError(f"run(cache=...): cache must be a moa.Cache or None, not {_describe(cache)}")
+    if on_event is not None and not callable(on_event):
+        raise TypeError(f"run(on_event=...): on_event must be a callable on_event(event) or None, "
+                        f"not {_describe(on_event)}")
 
 
 async def _run(step: Step, prompt: str, state: _Run, seed: int | None) -> tuple[str, History]:
@@ -529,6 +623,8 @@ async def run(
     retry: Retry | None = None,
     limits: Limits | None = None,
     hedge_after: float | None = None,
+    cache: Cache | None = None,
+    on_event: EventHandler | None = None,
 ) -> tuple[str, History]:
     """Run ``pipeline`` on ``prompt``; return the final response and the run's history.
 
@@ -538,13 +634,18 @@ async def run(
     ``timeout`` bounds each call attempt in seconds; ``retry`` is the policy for failed calls;
     ``limits`` holds per-model limits (shared by every run given the same object);
     ``hedge_after`` starts a duplicate of a call unanswered after that many seconds, and the
-    first answer wins. A step that fails raises a :class:`~moa.errors.StepFailedError`
-    carrying the history so far.
+    first answer wins. ``cache`` (a :class:`~moa.Cache`) serves answers it holds and stores new
+    ones; ``on_event(event)`` is called as steps start and calls finish or retry
+    (:class:`~moa.StepStarted`, :class:`~moa.CallRetrying`, :class:`~moa.CallFinished`,
+    :class:`~moa.StepFinished`), for progress displays. A step that fails raises a
+    :class:`~moa.errors.StepFailedError` carrying the history so far.
     """
     step = as_step(pipeline, where="run(pipeline)")
-    _check_run_args(prompt, client, seed, max_concurrency, timeout, retry, limits, hedge_after)
+    _check_run_args(prompt, client, seed, max_concurrency, timeout, retry, limits, hedge_after,
+                    cache, on_event)
     limiter = anyio.CapacityLimiter(max_concurrency) if max_concurrency else None
-    state = _Run(client, prompt, limiter, timeout, retry or DEFAULT_RETRY, limits, hedge_after)
+    state = _Run(client, prompt, limiter, timeout, retry or DEFAULT_RETRY, limits, hedge_after,
+                 cache, on_event)
     return await _run(step, prompt, state, seed)
 
 

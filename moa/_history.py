@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._cost import Cost, Prices
 
 __all__ = ("CallRecord", "StepRecord", "History")
 
@@ -24,7 +28,9 @@ class CallRecord:
     ``input_tokens``/``output_tokens`` are None when the provider did not report them.
     ``cancelled`` marks a call stopped because its step had its quorum (its spend is unknown to
     moa). ``hedges`` holds the duplicate attempts started when this call was slow to answer:
-    the loser of each race, cancelled or failed, with whatever tokens it reported.
+    the loser of each race, cancelled or failed, with whatever tokens it reported. ``cached``
+    marks an answer served from a :class:`~moa.Cache`: its tokens are what the stored answer
+    cost when it was made; this run spent nothing on it.
     """
 
     model: str
@@ -39,6 +45,7 @@ class CallRecord:
     latency: float = field(default=0.0, compare=False)
     cancelled: bool = False
     hedges: tuple[CallRecord, ...] = ()
+    cached: bool = False
 
     @property
     def ok(self) -> bool:
@@ -74,7 +81,19 @@ class CallRecord:
             "latency": self.latency,
             "cancelled": self.cancelled,
             "hedges": [h.to_dict() for h in self.hedges],
+            "cached": self.cached,
         }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CallRecord:
+        """The record :meth:`to_dict` wrote."""
+        return cls(
+            d["model"],
+            tuple(MappingProxyType({"role": m["role"], "content": m["content"]})
+                  for m in d["messages"]),
+            d["temp"], d["max_tokens"], d["text"], d["input_tokens"], d["output_tokens"],
+            d["attempts"], d.get("error"), d.get("latency", 0.0), d.get("cancelled", False),
+            tuple(cls.from_dict(h) for h in d.get("hedges", ())), d.get("cached", False))
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +144,13 @@ class StepRecord:
             "duration": self.duration,
         }
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> StepRecord:
+        """The record :meth:`to_dict` wrote."""
+        return cls(d["step"], tuple(d["path"]), d["kind"], tuple(d["inputs"]),
+                   tuple(d["outputs"]), tuple(CallRecord.from_dict(c) for c in d["calls"]),
+                   tuple(d.get("notes", ())), d.get("duration", 0.0))
+
 
 def _sum_known(values: Iterator[int | None]) -> int | None:
     total = 0
@@ -174,11 +200,17 @@ class History:
         """Calls stopped because their step reached its quorum."""
         return tuple(c for c in self.calls if c.cancelled)
 
+    @property
+    def cached_calls(self) -> tuple[CallRecord, ...]:
+        """Calls answered from the cache: this run spent nothing on them."""
+        return tuple(c for c in self.calls if c.cached)
+
     def _spent(self) -> Iterator[CallRecord]:
         # Every attempt that answered counts. One that failed or was cancelled reported no
         # usage: its spend is unknown to moa, not a reason to call the whole total unknown.
+        # A cached answer cost nothing in this run.
         for c in self.calls:
-            if c.ok:
+            if c.ok and not c.cached:
                 yield c
             for h in c.hedges:
                 if h.ok:
@@ -190,15 +222,22 @@ class History:
 
     @property
     def input_tokens(self) -> int | None:
-        """Input tokens over the calls and hedges that answered; None when any of them did not
-        report its count (failed and cancelled attempts report none and are left out)."""
+        """Input tokens spent: over the calls and hedges that answered, cached answers left out;
+        None when any of them did not report its count (failed and cancelled attempts report
+        none and are left out)."""
         return _sum_known(c.input_tokens for c in self._spent())
 
     @property
     def output_tokens(self) -> int | None:
-        """Output tokens over the calls and hedges that answered; None when any of them did not
-        report its count."""
+        """Output tokens spent, counted as :attr:`input_tokens` is."""
         return _sum_known(c.output_tokens for c in self._spent())
+
+    def cost(self, prices: Prices | None = None) -> Cost:
+        """What the run cost in US dollars under ``prices`` (default: ``moa.DEFAULT_PRICES``);
+        models without a price are reported as unknown, never as free."""
+        from ._cost import cost
+
+        return cost(self, prices)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy."""
@@ -212,7 +251,15 @@ class History:
                 "calls": self.total_calls,
                 "failed_calls": len(self.failed_calls),
                 "cancelled_calls": len(self.cancelled_calls),
+                "cached_calls": len(self.cached_calls),
                 "input_tokens": self.input_tokens,
                 "output_tokens": self.output_tokens,
             },
         }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> History:
+        """The history :meth:`to_dict` wrote (a saved run, e.g. ``moa run --json``'s file):
+        ``History.from_dict(h.to_dict()) == h``."""
+        return cls(d["prompt"], d["seed"], tuple(StepRecord.from_dict(s) for s in d["steps"]),
+                   tuple(d["outputs"]), d.get("wall_time", 0.0))

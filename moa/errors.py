@@ -13,6 +13,8 @@ __all__ = (
     "ProviderError",
     "StepFailedError",
     "EmptyInputError",
+    "CacheError",
+    "CacheMissError",
 )
 
 
@@ -72,3 +74,16 @@ class StepFailedError(MoaError):
 
 class EmptyInputError(StepFailedError):
     """An LLM step that needs responses received none."""
+
+
+class CacheError(MoaError):
+    """A cache file that cannot be used: not SQLite, not a moa cache, or found corrupt.
+
+    The message names the file and says what is wrong; moa never reuses or overwrites it.
+    """
+
+
+class CacheMissError(MoaError):
+    """In replay mode, a request that was never recorded: replay never calls a model."""
+
+    retryable = False

@@ -171,7 +171,8 @@ def test_history_totals_seed_names_and_json():
     call = step.calls[0]
     assert call["in_tokens"] == 3 and call["out_tokens"] == 2 and call.attempts == 1 and call.ok
     data = json.loads(json.dumps(history.to_dict()))
-    assert data["totals"] == {"calls": 3, "failed_calls": 0, "cancelled_calls": 0, "input_tokens": history.input_tokens,
+    assert data["totals"] == {"calls": 3, "failed_calls": 0, "cancelled_calls": 0, "cached_calls": 0,
+                              "input_tokens": history.input_tokens,
                               "output_tokens": 6}
     assert data["seed"] == 5 and data["steps"][1]["calls"][0]["messages"][0]["role"] == "system"
     assert history.seed == 5

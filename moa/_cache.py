@@ -1,0 +1,243 @@
+"""A response cache in one SQLite file, for replaying and resuming runs.
+
+An entry is keyed by the sha256 of a canonical JSON array: the key format version, the model,
+the messages as ``[role, content]`` pairs, ``repr(float(temp))``, ``max_tokens`` and the sample
+index. The index is the position of a request among identical requests in one step (0, 1, ...):
+Self-MoA sends the same prompt to the same model six times to get six different samples, and
+without the index all six would be one entry, replayed as six copies of the first answer.
+
+The file holds the key hash, the model, the answer, its token counts and when it was stored;
+never the messages, so no prompt or secret in one reaches the disk through the cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any, NoReturn
+
+from .errors import CacheError
+
+__all__ = ("Cache",)
+
+MODES = ("rw", "replay", "record")
+_KEY_FORMAT = 1  # bump when the key's inputs change, so old entries stop matching
+_APPLICATION_ID = 0x6D6F6163  # b"moac" in the SQLite header: this file is a moa cache
+_SCHEMA_VERSION = 1
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_BUSY_TIMEOUT_S = 30.0
+_SCHEMA = (
+    "CREATE TABLE entries (key BLOB PRIMARY KEY, model TEXT NOT NULL, text TEXT NOT NULL,"
+    " input_tokens INTEGER, output_tokens INTEGER, created_at REAL NOT NULL) WITHOUT ROWID"
+)
+
+
+def _key(
+    model: str, messages: Sequence[Mapping[str, str]], temp: float, max_tokens: int, index: int
+) -> bytes:
+    """The sha256 digest that names one request; equal inputs give equal keys in any process."""
+    pairs = [[m["role"], m["content"]] for m in messages]
+    canonical = json.dumps(
+        [_KEY_FORMAT, model, pairs, repr(float(temp)), int(max_tokens), int(index)],
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode("ascii")).digest()
+
+
+class Cache:
+    """A response cache in one SQLite file, shared safely by concurrent runs, threads and processes.
+
+    ``mode`` is ``"rw"`` (serve hits, store new answers), ``"replay"`` (serve hits; the executor
+    treats a miss as an error) or ``"record"`` (``get`` always misses, ``put`` overwrites).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, mode: str = "rw") -> None:
+        if mode not in MODES:
+            allowed = ", ".join(map(repr, MODES))
+            raise ValueError(f"Cache mode must be one of {allowed}, not {mode!r}")
+        raw = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
+        if not isinstance(raw, str):
+            kind = type(path).__name__
+            raise TypeError(f"Cache path must be a str or os.PathLike[str], not {kind}")
+        self.path = os.path.abspath(raw)
+        self.mode = mode
+        self._lock = threading.Lock()  # one connection, shared by every thread that uses us
+        self._conn: sqlite3.Connection | None = None
+        self._check_file()
+        conn = sqlite3.connect(
+            self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
+        try:
+            self._open_schema(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def _check_file(self) -> None:
+        # Creating the file ourselves sets its mode (SQLite copies it to -wal and -shm); an
+        # existing file keeps its own. SQLite would treat a short non-SQLite file as empty and
+        # write over it, so the header is checked here first.
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+        except FileNotFoundError:
+            parent = os.path.dirname(self.path)
+            rule = f"cannot create the cache file: directory {parent!r} does not exist; create it"
+            raise FileNotFoundError(errno.ENOENT, rule, self.path) from None
+        try:
+            size = os.fstat(fd).st_size
+            header = os.pread(fd, len(_SQLITE_MAGIC), 0)
+        finally:
+            os.close(fd)
+        if size and header != _SQLITE_MAGIC:
+            self._unusable("it is not an SQLite database")
+
+    def _open_schema(self, conn: sqlite3.Connection) -> None:
+        deadline = time.monotonic() + _BUSY_TIMEOUT_S
+        while True:
+            try:
+                return self._open_schema_once(conn)
+            except sqlite3.OperationalError as exc:
+                # Processes opening a new, empty file at once race to write its first page, and
+                # SQLite answers some losers with SQLITE_BUSY at once instead of waiting out the
+                # busy timeout; opening is idempotent, so it is tried again until the deadline.
+                busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+                if not busy or time.monotonic() > deadline:
+                    self._raise_from(exc)
+                time.sleep(0.005)
+            except sqlite3.DatabaseError as exc:
+                self._raise_from(exc)
+
+    def _open_schema_once(self, conn: sqlite3.Connection) -> None:
+        # Inspect before switching to WAL, so a foreign SQLite file is left as it was; in one
+        # transaction, so a concurrent opener's half-created schema is never seen.
+        with _transaction(conn, "BEGIN"):
+            empty = self._inspect(conn)
+        if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0] != "wal":
+            self._unusable("SQLite cannot use write-ahead logging on it")
+        if empty:
+            with _transaction(conn, "BEGIN IMMEDIATE"):
+                if self._inspect(conn):  # still empty now that we hold the write lock
+                    conn.execute(_SCHEMA)
+                    conn.execute(f"PRAGMA application_id={_APPLICATION_ID}")
+                    conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+        conn.execute("PRAGMA synchronous=NORMAL")
+
+    def _inspect(self, conn: sqlite3.Connection) -> bool:
+        """True for an empty database, False for a moa cache of this format; else CacheError."""
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        objects = conn.execute("SELECT type, name FROM sqlite_master").fetchall()
+        if app_id == 0 and version == 0 and not objects:
+            return True
+        if app_id != _APPLICATION_ID or objects != [("table", "entries")]:
+            self._unusable("it is an SQLite database but not a moa cache")
+        if version != _SCHEMA_VERSION:
+            self._unusable(
+                f"it is a moa cache of format {version}; this moa reads format {_SCHEMA_VERSION}"
+            )
+        return False
+
+    def _unusable(self, what: str) -> NoReturn:
+        raise CacheError(
+            f"cannot use {self.path!r} as a response cache: {what}; delete or move the file, "
+            "or pass another path"
+        )
+
+    def _raise_from(self, exc: sqlite3.DatabaseError) -> NoReturn:
+        if isinstance(exc, sqlite3.OperationalError):  # locked, disk full: not the file's fault
+            raise CacheError(f"response cache {self.path!r}: {exc}") from exc
+        self._unusable(f"SQLite reports {exc}")
+
+    def _execute(self, sql: str, params: tuple[object, ...] = ()) -> list[Any]:
+        with self._lock:
+            if self._conn is None:
+                raise ValueError(f"Cache of {self.path!r} is closed; open a new Cache to use it")
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.DatabaseError as exc:
+                self._raise_from(exc)
+
+    def get(
+        self,
+        model: str,
+        messages: Sequence[Mapping[str, str]],
+        temp: float,
+        max_tokens: int,
+        index: int,
+    ) -> tuple[str, int | None, int | None] | None:
+        """The stored ``(text, input_tokens, output_tokens)`` for this request, or None on a miss
+        (always None in record mode)."""
+        key = _key(model, messages, temp, max_tokens, index)
+        sql = "SELECT text, input_tokens, output_tokens FROM entries WHERE key = ?"
+        rows = self._execute(sql, (key,))
+        if self.mode == "record" or not rows:
+            return None
+        text, input_tokens, output_tokens = rows[0]
+        return text, input_tokens, output_tokens
+
+    def put(
+        self,
+        model: str,
+        messages: Sequence[Mapping[str, str]],
+        temp: float,
+        max_tokens: int,
+        index: int,
+        text: str,
+        input_tokens: int | None,
+        output_tokens: int | None,
+    ) -> None:
+        """Store the answer to this request, replacing any earlier one."""
+        key = _key(model, messages, temp, max_tokens, index)
+        self._execute(
+            "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?)",
+            (key, model, text, input_tokens, output_tokens, time.time()),
+        )
+
+    def __len__(self) -> int:
+        return int(self._execute("SELECT count(*) FROM entries")[0][0])
+
+    def clear(self) -> None:
+        """Delete every entry; the file stays a moa cache."""
+        self._execute("DELETE FROM entries")
+
+    def close(self) -> None:
+        """Close the connection; closing twice is harmless."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> Cache:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Cache({self.path!r}, mode={self.mode!r})"
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection, begin: str) -> Iterator[None]:
+    conn.execute(begin)
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

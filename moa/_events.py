@@ -1,0 +1,57 @@
+"""What a run reports while it goes: the events ``run(..., on_event=...)`` receives.
+
+Events arrive in the order things happen (completion order), on the event loop's thread, from
+inside the run; a callback must be quick and must not block. History, not events, is the
+record: events exist to show progress.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Union
+
+from ._history import CallRecord, StepRecord
+
+__all__ = ("StepStarted", "CallRetrying", "CallFinished", "StepFinished", "Event", "EventHandler")
+
+
+@dataclass(frozen=True, slots=True)
+class StepStarted:
+    """An LLM step is about to make ``calls`` calls (a transform or a Parallel sends none)."""
+
+    path: tuple[int, ...]
+    step: str
+    calls: int
+
+
+@dataclass(frozen=True, slots=True)
+class CallRetrying:
+    """Call ``index`` of the step at ``path`` failed attempt ``attempt`` with ``error`` and will
+    be tried again after ``wait`` seconds."""
+
+    path: tuple[int, ...]
+    index: int
+    model: str
+    attempt: int
+    error: str
+    wait: float
+
+
+@dataclass(frozen=True, slots=True)
+class CallFinished:
+    """Call ``index`` of the step at ``path`` is over: answered, failed, cancelled or cached."""
+
+    path: tuple[int, ...]
+    index: int
+    record: CallRecord
+
+
+@dataclass(frozen=True, slots=True)
+class StepFinished:
+    """A step (of any kind) is over; ``record`` is its entry in history."""
+
+    record: StepRecord
+
+
+Event = Union[StepStarted, CallRetrying, CallFinished, StepFinished]
+EventHandler = Callable[[Event], None]
