@@ -3,14 +3,23 @@ real Self-MoA on the embedded model (the console script, in a subprocess) and on
 OpenAI-compatible server (``--base-url``). The real runs are marked ``local`` and use the
 ``model_path`` and ``llama_server`` fixtures of conftest.py."""
 
+import functools
+import io
+import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import anyio
 import pytest
+from scripted import Permanent, ScriptedClient
 
-from moa.cli import PROVIDERS, main
+import moa
+import moa.cli as cli
+from moa import Aggregate, History, Parallel, Propose, Shuffle, Synthesize, Vote
+from moa.cli import PROVIDERS, main, with_max_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYED = sorted(name for name, spec in PROVIDERS.items() if spec.key_env)
@@ -100,3 +109,484 @@ def test_moa_demo_base_url_runs_against_a_real_llama_cpp_server(llama_server, no
     assert code == 0, err
     assert f"a Self-MoA on smollm2 ({llama_server})" in out
     _check_demo_output(out, 2)
+
+
+# -- moa run / batch / trace, on the scripted client ---------------------------------------------
+# main() runs in-process with the client injected (make_client is replaced); stderr is not a
+# terminal under capsys, so progress is the plain one-line-per-step text.
+
+PIPE = "Propose(['m', 'n']) | Shuffle() | Aggregate('m')"
+PRICES = {"m": [1.0, 2.0], "n": [3.0, 4.0]}
+
+
+def _use(monkeypatch, client, default_model="m"):
+    """Every command gets ``client``; the model is --model, else ``default_model``."""
+    asked = []
+
+    def make_client(provider, base_url, model):
+        asked.append((provider, base_url, model))
+        return client, model or default_model
+
+    monkeypatch.setattr(cli, "make_client", make_client)
+    return asked
+
+
+@pytest.fixture
+def client(monkeypatch):
+    c = ScriptedClient()
+    _use(monkeypatch, c)
+    return c
+
+
+@pytest.fixture
+def prices_file(tmp_path):
+    path = tmp_path / "prices.json"
+    path.write_text(json.dumps(PRICES))
+    return str(path)
+
+
+def _expected(pipeline_text, prompt="What is 2+2?", seed=7, **options):
+    return moa.run_sync(moa.parse_pipeline(pipeline_text), prompt, ScriptedClient(), seed=seed,
+                        **options)
+
+
+def test_run_prints_only_the_answer_on_stdout(client, capsys):
+    assert main(["run", "What is 2+2?", "--pipeline", PIPE, "--seed", "7"]) == 0
+    out, err = capsys.readouterr()
+    result, history = _expected(PIPE)
+    assert out == result + "\n"
+    assert len(client.calls) == 3
+    lines = err.splitlines()
+    assert lines[0].startswith("step 1/3 Propose(['m', 'n']): 2/2 calls, 0 failed, 0 retried, ")
+    assert lines[1].startswith("step 3/3 Aggregate('m'): 1/1 calls, 0 failed, 0 retried, ")
+    assert lines[2].startswith(f"calls: 3 (0 failed, 0 cached)   tokens: {history.input_tokens} "
+                               f"in, {history.output_tokens} out   cost: unknown (m, n)   ")
+    assert lines[2].endswith("   seed: 7")
+    assert len(lines) == 3
+
+
+def test_run_quiet_writes_nothing_on_stderr(client, capsys):
+    assert main(["run", "hi", "--pipeline", PIPE, "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert out.endswith("\n") and out.count("\n") == 1
+    assert err == ""
+
+
+def test_run_rich_progress_goes_to_stderr_never_stdout(client, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "_fancy", lambda: True)
+    monkeypatch.setenv("COLUMNS", "160")
+    assert main(["run", "What is 2+2?", "--pipeline", PIPE, "--seed", "7"]) == 0
+    out, err = capsys.readouterr()
+    assert out == _expected(PIPE)[0] + "\n"
+    assert "1/3 Propose(['m', 'n'])" in err and "3/3 Aggregate('m')" in err
+    assert "calls: 3 (0 failed, 0 cached)" in err
+
+
+def test_run_progress_counts_retries(monkeypatch, capsys):
+    _use(monkeypatch, ScriptedClient(transient={"n": 1}))
+    monkeypatch.setattr(moa._executor, "DEFAULT_RETRY", moa.Retry(attempts=3, initial=0,
+                                                                  max_wait=0, jitter=0))
+    assert main(["run", "hi", "--pipeline", PIPE]) == 0
+    assert "2/2 calls, 0 failed, 1 retried" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("recipe, calls", [("self_moa", 7), ("together_moa", 19),
+                                           ("moa_lite", 13), ("robust_moa", 5)])
+def test_run_recipe_with_model_uses_that_model_everywhere(recipe, calls, client, capsys):
+    assert main(["run", "hi", "--recipe", recipe, "--model", "zz", "--seed", "1"]) == 0
+    assert {c["model"] for c in client.calls} == {"zz"}
+    assert len(client.calls) == calls
+
+
+def test_run_recipe_on_the_local_model_uses_it_everywhere(monkeypatch, capsys):
+    c = ScriptedClient()
+    local = PROVIDERS["local"].model
+    _use(monkeypatch, c, default_model=local)
+    assert main(["run", "hi", "--recipe", "robust_moa", "--json", "/dev/null"]) == 0
+    assert {call["model"] for call in c.calls} == {local}
+
+
+def test_run_recipe_on_a_provider_keeps_the_recipes_models(monkeypatch, capsys):
+    c = ScriptedClient()
+    asked = _use(monkeypatch, c, default_model="gpt-5-nano-2025-08-07")
+    assert main(["run", "hi", "--recipe", "robust_moa", "--provider", "openai"]) == 0
+    assert asked == [("openai", None, None)]
+    assert {call["model"] for call in c.calls} == set(moa.recipes.ROBUST_PROPOSERS)
+
+
+def test_run_reads_the_prompt_from_a_file(client, capsys, tmp_path):
+    path = tmp_path / "q.txt"
+    path.write_text("What is 2+2?\n")
+    assert main(["run", "--prompt-file", str(path), "--pipeline", PIPE, "--seed", "7"]) == 0
+    assert capsys.readouterr().out == _expected(PIPE)[0] + "\n"
+
+
+@pytest.mark.parametrize("argv", [[], ["--prompt-file", "-"]])
+def test_run_reads_the_prompt_from_stdin(argv, client, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("What is 2+2?\n"))
+    assert main(["run", *argv, "--pipeline", PIPE, "--seed", "7"]) == 0
+    assert capsys.readouterr().out == _expected(PIPE)[0] + "\n"
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_run_without_a_prompt_exits_2(client, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", _Terminal())
+    assert main(["run", "--pipeline", PIPE]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("moa: no prompt: ")
+    assert client.calls == []
+
+
+def test_run_with_an_empty_prompt_or_two_prompts_exits_2(client, capsys, tmp_path):
+    assert main(["run", "   ", "--pipeline", PIPE]) == 2
+    assert "the prompt is empty" in capsys.readouterr().err
+    assert main(["run", "a", "--prompt-file", str(tmp_path / "q"), "--pipeline", PIPE]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main(["run", "--prompt-file", str(tmp_path / "missing"), "--pipeline", PIPE]) == 2
+    assert "--prompt-file" in capsys.readouterr().err
+    assert client.calls == []
+
+
+def test_run_parse_error_exits_2_with_a_caret_and_runs_nothing(monkeypatch, capsys):
+    asked = _use(monkeypatch, ScriptedClient())
+    expr = "Propose(['m']) | __import__('os')"
+    assert main(["run", "hi", "--pipeline", expr]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    first, line, caret = err.rstrip("\n").split("\n")
+    assert first.startswith("moa: --pipeline: ")
+    assert line == expr
+    assert caret == " " * expr.index("__import__") + "^" * len("__import__")
+    assert asked == []  # no client was even made
+
+
+def test_run_unknown_step_suggests_the_right_name(client, capsys):
+    assert main(["run", "hi", "--pipeline", "Propose(['m']) | Agregate('m')"]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean Aggregate?" in err
+    assert client.calls == []
+
+
+def test_run_max_concurrency_caps_calls_in_flight(monkeypatch, capsys):
+    c = ScriptedClient(delay=0.01)
+    _use(monkeypatch, c)
+    assert main(["run", "hi", "--pipeline", "Propose(['m', 'm', 'm', 'm'])", "--max-concurrency", "2"]) == 0
+    assert c.max_in_flight == 2
+
+
+def test_run_recipe_and_pipeline_exclude_each_other(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "hi", "--pipeline", PIPE, "--recipe", "self_moa"])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "hi"])
+    assert exc.value.code == 2
+    assert "--pipeline" in capsys.readouterr().err
+
+
+def test_run_json_round_trips_and_includes_the_cost(client, capsys, tmp_path, prices_file):
+    path = tmp_path / "run.json"
+    assert main(["run", "What is 2+2?", "--pipeline", PIPE, "--seed", "7", "--json", str(path),
+                 "--prices", prices_file]) == 0
+    out = capsys.readouterr().out
+    doc = json.loads(path.read_text())
+    result, history = _expected(PIPE)
+    assert doc["result"] == out[:-1] == result
+    assert moa.parse_pipeline(doc["pipeline"]) == moa.parse_pipeline(PIPE)
+    assert History.from_dict(doc) == history
+    assert doc["seed"] == 7 and doc["totals"]["calls"] == 3
+    expected = moa.cost(history, moa.DEFAULT_PRICES | PRICES)
+    assert doc["cost"]["total"] == pytest.approx(expected.total) and expected.total > 0
+    assert doc["cost"]["unknown"] == [] and doc["cost"]["text"] == str(expected)
+
+
+def test_run_json_is_written_when_the_run_fails(monkeypatch, capsys, tmp_path):
+    _use(monkeypatch, ScriptedClient(permanent={"bad"}))
+    path = tmp_path / "run.json"
+    code = main(["run", "hi", "--pipeline", "Propose(['m', 'n']) | Aggregate('bad')",
+                 "--json", str(path)])
+    out, err = capsys.readouterr()
+    assert code == 1 and out == ""
+    assert "moa: Aggregate('bad') failed" in err and "scripted permanent failure" in err
+    doc = json.loads(path.read_text())
+    assert doc["result"] is None and "Aggregate('bad') failed" in doc["error"]
+    assert [s["step"] for s in doc["steps"]] == ["Propose(['m', 'n'])", "Aggregate('bad')"]
+    assert "scripted permanent failure" in doc["steps"][1]["calls"][0]["error"]
+
+
+def test_run_failing_without_json_exits_1_with_the_message(monkeypatch, capsys):
+    _use(monkeypatch, ScriptedClient(permanent={"m", "n"}))
+    assert main(["run", "hi", "--pipeline", PIPE]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines()[-1].startswith("moa: Propose(['m', 'n']) failed: 0 of 2 calls")
+
+
+def test_run_max_tokens_applies_to_every_llm_step(client, capsys):
+    expr = "Propose(['m', 'n'], max_tokens=99) | (Synthesize(['m']) & Shuffle()) | Vote('m')"
+    assert main(["run", "hi", "--pipeline", expr, "--max-tokens", "7"]) == 0
+    assert len(client.calls) == 4
+    assert {c["max_tokens"] for c in client.calls} == {7}
+
+
+def test_with_max_tokens_rebuilds_nested_pipelines():
+    p = Propose(["a"]) | (Synthesize(["a"]) & (Shuffle() | Aggregate("a"))) | Vote("a")
+    assert with_max_tokens(p, 5) == (
+        Propose(["a"], max_tokens=5)
+        | Parallel(Synthesize(["a"], max_tokens=5), Shuffle() | Aggregate("a", max_tokens=5))
+        | Vote("a", max_tokens=5))
+    assert with_max_tokens(Shuffle(), 5) == Shuffle()
+
+
+def test_run_cache_second_run_is_all_cached_and_free(monkeypatch, capsys, tmp_path, prices_file):
+    cache = str(tmp_path / "cache.sqlite")
+    argv = ["run", "hi", "--pipeline", PIPE, "--seed", "3", "--cache", cache, "--prices",
+            prices_file]
+    first = ScriptedClient()
+    _use(monkeypatch, first)
+    assert main(argv) == 0
+    out1, err1 = capsys.readouterr()
+    assert len(first.calls) == 3 and "(0 failed, 0 cached)" in err1
+    second = ScriptedClient()
+    _use(monkeypatch, second)
+    assert main(argv) == 0
+    out2, err2 = capsys.readouterr()
+    assert second.calls == [] and out2 == out1
+    summary = err2.splitlines()[-1]
+    assert "calls: 3 (0 failed, 3 cached)" in summary and "cost: $0 " in summary
+    assert "2/2 calls, 0 failed, 0 retried, 2 cached" in err2
+
+
+def test_run_bad_prices_file_exits_2(client, capsys, tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text('{"m": [1]}')
+    assert main(["run", "hi", "--pipeline", PIPE, "--prices", str(path)]) == 2
+    assert capsys.readouterr().err.startswith(f"moa: --prices {path}: ")
+    assert client.calls == []
+
+
+def test_run_ctrl_c_exits_130(monkeypatch, capsys):
+    async def interrupted(**_):
+        os.kill(os.getpid(), signal.SIGINT)  # as the terminal sends it on Ctrl-C
+        await anyio.sleep(10)
+
+    _use(monkeypatch, interrupted)
+    assert main(["run", "hi", "--pipeline", PIPE]) == 130
+    assert capsys.readouterr().err.endswith("moa: interrupted\n")
+
+
+# -- batch ---------------------------------------------------------------------------------------
+def _write_lines(path, *lines):
+    path.write_text("".join(line + "\n" for line in lines))
+    return str(path)
+
+
+def _out(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture
+def prompts(tmp_path):
+    return _write_lines(tmp_path / "in.jsonl", '"first?"', '{"prompt": "second?", "id": "b"}',
+                        "", '{"prompt": "third?"}', '"fourth?"')
+
+
+def test_batch_writes_a_line_per_prompt(client, capsys, tmp_path, prompts, prices_file):
+    out = tmp_path / "out.jsonl"
+    assert main(["batch", prompts, "-o", str(out), "--pipeline", PIPE, "--seed", "5",
+                 "--prices", prices_file]) == 0
+    lines = _out(out)
+    # ids: as given, else the 0-based index among the prompts (blank lines are not prompts)
+    by_id = {e["id"]: e for e in lines}
+    assert len(lines) == 4 and set(by_id) == {0, "b", 2, 3}
+    assert by_id["b"]["prompt"] == "second?" and by_id[2]["prompt"] == "third?"
+    # the same seeds, results and histories as run_many with the same seed
+    results = anyio.run(functools.partial(
+        moa.run_many, moa.parse_pipeline(PIPE), ["first?", "second?", "third?", "fourth?"],
+        ScriptedClient(), seed=5))
+    for e, r in zip([by_id[0], by_id["b"], by_id[2], by_id[3]], results):
+        assert e["result"] == r.result and e["error"] is None
+        assert e["seed"] == r.history.seed
+        assert e["calls"] == 3 and e["input_tokens"] == r.history.input_tokens
+        assert e["cost"] == pytest.approx(moa.cost(r.history, moa.DEFAULT_PRICES | PRICES).total)
+        assert History.from_dict(e["history"]) == r.history
+    assert len(client.calls) == 12
+    summary = capsys.readouterr().err.splitlines()[-1]
+    assert summary.startswith("batch: 4 done, 0 failed, 0 skipped")
+
+
+def test_batch_resumes_after_an_interruption(monkeypatch, capsys, tmp_path, prompts):
+    out = tmp_path / "out.jsonl"
+    whole = tmp_path / "whole.jsonl"
+    _use(monkeypatch, ScriptedClient())
+    assert main(["batch", prompts, "-o", str(whole), "--pipeline", PIPE, "--seed", "5"]) == 0
+    done = {e["id"]: e for e in _out(whole)}
+    # a batch killed after two prompts, in the middle of writing a third line
+    out.write_text(json.dumps(done[0]) + "\n" + json.dumps(done[2]) + "\n"
+                   + json.dumps(done["b"])[:40])
+    capsys.readouterr()
+    c = ScriptedClient()
+    _use(monkeypatch, c)
+    assert main(["batch", prompts, "-o", str(out), "--pipeline", PIPE, "--seed", "5"]) == 0
+    err = capsys.readouterr().err
+    assert len(c.calls) == 2 * 3  # only "second?" and "fourth?" ran
+    assert "dropped a truncated last line" in err
+    assert "batch: 2 done, 0 failed, 2 skipped" in err
+    lines = _out(out)  # every line whole again
+    assert [e["id"] for e in lines[:2]] == [0, 2]
+    assert {e["id"] for e in lines} == {0, "b", 2, 3} and len(lines) == 4
+    # a resumed prompt gets the seed it had in the whole batch
+    for e in lines:
+        assert e["seed"] == done[e["id"]]["seed"] and e["result"] == done[e["id"]]["result"]
+    # and once all are done, a rerun runs nothing
+    c = ScriptedClient()
+    _use(monkeypatch, c)
+    assert main(["batch", prompts, "-o", str(out), "--pipeline", PIPE, "--seed", "5"]) == 0
+    assert c.calls == [] and "nothing to run" in capsys.readouterr().err
+    assert _out(out) == lines
+
+
+def test_batch_retries_failed_prompts_on_rerun(monkeypatch, capsys, tmp_path, prompts):
+    out = tmp_path / "out.jsonl"
+
+    def reply(model, messages):
+        if "third?" in messages[-1]["content"]:
+            raise Permanent(model)
+        return f"{model} ok"
+
+    _use(monkeypatch, ScriptedClient(reply))
+    assert main(["batch", prompts, "-o", str(out), "--pipeline", PIPE]) == 1
+    err = capsys.readouterr().err
+    assert "batch: 3 done, 1 failed, 0 skipped" in err
+    failed = [e for e in _out(out) if e["error"] is not None]
+    assert [e["id"] for e in failed] == [2] and failed[0]["result"] is None
+    assert "failed" in failed[0]["error"] and failed[0]["history"]["steps"]
+    c = ScriptedClient()
+    _use(monkeypatch, c)
+    assert main(["batch", prompts, "-o", str(out), "--pipeline", PIPE]) == 0
+    assert len(c.calls) == 3
+    assert "1 failed before and run again" in capsys.readouterr().err
+    lines = _out(out)
+    assert len(lines) == 4 and all(e["error"] is None for e in lines)
+
+
+def test_batch_rejects_a_bad_line_naming_it(client, capsys, tmp_path):
+    path = _write_lines(tmp_path / "in.jsonl", '"a"', '{"id": 1}', '"c"')
+    assert main(["batch", path, "-o", str(tmp_path / "o"), "--pipeline", PIPE]) == 2
+    assert capsys.readouterr().err.startswith(f"moa: {path} line 2: ")
+    path = _write_lines(tmp_path / "in.jsonl", '"a"', "", "{not json")
+    assert main(["batch", path, "-o", str(tmp_path / "o"), "--pipeline", PIPE]) == 2
+    assert f"{path} line 3: not JSON" in capsys.readouterr().err
+    path = _write_lines(tmp_path / "in.jsonl", '{"prompt": "a", "id": 1}', '{"prompt": "b", "id": 1}')
+    assert main(["batch", path, "-o", str(tmp_path / "o"), "--pipeline", PIPE]) == 2
+    assert "line 2: id 1 is already used on line 1" in capsys.readouterr().err
+    assert client.calls == [] and not (tmp_path / "o").exists()
+
+
+def test_batch_concurrency_caps_prompts_in_flight(monkeypatch, capsys, tmp_path):
+    c = ScriptedClient(delay=0.01)
+    _use(monkeypatch, c)
+    path = _write_lines(tmp_path / "in.jsonl", *(json.dumps(f"q{i}") for i in range(6)))
+    assert main(["batch", path, "-o", str(tmp_path / "o"), "--pipeline", "Propose(['m'])",
+                 "--concurrency", "2"]) == 0
+    assert c.max_in_flight == 2 and len(c.calls) == 6
+
+
+# -- trace ---------------------------------------------------------------------------------------
+JUDGE_REPLY = "The consensus, stated at length: " + "four " * 40 + "END-OF-JUDGE"
+
+
+def _traced_run(monkeypatch, tmp_path, capsys):
+    def reply(model, messages):
+        if model == "judge":
+            return JUDGE_REPLY
+        return f"{model} proposes " + "words " * 40 + "TAIL"
+
+    _use(monkeypatch, ScriptedClient(reply, permanent={"broken"}))
+    path = tmp_path / "run.json"
+    expr = "Propose(['m', 'n', 'broken']) | Shuffle() | Vote('judge')"
+    assert main(["run", "What is 2+2?", "--pipeline", expr, "--json", str(path),
+                 "--seed", "2"]) == 0
+    capsys.readouterr()
+    return path
+
+
+@pytest.mark.parametrize("renderer", ["plain", "rich"])
+def test_trace_renders_a_saved_run(renderer, monkeypatch, tmp_path, capsys, prices_file):
+    path = _traced_run(monkeypatch, tmp_path, capsys)
+    if renderer == "plain":
+        monkeypatch.setattr(cli, "_load_rich", lambda: None)
+    assert main(["trace", str(path), "--prices", prices_file]) == 0
+    out = capsys.readouterr().out
+    doc = json.loads(path.read_text())
+    assert out.splitlines()[0].startswith("What is 2+2?  seed 2  4 calls (1 failed)")
+    for text in ("Propose(['m', 'n', 'broken'])", "Shuffle()", "Vote('judge')", "transform",
+                 "scripted permanent failure", "broken", "cost unknown", JUDGE_REPLY):
+        assert text in out, text
+    m_call = doc["steps"][0]["calls"][0]
+    dollars = moa.Prices(PRICES).call_cost("m", m_call["input_tokens"], m_call["output_tokens"])
+    assert f"m  {m_call['latency']:.2f} s  {m_call['input_tokens']} in / " \
+           f"{m_call['output_tokens']} out  {moa.Cost(dollars, (), {})}" in out
+    assert "words words" in out and "TAIL" not in out  # a proposal is shortened
+    if renderer == "plain":
+        assert "\n  1 Propose(['m', 'n', 'broken'])  llm, " in out
+        assert "\n    call 3 broken  " in out
+
+
+def test_trace_full_shows_every_text(monkeypatch, tmp_path, capsys):
+    path = _traced_run(monkeypatch, tmp_path, capsys)
+    monkeypatch.setattr(cli, "_load_rich", lambda: None)
+    assert main(["trace", str(path), "--full"]) == 0
+    assert capsys.readouterr().out.count("TAIL") == 2
+
+
+def test_trace_shows_a_failed_run_and_cached_calls(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(cli, "_load_rich", lambda: None)
+    cache, path = str(tmp_path / "c.sqlite"), tmp_path / "run.json"
+    _use(monkeypatch, ScriptedClient(permanent={"bad"}))
+    argv = ["run", "hi", "--pipeline", "Propose(['m']) | Aggregate('bad')", "--cache", cache,
+            "--json", str(path)]
+    assert main(argv) == 1
+    assert main(argv) == 1  # Propose's answer now comes from the cache
+    capsys.readouterr()
+    assert main(["trace", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "call 1 m  0.00 s  " in out and "cached, $0" in out
+    assert "failed: Aggregate('bad') failed" in out
+    assert "error: " in out and "scripted permanent failure" in out
+
+
+def test_trace_reads_a_line_of_a_batch_output(client, monkeypatch, tmp_path, capsys, prompts):
+    monkeypatch.setattr(cli, "_load_rich", lambda: None)
+    out = tmp_path / "out.jsonl"
+    assert main(["batch", prompts, "-o", str(out), "--pipeline", PIPE]) == 0
+    capsys.readouterr()
+    second = _out(out)[1]
+    assert main(["trace", str(out), "--line", "2"]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith(f"{second['prompt']}  seed {second['seed']}  3 calls")
+    assert f"result: {second['result']}" in shown
+    assert main(["trace", str(out)]) == 2
+    assert "--line N" in capsys.readouterr().err
+    assert main(["trace", str(out), "--line", "9"]) == 2
+
+
+# -- the real model ------------------------------------------------------------------------------
+@pytest.mark.local
+def test_moa_run_console_script_answers_on_the_embedded_model(model_path, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    proc = subprocess.run(
+        [*_moa_command(), "run", "What is 2+2?", "--pipeline",
+         "Propose(['m','m']) | Aggregate('m')", "--max-tokens", "24", "--json",
+         str(tmp_path / "run.json")],
+        env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() and proc.stdout.endswith("\n")
+    assert "calls: 3 (0 failed, 0 cached)" in proc.stderr
+    doc = json.loads((tmp_path / "run.json").read_text())
+    assert doc["result"] == proc.stdout[:-1]
+    assert {c["max_tokens"] for s in doc["steps"] for c in s["calls"]} == {24}
