@@ -3,8 +3,8 @@
 ``parse_pipeline("Propose(['a', 'b']) | Shuffle() | Aggregate('a')")`` returns the same value
 as the Python expression, so ``parse_pipeline(repr(p)) == p`` for every pipeline without user
 functions. The text is parsed with :mod:`ast` and walked against a whitelist: calls of the step
-classes with literal arguments, ``|``, ``&``, ``step * n`` and parentheses. Nothing else is
-evaluated; the only code that runs is the whitelisted steps' own constructors.
+classes with literal arguments, ``|``, ``&``, ``step * n``, ``['model'] * n`` and parentheses.
+Nothing else is evaluated; the only code that runs is the whitelisted steps' own constructors.
 """
 
 from __future__ import annotations
@@ -327,13 +327,16 @@ class _Parser:
 
     def combine(self, node: ast.BinOp, left: Any, right: Any) -> Step:
         if isinstance(node.op, ast.Mult):
+            if isinstance(left, list) and _is_count(right) or (
+                    _is_count(left) and isinstance(right, list)):
+                return self.repeat_list(node, left, right)
             if isinstance(left, Step) and _is_count(right):
                 step, n, count_node = left, right, node.right
             elif _is_count(left) and isinstance(right, Step):
                 step, n, count_node = right, left, node.left
             else:
-                self.fail(f"'*' repeats a step a whole number of times (step * n), not "
-                          f"{_kind(left)} * {_kind(right)}", node)
+                self.fail(f"'*' repeats a step or a list a whole number of times (step * n, "
+                          f"['model'] * n), not {_kind(left)} * {_kind(right)}", node)
             if n < 0:
                 self.fail(f"a step repeats n >= 0 times, got {n}", count_node)
             if n > MAX_REPEAT:
@@ -351,6 +354,18 @@ class _Parser:
             return left_s | right_s if op == "|" else left_s & right_s
         except (TypeError, ValueError) as e:
             self.fail(str(e), node)
+
+    def repeat_list(self, node: ast.BinOp, left: Any, right: Any) -> list[Any]:
+        # ["model"] * 6, as Self-MoA is written in Python: a list of literals, repeated.
+        items, n = (left, right) if isinstance(left, list) else (right, left)
+        if any(isinstance(x, Step) for x in items):
+            self.fail("'*' repeats a list of model names, not of steps; repeat a step with "
+                      "step * n", node)
+        if n < 0:
+            self.fail(f"a list repeats n >= 0 times, got {n}", node)
+        if len(items) * n > MAX_ITEMS:
+            self.fail(f"list is too long: {len(items)} * {n} items, at most {MAX_ITEMS}", node)
+        return items * n
 
     def check_size(self, steps: int, node: ast.AST) -> None:
         if steps > MAX_STEPS:

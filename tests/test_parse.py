@@ -77,6 +77,9 @@ def test_repr_round_trips_for_drawn_pipelines(p):
     ("(Take(1) | Shuffle()) * 100", (Take(1) | Shuffle()) * 100),
     (" | ".join(["Shuffle()"] * 200), Shuffle() * 200),
     ("Propose([" + ", ".join(["'m'"] * 1000) + "])", Propose(["m"] * 1000)),
+    ("Propose(['m'] * 6) | Aggregate('m')", Propose(["m"] * 6) | Aggregate("m")),
+    ("Propose(3 * ['a', 'b'])", Propose(["a", "b"] * 3)),
+    ("Propose(['m'] * 1000)", Propose(["m"] * 1000)),
 ])
 def test_parses(text, expected):
     assert parse_pipeline(text) == expected
@@ -173,6 +176,11 @@ def test_import_call_is_never_executed(tmp_path):
     ("Take(1) @ Take(2)", "operator '@' is not allowed", 0),
     ("Take(2 * 3)", "'*' repeats a step", 5),
     ("Take(1) * Take(2)", "'*' repeats a step", 0),
+    ("Propose(['m'] * 1001)", "list is too long: 1 * 1001 items, at most 1000", 8),
+    ("Propose(['m'] * 10**9)", "operator '**' is not allowed", 16),
+    ("Propose(['m'] * -1)", "a list repeats n >= 0 times", 8),
+    ("[Take(1)] * 3", "repeats a list of model names, not of steps", 0),
+    ("Propose(['m'] * 'a')", "'*' repeats a step or a list", 8),
     ("Take(1) * 2.0", "'*' repeats a step", 0),
     ("Take(1) * True", "'*' repeats a step", 0),
     ("Take(1) * 'a'", "'*' repeats a step", 0),

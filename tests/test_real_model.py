@@ -94,3 +94,25 @@ def test_local_moa_example_runs_offline(model_path):
     assert answer.strip()
     assert "calls: 4 (0 failed)" in out
     assert "per-call latency" in out
+
+
+def test_real_outputs_recorded_then_replayed_offline(model_path, tmp_path):
+    """Record a real run into a cache; replay it with no model at all: same result, same
+    calls, same outputs, nothing sent."""
+    from moa.clients import local_client
+
+    pipeline = Propose(["smollm2"] * 3, max_tokens=32) | Shuffle() | Aggregate("smollm2", max_tokens=32)
+    with moa.Cache(tmp_path / "recording.sqlite") as recording:
+        result, history = moa.run_sync(pipeline, QUESTION, local_client(model_path, n_ctx=2048),
+                                       seed=5, cache=recording)
+    _check_real_run(result, history, 4)
+
+    async def no_model(**request):  # replay mode never calls the client
+        raise AssertionError(f"replay called the model: {request['model']}")
+
+    with moa.Cache(tmp_path / "recording.sqlite", mode="replay") as replay:
+        replayed, again = moa.run_sync(pipeline, QUESTION, no_model, seed=5, cache=replay)
+    assert replayed == result
+    assert [c.text for c in again.calls] == [c.text for c in history.calls]
+    assert [s.outputs for s in again.steps] == [s.outputs for s in history.steps]
+    assert all(c.cached for c in again.calls) and again.cost().known == 0
