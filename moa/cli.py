@@ -252,11 +252,21 @@ def _build_pipeline(args: argparse.Namespace, parsed: Step | None, model: str) -
     return step
 
 
-def _load_prices(path: str | None) -> Prices:
+def _local_prices(args: argparse.Namespace, pipeline: Step, prices: Prices) -> Prices:
+    """On the embedded model every model name is a label for the same local model, which costs
+    nothing: those names are priced at 0 unless the user's table prices them."""
+    if args.provider != "local" or args.base_url:
+        return prices
+    names = {m for _, s in _leaves(pipeline)
+             for m in (*getattr(s, "agents", ()), getattr(s, "agent", None)) if m}
+    return Prices({m: (0.0, 0.0) for m in names if m not in prices}) | prices
+
+
+def _load_prices(path: str | None, base: Prices = DEFAULT_PRICES) -> Prices:
     if path is None:
-        return DEFAULT_PRICES
+        return base
     try:
-        return DEFAULT_PRICES | Prices.from_json(path)
+        return base | Prices.from_json(path)
     except (OSError, ValueError) as exc:
         raise UsageError(f"--prices {path}: {exc}") from None
 
@@ -275,12 +285,13 @@ def _cost_dict(c: Cost) -> dict[str, Any]:
 
 
 def _spent(calls: Sequence[CallRecord]) -> tuple[int | None, int | None]:
-    """Tokens in and out over the calls (and hedges) that answered, None where any is unknown."""
+    """Tokens spent, counted as ``History.input_tokens`` counts them: over the calls (and
+    hedges) that answered, cached answers left out; None where any is unknown."""
     tin: int | None = 0
     tout: int | None = 0
     for call in calls:
         for a in (call, *call.hedges):
-            if a.ok:
+            if a.ok and not a.cached:
                 tin = None if tin is None or a.input_tokens is None else tin + a.input_tokens
                 tout = None if tout is None or a.output_tokens is None else tout + a.output_tokens
     return tin, tout
@@ -464,6 +475,9 @@ def _run_document(history: History, result: str | None, pipeline: Step, prices: 
     doc["result"] = result
     doc["pipeline"] = repr(pipeline)
     doc["cost"] = _cost_dict(cost(history, prices))
+    # The prices it was costed at, so `moa trace` shows the same figures later.
+    doc["prices"] = {m: [p.input, p.output] for m in sorted({c.model for c in history.calls})
+                     if (p := prices.price(m)) is not None}
     if error is not None:
         doc["error"] = error
     return doc
@@ -483,6 +497,7 @@ def run_command(args: argparse.Namespace) -> int:
     prices = _load_prices(args.prices)
     client, model = make_client(args.provider, args.base_url, args.model)
     pipeline = _build_pipeline(args, parsed, model)
+    prices = _local_prices(args, pipeline, prices)
     cache = _open_cache(args.cache)
     progress = _progress_for(args, pipeline)
     options: dict[str, Any] = {"max_concurrency": args.max_concurrency, "cache": cache}
@@ -717,6 +732,7 @@ def batch_command(args: argparse.Namespace) -> int:
         return 0
     client, model = make_client(args.provider, args.base_url, args.model)
     pipeline = _build_pipeline(args, parsed, model)
+    prices = _local_prices(args, pipeline, prices)
     cache = _open_cache(args.cache)
     options = {"max_concurrency": args.max_concurrency, "timeout": args.timeout, "cache": cache}
     histories: list[History] = []
@@ -887,8 +903,15 @@ def _rich_tree(node: _Node, tree: Any = None) -> Any:
 
 
 def trace_command(args: argparse.Namespace) -> int:
-    prices = _load_prices(args.prices)
     doc = _load_trace(args.file, args.line)
+    saved = doc.get("prices")  # the table the run was costed at; --prices overrides it
+    prices = DEFAULT_PRICES
+    if isinstance(saved, dict):
+        try:
+            prices = prices | Prices({m: tuple(p) for m, p in saved.items()})
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"{args.file}: bad saved prices: {exc}") from None
+    prices = _load_prices(args.prices, prices)
     root = _trace_tree(doc, prices, args.full)
     if _load_rich() is None:
         print("\n".join(_plain_tree(root)))

@@ -151,7 +151,9 @@ def _expected(pipeline_text, prompt="What is 2+2?", seed=7, **options):
 
 
 def test_run_prints_only_the_answer_on_stdout(client, capsys):
-    assert main(["run", "What is 2+2?", "--pipeline", PIPE, "--seed", "7"]) == 0
+    # A hosted provider: models without a price are unknown (the embedded model is free).
+    assert main(["run", "What is 2+2?", "--pipeline", PIPE, "--seed", "7",
+                 "--provider", "openai"]) == 0
     out, err = capsys.readouterr()
     result, history = _expected(PIPE)
     assert out == result + "\n"
@@ -510,7 +512,7 @@ def _traced_run(monkeypatch, tmp_path, capsys):
     path = tmp_path / "run.json"
     expr = "Propose(['m', 'n', 'broken']) | Shuffle() | Vote('judge')"
     assert main(["run", "What is 2+2?", "--pipeline", expr, "--json", str(path),
-                 "--seed", "2"]) == 0
+                 "--seed", "2", "--provider", "openai"]) == 0
     capsys.readouterr()
     return path
 
@@ -590,3 +592,28 @@ def test_moa_run_console_script_answers_on_the_embedded_model(model_path, tmp_pa
     doc = json.loads((tmp_path / "run.json").read_text())
     assert doc["result"] == proc.stdout[:-1]
     assert {c["max_tokens"] for s in doc["steps"] for c in s["calls"]} == {24}
+
+
+def test_the_embedded_model_is_free_and_trace_keeps_the_prices(tmp_path, monkeypatch, capsys):
+    """On the local provider every model name labels the same local model: $0, not unknown;
+    the saved run carries its prices, so trace shows the same cost; --prices still wins."""
+    from moa.testing import ScriptedClient
+
+    monkeypatch.setattr(cli, "make_client", lambda provider, base_url, model: (ScriptedClient(), "m"))
+    saved = tmp_path / "run.json"
+    assert main(["run", "q", "--pipeline", "Propose(['x', 'y']) | Aggregate('x')",
+                 "--json", str(saved)]) == 0
+    err = capsys.readouterr().err
+    assert "cost: $0 " in err and "unknown" not in err
+    doc = json.loads(saved.read_text())
+    assert doc["prices"] == {"x": [0.0, 0.0], "y": [0.0, 0.0]} and doc["cost"]["total"] == 0
+    assert main(["trace", str(saved)]) == 0
+    assert "unknown" not in capsys.readouterr().out
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"x": [1_000_000, 0]}))
+    assert main(["trace", str(saved), "--prices", str(prices)]) == 0
+    x_in = sum(c["input_tokens"] for st in doc["steps"] for c in st["calls"] if c["model"] == "x")
+    assert f"cost ${x_in:.2f}" in capsys.readouterr().out  # x's input tokens at $1 each
+    assert main(["run", "q", "--pipeline", "Propose(['x'])", "--provider", "local",
+                 "--base-url", "http://127.0.0.1:9/v1", "--model", "x"]) == 0
+    assert "unknown (x)" in capsys.readouterr().err
