@@ -21,6 +21,8 @@ from ._batch import as_completed as as_completed
 from ._batch import run_many as run_many
 from ._executor import Client as Client
 from ._executor import Retry as Retry
+from ._executor import StreamingClient as StreamingClient
+from ._executor import Usage as Usage
 from ._executor import run as run
 from ._executor import run_sync as run_sync
 from ._history import CallRecord as CallRecord
@@ -29,6 +31,8 @@ from ._limits import ModelLimit as ModelLimit
 from ._history import History as History
 from ._history import StepRecord as StepRecord
 from ._llm_steps import Aggregate as Aggregate
+from ._llm_steps import AggregateSeq as AggregateSeq
+from ._llm_steps import Pick as Pick
 from ._llm_steps import LLMStep as LLMStep
 from ._llm_steps import Propose as Propose
 from ._llm_steps import Rank as Rank
@@ -65,6 +69,7 @@ __version__ = "0.1.0"
 
 __all__ = (
     "Aggregate",
+    "AggregateSeq",
     "Cache",
     "CacheError",
     "CacheMissError",
@@ -86,6 +91,7 @@ __all__ = (
     "MoaError",
     "ModelLimit",
     "Parallel",
+    "Pick",
     "Pipeline",
     "PipelineSyntaxError",
     "Price",
@@ -100,6 +106,7 @@ __all__ = (
     "Sample",
     "Shuffle",
     "Step",
+    "StreamingClient",
     "StepFailedError",
     "StepFinished",
     "StepRecord",
@@ -107,6 +114,7 @@ __all__ = (
     "Synthesize",
     "Take",
     "Transform",
+    "Usage",
     "Vote",
     "as_completed",
     "cost",

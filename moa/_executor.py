@@ -12,7 +12,7 @@ import functools
 import math
 import random
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from time import monotonic
 from typing import Any, Protocol
@@ -29,7 +29,7 @@ from ._pipeline import Parallel, Pipeline, Step, StepLike, _describe, as_step
 from ._transforms import Transform
 from .errors import CacheMissError, ClientOutputError, EmptyInputError, StepFailedError
 
-__all__ = ("Client", "Retry", "run", "run_sync")
+__all__ = ("Client", "StreamingClient", "Usage", "Retry", "run", "run_sync")
 
 
 class Client(Protocol):
@@ -39,6 +39,25 @@ class Client(Protocol):
     def __call__(
         self, *, model: str, messages: list[dict[str, str]], temp: float, max_tokens: int
     ) -> Awaitable[tuple[str, int | None, int | None]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """The token counts a streamed reply ends with; either may be None (not reported)."""
+
+    input_tokens: int | None
+    output_tokens: int | None
+
+
+class StreamingClient(Client, Protocol):
+    """A client that can also stream: ``client.stream(model=, messages=, temp=, max_tokens=)``
+    is an async iterator of the reply's text chunks (``str``, in order) whose last item may be a
+    :class:`Usage`. Without a Usage the counts are unknown. Optional: ``run_stream`` streams a
+    client that has ``stream`` and waits for the whole reply from one that has not."""
+
+    def stream(
+        self, *, model: str, messages: list[dict[str, str]], temp: float, max_tokens: int
+    ) -> AsyncIterator[str | Usage]: ...
 
 
 # Jitter only moves when a retry happens, never what a run returns; it has its own generator
@@ -354,10 +373,10 @@ def _record(run: _Run, br: _Branch, record: StepRecord) -> None:
         run.on_event(StepFinished(record))
 
 
-def _sample_indices(requests: list[Request]) -> list[int]:
+def _sample_indices(requests: list[Request], seen: dict[tuple[Any, ...], int]) -> list[int]:
     # The n-th of several identical requests in a step is sample n: six identical Self-MoA
-    # calls are six cache entries, not one answer six times.
-    seen: dict[tuple[Any, ...], int] = {}
+    # calls are six cache entries, not one answer six times. ``seen`` carries the count
+    # across a step's rounds.
     out = []
     for req in requests:
         key = (req.model, tuple(tuple(m.items()) for m in req.messages), req.temp, req.max_tokens)
@@ -367,12 +386,12 @@ def _sample_indices(requests: list[Request]) -> list[int]:
 
 
 def _lookup(run: _Run, step: LLMStep, path: tuple[int, ...], requests: list[Request],
-            indices: list[int]) -> list[CallRecord | None]:
+            indices: list[int], offset: int) -> list[CallRecord | None]:
     """The cached answer of each request, or None; in replay mode a miss is an error."""
     cache = run.cache
     assert cache is not None
     hits: list[CallRecord | None] = []
-    for i, (req, n) in enumerate(zip(requests, indices)):
+    for i, (req, n) in enumerate(zip(requests, indices), offset):
         hit = None if cache.mode == "record" else cache.get(req.model, req.messages, req.temp,
                                                                req.max_tokens, n)
         if hit is None and cache.mode == "replay":
@@ -385,6 +404,81 @@ def _lookup(run: _Run, step: LLMStep, path: tuple[int, ...], requests: list[Requ
     return hits
 
 
+def _advance(step: LLMStep, path: tuple[int, ...], plan: Any, replies: list[str | None] | None
+             ) -> tuple[list[Request] | None, Any]:
+    """The plan's next round of requests, or (None, what it returned) when it is done."""
+    try:
+        requests = plan.send(replies)
+    except StopIteration as stop:
+        return None, stop.value
+    except Exception as exc:
+        exc.add_note(f"in step {step!r} at path {path}")
+        raise
+    if type(requests) is not list or not all(type(r) is Request for r in requests):
+        plan.close()
+        raise TypeError(f"{step!r} must ask for a list of moa.Request in each round, "
+                        f"asked for {_describe(requests)}")
+    return requests, None
+
+
+async def _round(run: _Run, step: LLMStep, path: tuple[int, ...], requests: list[Request],
+                 offset: int, seen: dict[tuple[Any, ...], int]) -> list[CallRecord]:
+    """One round of a step's calls: cached answers first, then the rest concurrently (until
+    the quorum, if the step has one). Records come back in request order."""
+    on_event = run.on_event
+    if on_event is not None:
+        on_event(StepStarted(path, repr(step), len(requests)))
+    enough = step.enough(len(requests))
+    results: list[tuple[CallRecord, BaseException | None] | None] = [None] * len(requests)
+    indices: list[int] = []
+    if run.cache is not None:
+        indices = _sample_indices(requests, seen)
+        for i, hit in enumerate(_lookup(run, step, path, requests, indices, offset)):
+            if hit is not None:
+                results[i] = (hit, None)
+                if on_event is not None:
+                    on_event(CallFinished(path, offset + i, hit))
+    todo = [i for i, r in enumerate(results) if r is None]
+    if enough is not None:
+        enough -= len(requests) - len(todo)  # cached answers count towards the quorum
+    stored: list[BaseException] = []
+
+    async def one(i: int) -> None:
+        results[i] = record = await run.call(requests[i], path, offset + i)
+        if run.cache is not None and record[0].ok:
+            req, c = requests[i], record[0]
+            try:
+                run.cache.put(req.model, req.messages, req.temp, req.max_tokens, indices[i],
+                              c.text, c.input_tokens, c.output_tokens)  # type: ignore[arg-type]
+            except Exception as exc:  # a broken cache file is the user's to see, not a call's
+                stored.append(exc)
+        if on_event is not None:
+            on_event(CallFinished(path, offset + i, record[0]))
+
+    if not todo:
+        pass
+    elif enough is not None and enough <= 0:
+        for i in todo:  # the quorum is met from the cache: nothing to send
+            req = requests[i]
+            results[i] = (CallRecord(req.model, req.messages, req.temp, req.max_tokens, None,
+                                     None, None, 0, None, 0.0, True), None)
+    elif len(todo) == 1 and run.cache is None and on_event is None:
+        results[todo[0]] = await run.call(requests[todo[0]], path, offset + todo[0])
+    elif enough is None:
+        async with anyio.create_task_group() as tg:
+            for i in todo:
+                tg.start_soon(one, i)
+    else:
+        await _quorum(one, requests, todo, results, enough)
+    if stored:
+        raise stored[0]
+    # A client of the wrong shape is a bug to fix, not a failure for min_success to absorb.
+    broken = next((e for _, e in results if isinstance(e, ClientOutputError)), None)  # type: ignore[misc]
+    if broken is not None:
+        raise broken
+    return [r[0] for r in results]  # type: ignore[index]
+
+
 async def _exec_llm(run: _Run, step: LLMStep, responses: list[str], br: _Branch,
                     path: tuple[int, ...]) -> list[str]:
     start = monotonic()
@@ -395,102 +489,62 @@ async def _exec_llm(run: _Run, step: LLMStep, responses: list[str], br: _Branch,
                                     ("received no responses",), 0.0))
         raise EmptyInputError(f"{step!r} received no responses: {cause}", step=repr(step))
     try:
-        requests = step.requests(run.prompt, responses)
+        plan = step.plan(run.prompt, list(responses), br.rng)
     except Exception as exc:
         exc.add_note(f"in step {step!r} at path {path}")
         raise
-    if type(requests) is not list or not all(type(r) is Request for r in requests):
-        raise TypeError(f"{step!r}.requests must return a list of moa.Request, "
-                        f"returned {_describe(requests)}")
-    on_event = run.on_event
-    if on_event is not None:
-        on_event(StepStarted(path, repr(step), len(requests)))
-    enough = step.enough(len(requests))
-    results: list[tuple[CallRecord, BaseException | None] | None] = [None] * len(requests)
-    indices: list[int] = []
-    if run.cache is not None:
-        indices = _sample_indices(requests)
-        for i, hit in enumerate(_lookup(run, step, path, requests, indices)):
-            if hit is not None:
-                results[i] = (hit, None)
-                if on_event is not None:
-                    on_event(CallFinished(path, i, hit))
-    todo = [i for i, r in enumerate(results) if r is None]
-    if enough is not None:
-        enough -= len(requests) - len(todo)  # cached answers count towards the quorum
-    stored: list[BaseException] = []
-
-    async def one(i: int) -> None:
-        results[i] = record = await run.call(requests[i], path, i)
-        if run.cache is not None and record[0].ok:
-            req, c = requests[i], record[0]
-            try:
-                run.cache.put(req.model, req.messages, req.temp, req.max_tokens, indices[i],
-                              c.text, c.input_tokens, c.output_tokens)  # type: ignore[arg-type]
-            except Exception as exc:  # a broken cache file is the user's to see, not a call's
-                stored.append(exc)
-        if on_event is not None:
-            on_event(CallFinished(path, i, record[0]))
-
-    if not todo:
-        pass
-    elif enough is not None and enough <= 0:
-        for i in todo:  # the quorum is met from the cache: nothing to send
-            req = requests[i]
-            results[i] = (CallRecord(req.model, req.messages, req.temp, req.max_tokens, None,
-                                     None, None, 0, None, 0.0, True), None)
-    elif len(todo) == 1 and run.cache is None and on_event is None:
-        results[todo[0]] = await run.call(requests[todo[0]], path, todo[0])
-    elif enough is None:
-        async with anyio.create_task_group() as tg:
-            for i in todo:
-                tg.start_soon(one, i)
-    else:
-        await _quorum(one, requests, todo, results, enough)
-    if stored:
-        raise stored[0]
-    calls = tuple(r[0] for r in results)  # type: ignore[index]
-    replies = [c.text for c in calls]
-    ok = failed = cancelled = 0
-    for c in calls:
-        if c.error is not None:
-            failed += 1
-        elif c.cancelled:
-            cancelled += 1
-        else:
-            ok += 1
-    need = step.required(len(requests))
-    # A client of the wrong shape is a bug to fix, not a failure for min_success to absorb.
-    broken = next((e for _, e in results if isinstance(e, ClientOutputError)), None)  # type: ignore[misc]
-    if ok < need or broken is not None:
-        _record(run, br, StepRecord(repr(step), path, "llm", tuple(responses), (), calls, (),
-                                    monotonic() - start))
-        if broken is not None:
-            raise broken
-        errors = "; ".join(f"{c.model}: {c.error}" for c in calls if c.error)
-        raise StepFailedError(
-            f"{step!r} failed: {ok} of {len(calls)} calls succeeded and it needs {need} ({errors})",
-            step=repr(step))
-    try:
-        out, notes = step.combine(run.prompt, list(responses), replies)
-    except Exception as exc:
-        exc.add_note(f"in step {step!r} at path {path}")
-        raise
+    calls: list[CallRecord] = []
+    seen: dict[tuple[Any, ...], int] = {}
+    failed = cancelled = rounds = 0
+    quorum_notes: list[str] = []
+    requests, returned = _advance(step, path, plan, None)
+    while requests is not None:
+        rounds += 1
+        try:
+            records = await _round(run, step, path, requests, len(calls), seen) if requests else []
+        except ClientOutputError:
+            plan.close()
+            _record(run, br, StepRecord(repr(step), path, "llm", tuple(responses), (),
+                                        tuple(calls), (), monotonic() - start))
+            raise
+        calls.extend(records)
+        ok = sum(c.ok for c in records)
+        failed += sum(c.error is not None for c in records)
+        stopped = sum(c.cancelled for c in records)
+        if stopped:
+            cancelled += stopped
+            quorum_notes.append(f"quorum of {step.enough(len(requests))} reached: {stopped} "
+                                f"call(s) still running were cancelled")
+        need = step.required(len(requests))
+        if ok < need:
+            plan.close()
+            _record(run, br, StepRecord(repr(step), path, "llm", tuple(responses), (),
+                                        tuple(calls), (), monotonic() - start))
+            errors = "; ".join(f"{c.model}: {c.error}" for c in records if c.error)
+            where = f" in round {rounds}" if rounds > 1 else ""
+            raise StepFailedError(
+                f"{step!r} failed{where}: {ok} of {len(records)} calls succeeded and it needs "
+                f"{need} ({errors})", step=repr(step))
+        requests, returned = _advance(step, path, plan, [c.text for c in records])
+    if type(returned) is not tuple or len(returned) != 2:
+        raise TypeError(f"{step!r} must return (responses, notes) when its calls are done, "
+                        f"returned {_describe(returned)}")
+    out, notes = returned
     if type(out) is not list or not all(type(r) is str for r in out):
         raise TypeError(f"{step!r}.combine must return a list of str as its responses, "
                         f"returned {_describe(out)}")
+    notes = list(notes)
     if failed:
-        notes = [*notes, f"{failed} of {len(calls)} calls failed; the step went on with {ok}"]
-    if cancelled:
-        notes = [*notes, f"quorum of {step.enough(len(requests))} reached: {cancelled} call(s) "
-                         f"still running were cancelled"]
+        notes.append(f"{failed} of {len(calls)} calls failed; the step went on with "
+                     f"{len(calls) - failed - cancelled}")
+    notes.extend(quorum_notes)
     hits = sum(c.cached for c in calls)
     if hits:
-        notes = [*notes, f"{hits} of {len(calls)} answers came from the cache"]
+        notes.append(f"{hits} of {len(calls)} answers came from the cache")
     if responses and not out:
         br.emptied_by = f"{step!r} at path {path}"
-    _record(run, br, StepRecord(repr(step), path, "llm", tuple(responses), tuple(out), calls,
-                                tuple(notes), monotonic() - start))
+    _record(run, br, StepRecord(repr(step), path, "llm", tuple(responses), tuple(out),
+                                tuple(calls), tuple(notes), monotonic() - start))
     return out
 
 

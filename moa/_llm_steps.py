@@ -9,8 +9,10 @@ the numbered responses and the user's question form the user message.
 from __future__ import annotations
 
 import math
+import random
 import re
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import ClassVar, Mapping
@@ -26,6 +28,8 @@ __all__ = (
     "Refine",
     "Rank",
     "Vote",
+    "Pick",
+    "AggregateSeq",
     "parse_ranking",
     "messages",
     "numbered",
@@ -54,6 +58,10 @@ RANK_PROMPT = (
     "Rank the numbered responses by how well they answer the user's question, best first. "
     "Reply with the numbers of the best {n} responses only, comma-separated, best first "
     "(for example: 3, 1, 2)."
+)
+PICK_PROMPT = (
+    "Which numbered response answers the user's question best? Judge correctness first. "
+    "Reply with the number of that one response only (for example: 2)."
 )
 VOTE_PROMPT = (
     "These responses answer the same question. Find the answer that most of them agree on; "
@@ -193,6 +201,20 @@ class LLMStep(Step):
         replies in request order; a reply is None where its call failed."""
         raise NotImplementedError
 
+    def plan(self, prompt: str, responses: list[str], rng: random.Random
+             ) -> Generator[list[Request], list[str | None], tuple[list[str], list[str]]]:
+        """The step's calls as rounds: a generator that yields each round's requests, is sent
+        that round's replies (None where a call failed or was cancelled), and returns
+        ``(responses, notes)``. The default is one round, :meth:`requests` then :meth:`combine`.
+
+        Override it for a step whose later calls depend on earlier replies (Self-MoA-Seq), that
+        needs randomness (``rng`` is the run's seeded generator: use it and nothing else, so a
+        seed replays the run), or that makes no call at all. Each round is checked against
+        :meth:`required` and :meth:`enough` for its own number of requests.
+        """
+        replies = yield self.requests(prompt, responses)
+        return self.combine(prompt, responses, replies)
+
 
 class _MultiAgent(LLMStep):
     """Shared by the steps whose calls may partly fail: keep the successful replies in order."""
@@ -328,26 +350,200 @@ class Aggregate(_Judge):
 
 @dataclass(frozen=True, slots=True, repr=False)
 class Vote(_Judge):
-    """A judge finds the consensus among the responses; its reply (the consensus answer,
-    restated) is the single output."""
+    """The consensus among the responses, as the single output.
+
+    ``Vote(agent)``: a judge model finds the answer most responses agree on and restates it;
+    its reply is the output. ``Vote(extract=...)``: no model call; each response's answer is
+    extracted (``extract`` is a regex, whose last match, or its first group, is the answer;
+    or a function ``str -> str | None``), the most common answer wins (a tie is broken with
+    the run's seeded RNG) and the first response giving it is the output, verbatim. Responses
+    with no answer do not vote; when none has one, the first response is kept and a note
+    says so.
+    """
+
+    agent: str | None = None
+    prompt: str | None = None
+    temp: float = DEFAULT_TEMP
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    extract: str | Callable[[str], str | None] | None = None
+    _positional: ClassVar[int] = 1
+
+    def __post_init__(self) -> None:
+        if self.extract is None:
+            if self.agent is None:
+                raise TypeError("Vote(...) needs a judge model, Vote('judge'), or an answer "
+                                "extractor, Vote(extract=r'\\d+') (a regex or a function)")
+            _check_agent("Vote", self.agent)
+        else:
+            if self.agent is not None:
+                raise TypeError("Vote(agent, extract=...): give a judge model or an extractor, "
+                                "not both; Vote(extract=...) makes no model call")
+            if self.prompt is not None:
+                raise TypeError("Vote(extract=..., prompt=...): prompt is the judge's "
+                                "instruction, and Vote(extract=...) has no judge")
+            if isinstance(self.extract, str):
+                try:
+                    re.compile(self.extract)
+                except re.error as exc:
+                    raise ValueError(f"Vote(extract=...): {self.extract!r} is not a valid "
+                                     f"regex: {exc}") from None
+            elif not callable(self.extract):
+                raise TypeError(f"Vote(extract=...): extract must be a regex str or a function "
+                                f"str -> str | None, not {_describe(self.extract)}")
+        _check_sampling("Vote", self.temp, self.max_tokens, self.prompt)
+
+    def __repr__(self) -> str:
+        shown = Step.__repr__(self)
+        return shown.replace("Vote(None, ", "Vote(", 1) if self.agent is None else shown
+
+    def _instruction(self) -> str:
+        return self.prompt or VOTE_PROMPT
+
+    def _answer(self, text: str) -> str | None:
+        if callable(self.extract):
+            answer = self.extract(text)
+            if answer is not None and not isinstance(answer, str):
+                raise TypeError(f"{self!r}: extract must return a str or None, "
+                                f"returned {_describe(answer)}")
+            return answer
+        matches = list(re.finditer(self.extract, text))  # type: ignore[arg-type]
+        if not matches:
+            return None
+        last = matches[-1]
+        return last.group(1) if last.re.groups else last.group()
+
+    def plan(self, prompt, responses, rng):  # type: ignore[no-untyped-def]
+        if self.extract is None:
+            return (yield from LLMStep.plan(self, prompt, responses, rng))
+        answers = [self._answer(r) for r in responses]
+        counts = Counter(a for a in answers if a is not None)
+        if not counts:
+            return [responses[0]], [f"Vote: no answer could be extracted from any of the "
+                                    f"{len(responses)} responses; kept the first"]
+        top = max(counts.values())
+        tied = sorted(a for a, c in counts.items() if c == top)
+        winner = tied[0] if len(tied) == 1 else rng.choice(tied)
+        note = (f"Vote: {winner!r} from {top} of {len(responses)} responses"
+                + (f" (a tie with {', '.join(repr(t) for t in tied if t != winner)}, broken "
+                   f"at random)" if len(tied) > 1 else "")
+                + (f"; {answers.count(None)} had no answer" if None in answers else ""))
+        return [responses[answers.index(winner)]], [note]
+
+    def combine(self, prompt, responses, replies):  # type: ignore[no-untyped-def]
+        return [replies[0]], []
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Pick(LLMStep):
+    """A judge picks the best response by its number, and that response is the single output,
+    verbatim (the judge's words never replace it).
+
+    The judge is asked ``times`` times, concurrently, each time over a different order: a
+    random order and its rotations, so every response is shown in different positions. The
+    picks are counted and the most picked response wins (a tie is broken with the run's
+    seeded RNG): a judge that favours a position, first or last, no longer decides by it.
+    ``min_success`` judge calls must answer. A reply with no readable number does not vote;
+    when no reply has one, the first response is kept and a note says so.
+    """
 
     agent: str
+    times: int = 3
+    prompt: str | None = None
+    temp: float = DEFAULT_TEMP
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    min_success: int = 1
+    _positional: ClassVar[int] = 1
+
+    def __post_init__(self) -> None:
+        _check_agent("Pick", self.agent)
+        if isinstance(self.times, bool) or not isinstance(self.times, int) or self.times < 1:
+            raise ValueError(f"Pick(times=...): times must be an int >= 1, got {self.times!r}")
+        _check_sampling("Pick", self.temp, self.max_tokens, self.prompt)
+        _check_min_success("Pick", self.min_success, self.times)
+
+    def required(self, n_requests: int) -> int:
+        return min(self.min_success, n_requests)
+
+    def plan(self, prompt, responses, rng):  # type: ignore[no-untyped-def]
+        n = len(responses)
+        if n == 1:
+            return list(responses), ["Pick: one response, nothing to pick from"]
+        base = rng.sample(range(n), n)
+        # Rotations of one random order: over n asks each response takes every position once.
+        orders = [base[k * n // self.times % n:] + base[:k * n // self.times % n]
+                  for k in range(self.times)]
+        instruction = self.prompt or PICK_PROMPT
+        replies = yield [Request(self.agent,
+                                 _with_responses(instruction, prompt, [responses[i] for i in o]),
+                                 self.temp, self.max_tokens) for o in orders]
+        picks = []
+        for order, reply in zip(orders, replies):
+            named = parse_ranking(reply, n) if reply is not None else []
+            picks.append(order[named[0]] if named else None)
+        counts = Counter(p for p in picks if p is not None)
+        shown = ", ".join("-" if p is None else str(p + 1) for p in picks)
+        if not counts:
+            return [responses[0]], [f"Pick: no response number could be read from the judge's "
+                                    f"replies ({shown}); kept the first response"]
+        top = max(counts.values())
+        tied = sorted(i for i, c in counts.items() if c == top)
+        winner = tied[0] if len(tied) == 1 else rng.choice(tied)
+        return [responses[winner]], [
+            f"Pick: picks {shown} (response numbers in the current order) over {self.times} "
+            f"orders; kept response {winner + 1} with {top} of {len(picks)}"
+            + (" (a tie, broken at random)" if len(tied) > 1 else "")]
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class AggregateSeq(LLMStep):
+    """Self-MoA-Seq (Li et al. 2025, arXiv:2502.00674): one agent aggregates more responses
+    than fit in one context, in rounds over a sliding window.
+
+    Round 1 aggregates the first ``window`` responses. Each later round shows the last
+    ``reserved`` syntheses (the best so far) and the next ``window - reserved`` new responses,
+    until every response has been read; the last synthesis is the single output. With no more
+    than ``window`` responses it is one round, as :class:`Aggregate`. Every round's call is in
+    history, in order, and a note per round says what it read.
+    """
+
+    agent: str
+    window: int = 6
+    reserved: int = 1
     prompt: str | None = None
     temp: float = DEFAULT_TEMP
     max_tokens: int = DEFAULT_MAX_TOKENS
     _positional: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
-        _check_agent("Vote", self.agent)
-        _check_sampling("Vote", self.temp, self.max_tokens, self.prompt)
+        _check_agent("AggregateSeq", self.agent)
+        for name, low in (("window", 2), ("reserved", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"AggregateSeq({name}=...): {name} must be an int >= {low}, "
+                                 f"got {value!r}")
+        if self.reserved >= self.window:
+            raise ValueError(f"AggregateSeq(window={self.window}, reserved={self.reserved}): "
+                             f"reserved must be below window, so each round reads a new response")
+        _check_sampling("AggregateSeq", self.temp, self.max_tokens, self.prompt)
 
-    def _instruction(self) -> str:
-        return self.prompt or VOTE_PROMPT
-
-    def combine(self, prompt, responses, replies):  # type: ignore[no-untyped-def]
-        return [replies[0]], []
-
-
+    def plan(self, prompt, responses, rng):  # type: ignore[no-untyped-def]
+        instruction = self.prompt or AGGREGATE_PROMPT
+        syntheses: list[str] = []
+        notes = []
+        start = 0
+        while start < len(responses):
+            kept = syntheses[-self.reserved:] if syntheses else []
+            take = self.window - len(kept)
+            batch = responses[start:start + take]
+            notes.append(f"round {len(notes) + 1}: "
+                         + (f"{len(kept)} synthesis(es) + " if kept else "")
+                         + f"responses {start + 1}-{start + len(batch)}")
+            replies = yield [Request(self.agent, _with_responses(instruction, prompt,
+                                                                 kept + batch),
+                                     self.temp, self.max_tokens)]
+            syntheses.append(replies[0])
+            start += len(batch)
+        return [syntheses[-1]], notes
 @dataclass(frozen=True, slots=True, repr=False)
 class Rank(_Judge):
     """A judge orders the responses; the best ``n`` are kept verbatim, in the judge's order.

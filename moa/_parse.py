@@ -14,7 +14,7 @@ import difflib
 import re
 from typing import Any, NoReturn
 
-from ._llm_steps import Aggregate, Propose, Rank, Refine, Synthesize, Vote
+from ._llm_steps import Aggregate, AggregateSeq, Pick, Propose, Rank, Refine, Synthesize, Vote
 from ._pipeline import Parallel, Pipeline, Step
 from ._transforms import Dropout, Sample, Shuffle, Take
 from .errors import MoaError
@@ -24,7 +24,7 @@ __all__ = ("parse_pipeline", "PipelineSyntaxError")
 #: The names an expression may call.
 STEPS: dict[str, type] = {
     cls.__name__: cls
-    for cls in (Propose, Synthesize, Aggregate, Refine, Rank, Vote,
+    for cls in (Propose, Synthesize, Aggregate, AggregateSeq, Refine, Rank, Vote, Pick,
                 Shuffle, Dropout, Sample, Take, Pipeline, Parallel)
 }
 #: Steps that exist but take a function, which the command line cannot give.

@@ -80,7 +80,7 @@ PROVIDERS = {
 }
 
 #: The recipes ``--recipe`` can name, with how each takes "one model everywhere".
-RECIPES = ("together_moa", "moa_lite", "self_moa", "robust_moa")
+RECIPES = ("together_moa", "moa_lite", "self_moa", "self_moa_seq", "robust_moa")
 
 #: Steps whose one call is a judge's reply: ``moa trace`` shows it in full.
 JUDGES = ("Aggregate", "Vote", "Rank")
@@ -198,7 +198,7 @@ def _recipe(name: str, model: str | None) -> Step:
     make = getattr(recipes, name)
     if model is None:
         return make()
-    if name == "self_moa":
+    if name in ("self_moa", "self_moa_seq"):
         return make(model=model)
     proposers = recipes.ROBUST_PROPOSERS if name == "robust_moa" else recipes.PROPOSERS
     return make(proposers=[model] * len(proposers), aggregator=model)

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from ._llm_steps import DEFAULT_MAX_TOKENS, DEFAULT_TEMP, Aggregate, Propose, Synthesize
+from ._llm_steps import (DEFAULT_MAX_TOKENS, DEFAULT_TEMP, Aggregate, AggregateSeq, Propose,
+                         Synthesize)
 from ._pipeline import Step, _describe
 from ._transforms import Dropout, Shuffle
 
@@ -29,6 +30,7 @@ __all__ = (
     "together_moa",
     "moa_lite",
     "self_moa",
+    "self_moa_seq",
     "robust_moa",
 )
 
@@ -141,6 +143,29 @@ def self_moa(
         raise ValueError(f"self_moa(n=...): n must be >= 1 samples, got {n}")
     return _build("self_moa", lambda: (
         Propose([m] * n, temp=temp, max_tokens=max_tokens) | Aggregate(m)
+    ))
+
+
+def self_moa_seq(
+    model: str = "gpt-5-nano-2025-08-07",
+    n: int = 12,
+    window: int = 6,
+    reserved: int = 1,
+    *,
+    temp: float = DEFAULT_TEMP,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+) -> Step:
+    """Self-MoA-Seq, Li et al. (2025, arXiv:2502.00674): ``n`` samples of one model aggregated
+    by itself in rounds over a sliding ``window`` that keeps ``reserved`` syntheses, for more
+    samples than fit in one context."""
+    m = _model("self_moa_seq", "model", model)
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"self_moa_seq(n=...): n must be an int >= 1, not {_describe(n)}")
+    if n < 1:
+        raise ValueError(f"self_moa_seq(n=...): n must be >= 1 samples, got {n}")
+    return _build("self_moa_seq", lambda: (
+        Propose([m] * n, temp=temp, max_tokens=max_tokens)
+        | AggregateSeq(m, window=window, reserved=reserved)
     ))
 
 

@@ -212,7 +212,7 @@ def test_function_steps_are_refused(text, name):
     ("Aggregat('a')", "did you mean Aggregate?"),
     ("shuffle()", "did you mean Shuffle?"),
     ("Take(1) & Smaple(2)", "did you mean Sample?"),
-    ("Nothing()", "the steps are Aggregate, Dropout"),
+    ("Nothing()", "the steps are Aggregate, AggregateSeq, Dropout"),
 ])
 def test_unknown_step_suggests(text, suggestion):
     check(text, suggestion)

@@ -178,3 +178,15 @@ def test_module_doctest():
     result = doctest.testmod(moa.recipes)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+def test_self_moa_seq_is_samples_then_windowed_aggregation():
+    from moa import AggregateSeq
+    from moa.recipes import self_moa_seq
+
+    assert self_moa_seq("m", n=8, window=4, reserved=2, max_tokens=50) == (
+        Propose(["m"] * 8, temp=0.7, max_tokens=50) | AggregateSeq("m", window=4, reserved=2))
+    with pytest.raises(ValueError, match=r"self_moa_seq: AggregateSeq\(window=3, reserved=3\)"):
+        self_moa_seq(window=3, reserved=3)
+    with pytest.raises(ValueError, match=r"self_moa_seq\(n=...\): n must be >= 1"):
+        self_moa_seq(n=0)

@@ -50,14 +50,22 @@ async def reference(step, prompt, client, seed):
         if isinstance(step, LLMStep):
             if step.needs_responses and not responses:
                 raise NoResponses(repr(step))
-            calls, replies = [], []
-            for req in step.requests(prompt, list(responses)):
-                messages = [dict(m) for m in req.messages]
-                text, _, _ = await client(model=req.model, messages=messages, temp=req.temp,
-                                          max_tokens=req.max_tokens)
-                calls.append((req.model, messages, req.temp, req.max_tokens, text))
-                replies.append(text)
-            out, _ = step.combine(prompt, list(responses), replies)
+            calls = []
+            plan = step.plan(prompt, list(responses), rng)
+            replies = None
+            while True:
+                try:
+                    requests = plan.send(replies)
+                except StopIteration as done:
+                    out, _ = done.value
+                    break
+                replies = []
+                for req in requests:
+                    messages = [dict(m) for m in req.messages]
+                    text, _, _ = await client(model=req.model, messages=messages, temp=req.temp,
+                                              max_tokens=req.max_tokens)
+                    calls.append((req.model, messages, req.temp, req.max_tokens, text))
+                    replies.append(text)
             records.append((repr(step), path, "llm", tuple(responses), tuple(out), tuple(calls)))
             return out
         raise TypeError(f"the reference cannot run {step!r}")
