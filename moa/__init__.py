@@ -14,6 +14,8 @@ from ._custom import transform as transform
 from ._events import CallFinished as CallFinished
 from ._events import CallRetrying as CallRetrying
 from ._events import Event as Event
+from ._events import RunFinished as RunFinished
+from ._events import TextChunk as TextChunk
 from ._events import StepFinished as StepFinished
 from ._events import StepStarted as StepStarted
 from ._batch import RunResult as RunResult
@@ -24,6 +26,7 @@ from ._executor import Retry as Retry
 from ._executor import StreamingClient as StreamingClient
 from ._executor import Usage as Usage
 from ._executor import run as run
+from ._executor import run_stream as run_stream
 from ._executor import run_sync as run_sync
 from ._history import CallRecord as CallRecord
 from ._limits import Limits as Limits
@@ -64,6 +67,7 @@ from .errors import EmptyInputError as EmptyInputError
 from .errors import MoaError as MoaError
 from .errors import ProviderError as ProviderError
 from .errors import StepFailedError as StepFailedError
+from .errors import StreamInterruptedError as StreamInterruptedError
 
 __version__ = "0.1.0"
 
@@ -102,6 +106,7 @@ __all__ = (
     "Refine",
     "Request",
     "Retry",
+    "RunFinished",
     "RunResult",
     "Sample",
     "Shuffle",
@@ -111,8 +116,10 @@ __all__ = (
     "StepFinished",
     "StepRecord",
     "StepStarted",
+    "StreamInterruptedError",
     "Synthesize",
     "Take",
+    "TextChunk",
     "Transform",
     "Usage",
     "Vote",
@@ -125,6 +132,7 @@ __all__ = (
     "parse_ranking",
     "pipeline",
     "run",
+    "run_stream",
     "run_many",
     "run_sync",
     "transform",

@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Union
 
-from ._history import CallRecord, StepRecord
+from ._history import CallRecord, History, StepRecord
 
-__all__ = ("StepStarted", "CallRetrying", "CallFinished", "StepFinished", "Event", "EventHandler")
+__all__ = ("StepStarted", "CallRetrying", "CallFinished", "StepFinished", "TextChunk",
+           "RunFinished", "Event", "EventHandler")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,5 +54,24 @@ class StepFinished:
     record: StepRecord
 
 
-Event = Union[StepStarted, CallRetrying, CallFinished, StepFinished]
+@dataclass(frozen=True, slots=True)
+class TextChunk:
+    """A piece of the final answer as it is generated (``moa.run_stream`` only): call
+    ``index`` of the pipeline's last step, at ``path``. Joined in order, a call's chunks are its
+    reply. A client without ``stream`` gives its whole reply as one chunk."""
+
+    path: tuple[int, ...]
+    index: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunFinished:
+    """The run is over (``moa.run_stream``'s last event): what ``moa.run`` returns."""
+
+    result: str
+    history: History
+
+
+Event = Union[StepStarted, CallRetrying, CallFinished, StepFinished, TextChunk, RunFinished]
 EventHandler = Callable[[Event], None]

@@ -13,23 +13,27 @@ import math
 import random
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from time import monotonic
 from typing import Any, Protocol
 
 import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
 from ._cache import Cache
-from ._events import CallFinished, CallRetrying, EventHandler, StepFinished, StepStarted
+from ._events import (CallFinished, CallRetrying, Event, EventHandler, RunFinished, StepFinished,
+                      StepStarted, TextChunk)
 from ._history import CallRecord, History, StepRecord
 from ._limits import Limits
 from ._llm_steps import LLMStep, Message, Request
 from ._pipeline import Parallel, Pipeline, Step, StepLike, _describe, as_step
 from ._transforms import Transform
-from .errors import CacheMissError, ClientOutputError, EmptyInputError, StepFailedError
+from .errors import (CacheMissError, ClientOutputError, EmptyInputError, StepFailedError,
+                     StreamInterruptedError)
 
-__all__ = ("Client", "StreamingClient", "Usage", "Retry", "run", "run_sync")
+__all__ = ("Client", "StreamingClient", "Usage", "Retry", "run", "run_stream", "run_sync")
 
 
 class Client(Protocol):
@@ -153,7 +157,7 @@ class _Run:
     """One run's state: the client, its limits and policy, and the prompt."""
 
     __slots__ = ("client", "prompt", "limiter", "timeout", "retry", "limits", "hedge_after",
-                 "plain", "cache", "on_event")
+                 "plain", "cache", "on_event", "stream_path")
 
     def __init__(self, client: Client, prompt: str, limiter: anyio.CapacityLimiter | None,
                  timeout: float | None, retry: Retry, limits: Limits | None = None,
@@ -168,17 +172,20 @@ class _Run:
         self.hedge_after = hedge_after
         self.cache = cache
         self.on_event = on_event
+        # The path of the step whose final-reply calls are streamed (run_stream only).
+        self.stream_path: tuple[int, ...] | None = None
         self.plain = (limiter is None and timeout is None and limits is None
                       and hedge_after is None)
 
-    async def _attempt(self, req: Request, sent: anyio.Event | None = None
+    async def _attempt(self, req: Request, sent: anyio.Event | None = None,
+                       chunk: Callable[[str], None] | None = None
                        ) -> tuple[str, int | None, int | None]:
         gate = self.limits.gate(req.model) if self.limits is not None else None
         if gate is not None:
-            return await self._gated(gate, req, sent)
+            return await self._gated(gate, req, sent, chunk)
         limiter = self.limiter
         if limiter is None:
-            return await self._send(req, sent)
+            return await self._send(req, sent, chunk)
         # A free slot is taken without a trip through the event loop; acquire_nowait refuses
         # while others queue, so waiting callers keep their turn.
         try:
@@ -186,20 +193,21 @@ class _Run:
         except anyio.WouldBlock:
             await limiter.acquire()
         try:
-            return await self._send(req, sent)
+            return await self._send(req, sent, chunk)
         finally:
             limiter.release()
 
-    async def _gated(self, gate: Any, req: Request, sent: anyio.Event | None
+    async def _gated(self, gate: Any, req: Request, sent: anyio.Event | None,
+                     chunk: Callable[[str], None] | None = None
                      ) -> tuple[str, int | None, int | None]:
         estimate = await gate.enter(_estimate_tokens(req.messages))
         used: int | None = None
         try:
             if self.limiter is None:
-                out = await self._send(req, sent)
+                out = await self._send(req, sent, chunk)
             else:
                 async with self.limiter:
-                    out = await self._send(req, sent)
+                    out = await self._send(req, sent, chunk)
             used = out[1] + out[2] if out[1] is not None and out[2] is not None else None
             return out
         except Exception as exc:
@@ -210,23 +218,90 @@ class _Run:
         finally:
             gate.leave(estimate, used)
 
-    async def _send(self, req: Request, sent: anyio.Event | None = None
+    async def _send(self, req: Request, sent: anyio.Event | None = None,
+                    chunk: Callable[[str], None] | None = None
                     ) -> tuple[str, int | None, int | None]:
         # The client gets its own copies: a client that edits its messages cannot edit history.
         msgs = [m.copy() for m in req.messages]
         if sent is not None:
             sent.set()
+        ask = self.client if chunk is None else functools.partial(self._streamed, chunk)
         if self.timeout is None:
-            out = await self.client(model=req.model, messages=msgs, temp=req.temp,
-                                    max_tokens=req.max_tokens)
+            out = await ask(model=req.model, messages=msgs, temp=req.temp,
+                            max_tokens=req.max_tokens)
         else:
             # fail_after's behaviour with a bare cancel scope: two context-manager layers fewer.
             with anyio.CancelScope(deadline=anyio.current_time() + self.timeout) as scope:
-                out = await self.client(model=req.model, messages=msgs, temp=req.temp,
-                                        max_tokens=req.max_tokens)
+                out = await ask(model=req.model, messages=msgs, temp=req.temp,
+                                max_tokens=req.max_tokens)
             if scope.cancelled_caught:
                 raise TimeoutError
         return _check_output(req.model, out)
+
+    async def _streamed(self, chunk: Callable[[str], None], *, model: str,
+                        messages: list[dict[str, str]], temp: float, max_tokens: int
+                        ) -> tuple[str, int | None, int | None]:
+        """One call through the client's ``stream``, each piece of text passed to ``chunk``
+        as it comes; a client without ``stream`` is called as usual and its reply is one
+        chunk."""
+        stream = getattr(self.client, "stream", None)
+        if stream is None:
+            out = _check_output(model, await self.client(model=model, messages=messages,
+                                                         temp=temp, max_tokens=max_tokens))
+            if out[0]:
+                chunk(out[0])
+            return out
+        parts: list[str] = []
+        usage = Usage(None, None)
+        async for item in stream(model=model, messages=messages, temp=temp,
+                                 max_tokens=max_tokens):
+            if type(item) is str:
+                if item:
+                    parts.append(item)
+                    chunk(item)
+            elif isinstance(item, Usage):
+                usage = item
+            else:
+                raise ClientOutputError(model, item, "a stream yields str chunks and a final "
+                                                     "moa.Usage")
+        return "".join(parts), usage.input_tokens, usage.output_tokens
+
+    async def _call_streamed(self, req: Request, path: tuple[int, ...], index: int
+                             ) -> tuple[CallRecord, BaseException | None]:
+        """A final-reply call of the streamed step: retried only until its first chunk has
+        gone out; after that a failure is final, so no text is ever delivered twice."""
+        assert self.on_event is not None
+        on_event = self.on_event
+        start = monotonic()
+        sent = 0
+
+        def chunk(text: str) -> None:
+            nonlocal sent
+            sent += 1
+            on_event(TextChunk(path, index, text))
+
+        attempts = 1
+        before_sleep = (lambda state: on_event(CallRetrying(
+            path, index, req.model, state.attempt_number,
+            _error_text(state.outcome.exception()), state.next_action.sleep)))
+        try:
+            async for attempt in self.retry.retrying(before_sleep):
+                with attempt:
+                    attempts = attempt.retry_state.attempt_number
+                    try:
+                        text, tin, tout = await self._attempt(req, None, chunk)
+                    except Exception as exc:
+                        if not sent:
+                            raise
+                        raise StreamInterruptedError(
+                            f"{req.model}: the reply stream broke after {sent} chunk(s) "
+                            f"({_error_text(exc)}); not retried, so no text is delivered "
+                            f"twice") from exc
+            return CallRecord(req.model, req.messages, req.temp, req.max_tokens, text, tin, tout,
+                              attempts, None, monotonic() - start), None
+        except Exception as exc:
+            return CallRecord(req.model, req.messages, req.temp, req.max_tokens, None, None, None,
+                              attempts, _error_text(exc), monotonic() - start), exc
 
     async def _hedged(self, req: Request, hedges: list[CallRecord]
                       ) -> tuple[str, int | None, int | None]:
@@ -280,6 +355,8 @@ class _Run:
                    ) -> tuple[CallRecord, BaseException | None]:
         """One call with its retries (and hedges), as a record; never raises but for
         cancellation. ``path`` and ``index`` say which call it is, for events."""
+        if req.final and path == self.stream_path:
+            return await self._call_streamed(req, path, index)
         start = monotonic()
         hedges: list[CallRecord] | None = None if self.hedge_after is None else []
         try:
@@ -437,6 +514,8 @@ async def _round(run: _Run, step: LLMStep, path: tuple[int, ...], requests: list
             if hit is not None:
                 results[i] = (hit, None)
                 if on_event is not None:
+                    if requests[i].final and path == run.stream_path and hit.text:
+                        on_event(TextChunk(path, offset + i, hit.text))
                     on_event(CallFinished(path, offset + i, hit))
     todo = [i for i, r in enumerate(results) if r is None]
     if enough is not None:
@@ -701,6 +780,97 @@ async def run(
     state = _Run(client, prompt, limiter, timeout, retry or DEFAULT_RETRY, limits, hedge_after,
                  cache, on_event)
     return await _run(step, prompt, state, seed)
+
+
+def _stream_path(step: Step) -> tuple[int, ...] | None:
+    """Where the pipeline's last step sits, when it is an LLM step: its final replies stream."""
+    if isinstance(step, Pipeline):
+        last, path = step.steps[-1], (len(step.steps) - 1,)
+    else:
+        last, path = step, (0,)
+    return path if isinstance(last, LLMStep) else None
+
+
+class _Events:
+    """The event stream ``run_stream`` yields: ends when the run ends, raising its error."""
+
+    __slots__ = ("_receive", "error")
+
+    def __init__(self, receive: MemoryObjectReceiveStream[Event]) -> None:
+        self._receive = receive
+        self.error: BaseException | None = None
+
+    def __aiter__(self) -> _Events:
+        return self
+
+    async def __anext__(self) -> Event:
+        try:
+            return await self._receive.receive()
+        except anyio.EndOfStream:
+            if self.error is not None:
+                error, self.error = self.error, None
+                raise error from None
+            raise StopAsyncIteration from None
+
+
+@asynccontextmanager
+async def run_stream(
+    pipeline: StepLike,
+    prompt: str,
+    client: Client,
+    *,
+    seed: int | None = None,
+    max_concurrency: int | None = None,
+    timeout: float | None = None,
+    retry: Retry | None = None,
+    limits: Limits | None = None,
+    hedge_after: float | None = None,
+    cache: Cache | None = None,
+) -> AsyncIterator[AsyncIterator[Event]]:
+    """``run`` as a stream of events, for showing an answer while it is written::
+
+        async with moa.run_stream(pipeline, prompt, client) as events:
+            async for event in events:
+                if isinstance(event, moa.TextChunk):
+                    print(event.text, end="", flush=True)
+                elif isinstance(event, moa.RunFinished):
+                    result, history = event.result, event.history
+
+    Events: :class:`~moa.StepStarted`, :class:`~moa.CallRetrying`, :class:`~moa.CallFinished`,
+    :class:`~moa.StepFinished`, the :class:`~moa.TextChunk` pieces of the final answer as
+    they arrive, and last :class:`~moa.RunFinished` with the result and the full history.
+    Chunks come from the pipeline's last step when it is an LLM step whose reply is its output
+    (Aggregate, Vote with a judge, the last round of AggregateSeq), through the client's
+    ``stream`` when it has one. Such a call is retried only before its first chunk; a failure
+    after it is recorded as a :class:`~moa.errors.StreamInterruptedError`, never retried into
+    duplicated text. When the run fails, iterating raises its error after the events so far.
+    Options are ``run``'s; leaving the block early cancels the run.
+    """
+    step = as_step(pipeline, where="run_stream(pipeline)")
+    _check_run_args(prompt, client, seed, max_concurrency, timeout, retry, limits, hedge_after,
+                    cache)
+    send, receive = anyio.create_memory_object_stream[Event](math.inf)
+    events = _Events(receive)
+    limiter = anyio.CapacityLimiter(max_concurrency) if max_concurrency else None
+    state = _Run(client, prompt, limiter, timeout, retry or DEFAULT_RETRY, limits, hedge_after,
+                 cache, send.send_nowait)
+    state.stream_path = _stream_path(step)
+
+    async def drive() -> None:
+        with send:
+            try:
+                result, history = await _run(step, prompt, state, seed)
+            except Exception as exc:
+                events.error = exc
+            else:
+                send.send_nowait(RunFinished(result, history))
+
+    async with receive, anyio.create_task_group() as tg:
+        tg.start_soon(drive)
+        try:
+            yield events
+        finally:
+            tg.cancel_scope.cancel()
 
 
 def run_sync(

@@ -74,12 +74,16 @@ Message = Mapping[str, str]
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """One call an LLM step asks for. ``messages`` are read-only mappings of role and content."""
+    """One call an LLM step asks for. ``messages`` are read-only mappings of role and content.
+    ``final``: this call's reply is the step's output as written (an aggregator's answer, not
+    a judge's verdict), so :func:`moa.run_stream` may stream it when the step ends the
+    pipeline."""
 
     model: str
     messages: tuple[Message, ...]
     temp: float
     max_tokens: int
+    final: bool = False
 
 
 def messages(*pairs: tuple[str, str]) -> tuple[Message, ...]:
@@ -322,9 +326,13 @@ class _Judge(LLMStep):
     def _instruction(self) -> str:
         raise NotImplementedError
 
+    #: The judge's reply is the step's output (Aggregate, Vote), not a verdict read by it.
+    _reply_is_output: ClassVar[bool] = True
+
     def requests(self, prompt: str, responses: list[str]) -> list[Request]:
         msgs = _with_responses(self._instruction(), prompt, responses)
-        return [Request(self.agent, msgs, self.temp, self.max_tokens)]  # type: ignore[attr-defined]
+        return [Request(self.agent, msgs, self.temp, self.max_tokens,  # type: ignore[attr-defined]
+                        self._reply_is_output)]
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -538,9 +546,10 @@ class AggregateSeq(LLMStep):
             notes.append(f"round {len(notes) + 1}: "
                          + (f"{len(kept)} synthesis(es) + " if kept else "")
                          + f"responses {start + 1}-{start + len(batch)}")
+            last = start + len(batch) >= len(responses)
             replies = yield [Request(self.agent, _with_responses(instruction, prompt,
                                                                  kept + batch),
-                                     self.temp, self.max_tokens)]
+                                     self.temp, self.max_tokens, last)]
             syntheses.append(replies[0])
             start += len(batch)
         return [syntheses[-1]], notes
@@ -566,6 +575,8 @@ class Rank(_Judge):
         if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
             raise ValueError(f"Rank(n=...): n must be an int >= 1, got {self.n!r}")
         _check_sampling("Rank", self.temp, self.max_tokens, self.prompt)
+
+    _reply_is_output: ClassVar[bool] = False
 
     def _instruction(self) -> str:
         # replace, not format: a user's prompt may hold JSON braces.

@@ -15,6 +15,7 @@ __all__ = (
     "EmptyInputError",
     "CacheError",
     "CacheMissError",
+    "StreamInterruptedError",
 )
 
 
@@ -85,5 +86,12 @@ class CacheError(MoaError):
 
 class CacheMissError(MoaError):
     """In replay mode, a request that was never recorded: replay never calls a model."""
+
+    retryable = False
+
+
+class StreamInterruptedError(MoaError):
+    """A streamed reply failed after some of its text had been delivered. It is never
+    retried: a retry would deliver the same text twice."""
 
     retryable = False

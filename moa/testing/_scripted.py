@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import anyio
 
+from .._executor import Usage
 from ..errors import ProviderError
 
 __all__ = ("ScriptedClient", "Transient", "Permanent", "default_reply")
@@ -52,6 +53,10 @@ class ScriptedClient:
 
     Every call is appended to ``calls`` as it arrives. :meth:`fresh` is the same script with
     nothing counted yet, for a second run that must behave as the first.
+
+    :meth:`stream` gives the same reply word by word (``chunk_delay`` seconds before each
+    chunk after the first), then its :class:`moa.Usage`; a model in ``break_stream`` fails
+    retryably after that many chunks, as a dropped connection would.
     """
 
     def __init__(
@@ -62,22 +67,28 @@ class ScriptedClient:
         transient: Mapping[str, int] | int | None = None,
         permanent: frozenset[str] | set[str] | Sequence[str] = frozenset(),
         hang: frozenset[str] | set[str] | Sequence[str] = frozenset(),
+        chunk_delay: float = 0.0,
+        break_stream: Mapping[str, int] | None = None,
     ) -> None:
         self.reply = reply
         self.delay = delay
         self.transient = transient if isinstance(transient, int) else dict(transient or {})
         self.permanent = set(permanent)
         self.hang = set(hang)
+        self.chunk_delay = chunk_delay
+        self.break_stream = dict(break_stream or {})
         self.calls: list[dict] = []
         self.failures: Counter[str] = Counter()
         self.in_flight = 0
         self.max_in_flight = 0
         self.finished = 0
+        self.streams = 0
 
     def fresh(self) -> ScriptedClient:
         """The same script, with no calls, failures or counts recorded yet."""
         return ScriptedClient(self.reply, delay=self.delay, transient=self.transient,
-                              permanent=self.permanent, hang=self.hang)
+                              permanent=self.permanent, hang=self.hang,
+                              chunk_delay=self.chunk_delay, break_stream=self.break_stream)
 
     def _transient(self, model: str) -> int:
         if isinstance(self.transient, int):
@@ -106,6 +117,20 @@ class ScriptedClient:
             return text, tokens_in, len(text.split())
         finally:
             self.in_flight -= 1
+
+    async def stream(self, *, model, messages, temp, max_tokens):  # type: ignore[no-untyped-def]
+        """The reply of :meth:`__call__` in word chunks, then its Usage."""
+        text, tokens_in, tokens_out = await self(model=model, messages=messages, temp=temp,
+                                                 max_tokens=max_tokens)
+        self.streams += 1
+        words = text.split(" ")
+        for i, word in enumerate(words):
+            if i and self.chunk_delay:
+                await anyio.sleep(self.chunk_delay)
+            if i == self.break_stream.get(model, -1):
+                raise Transient(model)
+            yield word if i == len(words) - 1 else word + " "
+        yield Usage(tokens_in, tokens_out)
 
     def __repr__(self) -> str:
         script = [f"reply={getattr(self.reply, '__name__', None) or self.reply!r}"]
