@@ -19,7 +19,7 @@ from ._executor import DEFAULT_RETRY, Client, Retry, _check_options, _Run, _run
 from ._history import History
 from ._limits import Limits
 from ._pipeline import Step, StepLike, _describe, as_step
-from .errors import StepFailedError
+from .errors import MoaError
 
 __all__ = ("RunResult", "run_many", "as_completed")
 
@@ -73,7 +73,7 @@ async def _drive(step: Step, prompts: list[str], client: Client, send:
             result, history = await _run(step, prompts[i], state, seeds[i])
             outcome = RunResult(i, prompts[i], result, history)
         except Exception as exc:
-            history = exc.history if isinstance(exc, StepFailedError) else None
+            history = exc.history if isinstance(exc, MoaError) else None
             outcome = RunResult(i, prompts[i], None, history, exc)
         done += 1
         if progress is not None:

@@ -1,10 +1,14 @@
 """A response cache in one SQLite file, for replaying and resuming runs.
 
-An entry is keyed by the sha256 of a canonical JSON array: the key format version, the model,
-the messages as ``[role, content]`` pairs, ``repr(float(temp))``, ``max_tokens`` and the sample
-index. The index is the position of a request among identical requests in one step (0, 1, ...):
+An entry is keyed by the sha256 of a canonical JSON array: the key format version, the cache's
+namespace, the model, the messages as ``[role, content]`` pairs, ``repr(float(temp))``,
+``max_tokens`` and the sample index. The executor's sample index is the step's path in the
+pipeline followed by the request's position among identical requests in that step (0, 1, ...):
 Self-MoA sends the same prompt to the same model six times to get six different samples, and
-without the index all six would be one entry, replayed as six copies of the first answer.
+without the position all six would be one entry, replayed as six copies of the first answer;
+without the path, two steps (or two parallel branches) sending the same request would share
+their samples. The namespace keeps clients apart: the same model name served by two
+providers (or by the embedded model, where a name is only a label) is two sets of entries.
 
 The file holds the key hash, the model, the answer, its token counts and when it was stored;
 never the messages, so no prompt or secret in one reaches the disk through the cache.
@@ -29,7 +33,7 @@ from .errors import CacheError
 __all__ = ("Cache",)
 
 MODES = ("rw", "replay", "record")
-_KEY_FORMAT = 1  # bump when the key's inputs change, so old entries stop matching
+_KEY_FORMAT = 2  # bump when the key's inputs change, so old entries stop matching
 _APPLICATION_ID = 0x6D6F6163  # b"moac" in the SQLite header: this file is a moa cache
 _SCHEMA_VERSION = 1
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -41,12 +45,14 @@ _SCHEMA = (
 
 
 def _key(
-    model: str, messages: Sequence[Mapping[str, str]], temp: float, max_tokens: int, index: int
+    namespace: str, model: str, messages: Sequence[Mapping[str, str]], temp: float,
+    max_tokens: int, index: int | Sequence[int],
 ) -> bytes:
     """The sha256 digest that names one request; equal inputs give equal keys in any process."""
     pairs = [[m["role"], m["content"]] for m in messages]
+    sample = [int(i) for i in index] if isinstance(index, (tuple, list)) else [int(index)]
     canonical = json.dumps(
-        [_KEY_FORMAT, model, pairs, repr(float(temp)), int(max_tokens), int(index)],
+        [_KEY_FORMAT, namespace, model, pairs, repr(float(temp)), int(max_tokens), sample],
         separators=(",", ":"),
     )
     return hashlib.sha256(canonical.encode("ascii")).digest()
@@ -57,12 +63,18 @@ class Cache:
 
     ``mode`` is ``"rw"`` (serve hits, store new answers), ``"replay"`` (serve hits; the executor
     treats a miss as an error) or ``"record"`` (``get`` always misses, ``put`` overwrites).
+    ``namespace`` is part of every key: give each client its own (``moa run --cache`` uses the
+    provider and base URL), so one provider's answers are never served as another's.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, mode: str = "rw") -> None:
+    def __init__(self, path: str | os.PathLike[str], *, mode: str = "rw",
+                 namespace: str = "") -> None:
         if mode not in MODES:
             allowed = ", ".join(map(repr, MODES))
             raise ValueError(f"Cache mode must be one of {allowed}, not {mode!r}")
+        if not isinstance(namespace, str):
+            raise TypeError(f"Cache namespace must be a str, not {type(namespace).__name__}")
+        self.namespace = namespace
         raw = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
         if not isinstance(raw, str):
             kind = type(path).__name__
@@ -172,11 +184,12 @@ class Cache:
         messages: Sequence[Mapping[str, str]],
         temp: float,
         max_tokens: int,
-        index: int,
+        index: int | Sequence[int],
     ) -> tuple[str, int | None, int | None] | None:
         """The stored ``(text, input_tokens, output_tokens)`` for this request, or None on a miss
-        (always None in record mode)."""
-        key = _key(model, messages, temp, max_tokens, index)
+        (always None in record mode). ``index`` names the sample: an int, or a sequence of
+        ints (the executor passes the step's path and the position among identical requests)."""
+        key = _key(self.namespace, model, messages, temp, max_tokens, index)
         sql = "SELECT text, input_tokens, output_tokens FROM entries WHERE key = ?"
         rows = self._execute(sql, (key,))
         if self.mode == "record" or not rows:
@@ -190,13 +203,13 @@ class Cache:
         messages: Sequence[Mapping[str, str]],
         temp: float,
         max_tokens: int,
-        index: int,
+        index: int | Sequence[int],
         text: str,
         input_tokens: int | None,
         output_tokens: int | None,
     ) -> None:
         """Store the answer to this request, replacing any earlier one."""
-        key = _key(model, messages, temp, max_tokens, index)
+        key = _key(self.namespace, model, messages, temp, max_tokens, index)
         self._execute(
             "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?)",
             (key, model, text, input_tokens, output_tokens, time.time()),
@@ -228,7 +241,8 @@ class Cache:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Cache({self.path!r}, mode={self.mode!r})"
+        shown = f", namespace={self.namespace!r}" if self.namespace else ""
+        return f"Cache({self.path!r}, mode={self.mode!r}{shown})"
 
 
 @contextlib.contextmanager

@@ -30,8 +30,8 @@ from ._limits import Limits
 from ._llm_steps import LLMStep, Message, Request
 from ._pipeline import Parallel, Pipeline, Step, StepLike, _describe, as_step
 from ._transforms import Transform
-from .errors import (CacheMissError, ClientOutputError, EmptyInputError, StepFailedError,
-                     StreamInterruptedError)
+from .errors import (CacheMissError, ClientOutputError, EmptyInputError, MoaError,
+                     StepFailedError, StreamInterruptedError)
 
 __all__ = ("Client", "StreamingClient", "Usage", "Retry", "run", "run_stream", "run_sync")
 
@@ -470,7 +470,7 @@ def _lookup(run: _Run, step: LLMStep, path: tuple[int, ...], requests: list[Requ
     hits: list[CallRecord | None] = []
     for i, (req, n) in enumerate(zip(requests, indices), offset):
         hit = None if cache.mode == "record" else cache.get(req.model, req.messages, req.temp,
-                                                               req.max_tokens, n)
+                                                               req.max_tokens, path + (n,))
         if hit is None and cache.mode == "replay":
             raise CacheMissError(
                 f"replay: {cache!r} holds no answer for call {i} of {step!r} at path {path} "
@@ -479,6 +479,29 @@ def _lookup(run: _Run, step: LLMStep, path: tuple[int, ...], requests: list[Requ
             req.model, req.messages, req.temp, req.max_tokens, hit[0], hit[1], hit[2], 0,
             cached=True))
     return hits
+
+
+_DEFAULT_PLAN = LLMStep.plan
+
+
+class _Once:
+    """The default plan, :meth:`LLMStep.plan`, without a generator: one round of
+    ``requests``, then ``combine``."""
+
+    __slots__ = ("step", "prompt", "responses")
+
+    def __init__(self, step: LLMStep, prompt: str, responses: list[str]) -> None:
+        self.step = step
+        self.prompt = prompt
+        self.responses = responses
+
+    def send(self, replies: list[str | None] | None) -> list[Request]:
+        if replies is None:
+            return self.step.requests(self.prompt, list(self.responses))
+        raise StopIteration(self.step.combine(self.prompt, list(self.responses), replies))
+
+    def close(self) -> None:
+        pass
 
 
 def _advance(step: LLMStep, path: tuple[int, ...], plan: Any, replies: list[str | None] | None
@@ -499,10 +522,29 @@ def _advance(step: LLMStep, path: tuple[int, ...], plan: Any, replies: list[str 
 
 
 async def _round(run: _Run, step: LLMStep, path: tuple[int, ...], requests: list[Request],
-                 offset: int, seen: dict[tuple[Any, ...], int]) -> list[CallRecord]:
+                 offset: int, seen: dict[tuple[Any, ...], int]
+                 ) -> tuple[list[CallRecord], BaseException | None]:
     """One round of a step's calls: cached answers first, then the rest concurrently (until
-    the quorum, if the step has one). Records come back in request order."""
+    the quorum, if the step has one). Records come back in request order, with the error of
+    a cache that failed to store an answer (the answers are kept: they were paid for)."""
     on_event = run.on_event
+    if run.cache is None and on_event is None and step.enough(len(requests)) is None:
+        # The plain round, on every run's path: no cache, no events, no quorum.
+        if len(requests) == 1:
+            plain = [await run.call(requests[0], path, offset)]
+        else:
+            plain = [None] * len(requests)  # type: ignore[list-item]
+
+            async def call(i: int) -> None:
+                plain[i] = await run.call(requests[i], path, offset + i)
+
+            async with anyio.create_task_group() as tg:
+                for i in range(len(requests)):
+                    tg.start_soon(call, i)
+        for _, exc in plain:
+            if isinstance(exc, ClientOutputError):
+                raise exc
+        return [r for r, _ in plain], None
     if on_event is not None:
         on_event(StepStarted(path, repr(step), len(requests)))
     enough = step.enough(len(requests))
@@ -527,8 +569,9 @@ async def _round(run: _Run, step: LLMStep, path: tuple[int, ...], requests: list
         if run.cache is not None and record[0].ok:
             req, c = requests[i], record[0]
             try:
-                run.cache.put(req.model, req.messages, req.temp, req.max_tokens, indices[i],
-                              c.text, c.input_tokens, c.output_tokens)  # type: ignore[arg-type]
+                run.cache.put(req.model, req.messages, req.temp, req.max_tokens,
+                              path + (indices[i],), c.text, c.input_tokens,
+                              c.output_tokens)  # type: ignore[arg-type]
             except Exception as exc:  # a broken cache file is the user's to see, not a call's
                 stored.append(exc)
         if on_event is not None:
@@ -537,25 +580,25 @@ async def _round(run: _Run, step: LLMStep, path: tuple[int, ...], requests: list
     if not todo:
         pass
     elif enough is not None and enough <= 0:
-        for i in todo:  # the quorum is met from the cache: nothing to send
+        for i in todo:  # the quorum is met from the cache: never sent (attempts=0)
             req = requests[i]
             results[i] = (CallRecord(req.model, req.messages, req.temp, req.max_tokens, None,
                                      None, None, 0, None, 0.0, True), None)
-    elif len(todo) == 1 and run.cache is None and on_event is None:
-        results[todo[0]] = await run.call(requests[todo[0]], path, offset + todo[0])
     elif enough is None:
         async with anyio.create_task_group() as tg:
             for i in todo:
                 tg.start_soon(one, i)
     else:
         await _quorum(one, requests, todo, results, enough)
-    if stored:
-        raise stored[0]
+    if on_event is not None and enough is not None:
+        for i in todo:  # the calls the quorum stopped (or never sent) are over too
+            if results[i][0].cancelled:  # type: ignore[index]
+                on_event(CallFinished(path, offset + i, results[i][0]))  # type: ignore[index]
     # A client of the wrong shape is a bug to fix, not a failure for min_success to absorb.
     broken = next((e for _, e in results if isinstance(e, ClientOutputError)), None)  # type: ignore[misc]
     if broken is not None:
         raise broken
-    return [r[0] for r in results]  # type: ignore[index]
+    return [r[0] for r in results], (stored[0] if stored else None)  # type: ignore[index]
 
 
 async def _exec_llm(run: _Run, step: LLMStep, responses: list[str], br: _Branch,
@@ -567,11 +610,15 @@ async def _exec_llm(run: _Run, step: LLMStep, responses: list[str], br: _Branch,
         _record(run, br, StepRecord(repr(step), path, "llm", (), (), (),
                                     ("received no responses",), 0.0))
         raise EmptyInputError(f"{step!r} received no responses: {cause}", step=repr(step))
-    try:
-        plan = step.plan(run.prompt, list(responses), br.rng)
-    except Exception as exc:
-        exc.add_note(f"in step {step!r} at path {path}")
-        raise
+    # A step with the default plan (one round: requests, then combine) is driven without a
+    # generator: most steps are, and it is on every run's path.
+    plan = _Once(step, run.prompt, responses) if type(step).plan is _DEFAULT_PLAN else None
+    if plan is None:
+        try:
+            plan = step.plan(run.prompt, list(responses), br.rng)
+        except Exception as exc:
+            exc.add_note(f"in step {step!r} at path {path}")
+            raise
     calls: list[CallRecord] = []
     seen: dict[tuple[Any, ...], int] = {}
     failed = cancelled = rounds = 0
@@ -580,20 +627,36 @@ async def _exec_llm(run: _Run, step: LLMStep, responses: list[str], br: _Branch,
     while requests is not None:
         rounds += 1
         try:
-            records = await _round(run, step, path, requests, len(calls), seen) if requests else []
-        except ClientOutputError:
+            records, cache_error = (await _round(run, step, path, requests, len(calls), seen)
+                                    if requests else ([], None))
+        except (ClientOutputError, CacheMissError):
             plan.close()
             _record(run, br, StepRecord(repr(step), path, "llm", tuple(responses), (),
                                         tuple(calls), (), monotonic() - start))
             raise
         calls.extend(records)
-        ok = sum(c.ok for c in records)
-        failed += sum(c.error is not None for c in records)
-        stopped = sum(c.cancelled for c in records)
+        if cache_error is not None:
+            plan.close()
+            _record(run, br, StepRecord(repr(step), path, "llm", tuple(responses), (),
+                                        tuple(calls), (), monotonic() - start))
+            raise cache_error
+        ok = stopped = unsent = 0
+        for c in records:
+            if c.error is not None:
+                failed += 1
+            elif not c.cancelled:
+                ok += 1
+            elif c.attempts:
+                stopped += 1
+            else:
+                unsent += 1
+        cancelled += stopped + unsent
         if stopped:
-            cancelled += stopped
             quorum_notes.append(f"quorum of {step.enough(len(requests))} reached: {stopped} "
                                 f"call(s) still running were cancelled")
+        if unsent:
+            quorum_notes.append(f"quorum of {step.enough(len(requests))} met from the cache: "
+                                f"{unsent} call(s) not sent")
         need = step.required(len(requests))
         if ok < need:
             plan.close()
@@ -738,7 +801,7 @@ async def _run(step: Step, prompt: str, state: _Run, seed: int | None) -> tuple[
     path = () if isinstance(step, Pipeline) else (0,)
     try:
         outputs = await _exec(state, step, [], root, path)
-    except StepFailedError as exc:
+    except MoaError as exc:  # a failed step, a broken cache: the user keeps what ran
         exc.history = History(prompt, seed, tuple(root.records), (), monotonic() - start)
         raise
     history = History(prompt, seed, tuple(root.records), tuple(outputs), monotonic() - start)
@@ -770,7 +833,9 @@ async def run(
     first answer wins. ``cache`` (a :class:`~moa.Cache`) serves answers it holds and stores new
     ones; ``on_event(event)`` is called as steps start and calls finish or retry
     (:class:`~moa.StepStarted`, :class:`~moa.CallRetrying`, :class:`~moa.CallFinished`,
-    :class:`~moa.StepFinished`), for progress displays. A step that fails raises a
+    :class:`~moa.StepFinished`), for progress displays; it must be quick and must not raise
+    (an exception from it ends the run, inside an ``ExceptionGroup`` when it came from one of
+    several concurrent calls). A step that fails raises a
     :class:`~moa.errors.StepFailedError` carrying the history so far.
     """
     step = as_step(pipeline, where="run(pipeline)")

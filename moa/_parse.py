@@ -37,6 +37,7 @@ MAX_STEPS = 200         # steps in the result, repetitions expanded; also step c
 MAX_REPEAT = 100        # n in step * n
 MAX_ITEMS = 1_000       # items in one list or tuple literal
 MAX_STRING = 10_000     # characters in one string literal
+MAX_MESSAGE = 500       # characters of an error's reason
 
 _OPERATORS = {ast.BitOr: "|", ast.BitAnd: "&", ast.Mult: "*", ast.Add: "+", ast.Sub: "-",
               ast.Div: "/", ast.FloorDiv: "//", ast.Mod: "%", ast.Pow: "**",
@@ -176,6 +177,8 @@ class _Parser:
         return self.line_starts[index] + max(0, min(col, len(line)))
 
     def fail(self, message: str, node: ast.AST) -> NoReturn:
+        if len(message) > MAX_MESSAGE:  # a constructor's message may quote a huge argument
+            message = message[:MAX_MESSAGE - 20] + " ... (message cut)"
         start = self._offset(node.lineno, node.col_offset)  # type: ignore[attr-defined]
         end_line = getattr(node, "end_lineno", None)
         end_col = getattr(node, "end_col_offset", None)
@@ -361,6 +364,9 @@ class _Parser:
         if any(isinstance(x, Step) for x in items):
             self.fail("'*' repeats a list of model names, not of steps; repeat a step with "
                       "step * n", node)
+        if not all(isinstance(x, str) for x in items):
+            # Only flat lists: a list of repeated lists would multiply past every size limit.
+            self.fail("'*' repeats a list of model names (str), not of other values", node)
         if n < 0:
             self.fail(f"a list repeats n >= 0 times, got {n}", node)
         if len(items) * n > MAX_ITEMS:

@@ -252,14 +252,27 @@ def _build_pipeline(args: argparse.Namespace, parsed: Step | None, model: str) -
     return step
 
 
-def _local_prices(args: argparse.Namespace, pipeline: Step, prices: Prices) -> Prices:
-    """On the embedded model every model name is a label for the same local model, which costs
-    nothing: those names are priced at 0 unless the user's table prices them."""
-    if args.provider != "local" or args.base_url:
-        return prices
-    names = {m for _, s in _leaves(pipeline)
-             for m in (*getattr(s, "agents", ()), getattr(s, "agent", None)) if m}
-    return Prices({m: (0.0, 0.0) for m in names if m not in prices}) | prices
+def _prices_for(args: argparse.Namespace, pipeline: Step) -> Prices:
+    """The default table, then (on the embedded model) every model name of the pipeline at $0,
+    since each is a label for the same local model, then the user's ``--prices`` file."""
+    base = DEFAULT_PRICES
+    if args.provider == "local" and not args.base_url:
+        names = {m for _, s in _leaves(pipeline)
+                 for m in (*getattr(s, "agents", ()), getattr(s, "agent", None)) if m}
+        base = base | {m: (0.0, 0.0) for m in names}
+    return _load_prices(args.prices, base)
+
+
+def _saved_prices(prices: Prices, history: History) -> dict[str, list[float]]:
+    """The prices of the run's models, saved beside it so `moa trace` costs it the same."""
+    return {m: [p.input, p.output] for m in sorted({c.model for c in history.calls})
+            if (p := prices.price(m)) is not None}
+
+
+def _cache_namespace(args: argparse.Namespace) -> str:
+    """Which client answers: a cache entry from one never serves another (the embedded model
+    answers to any model name, so its entries must not pass for a provider's)."""
+    return f"base_url={args.base_url}" if args.base_url else f"provider={args.provider}"
 
 
 def _load_prices(path: str | None, base: Prices = DEFAULT_PRICES) -> Prices:
@@ -271,11 +284,11 @@ def _load_prices(path: str | None, base: Prices = DEFAULT_PRICES) -> Prices:
         raise UsageError(f"--prices {path}: {exc}") from None
 
 
-def _open_cache(path: str | None) -> Cache | None:
+def _open_cache(path: str | None, namespace: str) -> Cache | None:
     if path is None:
         return None
     try:
-        return Cache(path)
+        return Cache(path, namespace=namespace)
     except (OSError, MoaError) as exc:
         raise UsageError(f"--cache {path}: {exc}") from None
 
@@ -475,9 +488,7 @@ def _run_document(history: History, result: str | None, pipeline: Step, prices: 
     doc["result"] = result
     doc["pipeline"] = repr(pipeline)
     doc["cost"] = _cost_dict(cost(history, prices))
-    # The prices it was costed at, so `moa trace` shows the same figures later.
-    doc["prices"] = {m: [p.input, p.output] for m in sorted({c.model for c in history.calls})
-                     if (p := prices.price(m)) is not None}
+    doc["prices"] = _saved_prices(prices, history)
     if error is not None:
         doc["error"] = error
     return doc
@@ -494,11 +505,16 @@ def _summary(history: History, prices: Prices) -> str:
 def run_command(args: argparse.Namespace) -> int:
     parsed = _parse_expression(args.pipeline) if args.pipeline is not None else None
     prompt = _read_prompt(args)
-    prices = _load_prices(args.prices)
-    client, model = make_client(args.provider, args.base_url, args.model)
+    _load_prices(args.prices)  # a bad price file is a usage error before anything runs
+    cache = _open_cache(args.cache, _cache_namespace(args))
+    try:
+        client, model = make_client(args.provider, args.base_url, args.model)
+    except BaseException:
+        if cache is not None:
+            cache.close()
+        raise
     pipeline = _build_pipeline(args, parsed, model)
-    prices = _local_prices(args, pipeline, prices)
-    cache = _open_cache(args.cache)
+    prices = _prices_for(args, pipeline)
     progress = _progress_for(args, pipeline)
     options: dict[str, Any] = {"max_concurrency": args.max_concurrency, "cache": cache}
     if progress.handler is not None:
@@ -507,7 +523,7 @@ def run_command(args: argparse.Namespace) -> int:
         with progress:
             result, history = anyio.run(functools.partial(
                 _run_and_close, pipeline, prompt, client, args.seed, args.timeout, **options))
-    except StepFailedError as exc:
+    except MoaError as exc:
         if args.json is not None and exc.history is not None:
             _write_json(args.json, _run_document(exc.history, None, pipeline, prices, str(exc)))
         raise
@@ -575,18 +591,19 @@ def _read_batch_input(path: str) -> list[_Item]:
     return items
 
 
-def _read_batch_output(path: Path) -> tuple[set[str], int]:
-    """The ids OUT already holds a success for, and how many failures it held; OUT is rewritten
-    without its failed lines (they run again) and without a truncated last line."""
+def _read_batch_output(path: Path) -> tuple[dict[str, str], int]:
+    """The ids OUT already holds a success for (with their prompts), and how many failures it
+    held; OUT is rewritten without its failed lines (they run again), without a truncated last
+    line, and ending in a newline, so the next result starts a line of its own."""
     if not path.exists():
-        return set(), 0
+        return {}, 0
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"-o {path}: {exc}") from None
     lines = text.splitlines()
     keep: list[str] = []
-    done: set[str] = set()
+    done: dict[str, str] = {}
     failed = 0
     truncated = False
     for lineno, raw in enumerate(lines, 1):
@@ -603,14 +620,14 @@ def _read_batch_output(path: Path) -> tuple[set[str], int]:
             raise UsageError(f"-o {path} line {lineno} is not a moa batch result ({exc}); fix "
                              "or remove that line, or write to another file") from None
         if entry.get("error") is None:
-            done.add(json.dumps(entry["id"]))
+            done[json.dumps(entry["id"])] = entry.get("prompt")
             keep.append(raw)
         else:
             failed += 1
     if truncated:
         print(f"moa: {path}: dropped a truncated last line (a run interrupted mid-write); "
               "that prompt runs again", file=sys.stderr)
-    if truncated or failed:
+    if truncated or failed or (text and not text.endswith("\n")):
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
         os.replace(tmp, path)
@@ -674,6 +691,7 @@ def _outcome_line(item: _Item, result: str | None, history: History | None,
         "input_tokens": history.input_tokens if history is not None else None,
         "output_tokens": history.output_tokens if history is not None else None,
         "cost": None if c is None else c.total,
+        "prices": None if history is None else _saved_prices(prices, history),
         "history": None if history is None else history.to_dict(),
     }
 
@@ -691,7 +709,7 @@ async def _drive_batch(pipeline: Step, items: list[_Item], client: Any, concurre
                 result, history = await run(pipeline, item.prompt, client, seed=item.seed,
                                             **options)
             except Exception as exc:  # the batch goes on; the error is that prompt's result
-                hist = exc.history if isinstance(exc, StepFailedError) else None
+                hist = exc.history if isinstance(exc, MoaError) else None
                 report(item, None, hist, exc)
             else:
                 report(item, result, history, None)
@@ -710,7 +728,7 @@ async def _drive_batch(pipeline: Step, items: list[_Item], client: Any, concurre
 def batch_command(args: argparse.Namespace) -> int:
     parsed = _parse_expression(args.pipeline) if args.pipeline is not None else None
     items = _read_batch_input(args.input)
-    prices = _load_prices(args.prices)
+    _load_prices(args.prices)  # a bad price file is a usage error before anything runs
     if args.seed is not None:
         # The seeds moa.run_many(prompts, seed=S) gives: drawn from S in input order, so a
         # prompt keeps its seed when a resumed batch skips the ones before it.
@@ -719,6 +737,13 @@ def batch_command(args: argparse.Namespace) -> int:
             item.seed = draw.getrandbits(63)
     out = Path(args.output)
     done_ids, failed_before = _read_batch_output(out)
+    for item in items:
+        key = json.dumps(item.id)
+        if key in done_ids and done_ids[key] != item.prompt:
+            raise UsageError(f"-o {out} holds id {item.id!r} for another prompt "
+                             f"({_short(str(done_ids[key]), 40)!r}, not "
+                             f"{_short(item.prompt, 40)!r}); an id must keep its prompt across "
+                             "resumed runs: write to another file, or give each prompt its id")
     todo = [item for item in items if json.dumps(item.id) not in done_ids]
     skipped = len(items) - len(todo)
     if not args.quiet and (skipped or failed_before):
@@ -730,18 +755,25 @@ def batch_command(args: argparse.Namespace) -> int:
             print(f"batch: nothing to run, all {len(items)} prompts are done in {out}",
                   file=sys.stderr)
         return 0
-    client, model = make_client(args.provider, args.base_url, args.model)
-    pipeline = _build_pipeline(args, parsed, model)
-    prices = _local_prices(args, pipeline, prices)
-    cache = _open_cache(args.cache)
-    options = {"max_concurrency": args.max_concurrency, "timeout": args.timeout, "cache": cache}
-    histories: list[History] = []
-    bar = _BatchBar(len(todo), args.quiet)
-    start = time.monotonic()
     try:
         sink = out.open("a", encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"-o {out}: {exc}") from None
+    cache = None
+    try:
+        cache = _open_cache(args.cache, _cache_namespace(args))
+        client, model = make_client(args.provider, args.base_url, args.model)
+    except BaseException:
+        sink.close()
+        if cache is not None:
+            cache.close()
+        raise
+    pipeline = _build_pipeline(args, parsed, model)
+    prices = _prices_for(args, pipeline)
+    options = {"max_concurrency": args.max_concurrency, "timeout": args.timeout, "cache": cache}
+    histories: list[History] = []
+    bar = _BatchBar(len(todo), args.quiet)
+    start = time.monotonic()
 
     def report(item: _Item, result: str | None, history: History | None,
                error: BaseException | None) -> None:
@@ -813,7 +845,8 @@ def _load_trace(path: str, line: int | None) -> dict[str, Any]:
         if doc["history"] is None:
             raise UsageError(f"{path} line {line}: no history (prompt {doc.get('id')!r} failed "
                              f"before any step ran: {doc.get('error')})")
-        doc = {**doc["history"], "result": doc.get("result"), "error": doc.get("error")}
+        doc = {**doc["history"], "result": doc.get("result"), "error": doc.get("error"),
+               "prices": doc.get("prices")}
     if not isinstance(doc, dict) or "steps" not in doc:
         raise UsageError(f"{path}: not a run record: expected what `moa run --json` writes "
                          "(or a `moa batch` output line, with --line N)")

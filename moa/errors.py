@@ -20,7 +20,10 @@ __all__ = (
 
 
 class MoaError(Exception):
-    """Base class of moa's errors."""
+    """Base class of moa's errors. ``history``: when the error ends a run, what the run did
+    until then (``run`` fills it in as the error leaves; None otherwise)."""
+
+    history: History | None = None
 
 
 class ClientOutputError(MoaError, TypeError):

@@ -127,17 +127,25 @@ async def test_record_mode_always_calls_and_overwrites(tmp_path):
 async def test_hits_and_misses_under_concurrency(cache):
     prompts = [f"question {i % 10}" for i in range(40)]  # each question four times
     pipe = Propose(["a", "b", "b"]) | Aggregate("a")
-    client = ScriptedClient(delay=0.001)
+    client = ScriptedClient(counting_reply(), delay=0.001)  # every call a different answer
     first = await run_many(pipe, prompts, client, seed=5, max_concurrency=8, cache=cache)
     assert all(r.ok for r in first)
-    # Concurrent duplicates may both miss (each then stores the same key): never more calls
-    # than without a cache, never fewer than the distinct requests.
+    # Concurrent duplicates may both miss (each then stores under the same key, the last
+    # write winning): never more calls than without a cache, never fewer than the distinct
+    # requests.
     assert 40 <= len(client.calls) <= 160
     assert len(cache) == 40
-    again = ScriptedClient()
+    again = ScriptedClient(counting_reply())
     second = await run_many(pipe, prompts, again, seed=5, max_concurrency=8, cache=cache)
-    assert again.calls == []
-    assert [r.result for r in second] == [r.result for r in first]
+    assert again.calls == [] and all(c.cached for r in second for c in r.history.calls)
+    # Served from the file, every duplicate prompt now reads the same stored answers...
+    for i in range(10):
+        assert len({(r.history.outputs, r.history.steps[0].outputs)
+                    for r in second[i::10]}) == 1
+    # ...and a third run reads exactly what the second did.
+    third = await run_many(pipe, prompts, ScriptedClient(), seed=5, max_concurrency=8,
+                           cache=cache)
+    assert [r.history for r in third] == [r.history for r in second]
 
 
 def test_two_processes_share_one_cache_file(tmp_path):
@@ -228,3 +236,72 @@ async def test_a_saved_history_loads_back_equal(cache):
     loaded = History.from_dict(history.to_dict())
     assert loaded == history and loaded.to_dict() == history.to_dict()
     assert loaded.cached_calls == history.cached_calls != ()
+
+
+@pytest.mark.parametrize("pipe", [
+    (Propose(["m"]) & Propose(["m"])) | Aggregate("m"),
+    Propose(["m", "m"]) | Propose(["m", "m"]),
+], ids=["parallel branches", "repeated step"])
+async def test_identical_requests_in_two_places_are_different_samples(cache, pipe):
+    """The sample index includes the step's path: a request repeated by another step or
+    branch is its own sample, so a cached run is the run that was recorded."""
+    first, recorded = await run(pipe, "q", ScriptedClient(counting_reply()), seed=1,
+                                cache=cache)
+    # A fresh run with a cache computes what it would without one: every call its own sample.
+    texts = [c.text for c in recorded.calls if "sample" in c.text and c.model == "m"]
+    assert len(texts) == len(set(texts)) == len(recorded.calls)
+    assert len(cache) == len(recorded.calls)
+    client = ScriptedClient()
+    again, replayed = await run(pipe, "q", client, seed=1, cache=cache)
+    assert client.calls == [] and again == first
+    assert [s.outputs for s in replayed.steps] == [s.outputs for s in recorded.steps]
+
+
+async def test_a_namespace_keeps_clients_apart(tmp_path):
+    with Cache(tmp_path / "c.sqlite", namespace="provider=local") as local:
+        await run(Propose(["gpt-4o"]), "q", ScriptedClient(lambda m, _: "small model"),
+                  cache=local)
+    with Cache(tmp_path / "c.sqlite", namespace="provider=openai") as hosted:
+        client = ScriptedClient(lambda m, _: "hosted model")
+        result, _ = await run(Propose(["gpt-4o"]), "q", client, cache=hosted)
+    assert result == "hosted model" and len(client.calls) == 1
+    assert repr(hosted).endswith("namespace='provider=openai')")
+
+
+async def test_a_cache_error_keeps_the_history_and_the_answers(tmp_path):
+    class Broken(Cache):
+        def put(self, *args, **kwargs):
+            raise CacheError("disk is gone")
+
+    with Broken(tmp_path / "c.sqlite") as cache:
+        with pytest.raises(CacheError) as info:
+            await run(Propose(["a"]) | Propose(["b", "c"]), "q", ScriptedClient(), cache=cache)
+    steps = info.value.history.steps
+    assert [s.step for s in steps] == ["Propose(['a'])"]  # the first put already failed
+    assert [c.text for c in steps[0].calls] == ["a says " + c.text.split()[-1]
+                                                for c in steps[0].calls]
+
+
+async def test_a_replay_miss_keeps_the_history(tmp_path):
+    with Cache(tmp_path / "c.sqlite") as rec:
+        await run(Propose(["a"]), "q", ScriptedClient(), cache=rec)
+    with Cache(tmp_path / "c.sqlite", mode="replay") as replay:
+        with pytest.raises(CacheMissError) as info:
+            await run(Propose(["a"]) | Aggregate("j"), "q", ScriptedClient(), cache=replay)
+    assert [s.step for s in info.value.history.steps] == ["Propose(['a'])", "Aggregate('j')"]
+
+
+async def test_quorum_stopped_and_unsent_calls_are_reported_and_noted(cache):
+    events = []
+    slow = ScriptedClient(delay=lambda m, _: {"a": 0, "b": 0, "slow": 5}[m])
+    _, history = await run(Propose(["a", "b", "slow"], quorum=2), "q", slow, cache=cache,
+                           on_event=events.append)
+    finished = [e.index for e in events if isinstance(e, CallFinished)]
+    assert sorted(finished) == [0, 1, 2]
+    assert "quorum of 2 reached: 1 call(s) still running were cancelled" in history.steps[0].notes
+    events.clear()
+    _, history = await run(Propose(["a", "b", "slow"], quorum=2), "q", ScriptedClient(),
+                           cache=cache, on_event=events.append)
+    assert sorted(e.index for e in events if isinstance(e, CallFinished)) == [0, 1, 2]
+    assert "quorum of 2 met from the cache: 1 call(s) not sent" in history.steps[0].notes
+    assert history.calls[2].attempts == 0 and history.calls[2].cancelled

@@ -617,3 +617,67 @@ def test_the_embedded_model_is_free_and_trace_keeps_the_prices(tmp_path, monkeyp
     assert main(["run", "q", "--pipeline", "Propose(['x'])", "--provider", "local",
                  "--base-url", "http://127.0.0.1:9/v1", "--model", "x"]) == 0
     assert "unknown (x)" in capsys.readouterr().err
+
+
+def test_batch_resume_after_a_whole_last_line_without_its_newline(monkeypatch, capsys, tmp_path,
+                                                                  prompts):
+    whole = tmp_path / "whole.jsonl"
+    _use(monkeypatch, ScriptedClient())
+    assert main(["batch", prompts, "-o", str(whole), "--pipeline", PIPE, "--seed", "5"]) == 0
+    done = {e["id"]: e for e in _out(whole)}
+    out = tmp_path / "out.jsonl"
+    out.write_text(json.dumps(done[0]) + "\n" + json.dumps(done["b"]))  # killed before "\n"
+    _use(monkeypatch, ScriptedClient())
+    assert main(["batch", prompts, "-o", str(out), "--pipeline", PIPE, "--seed", "5"]) == 0
+    lines = out.read_text().splitlines()
+    assert len(lines) == 4 and {json.loads(x)["id"] for x in lines} == {0, "b", 2, 3}
+    c = ScriptedClient()
+    _use(monkeypatch, c)
+    assert main(["batch", prompts, "-o", str(out), "--pipeline", PIPE, "--seed", "5"]) == 0
+    assert c.calls == []  # nothing glued, nothing lost, nothing run twice
+
+
+def test_batch_refuses_an_id_whose_prompt_changed(client, capsys, tmp_path):
+    out = tmp_path / "out.jsonl"
+    first = _write_lines(tmp_path / "a.jsonl", '"a?"', '"b?"')
+    assert main(["batch", first, "-o", str(out), "--pipeline", PIPE]) == 0
+    edited = _write_lines(tmp_path / "b.jsonl", '"NEW?"', '"a?"', '"b?"')
+    capsys.readouterr()
+    assert main(["batch", edited, "-o", str(out), "--pipeline", PIPE]) == 2
+    err = capsys.readouterr().err
+    assert "holds id 0 for another prompt ('a?', not 'NEW?')" in err
+    assert len(_out(out)) == 2
+
+
+def test_batch_lines_keep_their_prices_for_trace(client, capsys, tmp_path):
+    out = tmp_path / "out.jsonl"
+    assert main(["batch", _write_lines(tmp_path / "in.jsonl", '"a?"'), "-o", str(out),
+                 "--pipeline", PIPE]) == 0
+    line = _out(out)[0]
+    assert line["cost"] == 0 and line["prices"] == {"m": [0.0, 0.0], "n": [0.0, 0.0]}
+    capsys.readouterr()
+    assert main(["trace", str(out), "--line", "1"]) == 0
+    assert "unknown" not in capsys.readouterr().out
+
+
+def test_local_runs_price_table_models_at_zero_unless_the_user_prices_them(client, capsys,
+                                                                           tmp_path):
+    pipe = "Propose(['gpt-4o']) | Aggregate('gpt-4o')"
+    assert main(["run", "q", "--pipeline", pipe]) == 0
+    assert "cost: $0 " in capsys.readouterr().err  # the embedded model, not gpt-4o's price
+    prices = tmp_path / "p.json"
+    prices.write_text(json.dumps({"gpt-4o": [1_000_000, 0]}))
+    assert main(["run", "q", "--pipeline", pipe, "--prices", str(prices)]) == 0
+    assert "cost: $0 " not in capsys.readouterr().err
+
+
+def test_the_cache_namespace_is_the_provider(monkeypatch, capsys, tmp_path):
+    cache = str(tmp_path / "c.sqlite")
+    _use(monkeypatch, ScriptedClient(lambda m, _: "local answer"))
+    assert main(["run", "q", "--pipeline", "Propose(['m'])", "--cache", cache, "-q"]) == 0
+    hosted = ScriptedClient(lambda m, _: "hosted answer")
+    _use(monkeypatch, hosted)
+    assert main(["run", "q", "--pipeline", "Propose(['m'])", "--cache", cache, "-q",
+                 "--provider", "openai"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["local answer", "hosted answer"]
+    assert len(hosted.calls) == 1
