@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
+from .._executor import Usage
 from ..errors import MoaError, ProviderError
 from ._common import PerLoop, check_defaults, check_timeout, token_count
 from ._errors import provider_error, redact
 from ._extras import require
+from ._openai import StreamError, close_shielded, sse_events
 
 __all__ = ("AnthropicClient", "anthropic_client")
 
 log = logging.getLogger("moa.clients")
 
 _RESERVED = frozenset({"model", "messages", "system", "temperature", "max_tokens", "stream"})
+
+# The usage fields a stream reports: message_start has them all, message_delta the final
+# (cumulative) values of those it repeats.
+_USAGE_FIELDS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
+                 "output_tokens")
 
 
 def split_system(messages: list[dict[str, str]]) -> tuple[str, list[dict[str, str]]]:
@@ -62,30 +71,85 @@ class AnthropicClient:
             params["extra_body"] = body
         return params
 
+    def _error(self, exc: Exception, model: str) -> ProviderError | None:
+        """The ``ProviderError`` for an SDK exception, whether raised when a request opens or
+        in the middle of its stream; None when ``exc`` is no provider failure (a bug)."""
+        if isinstance(exc, ValueError) and "streaming is required" in str(exc).lower():
+            # The SDK refuses, before sending, a non-streaming call it expects to run past
+            # ten minutes (a large max_tokens); retrying cannot help.
+            return ProviderError(
+                redact(f"{exc} (give anthropic_client(timeout=...) to send it anyway)",
+                       self._secrets), model=model, retryable=False)
+        error = provider_error(exc, model=model, secrets=self._secrets)
+        if error is None:
+            return None
+        said = str(error)[len(model) + 2:]
+        if error.status == 400 and self.send_temperature and "temperature" in said:
+            error = ProviderError(
+                f"{said}; if this model takes no temperature, use "
+                f"anthropic_client(send_temperature=False)",
+                model=model, retryable=False, status=400)
+        return error
+
     async def __call__(self, *, model: str, messages: list[dict[str, str]], temp: float,
                        max_tokens: int) -> tuple[str, int | None, int | None]:
         try:
             params = self.params(model, messages, temp, max_tokens)
             response = await self._sdks.get().messages.create(**params)
         except Exception as exc:
-            if isinstance(exc, ValueError) and "streaming is required" in str(exc).lower():
-                # The SDK refuses, before sending, a non-streaming call it expects to run past
-                # ten minutes (a large max_tokens); retrying cannot help.
-                error = ProviderError(
-                    redact(f"{exc} (give anthropic_client(timeout=...) to send it anyway)",
-                           self._secrets), model=model, retryable=False)
-            else:
-                error = provider_error(exc, model=model, secrets=self._secrets)
-                if error is None:
-                    raise
-                said = str(error)[len(model) + 2:]
-                if error.status == 400 and self.send_temperature and "temperature" in said:
-                    error = ProviderError(
-                        f"{said}; if this model takes no temperature, use "
-                        f"anthropic_client(send_temperature=False)",
-                        model=model, retryable=False, status=400)
+            error = self._error(exc, model)
+            if error is None:
+                raise
         else:
             return _reply(model, response)
+        # Raised outside the except block, so the SDK's exception (whose text may echo a key)
+        # is neither the cause nor the context.
+        raise error from None
+
+    async def stream(self, *, model: str, messages: list[dict[str, str]], temp: float,
+                     max_tokens: int) -> AsyncIterator[str | Usage]:
+        """The reply's text chunks as the API sends them, then its :class:`~moa.Usage` (input
+        tokens include cached ones, as for ``__call__``). Failures, when the stream opens or
+        in its middle, are sorted into ``ProviderError`` as ``__call__`` sorts them; the HTTP
+        response is closed however the iteration ends."""
+        stream = await self._open(model, self.params(model, messages, temp, max_tokens))
+        usage: dict[str, Any] = {}
+        stop_reason = None
+        any_text = False
+        try:
+            sort = functools.partial(self._error, model=model)
+            async with aclosing(sse_events(stream.response, model, sort)) as events:
+                async for kind, data in events:
+                    if not isinstance(data, dict):
+                        continue
+                    if kind == "error":
+                        # An error inside the stream (overloaded_error...), sorted by its type.
+                        raise self._error(StreamError(data.get("error", data)), model)  # never None
+                    if kind == "content_block_delta":
+                        delta = data.get("delta") or {}
+                        text = delta.get("text")
+                        if delta.get("type") == "text_delta" and isinstance(text, str) and text:
+                            any_text = True
+                            yield text
+                    elif kind == "message_start":
+                        _take_usage(usage, (data.get("message") or {}).get("usage"))
+                    elif kind == "message_delta":
+                        _take_usage(usage, data.get("usage"))
+                        stop_reason = (data.get("delta") or {}).get("stop_reason")
+        finally:
+            await close_shielded(stream)
+        if not any_text:
+            log.warning("%s: the stream carried no text (stop_reason=%r); returning \"\"", model,
+                        stop_reason)
+        yield Usage(*_counts(usage))
+
+    async def _open(self, model: str, params: dict[str, Any]) -> Any:
+        try:
+            return await self._sdks.get().messages.create(stream=True, **params)
+        except Exception as exc:
+            error = self._error(exc, model)
+            if error is None:
+                raise
         raise error from None
 
     async def aclose(self) -> None:
@@ -102,13 +166,27 @@ def _reply(model: str, response: Any) -> tuple[str, int | None, int | None]:
     if not texts:
         log.warning("%s: the response has no text block (stop_reason=%r); returning \"\"", model,
                     getattr(response, "stop_reason", None))
-    usage = getattr(response, "usage", None)
-    tin = token_count(getattr(usage, "input_tokens", None))
+    usage: dict[str, Any] = {}
+    _take_usage(usage, getattr(response, "usage", None))
+    return ("".join(texts), *_counts(usage))
+
+
+def _take_usage(into: dict[str, Any], usage: Any) -> None:
+    # The fields ``usage`` (the SDK's object, or a stream event's dict) reports; a later
+    # report replaces an earlier one's.
+    for name in _USAGE_FIELDS:
+        value = usage.get(name) if isinstance(usage, dict) else getattr(usage, name, None)
+        if value is not None:
+            into[name] = value
+
+
+def _counts(usage: dict[str, Any]) -> tuple[int | None, int | None]:
+    tin = token_count(usage.get("input_tokens"))
     if tin is not None:
         # input_tokens counts only the uncached part of the prompt.
         for name in ("cache_creation_input_tokens", "cache_read_input_tokens"):
-            tin += token_count(getattr(usage, name, None)) or 0
-    return "".join(texts), tin, token_count(getattr(usage, "output_tokens", None))
+            tin += token_count(usage.get(name)) or 0
+    return tin, token_count(usage.get("output_tokens"))
 
 
 def anthropic_client(api_key: str | None = None, *, base_url: str | None = None,

@@ -4,11 +4,17 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import re
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import aclosing
 from typing import Any
 
+import anyio
+
+from .._executor import Usage
 from ..errors import MoaError, ProviderError
 from ._common import PerLoop, check_defaults, check_timeout, token_count
 from ._errors import provider_error, redact
@@ -28,6 +34,131 @@ _OPTIONS = frozenset({"extra_headers", "extra_query", "extra_body"})
 LOCAL_KEY = "not-needed"
 
 _O_SERIES = re.compile(r"o\d")
+
+# Streaming, shared with the Anthropic client. The SDKs open the stream (request, auth, an error
+# status raised as their exception) but the body is read here: their own SSE iterators are
+# async generators that stop at [DONE] or are left suspended without being closed, which trio
+# reports as a ResourceWarning for every stream. Here every generator is closed.
+
+# The HTTP status an error sent inside a begun stream stands for, by the error's type or code,
+# as OpenAI, OpenRouter and Anthropic name them. An unknown one is a server fault (500).
+_STREAM_ERROR_STATUS = {
+    "invalid_request_error": 400, "context_length_exceeded": 400,
+    "authentication_error": 401, "invalid_api_key": 401, "billing_error": 402,
+    "permission_error": 403, "not_found_error": 404, "model_not_found": 404,
+    "request_too_large": 413, "rate_limit_error": 429, "rate_limit_exceeded": 429,
+    "insufficient_quota": 429, "server_error": 500, "api_error": 500, "timeout_error": 504,
+    "overloaded_error": 529,
+}
+
+
+class StreamError(Exception):
+    """An error a server sent inside a stream it had begun with HTTP 200, given the status its
+    type stands for, so that ``provider_error`` sorts it as it sorts the same failure sent
+    before the stream (an overloaded model is retryable, a context overflow is not)."""
+
+    def __init__(self, error: object) -> None:
+        fields = error if isinstance(error, Mapping) else {"message": str(error)}
+        message = fields.get("message")
+        super().__init__(message if isinstance(message, str) else "the stream failed")
+        self.status_code = _stream_error_status(fields)
+        self.body = {"error": dict(fields)}
+        code = fields.get("code")
+        self.code = code if isinstance(code, str) else None
+
+
+def _stream_error_status(fields: Mapping[str, Any]) -> int:
+    code = fields.get("code")
+    if isinstance(code, str) and code.isdigit():
+        code = int(code)
+    if type(code) is int and 400 <= code <= 599:  # OpenRouter and vLLM send the status
+        return code
+    for key in ("type", "code"):
+        name = fields.get(key)
+        if isinstance(name, str) and name in _STREAM_ERROR_STATUS:
+            return _STREAM_ERROR_STATUS[name]
+    return 500
+
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+class SSEParser:
+    """Server-sent events from a body's pieces as they arrive: ``feed`` returns the
+    ``(event, data)`` of each event the piece completes ("message" when the event has no name)."""
+
+    __slots__ = ("_pending", "_event", "_data")
+
+    def __init__(self) -> None:
+        self._pending = b""
+        self._event = ""
+        self._data: list[str] = []
+
+    def feed(self, piece: bytes) -> list[tuple[str, str]]:
+        buffer = self._pending + piece
+        # A final "\r" may be the first half of "\r\n": it waits for the next piece.
+        cut = len(buffer) - 1 if buffer.endswith(b"\r") else len(buffer)
+        *lines, rest = _LINE_END.split(buffer[:cut])
+        self._pending = rest + buffer[cut:]
+        events = []
+        for raw in lines:
+            line = raw.decode("utf-8", errors="replace")
+            if not line:
+                if self._data or self._event:
+                    events.append((self._event or "message", "\n".join(self._data)))
+                self._event, self._data = "", []
+            elif not line.startswith(":"):  # a comment, as OpenRouter's keep-alives
+                field, _, value = line.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                if field == "event":
+                    self._event = value
+                elif field == "data":
+                    self._data.append(value)
+        return events
+
+
+async def sse_events(response: Any, model: str,
+                     sort: Callable[[Exception], ProviderError | None]) -> AsyncIterator[Any]:
+    """The events of a streamed response body, as ``(event, data)`` with ``data`` parsed from
+    JSON (or the raw text, such as "[DONE]"), until the body ends. A failed read raises the
+    ``ProviderError`` that ``sort`` makes of it; data that is no JSON is a retryable one."""
+    parser = SSEParser()
+    async with aclosing(response.aiter_bytes()) as body:
+        while (piece := await _read(body, sort)) is not None:
+            for event, data in parser.feed(piece):
+                if data.startswith("[DONE]"):
+                    yield event, data
+                    continue
+                try:
+                    parsed = json.loads(data)
+                except ValueError:
+                    error = ProviderError(f"the stream sent data that is not JSON: {data[:200]!r}",
+                                          model=model, retryable=True)
+                else:
+                    yield event, parsed
+                    continue
+                raise error
+
+
+async def _read(body: Any, sort: Callable[[Exception], ProviderError | None]) -> bytes | None:
+    # The body's next piece, None at its end.
+    try:
+        return await anext(body)
+    except StopAsyncIteration:
+        return None
+    except Exception as exc:
+        error = sort(exc)
+        if error is None:
+            raise
+    # Outside the except block, so the HTTP layer's exception is neither cause nor context.
+    raise error from None
+
+
+async def close_shielded(stream: Any) -> None:
+    """Close an SDK stream (its HTTP response) even inside a cancelled scope: a cancelled
+    consumer must still give the connection back."""
+    with anyio.CancelScope(shield=True):
+        await stream.close()
 
 
 def _base_name(model: str) -> str:
@@ -89,19 +220,88 @@ class OpenAIClient:
         params.update(self._options)
         return params
 
+    def _error(self, exc: Exception, model: str) -> ProviderError | None:
+        # How __call__ and stream sort a failure: None for one that is no provider's (a bug).
+        return provider_error(exc, model=model, secrets=self._secrets)
+
     async def __call__(self, *, model: str, messages: list[dict[str, str]], temp: float,
                        max_tokens: int) -> tuple[str, int | None, int | None]:
         try:
             response = await self._sdks.get().chat.completions.create(
                 messages=messages, **self.params(model, temp, max_tokens))
         except Exception as exc:
-            error = provider_error(exc, model=model, secrets=self._secrets)
+            error = self._error(exc, model)
             if error is None:
                 raise
         else:
             return _reply(model, response, self._secrets)
         # Raised outside the except block, so the SDK's exception (whose text may echo a key)
         # is neither the cause nor the context.
+        raise error from None
+
+    async def stream(self, *, model: str, messages: list[dict[str, str]], temp: float,
+                     max_tokens: int) -> AsyncIterator[str | Usage]:
+        """The reply's text chunks as the server sends them, then its :class:`~moa.Usage`
+        (``Usage(None, None)`` from a server that reports no usage in a stream). Failures,
+        when the stream opens or in its middle, are sorted into ``ProviderError`` as
+        ``__call__`` sorts them; the HTTP response is closed however the iteration ends."""
+        params = self.params(model, temp, max_tokens)
+        stream = await self._open(model, messages, params, {"include_usage": True})
+        if stream is None:
+            # The server refused stream_options: it will not report usage anyway.
+            stream = await self._open(model, messages, params, None)
+        tin = tout = finish = None
+        any_text = False
+        try:
+            sort = functools.partial(self._error, model=model)
+            async with aclosing(sse_events(stream.response, model, sort)) as events:
+                async for _, chunk in events:
+                    if chunk == "[DONE]":
+                        # Read the rest of the body (normally nothing) so that an HTTP/1.1
+                        # connection can be reused, as the SDK does, but not for long.
+                        with anyio.move_on_after(0.1):
+                            async for _ in events:
+                                pass
+                        break
+                    if not isinstance(chunk, dict):
+                        continue
+                    if chunk.get("error"):
+                        # An error event inside the stream (OpenRouter's, vLLM's, OpenAI's).
+                        raise self._error(StreamError(chunk["error"]), model)  # never None
+                    usage = chunk.get("usage")
+                    if isinstance(usage, dict):
+                        tin = token_count(usage.get("prompt_tokens"))
+                        tout = token_count(usage.get("completion_tokens"))
+                    choices = chunk.get("choices")
+                    if not choices or not isinstance(choices[0], dict):  # the usage chunk
+                        continue
+                    finish = choices[0].get("finish_reason") or finish
+                    delta = choices[0].get("delta")
+                    text = delta.get("content") if isinstance(delta, dict) else None
+                    if isinstance(text, str) and text:
+                        any_text = True
+                        yield text
+        finally:
+            await close_shielded(stream)
+        if not any_text:
+            log.warning("%s: the stream carried no text (finish_reason=%r); returning \"\"", model,
+                        finish)
+        yield Usage(tin, tout)
+
+    async def _open(self, model: str, messages: list[dict[str, str]], params: dict[str, Any],
+                    stream_options: dict[str, Any] | None) -> Any:
+        # None: the server rejected stream_options (an older or strict OpenAI-compatible one).
+        options = {} if stream_options is None else {"stream_options": stream_options}
+        try:
+            return await self._sdks.get().chat.completions.create(
+                messages=messages, stream=True, **options, **params)
+        except Exception as exc:
+            error = self._error(exc, model)
+            if error is None:
+                raise
+        if (stream_options is not None and error.status in (400, 422)
+                and "stream_options" in str(error)):
+            return None
         raise error from None
 
     async def aclose(self) -> None:
