@@ -15,7 +15,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from ._cache import Cache
-from ._executor import DEFAULT_RETRY, Client, Retry, _check_options, _Run, _run
+from ._executor import DEFAULT_RETRY, Client, Retry, _check_options, _Run, _run, _unwrapped
 from ._history import History
 from ._limits import Limits
 from ._pipeline import Step, StepLike, _describe, as_step
@@ -161,15 +161,16 @@ async def as_completed(
     _check_batch(client, seed, max_concurrency, timeout, retry, limits, hedge_after, progress,
                  cache)
     send, receive = anyio.create_memory_object_stream[RunResult](math.inf)
-    async with receive, anyio.create_task_group() as tg:
-        tg.start_soon(lambda: _drive(step, items, client, send, seed=seed,
-                                     max_concurrency=max_concurrency, timeout=timeout,
-                                     retry=retry, limits=limits, hedge_after=hedge_after,
-                                     progress=progress, cache=cache))
-        try:
-            yield receive
-        finally:
-            tg.cancel_scope.cancel()
+    with _unwrapped():
+        async with receive, anyio.create_task_group() as tg:
+            tg.start_soon(lambda: _drive(step, items, client, send, seed=seed,
+                                         max_concurrency=max_concurrency, timeout=timeout,
+                                         retry=retry, limits=limits, hedge_after=hedge_after,
+                                         progress=progress, cache=cache))
+            try:
+                yield receive
+            finally:
+                tg.cancel_scope.cancel()
 
 
 def _check_batch(client: object, seed: object, max_concurrency: object, timeout: object,

@@ -12,8 +12,8 @@ import functools
 import math
 import random
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from time import monotonic
 from typing import Any, Protocol
@@ -253,17 +253,25 @@ class _Run:
             return out
         parts: list[str] = []
         usage = Usage(None, None)
-        async for item in stream(model=model, messages=messages, temp=temp,
-                                 max_tokens=max_tokens):
-            if type(item) is str:
-                if item:
-                    parts.append(item)
-                    chunk(item)
-            elif isinstance(item, Usage):
-                usage = item
-            else:
-                raise ClientOutputError(model, item, "a stream yields str chunks and a final "
-                                                     "moa.Usage")
+        items = stream(model=model, messages=messages, temp=temp, max_tokens=max_tokens)
+        try:
+            async for item in items:
+                if type(item) is str:
+                    if item:
+                        parts.append(item)
+                        chunk(item)
+                elif isinstance(item, Usage):
+                    usage = item
+                else:
+                    raise ClientOutputError(model, item, "a stream yields str chunks and a "
+                                                         "final moa.Usage")
+        finally:
+            # Close the client's stream now, not whenever it is garbage collected: its
+            # connection is released even when the run is cancelled mid-reply.
+            aclose = getattr(items, "aclose", None)
+            if aclose is not None:
+                with anyio.move_on_after(5, shield=True):
+                    await aclose()
         return "".join(parts), usage.input_tokens, usage.output_tokens
 
     async def _call_streamed(self, req: Request, path: tuple[int, ...], index: int
@@ -291,7 +299,7 @@ class _Run:
                     try:
                         text, tin, tout = await self._attempt(req, None, chunk)
                     except Exception as exc:
-                        if not sent:
+                        if not sent or isinstance(exc, ClientOutputError):
                             raise
                         raise StreamInterruptedError(
                             f"{req.model}: the reply stream broke after {sent} chunk(s) "
@@ -930,12 +938,26 @@ async def run_stream(
             else:
                 send.send_nowait(RunFinished(result, history))
 
-    async with receive, anyio.create_task_group() as tg:
-        tg.start_soon(drive)
-        try:
-            yield events
-        finally:
-            tg.cancel_scope.cancel()
+    with _unwrapped():
+        async with receive, anyio.create_task_group() as tg:
+            tg.start_soon(drive)
+            try:
+                yield events
+            finally:
+                tg.cancel_scope.cancel()
+
+
+@contextmanager
+def _unwrapped() -> Iterator[None]:
+    """An error raised in the body of a context manager built on a task group comes out as
+    itself, not inside the ``ExceptionGroup`` anyio wraps it in: the caller's ``except``
+    clauses keep working."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
+            raise group.exceptions[0] from None
+        raise
 
 
 def run_sync(

@@ -42,16 +42,19 @@ from . import (
     PipelineSyntaxError,
     Prices,
     Propose,
+    RunFinished,
     Step,
     StepFailedError,
     StepFinished,
     StepRecord,
     StepStarted,
+    TextChunk,
     cost,
     parse_pipeline,
     recipes,
     run,
 )
+from . import run_stream as moa_run_stream
 
 __all__ = ("main",)
 
@@ -142,6 +145,30 @@ async def _run_and_close(pipeline, prompt, client, seed, timeout, **options):  #
         return await run(pipeline, prompt, client, seed=seed, timeout=timeout, **options)
     finally:
         await _close(client)
+
+
+async def _stream_and_close(pipeline, prompt, client, seed, timeout, *, on_event=None,  # type: ignore[no-untyped-def]
+                            out=None, **options):
+    """``moa.run_stream``: the final answer's chunks written to ``out`` as they arrive, the
+    other events to ``on_event``; then close the client's connections. Returns what ``run``
+    returns and whether any chunk was written."""
+    out = sys.stdout if out is None else out
+    wrote = False
+    try:
+        async with moa_run_stream(pipeline, prompt, client, seed=seed, timeout=timeout,
+                                  **options) as events:
+            async for event in events:
+                if isinstance(event, TextChunk):
+                    out.write(event.text)
+                    out.flush()
+                    wrote = True
+                elif isinstance(event, RunFinished):
+                    return event.result, event.history, wrote
+                elif on_event is not None:
+                    on_event(event)
+    finally:
+        await _close(client)
+    raise AssertionError("run_stream ended without RunFinished")  # pragma: no cover
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -446,7 +473,9 @@ class _StepTable(_NoProgress):
 def _progress_for(args: argparse.Namespace, step: Step) -> _NoProgress:
     if args.quiet:
         return _NoProgress()
-    return _StepTable(step) if _fancy() else _StepLines(step)
+    # A live table redraws the terminal: streamed text beside it would be drawn over.
+    streaming = getattr(args, "stream", False)
+    return _StepTable(step) if _fancy() and not streaming else _StepLines(step)
 
 
 # -- moa run -------------------------------------------------------------------------------------
@@ -519,18 +548,29 @@ def run_command(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {"max_concurrency": args.max_concurrency, "cache": cache}
     if progress.handler is not None:
         options["on_event"] = progress.handler
+    streamed = False  # whether any of the answer went out as it was generated
     try:
         with progress:
-            result, history = anyio.run(functools.partial(
-                _run_and_close, pipeline, prompt, client, args.seed, args.timeout, **options))
+            if args.stream:
+                result, history, streamed = anyio.run(functools.partial(
+                    _stream_and_close, pipeline, prompt, client, args.seed, args.timeout,
+                    **options))
+            else:
+                result, history = anyio.run(functools.partial(
+                    _run_and_close, pipeline, prompt, client, args.seed, args.timeout,
+                    **options))
     except MoaError as exc:
+        if args.stream:
+            print(flush=True)  # end a partly streamed answer's line before the error
         if args.json is not None and exc.history is not None:
             _write_json(args.json, _run_document(exc.history, None, pipeline, prices, str(exc)))
         raise
     finally:
         if cache is not None:
             cache.close()
-    print(result, flush=True)
+    # Streamed, the answer is already out (a pipeline whose last step does not write the
+    # answer, such as a transform, streams nothing: it is printed whole, as without --stream).
+    print("" if streamed else result, flush=True)
     if args.json is not None:
         _write_json(args.json, _run_document(history, result, pipeline, prices))
     if not args.quiet:
@@ -1023,6 +1063,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("prompt", nargs="?", help="the question (default: --prompt-file, or stdin)")
     r.add_argument("--prompt-file", metavar="FILE", help="read the prompt from FILE ('-': stdin)")
     _run_options(r)
+    r.add_argument("--stream", action="store_true",
+                   help="print the final answer as it is generated (when the last step writes "
+                        "it: Aggregate, Vote with a judge, AggregateSeq)")
     r.add_argument("--json", metavar="FILE",
                    help="write the run's history, result, pipeline and cost to FILE (also when "
                         "the run fails, for `moa trace`)")

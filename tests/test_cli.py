@@ -681,3 +681,34 @@ def test_the_cache_namespace_is_the_provider(monkeypatch, capsys, tmp_path):
                  "--provider", "openai"]) == 0
     assert capsys.readouterr().out.splitlines() == ["local answer", "hosted answer"]
     assert len(hosted.calls) == 1
+
+
+def test_run_stream_writes_the_answer_as_it_comes(monkeypatch, capsys):
+    written = []
+
+    class Out(io.StringIO):
+        def write(self, text):
+            written.append(text)
+            return super().write(text)
+
+    c = ScriptedClient(lambda m, _: f"{m} one two three")
+    _use(monkeypatch, c)
+    out = Out()
+    monkeypatch.setattr(sys, "stdout", out)
+    assert main(["run", "q", "--pipeline", PIPE, "--stream", "--seed", "7"]) == 0
+    assert out.getvalue() == "m one two three\n"
+    assert written[:4] == ["m ", "one ", "two ", "three"]  # chunk by chunk, then the newline
+    assert c.streams == 1 and "step 3/3 Aggregate('m')" in capsys.readouterr().err
+
+
+def test_run_stream_prints_a_whole_answer_when_the_last_step_does_not_write_it(client, capsys):
+    assert main(["run", "q", "--pipeline", "Propose(['m', 'n']) | Take(1)", "--stream"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and out.strip() and client.streams == 0
+
+
+def test_run_stream_failure_mid_answer_exits_1_and_ends_the_line(monkeypatch, capsys):
+    _use(monkeypatch, ScriptedClient(lambda m, _: f"{m} one two three", break_stream={"m": 2}))
+    assert main(["run", "q", "--pipeline", "Propose(['n']) | Aggregate('m')", "--stream"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "m one \n" and "the reply stream broke after 2 chunk(s)" in err
