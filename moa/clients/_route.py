@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+from .._executor import Usage
 from .._pipeline import _describe
 from ..errors import MoaError
 
@@ -53,6 +54,27 @@ class Router:
                        max_tokens: int) -> tuple[str, int | None, int | None]:
         return await self.client_for(model)(model=model, messages=messages, temp=temp,
                                             max_tokens=max_tokens)
+
+    async def stream(self, *, model: str, messages: list[dict[str, str]], temp: float,
+                     max_tokens: int) -> AsyncIterator[str | Usage]:
+        """The routed client's ``stream``; a client without one gives its whole reply as one
+        chunk, then its Usage."""
+        client = self.client_for(model)
+        stream = getattr(client, "stream", None)
+        if stream is None:
+            text, input_tokens, output_tokens = await client(
+                model=model, messages=messages, temp=temp, max_tokens=max_tokens)
+            yield text
+            yield Usage(input_tokens, output_tokens)
+            return
+        items = stream(model=model, messages=messages, temp=temp, max_tokens=max_tokens)
+        try:
+            async for item in items:
+                yield item
+        finally:
+            aclose = getattr(items, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
 
 def route(clients: Mapping[str, Any], default: Any = None) -> Router:

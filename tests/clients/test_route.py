@@ -74,3 +74,20 @@ def test_repr_reads_as_the_call():
     assert repr(route({"gpt": Named("a"), "claude": Named("b")}, default=Named("c"))) == \
         "route({'gpt': a(), 'claude': b()}, default=c())"
     assert repr(route({}, default=Named("c"))) == "route({}, default=c())"
+
+
+async def test_stream_goes_to_the_routed_client_or_is_one_chunk():
+    from moa import Usage
+    from moa.testing import ScriptedClient
+
+    streaming = ScriptedClient(lambda m, _: "a b c")
+
+    async def plain(*, model, messages, temp, max_tokens):
+        return "whole reply", 2, 3
+
+    router = route({"s": streaming}, default=plain)
+    msgs = [{"role": "user", "content": "hi"}]
+    got = [x async for x in router.stream(model="s1", messages=msgs, temp=0.0, max_tokens=5)]
+    assert got[:3] == ["a ", "b ", "c"] and isinstance(got[3], Usage) and streaming.streams == 1
+    got = [x async for x in router.stream(model="other", messages=msgs, temp=0.0, max_tokens=5)]
+    assert got == ["whole reply", Usage(2, 3)]
