@@ -118,7 +118,8 @@ class AnthropicClient:
         any_text = False
         try:
             sort = functools.partial(self._error, model=model)
-            async with aclosing(sse_events(stream.response, model, sort)) as events:
+            async with aclosing(sse_events(stream.response, model=model, secrets=self._secrets,
+                                           sort=sort)) as events:
                 async for kind, data in events:
                     if not isinstance(data, dict):
                         continue

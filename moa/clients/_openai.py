@@ -117,27 +117,28 @@ class SSEParser:
         return events
 
 
-async def sse_events(response: Any, model: str,
+async def sse_events(response: Any, *, model: str, secrets: tuple[str, ...],
                      sort: Callable[[Exception], ProviderError | None]) -> AsyncIterator[Any]:
     """The events of a streamed response body, as ``(event, data)`` with ``data`` parsed from
-    JSON (or the raw text, such as "[DONE]"), until the body ends. A failed read raises the
+    JSON (or the raw text "[DONE]"), until the body ends. A failed read raises the
     ``ProviderError`` that ``sort`` makes of it; data that is no JSON is a retryable one."""
     parser = SSEParser()
     async with aclosing(response.aiter_bytes()) as body:
         while (piece := await _read(body, sort)) is not None:
             for event, data in parser.feed(piece):
-                if data.startswith("[DONE]"):
-                    yield event, data
-                    continue
-                try:
-                    parsed = json.loads(data)
-                except ValueError:
-                    error = ProviderError(f"the stream sent data that is not JSON: {data[:200]!r}",
-                                          model=model, retryable=True)
-                else:
-                    yield event, parsed
-                    continue
-                raise error
+                yield event, _parsed(data, model, secrets)
+
+
+def _parsed(data: str, model: str, secrets: tuple[str, ...]) -> Any:
+    if data.startswith("[DONE]"):
+        return data
+    try:
+        return json.loads(data)
+    except ValueError:
+        pass
+    # A body cut short or garbled on the way: another try may well succeed.
+    raise ProviderError(redact(f"the stream sent data that is not JSON: {data[:200]!r}", secrets),
+                        model=model, retryable=True)
 
 
 async def _read(body: Any, sort: Callable[[Exception], ProviderError | None]) -> bytes | None:
@@ -254,13 +255,18 @@ class OpenAIClient:
         any_text = False
         try:
             sort = functools.partial(self._error, model=model)
-            async with aclosing(sse_events(stream.response, model, sort)) as events:
+            async with aclosing(sse_events(stream.response, model=model, secrets=self._secrets,
+                                           sort=sort)) as events:
                 async for _, chunk in events:
-                    if chunk == "[DONE]":
+                    if isinstance(chunk, str):  # "[DONE]"
                         # Read the rest of the body (normally nothing) so that an HTTP/1.1
-                        # connection can be reused, as the SDK does, but not for long.
+                        # connection can be reused, as the SDK does, but not for long; what
+                        # comes after [DONE] cannot spoil the reply.
                         with anyio.move_on_after(0.1):
-                            async for _ in events:
+                            try:
+                                async for _ in events:
+                                    pass
+                            except ProviderError:
                                 pass
                         break
                     if not isinstance(chunk, dict):
