@@ -13,7 +13,7 @@ from ..errors import MoaError, ProviderError
 from ._common import PerLoop, check_defaults, check_timeout, token_count
 from ._errors import provider_error, redact
 from ._extras import require
-from ._openai import StreamError, close_shielded, sse_events
+from ._sse import StreamError, close_shielded, sse_events
 
 __all__ = ("AnthropicClient", "anthropic_client")
 

@@ -4,11 +4,10 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
@@ -19,6 +18,7 @@ from ..errors import MoaError, ProviderError
 from ._common import PerLoop, check_defaults, check_timeout, token_count
 from ._errors import provider_error, redact
 from ._extras import require
+from ._sse import StreamError, close_shielded, sse_events
 
 __all__ = ("OpenAIClient", "openai_client")
 
@@ -34,133 +34,6 @@ _OPTIONS = frozenset({"extra_headers", "extra_query", "extra_body"})
 LOCAL_KEY = "not-needed"
 
 _O_SERIES = re.compile(r"o\d")
-
-# Streaming, shared with the Anthropic client. The SDKs open the stream (request, auth, an error
-# status raised as their exception) but the body is read here: their own SSE iterators are
-# async generators that stop at [DONE] or are left suspended without being closed, which trio
-# reports as a ResourceWarning for every stream. Here every generator is closed.
-
-# The HTTP status an error sent inside a begun stream stands for, by the error's type or code,
-# as OpenAI, OpenRouter and Anthropic name them. An unknown one is a server fault (500).
-_STREAM_ERROR_STATUS = {
-    "invalid_request_error": 400, "context_length_exceeded": 400,
-    "authentication_error": 401, "invalid_api_key": 401, "billing_error": 402,
-    "permission_error": 403, "not_found_error": 404, "model_not_found": 404,
-    "request_too_large": 413, "rate_limit_error": 429, "rate_limit_exceeded": 429,
-    "insufficient_quota": 429, "server_error": 500, "api_error": 500, "timeout_error": 504,
-    "overloaded_error": 529,
-}
-
-
-class StreamError(Exception):
-    """An error a server sent inside a stream it had begun with HTTP 200, given the status its
-    type stands for, so that ``provider_error`` sorts it as it sorts the same failure sent
-    before the stream (an overloaded model is retryable, a context overflow is not)."""
-
-    def __init__(self, error: object) -> None:
-        fields = error if isinstance(error, Mapping) else {"message": str(error)}
-        message = fields.get("message")
-        super().__init__(message if isinstance(message, str) else "the stream failed")
-        self.status_code = _stream_error_status(fields)
-        self.body = {"error": dict(fields)}
-        code = fields.get("code")
-        self.code = code if isinstance(code, str) else None
-
-
-def _stream_error_status(fields: Mapping[str, Any]) -> int:
-    code = fields.get("code")
-    if isinstance(code, str) and code.isdigit():
-        code = int(code)
-    if type(code) is int and 400 <= code <= 599:  # OpenRouter and vLLM send the status
-        return code
-    for key in ("type", "code"):
-        name = fields.get(key)
-        if isinstance(name, str) and name in _STREAM_ERROR_STATUS:
-            return _STREAM_ERROR_STATUS[name]
-    return 500
-
-
-_LINE_END = re.compile(rb"\r\n|\r|\n")
-
-
-class SSEParser:
-    """Server-sent events from a body's pieces as they arrive: ``feed`` returns the
-    ``(event, data)`` of each event the piece completes ("message" when the event has no name)."""
-
-    __slots__ = ("_pending", "_event", "_data")
-
-    def __init__(self) -> None:
-        self._pending = b""
-        self._event = ""
-        self._data: list[str] = []
-
-    def feed(self, piece: bytes) -> list[tuple[str, str]]:
-        buffer = self._pending + piece
-        # A final "\r" may be the first half of "\r\n": it waits for the next piece.
-        cut = len(buffer) - 1 if buffer.endswith(b"\r") else len(buffer)
-        *lines, rest = _LINE_END.split(buffer[:cut])
-        self._pending = rest + buffer[cut:]
-        events = []
-        for raw in lines:
-            line = raw.decode("utf-8", errors="replace")
-            if not line:
-                if self._data or self._event:
-                    events.append((self._event or "message", "\n".join(self._data)))
-                self._event, self._data = "", []
-            elif not line.startswith(":"):  # a comment, as OpenRouter's keep-alives
-                field, _, value = line.partition(":")
-                value = value[1:] if value.startswith(" ") else value
-                if field == "event":
-                    self._event = value
-                elif field == "data":
-                    self._data.append(value)
-        return events
-
-
-async def sse_events(response: Any, *, model: str, secrets: tuple[str, ...],
-                     sort: Callable[[Exception], ProviderError | None]) -> AsyncIterator[Any]:
-    """The events of a streamed response body, as ``(event, data)`` with ``data`` parsed from
-    JSON (or the raw text "[DONE]"), until the body ends. A failed read raises the
-    ``ProviderError`` that ``sort`` makes of it; data that is no JSON is a retryable one."""
-    parser = SSEParser()
-    async with aclosing(response.aiter_bytes()) as body:
-        while (piece := await _read(body, sort)) is not None:
-            for event, data in parser.feed(piece):
-                yield event, _parsed(data, model, secrets)
-
-
-def _parsed(data: str, model: str, secrets: tuple[str, ...]) -> Any:
-    if data.startswith("[DONE]"):
-        return data
-    try:
-        return json.loads(data)
-    except ValueError:
-        pass
-    # A body cut short or garbled on the way: another try may well succeed.
-    raise ProviderError(redact(f"the stream sent data that is not JSON: {data[:200]!r}", secrets),
-                        model=model, retryable=True)
-
-
-async def _read(body: Any, sort: Callable[[Exception], ProviderError | None]) -> bytes | None:
-    # The body's next piece, None at its end.
-    try:
-        return await anext(body)
-    except StopAsyncIteration:
-        return None
-    except Exception as exc:
-        error = sort(exc)
-        if error is None:
-            raise
-    # Outside the except block, so the HTTP layer's exception is neither cause nor context.
-    raise error from None
-
-
-async def close_shielded(stream: Any) -> None:
-    """Close an SDK stream (its HTTP response) even inside a cancelled scope: a cancelled
-    consumer must still give the connection back."""
-    with anyio.CancelScope(shield=True):
-        await stream.close()
-
 
 def _base_name(model: str) -> str:
     # "openai/gpt-5-nano" (OpenRouter) is the same model as "gpt-5-nano".
