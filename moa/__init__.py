@@ -45,6 +45,7 @@ from ._llm_steps import Synthesize as Synthesize
 from ._llm_steps import Vote as Vote
 from ._llm_steps import messages as messages
 from ._llm_steps import numbered as numbered
+from ._llm_steps import parse_pick as parse_pick
 from ._llm_steps import parse_ranking as parse_ranking
 from ._parse import PipelineSyntaxError as PipelineSyntaxError
 from ._parse import parse_pipeline as parse_pipeline
@@ -128,6 +129,7 @@ __all__ = (
     "messages",
     "numbered",
     "parallel",
+    "parse_pick",
     "parse_pipeline",
     "parse_ranking",
     "pipeline",

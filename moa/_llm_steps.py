@@ -31,6 +31,7 @@ __all__ = (
     "Pick",
     "AggregateSeq",
     "parse_ranking",
+    "parse_pick",
     "messages",
     "numbered",
     "DEFAULT_TEMP",
@@ -450,8 +451,10 @@ class Pick(LLMStep):
     random order and its rotations, so every response is shown in different positions. The
     picks are counted and the most picked response wins (a tie is broken with the run's
     seeded RNG): a judge that favours a position, first or last, no longer decides by it.
-    ``min_success`` judge calls must answer. A reply with no readable number does not vote;
-    when no reply has one, the first response is kept and a note says so.
+    ``min_success`` judge calls must answer. The ask comes after the question, and a reply is
+    read by :func:`parse_pick`: only an explicit pick counts (a bare number, "Response 2",
+    "#2"), never a number in the judge's own working. A reply that picks nothing does not
+    vote; when none picks, the first response is kept and a note says so.
     """
 
     agent: str
@@ -481,13 +484,13 @@ class Pick(LLMStep):
         orders = [base[k * n // self.times % n:] + base[:k * n // self.times % n]
                   for k in range(self.times)]
         instruction = self.prompt or PICK_PROMPT
-        replies = yield [Request(self.agent,
-                                 _with_responses(instruction, prompt, [responses[i] for i in o]),
+        replies = yield [Request(self.agent, _pick_messages(instruction, prompt,
+                                                            [responses[i] for i in o]),
                                  self.temp, self.max_tokens) for o in orders]
         picks = []
         for order, reply in zip(orders, replies):
-            named = parse_ranking(reply, n) if reply is not None else []
-            picks.append(order[named[0]] if named else None)
+            named = parse_pick(reply, n) if reply is not None else None
+            picks.append(None if named is None else order[named])
         counts = Counter(p for p in picks if p is not None)
         shown = ", ".join("-" if p is None else str(p + 1) for p in picks)
         if not counts:
@@ -603,6 +606,33 @@ _REFERENCE = re.compile(r"(?:\bresponses?\s*#?\s*|#|\[)\s*(\d+)(?![\w\-]|\.\d)",
 _NUMBER_RUN = re.compile(
     rf"{_ALONE}(?:\s*(?:[,;>/]|\band\b|\bthen\b|\s)\s*{_ALONE})*", re.IGNORECASE
 )
+
+
+def _pick_messages(instruction: str, prompt: str, responses: Sequence[str]
+                   ) -> tuple[Message, ...]:
+    # The ask comes last, after the question: a small judge answers whatever it read last, and
+    # with the question last it answers the question instead of naming a response.
+    return messages(
+        ("system", instruction),
+        ("user", f"{numbered(responses)}\n\nQuestion:\n{prompt}\n\nWhich response answers the "
+                 f"question best? Reply with its number (1-{len(responses)}) only."),
+    )
+
+
+_BARE_NUMBER = re.compile(r"\W*(?:response\s*)?#?\s*\(?(\d+)\)?\W*", re.IGNORECASE)
+
+
+def parse_pick(text: str, count: int) -> int | None:
+    """The 0-based index of the response a judge's reply picks among ``count``, or None.
+
+    Only an explicit pick counts: a reply that is just a number ("2", "2.", "(2)", "#2",
+    "Response 2"), or the first explicit reference in a longer reply ("Response 3 is best",
+    "[3]"). A bare number inside prose is not a pick: "1 + 6 = 7" names no response.
+    """
+    bare = _BARE_NUMBER.fullmatch(text.strip())
+    found = [bare.group(1)] if bare else _REFERENCE.findall(text)
+    valid = _valid(found, count)
+    return valid[0] if valid else None
 
 
 def parse_ranking(text: str, count: int) -> list[int]:

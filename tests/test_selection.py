@@ -262,3 +262,31 @@ async def test_aggregate_seq_rounds_replay_from_the_cache(tmp_path):
         client = ScriptedClient()
         again, history = await run(pipe, "q", client, seed=1, cache=cache)
     assert again == first and client.calls == [] and len(history.steps[1].calls) == 2
+
+
+@pytest.mark.parametrize("reply, pick", [
+    ("2", 1), ("2.", 1), ("(2)", 1), ("#2", 1), ("Response 2", 1), ("  3 ", 2),
+    ("Response 3 is the best.", 2), ("[3]", 2), ("I pick #1, then 2", 0),
+    ("1 + 6 = 7", None), ("The answer is 2.", None), ("Response 5", None), ("", None),
+    ("Paris", None),
+])
+def test_parse_pick_reads_only_an_explicit_pick(reply, pick):
+    from moa import parse_pick
+
+    assert parse_pick(reply, 3) == pick
+
+
+async def test_pick_asks_for_the_number_after_the_question():
+    answers = fixed("a", "b")
+    client = client_for(answers, lambda m: "1")
+    await run(Propose(list(answers)) | Pick("j", times=1), "What is 2+2?", client, seed=1)
+    user = client.calls[-1]["messages"][-1]["content"]
+    assert user.endswith("Question:\nWhat is 2+2?\n\nWhich response answers the question best? "
+                         "Reply with its number (1-2) only.")
+
+
+async def test_a_judge_doing_arithmetic_is_not_read_as_a_pick():
+    answers = fixed("7", "8")
+    _, history = await run(Propose(list(answers)) | Pick("j", times=2), "q",
+                           client_for(answers, lambda m: "1 + 6 = 7"), seed=1)
+    assert "no response number could be read" in history.steps[1].notes[0]
