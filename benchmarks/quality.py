@@ -543,16 +543,16 @@ def follow_rates(answers: list[Answer], order: str = "shown") -> dict[str, int]:
 
 
 def judge_positions(answers: list[Answer]) -> Counter[str]:
-    """Which shown position each judge call of a Pick step named (1-based), or "-" when no
-    number could be read from its reply."""
+    """Which shown position each judge call of a Pick step named (1-based, read as Pick reads
+    it, with :func:`moa.parse_pick`), or "-" when the reply picked nothing."""
     picked: Counter[str] = Counter()
     for a in answers:
         if a.history is None or not a.history.steps[-1].step.startswith("Pick("):
             continue
         n = len(a.history.steps[-1].inputs)
         for call in a.history.steps[-1].calls:
-            named = moa.parse_ranking(call.text or "", n) if call.ok else []
-            picked[str(named[0] + 1) if named else "-"] += 1
+            named = moa.parse_pick(call.text or "", n) if call.ok else None
+            picked["-" if named is None else str(named + 1)] += 1
     return picked
 
 
