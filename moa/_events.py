@@ -18,11 +18,15 @@ __all__ = ("StepStarted", "CallRetrying", "CallFinished", "StepFinished", "TextC
 
 @dataclass(frozen=True, slots=True)
 class StepStarted:
-    """An LLM step is about to make ``calls`` calls (a transform or a Parallel sends none)."""
+    """An LLM step is starting round ``round`` of its calls, ``calls`` of them (a transform or
+    a Parallel sends none). Most steps have one round; a step that makes no call (such as
+    ``Vote(extract=...)``) reports ``calls=0`` once; a multi-round step (``AggregateSeq``)
+    reports each round, numbered from 1."""
 
     path: tuple[int, ...]
     step: str
     calls: int
+    round: int = 1
 
 
 @dataclass(frozen=True, slots=True)

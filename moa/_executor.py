@@ -553,8 +553,6 @@ async def _round(run: _Run, step: LLMStep, path: tuple[int, ...], requests: list
             if isinstance(exc, ClientOutputError):
                 raise exc
         return [r for r, _ in plain], None
-    if on_event is not None:
-        on_event(StepStarted(path, repr(step), len(requests)))
     enough = step.enough(len(requests))
     results: list[tuple[CallRecord, BaseException | None] | None] = [None] * len(requests)
     indices: list[int] = []
@@ -632,8 +630,13 @@ async def _exec_llm(run: _Run, step: LLMStep, responses: list[str], br: _Branch,
     failed = cancelled = rounds = 0
     quorum_notes: list[str] = []
     requests, returned = _advance(step, path, plan, None)
+    on_event = run.on_event
+    if requests is None and on_event is not None:  # a step that makes no call
+        on_event(StepStarted(path, repr(step), 0))
     while requests is not None:
         rounds += 1
+        if on_event is not None:
+            on_event(StepStarted(path, repr(step), len(requests), rounds))
         try:
             records, cache_error = (await _round(run, step, path, requests, len(calls), seen)
                                     if requests else ([], None))
@@ -858,6 +861,8 @@ async def run(
 def _stream_path(step: Step) -> tuple[int, ...] | None:
     """Where the pipeline's last step sits, when it is an LLM step: its final replies stream."""
     if isinstance(step, Pipeline):
+        if not step.steps:
+            return None
         last, path = step.steps[-1], (len(step.steps) - 1,)
     else:
         last, path = step, (0,)
@@ -880,10 +885,13 @@ class _Events:
         try:
             return await self._receive.receive()
         except anyio.EndOfStream:
-            if self.error is not None:
-                error, self.error = self.error, None
-                raise error from None
-            raise StopAsyncIteration from None
+            pass
+        # Raised outside the except block: the run's error comes out as itself, its own cause
+        # kept and no EndOfStream attached.
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+        raise StopAsyncIteration
 
 
 @asynccontextmanager
@@ -916,8 +924,9 @@ async def run_stream(
     (Aggregate, Vote with a judge, the last round of AggregateSeq), through the client's
     ``stream`` when it has one. Such a call is retried only before its first chunk; a failure
     after it is recorded as a :class:`~moa.errors.StreamInterruptedError`, never retried into
-    duplicated text. When the run fails, iterating raises its error after the events so far.
-    Options are ``run``'s; leaving the block early cancels the run.
+    duplicated text; ``hedge_after`` does not apply to that call (two racing streams would
+    both write the answer), only to the others. When the run fails, iterating raises its error
+    after the events so far. Options are ``run``'s; leaving the block early cancels the run.
     """
     step = as_step(pipeline, where="run_stream(pipeline)")
     _check_run_args(prompt, client, seed, max_concurrency, timeout, retry, limits, hedge_after,
@@ -956,7 +965,8 @@ def _unwrapped() -> Iterator[None]:
         yield
     except BaseExceptionGroup as group:
         if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
-            raise group.exceptions[0] from None
+            error = group.exceptions[0]
+            raise error from error.__cause__  # its own cause kept; the group left out
         raise
 
 

@@ -363,8 +363,9 @@ class Vote(_Judge):
 
     ``Vote(agent)``: a judge model finds the answer most responses agree on and restates it;
     its reply is the output. ``Vote(extract=...)``: no model call; each response's answer is
-    extracted (``extract`` is a regex, whose last match, or its first group, is the answer;
-    or a function ``str -> str | None``), the most common answer wins (a tie is broken with
+    extracted (``extract`` is a regex: the last non-empty match is the answer, or with groups
+    the first group that took part; or a function ``str -> str | None``; "" counts as no
+    answer), the most common answer wins (a tie is broken with
     the run's seeded RNG) and the first response giving it is the output, verbatim. Responses
     with no answer do not vote; when none has one, the first response is kept and a note
     says so.
@@ -414,12 +415,16 @@ class Vote(_Judge):
             if answer is not None and not isinstance(answer, str):
                 raise TypeError(f"{self!r}: extract must return a str or None, "
                                 f"returned {_describe(answer)}")
-            return answer
-        matches = list(re.finditer(self.extract, text))  # type: ignore[arg-type]
-        if not matches:
-            return None
-        last = matches[-1]
-        return last.group(1) if last.re.groups else last.group()
+            return answer or None  # "" is no answer
+        # The last match that found something: a pattern that can match "" (r"\d*") matches
+        # emptily everywhere, and an empty answer is no answer. With groups, the answer is the
+        # first group that took part (r"answer: (\d+)|(\d+)$" reads either).
+        for match in reversed(list(re.finditer(self.extract, text))):  # type: ignore[arg-type]
+            answer = (next((g for g in match.groups() if g), None) if match.re.groups
+                      else match.group())
+            if answer:
+                return answer
+        return None
 
     def plan(self, prompt, responses, rng):  # type: ignore[no-untyped-def]
         if self.extract is None:

@@ -426,9 +426,13 @@ class _StepTable(_NoProgress):
 
     def on_event(self, event: Any) -> None:
         if isinstance(event, StepStarted):
-            n = self.numbers.get(event.path, "?")
-            self.rows[event.path] = _Row(f"{n}/{self.total} {_short(event.step, 80)}",
-                                         event.calls, time.monotonic())
+            row = self.rows.get(event.path)
+            if event.round > 1 and row is not None:
+                row.calls += event.calls  # a later round of the same step (AggregateSeq)
+            else:
+                n = self.numbers.get(event.path, "?")
+                self.rows[event.path] = _Row(f"{n}/{self.total} {_short(event.step, 80)}",
+                                             event.calls, time.monotonic())
         elif isinstance(event, StepFinished):
             row = self.rows.get(event.record.path)
             if row is not None:

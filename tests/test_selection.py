@@ -290,3 +290,17 @@ async def test_a_judge_doing_arithmetic_is_not_read_as_a_pick():
     _, history = await run(Propose(list(answers)) | Pick("j", times=2), "q",
                            client_for(answers, lambda m: "1 + 6 = 7"), seed=1)
     assert "no response number could be read" in history.steps[1].notes[0]
+
+
+async def test_vote_extract_ignores_empty_matches_and_reads_any_group():
+    answers = fixed("41", "answer: 42", "so 42", "nothing")
+    for extract, want in ((r"\d*", "answer: 42"), (r"answer: (\d+)|(\d+)$", "answer: 42"),
+                          (lambda t: "" if t == "nothing" else t[-2:], "answer: 42")):
+        result, history = await run(Propose(list(answers)) | Vote(extract=extract), "q",
+                                    client_for(answers), seed=1)
+        assert result == want, extract
+        assert "'42' from 2 of 4" in history.steps[1].notes[0]
+    # a group that did not take part in the last match does not hide an earlier answer
+    _, history = await run(Propose(["p0"]) | Vote(extract=r"x|(\d+)"), "q",
+                           client_for({"p0": "7 then x"}), seed=1)
+    assert history.steps[1].notes == ("Vote: '7' from 1 of 1 responses",)

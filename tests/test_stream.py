@@ -142,16 +142,23 @@ async def test_leaving_early_cancels_the_run():
     assert client.in_flight == 0
 
 
-async def test_a_stream_of_the_wrong_shape_is_a_client_output_error():
+async def test_a_stream_of_the_wrong_shape_is_a_client_output_error_and_is_closed():
     class Odd(ScriptedClient):
+        closed = False
+
         async def stream(self, **request):
-            yield "fine "
-            yield 42
+            try:
+                yield "fine "
+                yield 42
+                yield "never read"
+            finally:
+                Odd.closed = True
 
     with pytest.raises(moa.ClientOutputError, match="a stream yields str chunks"):
         async with run_stream(Propose(["a"]) | Aggregate("j"), "q", Odd(), seed=1) as stream:
             async for _ in stream:
                 pass
+    assert Odd.closed  # closed by moa when it stopped reading, not left to the collector
 
 
 async def test_bad_arguments_are_refused_before_anything_runs():
@@ -172,3 +179,65 @@ async def test_an_error_in_the_body_comes_out_as_itself():
         async with moa.as_completed(PIPE, ["q", "r"], ScriptedClient(), seed=1) as results:
             async for _ in results:
                 raise KeyError("mine")
+
+
+class Tracked(ScriptedClient):
+    """A streaming client that records whether each stream it opened was closed."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.opened = self.closed = 0
+
+    async def stream(self, **request):
+        self.opened += 1
+        try:
+            for word in ("one ", "two ", "three ", "four"):
+                yield word
+                await anyio.sleep(self.chunk_delay)
+            yield moa.Usage(1, 4)
+        finally:
+            self.closed += 1
+
+
+async def test_leaving_early_closes_the_clients_stream_at_once():
+    client = Tracked(chunk_delay=10)  # a stalled stream: only a close ends it
+    start = monotonic()
+    async with run_stream(PIPE, "q", client, seed=1) as stream:
+        async for event in stream:
+            if isinstance(event, TextChunk):
+                break
+    assert monotonic() - start < 2
+    assert client.opened == client.closed == 1
+
+
+async def test_the_runs_error_keeps_its_own_cause():
+    def broken(text):
+        try:
+            raise KeyError("inner")
+        except KeyError as exc:
+            raise ValueError("outer") from exc
+
+    with pytest.raises(ValueError) as info:
+        async with run_stream(Propose(["a"]) | moa.Map(broken), "q", ScriptedClient(),
+                              seed=1) as stream:
+            async for _ in stream:
+                pass
+    assert isinstance(info.value.__cause__, KeyError)
+    with pytest.raises(ValueError) as info:
+        async with moa.as_completed(PIPE, ["q"], ScriptedClient(), seed=1) as results:
+            async for _ in results:
+                broken("x")
+    assert isinstance(info.value.__cause__, KeyError)
+
+
+async def test_an_empty_pipeline_streams_nothing_and_ends():
+    events, _ = await collect(moa.Pipeline(), ScriptedClient())
+    assert [type(e) for e in events] == [RunFinished] and events[0].result == ""
+
+
+async def test_step_started_once_per_round_and_for_a_step_without_calls():
+    pipe = (Propose([f"p{i}" for i in range(5)]) | AggregateSeq("agg", window=3)
+            | moa.Vote(extract=r"\w+"))
+    events, _ = await collect(pipe, ScriptedClient(), seed=1)
+    started = [(e.path, e.calls, e.round) for e in events if isinstance(e, StepStarted)]
+    assert started == [((0,), 5, 1), ((1,), 1, 1), ((1,), 1, 2), ((2,), 0, 1)]

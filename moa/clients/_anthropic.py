@@ -115,7 +115,7 @@ class AnthropicClient:
         stream = await self._open(model, self.params(model, messages, temp, max_tokens))
         usage: dict[str, Any] = {}
         stop_reason = None
-        any_text = False
+        any_text = stopped = False
         try:
             sort = functools.partial(self._error, model=model)
             async with aclosing(sse_events(stream.response, model=model, secrets=self._secrets,
@@ -137,8 +137,15 @@ class AnthropicClient:
                     elif kind == "message_delta":
                         _take_usage(usage, data.get("usage"))
                         stop_reason = (data.get("delta") or {}).get("stop_reason")
+                    elif kind == "message_stop":
+                        stopped = True
         finally:
             await close_shielded(stream)
+        if not stopped and stop_reason is None:
+            # The body ended cleanly but the message did not: a proxy or a dropped upstream cut
+            # it. Taking what came as the whole answer would lose the rest without a word.
+            raise ProviderError("the stream ended before the message did (no stop_reason and no "
+                                "message_stop)", model=model, retryable=True)
         if not any_text:
             log.warning("%s: the stream carried no text (stop_reason=%r); returning \"\"", model,
                         stop_reason)

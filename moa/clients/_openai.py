@@ -125,13 +125,14 @@ class OpenAIClient:
             # The server refused stream_options: it will not report usage anyway.
             stream = await self._open(model, messages, params, None)
         tin = tout = finish = None
-        any_text = False
+        any_text = done = False
         try:
             sort = functools.partial(self._error, model=model)
             async with aclosing(sse_events(stream.response, model=model, secrets=self._secrets,
                                            sort=sort)) as events:
                 async for _, chunk in events:
                     if isinstance(chunk, str):  # "[DONE]"
+                        done = True
                         # Read the rest of the body (normally nothing) so that an HTTP/1.1
                         # connection can be reused, as the SDK does, but not for long; what
                         # comes after [DONE] cannot spoil the reply.
@@ -162,6 +163,11 @@ class OpenAIClient:
                         yield text
         finally:
             await close_shielded(stream)
+        if not done and finish is None:
+            # The body ended cleanly but the reply did not: a proxy or a dropped upstream cut
+            # it. Taking what came as the whole answer would lose the rest without a word.
+            raise ProviderError("the stream ended before the reply did (no finish_reason and no "
+                                "[DONE])", model=model, retryable=True)
         if not any_text:
             log.warning("%s: the stream carried no text (finish_reason=%r); returning \"\"", model,
                         finish)

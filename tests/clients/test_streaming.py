@@ -648,3 +648,21 @@ async def test_local_a_stream_left_before_the_model_is_free_never_runs(fake_loca
         engine.lock.release()
     await anyio.sleep(0.1)
     assert llama.produced == 0
+
+
+async def test_openai_a_body_that_ends_before_the_reply_is_a_retryable_error():
+    # No finish_reason and no [DONE]: a proxy closed the body cleanly mid-reply.
+    sent = Sent(*data(chunk(role="assistant", content=""), chunk("The answer is 12"), done=False))
+    with pytest.raises(ProviderError, match="the stream ended before the reply did") as info:
+        await collect(openai_stream(openai_for(MockServer(sent))))
+    assert info.value.retryable and sent.closed
+
+
+async def test_anthropic_a_body_that_ends_before_the_message_is_a_retryable_error():
+    whole = anthropic_events("The answer is 12|3")
+    cut = [e for e in whole if "message_delta" not in e and "message_stop" not in e
+           and '"3"' not in e]
+    sent = Sent(*cut)
+    with pytest.raises(ProviderError, match="the stream ended before the message did") as info:
+        await collect(anthropic_stream(anthropic_for(MockServer(sent))))
+    assert info.value.retryable and sent.closed
