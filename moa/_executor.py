@@ -492,24 +492,10 @@ def _lookup(run: _Run, step: LLMStep, path: tuple[int, ...], requests: list[Requ
 _DEFAULT_PLAN = LLMStep.plan
 
 
-class _Once:
-    """The default plan, :meth:`LLMStep.plan`, without a generator: one round of
-    ``requests``, then ``combine``."""
-
-    __slots__ = ("step", "prompt", "responses")
-
-    def __init__(self, step: LLMStep, prompt: str, responses: list[str]) -> None:
-        self.step = step
-        self.prompt = prompt
-        self.responses = responses
-
-    def send(self, replies: list[str | None] | None) -> list[Request]:
-        if replies is None:
-            return self.step.requests(self.prompt, list(self.responses))
-        raise StopIteration(self.step.combine(self.prompt, list(self.responses), replies))
-
-    def close(self) -> None:
-        pass
+def _check_requests(step: LLMStep, requests: object) -> None:
+    if type(requests) is not list or not all(type(r) is Request for r in requests):
+        raise TypeError(f"{step!r} must ask for a list of moa.Request in each round, "
+                        f"asked for {_describe(requests)}")
 
 
 def _advance(step: LLMStep, path: tuple[int, ...], plan: Any, replies: list[str | None] | None
@@ -524,8 +510,7 @@ def _advance(step: LLMStep, path: tuple[int, ...], plan: Any, replies: list[str 
         raise
     if type(requests) is not list or not all(type(r) is Request for r in requests):
         plan.close()
-        raise TypeError(f"{step!r} must ask for a list of moa.Request in each round, "
-                        f"asked for {_describe(requests)}")
+    _check_requests(step, requests)
     return requests, None
 
 
@@ -618,18 +603,24 @@ async def _exec_llm(run: _Run, step: LLMStep, responses: list[str], br: _Branch,
         raise EmptyInputError(f"{step!r} received no responses: {cause}", step=repr(step))
     # A step with the default plan (one round: requests, then combine) is driven without a
     # generator: most steps are, and it is on every run's path.
-    plan = _Once(step, run.prompt, responses) if type(step).plan is _DEFAULT_PLAN else None
-    if plan is None:
-        try:
+    plan: Any = None
+    try:
+        if type(step).plan is _DEFAULT_PLAN:
+            requests: list[Request] | None = step.requests(run.prompt, list(responses))
+        else:
             plan = step.plan(run.prompt, list(responses), br.rng)
-        except Exception as exc:
-            exc.add_note(f"in step {step!r} at path {path}")
-            raise
+    except Exception as exc:
+        exc.add_note(f"in step {step!r} at path {path}")
+        raise
+    returned: Any = None
+    if plan is None:
+        _check_requests(step, requests)
+    else:
+        requests, returned = _advance(step, path, plan, None)
     calls: list[CallRecord] = []
     seen: dict[tuple[Any, ...], int] = {}
     failed = cancelled = rounds = 0
     quorum_notes: list[str] = []
-    requests, returned = _advance(step, path, plan, None)
     on_event = run.on_event
     if requests is None and on_event is not None:  # a step that makes no call
         on_event(StepStarted(path, repr(step), 0))
@@ -641,13 +632,15 @@ async def _exec_llm(run: _Run, step: LLMStep, responses: list[str], br: _Branch,
             records, cache_error = (await _round(run, step, path, requests, len(calls), seen)
                                     if requests else ([], None))
         except (ClientOutputError, CacheMissError):
-            plan.close()
+            if plan is not None:
+                plan.close()
             _record(run, br, StepRecord(repr(step), path, "llm", tuple(responses), (),
                                         tuple(calls), (), monotonic() - start))
             raise
         calls.extend(records)
         if cache_error is not None:
-            plan.close()
+            if plan is not None:
+                plan.close()
             _record(run, br, StepRecord(repr(step), path, "llm", tuple(responses), (),
                                         tuple(calls), (), monotonic() - start))
             raise cache_error
@@ -670,7 +663,8 @@ async def _exec_llm(run: _Run, step: LLMStep, responses: list[str], br: _Branch,
                                 f"{unsent} call(s) not sent")
         need = step.required(len(requests))
         if ok < need:
-            plan.close()
+            if plan is not None:
+                plan.close()
             _record(run, br, StepRecord(repr(step), path, "llm", tuple(responses), (),
                                         tuple(calls), (), monotonic() - start))
             errors = "; ".join(f"{c.model}: {c.error}" for c in records if c.error)
@@ -678,7 +672,16 @@ async def _exec_llm(run: _Run, step: LLMStep, responses: list[str], br: _Branch,
             raise StepFailedError(
                 f"{step!r} failed{where}: {ok} of {len(records)} calls succeeded and it needs "
                 f"{need} ({errors})", step=repr(step))
-        requests, returned = _advance(step, path, plan, [c.text for c in records])
+        replies = [c.text for c in records]
+        if plan is not None:
+            requests, returned = _advance(step, path, plan, replies)
+            continue
+        try:
+            returned = step.combine(run.prompt, list(responses), replies)
+        except Exception as exc:
+            exc.add_note(f"in step {step!r} at path {path}")
+            raise
+        requests = None
     if type(returned) is not tuple or len(returned) != 2:
         raise TypeError(f"{step!r} must return (responses, notes) when its calls are done, "
                         f"returned {_describe(returned)}")
