@@ -169,10 +169,14 @@ class Cache:
             raise CacheError(f"response cache {self.path!r}: {exc}") from exc
         self._unusable(f"SQLite reports {exc}")
 
+    def _check_open(self) -> None:
+        if self._conn is None:
+            raise ValueError(f"Cache of {self.path!r} is closed; open a new Cache to use it")
+
     def _execute(self, sql: str, params: tuple[object, ...] = ()) -> list[Any]:
         with self._lock:
-            if self._conn is None:
-                raise ValueError(f"Cache of {self.path!r} is closed; open a new Cache to use it")
+            self._check_open()
+            assert self._conn is not None
             try:
                 return self._conn.execute(sql, params).fetchall()
             except sqlite3.DatabaseError as exc:
@@ -189,10 +193,13 @@ class Cache:
         """The stored ``(text, input_tokens, output_tokens)`` for this request, or None on a miss
         (always None in record mode). ``index`` names the sample: an int, or a sequence of
         ints (the executor passes the step's path and the position among identical requests)."""
+        if self.mode == "record":  # never serve: no need to look
+            self._check_open()
+            return None
         key = _key(self.namespace, model, messages, temp, max_tokens, index)
         sql = "SELECT text, input_tokens, output_tokens FROM entries WHERE key = ?"
         rows = self._execute(sql, (key,))
-        if self.mode == "record" or not rows:
+        if not rows:
             return None
         text, input_tokens, output_tokens = rows[0]
         return text, input_tokens, output_tokens

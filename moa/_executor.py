@@ -12,7 +12,7 @@ import functools
 import math
 import random
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from time import monotonic
@@ -363,7 +363,7 @@ class _Run:
                    ) -> tuple[CallRecord, BaseException | None]:
         """One call with its retries (and hedges), as a record; never raises but for
         cancellation. ``path`` and ``index`` say which call it is, for events."""
-        if req.final and path == self.stream_path:
+        if self.stream_path is not None and req.final and path == self.stream_path:
             return await self._call_streamed(req, path, index)
         start = monotonic()
         hedges: list[CallRecord] | None = None if self.hedge_after is None else []
@@ -477,8 +477,7 @@ def _lookup(run: _Run, step: LLMStep, path: tuple[int, ...], requests: list[Requ
     assert cache is not None
     hits: list[CallRecord | None] = []
     for i, (req, n) in enumerate(zip(requests, indices), offset):
-        hit = None if cache.mode == "record" else cache.get(req.model, req.messages, req.temp,
-                                                               req.max_tokens, path + (n,))
+        hit = cache.get(req.model, req.messages, req.temp, req.max_tokens, path + (n,))
         if hit is None and cache.mode == "replay":
             raise CacheMissError(
                 f"replay: {cache!r} holds no answer for call {i} of {step!r} at path {path} "
@@ -508,9 +507,11 @@ def _advance(step: LLMStep, path: tuple[int, ...], plan: Any, replies: list[str 
     except Exception as exc:
         exc.add_note(f"in step {step!r} at path {path}")
         raise
-    if type(requests) is not list or not all(type(r) is Request for r in requests):
+    try:
+        _check_requests(step, requests)
+    except TypeError:
         plan.close()
-    _check_requests(step, requests)
+        raise
     return requests, None
 
 
@@ -622,6 +623,14 @@ async def _exec_llm(run: _Run, step: LLMStep, responses: list[str], br: _Branch,
     failed = cancelled = rounds = 0
     quorum_notes: list[str] = []
     on_event = run.on_event
+
+    def give_up() -> None:
+        # The step ends here: its plan is closed and what it did goes to history first.
+        if plan is not None:
+            plan.close()
+        _record(run, br, StepRecord(repr(step), path, "llm", tuple(responses), (),
+                                    tuple(calls), (), monotonic() - start))
+
     if requests is None and on_event is not None:  # a step that makes no call
         on_event(StepStarted(path, repr(step), 0))
     while requests is not None:
@@ -632,17 +641,11 @@ async def _exec_llm(run: _Run, step: LLMStep, responses: list[str], br: _Branch,
             records, cache_error = (await _round(run, step, path, requests, len(calls), seen)
                                     if requests else ([], None))
         except (ClientOutputError, CacheMissError):
-            if plan is not None:
-                plan.close()
-            _record(run, br, StepRecord(repr(step), path, "llm", tuple(responses), (),
-                                        tuple(calls), (), monotonic() - start))
+            give_up()
             raise
         calls.extend(records)
         if cache_error is not None:
-            if plan is not None:
-                plan.close()
-            _record(run, br, StepRecord(repr(step), path, "llm", tuple(responses), (),
-                                        tuple(calls), (), monotonic() - start))
+            give_up()
             raise cache_error
         ok = stopped = unsent = 0
         for c in records:
@@ -663,10 +666,7 @@ async def _exec_llm(run: _Run, step: LLMStep, responses: list[str], br: _Branch,
                                 f"{unsent} call(s) not sent")
         need = step.required(len(requests))
         if ok < need:
-            if plan is not None:
-                plan.close()
-            _record(run, br, StepRecord(repr(step), path, "llm", tuple(responses), (),
-                                        tuple(calls), (), monotonic() - start))
+            give_up()
             errors = "; ".join(f"{c.model}: {c.error}" for c in records if c.error)
             where = f" in round {rounds}" if rounds > 1 else ""
             raise StepFailedError(

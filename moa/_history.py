@@ -6,7 +6,7 @@ with the same seed and the same client outputs compare equal whatever the clock 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -161,6 +161,26 @@ def _sum_known(values: Iterator[int | None]) -> int | None:
     return total
 
 
+def _spent(calls: Iterable[CallRecord]) -> Iterator[CallRecord]:
+    # Every attempt that answered counts. One that failed or was cancelled reported no
+    # usage: its spend is unknown to moa, not a reason to call the whole total unknown.
+    # A cached answer cost nothing in this run.
+    for c in calls:
+        if c.ok and not c.cached:
+            yield c
+        for h in c.hedges:
+            if h.ok:
+                yield h
+
+
+def spent_tokens(calls: Iterable[CallRecord]) -> tuple[int | None, int | None]:
+    """Input and output tokens spent on ``calls``, as :attr:`History.input_tokens` counts
+    them: answered calls and hedges, cached answers left out; None where any is unknown."""
+    calls = tuple(calls)
+    return (_sum_known(c.input_tokens for c in _spent(calls)),
+            _sum_known(c.output_tokens for c in _spent(calls)))
+
+
 @dataclass(frozen=True, slots=True)
 class History:
     """Everything a run did, in pipeline order (never in completion order).
@@ -205,17 +225,6 @@ class History:
         """Calls answered from the cache: this run spent nothing on them."""
         return tuple(c for c in self.calls if c.cached)
 
-    def _spent(self) -> Iterator[CallRecord]:
-        # Every attempt that answered counts. One that failed or was cancelled reported no
-        # usage: its spend is unknown to moa, not a reason to call the whole total unknown.
-        # A cached answer cost nothing in this run.
-        for c in self.calls:
-            if c.ok and not c.cached:
-                yield c
-            for h in c.hedges:
-                if h.ok:
-                    yield h
-
     @property
     def total_calls(self) -> int:
         return sum(len(s.calls) for s in self.steps)
@@ -225,12 +234,12 @@ class History:
         """Input tokens spent: over the calls and hedges that answered, cached answers left out;
         None when any of them did not report its count (failed and cancelled attempts report
         none and are left out)."""
-        return _sum_known(c.input_tokens for c in self._spent())
+        return _sum_known(c.input_tokens for c in _spent(self.calls))
 
     @property
     def output_tokens(self) -> int | None:
         """Output tokens spent, counted as :attr:`input_tokens` is."""
-        return _sum_known(c.output_tokens for c in self._spent())
+        return _sum_known(c.output_tokens for c in _spent(self.calls))
 
     def cost(self, prices: Prices | None = None) -> Cost:
         """What the run cost in US dollars under ``prices`` (default: ``moa.DEFAULT_PRICES``);

@@ -44,7 +44,6 @@ from . import (
     Propose,
     RunFinished,
     Step,
-    StepFailedError,
     StepFinished,
     StepRecord,
     StepStarted,
@@ -55,6 +54,7 @@ from . import (
     run,
 )
 from . import run_stream as moa_run_stream
+from ._history import _sum_known, spent_tokens
 
 __all__ = ("main",)
 
@@ -324,19 +324,6 @@ def _cost_dict(c: Cost) -> dict[str, Any]:
     return {**c.to_dict(), "text": str(c)}
 
 
-def _spent(calls: Sequence[CallRecord]) -> tuple[int | None, int | None]:
-    """Tokens spent, counted as ``History.input_tokens`` counts them: over the calls (and
-    hedges) that answered, cached answers left out; None where any is unknown."""
-    tin: int | None = 0
-    tout: int | None = 0
-    for call in calls:
-        for a in (call, *call.hedges):
-            if a.ok and not a.cached:
-                tin = None if tin is None or a.input_tokens is None else tin + a.input_tokens
-                tout = None if tout is None or a.output_tokens is None else tout + a.output_tokens
-    return tin, tout
-
-
 # -- progress while a run goes -------------------------------------------------------------------
 class _NoProgress:
     """No progress at all (``--quiet``)."""
@@ -368,7 +355,7 @@ class _StepLines(_NoProgress):
         failed = sum(c.error is not None for c in calls)
         retried = sum(max(c.attempts - 1, 0) for c in calls)
         cached = sum(c.cached for c in calls)
-        tin, tout = _spent(calls)
+        tin, tout = spent_tokens(calls)
         n = self.numbers.get(record.path, "?")
         extra = f", {cached} cached" if cached else ""
         return (f"step {n}/{self.total} {_short(record.step, 60)}: {ok}/{len(calls)} calls, "
@@ -395,7 +382,7 @@ class _Row:
         self.done += 1
         self.failed += record.error is not None
         self.cached += record.cached
-        tin, tout = _spent([record])
+        tin, tout = spent_tokens([record])
         self.tokens_in = None if self.tokens_in is None or tin is None else self.tokens_in + tin
         self.tokens_out = None if self.tokens_out is None or tout is None else self.tokens_out + tout
 
@@ -836,22 +823,13 @@ def batch_command(args: argparse.Namespace) -> int:
         if cache is not None:
             cache.close()
     if not args.quiet:
-        tin = _sum_tokens(h.input_tokens for h in histories)
-        tout = _sum_tokens(h.output_tokens for h in histories)
+        tin = _sum_known(h.input_tokens for h in histories)
+        tout = _sum_known(h.output_tokens for h in histories)
         total = sum((cost(h, prices) for h in histories), Cost.ZERO)
         print(f"batch: {bar.done - bar.failed} done, {bar.failed} failed, {skipped} skipped "
               f"(already in {out})   tokens: {_tokens(tin)} in, {_tokens(tout)} out   "
               f"cost: {total}   wall time: {time.monotonic() - start:.2f} s", file=sys.stderr)
     return 1 if bar.failed else 0
-
-
-def _sum_tokens(values: Iterator[int | None]) -> int | None:
-    total = 0
-    for v in values:
-        if v is None:
-            return None
-        total += v
-    return total
 
 
 # -- moa trace -----------------------------------------------------------------------------------

@@ -30,6 +30,21 @@ def _split(items):
     return chunks, usage
 
 
+async def _timed_story(client):
+    """Every item of a 64-token streamed story, with the seconds to the first item and to the
+    end."""
+    start = time.monotonic()
+    first = None
+    items = []
+    async with aclosing(client.stream(model="smollm2", messages=STORY, temp=0.0,
+                                      max_tokens=64)) as stream:
+        async for item in stream:
+            if first is None:
+                first = time.monotonic() - start
+            items.append(item)
+    return items, first, time.monotonic() - start
+
+
 def _stream_threads():
     return [t for t in threading.enumerate() if t.name.startswith("moa-local-stream-")]
 
@@ -46,19 +61,7 @@ def client(model_path):
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_local_stream_arrives_a_token_at_a_time_with_real_counts(client, backend):
-    async def main():
-        start = time.monotonic()
-        first = None
-        items = []
-        async with aclosing(client.stream(model="smollm2", messages=STORY, temp=0.0,
-                                          max_tokens=64)) as stream:
-            async for item in stream:
-                if first is None:
-                    first = time.monotonic() - start
-                items.append(item)
-        return items, first, time.monotonic() - start
-
-    items, first, total = anyio.run(main, backend=backend)
+    items, first, total = anyio.run(_timed_story, client, backend=backend)
     chunks, usage = _split(items)
     print(f"\n[{backend}] time to first chunk {first:.3f} s of {total:.3f} s "
           f"({len(chunks)} chunks, {usage})")
@@ -127,16 +130,7 @@ def test_openai_client_streams_from_a_real_llama_cpp_server(llama_server):
         try:
             # The server loads the model on its first request: not part of the timing.
             await client(model="smollm2", messages=QUESTION, temp=0.0, max_tokens=1)
-            start = time.monotonic()
-            first = None
-            items = []
-            async with aclosing(client.stream(model="smollm2", messages=STORY, temp=0.0,
-                                              max_tokens=64)) as stream:
-                async for item in stream:
-                    if first is None:
-                        first = time.monotonic() - start
-                    items.append(item)
-            return items, first, time.monotonic() - start
+            return await _timed_story(client)
         finally:
             await client.aclose()
 

@@ -133,13 +133,15 @@ async def test_only_the_last_round_of_self_moa_seq_streams():
 
 
 async def test_leaving_early_cancels_the_run():
-    client = ScriptedClient(long_reply, chunk_delay=0.05)
+    # Leave when the quick proposer has answered and the slow one is still in flight.
+    client = ScriptedClient(long_reply, delay=lambda m, _: 10 if m == "b" else 0)
+    start = monotonic()
     async with run_stream(PIPE, "q", client, seed=1) as stream:
         async for event in stream:
-            if isinstance(event, TextChunk):
+            if isinstance(event, CallFinished):
+                assert client.in_flight == 1
                 break
-    await anyio.sleep(0.01)
-    assert client.in_flight == 0
+    assert client.in_flight == 0 and monotonic() - start < 2
 
 
 async def test_a_stream_of_the_wrong_shape_is_a_client_output_error_and_is_closed():

@@ -13,7 +13,7 @@ from ..errors import MoaError, ProviderError
 from ._common import PerLoop, check_defaults, check_timeout, token_count
 from ._errors import provider_error, redact
 from ._extras import require
-from ._sse import StreamError, close_shielded, sse_events
+from ._sse import StreamError, check_ended, close_shielded, sse_events
 
 __all__ = ("AnthropicClient", "anthropic_client")
 
@@ -141,14 +141,9 @@ class AnthropicClient:
                         stopped = True
         finally:
             await close_shielded(stream)
-        if not stopped and stop_reason is None:
-            # The body ended cleanly but the message did not: a proxy or a dropped upstream cut
-            # it. Taking what came as the whole answer would lose the rest without a word.
-            raise ProviderError("the stream ended before the message did (no stop_reason and no "
-                                "message_stop)", model=model, retryable=True)
-        if not any_text:
-            log.warning("%s: the stream carried no text (stop_reason=%r); returning \"\"", model,
-                        stop_reason)
+        check_ended(model, ended=stopped or stop_reason is not None, any_text=any_text,
+                    what="message", signals="stop_reason and no message_stop",
+                    reason_name="stop_reason", reason=stop_reason, log=log)
         yield Usage(*_counts(usage))
 
     async def _open(self, model: str, params: dict[str, Any]) -> Any:

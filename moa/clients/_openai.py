@@ -18,7 +18,7 @@ from ..errors import MoaError, ProviderError
 from ._common import PerLoop, check_defaults, check_timeout, token_count
 from ._errors import provider_error, redact
 from ._extras import require
-from ._sse import StreamError, close_shielded, sse_events
+from ._sse import StreamError, check_ended, close_shielded, sse_events
 
 __all__ = ("OpenAIClient", "openai_client")
 
@@ -163,14 +163,9 @@ class OpenAIClient:
                         yield text
         finally:
             await close_shielded(stream)
-        if not done and finish is None:
-            # The body ended cleanly but the reply did not: a proxy or a dropped upstream cut
-            # it. Taking what came as the whole answer would lose the rest without a word.
-            raise ProviderError("the stream ended before the reply did (no finish_reason and no "
-                                "[DONE])", model=model, retryable=True)
-        if not any_text:
-            log.warning("%s: the stream carried no text (finish_reason=%r); returning \"\"", model,
-                        finish)
+        check_ended(model, ended=done or finish is not None, any_text=any_text, what="reply",
+                    signals="finish_reason and no [DONE]", reason_name="finish_reason",
+                    reason=finish, log=log)
         yield Usage(tin, tout)
 
     async def _open(self, model: str, messages: list[dict[str, str]], params: dict[str, Any],

@@ -5,6 +5,7 @@ stand for, so they are sorted as the same failure sent before the stream would b
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import aclosing
@@ -15,7 +16,7 @@ import anyio
 from ..errors import ProviderError
 from ._errors import redact
 
-__all__ = ("StreamError", "SSEParser", "sse_events", "close_shielded")
+__all__ = ("StreamError", "SSEParser", "sse_events", "close_shielded", "check_ended")
 
 # The SDKs open the stream (request, auth, an error status raised as their exception) but the
 # body is read here: their own SSE iterators are async generators that stop at [DONE] or are
@@ -141,3 +142,17 @@ async def close_shielded(stream: Any) -> None:
     consumer must still give the connection back."""
     with anyio.CancelScope(shield=True):
         await stream.close()
+
+
+def check_ended(model: str, *, ended: bool, any_text: bool, what: str, signals: str,
+                reason_name: str, reason: object, log: logging.Logger) -> None:
+    """After a stream's body: raise when the ``what`` (reply, message) did not end, none of
+    its end ``signals`` seen (a proxy or a dropped upstream cut a clean-looking body, and
+    taking what came as the whole answer would lose the rest without a word); log when it
+    ended with no text, naming the server's stop reason."""
+    if not ended:
+        raise ProviderError(f"the stream ended before the {what} did (no {signals})",
+                            model=model, retryable=True)
+    if not any_text:
+        log.warning("%s: the stream carried no text (%s=%r); returning \"\"", model,
+                    reason_name, reason)
