@@ -24,6 +24,7 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, NoReturn
@@ -84,25 +85,62 @@ class Cache:
         self._lock = threading.Lock()  # one connection, shared by every thread that uses us
         self._conn: sqlite3.Connection | None = None
         self._check_file()
-        conn = sqlite3.connect(
-            self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-        )
+        conn = self._connect()
         try:
-            self._open_schema(conn)
+            if mode == "replay":
+                conn = self._open_recording(conn)
+            else:
+                self._open_schema(conn)
         except BaseException:
             conn.close()
             raise
         self._conn = conn
 
+    def _connect(self, immutable: bool = False) -> sqlite3.Connection:
+        if self.mode != "replay":
+            return sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None,
+                                   check_same_thread=False)
+        # Replay only reads: a recording shipped read-only (a 0444 file in a 0555 folder, a
+        # CI artefact) opens as one.
+        uri = f"file:{urllib.parse.quote(self.path)}?mode=ro" + ("&immutable=1" if immutable else "")
+        return sqlite3.connect(uri, uri=True, timeout=_BUSY_TIMEOUT_S, isolation_level=None,
+                               check_same_thread=False)
+
+    def _open_recording(self, conn: sqlite3.Connection) -> sqlite3.Connection:
+        """The read-only connection to replay from: ``conn``, or an immutable one where
+        ``conn`` cannot read the file."""
+        try:
+            empty = self._inspect(conn)
+        except sqlite3.OperationalError:
+            # A WAL-mode file read where its -shm cannot be made (a read-only folder): read
+            # it as immutable, which needs neither the -shm nor the -wal file.
+            conn.close()
+            conn = self._connect(immutable=True)
+            try:
+                empty = self._inspect(conn)
+            except sqlite3.DatabaseError as exc:
+                conn.close()
+                self._raise_from(exc)
+        except sqlite3.DatabaseError as exc:
+            self._raise_from(exc)
+        if empty:
+            conn.close()
+            self._unusable("it is empty, so there is nothing to replay; record it first with "
+                           "mode='rw' or 'record'")
+        return conn
+
     def _check_file(self) -> None:
         # Creating the file ourselves sets its mode (SQLite copies it to -wal and -shm); an
         # existing file keeps its own. SQLite would treat a short non-SQLite file as empty and
-        # write over it, so the header is checked here first.
+        # write over it, so the header is checked here first. Replay never creates or writes.
+        replay = self.mode == "replay"
         try:
-            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+            fd = os.open(self.path, os.O_RDONLY if replay else os.O_CREAT | os.O_RDWR, 0o600)
         except FileNotFoundError:
             parent = os.path.dirname(self.path)
-            rule = f"cannot create the cache file: directory {parent!r} does not exist; create it"
+            rule = (f"replay: there is no recording at {self.path!r}" if replay else
+                    f"cannot create the cache file: directory {parent!r} does not exist; "
+                    f"create it")
             raise FileNotFoundError(errno.ENOENT, rule, self.path) from None
         try:
             size = os.fstat(fd).st_size

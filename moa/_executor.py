@@ -22,6 +22,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
+from ._bounds import MAX_CALLS, MAX_REPLY_CHARS, MAX_REQUEST_CHARS
 from ._cache import Cache
 from ._events import (CallFinished, CallRetrying, Event, EventHandler, RunFinished, StepFinished,
                       StepStarted, TextChunk)
@@ -31,7 +32,8 @@ from ._llm_steps import LLMStep, Message, Request
 from ._pipeline import Parallel, Pipeline, Step, StepLike, _describe, as_step
 from ._transforms import Transform
 from .errors import (CacheMissError, ClientOutputError, EmptyInputError, MoaError,
-                     StepFailedError, StreamInterruptedError)
+                     ProviderError, RetryAfterTooLongError, StepFailedError,
+                     StreamInterruptedError)
 
 __all__ = ("Client", "StreamingClient", "Usage", "Retry", "run", "run_stream", "run_sync")
 
@@ -75,7 +77,9 @@ class Retry:
     ``initial * 2**k`` seconds (at most ``max_wait``) plus up to ``jitter`` times that, at
     random, between tries. An exception is retried when it is an instance of ``retry_on``
     and does not say ``retryable = False``; a ``retry_after`` attribute (seconds, as a
-    provider's 429 sends it) is the least wait.
+    provider's 429 sends it) is the least wait, up to ``max_retry_after`` seconds: a provider
+    asking for longer fails the call at once with :class:`~moa.errors.RetryAfterTooLongError`
+    (it is not slept through, and a model's ``Limits`` are not paused for it).
 
     ``Retry(attempts=1)`` never retries. The default is 3 attempts starting near 0.5 s.
     """
@@ -85,11 +89,12 @@ class Retry:
     max_wait: float = 8.0
     jitter: float = 0.5
     retry_on: tuple[type[BaseException], ...] = (Exception,)
+    max_retry_after: float = 120.0
 
     def __post_init__(self) -> None:
         if isinstance(self.attempts, bool) or not isinstance(self.attempts, int) or self.attempts < 1:
             raise ValueError(f"Retry(attempts=...): attempts must be an int >= 1, got {self.attempts!r}")
-        for name in ("initial", "max_wait", "jitter"):
+        for name in ("initial", "max_wait", "jitter", "max_retry_after"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
                 raise ValueError(f"Retry({name}=...): {name} must be a finite number >= 0, "
@@ -101,15 +106,26 @@ class Retry:
 
     def should_retry(self, exc: BaseException) -> bool:
         """Whether ``exc`` may be retried under this policy (attempts left aside)."""
-        return isinstance(exc, self.retry_on) and getattr(exc, "retryable", True) is not False
+        return (isinstance(exc, self.retry_on) and getattr(exc, "retryable", True) is not False
+                and self.too_long(exc) is None)
+
+    def too_long(self, exc: BaseException) -> RetryAfterTooLongError | None:
+        """The error to fail with when ``exc`` asks to wait longer than ``max_retry_after``."""
+        after = retry_after(exc)
+        if after is None or after <= self.max_retry_after:
+            return None
+        too_long = RetryAfterTooLongError(getattr(exc, "model", "?"), after,
+                                          self.max_retry_after, exc)
+        too_long.__cause__ = exc
+        return too_long
 
     def wait(self, attempt: int, exc: BaseException | None = None) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
         base = min(self.max_wait, self.initial * 2 ** (attempt - 1))
         delay = base + self.jitter * base * _jitter.random()
-        after = getattr(exc, "retry_after", None)
-        if isinstance(after, (int, float)) and after > delay:
-            delay = float(after)
+        after = retry_after(exc)
+        if after is not None and after > delay:
+            delay = min(after, self.max_retry_after)
         return delay
 
     def _tenacity_wait(self, state: Any) -> float:
@@ -131,16 +147,29 @@ class Retry:
 DEFAULT_RETRY = Retry()
 
 
+def retry_after(exc: BaseException | None) -> float | None:
+    """The seconds ``exc`` asks to wait before a retry (its ``retry_after``), or None when it
+    asks nothing usable (missing, not a number, NaN, or not above 0)."""
+    after = getattr(exc, "retry_after", None)
+    if isinstance(after, bool) or not isinstance(after, (int, float)) or not after > 0:
+        return None
+    return float(after)
+
+
 def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _check_output(model: str, out: Any) -> tuple[str, int | None, int | None]:
-    if type(out) is not tuple and type(out) is not list or len(out) != 3:
+    # A tuple subclass (a namedtuple) or a list of three is the shape too.
+    if not isinstance(out, (tuple, list)) or len(out) != 3:
         raise ClientOutputError(model, out, "expected a tuple of 3 items")
     text, tin, tout = out
     if type(text) is not str:
         raise ClientOutputError(model, out, f"the text must be a str, got {type(text).__name__}")
+    if len(text) > MAX_REPLY_CHARS:
+        raise ProviderError(f"the reply is {len(text):,} characters, more than moa accepts "
+                            f"in one reply ({MAX_REPLY_CHARS:,})", model=model, retryable=False)
     for name, n in (("input_tokens", tin), ("output_tokens", tout)):
         if n is not None and (type(n) is not int or n < 0):
             raise ClientOutputError(model, out, f"{name} must be an int >= 0 or None, got {n!r}")
@@ -157,7 +186,7 @@ class _Run:
     """One run's state: the client, its limits and policy, and the prompt."""
 
     __slots__ = ("client", "prompt", "limiter", "timeout", "retry", "limits", "hedge_after",
-                 "plain", "cache", "on_event", "stream_path")
+                 "plain", "cache", "on_event", "stream_path", "scope", "interrupt")
 
     def __init__(self, client: Client, prompt: str, limiter: anyio.CapacityLimiter | None,
                  timeout: float | None, retry: Retry, limits: Limits | None = None,
@@ -176,6 +205,23 @@ class _Run:
         self.stream_path: tuple[int, ...] | None = None
         self.plain = (limiter is None and timeout is None and limits is None
                       and hedge_after is None)
+        # The run's scope, and the KeyboardInterrupt/SystemExit a client raised: the run is
+        # cancelled as a whole and raises it once every call has stopped.
+        self.scope: anyio.CancelScope | None = None
+        self.interrupt: BaseException | None = None
+
+    def interrupted(self, req: Request, exc: BaseException, start: float
+                    ) -> tuple[CallRecord, BaseException | None]:
+        """A client raised KeyboardInterrupt or SystemExit (a Ctrl-C inside blocking code):
+        cancel the whole run, so every call stops, and have ``run`` raise it at the end. On
+        asyncio a task must not raise it itself: it would escape the event loop and leave
+        the other calls running."""
+        if self.interrupt is None:
+            self.interrupt = exc
+        if self.scope is not None:
+            self.scope.cancel()
+        return CallRecord(req.model, req.messages, req.temp, req.max_tokens, None, None, None,
+                          1, _error_text(exc), monotonic() - start), None
 
     async def _attempt(self, req: Request, sent: anyio.Event | None = None,
                        chunk: Callable[[str], None] | None = None
@@ -211,9 +257,9 @@ class _Run:
             used = out[1] + out[2] if out[1] is not None and out[2] is not None else None
             return out
         except Exception as exc:
-            after = getattr(exc, "retry_after", None)
-            if isinstance(after, (int, float)) and after > 0:
-                gate.pause(float(after))  # this model only; the others keep going
+            after = retry_after(exc)
+            if after is not None and self.retry.too_long(exc) is None:
+                gate.pause(after)  # this model only; the others keep going
             raise
         finally:
             gate.leave(estimate, used)
@@ -307,7 +353,10 @@ class _Run:
                             f"twice") from exc
             return CallRecord(req.model, req.messages, req.temp, req.max_tokens, text, tin, tout,
                               attempts, None, monotonic() - start), None
+        except (KeyboardInterrupt, SystemExit) as exc:
+            return self.interrupted(req, exc, start)
         except Exception as exc:
+            exc = self.retry.too_long(exc) or exc
             return CallRecord(req.model, req.messages, req.temp, req.max_tokens, None, None, None,
                               attempts, _error_text(exc), monotonic() - start), exc
 
@@ -379,6 +428,8 @@ class _Run:
             return CallRecord(req.model, req.messages, req.temp, req.max_tokens, text, tin, tout,
                               1, None, monotonic() - start, False,
                               tuple(hedges) if hedges else ()), None
+        except (KeyboardInterrupt, SystemExit) as exc:
+            return self.interrupted(req, exc, start)
         except Exception as exc:
             first = exc
         # The failure path: only here is tenacity's machinery built.
@@ -401,7 +452,10 @@ class _Run:
             return CallRecord(req.model, req.messages, req.temp, req.max_tokens, text, tin, tout,
                               attempts, None, monotonic() - start, False,
                               tuple(hedges) if hedges else ()), None
+        except (KeyboardInterrupt, SystemExit) as exc:
+            return self.interrupted(req, exc, start)
         except Exception as exc:
+            exc = self.retry.too_long(exc) or exc
             return CallRecord(req.model, req.messages, req.temp, req.max_tokens, None, None, None,
                               attempts, _error_text(exc), monotonic() - start, False,
                               tuple(hedges) if hedges else ()), exc
@@ -495,6 +549,17 @@ def _check_requests(step: LLMStep, requests: object) -> None:
     if type(requests) is not list or not all(type(r) is Request for r in requests):
         raise TypeError(f"{step!r} must ask for a list of moa.Request in each round, "
                         f"asked for {_describe(requests)}")
+    if len(requests) > MAX_CALLS:
+        raise StepFailedError(f"{step!r} asks for {len(requests):,} calls in one round, more "
+                              f"than moa makes for one step ({MAX_CALLS:,})", step=repr(step))
+    for req in requests:
+        size = sum(len(m["content"]) for m in req.messages)
+        if size > MAX_REQUEST_CHARS:
+            raise StepFailedError(
+                f"{step!r} would send {size:,} characters to {req.model} in one call, more than "
+                f"moa sends in one request ({MAX_REQUEST_CHARS:,}); cut the responses down "
+                f"first (Take, Sample, Map) or aggregate them in rounds (AggregateSeq)",
+                step=repr(step))
 
 
 def _advance(step: LLMStep, path: tuple[int, ...], plan: Any, replies: list[str | None] | None
@@ -509,7 +574,7 @@ def _advance(step: LLMStep, path: tuple[int, ...], plan: Any, replies: list[str 
         raise
     try:
         _check_requests(step, requests)
-    except TypeError:
+    except (TypeError, StepFailedError):
         plan.close()
         raise
     return requests, None
@@ -784,8 +849,22 @@ def _check_run_args(prompt: object, client: object, seed: object, max_concurrenc
                     on_event: object = None) -> None:
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(f"run(prompt): prompt must be a non-empty str, got {prompt!r}")
+    where = unicode_error(prompt)
+    if where is not None:
+        raise ValueError(f"run(prompt): prompt must be valid Unicode text, but {where}")
     _check_options(client, seed, max_concurrency, timeout, retry, limits, hedge_after, cache,
                    on_event)
+
+
+def unicode_error(text: str) -> str | None:
+    """Why ``text`` cannot be sent to a model (it holds a lone surrogate, as text decoded
+    from invalid UTF-8 with ``surrogateescape`` does), or None when it can."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (f"it holds a lone surrogate {text[exc.start]!r} at index {exc.start} "
+                f"(invalid UTF-8 in the input?)")
+    return None
 
 
 def _check_options(client: object, seed: object, max_concurrency: object, timeout: object,
@@ -824,13 +903,37 @@ async def _run(step: Step, prompt: str, state: _Run, seed: int | None) -> tuple[
     root = _Branch(random.Random(seed), [])
     start = monotonic()
     path = () if isinstance(step, Pipeline) else (0,)
+    outputs: list[str] = []
     try:
-        outputs = await _exec(state, step, [], root, path)
+        with anyio.CancelScope() as state.scope:
+            outputs = await _exec(state, step, [], root, path)
     except MoaError as exc:  # a failed step, a broken cache: the user keeps what ran
+        if state.interrupt is not None:
+            raise state.interrupt from None
         exc.history = History(prompt, seed, tuple(root.records), (), monotonic() - start)
         raise
+    except BaseExceptionGroup as group:
+        interrupt = _interrupt_of(group)
+        if interrupt is None:
+            raise
+        raise interrupt from None
+    if state.interrupt is not None:
+        raise state.interrupt
     history = History(prompt, seed, tuple(root.records), tuple(outputs), monotonic() - start)
     return (outputs[0] if outputs else ""), history
+
+
+def _interrupt_of(group: BaseExceptionGroup) -> BaseException | None:
+    """A group holding nothing but KeyboardInterrupts (trio delivers a Ctrl-C into whichever
+    task runs, and a task group then wraps it) as the one KeyboardInterrupt, so the caller's
+    ``except KeyboardInterrupt`` works; None for any other group."""
+    matched, rest = group.split(KeyboardInterrupt)
+    if matched is None or rest is not None:
+        return None
+    first = matched
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
 
 
 async def run(

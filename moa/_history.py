@@ -18,6 +18,39 @@ __all__ = ("CallRecord", "StepRecord", "History")
 
 
 _SEED_CALL_NAMES = {"in_tokens": "input_tokens", "out_tokens": "output_tokens", "time": "latency"}
+
+_REQUIRED = object()
+_NUMBER = (int, float)
+
+
+def _get(d: Any, key: str, kinds: type | tuple[type, ...], where: str,
+         default: Any = _REQUIRED, optional: bool = False) -> Any:
+    """``d[key]``, checked to be one of ``kinds`` (None allowed when ``optional``): a saved
+    history from a file is input, and a malformed one is a ValueError naming the field."""
+    if not isinstance(d, Mapping):
+        raise ValueError(f"not a moa history: {where} must be an object, got "
+                         f"{type(d).__name__}")
+    if key not in d:
+        if default is _REQUIRED:
+            raise ValueError(f"not a moa history: {where} has no {key!r}")
+        return default
+    value = d[key]
+    if value is None and optional:
+        return None
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    # bool is an int to isinstance, but true/false is not a count or a number here
+    if not isinstance(value, kinds) or (type(value) is bool and bool not in kinds):
+        names = " or ".join(k.__name__ for k in kinds)
+        raise ValueError(f"not a moa history: {where}.{key} must be {names}"
+                         f"{' or null' if optional else ''}, got {type(value).__name__}")
+    return value
+
+
+def _strings(d: Any, key: str, where: str) -> tuple[str, ...]:
+    items = _get(d, key, list, where)
+    if not all(isinstance(x, str) for x in items):
+        raise ValueError(f"not a moa history: {where}.{key} must be a list of str")
+    return tuple(items)
 _STEP_KEYS = ("step", "outputs", "llm_calls", "step_time", "calls", "notes", "path", "inputs", "kind")
 
 
@@ -85,15 +118,24 @@ class CallRecord:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> CallRecord:
-        """The record :meth:`to_dict` wrote."""
+    def from_dict(cls, d: Mapping[str, Any], where: str = "call") -> CallRecord:
+        """The record :meth:`to_dict` wrote; a malformed one raises ValueError naming the
+        field."""
+        msgs = []
+        for i, m in enumerate(_get(d, "messages", list, where)):
+            at = f"{where}.messages[{i}]"
+            msgs.append(MappingProxyType({"role": _get(m, "role", str, at),
+                                          "content": _get(m, "content", str, at)}))
         return cls(
-            d["model"],
-            tuple(MappingProxyType({"role": m["role"], "content": m["content"]})
-                  for m in d["messages"]),
-            d["temp"], d["max_tokens"], d["text"], d["input_tokens"], d["output_tokens"],
-            d["attempts"], d.get("error"), d.get("latency", 0.0), d.get("cancelled", False),
-            tuple(cls.from_dict(h) for h in d.get("hedges", ())), d.get("cached", False))
+            _get(d, "model", str, where), tuple(msgs), _get(d, "temp", _NUMBER, where),
+            _get(d, "max_tokens", int, where), _get(d, "text", str, where, optional=True),
+            _get(d, "input_tokens", int, where, optional=True),
+            _get(d, "output_tokens", int, where, optional=True),
+            _get(d, "attempts", int, where), _get(d, "error", str, where, None, optional=True),
+            _get(d, "latency", _NUMBER, where, 0.0), _get(d, "cancelled", bool, where, False),
+            tuple(cls.from_dict(h, f"{where}.hedges[{i}]")
+                  for i, h in enumerate(_get(d, "hedges", list, where, []))),
+            _get(d, "cached", bool, where, False))
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,11 +187,18 @@ class StepRecord:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> StepRecord:
-        """The record :meth:`to_dict` wrote."""
-        return cls(d["step"], tuple(d["path"]), d["kind"], tuple(d["inputs"]),
-                   tuple(d["outputs"]), tuple(CallRecord.from_dict(c) for c in d["calls"]),
-                   tuple(d.get("notes", ())), d.get("duration", 0.0))
+    def from_dict(cls, d: Mapping[str, Any], where: str = "step") -> StepRecord:
+        """The record :meth:`to_dict` wrote; a malformed one raises ValueError naming the
+        field."""
+        path = _get(d, "path", list, where)
+        if not all(type(p) is int for p in path):
+            raise ValueError(f"not a moa history: {where}.path must be a list of int")
+        return cls(_get(d, "step", str, where), tuple(path), _get(d, "kind", str, where),
+                   _strings(d, "inputs", where), _strings(d, "outputs", where),
+                   tuple(CallRecord.from_dict(c, f"{where}.calls[{i}]")
+                         for i, c in enumerate(_get(d, "calls", list, where))),
+                   _strings(d, "notes", where) if "notes" in d else (),
+                   _get(d, "duration", _NUMBER, where, 0.0))
 
 
 def _sum_known(values: Iterator[int | None]) -> int | None:
@@ -269,6 +318,10 @@ class History:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> History:
         """The history :meth:`to_dict` wrote (a saved run, e.g. ``moa run --json``'s file):
-        ``History.from_dict(h.to_dict()) == h``."""
-        return cls(d["prompt"], d["seed"], tuple(StepRecord.from_dict(s) for s in d["steps"]),
-                   tuple(d["outputs"]), d.get("wall_time", 0.0))
+        ``History.from_dict(h.to_dict()) == h``. A malformed one (a field missing or of the
+        wrong type) raises ValueError naming the field."""
+        return cls(_get(d, "prompt", str, "history"), _get(d, "seed", int, "history"),
+                   tuple(StepRecord.from_dict(s, f"steps[{i}]")
+                         for i, s in enumerate(_get(d, "steps", list, "history"))),
+                   _strings(d, "outputs", "history"),
+                   _get(d, "wall_time", _NUMBER, "history", 0.0))

@@ -131,6 +131,10 @@ class Limits:
 
     def __init__(self, per_model: Mapping[str, ModelLimit] | None = None, *,
                  default: ModelLimit | None = None) -> None:
+        if per_model is not None and not isinstance(per_model, Mapping):
+            raise TypeError(f"Limits(per_model): per_model must be a mapping of model name to "
+                            f"moa.ModelLimit, e.g. {{'gpt-4o': ModelLimit(rpm=500)}}, not "
+                            f"{type(per_model).__name__}")
         per_model = dict(per_model or {})
         for name, limit in per_model.items():
             if not isinstance(name, str) or not name:

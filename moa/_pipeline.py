@@ -12,6 +12,8 @@ import dataclasses
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar, Union
 
+from ._bounds import MAX_NESTING, MAX_STEPS, shown
+
 __all__ = ("Step", "Pipeline", "Parallel", "pipeline", "parallel", "as_step")
 
 #: What ``|`` and ``run`` accept where a step is expected: a step, or a list of them (seed style).
@@ -69,8 +71,8 @@ class Step:
         """``self`` run ``n`` times in sequence (``self * n``); ``n == 0`` is the identity."""
         if isinstance(n, bool) or not isinstance(n, int):
             raise TypeError(f"a step repeats a whole number of times, not {_describe(n)}")
-        if n < 0:
-            raise ValueError(f"a step repeats n >= 0 times, got {n}")
+        if not 0 <= n <= MAX_STEPS:
+            raise ValueError(f"a step repeats 0 to {MAX_STEPS:,} times, got {shown(n)}")
         return Pipeline(*([self] * n))
 
     def __or__(self, other: StepLike) -> Step:
@@ -102,6 +104,19 @@ class Step:
         return f"{type(self).__name__}({', '.join(args)})"
 
 
+def _nested(kind: str, parts: list[Step]) -> int:
+    """The nesting depth of a Pipeline or Parallel of ``parts`` (a plain step is depth 0),
+    checked against the limits."""
+    if len(parts) > MAX_STEPS:
+        raise ValueError(f"a {kind} holds at most {MAX_STEPS:,} "
+                         f"{'steps' if kind == 'Pipeline' else 'branches'}, got {len(parts):,}")
+    depth = 1 + max((getattr(p, "_depth", 0) for p in parts), default=0)
+    if depth > MAX_NESTING:
+        raise ValueError(f"pipelines nest at most {MAX_NESTING} levels deep (a | (b & (c | ...))), "
+                         f"this one {depth}: name the inner parts and join them flatter")
+    return depth
+
+
 class Pipeline(Step):
     """Steps run in sequence, each on the previous one's outputs.
 
@@ -109,8 +124,9 @@ class Pipeline(Step):
     lists are flattened, so equal compositions compare equal.
     """
 
-    __slots__ = ("steps",)
+    __slots__ = ("steps", "_depth")
     steps: tuple[Step, ...]
+    _depth: int
 
     def __new__(cls, *steps: StepLike) -> Step:  # type: ignore[misc]
         flat: list[Step] = []
@@ -121,6 +137,7 @@ class Pipeline(Step):
             return flat[0]
         self = object.__new__(cls)
         object.__setattr__(self, "steps", tuple(flat))
+        object.__setattr__(self, "_depth", _nested("Pipeline", flat))
         return self
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -151,8 +168,9 @@ class Parallel(Step):
     """Branches run concurrently on the same input; their outputs are concatenated in branch
     order. Nested Parallels are flattened; one branch is that branch itself."""
 
-    __slots__ = ("branches",)
+    __slots__ = ("branches", "_depth")
     branches: tuple[Step, ...]
+    _depth: int
 
     def __new__(cls, *branches: StepLike) -> Step:  # type: ignore[misc]
         flat: list[Step] = []
@@ -165,6 +183,7 @@ class Parallel(Step):
             return flat[0]
         self = object.__new__(cls)
         object.__setattr__(self, "branches", tuple(flat))
+        object.__setattr__(self, "_depth", _nested("Parallel", flat))
         return self
 
     def __setattr__(self, name: str, value: Any) -> None:

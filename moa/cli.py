@@ -54,6 +54,7 @@ from . import (
     run,
 )
 from . import run_stream as moa_run_stream
+from ._executor import unicode_error
 from ._history import _sum_known, spent_tokens
 
 __all__ = ("main",)
@@ -121,19 +122,26 @@ def _local_model(model: str | None, default: str):  # type: ignore[no-untyped-de
     """The embedded provider's client and model label: the embedded SmolLM2, or the GGUF
     file ``--model`` names. Any other name is a mistake (it would run SmolLM2 under that
     name), so it is refused with the options that reach other models."""
-    from . import clients
-
     if model is None or model.casefold() in EMBEDDED_NAMES:
-        return clients.local_client(), model or default
+        return _local_client(None), model or default
     if model.casefold().endswith(".gguf") or os.sep in model:
         path = Path(model).expanduser()
         if not path.is_file():
             raise UsageError(f"--model {model}: no such model file")
-        return clients.local_client(path), path.stem
+        return _local_client(path), path.stem
     raise UsageError(
         f"--model {model!r}: the embedded provider runs SmolLM2-135M-Instruct (--model "
         f"smollm2) or a GGUF file you name (--model path/to/model.gguf); for another model "
         f"use --provider {{{','.join(p for p in PROVIDERS if p != 'local')}}} or --base-url URL")
+
+
+def _local_client(path: Path | None) -> Any:
+    from . import clients
+
+    try:
+        return clients.local_client(path)
+    except ValueError as exc:  # a bad MOA_THREADS
+        raise UsageError(str(exc)) from None
 
 
 def _print_history(history: History, result: str, out=None) -> None:  # type: ignore[no-untyped-def]
@@ -512,13 +520,16 @@ def _read_prompt(args: argparse.Namespace) -> str:
                          "or on stdin (echo 'question' | moa run ...)")
     if not text.strip():
         raise UsageError("the prompt is empty")
+    bad = unicode_error(text)
+    if bad is not None:
+        raise UsageError(f"the prompt is not valid Unicode: {bad}")
     # Surrounding whitespace (a file's last newline) is not part of the question.
     return text.strip()
 
 
 def _write_json(path: str, doc: dict[str, Any]) -> None:
     try:
-        Path(path).write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n",
+        Path(path).write_text(dumps(doc, indent=2) + "\n",
                               encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"--json {path}: {exc}") from None
@@ -603,12 +614,39 @@ class _Item:
     seed: int | None = None
 
 
+def jsonl_lines(text: str) -> list[str]:
+    """The lines of a JSON Lines text: split at ``\n`` only (``\r\n`` too), never at the
+    other characters ``str.splitlines`` takes for line ends (U+2028, U+0085, ...), which JSON
+    writes raw inside strings."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def dumps(doc: Any, indent: int | None = None) -> str:
+    """JSON that is always valid UTF-8: text as it is, but a model's reply holding a lone
+    surrogate (which UTF-8 cannot encode) is written as ``\\ud800`` escapes, which read back
+    the same, rather than fail the write and lose the line."""
+    text = json.dumps(doc, indent=indent, ensure_ascii=False)
+    return text if unicode_error(text) is None else json.dumps(doc, indent=indent)
+
+
+def _loads(raw: str) -> Any:
+    """``json.loads``, with the errors Python's own limits raise (an integer of over 4,300
+    digits, nesting deeper than the recursion limit) reported as JSON errors."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 def _read_batch_input(path: str) -> list[_Item]:
     try:
         if path == "-":
-            lines = sys.stdin.read().splitlines()
+            lines = jsonl_lines(sys.stdin.read())
         else:
-            lines = Path(path).read_text(encoding="utf-8").splitlines()
+            lines = jsonl_lines(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: {exc}") from None
     items: list[_Item] = []
@@ -618,9 +656,10 @@ def _read_batch_input(path: str) -> list[_Item]:
             continue
         where = f"{path} line {lineno}"
         try:
-            value = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"{where}: not JSON ({exc.msg}); each line must be "
+            value = _loads(raw)
+        except ValueError as exc:
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else _short(str(exc), 80)
+            raise UsageError(f"{where}: not JSON ({reason}); each line must be "
                              '{"prompt": "...", "id": ...} or a JSON string') from None
         if isinstance(value, str):
             prompt, ident = value, len(items)
@@ -631,9 +670,16 @@ def _read_batch_input(path: str) -> list[_Item]:
             raise UsageError(f'{where}: each line must be {{"prompt": "...", "id": ...}} or a '
                              f"JSON string, got {_short(raw, 60)}")
         if not isinstance(prompt, str) or not prompt.strip():
-            raise UsageError(f"{where}: the prompt must be a non-empty string, got {prompt!r}")
+            raise UsageError(f"{where}: the prompt must be a non-empty string, got "
+                             f"{_short(repr(prompt), 60)}")
+        bad = unicode_error(prompt)
+        if bad is not None:
+            raise UsageError(f"{where}: the prompt is not valid Unicode: {bad}")
         if isinstance(ident, bool) or not isinstance(ident, (str, int)):
-            raise UsageError(f"{where}: the id must be a string or an integer, got {ident!r}")
+            raise UsageError(f"{where}: the id must be a string or an integer, got "
+                             f"{_short(repr(ident), 60)}")
+        if isinstance(ident, str) and unicode_error(ident) is not None:
+            raise UsageError(f"{where}: the id is not valid Unicode: {unicode_error(ident)}")
         key = json.dumps(ident)
         if key in seen:
             raise UsageError(f"{where}: id {ident!r} is already used on line {seen[key]}; ids "
@@ -655,7 +701,7 @@ def _read_batch_output(path: Path) -> tuple[dict[str, str], int]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"-o {path}: {exc}") from None
-    lines = text.splitlines()
+    lines = jsonl_lines(text)
     keep: list[str] = []
     done: dict[str, str] = {}
     failed = 0
@@ -664,7 +710,7 @@ def _read_batch_output(path: Path) -> tuple[dict[str, str], int]:
         if not raw.strip():
             continue
         try:
-            entry = json.loads(raw)
+            entry = _loads(raw)
             if not isinstance(entry, dict) or "id" not in entry:
                 raise ValueError("not a result object")
         except ValueError as exc:
@@ -832,8 +878,7 @@ def batch_command(args: argparse.Namespace) -> int:
     def report(item: _Item, result: str | None, history: History | None,
                error: BaseException | None) -> None:
         # One write per line, flushed: an interruption loses only the prompts in flight.
-        sink.write(json.dumps(_outcome_line(item, result, history, error, prices),
-                              ensure_ascii=False) + "\n")
+        sink.write(dumps(_outcome_line(item, result, history, error, prices)) + "\n")
         sink.flush()
         if history is not None:
             histories.append(history)
@@ -875,20 +920,21 @@ def _load_trace(path: str, line: int | None) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: {exc}") from None
     if line is not None:
-        lines = text.splitlines()
+        lines = jsonl_lines(text)
         if not 1 <= line <= len(lines):
             raise UsageError(f"--line {line}: {path} has {len(lines)} lines (the first is "
                              f"--line 1)")
         text = lines[line - 1]
     try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
+        doc = _loads(text)
+    except ValueError as exc:
         where = f"{path} line {line}" if line is not None else path
         hint = "; for a batch output (JSONL) give --line N" if line is None else ""
-        raise UsageError(f"{where}: not JSON ({exc.msg}){hint}") from None
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else _short(str(exc), 80)
+        raise UsageError(f"{where}: not JSON ({reason}){hint}") from None
     if isinstance(doc, dict) and "steps" not in doc and "history" in doc:
         # a batch line: the run is under "history", its outcome beside it
-        if doc["history"] is None:
+        if not isinstance(doc["history"], dict):
             raise UsageError(f"{path} line {line}: no history (prompt {doc.get('id')!r} failed "
                              f"before any step ran: {doc.get('error')})")
         doc = {**doc["history"], "result": doc.get("result"), "error": doc.get("error"),
@@ -952,7 +998,7 @@ def _trace_tree(doc: dict[str, Any], prices: Prices, full: bool) -> _Node:
             _call_node(node, i, call, prices, judge, full)
     if doc.get("error"):
         root.add(("failed: ", "bold red"), (str(doc["error"]), "red"))
-    elif doc.get("result") is not None:
+    elif isinstance(doc.get("result"), str):
         result = doc["result"]
         root.add(("result: ", "bold"), result if full else _short(result, 200))
     return root
@@ -1109,6 +1155,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):
+        # A reply or a saved file holding text the terminal cannot encode is shown escaped,
+        # never a UnicodeEncodeError halfway through the output.
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)

@@ -11,6 +11,7 @@ __all__ = (
     "MoaError",
     "ClientOutputError",
     "ProviderError",
+    "RetryAfterTooLongError",
     "StepFailedError",
     "EmptyInputError",
     "CacheError",
@@ -35,7 +36,10 @@ class ClientOutputError(MoaError, TypeError):
     retryable = False
 
     def __init__(self, model: str, returned: Any, rule: str) -> None:
-        shown = repr(returned)
+        try:
+            shown = repr(returned)
+        except Exception:  # a broken __repr__ must not turn this error into another one
+            shown = f"<{type(returned).__name__} object with a failing repr>"
         if len(shown) > 200:
             shown = shown[:200] + "..."
         super().__init__(
@@ -64,6 +68,19 @@ class ProviderError(MoaError):
         self.retryable = retryable
         self.retry_after = retry_after
         self.status = status
+
+
+class RetryAfterTooLongError(ProviderError):
+    """The provider asked to wait longer before a retry (its Retry-After) than the retry
+    policy's ``max_retry_after`` allows: the call fails at once instead of sleeping."""
+
+    def __init__(self, model: str, retry_after: float, limit: float, cause: BaseException
+                 ) -> None:
+        super().__init__(
+            f"the provider asks to wait {retry_after:g} s before a retry (Retry-After), more "
+            f"than Retry(max_retry_after={limit:g}) allows: not retried ({cause})",
+            model=model, retryable=False, retry_after=retry_after,
+            status=getattr(cause, "status", None))
 
 
 class StepFailedError(MoaError):

@@ -224,6 +224,7 @@ def test_a_closed_cache_refuses_use(db: Path) -> None:
 
 
 def test_repr(db: Path) -> None:
+    Cache(db).close()  # replay reads a recording; it never creates one
     with Cache(db, mode="replay") as cache:
         assert repr(cache) == f"Cache({str(db)!r}, mode='replay')"
 

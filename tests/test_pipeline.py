@@ -59,7 +59,7 @@ def test_repeat_zero_is_identity_and_rejects_bad_counts():
     s = Synthesize(P)
     assert s * 0 == Pipeline()
     assert s * 1 == s
-    with pytest.raises(ValueError, match="n >= 0"):
+    with pytest.raises(ValueError, match="repeats 0 to 10,000 times"):
         s * -1
     with pytest.raises(TypeError, match="whole number"):
         s * 1.5
