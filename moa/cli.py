@@ -55,6 +55,7 @@ from . import (
 )
 from . import run_stream as moa_run_stream
 from ._executor import unicode_error
+from .clients._errors import redact
 from ._history import _sum_known, spent_tokens
 
 __all__ = ("main",)
@@ -203,11 +204,13 @@ async def _stream_and_close(pipeline, prompt, client, seed, timeout, *, on_event
 
 
 def demo(args: argparse.Namespace) -> int:
+    args.prompt = _checked_prompt(args.prompt)
     client, model = make_client(args.provider, args.base_url, args.model)
     pipeline = Propose([model] * args.samples, temp=0.7, max_tokens=args.max_tokens) | Aggregate(
         model, temp=0.3, max_tokens=args.max_tokens
     )
-    print(f"moa demo: a Self-MoA on {model} ({args.provider if not args.base_url else args.base_url})")
+    where = args.provider if not args.base_url else redact(args.base_url)  # no URL password
+    print(f"moa demo: a Self-MoA on {model} ({where})")
     print(f"pipeline: {pipeline!r}")
     print(f"prompt:   {args.prompt}")
     result, history = anyio.run(_run_and_close, pipeline, args.prompt, client, args.seed,
@@ -518,12 +521,17 @@ def _read_prompt(args: argparse.Namespace) -> str:
     else:
         raise UsageError("no prompt: give it as an argument, with --prompt-file FILE, "
                          "or on stdin (echo 'question' | moa run ...)")
+    return _checked_prompt(text)
+
+
+def _checked_prompt(text: str) -> str:
+    """The prompt without surrounding whitespace (a file's last newline is not part of the
+    question); an empty one, or one holding invalid UTF-8, is a usage error."""
     if not text.strip():
         raise UsageError("the prompt is empty")
     bad = unicode_error(text)
     if bad is not None:
         raise UsageError(f"the prompt is not valid Unicode: {bad}")
-    # Surrounding whitespace (a file's last newline) is not part of the question.
     return text.strip()
 
 
@@ -556,8 +564,21 @@ def _summary(history: History, prices: Prices) -> str:
             f"   seed: {history.seed}")
 
 
+def _check_writable(option: str, path: str | None) -> None:
+    """A file the command will write after the run: a missing folder is found before any
+    call is paid for, not after."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"{option} {path}: folder {folder!r} does not exist")
+    if os.path.isdir(path):
+        raise UsageError(f"{option} {path}: is a folder, not a file")
+
+
 def run_command(args: argparse.Namespace) -> int:
     parsed = _parse_expression(args.pipeline) if args.pipeline is not None else None
+    _check_writable("--json", args.json)
     prompt = _read_prompt(args)
     _load_prices(args.prices)  # a bad price file is a usage error before anything runs
     cache = _open_cache(args.cache, _cache_namespace(args))
@@ -835,6 +856,7 @@ def batch_command(args: argparse.Namespace) -> int:
         draw = random.Random(args.seed)
         for item in items:
             item.seed = draw.getrandbits(63)
+    _check_writable("-o", args.output)
     out = Path(args.output)
     done_ids, failed_before = _read_batch_output(out)
     for item in items:

@@ -381,3 +381,14 @@ def test_shuffle_is_still_a_step_after_all_this():
     # the limits sit in constructors; ordinary pipelines are unaffected
     assert Pipeline(Propose(["m"]), Shuffle(), Aggregate("m")) == (
         Propose(["m"]) | Shuffle() | Aggregate("m"))
+
+
+def test_the_demo_banner_never_shows_a_url_password(monkeypatch, capsys):
+    import moa.cli as cli
+
+    monkeypatch.setattr(cli, "make_client",
+                        lambda provider, base_url, model: (ScriptedClient(), "m"))
+    assert main(["demo", "--base-url", "http://me:hunter2@127.0.0.1:9/v1", "--model", "m",
+                 "--samples", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "hunter2" not in out and "http://me:***@127.0.0.1:9/v1" in out

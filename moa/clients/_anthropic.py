@@ -11,8 +11,9 @@ from typing import Any
 from .._executor import Usage
 from ..errors import MoaError, ProviderError
 from ._common import PerLoop, check_defaults, check_timeout, token_count
-from ._errors import provider_error, redact
+from ._errors import provider_error, redact, url_passwords
 from ._extras import require
+from ._replies import MESSAGE, MESSAGE_EVENT, field, is_object, malformed, shown
 from ._sse import StreamError, check_ended, close_shielded, sse_events
 
 __all__ = ("AnthropicClient", "anthropic_client")
@@ -20,6 +21,10 @@ __all__ = ("AnthropicClient", "anthropic_client")
 log = logging.getLogger("moa.clients")
 
 _RESERVED = frozenset({"model", "messages", "system", "temperature", "max_tokens", "stream"})
+
+# The events of a Messages API stream; any other is skipped, as Anthropic may add new ones.
+_EVENTS = frozenset({"message_start", "content_block_start", "content_block_delta",
+                     "content_block_stop", "message_delta", "message_stop", "ping", "error"})
 
 # The usage fields a stream reports: message_start has them all, message_delta the final
 # (cumulative) values of those it repeats.
@@ -101,7 +106,7 @@ class AnthropicClient:
             if error is None:
                 raise
         else:
-            return _reply(model, response)
+            return _reply(model, response, self._secrets)
         # Raised outside the except block, so the SDK's exception (whose text may echo a key)
         # is neither the cause nor the context.
         raise error from None
@@ -115,32 +120,44 @@ class AnthropicClient:
         stream = await self._open(model, self.params(model, messages, temp, max_tokens))
         usage: dict[str, Any] = {}
         stop_reason = None
-        any_text = stopped = False
+        any_text = stopped = any_event = any_known = False
         try:
             sort = functools.partial(self._error, model=model)
             async with aclosing(sse_events(stream.response, model=model, secrets=self._secrets,
                                            sort=sort)) as events:
                 async for kind, data in events:
-                    if not isinstance(data, dict):
-                        continue
+                    any_event = True
+                    if kind not in _EVENTS:
+                        continue  # Anthropic may add event types; its docs say to skip them.
+                    any_known = True
                     if kind == "error":
                         # An error inside the stream (overloaded_error...), sorted by its type.
-                        raise self._error(StreamError(data.get("error", data)), model)  # never None
+                        error = data.get("error", data) if isinstance(data, dict) else data
+                        raise self._error(StreamError(error), model)  # never None
+                    if not isinstance(data, dict):
+                        raise malformed(model, MESSAGE_EVENT, f"a {kind} event's data is "
+                                        f"{shown(data)}, not a JSON object", self._secrets)
                     if kind == "content_block_delta":
-                        delta = data.get("delta") or {}
-                        text = delta.get("text")
-                        if delta.get("type") == "text_delta" and isinstance(text, str) and text:
+                        text = _delta_text(model, data, self._secrets)
+                        if text:
                             any_text = True
                             yield text
                     elif kind == "message_start":
-                        _take_usage(usage, (data.get("message") or {}).get("usage"))
+                        _take_usage(usage, _part(model, kind, data, "message",
+                                                 self._secrets).get("usage"))
                     elif kind == "message_delta":
                         _take_usage(usage, data.get("usage"))
-                        stop_reason = (data.get("delta") or {}).get("stop_reason")
+                        stop_reason = _part(model, kind, data, "delta",
+                                            self._secrets).get("stop_reason")
                     elif kind == "message_stop":
                         stopped = True
         finally:
             await close_shielded(stream)
+        if any_event and not any_known:
+            # Events came, but none of the Messages API: another API's stream, not a cut one.
+            raise malformed(model, MESSAGE_EVENT, "no event of the stream was one of its "
+                            "events (message_start, content_block_delta, message_stop...)",
+                            self._secrets)
         check_ended(model, ended=stopped or stop_reason is not None, any_text=any_text,
                     what="message", signals="stop_reason and no message_stop",
                     reason_name="stop_reason", reason=stop_reason, log=log)
@@ -162,16 +179,65 @@ class AnthropicClient:
             await sdk.close()
 
 
-def _reply(model: str, response: Any) -> tuple[str, int | None, int | None]:
-    blocks = getattr(response, "content", None) or []
-    texts = [b.text for b in blocks
-             if getattr(b, "type", None) == "text" and isinstance(getattr(b, "text", None), str)]
+def _reply(model: str, response: Any,
+           secrets: tuple[str, ...]) -> tuple[str, int | None, int | None]:
+    texts = [text for i, block in enumerate(_blocks(model, response, secrets))
+             if (text := _block_text(model, i, block, secrets)) is not None]
     if not texts:
         log.warning("%s: the response has no text block (stop_reason=%r); returning \"\"", model,
-                    getattr(response, "stop_reason", None))
+                    field(response, "stop_reason"))
     usage: dict[str, Any] = {}
-    _take_usage(usage, getattr(response, "usage", None))
+    _take_usage(usage, field(response, "usage"))
     return ("".join(texts), *_counts(usage))
+
+
+def _blocks(model: str, response: Any, secrets: tuple[str, ...]) -> list[Any]:
+    # The content blocks of a message; an empty list is an answer (it said nothing).
+    if not is_object(response):
+        raise malformed(model, MESSAGE, f"the body is {shown(response)}, not a JSON object",
+                        secrets)
+    blocks = field(response, "content")
+    if not isinstance(blocks, list):
+        raise malformed(model, MESSAGE, "it has no 'content'" if blocks is None
+                        else f"'content' is {shown(blocks)}, not a list", secrets)
+    return blocks
+
+
+def _block_text(model: str, i: int, block: Any, secrets: tuple[str, ...]) -> str | None:
+    # A text block's text; None for a block of another type (thinking, tool_use...).
+    kind = field(block, "type") if is_object(block) else None
+    if not isinstance(kind, str):
+        raise malformed(model, MESSAGE, f"content[{i}] is {shown(block)}, not a block with a "
+                        f"'type'", secrets)
+    if kind != "text":
+        return None
+    text = field(block, "text")
+    if not isinstance(text, str):
+        raise malformed(model, MESSAGE, f"content[{i}] is a text block whose text is "
+                        f"{shown(text)}, not a string", secrets)
+    return text
+
+
+def _part(model: str, kind: str, data: dict[str, Any], name: str,
+          secrets: tuple[str, ...]) -> dict[str, Any]:
+    # The object ``name`` of a stream event (a message_start's message, a delta).
+    part = data.get(name)
+    if not isinstance(part, dict):
+        raise malformed(model, MESSAGE_EVENT, f"a {kind} event's {name} is {shown(part)}, not an "
+                        f"object", secrets)
+    return part
+
+
+def _delta_text(model: str, data: dict[str, Any], secrets: tuple[str, ...]) -> str | None:
+    # The text a content_block_delta adds; None for a delta of another type (thinking...).
+    delta = _part(model, "content_block_delta", data, "delta", secrets)
+    if delta.get("type") != "text_delta":
+        return None
+    text = delta.get("text")
+    if not isinstance(text, str):
+        raise malformed(model, MESSAGE_EVENT, f"a text_delta's text is {shown(text)}, not a "
+                        f"string", secrets)
+    return text
 
 
 def _take_usage(into: dict[str, Any], usage: Any) -> None:
@@ -202,7 +268,10 @@ def anthropic_client(api_key: str | None = None, *, base_url: str | None = None,
     ones. ``send_temperature=False`` is for models that refuse a temperature. ``defaults`` are
     extra request fields sent with every call (``top_k=40``). ``http_client`` (an
     ``httpx2.AsyncClient``, yours to keep on one event loop) and ``timeout`` go to the SDK,
-    which never retries: ``moa.run``'s retry policy does.
+    which never retries: ``moa.run``'s retry policy does. The key (any of 4 characters or more:
+    a shorter one is not searched for, as hiding every "ab" would garble messages) and the
+    password of ``base_url`` never appear in error messages or the repr
+    (``http://user:***@host``).
     """
     anthropic = require("anthropic", "anthropic", "anthropic_client")
     for name, value in (("api_key", api_key), ("base_url", base_url)):
@@ -222,7 +291,7 @@ def anthropic_client(api_key: str | None = None, *, base_url: str | None = None,
     try:
         sdk = anthropic.AsyncAnthropic(**options)
     except anthropic.AnthropicError as exc:
-        message = redact(str(exc), (api_key,))
+        message = redact(str(exc), (api_key, *url_passwords(base_url)))
     else:
         key = getattr(sdk, "api_key", None)
         if (key is None and getattr(sdk, "auth_token", None) is None
@@ -230,6 +299,8 @@ def anthropic_client(api_key: str | None = None, *, base_url: str | None = None,
             raise MoaError("anthropic_client needs an API key: pass api_key=... or set the "
                            "ANTHROPIC_API_KEY environment variable")
         secrets = tuple(s for s in (key, getattr(sdk, "auth_token", None)) if isinstance(s, str))
+        # ANTHROPIC_BASE_URL may have given the URL, and its password.
+        secrets += url_passwords(str(getattr(sdk, "base_url", "") or base_url or ""))
         sdks = PerLoop(functools.partial(anthropic.AsyncAnthropic, **options), sdk)
         return AnthropicClient(sdks, base_url=base_url, send_temperature=send_temperature,
                                defaults=dict(defaults), secrets=secrets)

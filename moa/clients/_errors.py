@@ -5,6 +5,9 @@ dropped connection or a server error is retryable (with the provider's Retry-Aft
 wait); a bad key, a bad request, an unknown model or an overflowing context is not. Messages name
 the model, the HTTP status and the provider's own words, and never carry an API key.
 
+A request the SDK cannot encode (a prompt holding a lone surrogate) is not retryable either:
+the same text fails the same way every time.
+
 Only duck typing is used here (``status_code``, ``response.headers``, class names), so this
 module imports no SDK and serves OpenAI, Anthropic and LiteLLM (whose errors subclass OpenAI's)
 alike.
@@ -18,10 +21,11 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from ..errors import ProviderError
 
-__all__ = ("provider_error", "redact", "retry_after_seconds")
+__all__ = ("provider_error", "redact", "retry_after_seconds", "url_passwords")
 
 _REDACTED = "[REDACTED]"
 
@@ -37,11 +41,21 @@ _KEY_SHAPES = re.compile(
 _BEARER = re.compile(r"(?i)\b(bearer)\s+[^\s'\",;}]+")
 _KEY_VALUE = re.compile(
     r"(?i)\b(api[_-]?key|x-api-key|access[_-]?token|auth[_-]?token|authorization)"
-    r"(['\"]?\s*[:=]\s*['\"]?)(?!bearer\b)[^\s'\",;&}]+"
+    r"(['\"]?\s*[:=]\s*['\"]?)(?!bearer\b)[^\s'\",;&})]+"
 )
 
-# A configured secret shorter than this is not searched for: redacting "x" would mangle text.
-_MIN_SECRET = 8
+# The password of a URL's userinfo (http://user:PASS@host/v1), whatever its length; the user
+# name stays, so the URL can still be told from others. The password runs to the last "@"
+# before the path, as urlsplit reads it.
+_URL_PASSWORD = re.compile(r"(?<=://)([^/\s:@'\"]*):[^/\s'\"]+@")
+_MASKED_PASSWORD = r"\1:***@"
+# Userinfo with no password (https://TOKEN@host) is often a token itself: all of it is masked.
+_URL_TOKEN = re.compile(r"(?<=://)[^/\s:@'\"]+@")
+
+# A configured secret shorter than this is not searched for: replacing every "a" or "ab" of a
+# message would mangle it, and no provider issues keys of 1-3 characters. Anything from 4 on is
+# redacted, so a short key a local server was given is hidden too.
+_MIN_SECRET = 4
 
 _RETRYABLE_4XX = frozenset({408, 409, 425, 429})
 
@@ -60,13 +74,29 @@ _MAX_MESSAGE = 500
 
 
 def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
-    """``text`` with every configured secret and anything shaped like a key replaced."""
+    """``text`` with every configured secret of 4 characters or more, anything shaped like a
+    key and the password of any URL (``http://user:***@host``, or ``http://***@host`` for a
+    bare token) replaced."""
+    # URL passwords first, so one that is also a configured secret still reads "***".
+    text = _URL_TOKEN.sub("***@", _URL_PASSWORD.sub(_MASKED_PASSWORD, text))
     for secret in secrets:
         if isinstance(secret, str) and len(secret) >= _MIN_SECRET:
             text = text.replace(secret, _REDACTED)
     text = _KEY_SHAPES.sub(_REDACTED, text)
     text = _BEARER.sub(lambda m: f"{m.group(1)} {_REDACTED}", text)
     return _KEY_VALUE.sub(lambda m: f"{m.group(1)}{m.group(2)}{_REDACTED}", text)
+
+
+def url_passwords(url: str | None) -> tuple[str, ...]:
+    """The password in ``url``'s userinfo, as written and percent-decoded (the form an HTTP
+    layer may echo), for the secrets an adapter redacts; () when there is none."""
+    if not url:
+        return ()
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return ()
+    return tuple(dict.fromkeys(p for p in (password, unquote(password or "")) if p))
 
 
 def _header(headers: Any, name: str) -> str | None:
@@ -157,6 +187,34 @@ def _cause_text(exc: BaseException) -> str:
     return f" ({type(cause).__name__}: {text})" if text else f" ({type(cause).__name__})"
 
 
+def _encoding_error(exc: BaseException) -> UnicodeEncodeError | None:
+    # The UnicodeEncodeError ``exc`` is or wraps: the SDKs raise it as it is, LiteLLM re-raises
+    # it as a status error of its own (a 500) that repeats its words. One in the chain that
+    # ``exc`` does not repeat is not its cause: the SDK was called while it was being handled.
+    if isinstance(exc, UnicodeEncodeError):
+        return exc
+    said = str(exc)
+    seen = {id(exc)}
+    link = exc.__cause__ or exc.__context__
+    while link is not None and id(link) not in seen:
+        if isinstance(link, UnicodeEncodeError) and str(link) in said:
+            return link
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
+    return None
+
+
+def _unencodable(error: UnicodeEncodeError) -> str:
+    if error.reason == "surrogates not allowed":
+        bad = error.object[error.start:error.end] if isinstance(error.object, str) else ""
+        return (f"the request text is not valid Unicode: it holds a lone surrogate ({bad!r}), "
+                f"which no provider accepts; remove it or re-decode the text it came from")
+    # Not the text (a header or URL that is not ASCII): no part of what failed is shown, as it
+    # may be a key.
+    return (f"the request cannot be encoded: {error.encoding} cannot encode a character "
+            f"({error.reason}); HTTP headers and URLs must be ASCII")
+
+
 def _shorten(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE] + "..."
@@ -168,9 +226,14 @@ def provider_error(exc: BaseException, *, model: str,
     provider call (a bug, a bad argument), which the adapter then lets through unchanged.
 
     Retryable: timeouts, connection failures, 408, 409, 425, 429 and 5xx but 501. Not
-    retryable: 400 (context overflow included), 401, 403, 404, 413, 422 and the rest.
+    retryable: 400 (context overflow included), 401, 403, 404, 413, 422 and the rest, and a
+    request that cannot be encoded (a lone surrogate in the prompt).
     """
     secrets = tuple(secrets)
+    encoding = _encoding_error(exc)
+    if encoding is not None:
+        return ProviderError(_shorten(redact(_unencodable(encoding), secrets)), model=model,
+                             retryable=False)
     names = _names(exc)
     status = getattr(exc, "status_code", None)
     if isinstance(status, bool) or not isinstance(status, int):

@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from types import ModuleType
 from typing import Any
 
 from ..errors import ProviderError
 from ._common import check_defaults, token_count
-from ._errors import provider_error, redact
+from ._errors import provider_error, redact, url_passwords
 from ._extras import require
+from ._replies import chat_text, field
 
 __all__ = ("LiteLLMClient", "litellm_client")
-
-log = logging.getLogger("moa.clients")
 
 _RESERVED = frozenset({"model", "messages", "temperature", "max_tokens", "stream"})
 # Defaults that may hold a credential: their values never reach a repr or a message.
 _SECRET_NAMES = ("api_key", "azure_ad_token", "aws_secret_access_key", "aws_session_token")
+# Defaults that hold a URL, whose password (http://user:PASS@host) is a credential too.
+_URL_NAMES = ("api_base", "base_url")
 
 
 class LiteLLMClient:
@@ -35,6 +35,9 @@ class LiteLLMClient:
         self.prefix = prefix
         self.defaults = defaults
         self._secrets = tuple(v for k in _SECRET_NAMES if isinstance(v := defaults.get(k), str))
+        for name in _URL_NAMES:
+            url = defaults.get(name)
+            self._secrets += url_passwords(url) if isinstance(url, str) else ()
 
     def __repr__(self) -> str:
         args = [f"prefix={self.prefix!r}"] if self.prefix else []
@@ -66,17 +69,12 @@ class LiteLLMClient:
 
 def _reply(model: str, response: Any,
            secrets: tuple[str, ...]) -> tuple[str, int | None, int | None]:
-    choices = getattr(response, "choices", None)
-    if not choices:
+    choices = field(response, "choices")
+    if choices == []:
         raise ProviderError(redact(f"the response has no choices: {response!r}", secrets)[:300],
                             model=model, retryable=True)
-    choice = choices[0]
-    text = getattr(getattr(choice, "message", None), "content", None)
-    if not isinstance(text, str):
-        log.warning("%s: the response has no text (finish_reason=%r); returning \"\"", model,
-                    getattr(choice, "finish_reason", None))
-        text = ""
-    usage = getattr(response, "usage", None)  # absent, not None, when the provider sent none
+    text = chat_text(model, response, secrets)
+    usage = field(response, "usage")  # absent, not None, when the provider sent none
     return (text, token_count(getattr(usage, "prompt_tokens", None)),
             token_count(getattr(usage, "completion_tokens", None)))
 
@@ -86,7 +84,10 @@ def litellm_client(prefix: str = "", **defaults: Any) -> LiteLLMClient:
     ``litellm.acompletion(model=prefix + model, messages, temperature, max_tokens, **defaults)``.
 
     ``litellm_client(prefix="groq/")`` reaches Groq with Groq's own model names (the key comes
-    from ``GROQ_API_KEY``, as LiteLLM reads it). Runs on asyncio only.
+    from ``GROQ_API_KEY``, as LiteLLM reads it). Runs on asyncio only. The values of
+    ``api_key`` and the other credential defaults, and the password of ``api_base``, never
+    appear in the repr or in error messages (a credential shorter than 4 characters is not
+    searched for in messages, as hiding every "ab" would garble them).
     """
     if not isinstance(prefix, str):
         raise TypeError(f"litellm_client(prefix=...): prefix must be a str such as 'groq/', "

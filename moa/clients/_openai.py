@@ -16,9 +16,10 @@ import anyio
 from .._executor import Usage
 from ..errors import MoaError, ProviderError
 from ._common import PerLoop, check_defaults, check_timeout, token_count
-from ._errors import provider_error, redact
+from ._errors import provider_error, redact, url_passwords
 from ._extras import require
-from ._sse import StreamError, check_ended, close_shielded, sse_events
+from ._replies import CHAT_CHUNK, chat_text, field, malformed, shown
+from ._sse import DONE, StreamError, check_ended, close_shielded, sse_events
 
 __all__ = ("OpenAIClient", "openai_client")
 
@@ -125,13 +126,14 @@ class OpenAIClient:
             # The server refused stream_options: it will not report usage anyway.
             stream = await self._open(model, messages, params, None)
         tin = tout = finish = None
-        any_text = done = False
+        any_text = done = any_event = any_chunk = False
         try:
             sort = functools.partial(self._error, model=model)
             async with aclosing(sse_events(stream.response, model=model, secrets=self._secrets,
                                            sort=sort)) as events:
                 async for _, chunk in events:
-                    if isinstance(chunk, str):  # "[DONE]"
+                    any_event = True
+                    if chunk is DONE:
                         done = True
                         # Read the rest of the body (normally nothing) so that an HTTP/1.1
                         # connection can be reused, as the SDK does, but not for long; what
@@ -144,7 +146,8 @@ class OpenAIClient:
                                 pass
                         break
                     if not isinstance(chunk, dict):
-                        continue
+                        raise malformed(model, CHAT_CHUNK, f"a chunk is {shown(chunk)}, not a "
+                                        f"JSON object", self._secrets)
                     if chunk.get("error"):
                         # An error event inside the stream (OpenRouter's, vLLM's, OpenAI's).
                         raise self._error(StreamError(chunk["error"]), model)  # never None
@@ -152,17 +155,21 @@ class OpenAIClient:
                     if isinstance(usage, dict):
                         tin = token_count(usage.get("prompt_tokens"))
                         tout = token_count(usage.get("completion_tokens"))
-                    choices = chunk.get("choices")
-                    if not choices or not isinstance(choices[0], dict):  # the usage chunk
+                    choice = _chunk_choice(model, chunk, self._secrets)
+                    any_chunk = any_chunk or chunk.get("choices") is not None
+                    if choice is None:  # the usage chunk
                         continue
-                    finish = choices[0].get("finish_reason") or finish
-                    delta = choices[0].get("delta")
-                    text = delta.get("content") if isinstance(delta, dict) else None
-                    if isinstance(text, str) and text:
+                    finish = choice.get("finish_reason") or finish
+                    text = _chunk_text(model, choice, self._secrets)
+                    if text:
                         any_text = True
                         yield text
         finally:
             await close_shielded(stream)
+        if any_event and not any_chunk:
+            # Events came, but none had choices: another API's stream, not a cut one.
+            raise malformed(model, CHAT_CHUNK, "no event of the stream had 'choices'",
+                            self._secrets)
         check_ended(model, ended=done or finish is not None, any_text=any_text, what="reply",
                     signals="finish_reason and no [DONE]", reason_name="finish_reason",
                     reason=finish, log=log)
@@ -191,27 +198,49 @@ class OpenAIClient:
             await sdk.close()
 
 
+def _chunk_choice(model: str, chunk: dict[str, Any],
+                  secrets: tuple[str, ...]) -> dict[str, Any] | None:
+    # The first choice of a stream chunk; None for a chunk without one (the usage chunk).
+    choices = chunk.get("choices")
+    if choices is None or choices == []:
+        return None
+    if not isinstance(choices, list):
+        raise malformed(model, CHAT_CHUNK, f"a chunk's 'choices' is {shown(choices)}, not a list",
+                        secrets)
+    if not isinstance(choices[0], dict):
+        raise malformed(model, CHAT_CHUNK, f"a chunk's choices[0] is {shown(choices[0])}, not an "
+                        f"object", secrets)
+    return choices[0]
+
+
+def _chunk_text(model: str, choice: dict[str, Any], secrets: tuple[str, ...]) -> str | None:
+    # The text a chunk's choice adds: None when its delta carries none (the role, the finish).
+    delta = choice.get("delta")
+    if delta is None:
+        return None
+    if not isinstance(delta, dict):
+        raise malformed(model, CHAT_CHUNK, f"a chunk's delta is {shown(delta)}, not an object",
+                        secrets)
+    text = delta.get("content")
+    if text is None or isinstance(text, str):
+        return text
+    raise malformed(model, CHAT_CHUNK, f"a chunk's delta content is {shown(text)}, not a string "
+                    f"or null", secrets)
+
+
 def _reply(model: str, response: Any,
            secrets: tuple[str, ...]) -> tuple[str, int | None, int | None]:
-    choices = getattr(response, "choices", None)
-    if not choices:
+    choices = field(response, "choices")
+    if choices == [] or (choices is None and field(response, "error")):
         # A 200 with no choices is what OpenRouter sends when the upstream provider failed
         # mid-request (an "error" object in the body): a transient fault, so retryable.
-        error = getattr(response, "error", None)
+        error = field(response, "error")
         said = error.get("message") if isinstance(error, dict) else error
         detail = f": {said}" if said else ""
         raise ProviderError(redact(f"the response has no choices{detail}", secrets), model=model,
                             retryable=True)
-    choice = choices[0]
-    message = getattr(choice, "message", None)
-    text = getattr(message, "content", None)
-    if not isinstance(text, str):
-        refusal = getattr(message, "refusal", None)
-        log.warning("%s: the response has no text (finish_reason=%r%s); returning \"\"", model,
-                    getattr(choice, "finish_reason", None),
-                    f", refusal={refusal!r}" if refusal else "")
-        text = ""
-    usage = getattr(response, "usage", None)
+    text = chat_text(model, response, secrets)
+    usage = field(response, "usage")
     return (text, token_count(getattr(usage, "prompt_tokens", None)),
             token_count(getattr(usage, "completion_tokens", None)))
 
@@ -229,7 +258,9 @@ def openai_client(base_url: str | None = None, api_key: str | None = None, *,
     ``httpx2.AsyncClient``) and ``timeout`` go to the SDK. The client may serve one event loop
     after another (``run_sync`` twice); it opens fresh connections for each, but an
     ``http_client`` you give is yours to keep on one loop. The SDK never retries: ``moa.run``'s
-    retry policy does.
+    retry policy does. The key (any of 4 characters or more: a shorter one is not searched for,
+    as hiding every "ab" would garble messages) and the password of ``base_url`` never appear in
+    error messages or the repr (``http://user:***@host/v1``).
     """
     openai = require("openai", "openai", "openai_client")
     for name, value in (("base_url", base_url), ("api_key", api_key),
@@ -246,17 +277,19 @@ def openai_client(base_url: str | None = None, api_key: str | None = None, *,
                            "OPENAI_API_KEY environment variable (a local server needs only "
                            "base_url=...)")
         key = LOCAL_KEY
-    secrets = (key,)
     options: dict[str, Any] = {"api_key": key, "base_url": base_url, "max_retries": 0}
     if http_client is not None:
         options["http_client"] = http_client
     if timeout is not None:
         options["timeout"] = timeout
+    secrets = (key, *url_passwords(base_url))
     try:
         sdk = openai.AsyncOpenAI(**options)
     except openai.OpenAIError as exc:
         message = redact(str(exc), secrets)
     else:
+        # OPENAI_BASE_URL may have given the URL, and its password.
+        secrets = tuple(dict.fromkeys(secrets + url_passwords(str(getattr(sdk, "base_url", "")))))
         sdks = PerLoop(functools.partial(openai.AsyncOpenAI, **options), sdk)
         return OpenAIClient(sdks, base_url=base_url, reasoning_effort=reasoning_effort,
                             defaults=dict(defaults), secrets=secrets)

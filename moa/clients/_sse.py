@@ -16,7 +16,7 @@ import anyio
 from ..errors import ProviderError
 from ._errors import redact
 
-__all__ = ("StreamError", "SSEParser", "sse_events", "close_shielded", "check_ended")
+__all__ = ("DONE", "StreamError", "SSEParser", "sse_events", "close_shielded", "check_ended")
 
 # The SDKs open the stream (request, auth, an error status raised as their exception) but the
 # body is read here: their own SSE iterators are async generators that stop at [DONE] or are
@@ -62,6 +62,18 @@ def _stream_error_status(fields: Mapping[str, Any]) -> int:
     return 500
 
 
+class _Done:
+    """The data "[DONE]" that ends an OpenAI stream: a marker of its own, which no JSON value
+    (the string "[DONE]" included) can be mistaken for."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "[DONE]"
+
+
+DONE = _Done()
+
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
@@ -102,7 +114,7 @@ class SSEParser:
 async def sse_events(response: Any, *, model: str, secrets: tuple[str, ...],
                      sort: Callable[[Exception], ProviderError | None]) -> AsyncIterator[Any]:
     """The events of a streamed response body, as ``(event, data)`` with ``data`` parsed from
-    JSON (or the raw text "[DONE]"), until the body ends. A failed read raises the
+    JSON (or :data:`DONE` for "[DONE]"), until the body ends. A failed read raises the
     ``ProviderError`` that ``sort`` makes of it; data that is no JSON is a retryable one."""
     parser = SSEParser()
     async with aclosing(response.aiter_bytes()) as body:
@@ -113,7 +125,7 @@ async def sse_events(response: Any, *, model: str, secrets: tuple[str, ...],
 
 def _parsed(data: str, model: str, secrets: tuple[str, ...]) -> Any:
     if data.startswith("[DONE]"):
-        return data
+        return DONE
     try:
         return json.loads(data)
     except ValueError:

@@ -171,3 +171,60 @@ def test_on_trio_a_call_fails_at_once_saying_asyncio():
     with pytest.raises(ProviderError, match="runs on asyncio only") as info:
         anyio.run(main, backend="trio")
     assert not info.value.retryable
+
+
+# Replies of the wrong shape, and requests that cannot be encoded
+
+class Reply:
+    """A response of litellm's attribute-read shape, with fields set as given."""
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+
+@pytest.mark.parametrize("response, what", [
+    (Reply(choices="nope"), "'choices' is 'nope' (a str), not a list"),
+    (Reply(id="x"), "it has no 'choices'"),
+    (Reply(choices=[Reply(finish_reason="stop")]), "choices[0] has no 'message'"),
+    (Reply(choices=[Reply(message=Reply(role="assistant", content=5))]),
+     "choices[0].message.content is 5 (an int), not a string or null"),
+], ids=["choices-str", "no-choices", "no-message", "content-int"])
+async def test_a_response_that_is_no_chat_completion_is_an_error_not_retried(scripted, response,
+                                                                           what):
+    fake = scripted(response, model_response("never"))
+    with pytest.raises(StepFailedError) as info:
+        await moa.run(Propose([MODEL]), "Q", litellm_client(), retry=NO_WAIT)
+    record = info.value.history.calls[0]
+    assert record.attempts == 1 and len(fake.calls) == 1
+    assert record.error == f"ProviderError: {MODEL}: the reply is not a chat completion: {what}"
+
+
+async def test_a_model_response_with_empty_text_is_an_answer(scripted):
+    scripted(model_response(text=""))
+    assert await litellm_client()(model=MODEL, messages=MESSAGES, temp=0.1,
+                                  max_tokens=5) == ("", 9, 4)
+
+
+async def test_a_lone_surrogate_through_the_real_acompletion_is_not_retried():
+    # LiteLLM wraps the SDK's UnicodeEncodeError in an InternalServerError (a 500) of its own.
+    httpx2 = pytest.importorskip("httpx2")
+    openai = pytest.importorskip("openai")
+
+    def never(request):
+        raise AssertionError("a request that cannot be encoded was sent")
+
+    sdk = openai.AsyncOpenAI(api_key="sk-test-SECRET123456", max_retries=0,
+                             http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(never)))
+    client = litellm_client(prefix="openai/", client=sdk)
+    with pytest.raises(ProviderError) as info:
+        await client(model="gpt-4o", messages=[{"role": "user", "content": "\ud800"}], temp=0.1,
+                     max_tokens=5)
+    assert str(info.value).startswith("gpt-4o: the request text is not valid Unicode: it holds "
+                                      "a lone surrogate ('\\ud800')")
+    assert not info.value.retryable
+
+
+def test_repr_masks_the_password_of_api_base_and_keeps_its_parenthesis():
+    client = litellm_client(api_base="http://user:PASS@host/v1", api_key="abc1234")
+    assert repr(client) == "litellm_client(api_base='http://user:***@host/v1', api_key=[REDACTED])"
+    assert client._secrets == ("abc1234", "PASS")
