@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import ast
 import difflib
+import operator
 import re
+import warnings
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from ._llm_steps import Aggregate, AggregateSeq, Pick, Propose, Rank, Refine, Synthesize, Vote
@@ -37,7 +40,11 @@ MAX_STEPS = 200         # steps in the result, repetitions expanded; also step c
 MAX_REPEAT = 100        # n in step * n
 MAX_ITEMS = 1_000       # items in one list or tuple literal
 MAX_STRING = 10_000     # characters in one string literal
+MAX_INT_DIGITS = 18     # decimal digits in one integer literal
+MAX_OPERATORS = 1_000   # operator characters (| & * - . ...) in the raw text
 MAX_MESSAGE = 500       # characters of an error's reason
+
+_TOO_LARGE = f"number is too large: an integer has at most {MAX_INT_DIGITS} decimal digits"
 
 _OPERATORS = {ast.BitOr: "|", ast.BitAnd: "&", ast.Mult: "*", ast.Add: "+", ast.Sub: "-",
               ast.Div: "/", ast.FloorDiv: "//", ast.Mod: "%", ast.Pow: "**",
@@ -56,6 +63,21 @@ _WHAT = {
 }
 
 
+#: Characters Python's parser cannot take: lone surrogates (not valid Unicode; how a byte that is
+#: not UTF-8 arrives from the shell, decoded with surrogateescape) and the null byte.
+_BAD_CHARACTER = re.compile(r"[\ud800-\udfff\x00]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+#: Characters of the operators that nest Python's syntax tree one level each: a chain
+#: ``a | a | ...``, ``- - 1`` or ``a.b.c`` is as deep as it is long.
+_OPERATOR_CHARS = frozenset("|&*+-/%@^~<>.")
+_NEWLINE = re.compile(r"\r\n|\r|\n")  # line breaks as Python's tokenizer counts them
+#: What a step's constructor or operator raises when it rejects its arguments. OverflowError
+#: and RecursionError are there too: a huge or deeply nested literal (a regex for
+#: ``Vote(extract=...)``) can overflow a constructor's own parsing, and the user's argument is
+#: still what is at fault.
+_REJECTIONS = (TypeError, ValueError, MoaError, OverflowError, RecursionError)
+
+
 class PipelineSyntaxError(MoaError, ValueError):
     """A pipeline expression that cannot be parsed or is not allowed.
 
@@ -72,17 +94,20 @@ class PipelineSyntaxError(MoaError, ValueError):
         super().__init__(self._render())
 
     def _render(self) -> str:
-        start = self.text.rfind("\n", 0, self.offset) + 1
-        end = self.text.find("\n", self.offset)
-        end = len(self.text) if end == -1 else end
-        line = self.text[start:end]
+        start = max(self.text.rfind("\n", 0, self.offset), self.text.rfind("\r", 0, self.offset))
+        start += 1
+        newline = _NEWLINE.search(self.text, self.offset)
+        end = newline.start() if newline else len(self.text)
+        # A lone surrogate would make the message itself unprintable (UnicodeEncodeError on
+        # a UTF-8 terminal); U+FFFD keeps the width, so the caret still lines up.
+        line = _SURROGATE.sub("\ufffd", self.text[start:end])
         if len(line) > 200:  # keep the pointer readable for long input: show a window
             lo = max(0, self.offset - start - 80)
             line, start = line[lo:lo + 160], start + lo
         col = self.offset - start
         pad = "".join("\t" if ch == "\t" else " " for ch in line[:col])
         width = max(1, min(self.length, len(line) - col))
-        return f"{self.message}\n{line}\n{pad}{'^' * width}"
+        return f"{_SURROGATE.sub(chr(0xFFFD), self.message)}\n{line}\n{pad}{'^' * width}"
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.message, self.text, self.offset, self.length))
@@ -102,37 +127,53 @@ def parse_pipeline(text: str) -> Step:
         raise PipelineSyntaxError(
             f"expression is too long: {len(text)} characters, at most {MAX_CHARS}",
             text[:MAX_CHARS], MAX_CHARS)
+    _check_characters(text)
     _check_nesting(text)
     return _Parser(text).parse()
 
 
+def _check_characters(text: str) -> None:
+    """Reject a lone surrogate or a null byte, which Python's parser cannot read, at its place."""
+    bad = _BAD_CHARACTER.search(text)
+    if bad is None:
+        return
+    if bad.group() == "\x00":
+        reason = "a null byte"
+    else:
+        reason = "a lone surrogate (not valid Unicode; a byte that is not UTF-8?)"
+    raise PipelineSyntaxError(f"invalid character U+{ord(bad.group()):04X}: {reason}",
+                              text, bad.start())
+
+
 def _check_nesting(text: str) -> None:
-    """Reject deeply nested or unbalanced brackets before Python's parser recurses into them.
+    """Reject deeply nested or unbalanced brackets, and long operator chains, before Python's
+    parser recurses into them.
 
     String literals and comments are skipped; an unterminated string is left for the parser to
     report. (The parser sees the text wrapped in parentheses, so an unclosed or extra bracket
     must be caught here, where its position is still known.)
     """
     opened: list[int] = []
+    operators = 0
     i, n = 0, len(text)
     while i < n:
         ch = text[i]
         if ch in "'\"":
-            quote = text[i:i + 3] if text[i:i + 3] == ch * 3 else ch
-            i += len(quote)
-            while i < n and not text.startswith(quote, i):
-                if text[i] == "\n" and len(quote) == 1:
-                    break
-                i += 2 if text[i] == "\\" else 1
-            if i >= n or text[i] == "\n":
+            i = _skip_string(text, i)
+            if i < 0:
                 return  # unterminated: the parser says so, with its position
-            i += len(quote)
             continue
         if ch == "#":  # a comment runs to the end of the line
-            nl = text.find("\n", i)
-            i = n if nl == -1 else nl
+            newline = _NEWLINE.search(text, i)
+            i = newline.start() if newline else n
             continue
-        if ch in "([{":
+        if ch in _OPERATOR_CHARS:
+            operators += 1
+            if operators > MAX_OPERATORS:
+                raise PipelineSyntaxError(
+                    f"expression has too many operators: more than {MAX_OPERATORS} "
+                    f"(| & * - . and the like)", text, i)
+        elif ch in "([{":
             opened.append(i)
             if len(opened) > MAX_NESTING:
                 raise PipelineSyntaxError(
@@ -152,14 +193,29 @@ def _check_nesting(text: str) -> None:
                                   text, opened[-1])
 
 
+def _skip_string(text: str, i: int) -> int:
+    """The index just past the string literal whose quote is at ``i``; -1 if it never ends."""
+    quote = text[i:i + 3] if text[i:i + 3] == text[i] * 3 else text[i]
+    i += len(quote)
+    n = len(text)
+    while i < n and not text.startswith(quote, i):
+        if text[i] in "\r\n" and len(quote) == 1:
+            return -1
+        if text[i] == "\\":  # an escaped character, or a line continued: \ then \r\n
+            i += 3 if text.startswith("\r\n", i + 1) else 2
+        else:
+            i += 1
+    return -1 if i >= n else i + len(quote)
+
+
 class _Parser:
     def __init__(self, text: str) -> None:
         self.text = text
-        lines = text.split("\n")
-        self.line_starts = [0]
-        for line in lines[:-1]:
-            self.line_starts.append(self.line_starts[-1] + len(line) + 1)
-        self.lines = lines
+        # Lines as Python counts them: "\r" alone ends one too.
+        breaks = list(_NEWLINE.finditer(text))
+        self.line_starts = [0] + [b.end() for b in breaks]
+        ends = [b.start() for b in breaks] + [len(text)]
+        self.lines = [text[a:b] for a, b in zip(self.line_starts, ends)]
         self.calls = 0
 
     # -- errors ---------------------------------------------------------------------------
@@ -195,24 +251,43 @@ class _Parser:
         # Wrapped in parentheses on lines of their own, the expression may span lines and
         # start with spaces, as a shell argument may; columns are unchanged, lines move by one.
         try:
-            tree = ast.parse(f"(\n{self.text}\n)", mode="eval")
+            # Python only warns of some slips (an invalid escape '\d', 1if); raised, they
+            # become SyntaxErrors with a position, whatever the caller's warning filters, and
+            # nothing is printed on the side with the wrapped source's line numbers.
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", SyntaxWarning)
+                warnings.simplefilter("error", DeprecationWarning)
+                tree = ast.parse(f"(\n{self.text}\n)", mode="eval")
         except SyntaxError as e:
-            lineno = e.lineno or 2
-            start = self._offset(lineno, (e.offset or 1) - 1, in_bytes=False)
-            length = 1
-            if e.end_offset and e.end_lineno in (None, lineno) and e.end_offset > (e.offset or 0):
-                length = e.end_offset - (e.offset or 1)
-            # Python's message counts lines of the wrapped source; count the user's instead.
-            msg = re.sub(r"\b(line) (\d+)", lambda m: f"{m[1]} {max(1, int(m[2]) - 1)}", e.msg)
-            if not msg.startswith("invalid syntax"):
-                msg = f"invalid syntax: {msg}"
-            raise PipelineSyntaxError(msg, self.text, start, length) from None
+            self.syntax_error(e)
+        except ValueError as e:  # Python's digit limit, raised as itself by some versions
+            self.syntax_error(SyntaxError(str(e)))
         except (RecursionError, MemoryError):
             raise PipelineSyntaxError("expression is nested too deeply", self.text, 0) from None
         value = self.value(tree.body, 0)
         if not isinstance(value, Step):
             self.fail(f"expected a pipeline, got {_kind(value)}", tree.body)
         return value
+
+    def syntax_error(self, e: SyntaxError) -> NoReturn:
+        """Raise Python's syntax error ``e`` as a PipelineSyntaxError on the user's text."""
+        msg = str(e.msg or "invalid syntax")
+        if msg.startswith("Exceeds the limit"):  # a decimal literal past 4300 digits
+            # Python gives no position: point at the longest run of digits, the culprit.
+            runs = list(re.finditer(r"\d(?:_?\d)*", self.text)) or [None]
+            huge = max(runs, key=lambda m: len(m[0]) if m else 0)
+            raise PipelineSyntaxError(_TOO_LARGE, self.text, huge.start() if huge else 0,
+                                      len(huge[0]) if huge else 1) from None
+        lineno = e.lineno or 2
+        start = self._offset(lineno, (e.offset or 1) - 1, in_bytes=False)
+        length = 1
+        if e.end_offset and e.end_lineno in (None, lineno) and e.end_offset > (e.offset or 0):
+            length = e.end_offset - (e.offset or 1)
+        # Python's message counts lines of the wrapped source; count the user's instead.
+        msg = re.sub(r"\b(line) (\d+)", lambda m: f"{m[1]} {max(1, int(m[2]) - 1)}", msg)
+        if not msg.startswith("invalid syntax"):
+            msg = f"invalid syntax: {msg}"
+        raise PipelineSyntaxError(msg, self.text, start, length) from None
 
     # -- evaluation -----------------------------------------------------------------------
     def value(self, node: ast.expr, depth: int) -> Any:
@@ -229,7 +304,7 @@ class _Parser:
             operand = node.operand
             if (isinstance(node.op, ast.USub) and isinstance(operand, ast.Constant)
                     and type(operand.value) in (int, float)):
-                return -operand.value
+                return -self.constant(operand)
             self.fail("only a minus sign before a number is allowed here", node)
         if isinstance(node, ast.Call):
             return self.call(node, depth)
@@ -242,12 +317,19 @@ class _Parser:
 
     def constant(self, node: ast.Constant) -> Any:
         value = node.value
+        if type(value) is int and abs(value) >= 10 ** MAX_INT_DIGITS:
+            # Checked before anything formats it: str() of an int past 4300 digits raises.
+            self.fail(_TOO_LARGE, node)
         if value is None or type(value) in (bool, int, float):
             return value
         if type(value) is str:
             if len(value) > MAX_STRING:
                 self.fail(f"string is too long: {len(value)} characters, at most {MAX_STRING}",
                           node)
+            surrogate = _SURROGATE.search(value)  # written as an escape, '\\ud800'
+            if surrogate:
+                self.fail(f"string holds a lone surrogate U+{ord(surrogate[0]):04X} (not valid "
+                          f"Unicode)", node)
             return value
         self.fail(f"{type(value).__name__} literals are not allowed; use str, int, float, "
                   f"bool or None", node)
@@ -303,10 +385,15 @@ class _Parser:
             steps = sum(_count(x) for v in args for x in (v if isinstance(v, (list, tuple))
                                                           else [v]))
             self.check_size(steps, node)
+        return self.build(node, cls, *args, **kwargs)
+
+    def build(self, node: ast.AST, make: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``make(*args, **kwargs)``: a step's constructor or operator, whose rejection of its
+        arguments becomes a PipelineSyntaxError pointing at ``node``."""
         try:
-            return cls(*args, **kwargs)
-        except (TypeError, ValueError) as e:
-            self.fail(str(e), node)
+            return make(*args, **kwargs)
+        except _REJECTIONS as e:
+            self.fail(_reason(e), node)
 
     def binop(self, node: ast.BinOp, depth: int) -> Step:
         # A chain a | b | c nests to the left; walk it without recursion so a long chain is
@@ -345,18 +432,16 @@ class _Parser:
             if n > MAX_REPEAT:
                 self.fail(f"too many repetitions: {n}, at most {MAX_REPEAT}", count_node)
             self.check_size(_count(step) * n, node)
-            return step * n
+            return self.build(node, operator.mul, step, n)
         op = "|" if isinstance(node.op, ast.BitOr) else "&"
         for side, v, sub in (("left", left, node.left), ("right", right, node.right)):
             if not isinstance(v, Step) and not (
                     isinstance(v, (list, tuple)) and v and all(isinstance(x, Step) for x in v)):
                 self.fail(f"the {side} operand of '{op}' must be a step, not {_kind(v)}", sub)
-        left_s, right_s = Pipeline(*_steps(left)), Pipeline(*_steps(right))
+        left_s = self.build(node.left, Pipeline, *_steps(left))
+        right_s = self.build(node.right, Pipeline, *_steps(right))
         self.check_size(_count(left_s) + _count(right_s), node)
-        try:
-            return left_s | right_s if op == "|" else left_s & right_s
-        except (TypeError, ValueError) as e:
-            self.fail(str(e), node)
+        return self.build(node, operator.or_ if op == "|" else operator.and_, left_s, right_s)
 
     def repeat_list(self, node: ast.BinOp, left: Any, right: Any) -> list[Any]:
         # ["model"] * 6, as Self-MoA is written in Python: a list of literals, repeated.
@@ -371,7 +456,7 @@ class _Parser:
             self.fail(f"a list repeats n >= 0 times, got {n}", node)
         if len(items) * n > MAX_ITEMS:
             self.fail(f"list is too long: {len(items)} * {n} items, at most {MAX_ITEMS}", node)
-        return items * n
+        return items * n if items else []  # [] * n overflows for an n past sys.maxsize
 
     def check_size(self, steps: int, node: ast.AST) -> None:
         if steps > MAX_STEPS:
@@ -398,7 +483,20 @@ def _count(step: Step) -> int:
 def _kind(value: Any) -> str:
     if isinstance(value, Step):
         return "a step"
-    shown = repr(value)
+    try:
+        shown = repr(value)
+    except Exception:  # an error message must not fail on the value it describes
+        return f"a {type(value).__name__}"
     if len(shown) > 40:
         shown = shown[:37] + "..."
     return f"{shown} ({type(value).__name__})"
+
+
+def _reason(error: BaseException) -> str:
+    """What ``error`` says; its type where it says nothing, or where saying it raises (as the
+    str of an int past 4300 digits does)."""
+    try:
+        said = str(error)
+    except Exception:
+        said = ""
+    return said or f"the step rejected its arguments ({type(error).__name__})"

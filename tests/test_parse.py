@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import warnings
 
 import pytest
 from hypothesis import given, settings
@@ -299,8 +300,9 @@ def test_too_many_steps():
 
 
 def test_a_long_chain_does_not_recurse():
-    text = "|".join(["Take(1)*0"] * 1100)[:10_000]
-    check(text.rstrip("|*0"), "too many steps")
+    # 999 operators, just under the raw-text limit: a recursive walk would pass 1000 frames.
+    text = "|".join(["Take(1)*0"] * 500)
+    check(text, "too many steps")
 
 
 def test_deep_brackets_are_refused_before_parsing():
@@ -318,7 +320,7 @@ def test_moderate_nesting_reaches_the_steps():
 
 
 def test_deep_unary_minus_is_refused():
-    check("Dropout(" + "-" * 5000 + "1)", "nested too deeply")
+    check("Dropout(" + "-" * 5000 + "1)", "too many operators: more than 1000", 1008)
     check("Dropout(" + "-" * 20 + "1)", "only a minus sign before a number")
 
 
@@ -328,7 +330,9 @@ def test_huge_literals(monkeypatch):
     check("Aggregate('a', prompt='" + "x" * 101 + "')", "string is too long: 101 characters", 22)
     check("Propose([" + ",".join(["'m'"] * 1001) + "])", "list is too long: 1001 items")
     check("Propose([" + ",".join(["1"] * 4000) + "])", "list is too long")
-    check("Take(" + "9" * 5000 + ")", "invalid syntax")  # Python's own digit limit
+    # Past Python's own digit limit (4300), which ast.parse reports without a position.
+    e = check("Take(" + "9" * 5000 + ")", "number is too large", 5)
+    assert e.length == 5000
 
 
 def test_dropout_minus_reaches_the_step():
@@ -339,3 +343,119 @@ def test_dropout_minus_reaches_the_step():
 def test_multiline_error_points_at_the_right_line():
     e = check("Take(1)\n | Shufle()", "did you mean Shuffle?", 11)
     assert str(e).splitlines()[-2:] == [" | Shufle()", "   ^^^^^^"]
+
+
+# -- foreign exceptions: everything the parser lets out is a PipelineSyntaxError -----------------
+HUGE_HEX = "0x" + "f" * 9000  # no digit limit for hex, but str() of its value raises
+
+
+@pytest.mark.parametrize("text", [
+    f"Take({HUGE_HEX})",
+    f"Take(1) | {HUGE_HEX}",
+    f"{HUGE_HEX} | Take(1)",
+    f"Propose(['m'] * {HUGE_HEX})",
+    f"Take(1) * {HUGE_HEX}",
+    f"Rank('m', n={HUGE_HEX})",
+    f"Take(-{HUGE_HEX})",
+    "Propose([] * 1000000000000000000000)",  # was OverflowError
+    "Take(1) * 1000000000000000000",
+])
+def test_huge_integers_are_too_large(text):
+    e = check(text, "number is too large: an integer has at most 18 decimal digits")
+    literal = HUGE_HEX if HUGE_HEX in text else text[text.rindex("* ") + 2:].rstrip(")")
+    assert e.offset == text.index(literal)
+
+
+def test_the_largest_integer_reaches_the_step(monkeypatch):
+    check("Take(1) * 999999999999999999", "too many repetitions: 999999999999999999", 10)
+    check("Take(-999999999999999999)", "Take(", 0)  # the step's rule, not the parser's
+    seen = []
+    monkeypatch.setitem(moa._parse.STEPS, "Take", lambda n: seen.append(n) or Take(1))
+    parse_pipeline("Take(999_999_999_999_999_999)")
+    assert seen == [10**18 - 1]
+
+
+@pytest.mark.parametrize("text, fragment, offset", [
+    ("Propose(['\ud800'])", "invalid character U+D800: a lone surrogate (not valid Unicode", 10),
+    ("Propose(['a\udcff'])", "a byte that is not UTF-8?", 11),  # surrogateescape's byte
+    ("Take(1) \udcff", "invalid character U+DCFF", 8),
+    ("Take(1) # \udcff", "invalid character U+DCFF", 10),
+    ("Propose(['\\ud800'])", "string holds a lone surrogate U+D800", 9),
+    ("Aggregate('a', prompt='x\\udfff')", "string holds a lone surrogate U+DFFF", 22),
+    ("Take(1)\x00", "invalid character U+0000: a null byte", 7),
+])
+def test_characters_python_cannot_read(text, fragment, offset):
+    e = check(text, fragment, offset)
+    str(e).encode("utf-8")  # printable: the CLI prints it on a UTF-8 terminal
+    e.message.encode("utf-8")
+
+
+@pytest.mark.parametrize("text, offset", [
+    ("|".join(["a"] * 5000), 2001),
+    ("Take(1)" + ".a" * 4000, 2007),
+    ("Take(1)" + " * 1" * 2000, 4008),
+    ("Dropout(" + "~" * 3000 + "1)", 1008),
+])
+def test_long_operator_chains_are_refused_before_parsing(text, offset):
+    check(text, "expression has too many operators: more than 1000", offset)
+
+
+def test_operators_in_strings_and_comments_do_not_count():
+    prompt = "|" * 2000
+    assert parse_pipeline(f"Aggregate('a', prompt='{prompt}')  # {'-' * 2000}") == Aggregate(
+        "a", prompt=prompt)
+
+
+def test_carriage_returns_end_lines_as_python_counts_them():
+    e = check("Take(1)\r| Shufle()", "did you mean Shuffle?", 10)
+    assert str(e).splitlines()[-2:] == ["| Shufle()", "  ^^^^^^"]
+    check("Take(1) # a comment\r| " + "(" * 60 + "Take(1)" + ")" * 60, "more than 50 brackets")
+    # A string continued on the next line (backslash, then \r\n) ends where Python ends it.
+    continued = "Aggregate('a', prompt='x\\\r\ny') | "
+    check(continued + "(" * 60 + "Take(1)" + ")" * 60, "more than 50 brackets", len(continued) + 50)
+
+class _Unshowable:
+    def __repr__(self):
+        raise ValueError("Exceeds the limit (4300 digits) for integer string conversion")
+
+
+def test_error_messages_never_render_a_value_that_cannot_be_shown(monkeypatch):
+    monkeypatch.setitem(moa._parse.STEPS, "Take", lambda n: _Unshowable())
+    check("Take(1)", "expected a pipeline, got a _Unshowable", 0)
+
+    def unsayable(n):
+        raise ValueError(10 ** 5000)  # its str raises
+    monkeypatch.setitem(moa._parse.STEPS, "Take", unsayable)
+    check("Take(1)", "the step rejected its arguments (ValueError)", 0)
+
+
+def test_every_rejection_by_a_step_points_at_it(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise MoaError("refused")
+    monkeypatch.setitem(moa._parse.STEPS, "Take", refuse)
+    check("Shuffle() | Take(1)", "refused", 12)
+    # A regex too large for re.compile: OverflowError from Vote's own check.
+    check("Vote(extract='a{4294967296}')", "Vote", 0)
+
+
+@pytest.mark.parametrize("op, text, offset", [
+    ("__mul__", "Shuffle() | Take(1) * 2", 12),
+    ("__or__", "Shuffle() | Take(1)", 0),
+    ("__and__", "Shuffle() & Take(1)", 0),
+])
+def test_step_operators_rejections_point_at_the_expression(monkeypatch, op, text, offset):
+    def refuse(*args):
+        raise MoaError(f"{op} refused")
+    monkeypatch.setattr(moa.Step, op, refuse)
+    check(text, f"{op} refused", offset)
+
+
+@pytest.mark.parametrize("action", ["ignore", "always", "error"])
+def test_python_warnings_are_syntax_errors_whatever_the_filters(action, recwarn):
+    # Python only warns of these; the parser refuses them the same way under any filters, and
+    # nothing is printed on the side.
+    with warnings.catch_warnings():
+        warnings.simplefilter(action)
+        check(r"Aggregate('a', prompt='C:\data')", r"invalid escape sequence '\d'", 22)
+        check("Take(1if 1 else 2)", "invalid syntax: invalid decimal literal", 5)
+    assert not recwarn.list
