@@ -97,3 +97,40 @@ def test_every_llama_cpp_build_command_is_the_portable_one():
     assert first is not None
     assert f'CMAKE_ARGS="{PORTABLE_CMAKE_ARGS}" pip install --no-cache-dir' in first.group(1)
     assert (ROOT / ".ci" / "run").read_text().count(PORTABLE_CMAKE_ARGS) == 1
+
+
+def test_the_readme_limits_table_states_every_limit_as_the_code_has_it():
+    from moa import _bounds, _parse
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = text[text.index("\n## Limits\n"):text.index("\n## History\n")]
+    cells = [re.split(r"(?<!\\)\|", line) for line in table.splitlines()
+             if line.startswith("| ") and "---" not in line]
+    rows = {c[1].strip(): c[2].strip() for c in cells}
+
+    def has(row_start, value):
+        row = next(v for k, v in rows.items() if k.startswith(row_start))
+        assert f"{value:,}" in row, (row_start, value, row)
+
+    has("Pipeline/Parallel nesting", _bounds.MAX_NESTING)
+    has("steps in a Pipeline", _bounds.MAX_STEPS)
+    has("calls one step", _bounds.MAX_CALLS)
+    has("a count", _bounds.MAX_COUNT)
+    has("characters in one reply", _bounds.MAX_REPLY_CHARS)
+    has("characters in one request", _bounds.MAX_REQUEST_CHARS)
+    has("expression length", _parse.MAX_CHARS)
+    has("steps in an expression", _parse.MAX_STEPS)
+    has("`step * n`", _parse.MAX_REPEAT)
+    has("bracket nesting", _parse.MAX_NESTING)
+    has("bracket nesting", _parse.MAX_DEPTH)
+    has("items in one list", _parse.MAX_ITEMS)
+    has("characters in one string", _parse.MAX_STRING)
+    has("digits in one integer", _parse.MAX_INT_DIGITS)
+    has("operator characters", _parse.MAX_OPERATORS)
+    from moa import Retry
+
+    has("a provider's Retry-After", int(Retry().max_retry_after))
+    # every constant of moa._bounds has its row
+    assert {n for n in vars(_bounds) if n.startswith("MAX_")} == {
+        "MAX_NESTING", "MAX_STEPS", "MAX_CALLS", "MAX_COUNT", "MAX_REPLY_CHARS",
+        "MAX_REQUEST_CHARS"}
