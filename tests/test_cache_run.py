@@ -12,6 +12,7 @@ import pytest
 
 from moa import (Aggregate, Cache, CacheError, CacheMissError, CallFinished, CallRetrying,
                  Propose, Shuffle, StepFinished, StepStarted, run, run_many)
+from moa._llm_steps import AGGREGATE_PROMPT
 from moa.testing import ScriptedClient
 
 from conftest import FAST
@@ -130,22 +131,42 @@ async def test_hits_and_misses_under_concurrency(cache):
     client = ScriptedClient(counting_reply(), delay=0.001)  # every call a different answer
     first = await run_many(pipe, prompts, client, seed=5, max_concurrency=8, cache=cache)
     assert all(r.ok for r in first)
-    # Concurrent duplicates may both miss (each then stores under the same key, the last
-    # write winning): never more calls than without a cache, never fewer than the distinct
-    # requests.
-    assert 40 <= len(client.calls) <= 160
-    assert len(cache) == 40
-    again = ScriptedClient(counting_reply())
-    second = await run_many(pipe, prompts, again, seed=5, max_concurrency=8, cache=cache)
-    assert again.calls == [] and all(c.cached for r in second for c in r.history.calls)
-    # Served from the file, every duplicate prompt now reads the same stored answers...
+    # Which runs overlap is the scheduler's choice, and concurrent runs of one question may
+    # both miss, both call and both store (the last write wins). What holds for any overlap:
+    # every call is answered once, by the cache or by the client...
+    answered = [c for r in first for c in r.history.calls]
+    assert len(answered) == 40 * 4
+    assert len(client.calls) == sum(not c.cached for c in answered)
+    # ...never more calls than without a cache, never fewer than the distinct requests...
+    assert 10 * 4 <= len(client.calls) <= 40 * 4
+    # ...and the file holds one entry per key: the 10 x 3 proposals (a question, a model and
+    # a sample index, whoever wrote last) and one Aggregate per set of proposals it read.
+    read = {(r.prompt, r.history.steps[0].outputs) for r in first}
+    assert len(cache) == 10 * 3 + len(read)
+
+    # A second batch finds every proposal stored: no Propose call is made, and the four runs
+    # of a question read the same proposals. Their Aggregate may still miss where the stored
+    # proposals mix the writes of two runs that overlapped in the first batch.
+    second_client = ScriptedClient(counting_reply())
+    second = await run_many(pipe, prompts, second_client, seed=5, max_concurrency=8,
+                            cache=cache)
+    assert all(r.ok for r in second)
+    assert all(c.cached for r in second for c in r.history.steps[0].calls)
+    assert all(c["model"] == "a" and c["messages"][0]["content"] == AGGREGATE_PROMPT
+               for c in second_client.calls)
     for i in range(10):
-        assert len({(r.history.outputs, r.history.steps[0].outputs)
-                    for r in second[i::10]}) == 1
-    # ...and a third run reads exactly what the second did.
-    third = await run_many(pipe, prompts, ScriptedClient(), seed=5, max_concurrency=8,
-                           cache=cache)
-    assert [r.history for r in third] == [r.history for r in second]
+        assert len({r.history.steps[0].outputs for r in second[i::10]}) == 1
+
+    # Now every call of the batch is stored: a third batch calls nothing, the runs of a
+    # question agree, and a fourth reads exactly what the third did.
+    third_client = ScriptedClient(counting_reply())
+    third = await run_many(pipe, prompts, third_client, seed=5, max_concurrency=8, cache=cache)
+    assert third_client.calls == [] and all(c.cached for r in third for c in r.history.calls)
+    for i in range(10):
+        assert len({(r.history.outputs, r.history.steps[0].outputs) for r in third[i::10]}) == 1
+    fourth = await run_many(pipe, prompts, ScriptedClient(), seed=5, max_concurrency=8,
+                            cache=cache)
+    assert [r.history for r in fourth] == [r.history for r in third]
 
 
 def test_two_processes_share_one_cache_file(tmp_path):

@@ -214,7 +214,11 @@ async def test_a_pause_holds_calls_already_queued_for_the_model():
 
     limits = Limits(default=ModelLimit(concurrency=1))
     start = anyio.current_time()
-    await run(Propose(["m"] * 4), "Q", client, limits=limits, retry=FAST)
+    _, history = await run(Propose(["m"] * 4), "Q", client, limits=limits, retry=FAST)
+    # Exactly the four calls: the refused one is not retried (not retryable), the other three
+    # are sent, so the check on their send times below can never pass on fewer.
+    assert len(sent) == 4
+    assert sorted(c.ok for c in history.calls) == [False, True, True, True]
     assert all(t - start >= 0.4 for t in sent[1:])
 
 

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
-from .._llm_steps import Aggregate, Propose, Rank, Refine, Synthesize, Vote
+from .._llm_steps import Aggregate, AggregateSeq, Pick, Propose, Rank, Refine, Synthesize, Vote
 from .._pipeline import Pipeline, Step
 from .._transforms import Dropout, Filter, Map, Sample, Shuffle, Take
 from ._scripted import HashedDelay, HashedReply, ScriptedClient
@@ -36,8 +36,13 @@ T = TypeVar("T")
 #: The built-in transform step types, in the order ``transforms(kinds=...)`` takes them.
 TRANSFORMS = (Shuffle, Dropout, Sample, Take, Filter, Map)
 #: The built-in LLM step types.
-LLM_STEPS = (Propose, Synthesize, Refine, Aggregate, Rank, Vote)
+LLM_STEPS = (Propose, Synthesize, Refine, Aggregate, Rank, Vote, Pick, AggregateSeq)
 DEFAULT_MODELS = ("alpha", "beta", "gamma")
+#: The answer extractors ``Vote(extract=...)`` is drawn with: regexes (so reprs evaluate) that
+#: find answers in the short drawn texts and in the scripted client's "<model> says <hex>",
+#: often the same answer in several responses (majorities and ties), sometimes none; one can
+#: match "" and one reads a group.
+VOTE_EXTRACTS = (r"\w+", r"[ab]", r"\d*", r"says (\w)|(\w)$")
 
 
 def _strategy(value: T | SearchStrategy[T]) -> SearchStrategy[T]:
@@ -116,31 +121,48 @@ def transforms(*, kinds: Sequence[type] | None = None,
 def _llm_step(draw: Any, kinds: tuple[type, ...], models: SearchStrategy[str],
               options: bool) -> Step:
     kind = draw(st.sampled_from(kinds))
+    # Vote reads the answers itself when it has an extractor: no model, and no prompt.
+    extract = None
+    if kind is Vote and draw(st.booleans()):
+        extract = draw(st.sampled_from(VOTE_EXTRACTS))
     kwargs: dict[str, Any] = {}
     if options:
         if draw(st.booleans()):
             kwargs["temp"] = draw(st.floats(min_value=0, allow_infinity=False))
         if draw(st.booleans()):
             kwargs["max_tokens"] = draw(st.integers(1, 4096))
-        if kind is not Propose and draw(st.booleans()):
+        if kind is not Propose and extract is None and draw(st.booleans()):
             kwargs["prompt"] = draw(st.text(min_size=1, max_size=20).filter(str.strip))
     if kind in (Propose, Synthesize, Refine):
         args = [draw(st.lists(models, min_size=1, max_size=3))]
         if options and draw(st.booleans()):
             kwargs["min_success"] = draw(st.integers(1, len(args[0])))
+    elif extract is not None:
+        args = []
+        kwargs["extract"] = extract
     else:
         args = [draw(models)]
         if kind is Rank and draw(st.booleans()):
             kwargs["n"] = draw(st.integers(1, 4))
+        if kind is Pick and draw(st.booleans()):
+            kwargs["times"] = draw(st.integers(1, 4))
+            if options and draw(st.booleans()):
+                kwargs["min_success"] = draw(st.integers(1, kwargs["times"]))
+        if kind is AggregateSeq and draw(st.booleans()):
+            # Small windows, so that a few responses already take several rounds.
+            kwargs["window"] = draw(st.integers(2, 4))
+            kwargs["reserved"] = draw(st.integers(1, kwargs["window"] - 1))
     return kind(*args, **kwargs)
 
 
 def llm_steps(*, kinds: Sequence[type] | None = None,
               models: str | Sequence[str] | SearchStrategy[str] = DEFAULT_MODELS,
               options: bool = False) -> SearchStrategy[Step]:
-    """Built-in LLM steps of the ``kinds`` given (default all six) over ``models`` (a list is
-    sampled from); with ``options``, with drawn ``temp``, ``max_tokens``, ``prompt``,
-    ``min_success`` and ``n``."""
+    """Built-in LLM steps of the ``kinds`` given (default all eight) over ``models`` (a list is
+    sampled from): ``Rank`` with a drawn ``n``, ``Pick`` with drawn ``times``, ``AggregateSeq``
+    with a drawn ``window`` and ``reserved``, and ``Vote`` with a judge model or, as often,
+    with a regex ``extract`` and no model. With ``options``, also with drawn ``temp``,
+    ``max_tokens``, ``prompt`` and ``min_success``."""
     kinds = LLM_STEPS if kinds is None else tuple(kinds)
     if not kinds or any(k not in LLM_STEPS for k in kinds):
         raise ValueError(f"llm_steps(kinds=...): kinds must be some of "
