@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar
 
+from ._bounds import safe_repr
 from ._history import CallRecord, History
 from ._pipeline import _describe
 
@@ -39,7 +40,7 @@ class Price:
                                 f"million tokens, not {_describe(value)}")
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"Price({name}=...): a price must be a finite number >= 0 "
-                                 f"dollars per million tokens, got {value!r}")
+                                 f"dollars per million tokens, got {safe_repr(value)}")
             # Stored as float so Price(1, 2) and Price(1.0, 2.0) print alike.
             object.__setattr__(self, name, float(value))
 
@@ -53,8 +54,8 @@ def _as_price(where: str, model: object, value: object) -> Price:
         try:
             return Price(*value)
         except (TypeError, ValueError) as exc:
-            raise type(exc)(f"{where}: the price of {model!r}: {exc}") from exc
-    raise TypeError(f"{where}: the price of {model!r} must be a moa.Price or an (input, output) "
+            raise type(exc)(f"{where}: the price of {safe_repr(model)}: {exc}") from exc
+    raise TypeError(f"{where}: the price of {safe_repr(model)} must be a moa.Price or an (input, output) "
                     f"pair of dollars per million tokens, not {_describe(value)}")
 
 
@@ -155,7 +156,7 @@ class Prices(Mapping[str, Price]):
                 args = [entry["input"], entry["output"]]
             else:
                 raise ValueError(
-                    f"{where}: the entry {model!r} must be [input, output] or "
+                    f"{where}: the entry {safe_repr(model)} must be [input, output] or "
                     f'{{"input": x, "output": y}} in dollars per million tokens, '
                     f"got {json.dumps(entry)}"
                 )
@@ -165,7 +166,7 @@ class Prices(Mapping[str, Price]):
                 table[model] = Price(*args)
             except (TypeError, ValueError) as exc:
                 # A bad value in a file is bad data whatever its type: one exception to catch.
-                raise ValueError(f"{where}: the entry {model!r}: {exc}") from None
+                raise ValueError(f"{where}: the entry {safe_repr(model)}: {exc}") from None
         return cls(table)
 
 

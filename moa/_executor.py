@@ -12,6 +12,7 @@ import functools
 import math
 import random
 import secrets
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
-from ._bounds import MAX_CALLS, MAX_REPLY_CHARS, MAX_REQUEST_CHARS
+from ._bounds import MAX_CALLS, MAX_REPLY_CHARS, MAX_REQUEST_CHARS, check_int, safe_repr
 from ._cache import Cache
 from ._events import (CallFinished, CallRetrying, Event, EventHandler, RunFinished, StepFinished,
                       StepStarted, TextChunk)
@@ -92,17 +93,17 @@ class Retry:
     max_retry_after: float = 120.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int) or self.attempts < 1:
-            raise ValueError(f"Retry(attempts=...): attempts must be an int >= 1, got {self.attempts!r}")
+        check_int("Retry", "attempts", self.attempts, 1, MAX_CALLS)
         for name in ("initial", "max_wait", "jitter", "max_retry_after"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or not 0 <= value <= sys.float_info.max):
                 raise ValueError(f"Retry({name}=...): {name} must be a finite number >= 0, "
-                                 f"got {value!r}")
+                                 f"got {safe_repr(value)}")
         if isinstance(self.retry_on, type):
             object.__setattr__(self, "retry_on", (self.retry_on,))
         if not all(isinstance(t, type) and issubclass(t, BaseException) for t in self.retry_on):
-            raise TypeError(f"Retry(retry_on=...): retry_on must be exception types, got {self.retry_on!r}")
+            raise TypeError(f"Retry(retry_on=...): retry_on must be exception types, got {safe_repr(self.retry_on)}")
 
     def should_retry(self, exc: BaseException) -> bool:
         """Whether ``exc`` may be retried under this policy (attempts left aside)."""
@@ -172,7 +173,7 @@ def _check_output(model: str, out: Any) -> tuple[str, int | None, int | None]:
                             f"in one reply ({MAX_REPLY_CHARS:,})", model=model, retryable=False)
     for name, n in (("input_tokens", tin), ("output_tokens", tout)):
         if n is not None and (type(n) is not int or n < 0):
-            raise ClientOutputError(model, out, f"{name} must be an int >= 0 or None, got {n!r}")
+            raise ClientOutputError(model, out, f"{name} must be an int >= 0 or None, got {safe_repr(n)}")
     return text, tin, tout
 
 
@@ -848,7 +849,7 @@ def _check_run_args(prompt: object, client: object, seed: object, max_concurrenc
                     hedge_after: object = None, cache: object = None,
                     on_event: object = None) -> None:
     if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError(f"run(prompt): prompt must be a non-empty str, got {prompt!r}")
+        raise ValueError(f"run(prompt): prompt must be a non-empty str, got {safe_repr(prompt)}")
     where = unicode_error(prompt)
     if where is not None:
         raise ValueError(f"run(prompt): prompt must be valid Unicode text, but {where}")
@@ -878,12 +879,12 @@ def _check_options(client: object, seed: object, max_concurrency: object, timeou
     if max_concurrency is not None and (isinstance(max_concurrency, bool) or
                                         not isinstance(max_concurrency, int) or max_concurrency < 1):
         raise ValueError("run(max_concurrency=...): max_concurrency must be an int >= 1 or None, "
-                         f"got {max_concurrency!r}")
+                         f"got {safe_repr(max_concurrency)}")
     for name, value in (("timeout", timeout), ("hedge_after", hedge_after)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or not 0 < value < math.inf):
             raise ValueError(f"run({name}=...): {name} must be a number of seconds > 0 or "
-                             f"None, got {value!r}")
+                             f"None, got {safe_repr(value)}")
     if retry is not None and not isinstance(retry, Retry):
         raise TypeError(f"run(retry=...): retry must be a moa.Retry policy or None, "
                         f"not {_describe(retry)}")

@@ -11,11 +11,13 @@ on anyio's clock and primitives: it runs on asyncio and trio alike.
 
 from __future__ import annotations
 
-import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import anyio
+
+from ._bounds import safe_repr
 
 __all__ = ("ModelLimit", "Limits")
 
@@ -24,9 +26,9 @@ def _positive(owner: str, name: str, value: object, kind: type = int) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int) \
-            or not 0 < value < math.inf:
+            or not 0 < value <= sys.float_info.max:  # finite; an int past any float is not
         raise ValueError(f"{owner}({name}=...): {name} must be "
-                         f"{'a number' if kind is float else 'an int'} > 0 or None, got {value!r}")
+                         f"{'a number' if kind is float else 'an int'} > 0 or None, got {safe_repr(value)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,13 +140,13 @@ class Limits:
         per_model = dict(per_model or {})
         for name, limit in per_model.items():
             if not isinstance(name, str) or not name:
-                raise TypeError(f"Limits: model names must be non-empty str, got {name!r}")
+                raise TypeError(f"Limits: model names must be non-empty str, got {safe_repr(name)}")
             if not isinstance(limit, ModelLimit):
                 raise TypeError(f"Limits: the limit for {name!r} must be a moa.ModelLimit, "
-                                f"got {limit!r}")
+                                f"got {safe_repr(limit)}")
         if default is not None and not isinstance(default, ModelLimit):
             raise TypeError(f"Limits(default=...): default must be a moa.ModelLimit or None, "
-                            f"got {default!r}")
+                            f"got {safe_repr(default)}")
         self.per_model = per_model
         self.default = default
         self._gates: dict[str, _Gate | None] = {}

@@ -8,15 +8,16 @@ the numbered responses and the user's question form the user message.
 
 from __future__ import annotations
 
-import math
 import random
 import re
+import sys
 from collections import Counter
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import ClassVar, Mapping
 
+from ._bounds import MAX_CALLS, MAX_COUNT, check_int, safe_repr
 from ._pipeline import Step, _describe
 
 __all__ = (
@@ -110,7 +111,7 @@ def _check_agent(step: str, agent: object) -> None:
     if isinstance(agent, (list, tuple)):
         raise TypeError(
             f"{step}(agent): takes one model name, not a list; for several models use "
-            f"Propose/Synthesize/Refine, or pick one: {step}({agent[0]!r})" if agent else
+            f"Propose/Synthesize/Refine, or pick one: {step}({safe_repr(agent[0])})" if agent else
             f"{step}(agent): takes one model name, not an empty list"
         )
     if not isinstance(agent, str) or not agent:
@@ -121,12 +122,15 @@ def _agents(step: str, agents: object) -> tuple[str, ...]:
     if isinstance(agents, str):
         raise TypeError(
             f"{step}(agents): agents must be a list of model names, not a bare string; "
-            f"did you mean {step}([{agents!r}])?"
+            f"did you mean {step}([{safe_repr(agents)}])?"
         )
     if not isinstance(agents, (list, tuple)):
         raise TypeError(f"{step}(agents): agents must be a list of model names, not {_describe(agents)}")
     if not agents:
         raise ValueError(f"{step}(agents): agents must name at least one model, got []")
+    if len(agents) > MAX_CALLS:
+        raise ValueError(f"{step}(agents): a step calls at most {MAX_CALLS:,} agents, got "
+                         f"{len(agents):,}")
     for a in agents:
         if not isinstance(a, str) or not a:
             raise TypeError(f"{step}(agents): every agent must be a non-empty model name, "
@@ -135,20 +139,21 @@ def _agents(step: str, agents: object) -> tuple[str, ...]:
 
 
 def _check_sampling(step: str, temp: object, max_tokens: object, prompt: object) -> None:
-    if isinstance(temp, bool) or not isinstance(temp, (int, float)) or not 0 <= temp < math.inf:
-        raise ValueError(f"{step}(temp=...): temp must be a finite number >= 0, got {temp!r}")
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise ValueError(f"{step}(max_tokens=...): max_tokens must be an int >= 1, got {max_tokens!r}")
+    # Compared with the largest float, an int too large to be a float (whose repr Python
+    # may refuse) is out of range too.
+    if (isinstance(temp, bool) or not isinstance(temp, (int, float))
+            or not 0 <= temp <= sys.float_info.max):
+        raise ValueError(f"{step}(temp=...): temp must be a finite number >= 0, "
+                         f"got {safe_repr(temp)}")
+    check_int(step, "max_tokens", max_tokens, 1, MAX_COUNT)
     if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()):
         raise ValueError(f"{step}(prompt=...): prompt must be a non-empty str or None for the "
-                         f"default, got {prompt!r}")
+                         f"default, got {safe_repr(prompt)}")
 
 
 def _check_min_success(step: str, min_success: object, most: int | None) -> None:
-    if isinstance(min_success, bool) or not isinstance(min_success, int) or min_success < 1:
-        raise ValueError(f"{step}(min_success=...): min_success must be an int >= 1, "
-                         f"got {min_success!r}")
-    if most is not None and min_success > most:
+    check_int(step, "min_success", min_success, 1, MAX_CALLS)
+    if most is not None and min_success > most:  # type: ignore[operator]
         raise ValueError(f"{step}(min_success=...): min_success={min_success} exceeds the "
                          f"{most} agents, so the step could never succeed")
 
@@ -156,8 +161,8 @@ def _check_min_success(step: str, min_success: object, most: int | None) -> None
 def _check_quorum(step: str, quorum: object, min_success: int, most: int | None) -> None:
     if quorum is None:
         return
-    if isinstance(quorum, bool) or not isinstance(quorum, int) or quorum < 1:
-        raise ValueError(f"{step}(quorum=...): quorum must be an int >= 1 or None, got {quorum!r}")
+    check_int(step, "quorum", quorum, 1, MAX_CALLS, none=True)
+    assert isinstance(quorum, int)
     if most is not None and quorum > most:
         raise ValueError(f"{step}(quorum=...): quorum={quorum} exceeds the {most} agents")
     if quorum < min_success:
@@ -394,9 +399,10 @@ class Vote(_Judge):
             if isinstance(self.extract, str):
                 try:
                     re.compile(self.extract)
-                except re.error as exc:
-                    raise ValueError(f"Vote(extract=...): {self.extract!r} is not a valid "
-                                     f"regex: {exc}") from None
+                except (re.error, OverflowError, RecursionError) as exc:
+                    # a{4294967296} overflows the compiler; 2,000 nested groups recurse
+                    raise ValueError(f"Vote(extract=...): {safe_repr(self.extract)} is not a "
+                                     f"valid regex: {exc}") from None
             elif not callable(self.extract):
                 raise TypeError(f"Vote(extract=...): extract must be a regex str or a function "
                                 f"str -> str | None, not {_describe(self.extract)}")
@@ -472,8 +478,7 @@ class Pick(LLMStep):
 
     def __post_init__(self) -> None:
         _check_agent("Pick", self.agent)
-        if isinstance(self.times, bool) or not isinstance(self.times, int) or self.times < 1:
-            raise ValueError(f"Pick(times=...): times must be an int >= 1, got {self.times!r}")
+        check_int("Pick", "times", self.times, 1, MAX_CALLS)
         _check_sampling("Pick", self.temp, self.max_tokens, self.prompt)
         _check_min_success("Pick", self.min_success, self.times)
 
@@ -532,11 +537,8 @@ class AggregateSeq(LLMStep):
 
     def __post_init__(self) -> None:
         _check_agent("AggregateSeq", self.agent)
-        for name, low in (("window", 2), ("reserved", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"AggregateSeq({name}=...): {name} must be an int >= {low}, "
-                                 f"got {value!r}")
+        check_int("AggregateSeq", "window", self.window, 2, MAX_CALLS)
+        check_int("AggregateSeq", "reserved", self.reserved, 1, MAX_CALLS)
         if self.reserved >= self.window:
             raise ValueError(f"AggregateSeq(window={self.window}, reserved={self.reserved}): "
                              f"reserved must be below window, so each round reads a new response")
@@ -580,8 +582,7 @@ class Rank(_Judge):
 
     def __post_init__(self) -> None:
         _check_agent("Rank", self.agent)
-        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
-            raise ValueError(f"Rank(n=...): n must be an int >= 1, got {self.n!r}")
+        check_int("Rank", "n", self.n, 1, MAX_COUNT)
         _check_sampling("Rank", self.temp, self.max_tokens, self.prompt)
 
     _reply_is_output: ClassVar[bool] = False

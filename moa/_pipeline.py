@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar, Union
 
-from ._bounds import MAX_NESTING, MAX_STEPS, shown
+from ._bounds import MAX_NESTING, MAX_STEPS, safe_repr, shown
 
 __all__ = ("Step", "Pipeline", "Parallel", "pipeline", "parallel", "as_step")
 
@@ -32,7 +32,7 @@ def _show(value: Any) -> str:
 
 
 def _describe(value: Any) -> str:
-    return f"{value!r} ({type(value).__name__})"
+    return f"{safe_repr(value)} ({type(value).__name__})"
 
 
 def as_step(value: Any, *, where: str = "a pipeline") -> Step:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
+from ._bounds import MAX_COUNT, shown
 from ._pipeline import Step, _describe
 
 __all__ = ("Transform", "Shuffle", "Dropout", "Sample", "Take", "Filter", "Map")
@@ -36,7 +37,9 @@ def _check_count(step: str, n: object) -> None:
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"{step}(n): n must be an int >= 0, not {_describe(n)}")
     if n < 0:
-        raise ValueError(f"{step}(n): n must be >= 0, got {n}")
+        raise ValueError(f"{step}(n): n must be >= 0, got {shown(n)}")
+    if n > MAX_COUNT:
+        raise ValueError(f"{step}(n): n must be <= {MAX_COUNT:,}, got {shown(n)}")
 
 
 def _check_callable(step: str, fn: object, returns: str) -> None:

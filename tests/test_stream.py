@@ -133,8 +133,9 @@ async def test_only_the_last_round_of_self_moa_seq_streams():
 
 
 async def test_leaving_early_cancels_the_run():
-    # Leave when the quick proposer has answered and the slow one is still in flight.
-    client = ScriptedClient(long_reply, delay=lambda m, _: 10 if m == "b" else 0)
+    # Leave when the quick proposer has answered and the slow one is still in flight (the
+    # quick one takes 50 ms, so the slow one has started whichever task trio runs first).
+    client = ScriptedClient(long_reply, delay=lambda m, _: 10 if m == "b" else 0.05)
     start = monotonic()
     async with run_stream(PIPE, "q", client, seed=1) as stream:
         async for event in stream:
