@@ -4,6 +4,7 @@
 ``await run(pipeline, prompt, client)`` runs it on anyio.
 """
 
+from ._agent import Agent as Agent
 from ._cache import Cache as Cache
 from ._cost import DEFAULT_PRICES as DEFAULT_PRICES
 from ._cost import Cost as Cost
@@ -67,12 +68,14 @@ from .errors import ClientOutputError as ClientOutputError
 from .errors import EmptyInputError as EmptyInputError
 from .errors import MoaError as MoaError
 from .errors import ProviderError as ProviderError
+from .errors import RetryAfterTooLongError as RetryAfterTooLongError
 from .errors import StepFailedError as StepFailedError
 from .errors import StreamInterruptedError as StreamInterruptedError
 
 __version__ = "0.1.0"
 
 __all__ = (
+    "Agent",
     "Aggregate",
     "AggregateSeq",
     "Cache",
@@ -107,6 +110,7 @@ __all__ = (
     "Refine",
     "Request",
     "Retry",
+    "RetryAfterTooLongError",
     "RunFinished",
     "RunResult",
     "Sample",

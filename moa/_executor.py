@@ -8,6 +8,7 @@ finished first.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import random
@@ -31,6 +32,7 @@ from ._history import CallRecord, History, StepRecord
 from ._limits import Limits
 from ._llm_steps import LLMStep, Message, Request
 from ._pipeline import Parallel, Pipeline, Step, StepLike, _describe, as_step
+from ._seeds import accepts_seed, call_seed
 from ._transforms import Transform
 from .errors import (CacheMissError, ClientOutputError, EmptyInputError, MoaError,
                      ProviderError, RetryAfterTooLongError, StepFailedError,
@@ -177,6 +179,14 @@ def _check_output(model: str, out: Any) -> tuple[str, int | None, int | None]:
     return text, tin, tout
 
 
+def _rec(req: Request, text: str | None, tin: int | None, tout: int | None, attempts: int,
+         error: str | None = None, latency: float = 0.0, cancelled: bool = False,
+         hedges: tuple[CallRecord, ...] = (), cached: bool = False) -> CallRecord:
+    """The history record of a call that asked ``req``."""
+    return CallRecord(req.model, req.messages, req.temp, req.max_tokens, text, tin, tout,
+                      attempts, error, latency, cancelled, hedges, cached, req.agent, req.seed)
+
+
 def _estimate_tokens(messages: tuple[Message, ...]) -> int:
     # About four characters a token: only a tokens-per-minute budget's first guess; the usage
     # the provider reports settles the account afterwards.
@@ -187,7 +197,8 @@ class _Run:
     """One run's state: the client, its limits and policy, and the prompt."""
 
     __slots__ = ("client", "prompt", "limiter", "timeout", "retry", "limits", "hedge_after",
-                 "plain", "cache", "on_event", "stream_path", "scope", "interrupt")
+                 "plain", "cache", "on_event", "stream_path", "scope", "interrupt", "seeded",
+                 "run_seed")
 
     def __init__(self, client: Client, prompt: str, limiter: anyio.CapacityLimiter | None,
                  timeout: float | None, retry: Retry, limits: Limits | None = None,
@@ -210,6 +221,9 @@ class _Run:
         # cancelled as a whole and raises it once every call has stopped.
         self.scope: anyio.CancelScope | None = None
         self.interrupt: BaseException | None = None
+        # Whether the client takes a sampling seed, and the run's seed the calls' come from.
+        self.seeded = accepts_seed(client)
+        self.run_seed = 0
 
     def interrupted(self, req: Request, exc: BaseException, start: float
                     ) -> tuple[CallRecord, BaseException | None]:
@@ -221,7 +235,7 @@ class _Run:
             self.interrupt = exc
         if self.scope is not None:
             self.scope.cancel()
-        return CallRecord(req.model, req.messages, req.temp, req.max_tokens, None, None, None,
+        return _rec(req, None, None, None,
                           1, _error_text(exc), monotonic() - start), None
 
     async def _attempt(self, req: Request, sent: anyio.Event | None = None,
@@ -273,34 +287,37 @@ class _Run:
         if sent is not None:
             sent.set()
         ask = self.client if chunk is None else functools.partial(self._streamed, chunk)
+        # Only a client that takes a seed is given one (its requests alone carry one).
+        extra = {} if req.seed is None else {"seed": req.seed}
         if self.timeout is None:
             out = await ask(model=req.model, messages=msgs, temp=req.temp,
-                            max_tokens=req.max_tokens)
+                            max_tokens=req.max_tokens, **extra)
         else:
             # fail_after's behaviour with a bare cancel scope: two context-manager layers fewer.
             with anyio.CancelScope(deadline=anyio.current_time() + self.timeout) as scope:
                 out = await ask(model=req.model, messages=msgs, temp=req.temp,
-                                max_tokens=req.max_tokens)
+                                max_tokens=req.max_tokens, **extra)
             if scope.cancelled_caught:
                 raise TimeoutError
         return _check_output(req.model, out)
 
     async def _streamed(self, chunk: Callable[[str], None], *, model: str,
-                        messages: list[dict[str, str]], temp: float, max_tokens: int
-                        ) -> tuple[str, int | None, int | None]:
+                        messages: list[dict[str, str]], temp: float, max_tokens: int,
+                        **extra: int) -> tuple[str, int | None, int | None]:
         """One call through the client's ``stream``, each piece of text passed to ``chunk``
         as it comes; a client without ``stream`` is called as usual and its reply is one
         chunk."""
         stream = getattr(self.client, "stream", None)
         if stream is None:
             out = _check_output(model, await self.client(model=model, messages=messages,
-                                                         temp=temp, max_tokens=max_tokens))
+                                                         temp=temp, max_tokens=max_tokens,
+                                                         **extra))
             if out[0]:
                 chunk(out[0])
             return out
         parts: list[str] = []
         usage = Usage(None, None)
-        items = stream(model=model, messages=messages, temp=temp, max_tokens=max_tokens)
+        items = stream(model=model, messages=messages, temp=temp, max_tokens=max_tokens, **extra)
         try:
             async for item in items:
                 if type(item) is str:
@@ -328,6 +345,9 @@ class _Run:
         assert self.on_event is not None
         on_event = self.on_event
         start = monotonic()
+        stream = getattr(self.client, "stream", None)
+        if req.seed is not None and stream is not None and not accepts_seed(stream):
+            req = dataclasses.replace(req, seed=None)  # history says no seed was sent
         sent = 0
 
         def chunk(text: str) -> None:
@@ -352,13 +372,13 @@ class _Run:
                             f"{req.model}: the reply stream broke after {sent} chunk(s) "
                             f"({_error_text(exc)}); not retried, so no text is delivered "
                             f"twice") from exc
-            return CallRecord(req.model, req.messages, req.temp, req.max_tokens, text, tin, tout,
+            return _rec(req, text, tin, tout,
                               attempts, None, monotonic() - start), None
         except (KeyboardInterrupt, SystemExit) as exc:
             return self.interrupted(req, exc, start)
         except Exception as exc:
             exc = self.retry.too_long(exc) or exc
-            return CallRecord(req.model, req.messages, req.temp, req.max_tokens, None, None, None,
+            return _rec(req, None, None, None,
                               attempts, _error_text(exc), monotonic() - start), exc
 
     async def _hedged(self, req: Request, hedges: list[CallRecord]
@@ -398,11 +418,11 @@ class _Run:
             loser = 1 if winner == 0 else 0 if winner == 1 else 1
             out = outcomes[loser]
             if out is None:
-                hedges.append(CallRecord(req.model, req.messages, req.temp, req.max_tokens, None,
+                hedges.append(_rec(req, None,
                                          None, None, 1, None, monotonic() - starts[loser], True))
             else:
                 text, tin, tout = out[0] if out[1] is None else (None, None, None)
-                hedges.append(CallRecord(req.model, req.messages, req.temp, req.max_tokens, text,
+                hedges.append(_rec(req, text,
                                          tin, tout, 1, _error_text(out[1]) if out[1] else None,
                                          out[2] - starts[loser]))
         if winner is None:
@@ -419,14 +439,17 @@ class _Run:
         hedges: list[CallRecord] | None = None if self.hedge_after is None else []
         try:
             if self.plain:  # nothing to apply around the client: two coroutine frames fewer
-                text, tin, tout = _check_output(req.model, await self.client(
-                    model=req.model, messages=[m.copy() for m in req.messages], temp=req.temp,
-                    max_tokens=req.max_tokens))
+                msgs = [m.copy() for m in req.messages]
+                text, tin, tout = _check_output(req.model, await (
+                    self.client(model=req.model, messages=msgs, temp=req.temp,
+                                max_tokens=req.max_tokens) if req.seed is None else
+                    self.client(model=req.model, messages=msgs, temp=req.temp,
+                                max_tokens=req.max_tokens, seed=req.seed)))
             elif hedges is None:
                 text, tin, tout = await self._attempt(req)
             else:
                 text, tin, tout = await self._hedged(req, hedges)
-            return CallRecord(req.model, req.messages, req.temp, req.max_tokens, text, tin, tout,
+            return _rec(req, text, tin, tout,
                               1, None, monotonic() - start, False,
                               tuple(hedges) if hedges else ()), None
         except (KeyboardInterrupt, SystemExit) as exc:
@@ -450,14 +473,14 @@ class _Run:
                         text, tin, tout = await self._attempt(req)
                     else:
                         text, tin, tout = await self._hedged(req, hedges)
-            return CallRecord(req.model, req.messages, req.temp, req.max_tokens, text, tin, tout,
+            return _rec(req, text, tin, tout,
                               attempts, None, monotonic() - start, False,
                               tuple(hedges) if hedges else ()), None
         except (KeyboardInterrupt, SystemExit) as exc:
             return self.interrupted(req, exc, start)
         except Exception as exc:
             exc = self.retry.too_long(exc) or exc
-            return CallRecord(req.model, req.messages, req.temp, req.max_tokens, None, None, None,
+            return _rec(req, None, None, None,
                               attempts, _error_text(exc), monotonic() - start, False,
                               tuple(hedges) if hedges else ()), exc
 
@@ -537,8 +560,8 @@ def _lookup(run: _Run, step: LLMStep, path: tuple[int, ...], requests: list[Requ
             raise CacheMissError(
                 f"replay: {cache!r} holds no answer for call {i} of {step!r} at path {path} "
                 f"(model {req.model!r}, sample {n}); record it first with mode='rw' or 'record'")
-        hits.append(None if hit is None else CallRecord(
-            req.model, req.messages, req.temp, req.max_tokens, hit[0], hit[1], hit[2], 0,
+        hits.append(None if hit is None else _rec(
+            req, hit[0], hit[1], hit[2], 0,
             cached=True))
     return hits
 
@@ -588,6 +611,12 @@ async def _round(run: _Run, step: LLMStep, path: tuple[int, ...], requests: list
     the quorum, if the step has one). Records come back in request order, with the error of
     a cache that failed to store an answer (the answers are kept: they were paid for)."""
     on_event = run.on_event
+    indices: list[int] = []
+    if run.seeded or run.cache is not None:
+        indices = _sample_indices(requests, seen)
+        if run.seeded:
+            requests = [dataclasses.replace(r, seed=call_seed(run.run_seed, path, r, n))
+                        for r, n in zip(requests, indices)]
     if run.cache is None and on_event is None and step.enough(len(requests)) is None:
         # The plain round, on every run's path: no cache, no events, no quorum.
         if len(requests) == 1:
@@ -607,9 +636,7 @@ async def _round(run: _Run, step: LLMStep, path: tuple[int, ...], requests: list
         return [r for r, _ in plain], None
     enough = step.enough(len(requests))
     results: list[tuple[CallRecord, BaseException | None] | None] = [None] * len(requests)
-    indices: list[int] = []
     if run.cache is not None:
-        indices = _sample_indices(requests, seen)
         for i, hit in enumerate(_lookup(run, step, path, requests, indices, offset)):
             if hit is not None:
                 results[i] = (hit, None)
@@ -640,7 +667,7 @@ async def _round(run: _Run, step: LLMStep, path: tuple[int, ...], requests: list
     elif enough is not None and enough <= 0:
         for i in todo:  # the quorum is met from the cache: never sent (attempts=0)
             req = requests[i]
-            results[i] = (CallRecord(req.model, req.messages, req.temp, req.max_tokens, None,
+            results[i] = (_rec(req, None,
                                      None, None, 0, None, 0.0, True), None)
     elif enough is None:
         async with anyio.create_task_group() as tg:
@@ -805,7 +832,7 @@ async def _quorum(one: Callable[[int], Awaitable[None]], requests: list[Request]
     for i in todo:
         if results[i] is None:
             q = requests[i]
-            results[i] = (CallRecord(q.model, q.messages, q.temp, q.max_tokens, None, None, None,
+            results[i] = (_rec(q, None, None, None,
                                      1, None, now - starts[i], True), None)
 
 
@@ -901,6 +928,7 @@ def _check_options(client: object, seed: object, max_concurrency: object, timeou
 async def _run(step: Step, prompt: str, state: _Run, seed: int | None) -> tuple[str, History]:
     if seed is None:
         seed = secrets.randbits(63)
+    state.run_seed = seed
     root = _Branch(random.Random(seed), [])
     start = monotonic()
     path = () if isinstance(step, Pipeline) else (0,)

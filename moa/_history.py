@@ -63,7 +63,9 @@ class CallRecord:
     moa). ``hedges`` holds the duplicate attempts started when this call was slow to answer:
     the loser of each race, cancelled or failed, with whatever tokens it reported. ``cached``
     marks an answer served from a :class:`~moa.Cache`: its tokens are what the stored answer
-    cost when it was made; this run spent nothing on it.
+    cost when it was made; this run spent nothing on it. ``agent`` is the label of the
+    :class:`~moa.Agent` that made the call (None for a bare model name); ``seed`` the sampling
+    seed the client was given (None when it takes none).
     """
 
     model: str
@@ -79,6 +81,8 @@ class CallRecord:
     cancelled: bool = False
     hedges: tuple[CallRecord, ...] = ()
     cached: bool = False
+    agent: str | None = None
+    seed: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -115,6 +119,8 @@ class CallRecord:
             "cancelled": self.cancelled,
             "hedges": [h.to_dict() for h in self.hedges],
             "cached": self.cached,
+            "agent": self.agent,
+            "seed": self.seed,
         }
 
     @classmethod
@@ -135,7 +141,9 @@ class CallRecord:
             _get(d, "latency", _NUMBER, where, 0.0), _get(d, "cancelled", bool, where, False),
             tuple(cls.from_dict(h, f"{where}.hedges[{i}]")
                   for i, h in enumerate(_get(d, "hedges", list, where, []))),
-            _get(d, "cached", bool, where, False))
+            _get(d, "cached", bool, where, False),
+            _get(d, "agent", str, where, None, optional=True),
+            _get(d, "seed", int, where, None, optional=True))
 
 
 @dataclass(frozen=True, slots=True)

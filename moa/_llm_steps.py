@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import ClassVar, Mapping
 
+from ._agent import AgentLike, agent_of
 from ._bounds import MAX_CALLS, MAX_COUNT, check_int, safe_repr
 from ._pipeline import Step, _describe
 
@@ -79,13 +80,17 @@ class Request:
     """One call an LLM step asks for. ``messages`` are read-only mappings of role and content.
     ``final``: this call's reply is the step's output as written (an aggregator's answer, not
     a judge's verdict), so :func:`moa.run_stream` may stream it when the step ends the
-    pipeline."""
+    pipeline. ``agent``: the label of the :class:`~moa.Agent` that asked (None for a bare
+    model name), shown in history. ``seed``: the sampling seed the executor gives the call (a
+    step leaves it None)."""
 
     model: str
     messages: tuple[Message, ...]
     temp: float
     max_tokens: int
     final: bool = False
+    agent: str | None = None
+    seed: int | None = None
 
 
 def messages(*pairs: tuple[str, str]) -> tuple[Message, ...]:
@@ -106,19 +111,36 @@ def _with_responses(instruction: str, prompt: str, responses: Sequence[str]) -> 
     )
 
 
+def ask(agent: AgentLike, msgs: tuple[Message, ...], temp: float, max_tokens: int,
+        final: bool = False) -> Request:
+    """The request ``agent`` makes with the step's messages and settings: an :class:`Agent`'s
+    own ``temp`` and ``max_tokens`` replace the step's, and its ``system`` persona goes first
+    in the system message (a system message of its own when the step has none)."""
+    if isinstance(agent, str):
+        return Request(agent, msgs, temp, max_tokens, final)
+    if agent.system is not None:
+        if msgs and msgs[0]["role"] == "system":
+            msgs = messages(("system", f"{agent.system}\n\n{msgs[0]['content']}"),
+                            *((m["role"], m["content"]) for m in msgs[1:]))
+        else:
+            msgs = messages(("system", agent.system), *((m["role"], m["content"]) for m in msgs))
+    return Request(agent.model, msgs, temp if agent.temp is None else agent.temp,
+                   max_tokens if agent.max_tokens is None else agent.max_tokens, final,
+                   agent.label)
+
+
 # -- validation, at construction ----------------------------------------------------------------
-def _check_agent(step: str, agent: object) -> None:
+def _check_agent(step: str, agent: object) -> AgentLike:
     if isinstance(agent, (list, tuple)):
         raise TypeError(
             f"{step}(agent): takes one model name, not a list; for several models use "
             f"Propose/Synthesize/Refine, or pick one: {step}({safe_repr(agent[0])})" if agent else
             f"{step}(agent): takes one model name, not an empty list"
         )
-    if not isinstance(agent, str) or not agent:
-        raise TypeError(f"{step}(agent): agent must be a non-empty model name, not {_describe(agent)}")
+    return agent_of(step, agent, "agent")
 
 
-def _agents(step: str, agents: object) -> tuple[str, ...]:
+def _agents(step: str, agents: object) -> tuple[AgentLike, ...]:
     if isinstance(agents, str):
         raise TypeError(
             f"{step}(agents): agents must be a list of model names, not a bare string; "
@@ -131,11 +153,7 @@ def _agents(step: str, agents: object) -> tuple[str, ...]:
     if len(agents) > MAX_CALLS:
         raise ValueError(f"{step}(agents): a step calls at most {MAX_CALLS:,} agents, got "
                          f"{len(agents):,}")
-    for a in agents:
-        if not isinstance(a, str) or not a:
-            raise TypeError(f"{step}(agents): every agent must be a non-empty model name, "
-                            f"not {_describe(a)}")
-    return tuple(agents)
+    return tuple(agent_of(step, a, "agents") for a in agents)
 
 
 def _check_sampling(step: str, temp: object, max_tokens: object, prompt: object) -> None:
@@ -247,7 +265,7 @@ class Propose(_MultiAgent):
     """Every agent answers the user's prompt alone, concurrently; the answers, in agent order,
     replace the current responses."""
 
-    agents: tuple[str, ...]
+    agents: tuple[AgentLike, ...]
     temp: float = DEFAULT_TEMP
     max_tokens: int = DEFAULT_MAX_TOKENS
     min_success: int = 1
@@ -263,7 +281,7 @@ class Propose(_MultiAgent):
 
     def requests(self, prompt: str, responses: list[str]) -> list[Request]:
         msgs = messages(("user", prompt))
-        return [Request(a, msgs, self.temp, self.max_tokens) for a in self.agents]
+        return [ask(a, msgs, self.temp, self.max_tokens) for a in self.agents]
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -271,7 +289,7 @@ class Synthesize(_MultiAgent):
     """Every agent reads the prompt and all current responses and writes a new response; the
     new responses, in agent order, replace the old."""
 
-    agents: tuple[str, ...]
+    agents: tuple[AgentLike, ...]
     prompt: str | None = None
     temp: float = DEFAULT_TEMP
     max_tokens: int = DEFAULT_MAX_TOKENS
@@ -287,7 +305,7 @@ class Synthesize(_MultiAgent):
 
     def requests(self, prompt: str, responses: list[str]) -> list[Request]:
         msgs = _with_responses(self.prompt or SYNTHESIZE_PROMPT, prompt, responses)
-        return [Request(a, msgs, self.temp, self.max_tokens) for a in self.agents]
+        return [ask(a, msgs, self.temp, self.max_tokens) for a in self.agents]
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -295,7 +313,7 @@ class Refine(_MultiAgent):
     """Each response is improved on its own; agents take the responses round-robin. The
     refined responses keep the order of the originals."""
 
-    agents: tuple[str, ...]
+    agents: tuple[AgentLike, ...]
     prompt: str | None = None
     temp: float = DEFAULT_TEMP
     max_tokens: int = DEFAULT_MAX_TOKENS
@@ -313,7 +331,7 @@ class Refine(_MultiAgent):
         instruction = self.prompt or REFINE_PROMPT
         agents = self.agents
         return [
-            Request(
+            ask(
                 agents[i % len(agents)],
                 messages(("system", instruction),
                          ("user", f"Question:\n{prompt}\n\nResponse to improve:\n{text}")),
@@ -337,22 +355,22 @@ class _Judge(LLMStep):
 
     def requests(self, prompt: str, responses: list[str]) -> list[Request]:
         msgs = _with_responses(self._instruction(), prompt, responses)
-        return [Request(self.agent, msgs, self.temp, self.max_tokens,  # type: ignore[attr-defined]
-                        self._reply_is_output)]
+        return [ask(self.agent, msgs, self.temp, self.max_tokens,  # type: ignore[attr-defined]
+                    self._reply_is_output)]
 
 
 @dataclass(frozen=True, slots=True, repr=False)
 class Aggregate(_Judge):
     """One agent combines all current responses into the single final response."""
 
-    agent: str
+    agent: AgentLike
     prompt: str | None = None
     temp: float = DEFAULT_TEMP
     max_tokens: int = DEFAULT_MAX_TOKENS
     _positional: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
-        _check_agent("Aggregate", self.agent)
+        object.__setattr__(self, "agent", _check_agent("Aggregate", self.agent))
         _check_sampling("Aggregate", self.temp, self.max_tokens, self.prompt)
 
     def _instruction(self) -> str:
@@ -376,7 +394,7 @@ class Vote(_Judge):
     says so.
     """
 
-    agent: str | None = None
+    agent: AgentLike | None = None
     prompt: str | None = None
     temp: float = DEFAULT_TEMP
     max_tokens: int = DEFAULT_MAX_TOKENS
@@ -388,7 +406,7 @@ class Vote(_Judge):
             if self.agent is None:
                 raise TypeError("Vote(...) needs a judge model, Vote('judge'), or an answer "
                                 "extractor, Vote(extract=r'\\d+') (a regex or a function)")
-            _check_agent("Vote", self.agent)
+            object.__setattr__(self, "agent", _check_agent("Vote", self.agent))
         else:
             if self.agent is not None:
                 raise TypeError("Vote(agent, extract=...): give a judge model or an extractor, "
@@ -468,7 +486,7 @@ class Pick(LLMStep):
     vote; when none picks, the first response is kept and a note says so.
     """
 
-    agent: str
+    agent: AgentLike
     times: int = 3
     prompt: str | None = None
     temp: float = DEFAULT_TEMP
@@ -477,7 +495,7 @@ class Pick(LLMStep):
     _positional: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
-        _check_agent("Pick", self.agent)
+        object.__setattr__(self, "agent", _check_agent("Pick", self.agent))
         check_int("Pick", "times", self.times, 1, MAX_CALLS)
         _check_sampling("Pick", self.temp, self.max_tokens, self.prompt)
         _check_min_success("Pick", self.min_success, self.times)
@@ -494,9 +512,9 @@ class Pick(LLMStep):
         orders = [base[k * n // self.times % n:] + base[:k * n // self.times % n]
                   for k in range(self.times)]
         instruction = self.prompt or PICK_PROMPT
-        replies = yield [Request(self.agent, _pick_messages(instruction, prompt,
-                                                            [responses[i] for i in o]),
-                                 self.temp, self.max_tokens) for o in orders]
+        replies = yield [ask(self.agent, _pick_messages(instruction, prompt,
+                                                        [responses[i] for i in o]),
+                             self.temp, self.max_tokens) for o in orders]
         picks = []
         for order, reply in zip(orders, replies):
             named = parse_pick(reply, n) if reply is not None else None
@@ -527,7 +545,7 @@ class AggregateSeq(LLMStep):
     history, in order, and a note per round says what it read.
     """
 
-    agent: str
+    agent: AgentLike
     window: int = 6
     reserved: int = 1
     prompt: str | None = None
@@ -536,7 +554,7 @@ class AggregateSeq(LLMStep):
     _positional: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
-        _check_agent("AggregateSeq", self.agent)
+        object.__setattr__(self, "agent", _check_agent("AggregateSeq", self.agent))
         check_int("AggregateSeq", "window", self.window, 2, MAX_CALLS)
         check_int("AggregateSeq", "reserved", self.reserved, 1, MAX_CALLS)
         if self.reserved >= self.window:
@@ -557,9 +575,8 @@ class AggregateSeq(LLMStep):
                          + (f"{len(kept)} synthesis(es) + " if kept else "")
                          + f"responses {start + 1}-{start + len(batch)}")
             last = start + len(batch) >= len(responses)
-            replies = yield [Request(self.agent, _with_responses(instruction, prompt,
-                                                                 kept + batch),
-                                     self.temp, self.max_tokens, last)]
+            replies = yield [ask(self.agent, _with_responses(instruction, prompt, kept + batch),
+                                 self.temp, self.max_tokens, last)]
             syntheses.append(replies[0])
             start += len(batch)
         return [syntheses[-1]], notes
@@ -573,7 +590,7 @@ class Rank(_Judge):
     says so, beside the judge's raw reply.
     """
 
-    agent: str
+    agent: AgentLike
     n: int = 3
     prompt: str | None = None
     temp: float = DEFAULT_TEMP
@@ -581,7 +598,7 @@ class Rank(_Judge):
     _positional: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
-        _check_agent("Rank", self.agent)
+        object.__setattr__(self, "agent", _check_agent("Rank", self.agent))
         check_int("Rank", "n", self.n, 1, MAX_COUNT)
         _check_sampling("Rank", self.temp, self.max_tokens, self.prompt)
 

@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from ._agent import Agent
 from ._llm_steps import Aggregate, AggregateSeq, Pick, Propose, Rank, Refine, Synthesize, Vote
 from ._pipeline import Parallel, Pipeline, Step
 from ._transforms import Dropout, Sample, Shuffle, Take
@@ -30,6 +31,8 @@ STEPS: dict[str, type] = {
     for cls in (Propose, Synthesize, Aggregate, AggregateSeq, Refine, Rank, Vote, Pick,
                 Shuffle, Dropout, Sample, Take, Pipeline, Parallel)
 }
+#: The values an expression may build besides steps: an agent with its own settings.
+VALUES: dict[str, type] = {"Agent": Agent}
 #: Steps that exist but take a function, which the command line cannot give.
 FUNCTION_STEPS = ("Filter", "Map")
 
@@ -132,6 +135,19 @@ def parse_pipeline(text: str) -> Step:
     return _Parser(text).parse()
 
 
+def parse_agent(text: str) -> Agent:
+    """An ``Agent(...)`` expression, parsed as :func:`parse_pipeline` parses (the command
+    line's ``--model "Agent('m', temp=0)"``)."""
+    if not isinstance(text, str):
+        raise TypeError(f"parse_agent(text): text must be a str, not {type(text).__name__}")
+    if len(text) > MAX_CHARS:
+        raise PipelineSyntaxError(f"expression is too long: {len(text)} characters, at most "
+                                  f"{MAX_CHARS}", text[:MAX_CHARS], MAX_CHARS)
+    _check_characters(text)
+    _check_nesting(text)
+    return _Parser(text).parse(Agent)
+
+
 def _check_characters(text: str) -> None:
     """Reject a lone surrogate or a null byte, which Python's parser cannot read, at its place."""
     bad = _BAD_CHARACTER.search(text)
@@ -217,6 +233,7 @@ class _Parser:
         ends = [b.start() for b in breaks] + [len(text)]
         self.lines = [text[a:b] for a, b in zip(self.line_starts, ends)]
         self.calls = 0
+        self.agents = 0
 
     # -- errors ---------------------------------------------------------------------------
     def _offset(self, lineno: int, col: int, *, in_bytes: bool = True) -> int:
@@ -244,10 +261,14 @@ class _Parser:
         raise PipelineSyntaxError(message, self.text, start, length)
 
     # -- entry ----------------------------------------------------------------------------
-    def parse(self) -> Step:
+    def parse(self, kind: type = Step) -> Any:
+        """The value the text builds, which must be a ``kind`` (a Step, or an Agent)."""
+        what = "a pipeline" if kind is Step else "an agent"
         if not self.text.strip():
-            raise PipelineSyntaxError("empty expression: expected a pipeline such as "
-                                      "Propose(['model']) | Aggregate('model')", self.text, 0)
+            example = ("Propose(['model']) | Aggregate('model')" if kind is Step else
+                       "Agent('model', temp=0)")
+            raise PipelineSyntaxError(f"empty expression: expected {what} such as {example}",
+                                      self.text, 0)
         # Wrapped in parentheses on lines of their own, the expression may span lines and
         # start with spaces, as a shell argument may; columns are unchanged, lines move by one.
         try:
@@ -265,8 +286,8 @@ class _Parser:
         except (RecursionError, MemoryError):
             raise PipelineSyntaxError("expression is nested too deeply", self.text, 0) from None
         value = self.value(tree.body, 0)
-        if not isinstance(value, Step):
-            self.fail(f"expected a pipeline, got {_kind(value)}", tree.body)
+        if not isinstance(value, kind):
+            self.fail(f"expected {what}, got {_kind(value)}", tree.body)
         return value
 
     def syntax_error(self, e: SyntaxError) -> NoReturn:
@@ -340,28 +361,34 @@ class _Parser:
         if name in FUNCTION_STEPS:
             self.fail(f"{name} takes a function, and functions cannot be given on the command "
                       f"line; build it in Python instead", node)
-        if name in STEPS:
+        if name in STEPS or name in VALUES:
             if not called:
                 self.fail(f"{name} must be called: write {name}(...)", node)
-            return STEPS[name]
-        close = difflib.get_close_matches(name, list(STEPS), n=1)
+            return STEPS.get(name) or VALUES[name]
+        known = [*STEPS, *VALUES]
+        close = difflib.get_close_matches(name, known, n=1)
         if not close:  # case slips ('shuffle') are too short for the ratio sometimes
-            lower = {k.lower(): k for k in STEPS}
+            lower = {k.lower(): k for k in known}
             close = [lower[name.lower()]] if name.lower() in lower else []
         hint = f": did you mean {close[0]}?" if close else (
             f"; the steps are {', '.join(sorted(STEPS))}")
         self.fail(f"unknown {'step' if called else 'name'} {name!r}{hint}", node)
 
-    def call(self, node: ast.Call, depth: int) -> Step:
+    def call(self, node: ast.Call, depth: int) -> Step | Agent:
         func = node.func
         if not isinstance(func, ast.Name):
             if isinstance(func, ast.Attribute):
                 self.fail("attribute access is not allowed in a pipeline expression", func)
-            self.fail("only the step names can be called", func)
+            self.fail("only the step names can be called (and Agent)", func)
         cls = self.name(func.id, func, called=True)
-        self.calls += 1
-        if self.calls > MAX_STEPS:
-            self.fail(f"too many steps: more than {MAX_STEPS}", node)
+        if cls is Agent:
+            self.agents += 1
+            if self.agents > MAX_ITEMS:
+                self.fail(f"too many agents: more than {MAX_ITEMS}", node)
+        else:
+            self.calls += 1
+            if self.calls > MAX_STEPS:
+                self.fail(f"too many steps: more than {MAX_STEPS}", node)
         args = []
         for a in node.args:
             if isinstance(a, ast.Starred):
@@ -449,9 +476,10 @@ class _Parser:
         if any(isinstance(x, Step) for x in items):
             self.fail("'*' repeats a list of model names, not of steps; repeat a step with "
                       "step * n", node)
-        if not all(isinstance(x, str) for x in items):
+        if not all(isinstance(x, (str, Agent)) for x in items):
             # Only flat lists: a list of repeated lists would multiply past every size limit.
-            self.fail("'*' repeats a list of model names (str), not of other values", node)
+            self.fail("'*' repeats a list of model names (str) or agents, not of other values",
+                      node)
         if n < 0:
             self.fail(f"a list repeats n >= 0 times, got {n}", node)
         if len(items) * n > MAX_ITEMS:

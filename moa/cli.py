@@ -28,6 +28,7 @@ import anyio
 
 from . import (
     DEFAULT_PRICES,
+    Agent,
     Aggregate,
     Cache,
     CallFinished,
@@ -54,7 +55,9 @@ from . import (
     run,
 )
 from . import run_stream as moa_run_stream
+from ._agent import AgentLike
 from ._executor import unicode_error
+from ._parse import parse_agent
 from .clients._errors import redact
 from ._history import _sum_known, spent_tokens
 
@@ -203,11 +206,33 @@ async def _stream_and_close(pipeline, prompt, client, seed, timeout, *, on_event
     raise AssertionError("run_stream ended without RunFinished")  # pragma: no cover
 
 
+def _model_option(args: argparse.Namespace) -> Agent | None:
+    """``--model`` given as an agent expression (``"Agent('m', temp=0)"``): the agent, with
+    ``args.model`` set to its model name for ``make_client``; None for a plain name."""
+    text = args.model
+    if text is None or not text.lstrip().startswith("Agent("):
+        return None
+    try:
+        agent = parse_agent(text)
+    except PipelineSyntaxError as exc:
+        raise UsageError(f"--model: {exc}") from None
+    args.model = agent.model
+    return agent
+
+
+def _as_agent(agent: Agent | None, model: str) -> AgentLike:
+    """The agent the command runs: ``--model``'s agent on the model ``make_client`` chose (a
+    GGUF path becomes its name), or the model name alone."""
+    return model if agent is None else dataclasses.replace(agent, model=model)
+
+
 def demo(args: argparse.Namespace) -> int:
     args.prompt = _checked_prompt(args.prompt)
+    agent = _model_option(args)
     client, model = make_client(args.provider, args.base_url, args.model)
-    pipeline = Propose([model] * args.samples, temp=0.7, max_tokens=args.max_tokens) | Aggregate(
-        model, temp=0.3, max_tokens=args.max_tokens
+    who = _as_agent(agent, model)
+    pipeline = Propose([who] * args.samples, temp=0.7, max_tokens=args.max_tokens) | Aggregate(
+        who, temp=0.3, max_tokens=args.max_tokens
     )
     where = args.provider if not args.base_url else redact(args.base_url)  # no URL password
     print(f"moa demo: a Self-MoA on {model} ({where})")
@@ -254,7 +279,7 @@ def _parse_expression(text: str) -> Step:
         raise UsageError(f"--pipeline: {exc}") from None
 
 
-def _recipe(name: str, model: str | None) -> Step:
+def _recipe(name: str, model: AgentLike | None) -> Step:
     """``moa.recipes.<name>()``; with ``model``, every model of the recipe is that one."""
     make = getattr(recipes, name)
     if model is None:
@@ -300,7 +325,7 @@ def _leaves(step: Step) -> list[tuple[tuple[int, ...], Step]]:
     return out
 
 
-def _build_pipeline(args: argparse.Namespace, parsed: Step | None, model: str) -> Step:
+def _build_pipeline(args: argparse.Namespace, parsed: Step | None, model: AgentLike) -> Step:
     if parsed is not None:
         step = parsed
     else:
@@ -318,7 +343,7 @@ def _prices_for(args: argparse.Namespace, pipeline: Step) -> Prices:
     since each is a label for the same local model, then the user's ``--prices`` file."""
     base = DEFAULT_PRICES
     if args.provider == "local" and not args.base_url:
-        names = {m for _, s in _leaves(pipeline)
+        names = {m if isinstance(m, str) else m.model for _, s in _leaves(pipeline)
                  for m in (*getattr(s, "agents", ()), getattr(s, "agent", None)) if m}
         base = base | {m: (0.0, 0.0) for m in names}
     return _load_prices(args.prices, base)
@@ -581,6 +606,7 @@ def run_command(args: argparse.Namespace) -> int:
     _check_writable("--json", args.json)
     prompt = _read_prompt(args)
     _load_prices(args.prices)  # a bad price file is a usage error before anything runs
+    agent = _model_option(args)
     cache = _open_cache(args.cache, _cache_namespace(args))
     try:
         client, model = make_client(args.provider, args.base_url, args.model)
@@ -588,7 +614,7 @@ def run_command(args: argparse.Namespace) -> int:
         if cache is not None:
             cache.close()
         raise
-    pipeline = _build_pipeline(args, parsed, model)
+    pipeline = _build_pipeline(args, parsed, _as_agent(agent, model))
     prices = _prices_for(args, pipeline)
     progress = _progress_for(args, pipeline)
     options: dict[str, Any] = {"max_concurrency": args.max_concurrency, "cache": cache}
@@ -848,6 +874,7 @@ async def _drive_batch(pipeline: Step, items: list[_Item], client: Any, concurre
 
 def batch_command(args: argparse.Namespace) -> int:
     parsed = _parse_expression(args.pipeline) if args.pipeline is not None else None
+    agent = _model_option(args)
     items = _read_batch_input(args.input)
     _load_prices(args.prices)  # a bad price file is a usage error before anything runs
     if args.seed is not None:
@@ -890,7 +917,7 @@ def batch_command(args: argparse.Namespace) -> int:
         if cache is not None:
             cache.close()
         raise
-    pipeline = _build_pipeline(args, parsed, model)
+    pipeline = _build_pipeline(args, parsed, _as_agent(agent, model))
     prices = _prices_for(args, pipeline)
     options = {"max_concurrency": args.max_concurrency, "timeout": args.timeout, "cache": cache}
     histories: list[History] = []
@@ -973,8 +1000,10 @@ def _money(dollars: float) -> str:
 
 def _call_node(parent: _Node, i: int, call: CallRecord, prices: Prices, judge: bool,
                full: bool, label: str = "call") -> None:
-    parts: list[tuple[str, str] | str] = [(f"{label} {i}", "bold"), " ", (call.model, "cyan"),
-                                          f"  {call.latency:.2f} s"]
+    parts: list[tuple[str, str] | str] = [(f"{label} {i}", "bold"), " ", (call.model, "cyan")]
+    if call.agent is not None:
+        parts.append((f" ({_short(call.agent, 60)})", "magenta"))
+    parts.append(f"  {call.latency:.2f} s")
     if call.ok or call.cached:
         parts.append(f"  {_tokens(call.input_tokens)} in / {_tokens(call.output_tokens)} out")
     if call.cached:

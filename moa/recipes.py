@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 
 from ._llm_steps import (DEFAULT_MAX_TOKENS, DEFAULT_TEMP, Aggregate, AggregateSeq, Propose,
                          Synthesize)
+from ._agent import Agent, AgentLike, agent_of
+from ._bounds import safe_repr
 from ._pipeline import Step, _describe
 from ._transforms import Dropout, Shuffle
 
@@ -54,30 +56,31 @@ ROBUST_PROPOSERS: tuple[str, ...] = (
 
 
 # -- argument checks, named after the recipe so the error points at the call the user wrote ----
-def _models(recipe: str, arg: str, value: object) -> tuple[str, ...]:
-    if isinstance(value, str):
-        raise TypeError(f"{recipe}({arg}=...): {arg} must be a list of model names, not a bare "
-                        f"string; did you mean {arg}=[{value!r}]?")
+def _models(recipe: str, arg: str, value: object) -> tuple[AgentLike, ...]:
+    if isinstance(value, (str, Agent)):
+        one = "a bare string" if isinstance(value, str) else "one Agent"
+        raise TypeError(f"{recipe}({arg}=...): {arg} must be a list of model names or agents, "
+                        f"not {one}; did you mean {arg}=[{safe_repr(value)}]?")
     if not isinstance(value, (list, tuple)):
-        raise TypeError(f"{recipe}({arg}=...): {arg} must be a list of model names, "
+        raise TypeError(f"{recipe}({arg}=...): {arg} must be a list of model names or agents, "
                         f"not {_describe(value)}")
     if not value:
         raise ValueError(f"{recipe}({arg}=...): {arg} must name at least one model, got []")
     for m in value:
-        if not isinstance(m, str) or not m:
-            raise TypeError(f"{recipe}({arg}=...): every model must be a non-empty name, "
-                            f"not {_describe(m)}")
-    return tuple(value)
+        if not isinstance(m, Agent) and (not isinstance(m, str) or not m):
+            raise TypeError(f"{recipe}({arg}=...): every model must be a non-empty name or a "
+                            f"moa.Agent, not {_describe(m)}")
+    return tuple(agent_of(recipe, m, f"{arg}=...") for m in value)
 
 
-def _model(recipe: str, arg: str, value: object) -> str:
+def _model(recipe: str, arg: str, value: object) -> AgentLike:
     if isinstance(value, (list, tuple)):
-        raise TypeError(f"{recipe}({arg}=...): {arg} is one model name, not a list "
+        raise TypeError(f"{recipe}({arg}=...): {arg} is one model name or agent, not a list "
                         f"({_describe(value)})")
-    if not isinstance(value, str) or not value:
-        raise TypeError(f"{recipe}({arg}=...): {arg} must be a non-empty model name, "
-                        f"not {_describe(value)}")
-    return value
+    if not isinstance(value, Agent) and (not isinstance(value, str) or not value):
+        raise TypeError(f"{recipe}({arg}=...): {arg} must be a non-empty model name or a "
+                        f"moa.Agent, not {_describe(value)}")
+    return agent_of(recipe, value, f"{arg}=...")
 
 
 def _build(recipe: str, make: Callable[[], Step]) -> Step:
@@ -91,8 +94,8 @@ def _build(recipe: str, make: Callable[[], Step]) -> Step:
 
 # -- the recipes ----------------------------------------------------------------------------------
 def together_moa(
-    proposers: Sequence[str] = PROPOSERS,
-    aggregator: str = "qwen1.5-110b-chat",
+    proposers: Sequence[AgentLike] = PROPOSERS,
+    aggregator: AgentLike = "qwen1.5-110b-chat",
     *,
     temp: float = 0.7,
     max_tokens: int = 512,
@@ -110,8 +113,8 @@ def together_moa(
 
 
 def moa_lite(
-    proposers: Sequence[str] = PROPOSERS,
-    aggregator: str = "qwen1.5-72b-chat",
+    proposers: Sequence[AgentLike] = PROPOSERS,
+    aggregator: AgentLike = "qwen1.5-72b-chat",
     *,
     temp: float = 0.7,
     max_tokens: int = 512,
@@ -128,7 +131,7 @@ def moa_lite(
 
 
 def self_moa(
-    model: str = "gpt-5-nano-2025-08-07",
+    model: AgentLike = "gpt-5-nano-2025-08-07",
     n: int = 6,
     *,
     temp: float = DEFAULT_TEMP,
@@ -147,7 +150,7 @@ def self_moa(
 
 
 def self_moa_seq(
-    model: str = "gpt-5-nano-2025-08-07",
+    model: AgentLike = "gpt-5-nano-2025-08-07",
     n: int = 12,
     window: int = 6,
     reserved: int = 1,
@@ -170,8 +173,8 @@ def self_moa_seq(
 
 
 def robust_moa(
-    proposers: Sequence[str] = ROBUST_PROPOSERS,
-    aggregator: str = "gpt-5-nano-2025-08-07",
+    proposers: Sequence[AgentLike] = ROBUST_PROPOSERS,
+    aggregator: AgentLike = "gpt-5-nano-2025-08-07",
     dropout: float = 0.2,
     *,
     temp: float = DEFAULT_TEMP,

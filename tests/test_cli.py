@@ -764,3 +764,66 @@ def test_run_stream_failure_mid_answer_exits_1_and_ends_the_line(monkeypatch, ca
     assert main(["run", "q", "--pipeline", "Propose(['n']) | Aggregate('m')", "--stream"]) == 1
     out, err = capsys.readouterr()
     assert out == "m one \n" and "the reply stream broke after 2 chunk(s)" in err
+
+
+# -- seeds reach the real model ------------------------------------------------------------------
+SEEDED_PIPE = "Propose([Agent('m', temp=0.9), 'm', 'm'], max_tokens=24) | Aggregate('m', max_tokens=24)"
+
+
+def _moa(*argv, cwd):
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    return subprocess.run([*_moa_command(), *argv], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=cwd)
+
+
+def _run_doc(path):
+    """A saved run with its timings left out (they are not part of a run's identity)."""
+    return History.from_dict(json.loads(Path(path).read_text())), json.loads(
+        Path(path).read_text())["result"]
+
+
+@pytest.mark.local
+def test_the_same_seed_gives_the_same_answer_and_history_on_the_embedded_model(model_path,
+                                                                              tmp_path):
+    runs = []
+    for i in range(2):  # two processes: nothing carried over but the seed
+        proc = _moa("run", "Name a fruit and its color.", "--pipeline", SEEDED_PIPE,
+                    "--seed", "7", "--json", str(tmp_path / f"{i}.json"), cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        runs.append((proc.stdout, *_run_doc(tmp_path / f"{i}.json")))
+    (out1, history1, result1), (out2, history2, result2) = runs
+    assert out1 == out2 and result1 == result2 and history1 == history2
+    seeds = [c.seed for c in history1.calls]
+    assert None not in seeds and len(set(seeds)) == 4
+    # the three proposals were sampled (temperature > 0) and still differ from each other
+    assert len({c.text for c in history1.calls[:3]}) > 1
+    other = _moa("run", "Name a fruit and its color.", "--pipeline", SEEDED_PIPE, "--seed", "8",
+                 "--json", str(tmp_path / "8.json"), cwd=tmp_path)
+    assert _run_doc(tmp_path / "8.json")[0] != history1
+
+
+@pytest.mark.local
+def test_a_resumed_seeded_batch_equals_an_uninterrupted_one(model_path, tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(q) + "\n" for q in
+                           ["Name a color.", "Name an animal.", "Name a planet."]))
+    whole, resumed = tmp_path / "whole.jsonl", tmp_path / "resumed.jsonl"
+    args = ["--pipeline", "Propose(['m'] * 2, max_tokens=16) | Aggregate('m', max_tokens=16)",
+            "--seed", "1", "--concurrency", "2", "-q"]
+    assert _moa("batch", str(src), "-o", str(whole), *args, cwd=tmp_path).returncode == 0
+    assert _moa("batch", str(src), "-o", str(resumed), *args, cwd=tmp_path).returncode == 0
+    # As if killed after its first result: keep one line, then resume.
+    first = resumed.read_text().splitlines()[0]
+    resumed.write_text(first + "\n")
+    proc = _moa("batch", str(src), "-o", str(resumed), *args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+
+    def lines(path):
+        out = {}
+        for line in path.read_text().splitlines():
+            doc = json.loads(line)
+            out[json.dumps(doc["id"])] = (doc["result"], doc["seed"],
+                                          History.from_dict(doc["history"]))
+        return out
+
+    assert lines(resumed) == lines(whole) and len(lines(whole)) == 3

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import moa
-from moa import (Aggregate, AggregateSeq, Dropout, Filter, Limits, Map, ModelLimit, Parallel,
+from moa import (Agent, Aggregate, AggregateSeq, Dropout, Filter, Limits, Map, ModelLimit, Parallel,
                  Pick, Pipeline, Price, Prices, Propose, Rank, Refine, Retry, Sample, Shuffle,
                  Synthesize, Take, Vote)
 from moa.errors import MoaError
@@ -66,10 +66,10 @@ values = st.recursive(scalars, lambda inner: st.one_of(
     st.lists(inner, max_size=4), st.tuples(inner, inner),
     st.dictionaries(st.text(max_size=4), inner, max_size=3)), max_leaves=8)
 
-CONSTRUCTORS = [Propose, Synthesize, Aggregate, Refine, Rank, Vote, Pick, AggregateSeq, Shuffle,
+CONSTRUCTORS = [Agent, Propose, Synthesize, Aggregate, Refine, Rank, Vote, Pick, AggregateSeq, Shuffle,
                 Dropout, Sample, Take, Filter, Map, Retry, ModelLimit, Limits, Price, Prices,
                 Pipeline, Parallel]
-KEYWORDS = ["temp", "max_tokens", "min_success", "quorum", "prompt", "n", "times", "window",
+KEYWORDS = ["model", "system", "name", "temp", "max_tokens", "min_success", "quorum", "prompt", "n", "times", "window",
             "reserved", "extract", "attempts", "initial", "max_wait", "jitter", "retry_on",
             "max_retry_after", "concurrency", "rpm", "tpm", "default", "input", "output"]
 

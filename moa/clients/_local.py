@@ -231,6 +231,20 @@ def _stopper(llama: Any, stop: threading.Event, sampled: list[int]) -> Any:
     return check_stop
 
 
+def _seeded(seed: int | None) -> dict[str, int]:
+    # Without a seed llama keeps drawing from its own generator, as it always has.
+    return {} if seed is None else {"seed": seed}
+
+
+def _fresh(llama: Any, seed: int | None) -> None:
+    """Before a seeded call: forget the previous prompt, so that its reply is a function of
+    this call alone. llama.cpp reuses the cached prefix of the last prompt, and logits computed
+    over a reused prefix differ in their last bits from those of a whole prompt, which can
+    turn a sampled (or even a greedy) token; order-dependent replies would break replay."""
+    if seed is not None:
+        llama.reset()
+
+
 def _load(key: tuple[Any, ...], path: str, options: dict[str, Any], model: str) -> _Engine:
     with _engines_lock:
         engine = _engines.get(key)
@@ -278,16 +292,18 @@ class LocalClient:
                 or _load(self._key, str(self.model_path), self.options, model))
 
     def _generate(self, model: str, messages: list[dict[str, str]], temp: float,
-                  max_tokens: int, stop: threading.Event) -> tuple[str, int, int]:
+                  max_tokens: int, stop: threading.Event, seed: int | None
+                  ) -> tuple[str, int, int]:
         engine = self._engine(model)
         check_stop = _stopper(engine.llama, stop, [])
         with engine.lock:
             if stop.is_set():
                 raise _Stopped
+            _fresh(engine.llama, seed)
             try:
                 out = engine.llama.create_chat_completion(
                     messages=messages, temperature=temp, max_tokens=max_tokens,
-                    logits_processor=[check_stop],
+                    logits_processor=[check_stop], **_seeded(seed),
                 )
             except ValueError as exc:
                 raise _rejected(model, exc) from None
@@ -296,11 +312,13 @@ class LocalClient:
         return text, usage.get("prompt_tokens"), usage.get("completion_tokens")
 
     async def __call__(self, *, model: str, messages: list[dict[str, str]], temp: float,
-                       max_tokens: int) -> tuple[str, int | None, int | None]:
+                       max_tokens: int, seed: int | None = None
+                       ) -> tuple[str, int | None, int | None]:
         stop = threading.Event()
         try:
             return await anyio.to_thread.run_sync(
-                self._generate, model, messages, temp, max_tokens, stop, abandon_on_cancel=True
+                self._generate, model, messages, temp, max_tokens, stop, seed,
+                abandon_on_cancel=True
             )
         except anyio.get_cancelled_exc_class():
             stop.set()
@@ -309,7 +327,7 @@ class LocalClient:
             raise MoaError(f"{model}: generation stopped") from None
 
     async def stream(self, *, model: str, messages: list[dict[str, str]], temp: float,
-                     max_tokens: int) -> AsyncIterator[str | Usage]:
+                     max_tokens: int, seed: int | None = None) -> AsyncIterator[str | Usage]:
         """The reply's text chunks as the model writes them, then its :class:`~moa.Usage`.
         Leaving the iteration early, or cancelling it, stops the generation at its next token
         and frees the model."""
@@ -319,7 +337,8 @@ class LocalClient:
         # runs in a thread of its own, feeding an unbounded queue (it never waits on the event
         # loop, which may be gone by the time it finishes). The stop flag bounds its life: it
         # ends at most one token after this generator does.
-        threading.Thread(target=self._produce, args=(model, messages, temp, max_tokens, stop, items),
+        threading.Thread(target=self._produce,
+                         args=(model, messages, temp, max_tokens, stop, items, seed),
                          name=f"moa-local-stream-{model}", daemon=True).start()
         try:
             while True:
@@ -333,9 +352,9 @@ class LocalClient:
             stop.set()
 
     def _produce(self, model: str, messages: list[dict[str, str]], temp: float, max_tokens: int,
-                 stop: threading.Event, items: queue.SimpleQueue[Any]) -> None:
+                 stop: threading.Event, items: queue.SimpleQueue[Any], seed: int | None) -> None:
         try:
-            for item in self._generate_stream(model, messages, temp, max_tokens, stop):
+            for item in self._generate_stream(model, messages, temp, max_tokens, stop, seed):
                 items.put(item)
         except BaseException as exc:  # handed to the consumer, which raises it
             items.put(exc)
@@ -343,7 +362,8 @@ class LocalClient:
             items.put(_END)
 
     def _generate_stream(self, model: str, messages: list[dict[str, str]], temp: float,
-                         max_tokens: int, stop: threading.Event) -> Iterator[str | Usage]:
+                         max_tokens: int, stop: threading.Event, seed: int | None
+                         ) -> Iterator[str | Usage]:
         engine = self._engine(model)
         # llama's streamed chunks carry no usage, and one chunk may hold several tokens (a
         # character split across tokens): the counts come from the logits processor, which
@@ -354,10 +374,11 @@ class LocalClient:
         with engine.lock:
             if stop.is_set():
                 return
+            _fresh(engine.llama, seed)
             try:
                 for chunk in engine.llama.create_chat_completion(
                     messages=messages, temperature=temp, max_tokens=max_tokens,
-                    logits_processor=[check_stop], stream=True,
+                    logits_processor=[check_stop], stream=True, **_seeded(seed),
                 ):
                     choice = chunk["choices"][0]
                     text = choice["delta"].get("content")

@@ -79,8 +79,11 @@ class OpenAIClient:
         args += [f"{k}={v!r}" for k, v in {**self.defaults, **self._options}.items()]
         return redact(f"openai_client({', '.join(args)})", self._secrets)
 
-    def params(self, model: str, temp: float, max_tokens: int) -> dict[str, Any]:
-        """The keyword arguments of ``chat.completions.create`` for one call, bar the messages."""
+    def params(self, model: str, temp: float, max_tokens: int, seed: int | None = None
+               ) -> dict[str, Any]:
+        """The keyword arguments of ``chat.completions.create`` for one call, bar the messages.
+        ``seed`` is the request's ``seed`` field (OpenAI, vLLM and llama.cpp's server sample
+        from it); a call's seed replaces a ``seed`` given as a default."""
         params: dict[str, Any] = {"model": model}
         if is_reasoning_model(model):
             params["max_completion_tokens"] = max_tokens
@@ -90,8 +93,11 @@ class OpenAIClient:
         else:
             params["max_tokens"] = max_tokens
             params["temperature"] = temp
-        if self.defaults:
-            params["extra_body"] = dict(self.defaults)
+        body = dict(self.defaults)
+        if seed is not None:
+            body["seed"] = seed
+        if body:
+            params["extra_body"] = body
         params.update(self._options)
         return params
 
@@ -100,10 +106,11 @@ class OpenAIClient:
         return provider_error(exc, model=model, secrets=self._secrets)
 
     async def __call__(self, *, model: str, messages: list[dict[str, str]], temp: float,
-                       max_tokens: int) -> tuple[str, int | None, int | None]:
+                       max_tokens: int, seed: int | None = None
+                       ) -> tuple[str, int | None, int | None]:
         try:
             response = await self._sdks.get().chat.completions.create(
-                messages=messages, **self.params(model, temp, max_tokens))
+                messages=messages, **self.params(model, temp, max_tokens, seed))
         except Exception as exc:
             error = self._error(exc, model)
             if error is None:
@@ -115,12 +122,12 @@ class OpenAIClient:
         raise error from None
 
     async def stream(self, *, model: str, messages: list[dict[str, str]], temp: float,
-                     max_tokens: int) -> AsyncIterator[str | Usage]:
+                     max_tokens: int, seed: int | None = None) -> AsyncIterator[str | Usage]:
         """The reply's text chunks as the server sends them, then its :class:`~moa.Usage`
         (``Usage(None, None)`` from a server that reports no usage in a stream). Failures,
         when the stream opens or in its middle, are sorted into ``ProviderError`` as
         ``__call__`` sorts them; the HTTP response is closed however the iteration ends."""
-        params = self.params(model, temp, max_tokens)
+        params = self.params(model, temp, max_tokens, seed)
         stream = await self._open(model, messages, params, {"include_usage": True})
         if stream is None:
             # The server refused stream_options: it will not report usage anyway.

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from .._executor import Usage
+from .._seeds import accepts_seed
 from .._pipeline import _describe
 from ..errors import MoaError
 
@@ -51,23 +52,27 @@ class Router:
         raise NoRouteError(model, tuple(self.routes))
 
     async def __call__(self, *, model: str, messages: list[dict[str, str]], temp: float,
-                       max_tokens: int) -> tuple[str, int | None, int | None]:
-        return await self.client_for(model)(model=model, messages=messages, temp=temp,
-                                            max_tokens=max_tokens)
+                       max_tokens: int, seed: int | None = None
+                       ) -> tuple[str, int | None, int | None]:
+        client = self.client_for(model)
+        return await client(model=model, messages=messages, temp=temp, max_tokens=max_tokens,
+                            **_seed_for(client, seed))
 
     async def stream(self, *, model: str, messages: list[dict[str, str]], temp: float,
-                     max_tokens: int) -> AsyncIterator[str | Usage]:
+                     max_tokens: int, seed: int | None = None) -> AsyncIterator[str | Usage]:
         """The routed client's ``stream``; a client without one gives its whole reply as one
         chunk, then its Usage."""
         client = self.client_for(model)
         stream = getattr(client, "stream", None)
         if stream is None:
             text, input_tokens, output_tokens = await client(
-                model=model, messages=messages, temp=temp, max_tokens=max_tokens)
+                model=model, messages=messages, temp=temp, max_tokens=max_tokens,
+                **_seed_for(client, seed))
             yield text
             yield Usage(input_tokens, output_tokens)
             return
-        items = stream(model=model, messages=messages, temp=temp, max_tokens=max_tokens)
+        items = stream(model=model, messages=messages, temp=temp, max_tokens=max_tokens,
+                       **_seed_for(stream, seed))
         try:
             async for item in items:
                 yield item
@@ -75,6 +80,11 @@ class Router:
             aclose = getattr(items, "aclose", None)
             if aclose is not None:
                 await aclose()
+
+
+def _seed_for(fn: Any, seed: int | None) -> dict[str, int]:
+    # The seed passes through to a routed client that takes one, and only to such a client.
+    return {"seed": seed} if seed is not None and accepts_seed(fn) else {}
 
 
 def route(clients: Mapping[str, Any], default: Any = None) -> Router:

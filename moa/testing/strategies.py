@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
+from .._agent import Agent
 from .._llm_steps import Aggregate, AggregateSeq, Pick, Propose, Rank, Refine, Synthesize, Vote
 from .._pipeline import Pipeline, Step
 from .._transforms import Dropout, Filter, Map, Sample, Shuffle, Take
@@ -118,9 +119,29 @@ def transforms(*, kinds: Sequence[type] | None = None,
 
 
 @st.composite
+def _agent(draw: Any, models: SearchStrategy[str], options: bool) -> str | Agent:
+    """A model name, or (with ``options``, half the time) an Agent over it with some of its
+    own settings."""
+    model = draw(models)
+    if not options or draw(st.booleans()):
+        return model
+    fields: dict[str, Any] = {}
+    if draw(st.booleans()):
+        fields["temp"] = draw(st.sampled_from([0, 0.3, 0.9]))
+    if draw(st.booleans()):
+        fields["max_tokens"] = draw(st.integers(1, 64))
+    if draw(st.booleans()):
+        fields["system"] = draw(st.sampled_from(["Be terse.", "Think step by step."]))
+    if draw(st.booleans()):
+        fields["name"] = draw(st.sampled_from(["a1", "b2"]))
+    return Agent(model, **fields)
+
+
+@st.composite
 def _llm_step(draw: Any, kinds: tuple[type, ...], models: SearchStrategy[str],
               options: bool) -> Step:
     kind = draw(st.sampled_from(kinds))
+    agents = _agent(models, options)
     # Vote reads the answers itself when it has an extractor: no model, and no prompt.
     extract = None
     if kind is Vote and draw(st.booleans()):
@@ -134,14 +155,14 @@ def _llm_step(draw: Any, kinds: tuple[type, ...], models: SearchStrategy[str],
         if kind is not Propose and extract is None and draw(st.booleans()):
             kwargs["prompt"] = draw(st.text(min_size=1, max_size=20).filter(str.strip))
     if kind in (Propose, Synthesize, Refine):
-        args = [draw(st.lists(models, min_size=1, max_size=3))]
+        args = [draw(st.lists(agents, min_size=1, max_size=3))]
         if options and draw(st.booleans()):
             kwargs["min_success"] = draw(st.integers(1, len(args[0])))
     elif extract is not None:
         args = []
         kwargs["extract"] = extract
     else:
-        args = [draw(models)]
+        args = [draw(agents)]
         if kind is Rank and draw(st.booleans()):
             kwargs["n"] = draw(st.integers(1, 4))
         if kind is Pick and draw(st.booleans()):
@@ -162,7 +183,8 @@ def llm_steps(*, kinds: Sequence[type] | None = None,
     sampled from): ``Rank`` with a drawn ``n``, ``Pick`` with drawn ``times``, ``AggregateSeq``
     with a drawn ``window`` and ``reserved``, and ``Vote`` with a judge model or, as often,
     with a regex ``extract`` and no model. With ``options``, also with drawn ``temp``,
-    ``max_tokens``, ``prompt`` and ``min_success``."""
+    ``max_tokens``, ``prompt`` and ``min_success``, and agents that are :class:`~moa.Agent`
+    values with settings of their own."""
     kinds = LLM_STEPS if kinds is None else tuple(kinds)
     if not kinds or any(k not in LLM_STEPS for k in kinds):
         raise ValueError(f"llm_steps(kinds=...): kinds must be some of "

@@ -294,3 +294,19 @@ async def test_a_key_echoed_by_the_provider_never_reaches_history_or_messages():
             assert secret not in text
     assert "Incorrect API key provided: [REDACTED]" in dumped
     assert re.search(r"Bearer \[REDACTED\]", dumped)
+
+
+async def test_a_call_seed_is_sent_and_replaces_a_default_seed():
+    server = MockServer(completion())
+    client = client_for(server, seed=3)
+    await client(model="gpt-4o", messages=[{"role": "user", "content": "q"}], temp=0.5,
+                 max_tokens=8, seed=1234)
+    await call(client)  # no call seed: the default stands
+    assert server.body(0)["seed"] == 1234 and server.body(1)["seed"] == 3
+
+
+async def test_a_run_seeds_every_openai_call():
+    server = MockServer(completion())
+    _, history = await moa.run(Propose(["gpt-4o", "gpt-4o"]), "q", client_for(server), seed=7)
+    sent = [server.body(i)["seed"] for i in range(2)]
+    assert sorted(sent) == sorted(c.seed for c in history.calls) and len(set(sent)) == 2

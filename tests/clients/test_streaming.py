@@ -673,3 +673,36 @@ async def test_anthropic_a_body_that_ends_before_the_message_is_a_retryable_erro
     with pytest.raises(ProviderError, match="the stream ended before the message did") as info:
         await collect(anthropic_stream(anthropic_for(MockServer(sent))))
     assert info.value.retryable and sent.closed
+
+
+class SeedingLlama(FakeLlama):
+    """FakeLlama that takes a seed and can be reset, as llama_cpp.Llama does."""
+
+    def __init__(self, words):
+        super().__init__(words)
+        self.seeds, self.resets = [], 0
+
+    def reset(self):
+        self.resets += 1
+
+    def create_chat_completion(self, *, messages, temperature, max_tokens, logits_processor,
+                               stream=False, seed=None):
+        self.seeds.append(seed)
+        if stream:
+            return self._chunks(max_tokens, logits_processor)
+        text = "".join(self.words)
+        return {"choices": [{"message": {"content": text}}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": len(self.words)}}
+
+
+async def test_local_seeds_each_call_and_forgets_the_last_prompt_first(fake_local):
+    client, engine = fake_local(SeedingLlama(["a", "b"]))
+    llama = engine.llama
+    assert await client(model="m", messages=MESSAGES, temp=0.7, max_tokens=8, seed=5) == (
+        "ab", 3, 2)
+    chunks = [c async for c in client.stream(model="m", messages=MESSAGES, temp=0.7,
+                                             max_tokens=8, seed=6)]
+    assert "".join(c for c in chunks if isinstance(c, str)) == "ab"
+    assert llama.seeds == [5, 6] and llama.resets == 2
+    await client(model="m", messages=MESSAGES, temp=0.7, max_tokens=8)  # unseeded: as before
+    assert llama.seeds == [5, 6, None] and llama.resets == 2

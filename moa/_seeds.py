@@ -1,0 +1,66 @@
+"""Sampling seeds that reach the model: each call's seed comes from the run's seed, its step's
+place in the pipeline, the request itself (model, messages, temperature, max_tokens) and its
+sample index (its position among identical requests in that step), so Self-MoA's identical
+requests still get different samples, different requests never share a seed, a run replays
+exactly, and a request's seed does not move when other agents are added beside it.
+
+A client receives a seed only if it takes one: a ``seed`` parameter that can be given by
+keyword (``async def client(*, model, messages, temp, max_tokens, seed=None)``). A client of
+the seed's four-argument signature is never passed an argument it does not take.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._llm_steps import Request
+
+__all__ = ("accepts_seed", "call_seed", "SEED_BITS")
+
+#: Call seeds are below 2**31: every backend takes them (llama.cpp's are 32-bit unsigned,
+#: some servers parse a signed 32-bit int).
+SEED_BITS = 31
+
+_known: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
+def call_seed(run_seed: int, path: tuple[int, ...], request: Request, sample: int) -> int:
+    """The sampling seed of sample ``sample`` of ``request`` in the step at ``path``."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(f"moa-call-seed/1/{run_seed}/{'.'.join(map(str, path))}/{sample}/".encode())
+    h.update(json.dumps([request.model, [[m["role"], m["content"]] for m in request.messages],
+                         repr(float(request.temp)), request.max_tokens]).encode())
+    return int.from_bytes(h.digest(), "big") >> (64 - SEED_BITS)
+
+
+def _takes_seed(fn: Callable[..., Any]) -> bool:
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # no signature to read (a builtin): it takes no seed
+        return False
+    seed = parameters.get("seed")
+    return seed is not None and seed.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                              inspect.Parameter.KEYWORD_ONLY)
+
+
+def accepts_seed(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` (a client, or its ``stream`` method) takes a ``seed`` keyword. Read
+    from its signature once per client: runs ask it every time."""
+    # A bound method's answer is its function's (a new method object is made at each lookup).
+    key = getattr(fn, "__func__", None) or fn
+    try:
+        return _known[key]
+    except (KeyError, TypeError):
+        pass
+    answer = _takes_seed(fn)
+    try:
+        _known[key] = answer
+    except TypeError:  # not weakly referenceable: asked again next time
+        pass
+    return answer
