@@ -83,9 +83,12 @@ import anyio
 import _common  # noqa: F401  (puts the checkout on sys.path, so moa is this checkout's)
 
 import moa  # noqa: E402
+import moa.recipes  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_TASKS = os.path.join(HERE, "quality_tasks.jsonl")
+#: Questions kept out of the design of the recipes measured here (see the README).
+HOLDOUT_TASKS = os.path.join(HERE, "quality_tasks_holdout.jsonl")
 DEFAULT_PNG = os.path.join(HERE, "quality.png")
 MATCH_KINDS = ("number", "contains", "exact")
 Z95 = 1.959963984540054  # the standard normal's 97.5 % quantile
@@ -320,7 +323,8 @@ class Contender:
     k: int | None = None           # proposals the final step selects from (oracle@k)
 
 
-CONTENDER_KEYS = ("greedy", "sample", "self-moa", "shuffle", "vote", "pick", "seq")
+CONTENDER_KEYS = ("greedy", "personas", "sample", "self-moa", "shuffle", "vote", "pick", "seq",
+                  "persona-vote")
 
 
 def missing_step(key: str) -> str | None:
@@ -334,6 +338,8 @@ def missing_step(key: str) -> str | None:
         return "moa.Pick is not in this moa"
     if key == "seq" and not hasattr(moa, "AggregateSeq"):
         return "moa.AggregateSeq is not in this moa"
+    if key in ("personas", "persona-vote") and not hasattr(moa.recipes, "persona_vote"):
+        return "moa.recipes.persona_vote is not in this moa"
     return None
 
 
@@ -355,10 +361,18 @@ def contenders(s: Settings) -> list[Contender]:
 
     final = f"temp={s.final_temp:g}, max_tokens={s.final_max_tokens}"
     out: list[Contender] = []
+    personas = getattr(moa.recipes, "VOTE_PERSONAS", (None,))
     for m in s.models:
         tag = f" ({m})" if mix else ""
         out.append(Contender("greedy", f"single greedy{tag}", True, shown([m], 0.0),
                              lambda t, m=m: propose([m], 0.0)))
+        # Each persona of persona_vote alone, greedy: the single calls the vote combines, so
+        # the best of them is the single call it must beat.
+        for j, persona in enumerate(personas[1:], 1):
+            agent = moa.Agent(m, temp=0, system=persona)
+            out.append(Contender("personas", f"greedy, persona {j}{tag}", True,
+                                 f"Propose([{agent!r}], max_tokens={s.max_tokens})",
+                                 lambda t, a=agent: moa.Propose([a], max_tokens=s.max_tokens)))
         out.append(Contender("sample", f"single sample{tag}", True, shown([m], s.temp),
                              lambda t, m=m: propose([m], s.temp)))
     k = len(proposers)
@@ -388,6 +402,15 @@ def contenders(s: Settings) -> list[Contender]:
         lambda t: propose(seq_proposers, s.temp) | moa.AggregateSeq(
             m0, window=s.window, reserved=s.reserved, temp=s.final_temp,
             max_tokens=s.final_max_tokens), len(seq_proposers)))
+    if hasattr(moa.recipes, "persona_vote"):
+        voters = len(personas) + 3
+        out.append(Contender(
+            "persona-vote", "persona vote (recipe)", False,
+            f"moa.recipes.persona_vote({m0!r}, extractor(task), max_tokens={s.max_tokens}): "
+            f"Propose({len(personas)} greedy personas + 3 samples at temp 0.3) | "
+            f"Vote(extract=extractor(task))",
+            lambda t: moa.recipes.persona_vote(m0, extractor(t), max_tokens=s.max_tokens),
+            voters))
     return out
 
 
@@ -568,34 +591,39 @@ def _signed(x: float) -> str:
     return f"{100 * x:+.1f}"
 
 
+def _delta(s: Summary, other: Summary | None, seed: str, name: str) -> str:
+    if other is None:
+        return "-"
+    if s is other:
+        return f"({name})"
+    d, lo, hi = paired_bootstrap(s.correct, other.correct, seed=seed)
+    return f"{_signed(d)} [{_signed(lo)}, {_signed(hi)}]"
+
+
 def table(summaries: list[Summary], seed: int) -> list[str]:
     singles = [s for s in summaries if s.contender.single]
     best = max(singles, key=lambda s: s.accuracy) if singles else None  # first on a tie
+    greedy = next((s for s in summaries if s.contender.key == "greedy"), None)
     rows = []
     for s in summaries:
         n = len(s.answers)
         k = sum(s.correct)
         lo, hi = wilson(k, n)
-        if best is None:
-            delta = "-"
-        elif s is best:
-            delta = "(best single)"
-        else:
-            d, dlo, dhi = paired_bootstrap(s.correct, best.correct,
-                                           seed=f"{seed}|{s.contender.label}")
-            delta = f"{_signed(d)} [{_signed(dlo)}, {_signed(dhi)}]"
+        delta = _delta(s, best, f"{seed}|{s.contender.label}", "best single")
+        versus_greedy = _delta(s, greedy, f"{seed}|{s.contender.label}|greedy", "greedy")
         oracle = s.oracle()
         tin, tout = s.tokens()
         rows.append([
-            s.contender.label, f"{_pct(k / n)} [{_pct(lo)}, {_pct(hi)}]", delta,
+            s.contender.label, f"{_pct(k / n)} [{_pct(lo)}, {_pct(hi)}]", versus_greedy, delta,
             f"{_pct(oracle)} (k={s.contender.k})" if oracle is not None else "-",
             f"{s.calls():,}", f"{s.cached():,}",
             f"{_count(tin)} / {_count(tout)}",
             f"{s.wall:.1f}", str(s.cost()), str(s.failed()),
         ])
-    head = ["contender", "accuracy % [95% CI]", "Δ vs best single, pp [95% CI]", "oracle@k %",
-            "calls", "cached", "tokens in / out", "wall s", "cost", "failed"]
-    right = {1, 2, 3, 4, 5, 6, 7, 8, 9}
+    head = ["contender", "accuracy % [95% CI]", "Δ vs single greedy, pp [95% CI]",
+            "Δ vs best single, pp [95% CI]", "oracle@k %", "calls", "cached", "tokens in / out",
+            "wall s", "cost", "failed"]
+    right = set(range(1, len(head)))
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
 
     def line(r: list[str]) -> str:
@@ -605,8 +633,9 @@ def table(summaries: list[Summary], seed: int) -> list[str]:
     out = [line(head), "  ".join("-" * w for w in widths)]
     out += [line(r) for r in rows]
     if best is not None:
-        out.append(f"best single: {best.contender.label} ({_pct(best.accuracy)} %); Δ is the "
-                   f"paired difference on the same questions, 2,000 bootstrap resamples")
+        out.append(f"best single: {best.contender.label} ({_pct(best.accuracy)} %), chosen "
+                   f"after the fact among {len(singles)} single contenders; Δ is the paired "
+                   f"difference on the same questions, 2,000 bootstrap resamples")
     return out
 
 
@@ -726,8 +755,10 @@ def to_json(summaries: list[Summary], meta: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tasks", default=DEFAULT_TASKS, help="a JSON Lines task file "
-                    "(default: benchmarks/quality_tasks.jsonl)")
+    ap.add_argument("--tasks", nargs="+", default=[DEFAULT_TASKS, HOLDOUT_TASKS],
+                    metavar="FILE", help="JSON Lines task files, each scored on its own "
+                    "(default: benchmarks/quality_tasks.jsonl, the design set, and "
+                    "quality_tasks_holdout.jsonl, kept out of the design)")
     ap.add_argument("--limit", type=int, help="only the first N tasks")
     ap.add_argument("--seed", type=int, default=0, help="run seed; each question's is derived "
                     "from it and its id (default 0)")
@@ -778,11 +809,13 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             ap.error("the chart needs matplotlib (pip install matplotlib), or pass --no-png")
 
-    try:
-        tasks = load_tasks(args.tasks)
-    except (OSError, TaskFileError) as exc:
-        ap.error(str(exc))
-    tasks = tasks[:args.limit] if args.limit else tasks
+    task_sets: dict[str, list[Task]] = {}
+    for path in args.tasks:
+        try:
+            loaded = load_tasks(path)
+        except (OSError, TaskFileError) as exc:
+            ap.error(str(exc))
+        task_sets[path] = loaded[:args.limit] if args.limit else loaded
 
     from _common import pkg_version, print_header
     from moa.cli import UsageError, make_client
@@ -827,7 +860,7 @@ def main(argv: list[str] | None = None) -> int:
     prices = moa.DEFAULT_PRICES | ({m: (0, 0) for m in models} if local else {})
     concurrency = args.concurrency or (2 if local else 16)
     limits = None if local else moa.Limits(default=moa.ModelLimit(concurrency=concurrency))
-    kinds = Counter(t.match for t in tasks)
+
     where = ("the embedded model, in-process (moa.clients.local_client())" if local
              else args.base_url or f"--provider {args.provider}")
     # As `moa run --cache` does: entries of one client never serve another (the embedded
@@ -844,8 +877,9 @@ def main(argv: list[str] | None = None) -> int:
         where += f": {client.model_path.name}, n_threads {client.options['n_threads']}"
     header = [
         f"models  : {', '.join(models)} via {where}",
-        f"tasks   : {os.path.relpath(args.tasks)}: {len(tasks)} questions "
-        f"({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))})",
+        *(f"tasks   : {os.path.relpath(path)}: {len(tasks)} questions ("
+          + ", ".join(f"{n} {k}" for k, n in sorted(Counter(t.match for t in tasks).items()))
+          + ")" for path, tasks in task_sets.items()),
         f"sampling: proposals temp {args.temp:g}, max_tokens {args.max_tokens}; aggregator and "
         f"judge temp {args.final_temp:g}, max_tokens {args.final_max_tokens} (judge "
         f"{args.judge_max_tokens}); seed {args.seed} (one seed per question, from it and the "
@@ -860,50 +894,63 @@ def main(argv: list[str] | None = None) -> int:
     print_header(*header, packages=pkgs)
 
     t_all = time.perf_counter()
-    summaries: list[Summary] = []
+    results: dict[str, list[Summary]] = {}
     with moa.Cache(cache_path, mode=mode, namespace=namespace) as store:
-        for c in chosen:
-            step = max(1, len(tasks) // 4)
-
-            def progress(done: int, c: Contender = c) -> None:
-                if done % step == 0 or done == len(tasks):
-                    print(f"  {c.label}: {done}/{len(tasks)} questions, "
-                          f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
-
-            t0 = time.perf_counter()
-            answers = anyio.run(lambda: run_contender(
-                c, tasks, client, seed=args.seed, cache=store, concurrency=concurrency,
-                limits=limits, timeout=args.timeout, progress=progress))
-            summaries.append(Summary(c, answers, time.perf_counter() - t0, prices))
-            errors = [a.error for a in answers if a.error]
-            if errors:
-                print(f"  {c.label}: {len(errors)} question(s) failed; the first: {errors[0]}",
-                      file=sys.stderr)
+        for path, tasks in task_sets.items():
+            results[path] = [run_one(c, tasks, client, store, args, concurrency, limits, prices)
+                             for c in chosen]
     elapsed = time.perf_counter() - t_all
     if tmp is not None:
         tmp.cleanup()
 
-    for line in table(summaries, args.seed):
-        print(line)
-    print()
-    for line in diagnostics(summaries, args.seed):
-        print(line)
+    for n, (path, summaries) in enumerate(results.items()):
+        print(f"\n== {os.path.relpath(path)}: {len(task_sets[path])} questions ==")
+        for line in table(summaries, args.seed):
+            print(line)
+        print()
+        for line in diagnostics(summaries, args.seed):
+            print(line)
+        suffix = "" if n == 0 else "_" + os.path.splitext(os.path.basename(path))[0].split(
+            "quality_tasks_")[-1]
+        if not args.no_png:
+            png = args.png if n == 0 else f"{os.path.splitext(args.png)[0]}{suffix}.png"
+            title = (f"{', '.join(models)}: {len(task_sets[path])} questions from "
+                     f"{os.path.basename(path)}, seed {args.seed}")
+            plot(png, summaries, title)
+            print(f"chart: {os.path.relpath(png)}")
+        if args.json:
+            out = args.json if n == 0 else f"{os.path.splitext(args.json)[0]}{suffix}.json"
+            meta = {"argv": sys.argv, "models": list(models), "tasks": path,
+                    "seed": args.seed, "settings": settings.__dict__ | {"models": list(models)},
+                    "skipped": skipped, "elapsed_s": elapsed}
+            with open(out, "w", encoding="utf-8") as f:
+                json.dump(to_json(summaries, meta), f, indent=1)
+            print(f"per-question results: {out}")
     print(f"\n(measured in {elapsed:.1f} s"
           + (f"; llama_cpp_python {pkg_version('llama_cpp_python')}" if local else "") + ")")
-
-    if not args.no_png:
-        title = (f"{', '.join(models)}: {len(tasks)} questions from "
-                 f"{os.path.basename(args.tasks)}, seed {args.seed}")
-        plot(args.png, summaries, title)
-        print(f"chart: {os.path.relpath(args.png)}")
-    if args.json:
-        meta = {"argv": sys.argv, "models": list(models), "tasks": args.tasks,
-                "seed": args.seed, "settings": settings.__dict__ | {"models": list(models)},
-                "skipped": skipped, "elapsed_s": elapsed}
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(to_json(summaries, meta), f, indent=1)
-        print(f"per-question results: {args.json}")
     return 0
+
+
+def run_one(c: Contender, tasks: list[Task], client: Any, store: moa.Cache,
+            args: argparse.Namespace, concurrency: int, limits: moa.Limits | None,
+            prices: Any) -> Summary:
+    """One contender over one task set, with progress lines on stderr."""
+    step = max(1, len(tasks) // 4)
+    t0 = time.perf_counter()
+
+    def progress(done: int) -> None:
+        if done % step == 0 or done == len(tasks):
+            print(f"  {c.label}: {done}/{len(tasks)} questions, "
+                  f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+
+    answers = anyio.run(lambda: run_contender(
+        c, tasks, client, seed=args.seed, cache=store, concurrency=concurrency,
+        limits=limits, timeout=args.timeout, progress=progress))
+    errors = [a.error for a in answers if a.error]
+    if errors:
+        print(f"  {c.label}: {len(errors)} question(s) failed; the first: {errors[0]}",
+              file=sys.stderr)
+    return Summary(c, answers, time.perf_counter() - t0, prices)
 
 
 if __name__ == "__main__":

@@ -88,7 +88,7 @@ PROVIDERS = {
 }
 
 #: The recipes ``--recipe`` can name, with how each takes "one model everywhere".
-RECIPES = ("together_moa", "moa_lite", "self_moa", "self_moa_seq", "robust_moa")
+RECIPES = ("together_moa", "moa_lite", "self_moa", "self_moa_seq", "robust_moa", "persona_vote")
 
 #: Steps whose one call is a judge's reply: ``moa trace`` shows it in full.
 JUDGES = ("Aggregate", "Vote", "Rank")
@@ -284,7 +284,7 @@ def _recipe(name: str, model: AgentLike | None) -> Step:
     make = getattr(recipes, name)
     if model is None:
         return make()
-    if name in ("self_moa", "self_moa_seq"):
+    if name in ("self_moa", "self_moa_seq", "persona_vote"):
         return make(model=model)
     proposers = recipes.ROBUST_PROPOSERS if name == "robust_moa" else recipes.PROPOSERS
     return make(proposers=[model] * len(proposers), aggregator=model)

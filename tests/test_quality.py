@@ -303,3 +303,33 @@ def test_contenders_run_on_a_scripted_client(tmp_path):
     for s in summaries:
         assert s.contender.label in text
     json.dumps(q.to_json(summaries, {}))
+
+
+def test_the_persona_vote_and_its_singles_share_their_greedy_answers(tmp_path):
+    """Each persona's single greedy call is the same request as that persona's voter in the
+    recipe: the vote reads the answers the singles were scored on (the cache serves them)."""
+    import anyio
+
+    import moa
+
+    async def client(*, model, messages, temp, max_tokens):
+        # The plain greedy call is wrong; any persona, or a sample, is right.
+        persona = messages[0]["role"] == "system"
+        return ("It is 12." if persona or temp > 0 else "It is 11."), 10, 5
+
+    tasks = [num("12")]
+    chosen = {c.key + c.label: c for c in q.contenders(q.Settings(("m",)))
+              if c.key in ("greedy", "personas", "persona-vote")}
+    with moa.Cache(str(tmp_path / "c.sqlite")) as cache:
+        summaries = [q.Summary(c, anyio.run(lambda c=c: q.run_contender(
+            c, tasks, client, seed=0, cache=cache, concurrency=1, limits=None, timeout=None)),
+            0.0, moa.DEFAULT_PRICES | {"m": (0, 0)}) for c in chosen.values()]
+    vote = next(s for s in summaries if s.contender.key == "persona-vote")
+    singles = [s for s in summaries if s.contender.single]
+    assert len(singles) == len(moa.recipes.VOTE_PERSONAS)
+    assert vote.contender.k == len(singles) + 3
+    assert vote.cached() == len(singles)  # every greedy voter came from a single's call
+    assert vote.correct == [True]  # 13 voters against the plain greedy call
+    assert next(s for s in singles if s.contender.key == "greedy").correct == [False]
+    lines = q.table(summaries, 0)
+    assert "Δ vs single greedy" in lines[0] and "(greedy)" in "\n".join(lines)

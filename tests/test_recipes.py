@@ -190,3 +190,24 @@ def test_self_moa_seq_is_samples_then_windowed_aggregation():
         self_moa_seq(window=3, reserved=3)
     with pytest.raises(ValueError, match=r"self_moa_seq\(n=...\): n must be >= 1"):
         self_moa_seq(n=0)
+
+
+def test_persona_vote_is_greedy_personas_and_samples_then_a_vote():
+    from moa import Agent, Vote
+    from moa.recipes import VOTE_PERSONAS, persona_vote
+
+    pipe = persona_vote("m", r"\d+", samples=2)
+    propose, vote = pipe.steps
+    assert vote == Vote(extract=r"\d+")
+    agents = propose.agents
+    assert len(agents) == len(VOTE_PERSONAS) + 2
+    assert agents[0] == Agent("m", temp=0)
+    assert [a.system for a in agents[:len(VOTE_PERSONAS)]] == list(VOTE_PERSONAS)
+    assert agents[-1] == Agent("m", temp=0.3)
+    assert eval(repr(pipe), vars(moa)) == pipe
+    named = persona_vote(Agent("m", name="tiny"), personas=[None, "Be brief."], samples=0)
+    assert [a.name for a in named.steps[0].agents] == ["tiny", "tiny"]
+    with pytest.raises(ValueError, match="samples must be an int >= 0"):
+        persona_vote("m", samples=-1)
+    with pytest.raises(TypeError, match="personas must be a non-empty list"):
+        persona_vote("m", personas="Be brief.")
