@@ -15,7 +15,10 @@ import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from ._cache import Cache
-from ._executor import DEFAULT_RETRY, Client, Retry, _check_options, _Run, _run, _unwrapped
+from ._client import Client
+from ._executor import walk
+from ._retry import DEFAULT_RETRY, Retry
+from ._run import _seed, check_options, start, unwrapped
 from ._history import History
 from ._limits import Limits
 from ._pipeline import Step, StepLike, _describe, as_step
@@ -68,9 +71,10 @@ async def _drive(step: Step, prompts: list[str], client: Client, send:
 
     async def one(i: int) -> None:
         nonlocal done
-        state = _Run(client, prompts[i], limiter, timeout, policy, limits, hedge_after, cache)
+        state = start(client, prompts[i], policy, limiter=limiter, timeout=timeout,
+                      limits=limits, hedge_after=hedge_after, cache=cache)
         try:
-            result, history = await _run(step, prompts[i], state, seeds[i])
+            result, history = await walk(step, prompts[i], state, _seed(seeds[i]))
             outcome = RunResult(i, prompts[i], result, history)
         except Exception as exc:
             history = exc.history if isinstance(exc, MoaError) else None
@@ -161,7 +165,7 @@ async def as_completed(
     _check_batch(client, seed, max_concurrency, timeout, retry, limits, hedge_after, progress,
                  cache)
     send, receive = anyio.create_memory_object_stream[RunResult](math.inf)
-    with _unwrapped():
+    with unwrapped():
         async with receive, anyio.create_task_group() as tg:
             tg.start_soon(lambda: _drive(step, items, client, send, seed=seed,
                                          max_concurrency=max_concurrency, timeout=timeout,
@@ -176,7 +180,7 @@ async def as_completed(
 def _check_batch(client: object, seed: object, max_concurrency: object, timeout: object,
                  retry: object, limits: object, hedge_after: object, progress: object,
                  cache: object = None) -> None:
-    _check_options(client, seed, max_concurrency, timeout, retry, limits, hedge_after, cache)
+    check_options(client, seed, max_concurrency, timeout, retry, limits, hedge_after, cache)
     if progress is not None and not callable(progress):
         raise TypeError(f"run_many(progress=...): progress must be a callable "
                         f"progress(done, total, result) or None, not {_describe(progress)}")

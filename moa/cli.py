@@ -56,7 +56,7 @@ from . import (
 )
 from . import run_stream as moa_run_stream
 from ._agent import AgentLike
-from ._executor import unicode_error
+from ._client import unicode_error
 from ._parse import parse_agent
 from .clients._errors import redact
 from ._history import _sum_known, spent_tokens

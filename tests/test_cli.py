@@ -238,7 +238,7 @@ def test_run_rich_progress_goes_to_stderr_never_stdout(client, capsys, monkeypat
 
 def test_run_progress_counts_retries(monkeypatch, capsys):
     _use(monkeypatch, ScriptedClient(transient={"n": 1}))
-    monkeypatch.setattr(moa._executor, "DEFAULT_RETRY", moa.Retry(attempts=3, initial=0,
+    monkeypatch.setattr(moa._run, "DEFAULT_RETRY", moa.Retry(attempts=3, initial=0,
                                                                   max_wait=0, jitter=0))
     assert main(["run", "hi", "--pipeline", PIPE]) == 0
     assert "2/2 calls, 0 failed, 1 retried" in capsys.readouterr().err

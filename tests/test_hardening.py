@@ -223,7 +223,7 @@ def test_a_client_raising_keyboardinterrupt_ends_the_run_cleanly(backend, timeou
 
 
 def test_a_group_of_keyboardinterrupts_is_raised_as_one():
-    from moa._executor import _interrupt_of
+    from moa._executor import interrupt_of as _interrupt_of
 
     ki = KeyboardInterrupt()
     assert _interrupt_of(BaseExceptionGroup("x", [ki, BaseExceptionGroup("y", [ki])])) is ki

@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from .._executor import Usage
+from .._client import Usage
 from ..errors import MoaError, ProviderError
 from ._extras import MissingExtraError, require
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import anyio
 
-from .._executor import Usage
+from .._client import Usage
 from ..errors import MoaError, ProviderError
 from ._common import PerLoop, check_defaults, check_timeout, token_count
 from ._errors import provider_error, redact, url_passwords

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from .._executor import Usage
+from .._client import Usage
 from .._seeds import accepts_seed
 from .._pipeline import _describe
 from ..errors import MoaError

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import anyio
 
-from .._executor import Usage
+from .._client import Usage
 from ..errors import ProviderError
 
 __all__ = ("ScriptedClient", "Transient", "Permanent", "default_reply")

@@ -32,7 +32,8 @@ from hypothesis import settings as Settings
 from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
-from .._executor import Retry, run_sync
+from .._retry import Retry
+from .._run import run_sync
 from .._llm_steps import Propose
 from .._pipeline import Parallel, Pipeline, Step, _describe, as_step
 from .._transforms import Map, Take, Transform

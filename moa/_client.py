@@ -1,0 +1,78 @@
+"""What a client is: the async function that calls a model, the optional ``stream`` method, the
+reply it must return, and how moa checks that reply."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ._bounds import MAX_REPLY_CHARS, safe_repr
+from .errors import ClientOutputError, ProviderError
+
+__all__ = ("Client", "StreamingClient", "Usage", "Reply", "check_output", "error_text",
+           "unicode_error")
+
+#: What a client returns: the text, then input and output tokens (None: not reported).
+Reply = tuple[str, int | None, int | None]
+
+
+class Client(Protocol):
+    """``async def client(model, messages, temp, max_tokens) -> (text, input_tokens,
+    output_tokens)``, called with keyword arguments. A token count may be None (unknown)."""
+
+    def __call__(
+        self, *, model: str, messages: list[dict[str, str]], temp: float, max_tokens: int
+    ) -> Awaitable[tuple[str, int | None, int | None]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """The token counts a streamed reply ends with; either may be None (not reported)."""
+
+    input_tokens: int | None
+    output_tokens: int | None
+
+
+class StreamingClient(Client, Protocol):
+    """A client that can also stream: ``client.stream(model=, messages=, temp=, max_tokens=)``
+    is an async iterator of the reply's text chunks (``str``, in order) whose last item may be a
+    :class:`Usage`. Without a Usage the counts are unknown. Optional: ``run_stream`` streams a
+    client that has ``stream`` and waits for the whole reply from one that has not."""
+
+    def stream(
+        self, *, model: str, messages: list[dict[str, str]], temp: float, max_tokens: int
+    ) -> AsyncIterator[str | Usage]: ...
+
+
+def error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def check_output(model: str, out: Any) -> tuple[str, int | None, int | None]:
+    # A tuple subclass (a namedtuple) or a list of three is the shape too.
+    if not isinstance(out, (tuple, list)) or len(out) != 3:
+        raise ClientOutputError(model, out, "expected a tuple of 3 items")
+    text, tin, tout = out
+    if type(text) is not str:
+        raise ClientOutputError(model, out, f"the text must be a str, got {type(text).__name__}")
+    if len(text) > MAX_REPLY_CHARS:
+        raise ProviderError(f"the reply is {len(text):,} characters, more than moa accepts "
+                            f"in one reply ({MAX_REPLY_CHARS:,})", model=model, retryable=False)
+    for name, n in (("input_tokens", tin), ("output_tokens", tout)):
+        if n is not None and (type(n) is not int or n < 0):
+            raise ClientOutputError(model, out, f"{name} must be an int >= 0 or None, got {safe_repr(n)}")
+    return text, tin, tout
+
+
+
+
+def unicode_error(text: str) -> str | None:
+    """Why ``text`` cannot be sent to a model (it holds a lone surrogate, as text decoded
+    from invalid UTF-8 with ``surrogateescape`` does), or None when it can."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (f"it holds a lone surrogate {text[exc.start]!r} at index {exc.start} "
+                f"(invalid UTF-8 in the input?)")
+    return None
