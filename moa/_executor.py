@@ -389,9 +389,8 @@ def _sample_indices(requests: list[Request], seen: dict[tuple[Any, ...], int]) -
 
 def _sites(run: Walk, path: tuple[int, ...], requests: list[Request], offset: int,
            seen: dict[tuple[Any, ...], int]) -> tuple[list[Request], list[Site]]:
-    """Where each call sits, and the requests with their seeds when the client takes one."""
-    if not (run.seeded or run.calls.wants_sample):
-        return requests, [(path, offset + i, None) for i in range(len(requests))]
+    """Where each call sits, with its sample index, and the requests with their seeds when
+    the client takes one."""
     samples = _sample_indices(requests, seen)
     if run.seeded:
         requests = [dataclasses.replace(r, seed=call_seed(run.seed, path, r, n))
@@ -405,10 +404,15 @@ async def _round(run: Walk, step: LLMStep, path: tuple[int, ...], requests: list
     """One round of a step's calls: those answered at once first (a cache's), then the rest
     concurrently (until the quorum, if the step has one). Records come back in request
     order, with the first error the step must raise."""
-    requests, sites = _sites(run, path, requests, offset, seen)
     calls = run.calls
     n = len(requests)
     enough = step.enough(n)
+    if not (run.seeded or calls.wants_sample):
+        if calls.try_now is None and enough is None:  # every plain run's round: the short way
+            return await _plain_round(calls, path, requests, offset)
+        sites = [(path, offset + i, None) for i in range(n)]
+    else:
+        requests, sites = _sites(run, path, requests, offset, seen)
     results: list[Outcome | None] = [None] * n
     if calls.try_now is not None:
         for i in range(n):
@@ -431,6 +435,23 @@ async def _round(run: Walk, step: LLMStep, path: tuple[int, ...], requests: list
         await _quorum(calls, requests, sites, todo, results, enough)  # type: ignore[arg-type]
     done = [r for r in results if r is not None]
     return [r for r, _ in done], next((e for _, e in done if e is not None), None)
+
+
+async def _plain_round(calls: Calls, path: tuple[int, ...], requests: list[Request],
+                       offset: int) -> tuple[list[CallRecord], BaseException | None]:
+    call = calls.call
+    if len(requests) == 1:
+        rec, fatal = await call(requests[0], (path, offset, None))
+        return [rec], fatal
+    results: list[Outcome] = [None] * len(requests)  # type: ignore[list-item]
+
+    async def one(i: int) -> None:
+        results[i] = await call(requests[i], (path, offset + i, None))
+
+    async with anyio.create_task_group() as tg:
+        for i in range(len(requests)):
+            tg.start_soon(one, i)
+    return [r for r, _ in results], next((e for _, e in results if e is not None), None)
 
 
 async def _quorum(calls: Calls, requests: list[Request], sites: list[Site], todo: list[int],

@@ -179,7 +179,7 @@ def _use(monkeypatch, client, default_model="m"):
         asked.append((provider, base_url, model))
         return client, model or default_model
 
-    monkeypatch.setattr(cli, "make_client", make_client)
+    monkeypatch.setattr(cli.providers, "make_client", make_client)
     return asked
 
 
@@ -227,7 +227,7 @@ def test_run_quiet_writes_nothing_on_stderr(client, capsys):
 
 
 def test_run_rich_progress_goes_to_stderr_never_stdout(client, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "_fancy", lambda: True)
+    monkeypatch.setattr(cli.progress, "fancy", lambda: True)
     monkeypatch.setenv("COLUMNS", "160")
     assert main(["run", "What is 2+2?", "--pipeline", PIPE, "--seed", "7"]) == 0
     out, err = capsys.readouterr()
@@ -573,7 +573,7 @@ def _traced_run(monkeypatch, tmp_path, capsys):
 def test_trace_renders_a_saved_run(renderer, monkeypatch, tmp_path, capsys, prices_file):
     path = _traced_run(monkeypatch, tmp_path, capsys)
     if renderer == "plain":
-        monkeypatch.setattr(cli, "_load_rich", lambda: None)
+        monkeypatch.setattr(cli.progress, "load_rich", lambda: None)
     assert main(["trace", str(path), "--prices", prices_file]) == 0
     out = capsys.readouterr().out
     doc = json.loads(path.read_text())
@@ -593,13 +593,13 @@ def test_trace_renders_a_saved_run(renderer, monkeypatch, tmp_path, capsys, pric
 
 def test_trace_full_shows_every_text(monkeypatch, tmp_path, capsys):
     path = _traced_run(monkeypatch, tmp_path, capsys)
-    monkeypatch.setattr(cli, "_load_rich", lambda: None)
+    monkeypatch.setattr(cli.progress, "load_rich", lambda: None)
     assert main(["trace", str(path), "--full"]) == 0
     assert capsys.readouterr().out.count("TAIL") == 2
 
 
 def test_trace_shows_a_failed_run_and_cached_calls(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(cli, "_load_rich", lambda: None)
+    monkeypatch.setattr(cli.progress, "load_rich", lambda: None)
     cache, path = str(tmp_path / "c.sqlite"), tmp_path / "run.json"
     _use(monkeypatch, ScriptedClient(permanent={"bad"}))
     argv = ["run", "hi", "--pipeline", "Propose(['m']) | Aggregate('bad')", "--cache", cache,
@@ -615,7 +615,7 @@ def test_trace_shows_a_failed_run_and_cached_calls(monkeypatch, tmp_path, capsys
 
 
 def test_trace_reads_a_line_of_a_batch_output(client, monkeypatch, tmp_path, capsys, prompts):
-    monkeypatch.setattr(cli, "_load_rich", lambda: None)
+    monkeypatch.setattr(cli.progress, "load_rich", lambda: None)
     out = tmp_path / "out.jsonl"
     assert main(["batch", prompts, "-o", str(out), "--pipeline", PIPE]) == 0
     capsys.readouterr()
@@ -651,7 +651,7 @@ def test_the_embedded_model_is_free_and_trace_keeps_the_prices(tmp_path, monkeyp
     the saved run carries its prices, so trace shows the same cost; --prices still wins."""
     from moa.testing import ScriptedClient
 
-    monkeypatch.setattr(cli, "make_client", lambda provider, base_url, model: (ScriptedClient(), "m"))
+    monkeypatch.setattr(cli.providers, "make_client", lambda provider, base_url, model: (ScriptedClient(), "m"))
     saved = tmp_path / "run.json"
     assert main(["run", "q", "--pipeline", "Propose(['x', 'y']) | Aggregate('x')",
                  "--json", str(saved)]) == 0

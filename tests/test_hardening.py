@@ -283,7 +283,7 @@ def scripted(monkeypatch):
     import moa.cli as cli
 
     client = ScriptedClient(lambda model, messages: f"answer {SEPARATORS}")
-    monkeypatch.setattr(cli, "make_client", lambda provider, base_url, model: (client, "m"))
+    monkeypatch.setattr(cli.providers, "make_client", lambda provider, base_url, model: (client, "m"))
     return client
 
 
@@ -353,7 +353,7 @@ def test_a_reply_holding_a_lone_surrogate_is_written_escaped(tmp_path, monkeypat
     import moa.cli as cli
 
     client = ScriptedClient(lambda model, messages: "bad \ud800 reply")
-    monkeypatch.setattr(cli, "make_client", lambda provider, base_url, model: (client, "m"))
+    monkeypatch.setattr(cli.providers, "make_client", lambda provider, base_url, model: (client, "m"))
     code, out = _batch(tmp_path, [json.dumps("q")])
     assert code == 0
     line = json.loads(out.read_text(encoding="utf-8"))
@@ -366,7 +366,7 @@ def test_the_answer_is_printed_even_when_the_terminal_cannot_encode_it(tmp_path)
         import sys, moa.cli as cli
         from scripted import ScriptedClient
         client = ScriptedClient(lambda model, messages: "caf\\u00e9 \\ud800")
-        cli.make_client = lambda provider, base_url, model: (client, "m")
+        cli.providers.make_client = lambda provider, base_url, model: (client, "m")
         sys.exit(cli.main(["run", "q", "--pipeline", "Propose(['m'])", "-q"]))
     """))
     env = {**os.environ, "PYTHONIOENCODING": "ascii",
@@ -386,7 +386,7 @@ def test_shuffle_is_still_a_step_after_all_this():
 def test_the_demo_banner_never_shows_a_url_password(monkeypatch, capsys):
     import moa.cli as cli
 
-    monkeypatch.setattr(cli, "make_client",
+    monkeypatch.setattr(cli.providers, "make_client",
                         lambda provider, base_url, model: (ScriptedClient(), "m"))
     assert main(["demo", "--base-url", "http://me:hunter2@127.0.0.1:9/v1", "--model", "m",
                  "--samples", "1"]) == 0

@@ -1,0 +1,139 @@
+"""What ``run`` and ``batch`` share: the pipeline they run (an expression or a recipe, with
+``--max-tokens``), the prices it is costed at, and the response cache."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+from .. import recipes
+from .._agent import AgentLike
+from .._cache import Cache
+from .._cost import DEFAULT_PRICES, Cost, Prices
+from .._history import History
+from .._llm_steps import LLMStep
+from .._parse import PipelineSyntaxError, parse_pipeline
+from .._pipeline import Parallel, Pipeline, Step
+from ..errors import MoaError
+from .common import UsageError
+
+__all__ = ("RECIPES", "parse_expression", "recipe", "with_max_tokens", "leaves",
+           "build_pipeline", "prices_for", "saved_prices", "cache_namespace", "load_prices",
+           "open_cache", "cost_dict")
+
+#: The recipes ``--recipe`` can name.
+RECIPES = ("together_moa", "moa_lite", "self_moa", "self_moa_seq", "robust_moa", "persona_vote")
+
+
+
+def parse_expression(text: str) -> Step:
+    try:
+        return parse_pipeline(text)
+    except PipelineSyntaxError as exc:
+        # str(exc) is the reason, the expression, and a caret under the offending token.
+        raise UsageError(f"--pipeline: {exc}") from None
+
+
+def recipe(name: str, model: AgentLike | None) -> Step:
+    """``moa.recipes.<name>()``; with ``model``, every model of the recipe is that one."""
+    make = getattr(recipes, name)
+    if model is None:
+        return make()
+    if name in ("self_moa", "self_moa_seq", "persona_vote"):
+        return make(model=model)
+    proposers = recipes.ROBUST_PROPOSERS if name == "robust_moa" else recipes.PROPOSERS
+    return make(proposers=[model] * len(proposers), aggregator=model)
+
+
+def with_max_tokens(step: Step, n: int) -> Step:
+    """``step`` with every LLM step's ``max_tokens`` set to ``n``; other steps unchanged.
+
+    LLM steps are frozen dataclasses, so each is rebuilt with :func:`dataclasses.replace`; a
+    custom LLM step without a ``max_tokens`` field is left as it is.
+    """
+    if isinstance(step, Pipeline):
+        return Pipeline(*(with_max_tokens(s, n) for s in step.steps))
+    if isinstance(step, Parallel):
+        return Parallel(*(with_max_tokens(b, n) for b in step.branches))
+    if isinstance(step, LLMStep) and dataclasses.is_dataclass(step) and any(
+            f.name == "max_tokens" for f in dataclasses.fields(step)):
+        return dataclasses.replace(step, max_tokens=n)  # type: ignore[type-var]
+    return step
+
+
+def leaves(step: Step) -> list[tuple[tuple[int, ...], Step]]:
+    """Every step that is not a Pipeline or Parallel, in pipeline order, with its path as the
+    executor numbers it (history's ``StepRecord.path``)."""
+    out: list[tuple[tuple[int, ...], Step]] = []
+
+    def walk(s: Step, path: tuple[int, ...]) -> None:
+        if isinstance(s, Pipeline):
+            for i, sub in enumerate(s.steps):
+                walk(sub, path + (i,))
+        elif isinstance(s, Parallel):
+            for i, sub in enumerate(s.branches):
+                walk(sub, path + (i,))
+        else:
+            out.append((path, s))
+
+    walk(step, () if isinstance(step, Pipeline) else (0,))
+    return out
+
+
+def build_pipeline(args: argparse.Namespace, parsed: Step | None, model: AgentLike) -> Step:
+    if parsed is not None:
+        step = parsed
+    else:
+        # One model everywhere when the user named one, or on the embedded model (the only
+        # model it has); otherwise the recipe's own models, through the chosen provider.
+        local = args.provider == "local" and not args.base_url
+        step = recipe(args.recipe, model if args.model or local else None)
+    if args.max_tokens is not None:
+        step = with_max_tokens(step, args.max_tokens)
+    return step
+
+
+def prices_for(args: argparse.Namespace, pipeline: Step) -> Prices:
+    """The default table, then (on the embedded model) every model name of the pipeline at $0,
+    since each is a label for the same local model, then the user's ``--prices`` file."""
+    base = DEFAULT_PRICES
+    if args.provider == "local" and not args.base_url:
+        names = {m if isinstance(m, str) else m.model for _, s in leaves(pipeline)
+                 for m in (*getattr(s, "agents", ()), getattr(s, "agent", None)) if m}
+        base = base | {m: (0.0, 0.0) for m in names}
+    return load_prices(args.prices, base)
+
+
+def saved_prices(prices: Prices, history: History) -> dict[str, list[float]]:
+    """The prices of the run's models, saved beside it so `moa trace` costs it the same."""
+    return {m: [p.input, p.output] for m in sorted({c.model for c in history.calls})
+            if (p := prices.price(m)) is not None}
+
+
+def cache_namespace(args: argparse.Namespace) -> str:
+    """Which client answers: a cache entry from one never serves another (the embedded model
+    answers to any model name, so its entries must not pass for a provider's)."""
+    return f"base_url={args.base_url}" if args.base_url else f"provider={args.provider}"
+
+
+def load_prices(path: str | None, base: Prices = DEFAULT_PRICES) -> Prices:
+    if path is None:
+        return base
+    try:
+        return base | Prices.from_json(path)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--prices {path}: {exc}") from None
+
+
+def open_cache(path: str | None, namespace: str) -> Cache | None:
+    if path is None:
+        return None
+    try:
+        return Cache(path, namespace=namespace)
+    except (OSError, MoaError) as exc:
+        raise UsageError(f"--cache {path}: {exc}") from None
+
+
+def cost_dict(c: Cost) -> dict[str, Any]:
+    return {**c.to_dict(), "text": str(c)}

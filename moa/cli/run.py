@@ -1,0 +1,213 @@
+"""``moa demo`` and ``moa run``: one prompt through a pipeline, the answer alone on stdout,
+progress and a summary on stderr, the whole run in ``--json`` for ``moa trace``."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from .._cost import Prices, cost
+from .._events import RunFinished, TextChunk
+from .._history import History
+from .._llm_steps import Aggregate, Propose
+from .._pipeline import Step
+from .._run import run
+from .._run import run_stream as moa_run_stream
+from ..clients._errors import redact
+from ..errors import MoaError
+from . import providers
+from .options import (build_pipeline, cache_namespace, cost_dict, load_prices, open_cache,
+                      parse_expression, prices_for, saved_prices)
+from .progress import progress_for
+from .providers import as_agent, model_option
+from .common import UsageError, check_writable, close_client, dumps, tokens
+from .._client import unicode_error
+
+__all__ = ("DEMO_PROMPT", "demo", "run_command")
+
+
+DEMO_PROMPT = "Why is the sky blue? Answer in two sentences."
+
+
+def _print_history(history: History, result: str, out=None) -> None:  # type: ignore[no-untyped-def]
+    out = sys.stdout if out is None else out  # looked up now, so a redirected stdout is used
+    width = 88
+    proposals = history.steps[0]
+    print(f"\nProposals ({len(proposals.outputs)}):", file=out)
+    for i, call in enumerate(proposals.calls, 1):
+        body = call.text if call.ok else f"[failed: {call.error}]"
+        print(textwrap.indent(textwrap.fill(f"{i}. {body}", width, subsequent_indent="   "), "  "),
+              file=out)
+    print("\nFinal answer:", file=out)
+    print(textwrap.indent(textwrap.fill(result, width), "  "), file=out)
+    tokens_in = "unknown" if history.input_tokens is None else history.input_tokens
+    tokens_out = "unknown" if history.output_tokens is None else history.output_tokens
+    print(f"\ncalls: {history.total_calls} ({len(history.failed_calls)} failed)   "
+          f"tokens: {tokens_in} in, {tokens_out} out   wall time: {history.wall_time:.2f} s", file=out)
+    latencies = ", ".join(f"{c.latency:.2f}" for c in history.calls)
+    print(f"per-call latency (s, queueing included): {latencies}", file=out)
+
+
+async def _run_and_close(pipeline, prompt, client, seed, timeout, **run_options):  # type: ignore[no-untyped-def]
+    """``moa.run``, then close the client's connections."""
+    try:
+        return await run(pipeline, prompt, client, seed=seed, timeout=timeout, **run_options)
+    finally:
+        await close_client(client)
+
+
+async def _stream_and_close(pipeline, prompt, client, seed, timeout, *, on_event=None,  # type: ignore[no-untyped-def]
+                            out=None, **run_options):
+    """``moa.run_stream``: the final answer's chunks written to ``out`` as they arrive, the
+    other events to ``on_event``; then close the client's connections. Returns what ``run``
+    returns and whether any chunk was written."""
+    out = sys.stdout if out is None else out
+    wrote = False
+    try:
+        async with moa_run_stream(pipeline, prompt, client, seed=seed, timeout=timeout,
+                                  **run_options) as events:
+            async for event in events:
+                if isinstance(event, TextChunk):
+                    out.write(event.text)
+                    out.flush()
+                    wrote = True
+                elif isinstance(event, RunFinished):
+                    return event.result, event.history, wrote
+                elif on_event is not None:
+                    on_event(event)
+    finally:
+        await close_client(client)
+    raise AssertionError("run_stream ended without RunFinished")  # pragma: no cover
+
+
+def demo(args: argparse.Namespace) -> int:
+    args.prompt = checked_prompt(args.prompt)
+    agent = model_option(args)
+    client, model = providers.make_client(args.provider, args.base_url, args.model)
+    who = as_agent(agent, model)
+    pipeline = Propose([who] * args.samples, temp=0.7, max_tokens=args.max_tokens) | Aggregate(
+        who, temp=0.3, max_tokens=args.max_tokens
+    )
+    where = args.provider if not args.base_url else redact(args.base_url)  # no URL password
+    print(f"moa demo: a Self-MoA on {model} ({where})")
+    print(f"pipeline: {pipeline!r}")
+    print(f"prompt:   {args.prompt}")
+    result, history = anyio.run(_run_and_close, pipeline, args.prompt, client, args.seed,
+                                args.timeout)
+    _print_history(history, result)
+    return 0
+
+
+def _read_prompt(args: argparse.Namespace) -> str:
+    if args.prompt is not None and args.prompt_file is not None:
+        raise UsageError("give the prompt as an argument or with --prompt-file, not both")
+    if args.prompt_file == "-":
+        text = sys.stdin.read()
+    elif args.prompt_file is not None:
+        try:
+            text = Path(args.prompt_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--prompt-file {args.prompt_file}: {exc}") from None
+    elif args.prompt is not None:
+        text = args.prompt
+    elif sys.stdin is not None and not sys.stdin.isatty():
+        text = sys.stdin.read()
+    else:
+        raise UsageError("no prompt: give it as an argument, with --prompt-file FILE, "
+                         "or on stdin (echo 'question' | moa run ...)")
+    return checked_prompt(text)
+
+
+def checked_prompt(text: str) -> str:
+    """The prompt without surrounding whitespace (a file's last newline is not part of the
+    question); an empty one, or one holding invalid UTF-8, is a usage error."""
+    if not text.strip():
+        raise UsageError("the prompt is empty")
+    bad = unicode_error(text)
+    if bad is not None:
+        raise UsageError(f"the prompt is not valid Unicode: {bad}")
+    return text.strip()
+
+
+def _write_json(path: str, doc: dict[str, Any]) -> None:
+    try:
+        Path(path).write_text(dumps(doc, indent=2) + "\n",
+                              encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"--json {path}: {exc}") from None
+
+
+def _run_document(history: History, result: str | None, pipeline: Step, prices: Prices,
+                  error: str | None = None) -> dict[str, Any]:
+    """What ``--json`` writes: the history, the result, the pipeline's expression, the cost."""
+    doc = history.to_dict()
+    doc["result"] = result
+    doc["pipeline"] = repr(pipeline)
+    doc["cost"] = cost_dict(cost(history, prices))
+    doc["prices"] = saved_prices(prices, history)
+    if error is not None:
+        doc["error"] = error
+    return doc
+
+
+def _summary(history: History, prices: Prices) -> str:
+    cached = sum(c.cached for c in history.calls)
+    return (f"calls: {history.total_calls} ({len(history.failed_calls)} failed, {cached} cached)"
+            f"   tokens: {tokens(history.input_tokens)} in, {tokens(history.output_tokens)} out"
+            f"   cost: {cost(history, prices)}   wall time: {history.wall_time:.2f} s"
+            f"   seed: {history.seed}")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    parsed = parse_expression(args.pipeline) if args.pipeline is not None else None
+    check_writable("--json", args.json)
+    prompt = _read_prompt(args)
+    load_prices(args.prices)  # a bad price file is a usage error before anything runs
+    agent = model_option(args)
+    cache = open_cache(args.cache, cache_namespace(args))
+    try:
+        client, model = providers.make_client(args.provider, args.base_url, args.model)
+    except BaseException:
+        if cache is not None:
+            cache.close()
+        raise
+    pipeline = build_pipeline(args, parsed, as_agent(agent, model))
+    prices = prices_for(args, pipeline)
+    display = progress_for(args, pipeline)
+    run_options: dict[str, Any] = {"max_concurrency": args.max_concurrency, "cache": cache}
+    if display.handler is not None:
+        run_options["on_event"] = display.handler
+    streamed = False  # whether any of the answer went out as it was generated
+    try:
+        with display:
+            if args.stream:
+                result, history, streamed = anyio.run(functools.partial(
+                    _stream_and_close, pipeline, prompt, client, args.seed, args.timeout,
+                    **run_options))
+            else:
+                result, history = anyio.run(functools.partial(
+                    _run_and_close, pipeline, prompt, client, args.seed, args.timeout,
+                    **run_options))
+    except MoaError as exc:
+        if args.stream:
+            print(flush=True)  # end a partly streamed answer's line before the error
+        if args.json is not None and exc.history is not None:
+            _write_json(args.json, _run_document(exc.history, None, pipeline, prices, str(exc)))
+        raise
+    finally:
+        if cache is not None:
+            cache.close()
+    # Streamed, the answer is already out (a pipeline whose last step does not write the
+    # answer, such as a transform, streams nothing: it is printed whole, as without --stream).
+    print("" if streamed else result, flush=True)
+    if args.json is not None:
+        _write_json(args.json, _run_document(history, result, pipeline, prices))
+    if not args.quiet:
+        print(_summary(history, prices), file=sys.stderr)
+    return 0
