@@ -31,10 +31,20 @@ def pkg_version(name: str) -> str | None:
 def moa_revision() -> str:
     """The checkout's commit, and whether moa/ differs from it: the figures belong to it."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "moa"], cwd=ROOT,
-                               capture_output=True, text=True, check=True).stdout.rstrip("\n")
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "moa"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.rstrip("\n")
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     if not dirty:
@@ -44,8 +54,9 @@ def moa_revision() -> str:
     return f"{commit} + uncommitted changes: {shown}"
 
 
-def print_header(*extra: str, packages: tuple[str, ...] = ("anyio", "tenacity",
-                                                           "mixture-llm")) -> None:
+def print_header(
+    *extra: str, packages: tuple[str, ...] = ("anyio", "tenacity", "mixture-llm")
+) -> None:
     import moa
 
     print(f"command : {' '.join([os.path.basename(sys.executable)] + sys.argv)}")
@@ -59,9 +70,11 @@ def print_header(*extra: str, packages: tuple[str, ...] = ("anyio", "tenacity",
     print(flush=True)
 
 
-SEED_MISSING = ("seed: mixture_llm is not installed; its column is skipped. Install it with "
-                "`pip install mixture-llm` (on Python 3.11 pip picks 0.1.3, whose core matches "
-                "0.1.5)")
+SEED_MISSING = (
+    "seed: mixture_llm is not installed; its column is skipped. Install it with "
+    "`pip install mixture-llm` (on Python 3.11 pip picks 0.1.3, whose core matches "
+    "0.1.5)"
+)
 
 
 def quantile(xs: list[float], q: float) -> float:

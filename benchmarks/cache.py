@@ -13,7 +13,6 @@ import tempfile
 import time
 
 import anyio
-
 from _common import median, print_header, quantile
 
 import moa
@@ -48,8 +47,9 @@ def main() -> None:
 
         async def timed(cached: bool) -> float:
             t = time.perf_counter()
-            await moa.run_many(pipe, prompts, ScriptedClient(), seed=1,
-                               cache=cache if cached else None)
+            await moa.run_many(
+                pipe, prompts, ScriptedClient(), seed=1, cache=cache if cached else None
+            )
             return (time.perf_counter() - t) / (len(prompts) * 7)
 
         rounds = [(anyio.run(timed, False), anyio.run(timed, True)) for _ in range(15)]
@@ -58,8 +58,10 @@ def main() -> None:
         print(f"{name:<34}{median(xs) * 1e6:>11.1f}{quantile(xs, 0.99) * 1e6:>9.1f}")
     plain, cached = median([r[0] for r in rounds]), median([r[1] for r in rounds])
     print(f"\nper call, instant client, no cache : {plain * 1e6:8.1f} us")
-    print(f"per call, every answer cached      : {cached * 1e6:8.1f} us  "
-          f"({cached / plain:.2f}x; 15 interleaved rounds of 200 runs x 7 calls)")
+    print(
+        f"per call, every answer cached      : {cached * 1e6:8.1f} us  "
+        f"({cached / plain:.2f}x; 15 interleaved rounds of 200 runs x 7 calls)"
+    )
 
 
 if __name__ == "__main__":

@@ -30,10 +30,9 @@ import time
 from collections.abc import Awaitable, Callable
 
 import anyio
-
 from _common import SEED_MISSING, median, print_header, quantile
 
-import moa  # noqa: E402  (after _common put the checkout on sys.path)
+import moa
 
 MODELS = [f"model-{i}" for i in range(6)]
 AGGREGATOR = "model-agg"
@@ -54,15 +53,16 @@ class SleepingClient:
     def calls(self) -> int:
         return len(self.spans)
 
-    async def __call__(self, *, model, messages, temp, max_tokens):  # noqa: ANN001
+    async def __call__(self, *, model, messages, temp, max_tokens):
         t0 = time.perf_counter()
         await anyio.sleep(self.latency)
         self.spans.append((t0, time.perf_counter()))
         return "ok", 1, 1
 
 
-def split(spans: list[tuple[float, float]], layer_sizes: tuple[int, ...], wall: float,
-          latency: float) -> tuple[float, float]:
+def split(
+    spans: list[tuple[float, float]], layer_sizes: tuple[int, ...], wall: float, latency: float
+) -> tuple[float, float]:
     """(timer overshoot, everything else) in one run, in seconds.
 
     A layer ends when its last call ends; the call that ended last is the layer's critical
@@ -74,7 +74,7 @@ def split(spans: list[tuple[float, float]], layer_sizes: tuple[int, ...], wall: 
     over = inside = 0.0
     i = 0
     for k in layer_sizes:
-        start, end = max(spans[i:i + k], key=lambda s: s[1])
+        start, end = max(spans[i : i + k], key=lambda s: s[1])
         over += end - start - latency
         inside += end - start
         i += k
@@ -86,8 +86,12 @@ LAYER_SIZES = {"floor": (1, 1, 1, 1)}  # the rest: (6, 6, 6, 1)
 
 
 def contenders(latency: float) -> tuple[list[Contender], str | None]:
-    p = (moa.Propose(MODELS) | moa.Synthesize(MODELS) | moa.Synthesize(MODELS)
-         | moa.Aggregate(AGGREGATOR))
+    p = (
+        moa.Propose(MODELS)
+        | moa.Synthesize(MODELS)
+        | moa.Synthesize(MODELS)
+        | moa.Aggregate(AGGREGATOR)
+    )
     retry = moa.Retry()
 
     async def floor(client):
@@ -100,18 +104,26 @@ def contenders(latency: float) -> tuple[list[Contender], str | None]:
         return text
 
     async def moa_all_on(client):
-        text, _ = await moa.run(p, PROMPT, client, seed=1, max_concurrency=64, timeout=30,
-                                retry=retry)
+        text, _ = await moa.run(
+            p, PROMPT, client, seed=1, max_concurrency=64, timeout=30, retry=retry
+        )
         return text
 
-    out: list[Contender] = [("floor", floor), ("moa-defaults", moa_defaults),
-                            ("moa-cap+to+rt", moa_all_on)]
+    out: list[Contender] = [
+        ("floor", floor),
+        ("moa-defaults", moa_defaults),
+        ("moa-cap+to+rt", moa_all_on),
+    ]
     try:
         import mixture_llm as seed
     except ImportError:
         return out, SEED_MISSING
-    seed_pipeline = [seed.Propose(MODELS), seed.Synthesize(MODELS), seed.Synthesize(MODELS),
-                     seed.Aggregate(AGGREGATOR)]
+    seed_pipeline = [
+        seed.Propose(MODELS),
+        seed.Synthesize(MODELS),
+        seed.Synthesize(MODELS),
+        seed.Aggregate(AGGREGATOR),
+    ]
 
     async def seed_run(client):
         text, _ = await seed.run(seed_pipeline, PROMPT, client)
@@ -121,16 +133,19 @@ def contenders(latency: float) -> tuple[list[Contender], str | None]:
     return out, None
 
 
-async def measure(cands: list[Contender], runs: int, latency: float
-                  ) -> dict[str, list[tuple[float, float, float]]]:
+async def measure(
+    cands: list[Contender], runs: int, latency: float
+) -> dict[str, list[tuple[float, float, float]]]:
     """Per run and contender: (wall, timer overshoot, the rest), in seconds."""
     for name, fn in cands:  # warm up once, and check each makes the calls it should
         client = SleepingClient(latency)
         text = await fn(client)
         want = sum(LAYER_SIZES.get(name, (6, 6, 6, 1)))
         if client.calls != want or text != "ok":
-            raise SystemExit(f"{name}: made {client.calls} calls and returned {text!r}; "
-                             f"expected {want} calls and 'ok'")
+            raise SystemExit(
+                f"{name}: made {client.calls} calls and returned {text!r}; "
+                f"expected {want} calls and 'ok'"
+            )
     samples: dict[str, list[tuple[float, float, float]]] = {name: [] for name, _ in cands}
     perf = time.perf_counter
     for r in range(runs):
@@ -149,8 +164,12 @@ async def measure(cands: list[Contender], runs: int, latency: float
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=20, help="timed runs per contender (default 20)")
-    ap.add_argument("--latency", type=float, default=0.05,
-                    help="seconds the client sleeps per call (default 0.05)")
+    ap.add_argument(
+        "--latency",
+        type=float,
+        default=0.05,
+        help="seconds the client sleeps per call (default 0.05)",
+    )
     args = ap.parse_args(argv)
     if args.runs < 1 or not args.latency > 0:
         ap.error("need runs >= 1 and latency > 0")
@@ -162,7 +181,8 @@ def main(argv: list[str] | None = None) -> None:
         f"(anyio.sleep), asyncio backend",
         f"critical path: {LAYERS} x {args.latency * 1e3:g} ms = {critical * 1e3:g} ms; "
         f"{args.runs} timed runs per contender, round-robin",
-        *([note] if note else []))
+        *([note] if note else []),
+    )
 
     t0 = time.perf_counter()
     samples = anyio.run(measure, cands, args.runs, args.latency, backend="asyncio")
@@ -173,25 +193,33 @@ def main(argv: list[str] | None = None) -> None:
     over = {name: median([o for _, o, _ in xs]) for name, xs in samples.items()}
     rest = {name: median([r for _, _, r in xs]) for name, xs in samples.items()}
     seed = med.get("seed")
-    header = (f"{'contender':<15}{'median ms':>11}{'p10-p90 ms':>15}{'x critical path':>17}"
-              f"{'x floor':>9}{'x seed':>8}{'timers ms':>11}{'framework ms':>14}")
+    header = (
+        f"{'contender':<15}{'median ms':>11}{'p10-p90 ms':>15}{'x critical path':>17}"
+        f"{'x floor':>9}{'x seed':>8}{'timers ms':>11}{'framework ms':>14}"
+    )
     print(header)
     print("-" * len(header))
     for name, _ in cands:
         xs = walls[name]
-        spread = f"{quantile(xs, .1) * 1e3:.1f}-{quantile(xs, .9) * 1e3:.1f}"
+        spread = f"{quantile(xs, 0.1) * 1e3:.1f}-{quantile(xs, 0.9) * 1e3:.1f}"
         vs_seed = f"{med[name] / seed:.4f}" if seed else "n/a"
-        print(f"{name:<15}{med[name] * 1e3:>11.2f}{spread:>15}{med[name] / critical:>17.4f}"
-              f"{med[name] / med['floor']:>9.4f}{vs_seed:>8}{over[name] * 1e3:>11.2f}"
-              f"{rest[name] * 1e3:>14.2f}")
-    print("\ntimers ms: how late the event loop woke the layers' critical calls, summed over the "
-          "4 layers\nframework ms: wall time outside the critical calls' sleeps (start, collect, "
-          "next messages, history)\n(medians of each column on its own, so they need not add "
-          "up to the median wall exactly)")
+        print(
+            f"{name:<15}{med[name] * 1e3:>11.2f}{spread:>15}{med[name] / critical:>17.4f}"
+            f"{med[name] / med['floor']:>9.4f}{vs_seed:>8}{over[name] * 1e3:>11.2f}"
+            f"{rest[name] * 1e3:>14.2f}"
+        )
+    print(
+        "\ntimers ms: how late the event loop woke the layers' critical calls, summed over the "
+        "4 layers\nframework ms: wall time outside the critical calls' sleeps (start, collect, "
+        "next messages, history)\n(medians of each column on its own, so they need not add "
+        "up to the median wall exactly)"
+    )
     ratio = med["moa-defaults"] / critical
-    print(f"\ntarget: moa-defaults wall / critical path <= 1.01: "
-          f"{'met' if ratio <= 1.01 else 'NOT met'} ({ratio:.4f}; the floor alone is "
-          f"{med['floor'] / critical:.4f})")
+    print(
+        f"\ntarget: moa-defaults wall / critical path <= 1.01: "
+        f"{'met' if ratio <= 1.01 else 'NOT met'} ({ratio:.4f}; the floor alone is "
+        f"{med['floor'] / critical:.4f})"
+    )
     print(f"(measured in {elapsed:.1f} s)")
 
 

@@ -88,7 +88,7 @@ def child(impl: str, runs: int, cap: int, latency: float) -> dict:
     prompts = [f"Question {i}: what is {i} + {i}?" for i in range(runs)]
     calls = 0
 
-    async def client(*, model, messages, temp, max_tokens):  # noqa: ANN001
+    async def client(*, model, messages, temp, max_tokens):
         nonlocal calls
         calls += 1
         await anyio.sleep(latency)
@@ -103,6 +103,7 @@ def child(impl: str, runs: int, cap: int, latency: float) -> dict:
             results = await moa.run_many(pipeline, prompts, client, max_concurrency=cap, seed=1)
             return sum(r.ok for r in results)
     elif impl == "raw-gather":
+
         async def batch() -> int:
             gate = asyncio.Semaphore(cap)
 
@@ -155,7 +156,7 @@ def child(impl: str, runs: int, cap: int, latency: float) -> dict:
         async def batch() -> int:
             gate = asyncio.Semaphore(cap)
 
-            async def capped(**kw):  # noqa: ANN003
+            async def capped(**kw):
                 async with gate:
                     return await client(**kw)
 
@@ -172,14 +173,33 @@ def child(impl: str, runs: int, cap: int, latency: float) -> dict:
 
     before = maxrss_mib()
     ok, wall, cpu = anyio.run(timed, backend="asyncio")
-    return {"wall": wall, "cpu": cpu, "rss_before": before, "rss_peak": maxrss_mib(),
-            "calls": calls, "ok": ok}
+    return {
+        "wall": wall,
+        "cpu": cpu,
+        "rss_before": before,
+        "rss_peak": maxrss_mib(),
+        "calls": calls,
+        "ok": ok,
+    }
 
 
 def spawn(impl: str, runs: int, cap: int, latency: float) -> dict:
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", impl,
-                          "--sizes", str(runs), "--cap", str(cap), "--latency", str(latency)],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--child",
+            impl,
+            "--sizes",
+            str(runs),
+            "--cap",
+            str(cap),
+            "--latency",
+            str(latency),
+        ],
+        capture_output=True,
+        text=True,
+    )
     if out.returncode != 0:
         raise SystemExit(f"the {impl} child at {runs} runs failed:\n{out.stderr}")
     return json.loads(out.stdout.splitlines()[-1])
@@ -187,18 +207,33 @@ def spawn(impl: str, runs: int, cap: int, latency: float) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default="200,2000,10000",
-                    help="runs per batch, comma-separated (default 200,2000,10000)")
+    ap.add_argument(
+        "--sizes",
+        default="200,2000,10000",
+        help="runs per batch, comma-separated (default 200,2000,10000)",
+    )
     ap.add_argument("--cap", type=int, default=512, help="max_concurrency (default 512)")
-    ap.add_argument("--latency", type=float, default=0.05,
-                    help="seconds the client sleeps per call (default 0.05)")
-    ap.add_argument("--seed-sizes", default="all",
-                    help="sizes the seed is emulated at: 'all', 'none' or a list (default all)")
-    ap.add_argument("--repeat", type=int, default=3,
-                    help="batches per size and contender, each in a fresh process; the median "
-                         "wall and CPU and the highest RSS are reported (default 3)")
-    ap.add_argument("--no-raw", action="store_true",
-                    help="leave out the raw-gather and raw-pool contenders")
+    ap.add_argument(
+        "--latency",
+        type=float,
+        default=0.05,
+        help="seconds the client sleeps per call (default 0.05)",
+    )
+    ap.add_argument(
+        "--seed-sizes",
+        default="all",
+        help="sizes the seed is emulated at: 'all', 'none' or a list (default all)",
+    )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="batches per size and contender, each in a fresh process; the median "
+        "wall and CPU and the highest RSS are reported (default 3)",
+    )
+    ap.add_argument(
+        "--no-raw", action="store_true", help="leave out the raw-gather and raw-pool contenders"
+    )
     ap.add_argument("--child", choices=IMPLS, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -208,11 +243,17 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         import mixture_llm  # noqa: F401
+
         note = None
     except ImportError:
         note = SEED_MISSING
-    seed_sizes = (set() if note or args.seed_sizes == "none" else set(sizes)
-                  if args.seed_sizes == "all" else {int(s) for s in args.seed_sizes.split(",")})
+    seed_sizes = (
+        set()
+        if note or args.seed_sizes == "none"
+        else set(sizes)
+        if args.seed_sizes == "all"
+        else {int(s) for s in args.seed_sizes.split(",")}
+    )
     print_header(
         f"pipeline: Propose({PROPOSERS}) | Aggregate(1) = {CALLS_PER_RUN} calls/run; client sleeps "
         f"{args.latency * 1e3:g} ms per call (anyio.sleep); asyncio backend",
@@ -224,12 +265,15 @@ def main(argv: list[str] | None = None) -> None:
         "each size and contender in a fresh subprocess; RSS = ru_maxrss (peak resident set); "
         f"CPU = process_time of the batch; wall and CPU: median of {args.repeat} batches, RSS: "
         f"the highest; timed inside the event loop (its start-up is left out)",
-        *([note] if note else []))
+        *([note] if note else []),
+    )
 
-    header = (f"{'runs':>6}{'calls':>7}  {'impl':<11}{'wall s':>8}{'min-max s':>14}{'CPU s':>7}"
-              f"{'cap bound s':>13}"
-              f"{'best s':>8}{'eff vs best':>13}{'eff vs cap':>12}{'RSS before MiB':>16}"
-              f"{'peak RSS MiB':>14}")
+    header = (
+        f"{'runs':>6}{'calls':>7}  {'impl':<11}{'wall s':>8}{'min-max s':>14}{'CPU s':>7}"
+        f"{'cap bound s':>13}"
+        f"{'best s':>8}{'eff vs best':>13}{'eff vs cap':>12}{'RSS before MiB':>16}"
+        f"{'peak RSS MiB':>14}"
+    )
     print(header)
     print("-" * len(header))
     verdicts = []
@@ -238,32 +282,42 @@ def main(argv: list[str] | None = None) -> None:
         calls = n * CALLS_PER_RUN
         cap_bound = calls * args.latency / args.cap
         best = best_schedule(n, PROPOSERS, args.cap) * args.latency
-        impls = [i for i in IMPLS if not (i == "seed" and n not in seed_sizes
-                                          or i.startswith("raw") and args.no_raw)]
+        impls = [
+            i
+            for i in IMPLS
+            if not ((i == "seed" and n not in seed_sizes) or (i.startswith("raw") and args.no_raw))
+        ]
         got: dict[str, list[dict]] = {i: [] for i in impls}
         for rep in range(args.repeat):  # round-robin, the order rotated each repeat
             k = rep % len(impls)
             for impl in impls[k:] + impls[:k]:
                 r = spawn(impl, n, args.cap, args.latency)
                 if r["calls"] != calls or r["ok"] != n:
-                    raise SystemExit(f"{impl} at {n} runs: {r['calls']} calls, {r['ok']} ok; "
-                                     f"expected {calls} calls and {n} ok")
+                    raise SystemExit(
+                        f"{impl} at {n} runs: {r['calls']} calls, {r['ok']} ok; "
+                        f"expected {calls} calls and {n} ok"
+                    )
                 got[impl].append(r)
         for impl in impls:
             rs = got[impl]
             wall = statistics.median(r["wall"] for r in rs)
             cpu = statistics.median(r["cpu"] for r in rs)
             spread = f"{min(r['wall'] for r in rs):.3f}-{max(r['wall'] for r in rs):.3f}"
-            print(f"{n:>6}{calls:>7}  {impl:<11}{wall:>8.3f}{spread:>14}{cpu:>7.2f}"
-                  f"{cap_bound:>13.3f}{best:>8.3f}{best / wall:>12.1%}{cap_bound / wall:>12.1%}"
-                  f"{max(r['rss_before'] for r in rs):>16.1f}"
-                  f"{max(r['rss_peak'] for r in rs):>14.1f}", flush=True)
+            print(
+                f"{n:>6}{calls:>7}  {impl:<11}{wall:>8.3f}{spread:>14}{cpu:>7.2f}"
+                f"{cap_bound:>13.3f}{best:>8.3f}{best / wall:>12.1%}{cap_bound / wall:>12.1%}"
+                f"{max(r['rss_before'] for r in rs):>16.1f}"
+                f"{max(r['rss_peak'] for r in rs):>14.1f}",
+                flush=True,
+            )
             if impl == "moa":
                 verdicts.append((n, best / wall))
     print()
     for n, eff in verdicts:
-        print(f"target: {n} runs, efficiency >= 90 % of the best schedule: "
-              f"{'met' if eff >= 0.9 else 'NOT met'} ({eff:.1%})")
+        print(
+            f"target: {n} runs, efficiency >= 90 % of the best schedule: "
+            f"{'met' if eff >= 0.9 else 'NOT met'} ({eff:.1%})"
+        )
     print(f"(measured in {time.perf_counter() - t_all:.1f} s)")
 
 

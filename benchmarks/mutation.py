@@ -83,7 +83,7 @@ class Mutant:
     kind: str
 
     def apply(self, source: bytes) -> bytes:
-        return source[:self.start] + self.new.encode() + source[self.end:]
+        return source[: self.start] + self.new.encode() + source[self.end :]
 
     def describe(self, width: int = 70) -> str:
         return f"{self.kind}: {_short(self.old, width // 2)} -> {_short(self.new, width // 2)}"
@@ -91,19 +91,39 @@ class Mutant:
 
 def _short(text: str, width: int) -> str:
     text = " ".join(text.split())
-    return text if len(text) <= width else text[:width - 3] + "..."
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 _COMPARE_SWAPS: dict[type, type] = {
-    ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt,
-    ast.Eq: ast.NotEq, ast.NotEq: ast.Eq, ast.Is: ast.IsNot, ast.IsNot: ast.Is,
-    ast.In: ast.NotIn, ast.NotIn: ast.In,
+    ast.Lt: ast.LtE,
+    ast.LtE: ast.Lt,
+    ast.Gt: ast.GtE,
+    ast.GtE: ast.Gt,
+    ast.Eq: ast.NotEq,
+    ast.NotEq: ast.Eq,
+    ast.Is: ast.IsNot,
+    ast.IsNot: ast.Is,
+    ast.In: ast.NotIn,
+    ast.NotIn: ast.In,
 }
 _BOOL_SWAPS: dict[type, type] = {ast.And: ast.Or, ast.Or: ast.And}
 _ARITH_SWAPS: dict[type, type] = {ast.Add: ast.Sub, ast.Sub: ast.Add}
 #: Statements worth removing; a def, a class, ``pass`` or a docstring is not.
-_REMOVABLE = (ast.Expr, ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Return, ast.Raise,
-              ast.If, ast.For, ast.While, ast.With, ast.Try, ast.Assert, ast.Delete)
+_REMOVABLE = (
+    ast.Expr,
+    ast.Assign,
+    ast.AugAssign,
+    ast.AnnAssign,
+    ast.Return,
+    ast.Raise,
+    ast.If,
+    ast.For,
+    ast.While,
+    ast.With,
+    ast.Try,
+    ast.Assert,
+    ast.Delete,
+)
 
 
 def _expression_changes(node: ast.AST) -> Iterator[tuple[str, ast.AST]]:
@@ -117,11 +137,13 @@ def _expression_changes(node: ast.AST) -> Iterator[tuple[str, ast.AST]]:
     elif isinstance(node, ast.BoolOp) and type(node.op) in _BOOL_SWAPS:
         yield "boolean", ast.BoolOp(op=_BOOL_SWAPS[type(node.op)](), values=node.values)
     elif isinstance(node, ast.BinOp) and type(node.op) in _ARITH_SWAPS:
-        yield "arithmetic", ast.BinOp(left=node.left, op=_ARITH_SWAPS[type(node.op)](),
-                                      right=node.right)
+        yield (
+            "arithmetic",
+            ast.BinOp(left=node.left, op=_ARITH_SWAPS[type(node.op)](), right=node.right),
+        )
     elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
         yield "drop not", node.operand
-    elif (isinstance(node, ast.Constant) and type(node.value) is int):
+    elif isinstance(node, ast.Constant) and type(node.value) is int:
         for delta in (1, -1):
             yield "constant", ast.Constant(node.value + delta)
     elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and not node.keywords:
@@ -179,8 +201,12 @@ class _Sites(ast.NodeVisitor):
                     self.visit(item)
 
     def _block(self, body: list[ast.stmt]) -> None:
-        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-                and isinstance(body[0].value.value, str):
+        if (
+            body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
             body = body[1:]  # a docstring
         for stmt in body:
             if isinstance(stmt, _REMOVABLE) and self._in_function() and self._in_scope():
@@ -212,10 +238,13 @@ class _Sites(ast.NodeVisitor):
             self.generic_visit(node)
 
     def visit_Return(self, node: ast.Return) -> None:
-        if isinstance(node.value, ast.Call) and node.value.args and self._in_scope() \
-                and not isinstance(node.value.args[0], ast.Starred):
-            self._add(node, "return first argument",
-                      "return " + ast.unparse(node.value.args[0]))
+        if (
+            isinstance(node.value, ast.Call)
+            and node.value.args
+            and self._in_scope()
+            and not isinstance(node.value.args[0], ast.Starred)
+        ):
+            self._add(node, "return first argument", "return " + ast.unparse(node.value.args[0]))
         self.generic_visit(node)
 
 
@@ -292,18 +321,36 @@ def copy_repository(into: str) -> None:
 
 
 def pytest_command(tests: list[str], seed: int) -> list[str]:
-    return [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-            "-m", "not local", f"--hypothesis-seed={seed}", *tests]
+    return [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-x",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-m",
+        "not local",
+        f"--hypothesis-seed={seed}",
+        *tests,
+    ]
 
 
-def run_tests(copy_root: str, tests: list[str], seed: int, timeout: float
-              ) -> tuple[str, float, str]:
+def run_tests(
+    copy_root: str, tests: list[str], seed: int, timeout: float
+) -> tuple[str, float, str]:
     """``(result, seconds, first failure)`` of the tests in the copy."""
     env = {**os.environ, "PYTHONPATH": copy_root, "PYTHONDONTWRITEBYTECODE": "1"}
     start = time.monotonic()
-    proc = subprocess.Popen(pytest_command(tests, seed), cwd=copy_root, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        pytest_command(tests, seed),
+        cwd=copy_root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -311,8 +358,14 @@ def run_tests(copy_root: str, tests: list[str], seed: int, timeout: float
         proc.communicate()
         return "timed out", time.monotonic() - start, ""
     seconds = time.monotonic() - start
-    failed = next((line.split(" ", 1)[1] for line in out.splitlines()
-                   if line.startswith(("FAILED ", "ERROR "))), "")
+    failed = next(
+        (
+            line.split(" ", 1)[1]
+            for line in out.splitlines()
+            if line.startswith(("FAILED ", "ERROR "))
+        ),
+        "",
+    )
     if proc.returncode == 0:
         return "survived", seconds, ""
     if not failed:
@@ -327,8 +380,9 @@ class Worker:
         self.dir = tempfile.mkdtemp(prefix="moa-mutation-")
         copy_repository(self.dir)
 
-    def run(self, number: int, mutant: Mutant, tests: list[str], seed: int,
-            timeout: float) -> Outcome:
+    def run(
+        self, number: int, mutant: Mutant, tests: list[str], seed: int, timeout: float
+    ) -> Outcome:
         target = os.path.join(self.dir, mutant.path)
         original = _read(target)
         try:
@@ -347,7 +401,8 @@ class Worker:
 def print_header(*extra: str) -> None:
     """The benchmarks' header (command, Python, machine, date, moa commit, versions)."""
     spec = importlib.util.spec_from_file_location(
-        "_benchmarks_common", os.path.join(ROOT, "benchmarks", "_common.py"))
+        "_benchmarks_common", os.path.join(ROOT, "benchmarks", "_common.py")
+    )
     common = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(common)  # type: ignore[union-attr]
     common.print_header(*extra, packages=("pytest", "hypothesis"))
@@ -355,25 +410,61 @@ def print_header(*extra: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--files", nargs="+", default=list(DEFAULT_FILES), metavar="FILE[:QUALNAMES]",
-                    help="source files to mutate, relative to the repository root")
-    ap.add_argument("--tests", nargs="+", default=list(DEFAULT_TESTS), metavar="TEST",
-                    help="pytest paths (or node ids) run against each mutant")
-    ap.add_argument("--max-mutants", type=int, default=40, metavar="N",
-                    help="sample at most N mutants (default 40; 0 for all)")
-    ap.add_argument("--seed", type=int, default=0,
-                    help="seeds the sample of mutants and Hypothesis (default 0)")
-    ap.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                    help="per mutant (default: 3x the unmutated run, at least 30 s)")
-    ap.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
-                    help="start no mutant after this long; the rest are reported not run")
+    ap.add_argument(
+        "--files",
+        nargs="+",
+        default=list(DEFAULT_FILES),
+        metavar="FILE[:QUALNAMES]",
+        help="source files to mutate, relative to the repository root",
+    )
+    ap.add_argument(
+        "--tests",
+        nargs="+",
+        default=list(DEFAULT_TESTS),
+        metavar="TEST",
+        help="pytest paths (or node ids) run against each mutant",
+    )
+    ap.add_argument(
+        "--max-mutants",
+        type=int,
+        default=40,
+        metavar="N",
+        help="sample at most N mutants (default 40; 0 for all)",
+    )
+    ap.add_argument(
+        "--seed", type=int, default=0, help="seeds the sample of mutants and Hypothesis (default 0)"
+    )
+    ap.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="per mutant (default: 3x the unmutated run, at least 30 s)",
+    )
+    ap.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="start no mutant after this long; the rest are reported not run",
+    )
     ap.add_argument("--jobs", type=int, default=1, help="mutants run at once (default 1)")
-    ap.add_argument("--only", type=lambda s: [int(x) for x in s.split(",")], default=None,
-                    metavar="N,N", help="run just these mutant numbers (see --list)")
+    ap.add_argument(
+        "--only",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=None,
+        metavar="N,N",
+        help="run just these mutant numbers (see --list)",
+    )
     ap.add_argument("--list", action="store_true", help="list the mutants and run nothing")
     ap.add_argument("--diff", action="store_true", help="print each run mutant's diff")
-    ap.add_argument("--fail-under", type=float, default=None, metavar="PERCENT",
-                    help="exit 1 when the score is below this")
+    ap.add_argument(
+        "--fail-under",
+        type=float,
+        default=None,
+        metavar="PERCENT",
+        help="exit 1 when the score is below this",
+    )
     args = ap.parse_args(argv)
 
     numbered: list[tuple[int, Mutant]] = []
@@ -385,14 +476,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.only is not None:
         chosen = [nm for nm in numbered if nm[0] in set(args.only)]
     elif args.max_mutants and len(numbered) > args.max_mutants:
-        chosen = sorted(random.Random(args.seed).sample(numbered, args.max_mutants),
-                        key=lambda nm: nm[0])
+        chosen = sorted(
+            random.Random(args.seed).sample(numbered, args.max_mutants), key=lambda nm: nm[0]
+        )
     else:
         chosen = numbered
 
-    print_header(f"mutants : {', '.join(per_file)}",
-                 f"tests   : {' '.join(args.tests)}",
-                 f"sample  : {len(chosen)} of {len(numbered)} mutants, seed {args.seed}")
+    print_header(
+        f"mutants : {', '.join(per_file)}",
+        f"tests   : {' '.join(args.tests)}",
+        f"sample  : {len(chosen)} of {len(numbered)} mutants, seed {args.seed}",
+    )
     if args.list:
         for number, m in chosen:
             print(f"{number:4}  {m.path}:{m.line}  {m.describe()}")
@@ -400,23 +494,30 @@ def main(argv: list[str] | None = None) -> int:
 
     worker = Worker()
     try:
-        result, baseline, failed = run_tests(worker.dir, args.tests, args.seed,
-                                             timeout=args.timeout or 1800)
+        result, baseline, failed = run_tests(
+            worker.dir, args.tests, args.seed, timeout=args.timeout or 1800
+        )
         if result != "survived":
-            print(f"the tests fail without any mutant ({result}: {failed}); fix them first",
-                  file=sys.stderr)
+            print(
+                f"the tests fail without any mutant ({result}: {failed}); fix them first",
+                file=sys.stderr,
+            )
             return 2
         timeout = args.timeout or max(30.0, 3 * baseline)
-        print(f"baseline: the tests pass unmutated in {baseline:.1f} s; limit {timeout:.0f} s "
-              f"a mutant, {args.jobs} at a time\n", flush=True)
+        print(
+            f"baseline: the tests pass unmutated in {baseline:.1f} s; limit {timeout:.0f} s "
+            f"a mutant, {args.jobs} at a time\n",
+            flush=True,
+        )
         outcomes = run_all(chosen, args, timeout, worker)
     finally:
         worker.close()
     return report(outcomes, chosen, args)
 
 
-def run_all(chosen: list[tuple[int, Mutant]], args: argparse.Namespace, timeout: float,
-            first: Worker) -> list[Outcome]:
+def run_all(
+    chosen: list[tuple[int, Mutant]], args: argparse.Namespace, timeout: float, first: Worker
+) -> list[Outcome]:
     """Run the mutants, ``args.jobs`` at a time, each on a worker's own copy."""
     workers = [first] + [Worker() for _ in range(args.jobs - 1)]
     free = list(workers)
@@ -439,8 +540,11 @@ def run_all(chosen: list[tuple[int, Mutant]], args: argparse.Namespace, timeout:
                     continue
                 outcomes.append(outcome)
                 m = outcome.mutant
-                print(f"{outcome.number:4}  {outcome.result:9} {outcome.seconds:6.1f}s  "
-                      f"{m.path}:{m.line}  {m.describe()}", flush=True)
+                print(
+                    f"{outcome.number:4}  {outcome.result:9} {outcome.seconds:6.1f}s  "
+                    f"{m.path}:{m.line}  {m.describe()}",
+                    flush=True,
+                )
                 if args.diff:
                     print_diff(m)
     finally:
@@ -457,16 +561,19 @@ def print_diff(m: Mutant) -> None:
     print()
 
 
-def report(outcomes: list[Outcome], chosen: list[tuple[int, Mutant]],
-           args: argparse.Namespace) -> int:
+def report(
+    outcomes: list[Outcome], chosen: list[tuple[int, Mutant]], args: argparse.Namespace
+) -> int:
     count = {r: sum(o.result == r for o in outcomes) for r in ("killed", "survived", "timed out")}
     caught = count["killed"] + count["timed out"]
     score = 100 * caught / len(outcomes) if outcomes else 0.0
     not_run = len(chosen) - len(outcomes)
     print()
-    print(f"summary : {len(outcomes)} mutants run: {count['killed']} killed, "
-          f"{count['survived']} survived, {count['timed out']} timed out"
-          + (f", {not_run} not run (time budget)" if not_run else ""))
+    print(
+        f"summary : {len(outcomes)} mutants run: {count['killed']} killed, "
+        f"{count['survived']} survived, {count['timed out']} timed out"
+        + (f", {not_run} not run (time budget)" if not_run else "")
+    )
     print(f"score   : {score:.1f}% caught (killed or timed out, of those run)")
     survivors = [o for o in outcomes if o.result == "survived"]
     if survivors:
@@ -476,8 +583,10 @@ def report(outcomes: list[Outcome], chosen: list[tuple[int, Mutant]],
             print(f"  {o.mutant.path}:{o.mutant.line}  #{o.number}  {o.mutant.describe(90)}")
         numbers = ",".join(str(o.number) for o in survivors)
         print(f"show them: python benchmarks/mutation.py --files {files} --only {numbers} --list")
-        print(f"rerun them: python benchmarks/mutation.py --files {files} --tests "
-              f"{' '.join(args.tests)} --seed {args.seed} --only {numbers} --diff")
+        print(
+            f"rerun them: python benchmarks/mutation.py --files {files} --tests "
+            f"{' '.join(args.tests)} --seed {args.seed} --only {numbers} --diff"
+        )
     if args.fail_under is not None and score < args.fail_under:
         print(f"the score {score:.1f}% is below --fail-under {args.fail_under}%")
         return 1

@@ -33,16 +33,15 @@ import platform
 import statistics
 import sys
 import time
-
-from _common import moa_revision  # benchmarks/ is on sys.path when run as a script
 from collections.abc import Awaitable, Callable
 from importlib.metadata import PackageNotFoundError, version
 
 import anyio
+from _common import moa_revision  # benchmarks/ is on sys.path when run as a script
 
 # Run from a checkout without installing: the repository root holds the moa package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import moa  # noqa: E402
+import moa
 
 MODELS = [f"model-{i}" for i in range(6)]
 AGGREGATOR = "model-agg"
@@ -64,7 +63,7 @@ class CountingClient:
     def __init__(self) -> None:
         self.calls = 0
 
-    async def __call__(self, *, model, messages, temp, max_tokens):  # noqa: ANN001
+    async def __call__(self, *, model, messages, temp, max_tokens):
         self.calls += 1
         return "ok", 1, 1
 
@@ -111,8 +110,12 @@ Contender = tuple[str, Callable[[CountingClient], Awaitable[str]]]
 
 def contenders() -> tuple[list[Contender], str | None]:
     """The contenders, and a note when the seed could not be imported."""
-    p = (moa.Propose(MODELS) | moa.Synthesize(MODELS) | moa.Synthesize(MODELS)
-         | moa.Aggregate(AGGREGATOR))
+    p = (
+        moa.Propose(MODELS)
+        | moa.Synthesize(MODELS)
+        | moa.Synthesize(MODELS)
+        | moa.Aggregate(AGGREGATOR)
+    )
     retry = moa.Retry()
 
     async def moa_defaults(client):
@@ -120,8 +123,9 @@ def contenders() -> tuple[list[Contender], str | None]:
         return text
 
     async def moa_all_on(client):
-        text, _ = await moa.run(p, PROMPT, client, seed=1, max_concurrency=64, timeout=30,
-                                retry=retry)
+        text, _ = await moa.run(
+            p, PROMPT, client, seed=1, max_concurrency=64, timeout=30, retry=retry
+        )
         return text
 
     async def baseline(client):
@@ -135,11 +139,17 @@ def contenders() -> tuple[list[Contender], str | None]:
     try:
         import mixture_llm as seed
     except ImportError:
-        return out, ("seed: mixture_llm is not installed; skipped. Install it with "
-                     "`pip install mixture-llm` (on Python 3.11 pip picks 0.1.3, whose core "
-                     "matches 0.1.5)")
-    seed_pipeline = [seed.Propose(MODELS), seed.Synthesize(MODELS), seed.Synthesize(MODELS),
-                     seed.Aggregate(AGGREGATOR)]
+        return out, (
+            "seed: mixture_llm is not installed; skipped. Install it with "
+            "`pip install mixture-llm` (on Python 3.11 pip picks 0.1.3, whose core "
+            "matches 0.1.5)"
+        )
+    seed_pipeline = [
+        seed.Propose(MODELS),
+        seed.Synthesize(MODELS),
+        seed.Synthesize(MODELS),
+        seed.Aggregate(AGGREGATOR),
+    ]
 
     async def seed_run(client):
         text, _ = await seed.run(seed_pipeline, PROMPT, client)
@@ -149,16 +159,19 @@ def contenders() -> tuple[list[Contender], str | None]:
     return out, None
 
 
-async def measure(cands: list[Contender], runs: int, rounds: int, warmup: int
-                  ) -> dict[str, list[float]]:
+async def measure(
+    cands: list[Contender], runs: int, rounds: int, warmup: int
+) -> dict[str, list[float]]:
     """Per-run seconds for every contender, taken round-robin."""
     for name, fn in cands:  # warm up, and check each makes exactly 19 calls
         for _ in range(warmup):
             client = CountingClient()
             text = await fn(client)
             if client.calls != CALLS_PER_RUN or text != "ok":
-                raise SystemExit(f"{name}: made {client.calls} calls and returned {text!r}; "
-                                 f"expected {CALLS_PER_RUN} calls and 'ok'")
+                raise SystemExit(
+                    f"{name}: made {client.calls} calls and returned {text!r}; "
+                    f"expected {CALLS_PER_RUN} calls and 'ok'"
+                )
     samples: dict[str, list[float]] = {name: [] for name, _ in cands}
     per_round = [runs // rounds + (1 if r < runs % rounds else 0) for r in range(rounds)]
     perf = time.perf_counter
@@ -178,12 +191,18 @@ async def measure(cands: list[Contender], runs: int, rounds: int, warmup: int
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", type=int, default=3000,
-                    help="timed runs per contender, in all (default 3000)")
-    ap.add_argument("--rounds", type=int, default=30,
-                    help="round-robin rounds the runs are split into (default 30)")
-    ap.add_argument("--warmup", type=int, default=200,
-                    help="untimed runs per contender first (default 200)")
+    ap.add_argument(
+        "--runs", type=int, default=3000, help="timed runs per contender, in all (default 3000)"
+    )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=30,
+        help="round-robin rounds the runs are split into (default 30)",
+    )
+    ap.add_argument(
+        "--warmup", type=int, default=200, help="untimed runs per contender first (default 200)"
+    )
     args = ap.parse_args(argv)
     if args.runs < 1 or args.rounds < 1 or args.rounds > args.runs or args.warmup < 1:
         ap.error("need runs >= rounds >= 1 and warmup >= 1")
@@ -198,12 +217,18 @@ def main(argv: list[str] | None = None) -> None:
     print(f"machine : {platform.platform()}, {platform.machine()}, {os.cpu_count()} CPUs")
     print(f"date    : {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
     print(f"moa     : {moa.__version__} at {moa_revision()}")
-    print(f"versions: anyio {version('anyio')}, "
-          f"tenacity {version('tenacity')}, mixture-llm {seed_version or 'not installed'}")
-    print(f"pipeline: Propose(6) | Synthesize(6) | Synthesize(6) | Aggregate(1) = "
-          f"{CALLS_PER_RUN} calls/run, instant client, asyncio backend")
-    print(f"sampling: {args.runs} timed runs per contender in {args.rounds} round-robin rounds, "
-          f"{args.warmup} warm-up runs each")
+    print(
+        f"versions: anyio {version('anyio')}, "
+        f"tenacity {version('tenacity')}, mixture-llm {seed_version or 'not installed'}"
+    )
+    print(
+        f"pipeline: Propose(6) | Synthesize(6) | Synthesize(6) | Aggregate(1) = "
+        f"{CALLS_PER_RUN} calls/run, instant client, asyncio backend"
+    )
+    print(
+        f"sampling: {args.runs} timed runs per contender in {args.rounds} round-robin rounds, "
+        f"{args.warmup} warm-up runs each"
+    )
     if note:
         print(note)
     print()
@@ -216,8 +241,10 @@ def main(argv: list[str] | None = None) -> None:
     med = {name: statistics.median(xs) for name, xs in us.items()}
     base = med["anyio-baseline"]
     seed = med.get("seed")
-    header = (f"{'contender':<16}{'median us/call':>16}{'p10-p90 us/call':>18}"
-              f"{'x anyio-baseline':>18}{'x seed':>9}")
+    header = (
+        f"{'contender':<16}{'median us/call':>16}{'p10-p90 us/call':>18}"
+        f"{'x anyio-baseline':>18}{'x seed':>9}"
+    )
     print(header)
     print("-" * len(header))
     for name, _ in cands:

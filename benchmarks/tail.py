@@ -41,10 +41,9 @@ import time
 from collections import Counter
 
 import anyio
-
 from _common import print_header, quantile
 
-import moa  # noqa: E402  (after _common put the checkout on sys.path)
+import moa
 
 AGENTS = [f"proposer-{i}" for i in range(6)]
 QUORUM = 4
@@ -63,7 +62,7 @@ class LogNormalClient:
         self.seed, self.median, self.sigma = seed, median, sigma
         self.counts: Counter[tuple[str, str]] = Counter()
 
-    async def __call__(self, *, model, messages, temp, max_tokens):  # noqa: ANN001
+    async def __call__(self, *, model, messages, temp, max_tokens):
         prompt = messages[-1]["content"]
         k = self.counts[prompt, model]
         self.counts[prompt, model] += 1
@@ -96,8 +95,13 @@ async def measure(args: argparse.Namespace, hedge: float, prompts: list[str]) ->
 
         async def worker() -> None:  # a window of --window runs in flight, each a moa.run
             for i in queue:
-                _, histories[i] = await moa.run(step, prompts[i], client, seed=i,
-                                                hedge_after=hedge if "hedge" in policy else None)
+                _, histories[i] = await moa.run(
+                    step,
+                    prompts[i],
+                    client,
+                    seed=i,
+                    hedge_after=hedge if "hedge" in policy else None,
+                )
 
         c0, t0 = time.process_time(), time.perf_counter()
         async with anyio.create_task_group() as tg:
@@ -111,7 +115,7 @@ async def measure(args: argparse.Namespace, hedge: float, prompts: list[str]) ->
             "calls": len(calls),
             "hedges": sum(len(c.hedges) for c in calls),
             "cancelled": sum(c.cancelled for c in calls)
-                         + sum(h.cancelled for c in calls for h in c.hedges),
+            + sum(h.cancelled for c in calls for h in c.hedges),
             "wall": wall,
             "cpu": cpu,
         }
@@ -122,29 +126,43 @@ def plot(path: str, res: dict, args: argparse.Namespace, hedge: float) -> None:
     try:
         import matplotlib
     except ImportError:
-        raise SystemExit("--plot needs matplotlib, which is not installed: "
-                         "pip install matplotlib") from None
+        raise SystemExit(
+            "--plot needs matplotlib, which is not installed: pip install matplotlib"
+        ) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.8), dpi=120)
-    colours = {"wait-all": "tab:red", "quorum 4/6": "tab:blue", "hedge": "tab:green",
-               "quorum+hedge": "tab:gray"}
+    colours = {
+        "wait-all": "tab:red",
+        "quorum 4/6": "tab:blue",
+        "hedge": "tab:green",
+        "quorum+hedge": "tab:gray",
+    }
     for policy in POLICIES:
         xs = sorted(x * 1e3 for x in res[policy]["layer"])
         ys = [(i + 1) / len(xs) for i in range(len(xs))]
         p95 = quantile(xs, 0.95)
         style = ":" if policy == "quorum+hedge" else "-"
-        ax.step(xs, ys, where="post", color=colours[policy], linestyle=style,
-                label=f"{policy}: p50 {quantile(xs, .5):.0f} ms, p95 {p95:.0f} ms")
+        ax.step(
+            xs,
+            ys,
+            where="post",
+            color=colours[policy],
+            linestyle=style,
+            label=f"{policy}: p50 {quantile(xs, 0.5):.0f} ms, p95 {p95:.0f} ms",
+        )
         ax.axvline(p95, color=colours[policy], linestyle=style, alpha=0.35, linewidth=1)
     ax.axhline(0.95, color="black", alpha=0.25, linewidth=0.8)
     ax.set_xscale("log")
     ax.set_xlabel("Propose layer latency, ms (log scale)")
     ax.set_ylabel("fraction of runs")
-    ax.set_title(f"6 proposers, log-normal latency (median {args.median * 1e3:g} ms, "
-                 f"sigma {args.sigma:g}); {args.runs} runs per policy, {args.window} in flight;\n"
-                 f"hedge after {hedge * 1e3:.0f} ms", fontsize=9)
+    ax.set_title(
+        f"6 proposers, log-normal latency (median {args.median * 1e3:g} ms, "
+        f"sigma {args.sigma:g}); {args.runs} runs per policy, {args.window} in flight;\n"
+        f"hedge after {hedge * 1e3:.0f} ms",
+        fontsize=9,
+    )
     ax.grid(True, which="both", alpha=0.2)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
@@ -155,30 +173,46 @@ def plot(path: str, res: dict, args: argparse.Namespace, hedge: float) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=1000, help="runs per policy (default 1000)")
-    ap.add_argument("--median", type=float, default=0.1,
-                    help="median call latency in seconds (default 0.1)")
-    ap.add_argument("--sigma", type=float, default=1.0,
-                    help="sigma of the log of the latency (default 1.0)")
-    ap.add_argument("--hedge-quantile", type=float, default=0.75,
-                    help="hedge_after is this quantile of one call's latency (default 0.75)")
-    ap.add_argument("--window", type=int, default=50,
-                    help="runs in flight at a time (default 50)")
+    ap.add_argument(
+        "--median", type=float, default=0.1, help="median call latency in seconds (default 0.1)"
+    )
+    ap.add_argument(
+        "--sigma", type=float, default=1.0, help="sigma of the log of the latency (default 1.0)"
+    )
+    ap.add_argument(
+        "--hedge-quantile",
+        type=float,
+        default=0.75,
+        help="hedge_after is this quantile of one call's latency (default 0.75)",
+    )
+    ap.add_argument("--window", type=int, default=50, help="runs in flight at a time (default 50)")
     ap.add_argument("--seed", type=int, default=2024, help="latency model seed (default 2024)")
-    ap.add_argument("--plot", metavar="FILE.png",
-                    help="write a CDF of the layer latency per policy (needs matplotlib)")
+    ap.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="write a CDF of the layer latency per policy (needs matplotlib)",
+    )
     args = ap.parse_args(argv)
-    if args.runs < 20 or args.window < 1 or not args.median > 0 or not args.sigma > 0 \
-            or not 0 < args.hedge_quantile < 1:
+    if (
+        args.runs < 20
+        or args.window < 1
+        or not args.median > 0
+        or not args.sigma > 0
+        or not 0 < args.hedge_quantile < 1
+    ):
         ap.error("need runs >= 20, median > 0, sigma > 0 and 0 < hedge-quantile < 1")
     if args.plot:  # fail before the measurement, not after it
         try:
             import matplotlib  # noqa: F401
         except ImportError:
             ap.error("--plot needs matplotlib, which is not installed: pip install matplotlib")
-    hedge = args.median * math.exp(args.sigma * statistics.NormalDist().inv_cdf(
-        args.hedge_quantile))
-    one = [args.median * math.exp(args.sigma * statistics.NormalDist().inv_cdf(q))
-           for q in (0.5, 0.95, 0.99)]
+    hedge = args.median * math.exp(
+        args.sigma * statistics.NormalDist().inv_cdf(args.hedge_quantile)
+    )
+    one = [
+        args.median * math.exp(args.sigma * statistics.NormalDist().inv_cdf(q))
+        for q in (0.5, 0.95, 0.99)
+    ]
     prompts = [f"Question {i}: name a prime above {i}." for i in range(args.runs)]
     print_header(
         f"layer   : one Propose layer of 6 agents; {args.runs} runs per policy, each a "
@@ -190,16 +224,19 @@ def main(argv: list[str] | None = None) -> None:
         f"run(..., hedge_after={hedge:.4f}) (p{args.hedge_quantile * 100:g} of one call); "
         f"quorum+hedge = both",
         "measured: StepRecord.duration per run; model: the same figure from the drawn "
-        "latencies alone")
+        "latencies alone",
+    )
 
     t0 = time.perf_counter()
     res = anyio.run(measure, args, hedge, prompts, backend="asyncio")
     elapsed = time.perf_counter() - t0
 
     base95 = quantile(res["wait-all"]["layer"], 0.95)
-    header = (f"{'policy':<14}{'p50 ms':>8}{'p95 ms':>8}{'p99 ms':>8}{'max ms':>8}"
-              f"{'  model p50/p95/p99 ms':>24}{'p95 x wait-all':>16}{'calls':>7}"
-              f"{'hedges':>8}{'extra':>7}{'cancelled':>11}{'wall s':>8}{'CPU s':>7}")
+    header = (
+        f"{'policy':<14}{'p50 ms':>8}{'p95 ms':>8}{'p99 ms':>8}{'max ms':>8}"
+        f"{'  model p50/p95/p99 ms':>24}{'p95 x wait-all':>16}{'calls':>7}"
+        f"{'hedges':>8}{'extra':>7}{'cancelled':>11}{'wall s':>8}{'CPU s':>7}"
+    )
     print(header)
     print("-" * len(header))
     for policy in POLICIES:
@@ -207,18 +244,24 @@ def main(argv: list[str] | None = None) -> None:
         xs, ms = r["layer"], r["model"]
         q = [quantile(xs, p) * 1e3 for p in (0.5, 0.95, 0.99)]
         mq = "/".join(f"{quantile(ms, p) * 1e3:.0f}" for p in (0.5, 0.95, 0.99))
-        print(f"{policy:<14}{q[0]:>8.1f}{q[1]:>8.1f}{q[2]:>8.1f}{max(xs) * 1e3:>8.0f}{mq:>24}"
-              f"{quantile(xs, 0.95) / base95:>16.3f}{r['calls']:>7}{r['hedges']:>8}"
-              f"{r['hedges'] / r['calls']:>7.1%}{r['cancelled']:>11}{r['wall']:>8.1f}"
-              f"{r['cpu']:>7.2f}")
-    print("\ncalls: primary calls recorded; hedges: duplicates started (sum of len(call.hedges)); "
-          "extra: hedges / calls;\ncancelled: calls and duplicates stopped before answering "
-          "(quorum reached, or the other side of a hedge won);\nwall s, CPU s: the policy's whole "
-          "batch (CPU / wall is how busy the event loop was)")
+        print(
+            f"{policy:<14}{q[0]:>8.1f}{q[1]:>8.1f}{q[2]:>8.1f}{max(xs) * 1e3:>8.0f}{mq:>24}"
+            f"{quantile(xs, 0.95) / base95:>16.3f}{r['calls']:>7}{r['hedges']:>8}"
+            f"{r['hedges'] / r['calls']:>7.1%}{r['cancelled']:>11}{r['wall']:>8.1f}"
+            f"{r['cpu']:>7.2f}"
+        )
+    print(
+        "\ncalls: primary calls recorded; hedges: duplicates started (sum of len(call.hedges)); "
+        "extra: hedges / calls;\ncancelled: calls and duplicates stopped before answering "
+        "(quorum reached, or the other side of a hedge won);\nwall s, CPU s: the policy's whole "
+        "batch (CPU / wall is how busy the event loop was)"
+    )
     for policy in ("quorum 4/6", "hedge"):
         ratio = quantile(res[policy]["layer"], 0.95) / base95
-        print(f"target: {policy} p95 <= 0.5 x wait-all p95: "
-              f"{'met' if ratio <= 0.5 else 'NOT met'} ({ratio:.3f})")
+        print(
+            f"target: {policy} p95 <= 0.5 x wait-all p95: "
+            f"{'met' if ratio <= 0.5 else 'NOT met'} ({ratio:.3f})"
+        )
     print(f"(measured in {elapsed:.1f} s)")
     if args.plot:
         plot(args.plot, res, args, hedge)

@@ -18,8 +18,11 @@ def require_keys(*names: str) -> list[str]:
     missing = [n for n in names if not os.environ.get(n)]
     if missing:
         script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "this example"
-        print(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: "
-              f"export {'=... '.join(missing)}=... to run {script}", file=sys.stderr)
+        print(
+            f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: "
+            f"export {'=... '.join(missing)}=... to run {script}",
+            file=sys.stderr,
+        )
         raise SystemExit(1)
     return [os.environ[n] for n in names]
 
@@ -57,5 +60,7 @@ def print_summary(result: str, history: History) -> None:
     print(result)
     print()
     tokens_in, tokens_out = fmt_tokens(history.input_tokens), fmt_tokens(history.output_tokens)
-    print(f"{history.total_calls} calls ({len(history.failed_calls)} failed), {tokens_in} tokens "
-          f"in / {tokens_out} out, {history.wall_time:.2f}s, seed {history.seed}")
+    print(
+        f"{history.total_calls} calls ({len(history.failed_calls)} failed), {tokens_in} tokens "
+        f"in / {tokens_out} out, {history.wall_time:.2f}s, seed {history.seed}"
+    )

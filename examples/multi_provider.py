@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from _common import exit_on_missing_extra, print_summary, prompt_from, require_keys
+
 from moa import Aggregate, Propose, Shuffle, Step, run_sync
 from moa.clients import anthropic_client, openai_client, route
-
-from _common import exit_on_missing_extra, print_summary, prompt_from, require_keys
 
 PROPOSERS = ["gpt-5-nano-2025-08-07", "claude-sonnet-4-5", "gpt-5-nano-2025-08-07"]
 AGGREGATOR = "claude-sonnet-4-5"
@@ -31,10 +31,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     openai_key, anthropic_key = require_keys("OPENAI_API_KEY", "ANTHROPIC_API_KEY")
     # route() sends each call to the client whose prefix starts the model name.
     with exit_on_missing_extra():
-        client = route({
-            "claude": anthropic_client(api_key=anthropic_key),
-            "gpt": openai_client(api_key=openai_key),
-        })
+        client = route(
+            {
+                "claude": anthropic_client(api_key=anthropic_key),
+                "gpt": openai_client(api_key=openai_key),
+            }
+        )
     pipeline = build_pipeline()
     print(f"Pipeline: {pipeline!r}\n")
     result, history = run_sync(pipeline, prompt_from(argv, PROMPT), client)

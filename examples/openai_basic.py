@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from _common import exit_on_missing_extra, print_summary, prompt_from, require_key
+
 from moa import Aggregate, Propose, Step, run_sync
 from moa.clients import openai_client
-
-from _common import exit_on_missing_extra, print_summary, prompt_from, require_key
 
 MODEL = "gpt-5-nano-2025-08-07"
 PROMPT = "What are the key differences between Python and Rust?"

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from _common import exit_on_missing_extra, print_summary, prompt_from, require_key
+
 from moa import Step, run_sync
 from moa.clients import openai_client
 from moa.recipes import self_moa
-
-from _common import exit_on_missing_extra, print_summary, prompt_from, require_key
 
 MODEL = "gpt-5-nano-2025-08-07"
 SAMPLES = 6

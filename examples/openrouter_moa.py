@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from _common import exit_on_missing_extra, print_summary, prompt_from, require_key
+
 from moa import Aggregate, Propose, Step, Synthesize, run_sync
 from moa.clients import openai_client
-
-from _common import exit_on_missing_extra, print_summary, prompt_from, require_key
 
 # Modern open models standing in for the Together MoA proposers.
 PROPOSERS = [

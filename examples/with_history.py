@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from _common import exit_on_missing_extra, fmt_tokens, prompt_from, require_key
+
 from moa import Aggregate, History, Propose, Rank, Shuffle, Step, run_sync
 from moa.clients import litellm_client
-
-from _common import exit_on_missing_extra, fmt_tokens, prompt_from, require_key
 
 MODEL = "llama-3.3-70b-versatile"
 PROMPT = "What makes a good API design?"
@@ -49,9 +49,11 @@ def format_history(history: History) -> str:
         )
         for call in step.calls:
             status = "ok" if call.ok else f"FAILED after {call.attempts} attempts: {call.error}"
-            lines.append(f"     {call.model}: {call.latency:.2f}s | "
-                         f"{fmt_tokens(call.input_tokens)} in / "
-                         f"{fmt_tokens(call.output_tokens)} out | {status}")
+            lines.append(
+                f"     {call.model}: {call.latency:.2f}s | "
+                f"{fmt_tokens(call.input_tokens)} in / "
+                f"{fmt_tokens(call.output_tokens)} out | {status}"
+            )
         lines.extend(f"     note: {note}" for note in step.notes)
     lines.append(
         f"Total: {len(history)} steps, {history.total_calls} calls "

@@ -5,7 +5,13 @@
 """
 
 from ._agent import Agent as Agent
+from ._batch import RunResult as RunResult
+from ._batch import as_completed as as_completed
+from ._batch import run_many as run_many
 from ._cache import Cache as Cache
+from ._client import Client as Client
+from ._client import StreamingClient as StreamingClient
+from ._client import Usage as Usage
 from ._cost import DEFAULT_PRICES as DEFAULT_PRICES
 from ._cost import Cost as Cost
 from ._cost import Price as Price
@@ -16,28 +22,18 @@ from ._events import CallFinished as CallFinished
 from ._events import CallRetrying as CallRetrying
 from ._events import Event as Event
 from ._events import RunFinished as RunFinished
-from ._events import TextChunk as TextChunk
 from ._events import StepFinished as StepFinished
 from ._events import StepStarted as StepStarted
-from ._batch import RunResult as RunResult
-from ._batch import as_completed as as_completed
-from ._batch import run_many as run_many
-from ._client import Client as Client
-from ._client import StreamingClient as StreamingClient
-from ._client import Usage as Usage
-from ._retry import Retry as Retry
-from ._run import run as run
-from ._run import run_stream as run_stream
-from ._run import run_sync as run_sync
+from ._events import TextChunk as TextChunk
 from ._history import CallRecord as CallRecord
-from ._limits import Limits as Limits
-from ._limits import ModelLimit as ModelLimit
 from ._history import History as History
 from ._history import StepRecord as StepRecord
+from ._limits import Limits as Limits
+from ._limits import ModelLimit as ModelLimit
 from ._llm_steps import Aggregate as Aggregate
 from ._llm_steps import AggregateSeq as AggregateSeq
-from ._llm_steps import Pick as Pick
 from ._llm_steps import LLMStep as LLMStep
+from ._llm_steps import Pick as Pick
 from ._llm_steps import Propose as Propose
 from ._llm_steps import Rank as Rank
 from ._llm_steps import Refine as Refine
@@ -55,6 +51,10 @@ from ._pipeline import Pipeline as Pipeline
 from ._pipeline import Step as Step
 from ._pipeline import parallel as parallel
 from ._pipeline import pipeline as pipeline
+from ._retry import Retry as Retry
+from ._run import run as run
+from ._run import run_stream as run_stream
+from ._run import run_sync as run_sync
 from ._transforms import Dropout as Dropout
 from ._transforms import Filter as Filter
 from ._transforms import Map as Map
@@ -75,6 +75,7 @@ from .errors import StreamInterruptedError as StreamInterruptedError
 __version__ = "0.1.0"
 
 __all__ = (
+    "DEFAULT_PRICES",
     "Agent",
     "Aggregate",
     "AggregateSeq",
@@ -87,7 +88,6 @@ __all__ = (
     "Client",
     "ClientOutputError",
     "Cost",
-    "DEFAULT_PRICES",
     "Dropout",
     "EmptyInputError",
     "Event",
@@ -116,12 +116,12 @@ __all__ = (
     "Sample",
     "Shuffle",
     "Step",
-    "StreamingClient",
     "StepFailedError",
     "StepFinished",
     "StepRecord",
     "StepStarted",
     "StreamInterruptedError",
+    "StreamingClient",
     "Synthesize",
     "Take",
     "TextChunk",
@@ -138,8 +138,8 @@ __all__ = (
     "parse_ranking",
     "pipeline",
     "run",
-    "run_stream",
     "run_many",
+    "run_stream",
     "run_sync",
     "transform",
 )

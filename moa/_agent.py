@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import KW_ONLY, dataclass
-from typing import Union
 
 from ._bounds import MAX_COUNT, check_int, safe_repr
 
@@ -39,19 +38,27 @@ class Agent:
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
-            raise TypeError(f"Agent(model): model must be a non-empty model name, not "
-                            f"{safe_repr(self.model)}")
+            raise TypeError(
+                f"Agent(model): model must be a non-empty model name, not {safe_repr(self.model)}"
+            )
         temp = self.temp
-        if temp is not None and (isinstance(temp, bool) or not isinstance(temp, (int, float))
-                                 or not 0 <= temp <= sys.float_info.max):
-            raise ValueError(f"Agent(temp=...): temp must be a finite number >= 0 or None for "
-                             f"the step's, got {safe_repr(temp)}")
+        if temp is not None and (
+            isinstance(temp, bool)
+            or not isinstance(temp, (int, float))
+            or not 0 <= temp <= sys.float_info.max
+        ):
+            raise ValueError(
+                f"Agent(temp=...): temp must be a finite number >= 0 or None for "
+                f"the step's, got {safe_repr(temp)}"
+            )
         check_int("Agent", "max_tokens", self.max_tokens, 1, MAX_COUNT, none=True)
         for field in ("system", "name"):
             value = getattr(self, field)
             if value is not None and (not isinstance(value, str) or not value.strip()):
-                raise ValueError(f"Agent({field}=...): {field} must be a non-empty str or None, "
-                                 f"got {safe_repr(value)}")
+                raise ValueError(
+                    f"Agent({field}=...): {field} must be a non-empty str or None, "
+                    f"got {safe_repr(value)}"
+                )
 
     def __repr__(self) -> str:
         shown = [repr(self.model)]
@@ -64,8 +71,12 @@ class Agent:
     @property
     def plain(self) -> bool:
         """Nothing but a model name: the step stores it as the string."""
-        return self.temp is None and self.max_tokens is None and self.system is None \
+        return (
+            self.temp is None
+            and self.max_tokens is None
+            and self.system is None
             and self.name is None
+        )
 
     @property
     def label(self) -> str:
@@ -74,7 +85,7 @@ class Agent:
 
 
 #: What a step takes for one agent: a model name, or an Agent.
-AgentLike = Union[str, Agent]
+AgentLike = str | Agent
 
 
 def agent_of(step: str, value: object, where: str) -> AgentLike:
@@ -84,6 +95,8 @@ def agent_of(step: str, value: object, where: str) -> AgentLike:
         return value.model if value.plain else value
     if isinstance(value, str) and value:
         return value
-    raise TypeError(f"{step}({where}): every agent must be a non-empty model name, not "
-                    f"{safe_repr(value)} ({type(value).__name__}): give a str or a "
-                    f"moa.Agent(model, ...)")
+    raise TypeError(
+        f"{step}({where}): every agent must be a non-empty model name, not "
+        f"{safe_repr(value)} ({type(value).__name__}): give a str or a "
+        f"moa.Agent(model, ...)"
+    )

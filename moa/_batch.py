@@ -17,14 +17,14 @@ from anyio.streams.memory import MemoryObjectSendStream
 from ._cache import Cache
 from ._client import Client
 from ._executor import walk
-from ._retry import DEFAULT_RETRY, Retry
-from ._run import _seed, check_options, start, unwrapped
 from ._history import History
 from ._limits import Limits
 from ._pipeline import Step, StepLike, _describe, as_step
+from ._retry import DEFAULT_RETRY, Retry
+from ._run import _seed, check_options, start, unwrapped
 from .errors import MoaError
 
-__all__ = ("RunResult", "run_many", "as_completed")
+__all__ = ("RunResult", "as_completed", "run_many")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +48,10 @@ Progress = Callable[[int, int, RunResult], Any]
 
 def _prompts(prompts: Iterable[str]) -> list[str]:
     if isinstance(prompts, str):
-        raise TypeError("run_many(prompts): prompts must be a list of prompts, not a bare str; "
-                        "did you mean [prompt]?")
+        raise TypeError(
+            "run_many(prompts): prompts must be a list of prompts, not a bare str; "
+            "did you mean [prompt]?"
+        )
     items = list(prompts)
     for i, p in enumerate(items):
         if not isinstance(p, str) or not p.strip():
@@ -57,11 +59,21 @@ def _prompts(prompts: Iterable[str]) -> list[str]:
     return items
 
 
-async def _drive(step: Step, prompts: list[str], client: Client, send:
-                 MemoryObjectSendStream[RunResult], *, seed: int | None,
-                 max_concurrency: int | None, timeout: float | None, retry: Retry | None,
-                 limits: Limits | None, hedge_after: float | None,
-                 progress: Progress | None, cache: Cache | None) -> None:
+async def _drive(
+    step: Step,
+    prompts: list[str],
+    client: Client,
+    send: MemoryObjectSendStream[RunResult],
+    *,
+    seed: int | None,
+    max_concurrency: int | None,
+    timeout: float | None,
+    retry: Retry | None,
+    limits: Limits | None,
+    hedge_after: float | None,
+    progress: Progress | None,
+    cache: Cache | None,
+) -> None:
     limiter = anyio.CapacityLimiter(max_concurrency) if max_concurrency else None
     policy = retry or DEFAULT_RETRY
     # One seed per prompt, drawn in input order: the batch replays from its own seed.
@@ -71,8 +83,16 @@ async def _drive(step: Step, prompts: list[str], client: Client, send:
 
     async def one(i: int) -> None:
         nonlocal done
-        state = start(client, prompts[i], policy, limiter=limiter, timeout=timeout,
-                      limits=limits, hedge_after=hedge_after, cache=cache)
+        state = start(
+            client,
+            prompts[i],
+            policy,
+            limiter=limiter,
+            timeout=timeout,
+            limits=limits,
+            hedge_after=hedge_after,
+            cache=cache,
+        )
         try:
             result, history = await walk(step, prompts[i], state, _seed(seeds[i]))
             outcome = RunResult(i, prompts[i], result, history)
@@ -128,10 +148,19 @@ async def run_many(
     every run, as in :func:`moa.run`.
     """
     results: dict[int, RunResult] = {}
-    async with as_completed(pipeline, prompts, client, seed=seed,
-                            max_concurrency=max_concurrency, timeout=timeout, retry=retry,
-                            limits=limits, hedge_after=hedge_after, progress=progress,
-                            cache=cache) as stream:
+    async with as_completed(
+        pipeline,
+        prompts,
+        client,
+        seed=seed,
+        max_concurrency=max_concurrency,
+        timeout=timeout,
+        retry=retry,
+        limits=limits,
+        hedge_after=hedge_after,
+        progress=progress,
+        cache=cache,
+    ) as stream:
         async for r in stream:
             results[r.index] = r
     return [results[i] for i in range(len(results))]
@@ -162,25 +191,48 @@ async def as_completed(
     """
     step = as_step(pipeline, where="run_many(pipeline)")
     items = _prompts(prompts)
-    _check_batch(client, seed, max_concurrency, timeout, retry, limits, hedge_after, progress,
-                 cache)
+    _check_batch(
+        client, seed, max_concurrency, timeout, retry, limits, hedge_after, progress, cache
+    )
     send, receive = anyio.create_memory_object_stream[RunResult](math.inf)
     with unwrapped():
         async with receive, anyio.create_task_group() as tg:
-            tg.start_soon(lambda: _drive(step, items, client, send, seed=seed,
-                                         max_concurrency=max_concurrency, timeout=timeout,
-                                         retry=retry, limits=limits, hedge_after=hedge_after,
-                                         progress=progress, cache=cache))
+            tg.start_soon(
+                lambda: _drive(
+                    step,
+                    items,
+                    client,
+                    send,
+                    seed=seed,
+                    max_concurrency=max_concurrency,
+                    timeout=timeout,
+                    retry=retry,
+                    limits=limits,
+                    hedge_after=hedge_after,
+                    progress=progress,
+                    cache=cache,
+                )
+            )
             try:
                 yield receive
             finally:
                 tg.cancel_scope.cancel()
 
 
-def _check_batch(client: object, seed: object, max_concurrency: object, timeout: object,
-                 retry: object, limits: object, hedge_after: object, progress: object,
-                 cache: object = None) -> None:
+def _check_batch(
+    client: object,
+    seed: object,
+    max_concurrency: object,
+    timeout: object,
+    retry: object,
+    limits: object,
+    hedge_after: object,
+    progress: object,
+    cache: object = None,
+) -> None:
     check_options(client, seed, max_concurrency, timeout, retry, limits, hedge_after, cache)
     if progress is not None and not callable(progress):
-        raise TypeError(f"run_many(progress=...): progress must be a callable "
-                        f"progress(done, total, result) or None, not {_describe(progress)}")
+        raise TypeError(
+            f"run_many(progress=...): progress must be a callable "
+            f"progress(done, total, result) or None, not {_describe(progress)}"
+        )

@@ -26,11 +26,12 @@ MAX_REQUEST_CHARS = 4_000_000
 def shown(n: int) -> str:
     """An int for an error message: a huge one (whose ``str`` Python refuses past 4,300
     digits, or that would flood the message) by its size."""
-    return str(n) if -10**20 < n < 10**20 else f"an integer of {n.bit_length():,} bits"
+    return str(n) if -(10**20) < n < 10**20 else f"an integer of {n.bit_length():,} bits"
 
 
-def check_int(owner: str, name: str, value: object, low: int, high: int,
-              none: bool = False) -> None:
+def check_int(
+    owner: str, name: str, value: object, low: int, high: int, none: bool = False
+) -> None:
     """Raise ValueError unless ``value`` is an int (not a bool) from ``low`` to ``high`` (or
     None, when ``none``), in a message that names the argument and states the rule."""
     if value is None and none:
@@ -39,8 +40,9 @@ def check_int(owner: str, name: str, value: object, low: int, high: int,
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{owner}({name}=...): {name} must be {rule}, got {safe_repr(value)}")
     if value > high:
-        raise ValueError(f"{owner}({name}=...): {name} must be an int <= {high:,}, got "
-                         f"{shown(value)}")
+        raise ValueError(
+            f"{owner}({name}=...): {name} must be an int <= {high:,}, got {shown(value)}"
+        )
 
 
 def safe_repr(value: object) -> str:

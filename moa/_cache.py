@@ -46,8 +46,12 @@ _SCHEMA = (
 
 
 def _key(
-    namespace: str, model: str, messages: Sequence[Mapping[str, str]], temp: float,
-    max_tokens: int, index: int | Sequence[int],
+    namespace: str,
+    model: str,
+    messages: Sequence[Mapping[str, str]],
+    temp: float,
+    max_tokens: int,
+    index: int | Sequence[int],
 ) -> bytes:
     """The sha256 digest that names one request; equal inputs give equal keys in any process."""
     pairs = [[m["role"], m["content"]] for m in messages]
@@ -68,8 +72,9 @@ class Cache:
     provider and base URL), so one provider's answers are never served as another's.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, mode: str = "rw",
-                 namespace: str = "") -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, mode: str = "rw", namespace: str = ""
+    ) -> None:
         if mode not in MODES:
             allowed = ", ".join(map(repr, MODES))
             raise ValueError(f"Cache mode must be one of {allowed}, not {mode!r}")
@@ -98,13 +103,17 @@ class Cache:
 
     def _connect(self, immutable: bool = False) -> sqlite3.Connection:
         if self.mode != "replay":
-            return sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None,
-                                   check_same_thread=False)
+            return sqlite3.connect(
+                self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
         # Replay only reads: a recording shipped read-only (a 0444 file in a 0555 folder, a
         # CI artefact) opens as one.
-        uri = f"file:{urllib.parse.quote(self.path)}?mode=ro" + ("&immutable=1" if immutable else "")
-        return sqlite3.connect(uri, uri=True, timeout=_BUSY_TIMEOUT_S, isolation_level=None,
-                               check_same_thread=False)
+        uri = f"file:{urllib.parse.quote(self.path)}?mode=ro" + (
+            "&immutable=1" if immutable else ""
+        )
+        return sqlite3.connect(
+            uri, uri=True, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
 
     def _open_recording(self, conn: sqlite3.Connection) -> sqlite3.Connection:
         """The read-only connection to replay from: ``conn``, or an immutable one where
@@ -125,8 +134,10 @@ class Cache:
             self._raise_from(exc)
         if empty:
             conn.close()
-            self._unusable("it is empty, so there is nothing to replay; record it first with "
-                           "mode='rw' or 'record'")
+            self._unusable(
+                "it is empty, so there is nothing to replay; record it first with "
+                "mode='rw' or 'record'"
+            )
         return conn
 
     def _check_file(self) -> None:
@@ -138,9 +149,11 @@ class Cache:
             fd = os.open(self.path, os.O_RDONLY if replay else os.O_CREAT | os.O_RDWR, 0o600)
         except FileNotFoundError:
             parent = os.path.dirname(self.path)
-            rule = (f"replay: there is no recording at {self.path!r}" if replay else
-                    f"cannot create the cache file: directory {parent!r} does not exist; "
-                    f"create it")
+            rule = (
+                f"replay: there is no recording at {self.path!r}"
+                if replay
+                else f"cannot create the cache file: directory {parent!r} does not exist; create it"
+            )
             raise FileNotFoundError(errno.ENOENT, rule, self.path) from None
         try:
             size = os.fstat(fd).st_size

@@ -52,7 +52,7 @@ from ._retry import Retry, retry_after
 from ._seeds import accepts_seed
 from .errors import CacheError, CacheMissError, ClientOutputError, StreamInterruptedError
 
-__all__ = ("Calls", "Site", "Outcome", "compose", "record")
+__all__ = ("Calls", "Outcome", "Site", "compose", "record")
 
 #: Where a call is: its step's path, its index among the step's calls, and its sample index
 #: among the identical requests of that step (None when no layer needs it).
@@ -77,12 +77,36 @@ class Tap:
     chunk: Callable[[str], None] | None = None
 
 
-def record(req: Request, text: str | None, tin: int | None, tout: int | None, attempts: int,
-           error: str | None = None, latency: float = 0.0, cancelled: bool = False,
-           hedges: tuple[CallRecord, ...] = (), cached: bool = False) -> CallRecord:
+def record(
+    req: Request,
+    text: str | None,
+    tin: int | None,
+    tout: int | None,
+    attempts: int,
+    error: str | None = None,
+    latency: float = 0.0,
+    cancelled: bool = False,
+    hedges: tuple[CallRecord, ...] = (),
+    cached: bool = False,
+) -> CallRecord:
     """The history record of a call that asked ``req``."""
-    return CallRecord(req.model, req.messages, req.temp, req.max_tokens, text, tin, tout,
-                      attempts, error, latency, cancelled, hedges, cached, req.agent, req.seed)
+    return CallRecord(
+        req.model,
+        req.messages,
+        req.temp,
+        req.max_tokens,
+        text,
+        tin,
+        tout,
+        attempts,
+        error,
+        latency,
+        cancelled,
+        hedges,
+        cached,
+        req.agent,
+        req.seed,
+    )
 
 
 def _fatal(exc: BaseException) -> BaseException | None:
@@ -100,11 +124,17 @@ def client_attempt(client: Client) -> Attempt:
         if tap is not None and tap.sent is not None:
             tap.sent()
         if req.seed is None:
-            out = await client(model=req.model, messages=msgs, temp=req.temp,
-                               max_tokens=req.max_tokens)
+            out = await client(
+                model=req.model, messages=msgs, temp=req.temp, max_tokens=req.max_tokens
+            )
         else:
-            out = await client(model=req.model, messages=msgs,  # type: ignore[call-arg]
-                               temp=req.temp, max_tokens=req.max_tokens, seed=req.seed)
+            out = await client(
+                model=req.model,
+                messages=msgs,  # type: ignore[call-arg]
+                temp=req.temp,
+                max_tokens=req.max_tokens,
+                seed=req.seed,
+            )
         return check_output(req.model, out)
 
     return attempt
@@ -125,8 +155,13 @@ def stream_attempt(client: Client) -> Attempt:
                 tap.chunk(out[0])
             return out
         extra = {"seed": req.seed} if seeded and req.seed is not None else {}
-        items = stream(model=req.model, messages=[m.copy() for m in req.messages],
-                       temp=req.temp, max_tokens=req.max_tokens, **extra)
+        items = stream(
+            model=req.model,
+            messages=[m.copy() for m in req.messages],
+            temp=req.temp,
+            max_tokens=req.max_tokens,
+            **extra,
+        )
         return await _read_stream(req.model, items, tap.chunk)
 
     return attempt
@@ -144,8 +179,9 @@ async def _read_stream(model: str, items: Any, chunk: Callable[[str], None]) -> 
             elif isinstance(item, Usage):
                 usage = item
             else:
-                raise ClientOutputError(model, item, "a stream yields str chunks and a final "
-                                                     "moa.Usage")
+                raise ClientOutputError(
+                    model, item, "a stream yields str chunks and a final moa.Usage"
+                )
     finally:
         # Closed now, not whenever it is garbage collected: its connection is released even
         # when the run is cancelled mid-reply.
@@ -274,8 +310,9 @@ async def _race(inner: Attempt, req: Request, tap: Tap, after: float) -> Reply:
     winner = next((i for i in (0, 1) if (o := outcomes[i]) is not None and o[1] is None), None)
     if starts[1]:
         loser = 1 if winner == 0 else 0 if winner == 1 else 1
-        tap.hedges.append(_hedge_record(req, outcomes[loser], monotonic() - starts[loser],
-                                        starts[loser]))
+        tap.hedges.append(
+            _hedge_record(req, outcomes[loser], monotonic() - starts[loser], starts[loser])
+        )
     if winner is None:
         failed = outcomes[0]
         assert failed is not None and failed[1] is not None
@@ -285,8 +322,12 @@ async def _race(inner: Attempt, req: Request, tap: Tap, after: float) -> Reply:
     return won[0]
 
 
-def _hedge_record(req: Request, out: tuple[Reply | None, BaseException | None, float] | None,
-                  running: float, start: float) -> CallRecord:
+def _hedge_record(
+    req: Request,
+    out: tuple[Reply | None, BaseException | None, float] | None,
+    running: float,
+    start: float,
+) -> CallRecord:
     if out is None:  # cancelled while running
         return record(req, None, None, None, 1, None, running, True)
     reply, exc, end = out
@@ -295,8 +336,13 @@ def _hedge_record(req: Request, out: tuple[Reply | None, BaseException | None, f
 
 
 # -- calls ---------------------------------------------------------------------------------------
-def retrying(attempt: Attempt, policy: Retry, interrupt: Interrupt,
-             on_event: EventHandler | None, hedged: bool) -> Call:
+def retrying(
+    attempt: Attempt,
+    policy: Retry,
+    interrupt: Interrupt,
+    on_event: EventHandler | None,
+    hedged: bool,
+) -> Call:
     """Tries until one answers or ``policy`` gives up; the call as a record. The first try
     runs without tenacity's machinery, which is built only after a failure."""
 
@@ -305,8 +351,17 @@ def retrying(attempt: Attempt, policy: Retry, interrupt: Interrupt,
         tap = Tap() if hedged else None
         try:
             text, tin, tout = await attempt(req, tap)
-            return record(req, text, tin, tout, 1, None, monotonic() - start, False,
-                          tuple(tap.hedges) if tap else ()), None
+            return record(
+                req,
+                text,
+                tin,
+                tout,
+                1,
+                None,
+                monotonic() - start,
+                False,
+                tuple(tap.hedges) if tap else (),
+            ), None
         except (KeyboardInterrupt, SystemExit) as exc:
             return _interrupted(interrupt, req, exc, start)
         except Exception as exc:
@@ -316,8 +371,9 @@ def retrying(attempt: Attempt, policy: Retry, interrupt: Interrupt,
     return call
 
 
-def retrying_client(client: Client, policy: Retry, interrupt: Interrupt,
-                    on_event: EventHandler | None) -> Call:
+def retrying_client(
+    client: Client, policy: Retry, interrupt: Interrupt, on_event: EventHandler | None
+) -> Call:
     """:func:`retrying` around the bare client, its first try inlined: a run with no options
     calls the client with no frame between it and the walk."""
     attempt = client_attempt(client)
@@ -326,11 +382,20 @@ def retrying_client(client: Client, policy: Retry, interrupt: Interrupt,
         start = monotonic()
         msgs = [m.copy() for m in req.messages]
         try:
-            text, tin, tout = check_output(req.model, await (
-                client(model=req.model, messages=msgs, temp=req.temp, max_tokens=req.max_tokens)
-                if req.seed is None else
-                client(model=req.model, messages=msgs,  # type: ignore[call-arg]
-                       temp=req.temp, max_tokens=req.max_tokens, seed=req.seed)))
+            text, tin, tout = check_output(
+                req.model,
+                await (
+                    client(model=req.model, messages=msgs, temp=req.temp, max_tokens=req.max_tokens)
+                    if req.seed is None
+                    else client(
+                        model=req.model,
+                        messages=msgs,  # type: ignore[call-arg]
+                        temp=req.temp,
+                        max_tokens=req.max_tokens,
+                        seed=req.seed,
+                    )
+                ),
+            )
             return record(req, text, tin, tout, 1, None, monotonic() - start), None
         except (KeyboardInterrupt, SystemExit) as exc:
             return _interrupted(interrupt, req, exc, start)
@@ -341,23 +406,43 @@ def retrying_client(client: Client, policy: Retry, interrupt: Interrupt,
     return call
 
 
-def _interrupted(interrupt: Interrupt, req: Request, exc: BaseException, start: float
-                 ) -> Outcome:
+def _interrupted(interrupt: Interrupt, req: Request, exc: BaseException, start: float) -> Outcome:
     # A KeyboardInterrupt or SystemExit from a client (a Ctrl-C inside blocking code) is the
     # run's to raise, once every call has stopped: on asyncio a task must not raise it itself.
     interrupt(exc)
     return record(req, None, None, None, 1, error_text(exc), monotonic() - start), None
 
 
-async def _retry(attempt: Attempt, policy: Retry, interrupt: Interrupt,
-                 on_event: EventHandler | None, req: Request, site: Site, tap: Tap | None,
-                 start: float, first: BaseException | None) -> Outcome:
+async def _retry(
+    attempt: Attempt,
+    policy: Retry,
+    interrupt: Interrupt,
+    on_event: EventHandler | None,
+    req: Request,
+    site: Site,
+    tap: Tap | None,
+    start: float,
+    first: BaseException | None,
+) -> Outcome:
     """The failure path, where tenacity's machinery is built: the tries after ``first``."""
     path, index, _ = site
     attempts = 1
-    before_sleep = None if on_event is None else (lambda state: on_event(CallRetrying(
-        path, index, req.model, state.attempt_number, error_text(state.outcome.exception()),
-        state.next_action.sleep)))
+    before_sleep = (
+        None
+        if on_event is None
+        else (
+            lambda state: on_event(
+                CallRetrying(
+                    path,
+                    index,
+                    req.model,
+                    state.attempt_number,
+                    error_text(state.outcome.exception()),
+                    state.next_action.sleep,
+                )
+            )
+        )
+    )
     hedges = (lambda: tuple(tap.hedges)) if tap is not None else (lambda: ())
     try:
         async for trying in policy.retrying(before_sleep):
@@ -367,18 +452,27 @@ async def _retry(attempt: Attempt, policy: Retry, interrupt: Interrupt,
                     exc, first = first, None
                     raise exc
                 text, tin, tout = await attempt(req, tap)
-        return record(req, text, tin, tout, attempts, None, monotonic() - start, False,
-                      hedges()), None
+        return record(
+            req, text, tin, tout, attempts, None, monotonic() - start, False, hedges()
+        ), None
     except (KeyboardInterrupt, SystemExit) as exc:
         return _interrupted(interrupt, req, exc, start)
     except Exception as exc:
         exc = policy.too_long(exc) or exc
-        return record(req, None, None, None, attempts, error_text(exc), monotonic() - start,
-                      False, hedges()), _fatal(exc)
+        return record(
+            req, None, None, None, attempts, error_text(exc), monotonic() - start, False, hedges()
+        ), _fatal(exc)
 
 
-def streaming(attempt: Attempt, policy: Retry, interrupt: Interrupt, on_event: EventHandler,
-              path: tuple[int, ...], other: Call, seeded: bool) -> Call:
+def streaming(
+    attempt: Attempt,
+    policy: Retry,
+    interrupt: Interrupt,
+    on_event: EventHandler,
+    path: tuple[int, ...],
+    other: Call,
+    seeded: bool,
+) -> Call:
     """The final reply of the step at ``path`` through ``attempt`` (a stream), its chunks sent
     as TextChunk events; retried only until its first chunk has gone out, so no text is ever
     delivered twice. Every other call is ``other``'s. ``seeded``: the stream takes the seed
@@ -429,7 +523,7 @@ def caching(inner: Call, cache: Cache) -> tuple[Call, TryNow]:
 
     def try_now(req: Request, site: Site, step: object) -> Outcome | None:
         path, index, sample = site
-        key = path + (sample,)
+        key = (*path, sample)
         hit = cache.get(req.model, req.messages, req.temp, req.max_tokens, key)
         if hit is not None:
             return record(req, hit[0], hit[1], hit[2], 0, cached=True), None
@@ -437,7 +531,8 @@ def caching(inner: Call, cache: Cache) -> tuple[Call, TryNow]:
             return record(req, None, None, None, 0, "not recorded"), CacheMissError(
                 f"replay: {cache!r} holds no answer for call {index} of {step!r} at path "
                 f"{path} (model {req.model!r}, sample {sample}); record it first with "
-                f"mode='rw' or 'record'")
+                f"mode='rw' or 'record'"
+            )
         return None
 
     async def call(req: Request, site: Site) -> Outcome:
@@ -445,8 +540,16 @@ def caching(inner: Call, cache: Cache) -> tuple[Call, TryNow]:
         if rec.ok and fatal is None:
             path, _, sample = site
             try:
-                cache.put(req.model, req.messages, req.temp, req.max_tokens, path + (sample,),
-                          rec.text, rec.input_tokens, rec.output_tokens)  # type: ignore[arg-type]
+                cache.put(
+                    req.model,
+                    req.messages,
+                    req.temp,
+                    req.max_tokens,
+                    (*path, sample),
+                    rec.text,
+                    rec.input_tokens,
+                    rec.output_tokens,
+                )  # type: ignore[arg-type]
             except (CacheError, OSError, ValueError) as exc:  # the user's to see, not a call's
                 return rec, exc
         return rec, fatal
@@ -479,11 +582,19 @@ class Calls:
     wants_sample: bool = False
 
 
-def compose(client: Client, policy: Retry, interrupt: Interrupt, *,
-            limiter: anyio.CapacityLimiter | None = None, timeout: float | None = None,
-            limits: Limits | None = None, hedge_after: float | None = None,
-            cache: Cache | None = None, on_event: EventHandler | None = None,
-            stream_path: tuple[int, ...] | None = None) -> Calls:
+def compose(
+    client: Client,
+    policy: Retry,
+    interrupt: Interrupt,
+    *,
+    limiter: anyio.CapacityLimiter | None = None,
+    timeout: float | None = None,
+    limits: Limits | None = None,
+    hedge_after: float | None = None,
+    cache: Cache | None = None,
+    on_event: EventHandler | None = None,
+    stream_path: tuple[int, ...] | None = None,
+) -> Calls:
     """The call stack for one run: only the layers its options ask for, innermost first."""
     attempt_layers: list[Callable[[Attempt], Attempt]] = []
     if timeout is not None:
@@ -507,8 +618,15 @@ def compose(client: Client, policy: Retry, interrupt: Interrupt, *,
         for layer in attempt_layers:  # no hedge: two racing streams would both write
             streamed = layer(streamed)
         stream = getattr(client, "stream", None)
-        call = streaming(streamed, policy, interrupt, on_event, stream_path, call,
-                         stream is None or accepts_seed(stream))
+        call = streaming(
+            streamed,
+            policy,
+            interrupt,
+            on_event,
+            stream_path,
+            call,
+            stream is None or accepts_seed(stream),
+        )
     try_now = None
     if cache is not None:
         call, try_now = caching(call, cache)
@@ -525,8 +643,9 @@ def compose(client: Client, policy: Retry, interrupt: Interrupt, *,
     return Calls(call, try_now, finished, cache is not None)
 
 
-def _reported_now(try_now: TryNow, on_event: EventHandler,
-                  stream_path: tuple[int, ...] | None) -> TryNow:
+def _reported_now(
+    try_now: TryNow, on_event: EventHandler, stream_path: tuple[int, ...] | None
+) -> TryNow:
     # A cached answer is an answer too: the events a call sends, and the streamed final
     # reply's text as one chunk.
     def now(req: Request, site: Site, step: object) -> Outcome | None:

@@ -10,8 +10,15 @@ from typing import Any, Protocol
 from ._bounds import MAX_REPLY_CHARS, safe_repr
 from .errors import ClientOutputError, ProviderError
 
-__all__ = ("Client", "StreamingClient", "Usage", "Reply", "check_output", "error_text",
-           "unicode_error")
+__all__ = (
+    "Client",
+    "Reply",
+    "StreamingClient",
+    "Usage",
+    "check_output",
+    "error_text",
+    "unicode_error",
+)
 
 #: What a client returns: the text, then input and output tokens (None: not reported).
 Reply = tuple[str, int | None, int | None]
@@ -57,14 +64,18 @@ def check_output(model: str, out: Any) -> tuple[str, int | None, int | None]:
     if type(text) is not str:
         raise ClientOutputError(model, out, f"the text must be a str, got {type(text).__name__}")
     if len(text) > MAX_REPLY_CHARS:
-        raise ProviderError(f"the reply is {len(text):,} characters, more than moa accepts "
-                            f"in one reply ({MAX_REPLY_CHARS:,})", model=model, retryable=False)
+        raise ProviderError(
+            f"the reply is {len(text):,} characters, more than moa accepts "
+            f"in one reply ({MAX_REPLY_CHARS:,})",
+            model=model,
+            retryable=False,
+        )
     for name, n in (("input_tokens", tin), ("output_tokens", tout)):
         if n is not None and (type(n) is not int or n < 0):
-            raise ClientOutputError(model, out, f"{name} must be an int >= 0 or None, got {safe_repr(n)}")
+            raise ClientOutputError(
+                model, out, f"{name} must be an int >= 0 or None, got {safe_repr(n)}"
+            )
     return text, tin, tout
-
-
 
 
 def unicode_error(text: str) -> str | None:
@@ -73,6 +84,8 @@ def unicode_error(text: str) -> str | None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        return (f"it holds a lone surrogate {text[exc.start]!r} at index {exc.start} "
-                f"(invalid UTF-8 in the input?)")
+        return (
+            f"it holds a lone surrogate {text[exc.start]!r} at index {exc.start} "
+            f"(invalid UTF-8 in the input?)"
+        )
     return None

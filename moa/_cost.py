@@ -11,16 +11,15 @@ import json
 import math
 import numbers
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from ._bounds import safe_repr
-from ._history import CallRecord, History
 from ._pipeline import _describe
 
-__all__ = ("Price", "Prices", "Cost", "cost", "DEFAULT_PRICES", "PRICES_AS_OF")
+__all__ = ("DEFAULT_PRICES", "PRICES_AS_OF", "Cost", "Price", "Prices", "cost")
 
 _PER = 1_000_000  # prices are quoted per million tokens
 
@@ -36,11 +35,15 @@ class Price:
         for name in ("input", "output"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise TypeError(f"Price({name}=...): a price must be a number of dollars per "
-                                f"million tokens, not {_describe(value)}")
+                raise TypeError(
+                    f"Price({name}=...): a price must be a number of dollars per "
+                    f"million tokens, not {_describe(value)}"
+                )
             if not math.isfinite(value) or value < 0:
-                raise ValueError(f"Price({name}=...): a price must be a finite number >= 0 "
-                                 f"dollars per million tokens, got {safe_repr(value)}")
+                raise ValueError(
+                    f"Price({name}=...): a price must be a finite number >= 0 "
+                    f"dollars per million tokens, got {safe_repr(value)}"
+                )
             # Stored as float so Price(1, 2) and Price(1.0, 2.0) print alike.
             object.__setattr__(self, name, float(value))
 
@@ -55,8 +58,10 @@ def _as_price(where: str, model: object, value: object) -> Price:
             return Price(*value)
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"{where}: the price of {safe_repr(model)}: {exc}") from exc
-    raise TypeError(f"{where}: the price of {safe_repr(model)} must be a moa.Price or an (input, output) "
-                    f"pair of dollars per million tokens, not {_describe(value)}")
+    raise TypeError(
+        f"{where}: the price of {safe_repr(model)} must be a moa.Price or an (input, output) "
+        f"pair of dollars per million tokens, not {_describe(value)}"
+    )
 
 
 _NO_PRICES: Mapping[str, Price] = MappingProxyType({})
@@ -74,8 +79,10 @@ class Prices(Mapping[str, Price]):
 
     def __init__(self, table: Mapping[str, Price | tuple[float, float]] = _NO_PRICES) -> None:
         if not isinstance(table, Mapping):
-            raise TypeError(f"Prices(table): table must be a mapping of model name to Price or "
-                            f"(input, output), not {_describe(table)}")
+            raise TypeError(
+                f"Prices(table): table must be a mapping of model name to Price or "
+                f"(input, output), not {_describe(table)}"
+            )
         self._table: dict[str, Price] = {
             model: _as_price("Prices", model, value) for model, value in table.items()
         }
@@ -107,8 +114,9 @@ class Prices(Mapping[str, Price]):
         """The price of ``model`` (exact name), or None when the table has none."""
         return self._table.get(model)
 
-    def call_cost(self, model: str, input_tokens: int | None,
-                  output_tokens: int | None) -> float | None:
+    def call_cost(
+        self, model: str, input_tokens: int | None, output_tokens: int | None
+    ) -> float | None:
         """Dollars for one call of ``model``; None when the model has no price or either
         token count is unknown."""
         price = self._table.get(model)
@@ -120,8 +128,10 @@ class Prices(Mapping[str, Price]):
     def override(self, table: Mapping[str, Price | tuple[float, float]]) -> Prices:
         """A new table: these prices, with ``table``'s entries added or replacing them."""
         if not isinstance(table, Mapping):
-            raise TypeError(f"Prices | ...: the right side must be a Prices or a mapping of model "
-                            f"name to Price or (input, output), not {_describe(table)}")
+            raise TypeError(
+                f"Prices | ...: the right side must be a Prices or a mapping of model "
+                f"name to Price or (input, output), not {_describe(table)}"
+            )
         return Prices({**self._table, **Prices(table)._table})
 
     def __or__(self, table: Mapping[str, Price | tuple[float, float]]) -> Prices:
@@ -146,8 +156,10 @@ class Prices(Mapping[str, Price]):
         except json.JSONDecodeError as exc:
             raise ValueError(f"{where}: not valid JSON: {exc}") from None
         if not isinstance(data, dict):
-            raise ValueError(f"{where}: a price table must be a JSON object "
-                             f'{{"model": [input, output], ...}}, not a JSON {type(data).__name__}')
+            raise ValueError(
+                f"{where}: a price table must be a JSON object "
+                f'{{"model": [input, output], ...}}, not a JSON {type(data).__name__}'
+            )
         table: dict[str, Price] = {}
         for model, entry in data.items():
             if isinstance(entry, list) and len(entry) == 2:
@@ -161,7 +173,7 @@ class Prices(Mapping[str, Price]):
                     f"got {json.dumps(entry)}"
                 )
             if not model:
-                raise ValueError(f"{where}: model names must be non-empty, got \"\"")
+                raise ValueError(f'{where}: model names must be non-empty, got ""')
             try:
                 table[model] = Price(*args)
             except (TypeError, ValueError) as exc:
@@ -171,44 +183,48 @@ class Prices(Mapping[str, Price]):
 
 
 #: When and where :data:`DEFAULT_PRICES` were taken from.
-PRICES_AS_OF = ("approximate providers' list prices (OpenAI, Anthropic, Google, Groq, OpenRouter, "
-                "Together), USD per million tokens, as of 2025")
+PRICES_AS_OF = (
+    "approximate providers' list prices (OpenAI, Anthropic, Google, Groq, OpenRouter, "
+    "Together), USD per million tokens, as of 2025"
+)
 
 #: Approximate list prices, in dollars per million (input, output) tokens, for the models this
 #: package's README, examples and recipes name (see :data:`PRICES_AS_OF`). Prices change and
 #: differ by provider and tier: for figures you rely on, pass your own table,
 #: ``DEFAULT_PRICES | {"my-model": (0.5, 1.5)}`` or ``Prices.from_json("prices.json")``.
 #: Generic names that do not say which model or provider ("llama-70b", "claude") have no price.
-DEFAULT_PRICES = Prices({
-    # OpenAI
-    "gpt-5-nano-2025-08-07": (0.05, 0.40),
-    "gpt-5": (1.25, 10.0),
-    "gpt-4o": (2.50, 10.0),
-    "gpt-4o-mini": (0.15, 0.60),
-    # Anthropic
-    "claude-sonnet-4-5": (3.0, 15.0),
-    # Google
-    "gemini-2.5-flash": (0.30, 2.50),
-    # Groq
-    "llama-3.3-70b-versatile": (0.59, 0.79),
-    "llama-3.1-8b-instant": (0.05, 0.08),
-    "meta-llama/llama-4-scout-17b-16e-instruct": (0.11, 0.34),
-    "qwen/qwen3-32b": (0.29, 0.59),
-    # OpenRouter
-    "qwen/qwen-2.5-72b-instruct": (0.12, 0.39),
-    "meta-llama/llama-3.3-70b-instruct": (0.13, 0.40),
-    "mistralai/mixtral-8x22b-instruct": (0.90, 0.90),
-    # Together, including the models of Wang et al. (2024)'s Together MoA (moa.recipes)
-    "Qwen/Qwen2.5-72B-Instruct-Turbo": (1.20, 1.20),
-    "wizardlm-2-8x22b": (1.20, 1.20),
-    "qwen1.5-110b-chat": (1.80, 1.80),
-    "qwen1.5-72b-chat": (0.90, 0.90),
-    "llama-3-70b-instruct": (0.90, 0.90),
-    "mixtral-8x22b-instruct": (1.20, 1.20),
-    "dbrx-instruct": (1.20, 1.20),
-    # The embedded model runs on your own machine.
-    "SmolLM2-135M-Instruct": (0.0, 0.0),
-})
+DEFAULT_PRICES = Prices(
+    {
+        # OpenAI
+        "gpt-5-nano-2025-08-07": (0.05, 0.40),
+        "gpt-5": (1.25, 10.0),
+        "gpt-4o": (2.50, 10.0),
+        "gpt-4o-mini": (0.15, 0.60),
+        # Anthropic
+        "claude-sonnet-4-5": (3.0, 15.0),
+        # Google
+        "gemini-2.5-flash": (0.30, 2.50),
+        # Groq
+        "llama-3.3-70b-versatile": (0.59, 0.79),
+        "llama-3.1-8b-instant": (0.05, 0.08),
+        "meta-llama/llama-4-scout-17b-16e-instruct": (0.11, 0.34),
+        "qwen/qwen3-32b": (0.29, 0.59),
+        # OpenRouter
+        "qwen/qwen-2.5-72b-instruct": (0.12, 0.39),
+        "meta-llama/llama-3.3-70b-instruct": (0.13, 0.40),
+        "mistralai/mixtral-8x22b-instruct": (0.90, 0.90),
+        # Together, including the models of Wang et al. (2024)'s Together MoA (moa.recipes)
+        "Qwen/Qwen2.5-72B-Instruct-Turbo": (1.20, 1.20),
+        "wizardlm-2-8x22b": (1.20, 1.20),
+        "qwen1.5-110b-chat": (1.80, 1.80),
+        "qwen1.5-72b-chat": (0.90, 0.90),
+        "llama-3-70b-instruct": (0.90, 0.90),
+        "mixtral-8x22b-instruct": (1.20, 1.20),
+        "dbrx-instruct": (1.20, 1.20),
+        # The embedded model runs on your own machine.
+        "SmolLM2-135M-Instruct": (0.0, 0.0),
+    }
+)
 
 
 def _dollars(amount: float) -> str:
@@ -240,10 +256,16 @@ class Cost:
     cached_calls: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.known, bool) or not isinstance(self.known, numbers.Real) \
-                or not math.isfinite(self.known) or self.known < 0:
-            raise ValueError(f"Cost(known=...): known must be a finite number of dollars >= 0, "
-                             f"got {self.known!r}")
+        if (
+            isinstance(self.known, bool)
+            or not isinstance(self.known, numbers.Real)
+            or not math.isfinite(self.known)
+            or self.known < 0
+        ):
+            raise ValueError(
+                f"Cost(known=...): known must be a finite number of dollars >= 0, "
+                f"got {self.known!r}"
+            )
         object.__setattr__(self, "unknown", tuple(self.unknown))
         object.__setattr__(self, "by_model", MappingProxyType(dict(self.by_model)))
 
@@ -269,8 +291,12 @@ class Cost:
         for m, d in other.by_model.items():
             have = by_model.get(m, 0.0)
             by_model[m] = None if d is None or have is None else have + d
-        return Cost(self.known + other.known, tuple(sorted({*self.unknown, *other.unknown})),
-                    by_model, self.cached_calls + other.cached_calls)
+        return Cost(
+            self.known + other.known,
+            tuple(sorted({*self.unknown, *other.unknown})),
+            by_model,
+            self.cached_calls + other.cached_calls,
+        )
 
     __add__ = plus
 
@@ -278,8 +304,10 @@ class Cost:
     ZERO: ClassVar[Cost]
 
     def __repr__(self) -> str:
-        return (f"Cost(known={self.known!r}, unknown={self.unknown!r}, "
-                f"by_model={dict(self.by_model)!r}, cached_calls={self.cached_calls!r})")
+        return (
+            f"Cost(known={self.known!r}, unknown={self.unknown!r}, "
+            f"by_model={dict(self.by_model)!r}, cached_calls={self.cached_calls!r})"
+        )
 
     def __str__(self) -> str:
         """``$0.0042``; ``$0.0042 + unknown (model-x)``; ``unknown (model-x)`` when nothing
@@ -303,23 +331,49 @@ class Cost:
 Cost.ZERO = Cost(0.0, (), {})
 
 
-def _answered(history: History) -> Iterator[CallRecord]:
+class Spent(Protocol):
+    """What a cost reads of one call (a :class:`~moa.CallRecord`): costs depend on records,
+    never records on costs."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def input_tokens(self) -> int | None: ...
+    @property
+    def output_tokens(self) -> int | None: ...
+    @property
+    def cached(self) -> bool: ...
+    @property
+    def ok(self) -> bool: ...
+    @property
+    def hedges(self) -> tuple[Any, ...]: ...
+
+
+class Calls(Protocol):
+    """What a cost reads of a run (a :class:`~moa.History`): its calls."""
+
+    @property
+    def calls(self) -> tuple[Spent, ...]: ...
+
+
+def _answered(calls: Iterable[Spent]) -> Iterator[Spent]:
     # Every attempt that answered, hedges included. One that failed or was cancelled reported
     # no usage: its spend is unknown to moa, so it is left out (as the token totals do) rather
     # than making the whole cost unknown. Cached answers are included, to be counted as free.
-    for call in history.calls:
+    for call in calls:
         for attempt in (call, *call.hedges):
             if attempt.ok:
                 yield attempt
 
 
-def cost(history: History, prices: Mapping[str, Price | tuple[float, float]] | None = None) -> Cost:
+def cost(history: Calls, prices: Mapping[str, Price | tuple[float, float]] | None = None) -> Cost:
     """What the run in ``history`` cost at ``prices`` (:data:`DEFAULT_PRICES` when None).
 
     Counted as the token totals are: every call and hedge that answered. Failed and cancelled
     attempts reported no usage and are left out. A cached answer costs nothing this run.
     """
-    if not isinstance(history, History):
+    calls = getattr(history, "calls", None)
+    if not isinstance(calls, tuple):
         raise TypeError(f"cost(history): history must be a moa.History, not {_describe(history)}")
     if prices is None:
         table = DEFAULT_PRICES
@@ -328,12 +382,14 @@ def cost(history: History, prices: Mapping[str, Price | tuple[float, float]] | N
     elif isinstance(prices, Mapping):
         table = Prices(prices)
     else:
-        raise TypeError(f"cost(prices=...): prices must be a moa.Prices, a mapping of model name "
-                        f"to Price or (input, output), or None, not {_describe(prices)}")
+        raise TypeError(
+            f"cost(prices=...): prices must be a moa.Prices, a mapping of model name "
+            f"to Price or (input, output), or None, not {_describe(prices)}"
+        )
     known = 0.0
     by_model: dict[str, float | None] = {}
     cached = 0
-    for call in _answered(history):
+    for call in _answered(calls):
         if call.cached:
             cached += 1
             by_model.setdefault(call.model, 0.0)
@@ -347,5 +403,6 @@ def cost(history: History, prices: Mapping[str, Price | tuple[float, float]] | N
         if call.model not in by_model or by_model[call.model] is not None:
             by_model[call.model] = (by_model.get(call.model) or 0.0) + dollars
     unknown = tuple(sorted(m for m, d in by_model.items() if d is None))
-    return Cost(known=known, unknown=unknown, by_model=dict(sorted(by_model.items())),
-                cached_calls=cached)
+    return Cost(
+        known=known, unknown=unknown, by_model=dict(sorted(by_model.items())), cached_calls=cached
+    )

@@ -19,7 +19,7 @@ from typing import Any, overload
 from ._pipeline import Step, _describe
 from ._transforms import Transform
 
-__all__ = ("transform", "FunctionTransform", "TransformFactory")
+__all__ = ("FunctionTransform", "TransformFactory", "transform")
 
 TransformFunction = Callable[..., list[str]]
 _EMPTY = inspect.Parameter.empty
@@ -81,8 +81,9 @@ class FunctionTransform(Transform):
         return (_rebuild, (self.fn.__module__, self.fn.__qualname__, self.args, self.kwargs))
 
 
-def _rebuild(module: str, qualname: str, args: tuple[Any, ...],
-             kwargs: tuple[tuple[str, Any], ...]) -> Step:
+def _rebuild(
+    module: str, qualname: str, args: tuple[Any, ...], kwargs: tuple[tuple[str, Any], ...]
+) -> Step:
     obj: Any = importlib.import_module(module)
     for part in qualname.split("."):
         obj = getattr(obj, part)
@@ -113,8 +114,9 @@ class TransformFactory:
         # Keyword arguments sorted by name: the order they were written in does not matter.
         return self._build(bound.args, tuple(sorted(bound.kwargs.items())))
 
-    def _build(self, args: tuple[Any, ...],
-               kwargs: tuple[tuple[str, Any], ...]) -> FunctionTransform:
+    def _build(
+        self, args: tuple[Any, ...], kwargs: tuple[tuple[str, Any], ...]
+    ) -> FunctionTransform:
         step = FunctionTransform(self._fn, tuple(args), tuple(kwargs))
         try:
             hash(step)
@@ -130,30 +132,40 @@ class TransformFactory:
 
 
 def _check_function(fn: object) -> inspect.Signature:
-    if not callable(fn) or isinstance(fn, (Step, type)) or not isinstance(
-            getattr(fn, "__name__", None), str):
-        raise TypeError(f"@transform decorates a named function fn(responses, rng, ...), "
-                        f"not {_describe(fn)}")
+    if (
+        not callable(fn)
+        or isinstance(fn, (Step, type))
+        or not isinstance(getattr(fn, "__name__", None), str)
+    ):
+        raise TypeError(
+            f"@transform decorates a named function fn(responses, rng, ...), not {_describe(fn)}"
+        )
     if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
-        raise TypeError(f"@transform: {fn.__name__} is async; a transform is a plain function "
-                        f"(model calls belong in an LLMStep)")
+        raise TypeError(
+            f"@transform: {fn.__name__} is async; a transform is a plain function "
+            f"(model calls belong in an LLMStep)"
+        )
     signature = inspect.signature(fn)
     params = list(signature.parameters.values())
     if len(params) < 2 or any(p.kind not in _POSITIONAL for p in params[:2]):
-        raise TypeError(f"@transform: {fn.__name__}{signature} must take (responses, rng, ...): "
-                        f"the current responses and the run's random.Random")
+        raise TypeError(
+            f"@transform: {fn.__name__}{signature} must take (responses, rng, ...): "
+            f"the current responses and the run's random.Random"
+        )
     return signature
 
 
 @overload
 def transform(fn: TransformFunction, /) -> Step | TransformFactory: ...
 @overload
-def transform(*, check: Callable[..., object] | None = None
-              ) -> Callable[[TransformFunction], Step | TransformFactory]: ...
+def transform(
+    *, check: Callable[..., object] | None = None
+) -> Callable[[TransformFunction], Step | TransformFactory]: ...
 
 
-def transform(fn: TransformFunction | None = None, /, *,
-              check: Callable[..., object] | None = None) -> Any:
+def transform(
+    fn: TransformFunction | None = None, /, *, check: Callable[..., object] | None = None
+) -> Any:
     """Make a transform step from ``fn(responses, rng, ...) -> list[str]``.
 
     With only ``(responses, rng)`` the decorated name is the step itself (``dedupe``). With more
@@ -170,4 +182,3 @@ def transform(fn: TransformFunction | None = None, /, *,
             raise TypeError(f"@transform(check=...): {fn.__name__} takes no parameters to check")
         return FunctionTransform(fn)
     return TransformFactory(fn, check)
-

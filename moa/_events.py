@@ -7,13 +7,21 @@ record: events exist to show progress.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Union
 
 from ._history import CallRecord, History, StepRecord
 
-__all__ = ("StepStarted", "CallRetrying", "CallFinished", "StepFinished", "TextChunk",
-           "RunFinished", "Event", "EventHandler")
+__all__ = (
+    "CallFinished",
+    "CallRetrying",
+    "Event",
+    "EventHandler",
+    "RunFinished",
+    "StepFinished",
+    "StepStarted",
+    "TextChunk",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,5 +85,5 @@ class RunFinished:
     history: History
 
 
-Event = Union[StepStarted, CallRetrying, CallFinished, StepFinished, TextChunk, RunFinished]
+Event = StepStarted | CallRetrying | CallFinished | StepFinished | TextChunk | RunFinished
 EventHandler = Callable[[Event], None]

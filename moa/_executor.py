@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from time import monotonic
 from typing import Any
 
@@ -28,8 +27,7 @@ from ._llm_steps import LLMStep, Request
 from ._pipeline import Parallel, Pipeline, Step, _describe
 from ._seeds import call_seed
 from ._transforms import Transform
-from .errors import (CacheMissError, ClientOutputError, EmptyInputError, MoaError,
-                     StepFailedError)
+from .errors import CacheMissError, ClientOutputError, EmptyInputError, MoaError, StepFailedError
 
 __all__ = ("Walk", "walk")
 
@@ -38,7 +36,7 @@ class Walk:
     """One run as the walk sees it: the prompt, the composed calls, the step events' handler,
     whether calls carry seeds, and the KeyboardInterrupt a client raised."""
 
-    __slots__ = ("prompt", "calls", "on_event", "seeded", "seed", "scope", "interrupt")
+    __slots__ = ("calls", "interrupt", "on_event", "prompt", "scope", "seed", "seeded")
 
     def __init__(self, prompt: str, on_event: EventHandler | None, seeded: bool) -> None:
         self.prompt = prompt
@@ -108,11 +106,12 @@ def interrupt_of(group: BaseExceptionGroup) -> BaseException | None:
     return first
 
 
-async def _exec(run: Walk, step: Step, responses: list[str], br: _Branch,
-                path: tuple[int, ...]) -> list[str]:
+async def _exec(
+    run: Walk, step: Step, responses: list[str], br: _Branch, path: tuple[int, ...]
+) -> list[str]:
     if isinstance(step, Pipeline):
         for i, sub in enumerate(step.steps):
-            responses = await _exec(run, sub, responses, br, path + (i,))
+            responses = await _exec(run, sub, responses, br, (*path, i))
         return responses
     if isinstance(step, LLMStep):
         return await _StepRun(run, step, responses, br, path).run()
@@ -120,12 +119,15 @@ async def _exec(run: Walk, step: Step, responses: list[str], br: _Branch,
         return _exec_transform(run, step, responses, br, path)
     if isinstance(step, Parallel):
         return await _exec_parallel(run, step, responses, br, path)
-    raise TypeError(f"moa cannot run {_describe(step)}: a step must derive from Transform, "
-                    f"LLMStep, Pipeline or Parallel")
+    raise TypeError(
+        f"moa cannot run {_describe(step)}: a step must derive from Transform, "
+        f"LLMStep, Pipeline or Parallel"
+    )
 
 
-def _exec_transform(run: Walk, step: Transform, responses: list[str], br: _Branch,
-                    path: tuple[int, ...]) -> list[str]:
+def _exec_transform(
+    run: Walk, step: Transform, responses: list[str], br: _Branch, path: tuple[int, ...]
+) -> list[str]:
     start = monotonic()
     try:
         out = step.apply(list(responses), br.rng)
@@ -138,24 +140,38 @@ def _exec_transform(run: Walk, step: Transform, responses: list[str], br: _Branc
     if responses and not out:
         br.emptied_by = f"{step!r} at path {path}"
         notes = (f"{step!r} left no responses",)
-    _record(run, br, StepRecord(repr(step), path, "transform", tuple(responses), tuple(out),
-                                (), notes, monotonic() - start))
+    _record(
+        run,
+        br,
+        StepRecord(
+            repr(step),
+            path,
+            "transform",
+            tuple(responses),
+            tuple(out),
+            (),
+            notes,
+            monotonic() - start,
+        ),
+    )
     return out
 
 
-async def _exec_parallel(run: Walk, step: Parallel, responses: list[str], br: _Branch,
-                         path: tuple[int, ...]) -> list[str]:
+async def _exec_parallel(
+    run: Walk, step: Parallel, responses: list[str], br: _Branch, path: tuple[int, ...]
+) -> list[str]:
     start = monotonic()
     # Each branch gets its own generator, seeded from the parent in branch order, so the
     # draws do not depend on how the branches interleave.
-    subs = [_Branch(random.Random(br.rng.getrandbits(64)), [], br.emptied_by)
-            for _ in step.branches]
+    subs = [
+        _Branch(random.Random(br.rng.getrandbits(64)), [], br.emptied_by) for _ in step.branches
+    ]
     outs: list[list[str]] = [[] for _ in subs]
     failures: list[BaseException | None] = [None] * len(subs)
 
     async def branch(i: int, tg: anyio.abc.TaskGroup) -> None:
         try:
-            outs[i] = await _exec(run, step.branches[i], responses, subs[i], path + (i,))
+            outs[i] = await _exec(run, step.branches[i], responses, subs[i], (*path, i))
         except Exception as exc:
             failures[i] = exc
             tg.cancel_scope.cancel()
@@ -173,8 +189,13 @@ async def _exec_parallel(run: Walk, step: Parallel, responses: list[str], br: _B
     out = [r for o in outs for r in o]
     if responses and not out:
         br.emptied_by = f"{step!r} at path {path}"
-    _record(run, br, StepRecord(repr(step), path, "parallel", tuple(responses), tuple(out), (),
-                                (), monotonic() - start))
+    _record(
+        run,
+        br,
+        StepRecord(
+            repr(step), path, "parallel", tuple(responses), tuple(out), (), (), monotonic() - start
+        ),
+    )
     return out
 
 
@@ -191,11 +212,25 @@ _DEFAULT_PLAN = LLMStep.plan
 class _StepRun:
     """One LLM step as it runs: its plan's rounds, the calls so far, and their tallies."""
 
-    __slots__ = ("walk", "step", "responses", "br", "path", "start", "plan", "calls", "seen",
-                 "failed", "cancelled", "rounds", "notes")
+    __slots__ = (
+        "br",
+        "calls",
+        "cancelled",
+        "failed",
+        "notes",
+        "path",
+        "plan",
+        "responses",
+        "rounds",
+        "seen",
+        "start",
+        "step",
+        "walk",
+    )
 
-    def __init__(self, run: Walk, step: LLMStep, responses: list[str], br: _Branch,
-                 path: tuple[int, ...]) -> None:
+    def __init__(
+        self, run: Walk, step: LLMStep, responses: list[str], br: _Branch, path: tuple[int, ...]
+    ) -> None:
         self.walk, self.step, self.responses, self.br, self.path = run, step, responses, br, path
         self.start = monotonic()
         self.plan: Any = None
@@ -229,10 +264,16 @@ class _StepRun:
 
     def empty(self) -> None:
         step, br = self.step, self.br
-        cause = (f"{br.emptied_by} left none" if br.emptied_by else
-                 "no step before it produced any; start the pipeline with Propose")
-        _record(self.walk, br, StepRecord(repr(step), self.path, "llm", (), (), (),
-                                         ("received no responses",), 0.0))
+        cause = (
+            f"{br.emptied_by} left none"
+            if br.emptied_by
+            else "no step before it produced any; start the pipeline with Propose"
+        )
+        _record(
+            self.walk,
+            br,
+            StepRecord(repr(step), self.path, "llm", (), (), (), ("received no responses",), 0.0),
+        )
         raise EmptyInputError(f"{step!r} received no responses: {cause}", step=repr(step))
 
     def first_round(self) -> tuple[list[Request] | None, Any]:
@@ -254,8 +295,11 @@ class _StepRun:
 
     async def round(self, requests: list[Request]) -> list[str | None]:
         """One round's calls, tallied; the replies, or StepFailedError when too few answered."""
-        records, fatal = (await _round(self.walk, self.step, self.path, requests,
-                                       len(self.calls), self.seen) if requests else ([], None))
+        records, fatal = (
+            await _round(self.walk, self.step, self.path, requests, len(self.calls), self.seen)
+            if requests
+            else ([], None)
+        )
         if isinstance(fatal, (ClientOutputError, CacheMissError)):
             self.give_up()
             raise fatal
@@ -270,7 +314,9 @@ class _StepRun:
             where = f" in round {self.rounds}" if self.rounds > 1 else ""
             raise StepFailedError(
                 f"{self.step!r} failed{where}: {ok} of {len(records)} calls succeeded and it "
-                f"needs {need} ({_grouped_errors(records)})", step=repr(self.step))
+                f"needs {need} ({_grouped_errors(records)})",
+                step=repr(self.step),
+            )
         return [c.text for c in records]
 
     def tally(self, records: list[CallRecord], n: int) -> int:
@@ -288,53 +334,89 @@ class _StepRun:
                 unsent += 1
         self.cancelled += stopped + unsent
         if stopped:
-            self.notes.append(f"quorum of {self.step.enough(n)} reached: {stopped} call(s) "
-                              f"still running were cancelled")
+            self.notes.append(
+                f"quorum of {self.step.enough(n)} reached: {stopped} call(s) "
+                f"still running were cancelled"
+            )
         if unsent:
-            self.notes.append(f"quorum of {self.step.enough(n)} met from the cache: {unsent} "
-                              f"call(s) not sent")
+            self.notes.append(
+                f"quorum of {self.step.enough(n)} met from the cache: {unsent} call(s) not sent"
+            )
         return ok
 
     def give_up(self) -> None:
         # The step ends here: its plan is closed and what it did goes to history first.
         if self.plan is not None:
             self.plan.close()
-        _record(self.walk, self.br, StepRecord(repr(self.step), self.path, "llm",
-                                              tuple(self.responses), (), tuple(self.calls), (),
-                                              monotonic() - self.start))
+        _record(
+            self.walk,
+            self.br,
+            StepRecord(
+                repr(self.step),
+                self.path,
+                "llm",
+                tuple(self.responses),
+                (),
+                tuple(self.calls),
+                (),
+                monotonic() - self.start,
+            ),
+        )
 
     def finish(self, returned: Any) -> list[str]:
         step, calls = self.step, self.calls
         if type(returned) is not tuple or len(returned) != 2:
-            raise TypeError(f"{step!r} must return (responses, notes) when its calls are done, "
-                            f"returned {_describe(returned)}")
+            raise TypeError(
+                f"{step!r} must return (responses, notes) when its calls are done, "
+                f"returned {_describe(returned)}"
+            )
         out, notes = returned
         if type(out) is not list or not all(type(r) is str for r in out):
-            raise TypeError(f"{step!r}.combine must return a list of str as its responses, "
-                            f"returned {_describe(out)}")
+            raise TypeError(
+                f"{step!r}.combine must return a list of str as its responses, "
+                f"returned {_describe(out)}"
+            )
         notes = list(notes)
         if self.failed:
-            notes.append(f"{self.failed} of {len(calls)} calls failed; the step went on with "
-                         f"{len(calls) - self.failed - self.cancelled}")
+            notes.append(
+                f"{self.failed} of {len(calls)} calls failed; the step went on with "
+                f"{len(calls) - self.failed - self.cancelled}"
+            )
         notes.extend(self.notes)
         hits = sum(c.cached for c in calls)
         if hits:
             notes.append(f"{hits} of {len(calls)} answers came from the cache")
         if self.responses and not out:
             self.br.emptied_by = f"{step!r} at path {self.path}"
-        _record(self.walk, self.br, StepRecord(repr(step), self.path, "llm",
-                                              tuple(self.responses), tuple(out), tuple(calls),
-                                              tuple(notes), monotonic() - self.start))
+        _record(
+            self.walk,
+            self.br,
+            StepRecord(
+                repr(step),
+                self.path,
+                "llm",
+                tuple(self.responses),
+                tuple(out),
+                tuple(calls),
+                tuple(notes),
+                monotonic() - self.start,
+            ),
+        )
         return out
 
 
 def _check_requests(step: LLMStep, requests: object) -> None:
     if type(requests) is not list or not all(type(r) is Request for r in requests):
-        raise TypeError(f"{step!r} must ask for a list of moa.Request in each round, "
-                        f"asked for {_describe(requests)}")
+        raise TypeError(
+            f"{step!r} must ask for a list of moa.Request in each round, "
+            f"asked for {_describe(requests)}"
+        )
     if len(requests) > MAX_CALLS:
-        raise StepFailedError(f"{step!r} asks for {len(requests):,} calls in one round, more "
-                              f"than moa makes for one step ({MAX_CALLS:,})", step=repr(step))
+        raise StepFailedError(
+            f"{step!r} asks for {len(requests):,} calls in one round, more "
+            f"than moa makes for one step ({MAX_CALLS:,})",
+            step=repr(step),
+        )
     for req in requests:
         size = sum(len(m["content"]) for m in req.messages)
         if size > MAX_REQUEST_CHARS:
@@ -342,11 +424,13 @@ def _check_requests(step: LLMStep, requests: object) -> None:
                 f"{step!r} would send {size:,} characters to {req.model} in one call, more than "
                 f"moa sends in one request ({MAX_REQUEST_CHARS:,}); cut the responses down "
                 f"first (Take, Sample, Map) or aggregate them in rounds (AggregateSeq)",
-                step=repr(step))
+                step=repr(step),
+            )
 
 
-def _advance(step: LLMStep, path: tuple[int, ...], plan: Any, replies: list[str | None] | None
-             ) -> tuple[list[Request] | None, Any]:
+def _advance(
+    step: LLMStep, path: tuple[int, ...], plan: Any, replies: list[str | None] | None
+) -> tuple[list[Request] | None, Any]:
     """The plan's next round of requests, or (None, what it returned) when it is done."""
     try:
         requests = plan.send(replies)
@@ -370,8 +454,10 @@ def _grouped_errors(records: list[CallRecord]) -> str:
     for c in records:
         if c.error:
             counts[c.model, c.error] = counts.get((c.model, c.error), 0) + 1
-    return "; ".join(f"{n} of {len(records)} calls to {model}: {error}" if n > 1
-                     else f"{model}: {error}" for (model, error), n in counts.items())
+    return "; ".join(
+        f"{n} of {len(records)} calls to {model}: {error}" if n > 1 else f"{model}: {error}"
+        for (model, error), n in counts.items()
+    )
 
 
 # -- one round of calls --------------------------------------------------------------------------
@@ -387,20 +473,32 @@ def _sample_indices(requests: list[Request], seen: dict[tuple[Any, ...], int]) -
     return out
 
 
-def _sites(run: Walk, path: tuple[int, ...], requests: list[Request], offset: int,
-           seen: dict[tuple[Any, ...], int]) -> tuple[list[Request], list[Site]]:
+def _sites(
+    run: Walk,
+    path: tuple[int, ...],
+    requests: list[Request],
+    offset: int,
+    seen: dict[tuple[Any, ...], int],
+) -> tuple[list[Request], list[Site]]:
     """Where each call sits, with its sample index, and the requests with their seeds when
     the client takes one."""
     samples = _sample_indices(requests, seen)
     if run.seeded:
-        requests = [dataclasses.replace(r, seed=call_seed(run.seed, path, r, n))
-                    for r, n in zip(requests, samples)]
+        requests = [
+            dataclasses.replace(r, seed=call_seed(run.seed, path, r, n))
+            for r, n in zip(requests, samples, strict=False)
+        ]
     return requests, [(path, offset + i, n) for i, n in enumerate(samples)]
 
 
-async def _round(run: Walk, step: LLMStep, path: tuple[int, ...], requests: list[Request],
-                 offset: int, seen: dict[tuple[Any, ...], int]
-                 ) -> tuple[list[CallRecord], BaseException | None]:
+async def _round(
+    run: Walk,
+    step: LLMStep,
+    path: tuple[int, ...],
+    requests: list[Request],
+    offset: int,
+    seen: dict[tuple[Any, ...], int],
+) -> tuple[list[CallRecord], BaseException | None]:
     """One round of a step's calls: those answered at once first (a cache's), then the rest
     concurrently (until the quorum, if the step has one). Records come back in request
     order, with the first error the step must raise."""
@@ -425,6 +523,7 @@ async def _round(run: Walk, step: LLMStep, path: tuple[int, ...], requests: list
     if len(todo) == 1 and (enough is None or enough > 0):
         results[todo[0]] = await calls.call(requests[todo[0]], sites[todo[0]])
     elif todo and enough is None:
+
         async def one(i: int) -> None:
             results[i] = await calls.call(requests[i], sites[i])
 
@@ -437,8 +536,9 @@ async def _round(run: Walk, step: LLMStep, path: tuple[int, ...], requests: list
     return [r for r, _ in done], next((e for _, e in done if e is not None), None)
 
 
-async def _plain_round(calls: Calls, path: tuple[int, ...], requests: list[Request],
-                       offset: int) -> tuple[list[CallRecord], BaseException | None]:
+async def _plain_round(
+    calls: Calls, path: tuple[int, ...], requests: list[Request], offset: int
+) -> tuple[list[CallRecord], BaseException | None]:
     call = calls.call
     if len(requests) == 1:
         rec, fatal = await call(requests[0], (path, offset, None))
@@ -454,8 +554,14 @@ async def _plain_round(calls: Calls, path: tuple[int, ...], requests: list[Reque
     return [r for r, _ in results], next((e for _, e in results if e is not None), None)
 
 
-async def _quorum(calls: Calls, requests: list[Request], sites: list[Site], todo: list[int],
-                  results: list[Outcome | None], enough: int) -> None:
+async def _quorum(
+    calls: Calls,
+    requests: list[Request],
+    sites: list[Site],
+    todo: list[int],
+    results: list[Outcome | None],
+    enough: int,
+) -> None:
     """Runs the calls ``todo`` until ``enough`` of them have answered; the rest are cancelled
     and recorded as cancelled (as never sent, ``attempts=0``, when answers served at once had
     met the quorum already)."""
@@ -478,8 +584,16 @@ async def _quorum(calls: Calls, requests: list[Request], sites: list[Site], todo
     now = monotonic()
     for i in todo:
         if results[i] is None:
-            rec = record(requests[i], None, None, None, 1 if enough > 0 else 0, None,
-                         now - starts[i] if starts[i] else 0.0, True)
+            rec = record(
+                requests[i],
+                None,
+                None,
+                None,
+                1 if enough > 0 else 0,
+                None,
+                now - starts[i] if starts[i] else 0.0,
+                True,
+            )
             results[i] = (rec, None)
             if calls.finished is not None:
                 calls.finished(sites[i], rec)

@@ -9,12 +9,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from ._cost import Cost, Prices
+from ._cost import Cost, Prices, cost
 
-__all__ = ("CallRecord", "StepRecord", "History")
+__all__ = ("CallRecord", "History", "StepRecord")
 
 
 _SEED_CALL_NAMES = {"in_tokens": "input_tokens", "out_tokens": "output_tokens", "time": "latency"}
@@ -23,13 +22,18 @@ _REQUIRED = object()
 _NUMBER = (int, float)
 
 
-def _get(d: Any, key: str, kinds: type | tuple[type, ...], where: str,
-         default: Any = _REQUIRED, optional: bool = False) -> Any:
+def _get(
+    d: Any,
+    key: str,
+    kinds: type | tuple[type, ...],
+    where: str,
+    default: Any = _REQUIRED,
+    optional: bool = False,
+) -> Any:
     """``d[key]``, checked to be one of ``kinds`` (None allowed when ``optional``): a saved
     history from a file is input, and a malformed one is a ValueError naming the field."""
     if not isinstance(d, Mapping):
-        raise ValueError(f"not a moa history: {where} must be an object, got "
-                         f"{type(d).__name__}")
+        raise ValueError(f"not a moa history: {where} must be an object, got {type(d).__name__}")
     if key not in d:
         if default is _REQUIRED:
             raise ValueError(f"not a moa history: {where} has no {key!r}")
@@ -41,8 +45,10 @@ def _get(d: Any, key: str, kinds: type | tuple[type, ...], where: str,
     # bool is an int to isinstance, but true/false is not a count or a number here
     if not isinstance(value, kinds) or (type(value) is bool and bool not in kinds):
         names = " or ".join(k.__name__ for k in kinds)
-        raise ValueError(f"not a moa history: {where}.{key} must be {names}"
-                         f"{' or null' if optional else ''}, got {type(value).__name__}")
+        raise ValueError(
+            f"not a moa history: {where}.{key} must be {names}"
+            f"{' or null' if optional else ''}, got {type(value).__name__}"
+        )
     return value
 
 
@@ -51,7 +57,19 @@ def _strings(d: Any, key: str, where: str) -> tuple[str, ...]:
     if not all(isinstance(x, str) for x in items):
         raise ValueError(f"not a moa history: {where}.{key} must be a list of str")
     return tuple(items)
-_STEP_KEYS = ("step", "outputs", "llm_calls", "step_time", "calls", "notes", "path", "inputs", "kind")
+
+
+_STEP_KEYS = (
+    "step",
+    "outputs",
+    "llm_calls",
+    "step_time",
+    "calls",
+    "notes",
+    "path",
+    "inputs",
+    "kind",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,20 +148,31 @@ class CallRecord:
         msgs = []
         for i, m in enumerate(_get(d, "messages", list, where)):
             at = f"{where}.messages[{i}]"
-            msgs.append(MappingProxyType({"role": _get(m, "role", str, at),
-                                          "content": _get(m, "content", str, at)}))
+            msgs.append(
+                MappingProxyType(
+                    {"role": _get(m, "role", str, at), "content": _get(m, "content", str, at)}
+                )
+            )
         return cls(
-            _get(d, "model", str, where), tuple(msgs), _get(d, "temp", _NUMBER, where),
-            _get(d, "max_tokens", int, where), _get(d, "text", str, where, optional=True),
+            _get(d, "model", str, where),
+            tuple(msgs),
+            _get(d, "temp", _NUMBER, where),
+            _get(d, "max_tokens", int, where),
+            _get(d, "text", str, where, optional=True),
             _get(d, "input_tokens", int, where, optional=True),
             _get(d, "output_tokens", int, where, optional=True),
-            _get(d, "attempts", int, where), _get(d, "error", str, where, None, optional=True),
-            _get(d, "latency", _NUMBER, where, 0.0), _get(d, "cancelled", bool, where, False),
-            tuple(cls.from_dict(h, f"{where}.hedges[{i}]")
-                  for i, h in enumerate(_get(d, "hedges", list, where, []))),
+            _get(d, "attempts", int, where),
+            _get(d, "error", str, where, None, optional=True),
+            _get(d, "latency", _NUMBER, where, 0.0),
+            _get(d, "cancelled", bool, where, False),
+            tuple(
+                cls.from_dict(h, f"{where}.hedges[{i}]")
+                for i, h in enumerate(_get(d, "hedges", list, where, []))
+            ),
             _get(d, "cached", bool, where, False),
             _get(d, "agent", str, where, None, optional=True),
-            _get(d, "seed", int, where, None, optional=True))
+            _get(d, "seed", int, where, None, optional=True),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,12 +230,19 @@ class StepRecord:
         path = _get(d, "path", list, where)
         if not all(type(p) is int for p in path):
             raise ValueError(f"not a moa history: {where}.path must be a list of int")
-        return cls(_get(d, "step", str, where), tuple(path), _get(d, "kind", str, where),
-                   _strings(d, "inputs", where), _strings(d, "outputs", where),
-                   tuple(CallRecord.from_dict(c, f"{where}.calls[{i}]")
-                         for i, c in enumerate(_get(d, "calls", list, where))),
-                   _strings(d, "notes", where) if "notes" in d else (),
-                   _get(d, "duration", _NUMBER, where, 0.0))
+        return cls(
+            _get(d, "step", str, where),
+            tuple(path),
+            _get(d, "kind", str, where),
+            _strings(d, "inputs", where),
+            _strings(d, "outputs", where),
+            tuple(
+                CallRecord.from_dict(c, f"{where}.calls[{i}]")
+                for i, c in enumerate(_get(d, "calls", list, where))
+            ),
+            _strings(d, "notes", where) if "notes" in d else (),
+            _get(d, "duration", _NUMBER, where, 0.0),
+        )
 
 
 def _sum_known(values: Iterator[int | None]) -> int | None:
@@ -234,8 +270,10 @@ def spent_tokens(calls: Iterable[CallRecord]) -> tuple[int | None, int | None]:
     """Input and output tokens spent on ``calls``, as :attr:`History.input_tokens` counts
     them: answered calls and hedges, cached answers left out; None where any is unknown."""
     calls = tuple(calls)
-    return (_sum_known(c.input_tokens for c in _spent(calls)),
-            _sum_known(c.output_tokens for c in _spent(calls)))
+    return (
+        _sum_known(c.input_tokens for c in _spent(calls)),
+        _sum_known(c.output_tokens for c in _spent(calls)),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,8 +339,6 @@ class History:
     def cost(self, prices: Prices | None = None) -> Cost:
         """What the run cost in US dollars under ``prices`` (default: ``moa.DEFAULT_PRICES``);
         models without a price are reported as unknown, never as free."""
-        from ._cost import cost
-
         return cost(self, prices)
 
     def to_dict(self) -> dict[str, Any]:
@@ -328,8 +364,13 @@ class History:
         """The history :meth:`to_dict` wrote (a saved run, e.g. ``moa run --json``'s file):
         ``History.from_dict(h.to_dict()) == h``. A malformed one (a field missing or of the
         wrong type) raises ValueError naming the field."""
-        return cls(_get(d, "prompt", str, "history"), _get(d, "seed", int, "history"),
-                   tuple(StepRecord.from_dict(s, f"steps[{i}]")
-                         for i, s in enumerate(_get(d, "steps", list, "history"))),
-                   _strings(d, "outputs", "history"),
-                   _get(d, "wall_time", _NUMBER, "history", 0.0))
+        return cls(
+            _get(d, "prompt", str, "history"),
+            _get(d, "seed", int, "history"),
+            tuple(
+                StepRecord.from_dict(s, f"steps[{i}]")
+                for i, s in enumerate(_get(d, "steps", list, "history"))
+            ),
+            _strings(d, "outputs", "history"),
+            _get(d, "wall_time", _NUMBER, "history", 0.0),
+        )

@@ -19,16 +19,21 @@ import anyio
 
 from ._bounds import safe_repr
 
-__all__ = ("ModelLimit", "Limits")
+__all__ = ("Limits", "ModelLimit")
 
 
 def _positive(owner: str, name: str, value: object, kind: type = int) -> None:
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int) \
-            or not 0 < value <= sys.float_info.max:  # finite; an int past any float is not
-        raise ValueError(f"{owner}({name}=...): {name} must be "
-                         f"{'a number' if kind is float else 'an int'} > 0 or None, got {safe_repr(value)}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float) if kind is float else int)
+        or not 0 < value <= sys.float_info.max
+    ):  # finite; an int past any float is not
+        raise ValueError(
+            f"{owner}({name}=...): {name} must be "
+            f"{'a number' if kind is float else 'an int'} > 0 or None, got {safe_repr(value)}"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +56,7 @@ class _Bucket:
     worth. Takers queue in order; usage learned after the fact may drive it below zero, and
     later takers then wait for the debt to clear."""
 
-    __slots__ = ("rate", "capacity", "level", "stamp", "lock")
+    __slots__ = ("capacity", "level", "lock", "rate", "stamp")
 
     def __init__(self, per_minute: float) -> None:
         self.rate = per_minute / 60.0
@@ -87,7 +92,7 @@ class _Bucket:
 class _Gate:
     """One model's run-time limit state."""
 
-    __slots__ = ("limiter", "requests", "tokens", "paused_until")
+    __slots__ = ("limiter", "paused_until", "requests", "tokens")
 
     def __init__(self, limit: ModelLimit) -> None:
         self.limiter = anyio.CapacityLimiter(limit.concurrency) if limit.concurrency else None
@@ -131,22 +136,32 @@ class Limits:
     ``run_many`` shares one across its runs). ``per_model`` maps a model name to its
     ``ModelLimit``; ``default`` applies to every other model (None: unlimited)."""
 
-    def __init__(self, per_model: Mapping[str, ModelLimit] | None = None, *,
-                 default: ModelLimit | None = None) -> None:
+    def __init__(
+        self,
+        per_model: Mapping[str, ModelLimit] | None = None,
+        *,
+        default: ModelLimit | None = None,
+    ) -> None:
         if per_model is not None and not isinstance(per_model, Mapping):
-            raise TypeError(f"Limits(per_model): per_model must be a mapping of model name to "
-                            f"moa.ModelLimit, e.g. {{'gpt-4o': ModelLimit(rpm=500)}}, not "
-                            f"{type(per_model).__name__}")
+            raise TypeError(
+                f"Limits(per_model): per_model must be a mapping of model name to "
+                f"moa.ModelLimit, e.g. {{'gpt-4o': ModelLimit(rpm=500)}}, not "
+                f"{type(per_model).__name__}"
+            )
         per_model = dict(per_model or {})
         for name, limit in per_model.items():
             if not isinstance(name, str) or not name:
                 raise TypeError(f"Limits: model names must be non-empty str, got {safe_repr(name)}")
             if not isinstance(limit, ModelLimit):
-                raise TypeError(f"Limits: the limit for {name!r} must be a moa.ModelLimit, "
-                                f"got {safe_repr(limit)}")
+                raise TypeError(
+                    f"Limits: the limit for {name!r} must be a moa.ModelLimit, "
+                    f"got {safe_repr(limit)}"
+                )
         if default is not None and not isinstance(default, ModelLimit):
-            raise TypeError(f"Limits(default=...): default must be a moa.ModelLimit or None, "
-                            f"got {safe_repr(default)}")
+            raise TypeError(
+                f"Limits(default=...): default must be a moa.ModelLimit or None, "
+                f"got {safe_repr(default)}"
+            )
         self.per_model = per_model
         self.default = default
         self._gates: dict[str, _Gate | None] = {}

@@ -12,32 +12,32 @@ import random
 import re
 import sys
 from collections import Counter
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import ClassVar, Mapping
+from typing import ClassVar
 
 from ._agent import AgentLike, agent_of
 from ._bounds import MAX_CALLS, MAX_COUNT, check_int, safe_repr
 from ._pipeline import Step, _describe
 
 __all__ = (
-    "LLMStep",
-    "Request",
-    "Propose",
-    "Synthesize",
+    "DEFAULT_MAX_TOKENS",
+    "DEFAULT_TEMP",
     "Aggregate",
-    "Refine",
-    "Rank",
-    "Vote",
-    "Pick",
     "AggregateSeq",
-    "parse_ranking",
-    "parse_pick",
+    "LLMStep",
+    "Pick",
+    "Propose",
+    "Rank",
+    "Refine",
+    "Request",
+    "Synthesize",
+    "Vote",
     "messages",
     "numbered",
-    "DEFAULT_TEMP",
-    "DEFAULT_MAX_TOKENS",
+    "parse_pick",
+    "parse_ranking",
 )
 
 DEFAULT_TEMP = 0.7
@@ -111,8 +111,9 @@ def _with_responses(instruction: str, prompt: str, responses: Sequence[str]) -> 
     )
 
 
-def ask(agent: AgentLike, msgs: tuple[Message, ...], temp: float, max_tokens: int,
-        final: bool = False) -> Request:
+def ask(
+    agent: AgentLike, msgs: tuple[Message, ...], temp: float, max_tokens: int, final: bool = False
+) -> Request:
     """The request ``agent`` makes with the step's messages and settings: an :class:`Agent`'s
     own ``temp`` and ``max_tokens`` replace the step's, and its ``system`` persona goes first
     in the system message (a system message of its own when the step has none)."""
@@ -120,13 +121,20 @@ def ask(agent: AgentLike, msgs: tuple[Message, ...], temp: float, max_tokens: in
         return Request(agent, msgs, temp, max_tokens, final)
     if agent.system is not None:
         if msgs and msgs[0]["role"] == "system":
-            msgs = messages(("system", f"{agent.system}\n\n{msgs[0]['content']}"),
-                            *((m["role"], m["content"]) for m in msgs[1:]))
+            msgs = messages(
+                ("system", f"{agent.system}\n\n{msgs[0]['content']}"),
+                *((m["role"], m["content"]) for m in msgs[1:]),
+            )
         else:
             msgs = messages(("system", agent.system), *((m["role"], m["content"]) for m in msgs))
-    return Request(agent.model, msgs, temp if agent.temp is None else agent.temp,
-                   max_tokens if agent.max_tokens is None else agent.max_tokens, final,
-                   agent.label)
+    return Request(
+        agent.model,
+        msgs,
+        temp if agent.temp is None else agent.temp,
+        max_tokens if agent.max_tokens is None else agent.max_tokens,
+        final,
+        agent.label,
+    )
 
 
 # -- validation, at construction ----------------------------------------------------------------
@@ -134,8 +142,9 @@ def _check_agent(step: str, agent: object) -> AgentLike:
     if isinstance(agent, (list, tuple)):
         raise TypeError(
             f"{step}(agent): takes one model name, not a list; for several models use "
-            f"Propose/Synthesize/Refine, or pick one: {step}({safe_repr(agent[0])})" if agent else
-            f"{step}(agent): takes one model name, not an empty list"
+            f"Propose/Synthesize/Refine, or pick one: {step}({safe_repr(agent[0])})"
+            if agent
+            else f"{step}(agent): takes one model name, not an empty list"
         )
     return agent_of(step, agent, "agent")
 
@@ -147,33 +156,44 @@ def _agents(step: str, agents: object) -> tuple[AgentLike, ...]:
             f"did you mean {step}([{safe_repr(agents)}])?"
         )
     if not isinstance(agents, (list, tuple)):
-        raise TypeError(f"{step}(agents): agents must be a list of model names, not {_describe(agents)}")
+        raise TypeError(
+            f"{step}(agents): agents must be a list of model names, not {_describe(agents)}"
+        )
     if not agents:
         raise ValueError(f"{step}(agents): agents must name at least one model, got []")
     if len(agents) > MAX_CALLS:
-        raise ValueError(f"{step}(agents): a step calls at most {MAX_CALLS:,} agents, got "
-                         f"{len(agents):,}")
+        raise ValueError(
+            f"{step}(agents): a step calls at most {MAX_CALLS:,} agents, got {len(agents):,}"
+        )
     return tuple(agent_of(step, a, "agents") for a in agents)
 
 
 def _check_sampling(step: str, temp: object, max_tokens: object, prompt: object) -> None:
     # Compared with the largest float, an int too large to be a float (whose repr Python
     # may refuse) is out of range too.
-    if (isinstance(temp, bool) or not isinstance(temp, (int, float))
-            or not 0 <= temp <= sys.float_info.max):
-        raise ValueError(f"{step}(temp=...): temp must be a finite number >= 0, "
-                         f"got {safe_repr(temp)}")
+    if (
+        isinstance(temp, bool)
+        or not isinstance(temp, (int, float))
+        or not 0 <= temp <= sys.float_info.max
+    ):
+        raise ValueError(
+            f"{step}(temp=...): temp must be a finite number >= 0, got {safe_repr(temp)}"
+        )
     check_int(step, "max_tokens", max_tokens, 1, MAX_COUNT)
     if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()):
-        raise ValueError(f"{step}(prompt=...): prompt must be a non-empty str or None for the "
-                         f"default, got {safe_repr(prompt)}")
+        raise ValueError(
+            f"{step}(prompt=...): prompt must be a non-empty str or None for the "
+            f"default, got {safe_repr(prompt)}"
+        )
 
 
 def _check_min_success(step: str, min_success: object, most: int | None) -> None:
     check_int(step, "min_success", min_success, 1, MAX_CALLS)
     if most is not None and min_success > most:  # type: ignore[operator]
-        raise ValueError(f"{step}(min_success=...): min_success={min_success} exceeds the "
-                         f"{most} agents, so the step could never succeed")
+        raise ValueError(
+            f"{step}(min_success=...): min_success={min_success} exceeds the "
+            f"{most} agents, so the step could never succeed"
+        )
 
 
 def _check_quorum(step: str, quorum: object, min_success: int, most: int | None) -> None:
@@ -184,8 +204,10 @@ def _check_quorum(step: str, quorum: object, min_success: int, most: int | None)
     if most is not None and quorum > most:
         raise ValueError(f"{step}(quorum=...): quorum={quorum} exceeds the {most} agents")
     if quorum < min_success:
-        raise ValueError(f"{step}(quorum=...): quorum={quorum} is below min_success="
-                         f"{min_success}, so the step would stop before it could succeed")
+        raise ValueError(
+            f"{step}(quorum=...): quorum={quorum} is below min_success="
+            f"{min_success}, so the step would stop before it could succeed"
+        )
 
 
 class LLMStep(Step):
@@ -229,8 +251,9 @@ class LLMStep(Step):
         replies in request order; a reply is None where its call failed."""
         raise NotImplementedError
 
-    def plan(self, prompt: str, responses: list[str], rng: random.Random
-             ) -> Generator[list[Request], list[str | None], tuple[list[str], list[str]]]:
+    def plan(
+        self, prompt: str, responses: list[str], rng: random.Random
+    ) -> Generator[list[Request], list[str | None], tuple[list[str], list[str]]]:
         """The step's calls as rounds: a generator that yields each round's requests, is sent
         that round's replies (None where a call failed or was cancelled), and returns
         ``(responses, notes)``. The default is one round, :meth:`requests` then :meth:`combine`.
@@ -333,8 +356,10 @@ class Refine(_MultiAgent):
         return [
             ask(
                 agents[i % len(agents)],
-                messages(("system", instruction),
-                         ("user", f"Question:\n{prompt}\n\nResponse to improve:\n{text}")),
+                messages(
+                    ("system", instruction),
+                    ("user", f"Question:\n{prompt}\n\nResponse to improve:\n{text}"),
+                ),
                 self.temp,
                 self.max_tokens,
             )
@@ -355,8 +380,15 @@ class _Judge(LLMStep):
 
     def requests(self, prompt: str, responses: list[str]) -> list[Request]:
         msgs = _with_responses(self._instruction(), prompt, responses)
-        return [ask(self.agent, msgs, self.temp, self.max_tokens,  # type: ignore[attr-defined]
-                    self._reply_is_output)]
+        return [
+            ask(
+                self.agent,
+                msgs,
+                self.temp,
+                self.max_tokens,  # type: ignore[attr-defined]
+                self._reply_is_output,
+            )
+        ]
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -404,26 +436,35 @@ class Vote(_Judge):
     def __post_init__(self) -> None:
         if self.extract is None:
             if self.agent is None:
-                raise TypeError("Vote(...) needs a judge model, Vote('judge'), or an answer "
-                                "extractor, Vote(extract=r'\\d+') (a regex or a function)")
+                raise TypeError(
+                    "Vote(...) needs a judge model, Vote('judge'), or an answer "
+                    "extractor, Vote(extract=r'\\d+') (a regex or a function)"
+                )
             object.__setattr__(self, "agent", _check_agent("Vote", self.agent))
         else:
             if self.agent is not None:
-                raise TypeError("Vote(agent, extract=...): give a judge model or an extractor, "
-                                "not both; Vote(extract=...) makes no model call")
+                raise TypeError(
+                    "Vote(agent, extract=...): give a judge model or an extractor, "
+                    "not both; Vote(extract=...) makes no model call"
+                )
             if self.prompt is not None:
-                raise TypeError("Vote(extract=..., prompt=...): prompt is the judge's "
-                                "instruction, and Vote(extract=...) has no judge")
+                raise TypeError(
+                    "Vote(extract=..., prompt=...): prompt is the judge's "
+                    "instruction, and Vote(extract=...) has no judge"
+                )
             if isinstance(self.extract, str):
                 try:
                     re.compile(self.extract)
                 except (re.error, OverflowError, RecursionError) as exc:
                     # a{4294967296} overflows the compiler; 2,000 nested groups recurse
-                    raise ValueError(f"Vote(extract=...): {safe_repr(self.extract)} is not a "
-                                     f"valid regex: {exc}") from None
+                    raise ValueError(
+                        f"Vote(extract=...): {safe_repr(self.extract)} is not a valid regex: {exc}"
+                    ) from None
             elif not callable(self.extract):
-                raise TypeError(f"Vote(extract=...): extract must be a regex str or a function "
-                                f"str -> str | None, not {_describe(self.extract)}")
+                raise TypeError(
+                    f"Vote(extract=...): extract must be a regex str or a function "
+                    f"str -> str | None, not {_describe(self.extract)}"
+                )
         _check_sampling("Vote", self.temp, self.max_tokens, self.prompt)
 
     def __repr__(self) -> str:
@@ -437,15 +478,17 @@ class Vote(_Judge):
         if callable(self.extract):
             answer = self.extract(text)
             if answer is not None and not isinstance(answer, str):
-                raise TypeError(f"{self!r}: extract must return a str or None, "
-                                f"returned {_describe(answer)}")
+                raise TypeError(
+                    f"{self!r}: extract must return a str or None, returned {_describe(answer)}"
+                )
             return answer or None  # "" is no answer
         # The last match that found something: a pattern that can match "" (r"\d*") matches
         # emptily everywhere, and an empty answer is no answer. With groups, the answer is the
         # first group that took part (r"answer: (\d+)|(\d+)$" reads either).
         for match in reversed(list(re.finditer(self.extract, text))):  # type: ignore[arg-type]
-            answer = (next((g for g in match.groups() if g), None) if match.re.groups
-                      else match.group())
+            answer = (
+                next((g for g in match.groups() if g), None) if match.re.groups else match.group()
+            )
             if answer:
                 return answer
         return None
@@ -456,15 +499,22 @@ class Vote(_Judge):
         answers = [self._answer(r) for r in responses]
         counts = Counter(a for a in answers if a is not None)
         if not counts:
-            return [responses[0]], [f"Vote: no answer could be extracted from any of the "
-                                    f"{len(responses)} responses; kept the first"]
+            return [responses[0]], [
+                f"Vote: no answer could be extracted from any of the "
+                f"{len(responses)} responses; kept the first"
+            ]
         top = max(counts.values())
         tied = sorted(a for a, c in counts.items() if c == top)
         winner = tied[0] if len(tied) == 1 else rng.choice(tied)
-        note = (f"Vote: {winner!r} from {top} of {len(responses)} responses"
-                + (f" (a tie with {', '.join(repr(t) for t in tied if t != winner)}, broken "
-                   f"at random)" if len(tied) > 1 else "")
-                + (f"; {answers.count(None)} had no answer" if None in answers else ""))
+        note = (
+            f"Vote: {winner!r} from {top} of {len(responses)} responses"
+            + (
+                f" (a tie with {', '.join(repr(t) for t in tied if t != winner)}, broken at random)"
+                if len(tied) > 1
+                else ""
+            )
+            + (f"; {answers.count(None)} had no answer" if None in answers else "")
+        )
         return [responses[answers.index(winner)]], [note]
 
     def combine(self, prompt, responses, replies):  # type: ignore[no-untyped-def]
@@ -509,28 +559,39 @@ class Pick(LLMStep):
             return list(responses), ["Pick: one response, nothing to pick from"]
         base = rng.sample(range(n), n)
         # Rotations of one random order: over n asks each response takes every position once.
-        orders = [base[k * n // self.times % n:] + base[:k * n // self.times % n]
-                  for k in range(self.times)]
+        orders = [
+            base[k * n // self.times % n :] + base[: k * n // self.times % n]
+            for k in range(self.times)
+        ]
         instruction = self.prompt or PICK_PROMPT
-        replies = yield [ask(self.agent, _pick_messages(instruction, prompt,
-                                                        [responses[i] for i in o]),
-                             self.temp, self.max_tokens) for o in orders]
+        replies = yield [
+            ask(
+                self.agent,
+                _pick_messages(instruction, prompt, [responses[i] for i in o]),
+                self.temp,
+                self.max_tokens,
+            )
+            for o in orders
+        ]
         picks = []
-        for order, reply in zip(orders, replies):
+        for order, reply in zip(orders, replies, strict=False):
             named = parse_pick(reply, n) if reply is not None else None
             picks.append(None if named is None else order[named])
         counts = Counter(p for p in picks if p is not None)
         shown = ", ".join("-" if p is None else str(p + 1) for p in picks)
         if not counts:
-            return [responses[0]], [f"Pick: no response number could be read from the judge's "
-                                    f"replies ({shown}); kept the first response"]
+            return [responses[0]], [
+                f"Pick: no response number could be read from the judge's "
+                f"replies ({shown}); kept the first response"
+            ]
         top = max(counts.values())
         tied = sorted(i for i, c in counts.items() if c == top)
         winner = tied[0] if len(tied) == 1 else rng.choice(tied)
         return [responses[winner]], [
             f"Pick: picks {shown} (response numbers in the current order) over {self.times} "
             f"orders; kept response {winner + 1} with {top} of {len(picks)}"
-            + (" (a tie, broken at random)" if len(tied) > 1 else "")]
+            + (" (a tie, broken at random)" if len(tied) > 1 else "")
+        ]
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -558,8 +619,10 @@ class AggregateSeq(LLMStep):
         check_int("AggregateSeq", "window", self.window, 2, MAX_CALLS)
         check_int("AggregateSeq", "reserved", self.reserved, 1, MAX_CALLS)
         if self.reserved >= self.window:
-            raise ValueError(f"AggregateSeq(window={self.window}, reserved={self.reserved}): "
-                             f"reserved must be below window, so each round reads a new response")
+            raise ValueError(
+                f"AggregateSeq(window={self.window}, reserved={self.reserved}): "
+                f"reserved must be below window, so each round reads a new response"
+            )
         _check_sampling("AggregateSeq", self.temp, self.max_tokens, self.prompt)
 
     def plan(self, prompt, responses, rng):  # type: ignore[no-untyped-def]
@@ -568,18 +631,29 @@ class AggregateSeq(LLMStep):
         notes = []
         start = 0
         while start < len(responses):
-            kept = syntheses[-self.reserved:] if syntheses else []
+            kept = syntheses[-self.reserved :] if syntheses else []
             take = self.window - len(kept)
-            batch = responses[start:start + take]
-            notes.append(f"round {len(notes) + 1}: "
-                         + (f"{len(kept)} synthesis(es) + " if kept else "")
-                         + f"responses {start + 1}-{start + len(batch)}")
+            batch = responses[start : start + take]
+            notes.append(
+                f"round {len(notes) + 1}: "
+                + (f"{len(kept)} synthesis(es) + " if kept else "")
+                + f"responses {start + 1}-{start + len(batch)}"
+            )
             last = start + len(batch) >= len(responses)
-            replies = yield [ask(self.agent, _with_responses(instruction, prompt, kept + batch),
-                                 self.temp, self.max_tokens, last)]
+            replies = yield [
+                ask(
+                    self.agent,
+                    _with_responses(instruction, prompt, kept + batch),
+                    self.temp,
+                    self.max_tokens,
+                    last,
+                )
+            ]
             syntheses.append(replies[0])
             start += len(batch)
         return [syntheses[-1]], notes
+
+
 @dataclass(frozen=True, slots=True, repr=False)
 class Rank(_Judge):
     """A judge orders the responses; the best ``n`` are kept verbatim, in the judge's order.
@@ -618,8 +692,10 @@ class Rank(_Judge):
             ]
         notes = []
         if len(order) < want:
-            notes.append(f"Rank: the judge named {len(order)} of the {want} responses asked "
-                         f"for; kept only those")
+            notes.append(
+                f"Rank: the judge named {len(order)} of the {want} responses asked "
+                f"for; kept only those"
+            )
         return [responses[i] for i in order], notes
 
 
@@ -631,14 +707,16 @@ _NUMBER_RUN = re.compile(
 )
 
 
-def _pick_messages(instruction: str, prompt: str, responses: Sequence[str]
-                   ) -> tuple[Message, ...]:
+def _pick_messages(instruction: str, prompt: str, responses: Sequence[str]) -> tuple[Message, ...]:
     # The ask comes last, after the question: a small judge answers whatever it read last, and
     # with the question last it answers the question instead of naming a response.
     return messages(
         ("system", instruction),
-        ("user", f"{numbered(responses)}\n\nQuestion:\n{prompt}\n\nWhich response answers the "
-                 f"question best? Reply with its number (1-{len(responses)}) only."),
+        (
+            "user",
+            f"{numbered(responses)}\n\nQuestion:\n{prompt}\n\nWhich response answers the "
+            f"question best? Reply with its number (1-{len(responses)}) only.",
+        ),
     )
 
 
@@ -668,8 +746,7 @@ def parse_ranking(text: str, count: int) -> list[int]:
     repeats are ignored. An empty list means nothing could be read.
     """
     refs = _valid(_REFERENCE.findall(text), count)
-    runs = [_valid(re.findall(_ALONE, m.group()), count)
-            for m in _NUMBER_RUN.finditer(text)]
+    runs = [_valid(re.findall(_ALONE, m.group()), count) for m in _NUMBER_RUN.finditer(text)]
     longest = max(runs, key=len, default=[])
     return refs if len(refs) >= len(longest) else longest
 

@@ -23,46 +23,83 @@ from ._pipeline import Parallel, Pipeline, Step
 from ._transforms import Dropout, Sample, Shuffle, Take
 from .errors import MoaError
 
-__all__ = ("parse_pipeline", "PipelineSyntaxError")
+__all__ = ("PipelineSyntaxError", "parse_pipeline")
 
 #: The names an expression may call.
 STEPS: dict[str, type] = {
     cls.__name__: cls
-    for cls in (Propose, Synthesize, Aggregate, AggregateSeq, Refine, Rank, Vote, Pick,
-                Shuffle, Dropout, Sample, Take, Pipeline, Parallel)
+    for cls in (
+        Propose,
+        Synthesize,
+        Aggregate,
+        AggregateSeq,
+        Refine,
+        Rank,
+        Vote,
+        Pick,
+        Shuffle,
+        Dropout,
+        Sample,
+        Take,
+        Pipeline,
+        Parallel,
+    )
 }
 #: The values an expression may build besides steps: an agent with its own settings.
 VALUES: dict[str, type] = {"Agent": Agent}
 #: Steps that exist but take a function, which the command line cannot give.
 FUNCTION_STEPS = ("Filter", "Map")
 
-MAX_CHARS = 10_000      # length of the whole expression
-MAX_NESTING = 50        # bracket nesting in the raw text
-MAX_DEPTH = 50          # AST nesting (a chain of | or & counts once)
-MAX_STEPS = 200         # steps in the result, repetitions expanded; also step calls written
-MAX_REPEAT = 100        # n in step * n
-MAX_ITEMS = 1_000       # items in one list or tuple literal
-MAX_STRING = 10_000     # characters in one string literal
-MAX_INT_DIGITS = 18     # decimal digits in one integer literal
-MAX_OPERATORS = 1_000   # operator characters (| & * - . ...) in the raw text
-MAX_MESSAGE = 500       # characters of an error's reason
+MAX_CHARS = 10_000  # length of the whole expression
+MAX_NESTING = 50  # bracket nesting in the raw text
+MAX_DEPTH = 50  # AST nesting (a chain of | or & counts once)
+MAX_STEPS = 200  # steps in the result, repetitions expanded; also step calls written
+MAX_REPEAT = 100  # n in step * n
+MAX_ITEMS = 1_000  # items in one list or tuple literal
+MAX_STRING = 10_000  # characters in one string literal
+MAX_INT_DIGITS = 18  # decimal digits in one integer literal
+MAX_OPERATORS = 1_000  # operator characters (| & * - . ...) in the raw text
+MAX_MESSAGE = 500  # characters of an error's reason
 
 _TOO_LARGE = f"number is too large: an integer has at most {MAX_INT_DIGITS} decimal digits"
 
-_OPERATORS = {ast.BitOr: "|", ast.BitAnd: "&", ast.Mult: "*", ast.Add: "+", ast.Sub: "-",
-              ast.Div: "/", ast.FloorDiv: "//", ast.Mod: "%", ast.Pow: "**",
-              ast.LShift: "<<", ast.RShift: ">>", ast.BitXor: "^", ast.MatMult: "@"}
+_OPERATORS = {
+    ast.BitOr: "|",
+    ast.BitAnd: "&",
+    ast.Mult: "*",
+    ast.Add: "+",
+    ast.Sub: "-",
+    ast.Div: "/",
+    ast.FloorDiv: "//",
+    ast.Mod: "%",
+    ast.Pow: "**",
+    ast.LShift: "<<",
+    ast.RShift: ">>",
+    ast.BitXor: "^",
+    ast.MatMult: "@",
+}
 
 _WHAT = {
-    ast.Attribute: "attribute access is", ast.Subscript: "subscripts are",
-    ast.Lambda: "lambdas are", ast.ListComp: "comprehensions are",
-    ast.SetComp: "comprehensions are", ast.DictComp: "comprehensions are",
-    ast.GeneratorExp: "generator expressions are", ast.JoinedStr: "f-strings are",
-    ast.FormattedValue: "f-strings are", ast.Starred: "starred arguments are",
-    ast.NamedExpr: "assignment expressions (:=) are", ast.Compare: "comparisons are",
-    ast.BoolOp: "'and' / 'or' are", ast.IfExp: "conditional expressions are",
-    ast.Dict: "dict literals are", ast.Set: "set literals are", ast.Await: "await is",
-    ast.Yield: "yield is", ast.YieldFrom: "yield is", ast.Slice: "slices are",
+    ast.Attribute: "attribute access is",
+    ast.Subscript: "subscripts are",
+    ast.Lambda: "lambdas are",
+    ast.ListComp: "comprehensions are",
+    ast.SetComp: "comprehensions are",
+    ast.DictComp: "comprehensions are",
+    ast.GeneratorExp: "generator expressions are",
+    ast.JoinedStr: "f-strings are",
+    ast.FormattedValue: "f-strings are",
+    ast.Starred: "starred arguments are",
+    ast.NamedExpr: "assignment expressions (:=) are",
+    ast.Compare: "comparisons are",
+    ast.BoolOp: "'and' / 'or' are",
+    ast.IfExp: "conditional expressions are",
+    ast.Dict: "dict literals are",
+    ast.Set: "set literals are",
+    ast.Await: "await is",
+    ast.Yield: "yield is",
+    ast.YieldFrom: "yield is",
+    ast.Slice: "slices are",
 }
 
 
@@ -106,7 +143,7 @@ class PipelineSyntaxError(MoaError, ValueError):
         line = _SURROGATE.sub("\ufffd", self.text[start:end])
         if len(line) > 200:  # keep the pointer readable for long input: show a window
             lo = max(0, self.offset - start - 80)
-            line, start = line[lo:lo + 160], start + lo
+            line, start = line[lo : lo + 160], start + lo
         col = self.offset - start
         pad = "".join("\t" if ch == "\t" else " " for ch in line[:col])
         width = max(1, min(self.length, len(line) - col))
@@ -129,7 +166,9 @@ def parse_pipeline(text: str) -> Step:
     if len(text) > MAX_CHARS:
         raise PipelineSyntaxError(
             f"expression is too long: {len(text)} characters, at most {MAX_CHARS}",
-            text[:MAX_CHARS], MAX_CHARS)
+            text[:MAX_CHARS],
+            MAX_CHARS,
+        )
     _check_characters(text)
     _check_nesting(text)
     return _Parser(text).parse()
@@ -141,8 +180,11 @@ def parse_agent(text: str) -> Agent:
     if not isinstance(text, str):
         raise TypeError(f"parse_agent(text): text must be a str, not {type(text).__name__}")
     if len(text) > MAX_CHARS:
-        raise PipelineSyntaxError(f"expression is too long: {len(text)} characters, at most "
-                                  f"{MAX_CHARS}", text[:MAX_CHARS], MAX_CHARS)
+        raise PipelineSyntaxError(
+            f"expression is too long: {len(text)} characters, at most {MAX_CHARS}",
+            text[:MAX_CHARS],
+            MAX_CHARS,
+        )
     _check_characters(text)
     _check_nesting(text)
     return _Parser(text).parse(Agent)
@@ -157,8 +199,9 @@ def _check_characters(text: str) -> None:
         reason = "a null byte"
     else:
         reason = "a lone surrogate (not valid Unicode; a byte that is not UTF-8?)"
-    raise PipelineSyntaxError(f"invalid character U+{ord(bad.group()):04X}: {reason}",
-                              text, bad.start())
+    raise PipelineSyntaxError(
+        f"invalid character U+{ord(bad.group()):04X}: {reason}", text, bad.start()
+    )
 
 
 def _check_nesting(text: str) -> None:
@@ -188,30 +231,37 @@ def _check_nesting(text: str) -> None:
             if operators > MAX_OPERATORS:
                 raise PipelineSyntaxError(
                     f"expression has too many operators: more than {MAX_OPERATORS} "
-                    f"(| & * - . and the like)", text, i)
+                    f"(| & * - . and the like)",
+                    text,
+                    i,
+                )
         elif ch in "([{":
             opened.append(i)
             if len(opened) > MAX_NESTING:
                 raise PipelineSyntaxError(
-                    f"expression is nested too deeply: more than {MAX_NESTING} brackets",
-                    text, i)
+                    f"expression is nested too deeply: more than {MAX_NESTING} brackets", text, i
+                )
         elif ch in ")]}":
             if not opened:
                 raise PipelineSyntaxError(f"invalid syntax: unmatched {ch!r}", text, i)
             if "([{".index(text[opened[-1]]) != ")]}".index(ch):
                 raise PipelineSyntaxError(
                     f"invalid syntax: {ch!r} does not match {text[opened[-1]]!r} at column "
-                    f"{opened[-1]}", text, i)
+                    f"{opened[-1]}",
+                    text,
+                    i,
+                )
             opened.pop()
         i += 1
     if opened:
-        raise PipelineSyntaxError(f"invalid syntax: {text[opened[-1]]!r} was never closed",
-                                  text, opened[-1])
+        raise PipelineSyntaxError(
+            f"invalid syntax: {text[opened[-1]]!r} was never closed", text, opened[-1]
+        )
 
 
 def _skip_string(text: str, i: int) -> int:
     """The index just past the string literal whose quote is at ``i``; -1 if it never ends."""
-    quote = text[i:i + 3] if text[i:i + 3] == text[i] * 3 else text[i]
+    quote = text[i : i + 3] if text[i : i + 3] == text[i] * 3 else text[i]
     i += len(quote)
     n = len(text)
     while i < n and not text.startswith(quote, i):
@@ -231,7 +281,7 @@ class _Parser:
         breaks = list(_NEWLINE.finditer(text))
         self.line_starts = [0] + [b.end() for b in breaks]
         ends = [b.start() for b in breaks] + [len(text)]
-        self.lines = [text[a:b] for a, b in zip(self.line_starts, ends)]
+        self.lines = [text[a:b] for a, b in zip(self.line_starts, ends, strict=False)]
         self.calls = 0
         self.agents = 0
 
@@ -251,7 +301,7 @@ class _Parser:
 
     def fail(self, message: str, node: ast.AST) -> NoReturn:
         if len(message) > MAX_MESSAGE:  # a constructor's message may quote a huge argument
-            message = message[:MAX_MESSAGE - 20] + " ... (message cut)"
+            message = message[: MAX_MESSAGE - 20] + " ... (message cut)"
         start = self._offset(node.lineno, node.col_offset)  # type: ignore[attr-defined]
         end_line = getattr(node, "end_lineno", None)
         end_col = getattr(node, "end_col_offset", None)
@@ -265,10 +315,14 @@ class _Parser:
         """The value the text builds, which must be a ``kind`` (a Step, or an Agent)."""
         what = "a pipeline" if kind is Step else "an agent"
         if not self.text.strip():
-            example = ("Propose(['model']) | Aggregate('model')" if kind is Step else
-                       "Agent('model', temp=0)")
-            raise PipelineSyntaxError(f"empty expression: expected {what} such as {example}",
-                                      self.text, 0)
+            example = (
+                "Propose(['model']) | Aggregate('model')"
+                if kind is Step
+                else "Agent('model', temp=0)"
+            )
+            raise PipelineSyntaxError(
+                f"empty expression: expected {what} such as {example}", self.text, 0
+            )
         # Wrapped in parentheses on lines of their own, the expression may span lines and
         # start with spaces, as a shell argument may; columns are unchanged, lines move by one.
         try:
@@ -297,8 +351,9 @@ class _Parser:
             # Python gives no position: point at the longest run of digits, the culprit.
             runs = list(re.finditer(r"\d(?:_?\d)*", self.text)) or [None]
             huge = max(runs, key=lambda m: len(m[0]) if m else 0)
-            raise PipelineSyntaxError(_TOO_LARGE, self.text, huge.start() if huge else 0,
-                                      len(huge[0]) if huge else 1) from None
+            raise PipelineSyntaxError(
+                _TOO_LARGE, self.text, huge.start() if huge else 0, len(huge[0]) if huge else 1
+            ) from None
         lineno = e.lineno or 2
         start = self._offset(lineno, (e.offset or 1) - 1, in_bytes=False)
         length = 1
@@ -323,8 +378,11 @@ class _Parser:
             return items if isinstance(node, ast.List) else tuple(items)
         if isinstance(node, ast.UnaryOp):
             operand = node.operand
-            if (isinstance(node.op, ast.USub) and isinstance(operand, ast.Constant)
-                    and type(operand.value) in (int, float)):
+            if (
+                isinstance(node.op, ast.USub)
+                and isinstance(operand, ast.Constant)
+                and type(operand.value) in (int, float)
+            ):
                 return -self.constant(operand)
             self.fail("only a minus sign before a number is allowed here", node)
         if isinstance(node, ast.Call):
@@ -338,29 +396,37 @@ class _Parser:
 
     def constant(self, node: ast.Constant) -> Any:
         value = node.value
-        if type(value) is int and abs(value) >= 10 ** MAX_INT_DIGITS:
+        if type(value) is int and abs(value) >= 10**MAX_INT_DIGITS:
             # Checked before anything formats it: str() of an int past 4300 digits raises.
             self.fail(_TOO_LARGE, node)
         if value is None or type(value) in (bool, int, float):
             return value
         if type(value) is str:
             if len(value) > MAX_STRING:
-                self.fail(f"string is too long: {len(value)} characters, at most {MAX_STRING}",
-                          node)
+                self.fail(
+                    f"string is too long: {len(value)} characters, at most {MAX_STRING}", node
+                )
             surrogate = _SURROGATE.search(value)  # written as an escape, '\\ud800'
             if surrogate:
-                self.fail(f"string holds a lone surrogate U+{ord(surrogate[0]):04X} (not valid "
-                          f"Unicode)", node)
+                self.fail(
+                    f"string holds a lone surrogate U+{ord(surrogate[0]):04X} (not valid Unicode)",
+                    node,
+                )
             return value
-        self.fail(f"{type(value).__name__} literals are not allowed; use str, int, float, "
-                  f"bool or None", node)
+        self.fail(
+            f"{type(value).__name__} literals are not allowed; use str, int, float, bool or None",
+            node,
+        )
 
     def name(self, name: str, node: ast.AST, *, called: bool) -> type:
         if name.startswith("_"):
             self.fail(f"name {name!r} is not allowed", node)
         if name in FUNCTION_STEPS:
-            self.fail(f"{name} takes a function, and functions cannot be given on the command "
-                      f"line; build it in Python instead", node)
+            self.fail(
+                f"{name} takes a function, and functions cannot be given on the command "
+                f"line; build it in Python instead",
+                node,
+            )
         if name in STEPS or name in VALUES:
             if not called:
                 self.fail(f"{name} must be called: write {name}(...)", node)
@@ -370,8 +436,11 @@ class _Parser:
         if not close:  # case slips ('shuffle') are too short for the ratio sometimes
             lower = {k.lower(): k for k in known}
             close = [lower[name.lower()]] if name.lower() in lower else []
-        hint = f": did you mean {close[0]}?" if close else (
-            f"; the steps are {', '.join(sorted(STEPS))}")
+        hint = (
+            f": did you mean {close[0]}?"
+            if close
+            else (f"; the steps are {', '.join(sorted(STEPS))}")
+        )
         self.fail(f"unknown {'step' if called else 'name'} {name!r}{hint}", node)
 
     def call(self, node: ast.Call, depth: int) -> Step | Agent:
@@ -402,15 +471,18 @@ class _Parser:
                 self.fail(f"keyword argument {k.arg!r} repeated", k)
             kwargs[k.arg] = self.value(k.value, depth + 1)
         if cls in (Pipeline, Parallel):
-            for a, v in zip(node.args, args):
+            for a, v in zip(node.args, args, strict=False):
                 if not isinstance(v, Step) and not (
-                        isinstance(v, (list, tuple)) and all(isinstance(x, Step) for x in v)):
-                    self.fail(f"each argument of {cls.__name__}(...) must be a step, "
-                              f"not {_kind(v)}", a)
+                    isinstance(v, (list, tuple)) and all(isinstance(x, Step) for x in v)
+                ):
+                    self.fail(
+                        f"each argument of {cls.__name__}(...) must be a step, not {_kind(v)}", a
+                    )
             if kwargs:
                 self.fail(f"{cls.__name__}(...) takes no keyword arguments", node.keywords[0])
-            steps = sum(_count(x) for v in args for x in (v if isinstance(v, (list, tuple))
-                                                          else [v]))
+            steps = sum(
+                _count(x) for v in args for x in (v if isinstance(v, (list, tuple)) else [v])
+            )
             self.check_size(steps, node)
         return self.build(node, cls, *args, **kwargs)
 
@@ -434,8 +506,10 @@ class _Parser:
         for op_node in chain:
             op = _OPERATORS.get(type(op_node.op), type(op_node.op).__name__)
             if op not in ("|", "&", "*"):
-                self.fail(f"operator {op!r} is not allowed; use | (then), & (alongside) or "
-                          f"* (repeat)", op_node)
+                self.fail(
+                    f"operator {op!r} is not allowed; use | (then), & (alongside) or * (repeat)",
+                    op_node,
+                )
         value = self.value(left, depth + 1)
         for op_node in chain:
             right = self.value(op_node.right, depth + 1)
@@ -444,16 +518,20 @@ class _Parser:
 
     def combine(self, node: ast.BinOp, left: Any, right: Any) -> Step:
         if isinstance(node.op, ast.Mult):
-            if isinstance(left, list) and _is_count(right) or (
-                    _is_count(left) and isinstance(right, list)):
+            if (isinstance(left, list) and _is_count(right)) or (
+                _is_count(left) and isinstance(right, list)
+            ):
                 return self.repeat_list(node, left, right)
             if isinstance(left, Step) and _is_count(right):
                 step, n, count_node = left, right, node.right
             elif _is_count(left) and isinstance(right, Step):
                 step, n, count_node = right, left, node.left
             else:
-                self.fail(f"'*' repeats a step or a list a whole number of times (step * n, "
-                          f"['model'] * n), not {_kind(left)} * {_kind(right)}", node)
+                self.fail(
+                    f"'*' repeats a step or a list a whole number of times (step * n, "
+                    f"['model'] * n), not {_kind(left)} * {_kind(right)}",
+                    node,
+                )
             if n < 0:
                 self.fail(f"a step repeats n >= 0 times, got {n}", count_node)
             if n > MAX_REPEAT:
@@ -463,7 +541,8 @@ class _Parser:
         op = "|" if isinstance(node.op, ast.BitOr) else "&"
         for side, v, sub in (("left", left, node.left), ("right", right, node.right)):
             if not isinstance(v, Step) and not (
-                    isinstance(v, (list, tuple)) and v and all(isinstance(x, Step) for x in v)):
+                isinstance(v, (list, tuple)) and v and all(isinstance(x, Step) for x in v)
+            ):
                 self.fail(f"the {side} operand of '{op}' must be a step, not {_kind(v)}", sub)
         left_s = self.build(node.left, Pipeline, *_steps(left))
         right_s = self.build(node.right, Pipeline, *_steps(right))
@@ -474,12 +553,14 @@ class _Parser:
         # ["model"] * 6, as Self-MoA is written in Python: a list of literals, repeated.
         items, n = (left, right) if isinstance(left, list) else (right, left)
         if any(isinstance(x, Step) for x in items):
-            self.fail("'*' repeats a list of model names, not of steps; repeat a step with "
-                      "step * n", node)
+            self.fail(
+                "'*' repeats a list of model names, not of steps; repeat a step with step * n", node
+            )
         if not all(isinstance(x, (str, Agent)) for x in items):
             # Only flat lists: a list of repeated lists would multiply past every size limit.
-            self.fail("'*' repeats a list of model names (str) or agents, not of other values",
-                      node)
+            self.fail(
+                "'*' repeats a list of model names (str) or agents, not of other values", node
+            )
         if n < 0:
             self.fail(f"a list repeats n >= 0 times, got {n}", node)
         if len(items) * n > MAX_ITEMS:

@@ -9,12 +9,12 @@ algebra hold as ``==``: ``(a | b) | c == a | (b | c)``, ``Pipeline() | a == a``,
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any, ClassVar, Union
 
 from ._bounds import MAX_NESTING, MAX_STEPS, safe_repr, shown
 
-__all__ = ("Step", "Pipeline", "Parallel", "pipeline", "parallel", "as_step")
+__all__ = ("Parallel", "Pipeline", "Step", "as_step", "parallel", "pipeline")
 
 #: What ``|`` and ``run`` accept where a step is expected: a step, or a list of them (seed style).
 StepLike = Union["Step", list, tuple]
@@ -108,12 +108,16 @@ def _nested(kind: str, parts: list[Step]) -> int:
     """The nesting depth of a Pipeline or Parallel of ``parts`` (a plain step is depth 0),
     checked against the limits."""
     if len(parts) > MAX_STEPS:
-        raise ValueError(f"a {kind} holds at most {MAX_STEPS:,} "
-                         f"{'steps' if kind == 'Pipeline' else 'branches'}, got {len(parts):,}")
+        raise ValueError(
+            f"a {kind} holds at most {MAX_STEPS:,} "
+            f"{'steps' if kind == 'Pipeline' else 'branches'}, got {len(parts):,}"
+        )
     depth = 1 + max((getattr(p, "_depth", 0) for p in parts), default=0)
     if depth > MAX_NESTING:
-        raise ValueError(f"pipelines nest at most {MAX_NESTING} levels deep (a | (b & (c | ...))), "
-                         f"this one {depth}: name the inner parts and join them flatter")
+        raise ValueError(
+            f"pipelines nest at most {MAX_NESTING} levels deep (a | (b & (c | ...))), "
+            f"this one {depth}: name the inner parts and join them flatter"
+        )
     return depth
 
 
@@ -124,7 +128,7 @@ class Pipeline(Step):
     lists are flattened, so equal compositions compare equal.
     """
 
-    __slots__ = ("steps", "_depth")
+    __slots__ = ("_depth", "steps")
     steps: tuple[Step, ...]
     _depth: int
 
@@ -168,7 +172,7 @@ class Parallel(Step):
     """Branches run concurrently on the same input; their outputs are concatenated in branch
     order. Nested Parallels are flattened; one branch is that branch itself."""
 
-    __slots__ = ("branches", "_depth")
+    __slots__ = ("_depth", "branches")
     branches: tuple[Step, ...]
     _depth: int
 
@@ -212,5 +216,3 @@ def pipeline(*steps: StepLike) -> Step:
 def parallel(*branches: StepLike) -> Step:
     """The named form of ``&``: ``parallel(a, b) == a & b``."""
     return Parallel(*branches)
-
-

@@ -15,7 +15,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 from ._bounds import MAX_CALLS, check_int, safe_repr
 from .errors import RetryAfterTooLongError
 
-__all__ = ("Retry", "DEFAULT_RETRY", "retry_after")
+__all__ = ("DEFAULT_RETRY", "Retry", "retry_after")
 
 
 # Jitter only moves when a retry happens, never what a run returns; it has its own generator
@@ -47,27 +47,38 @@ class Retry:
         check_int("Retry", "attempts", self.attempts, 1, MAX_CALLS)
         for name in ("initial", "max_wait", "jitter", "max_retry_after"):
             value = getattr(self, name)
-            if (isinstance(value, bool) or not isinstance(value, (int, float))
-                    or not 0 <= value <= sys.float_info.max):
-                raise ValueError(f"Retry({name}=...): {name} must be a finite number >= 0, "
-                                 f"got {safe_repr(value)}")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not 0 <= value <= sys.float_info.max
+            ):
+                raise ValueError(
+                    f"Retry({name}=...): {name} must be a finite number >= 0, "
+                    f"got {safe_repr(value)}"
+                )
         if isinstance(self.retry_on, type):
             object.__setattr__(self, "retry_on", (self.retry_on,))
         if not all(isinstance(t, type) and issubclass(t, BaseException) for t in self.retry_on):
-            raise TypeError(f"Retry(retry_on=...): retry_on must be exception types, got {safe_repr(self.retry_on)}")
+            raise TypeError(
+                f"Retry(retry_on=...): retry_on must be exception types, got {safe_repr(self.retry_on)}"
+            )
 
     def should_retry(self, exc: BaseException) -> bool:
         """Whether ``exc`` may be retried under this policy (attempts left aside)."""
-        return (isinstance(exc, self.retry_on) and getattr(exc, "retryable", True) is not False
-                and self.too_long(exc) is None)
+        return (
+            isinstance(exc, self.retry_on)
+            and getattr(exc, "retryable", True) is not False
+            and self.too_long(exc) is None
+        )
 
     def too_long(self, exc: BaseException) -> RetryAfterTooLongError | None:
         """The error to fail with when ``exc`` asks to wait longer than ``max_retry_after``."""
         after = retry_after(exc)
         if after is None or after <= self.max_retry_after:
             return None
-        too_long = RetryAfterTooLongError(getattr(exc, "model", "?"), after,
-                                          self.max_retry_after, exc)
+        too_long = RetryAfterTooLongError(
+            getattr(exc, "model", "?"), after, self.max_retry_after, exc
+        )
         too_long.__cause__ = exc
         return too_long
 
@@ -106,5 +117,3 @@ def retry_after(exc: BaseException | None) -> float | None:
     if isinstance(after, bool) or not isinstance(after, (int, float)) or not after > 0:
         return None
     return float(after)
-
-

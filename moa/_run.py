@@ -27,19 +27,36 @@ from ._pipeline import Pipeline, Step, StepLike, _describe, as_step
 from ._retry import DEFAULT_RETRY, Retry
 from ._seeds import accepts_seed
 
-__all__ = ("run", "run_stream", "run_sync", "start", "check_options", "unwrapped")
+__all__ = ("check_options", "run", "run_stream", "run_sync", "start", "unwrapped")
 
 
-def start(client: Client, prompt: str, policy: Retry, *,
-          limiter: anyio.CapacityLimiter | None = None, timeout: float | None = None,
-          limits: Limits | None = None, hedge_after: float | None = None,
-          cache: Cache | None = None, on_event: EventHandler | None = None,
-          stream_path: tuple[int, ...] | None = None) -> Walk:
+def start(
+    client: Client,
+    prompt: str,
+    policy: Retry,
+    *,
+    limiter: anyio.CapacityLimiter | None = None,
+    timeout: float | None = None,
+    limits: Limits | None = None,
+    hedge_after: float | None = None,
+    cache: Cache | None = None,
+    on_event: EventHandler | None = None,
+    stream_path: tuple[int, ...] | None = None,
+) -> Walk:
     """A run of ``prompt`` ready to walk: its call stack composed from these options."""
     state = Walk(prompt, on_event, accepts_seed(client))
-    state.calls = compose(client, policy, state.stop, limiter=limiter, timeout=timeout,
-                          limits=limits, hedge_after=hedge_after, cache=cache,
-                          on_event=on_event, stream_path=stream_path)
+    state.calls = compose(
+        client,
+        policy,
+        state.stop,
+        limiter=limiter,
+        timeout=timeout,
+        limits=limits,
+        hedge_after=hedge_after,
+        cache=cache,
+        on_event=on_event,
+        stream_path=stream_path,
+    )
     return state
 
 
@@ -48,48 +65,82 @@ def _seed(seed: int | None) -> int:
     return secrets.randbits(63) if seed is None else seed
 
 
-def _check_run_args(prompt: object, client: object, seed: object, max_concurrency: object,
-                    timeout: object, retry: object, limits: object = None,
-                    hedge_after: object = None, cache: object = None,
-                    on_event: object = None) -> None:
+def _check_run_args(
+    prompt: object,
+    client: object,
+    seed: object,
+    max_concurrency: object,
+    timeout: object,
+    retry: object,
+    limits: object = None,
+    hedge_after: object = None,
+    cache: object = None,
+    on_event: object = None,
+) -> None:
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(f"run(prompt): prompt must be a non-empty str, got {safe_repr(prompt)}")
     where = unicode_error(prompt)
     if where is not None:
         raise ValueError(f"run(prompt): prompt must be valid Unicode text, but {where}")
-    check_options(client, seed, max_concurrency, timeout, retry, limits, hedge_after, cache,
-                   on_event)
+    check_options(
+        client, seed, max_concurrency, timeout, retry, limits, hedge_after, cache, on_event
+    )
 
 
-def check_options(client: object, seed: object, max_concurrency: object, timeout: object,
-                   retry: object, limits: object, hedge_after: object, cache: object = None,
-                   on_event: object = None) -> None:
+def check_options(
+    client: object,
+    seed: object,
+    max_concurrency: object,
+    timeout: object,
+    retry: object,
+    limits: object,
+    hedge_after: object,
+    cache: object = None,
+    on_event: object = None,
+) -> None:
     if not callable(client):
-        raise TypeError("run(client): client must be an async callable "
-                        f"client(model, messages, temp, max_tokens), not {_describe(client)}")
+        raise TypeError(
+            "run(client): client must be an async callable "
+            f"client(model, messages, temp, max_tokens), not {_describe(client)}"
+        )
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise TypeError(f"run(seed=...): seed must be an int or None, not {_describe(seed)}")
-    if max_concurrency is not None and (isinstance(max_concurrency, bool) or
-                                        not isinstance(max_concurrency, int) or max_concurrency < 1):
-        raise ValueError("run(max_concurrency=...): max_concurrency must be an int >= 1 or None, "
-                         f"got {safe_repr(max_concurrency)}")
+    if max_concurrency is not None and (
+        isinstance(max_concurrency, bool)
+        or not isinstance(max_concurrency, int)
+        or max_concurrency < 1
+    ):
+        raise ValueError(
+            "run(max_concurrency=...): max_concurrency must be an int >= 1 or None, "
+            f"got {safe_repr(max_concurrency)}"
+        )
     for name, value in (("timeout", timeout), ("hedge_after", hedge_after)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not 0 < value < math.inf):
-            raise ValueError(f"run({name}=...): {name} must be a number of seconds > 0 or "
-                             f"None, got {safe_repr(value)}")
+        if value is not None and (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not 0 < value < math.inf
+        ):
+            raise ValueError(
+                f"run({name}=...): {name} must be a number of seconds > 0 or "
+                f"None, got {safe_repr(value)}"
+            )
     if retry is not None and not isinstance(retry, Retry):
-        raise TypeError(f"run(retry=...): retry must be a moa.Retry policy or None, "
-                        f"not {_describe(retry)}")
+        raise TypeError(
+            f"run(retry=...): retry must be a moa.Retry policy or None, not {_describe(retry)}"
+        )
     if limits is not None and not isinstance(limits, Limits):
-        raise TypeError(f"run(limits=...): limits must be a moa.Limits or None, "
-                        f"not {_describe(limits)}")
+        raise TypeError(
+            f"run(limits=...): limits must be a moa.Limits or None, not {_describe(limits)}"
+        )
     if cache is not None and not isinstance(cache, Cache):
-        raise TypeError(f"run(cache=...): cache must be a moa.Cache or None, not {_describe(cache)}")
+        raise TypeError(
+            f"run(cache=...): cache must be a moa.Cache or None, not {_describe(cache)}"
+        )
     if on_event is not None and not callable(on_event):
-        raise TypeError(f"run(on_event=...): on_event must be a callable on_event(event) or None, "
-                        f"not {_describe(on_event)}")
-
+        raise TypeError(
+            f"run(on_event=...): on_event must be a callable on_event(event) or None, "
+            f"not {_describe(on_event)}"
+        )
 
 
 async def run(
@@ -123,11 +174,21 @@ async def run(
     :class:`~moa.errors.StepFailedError` carrying the history so far.
     """
     step = as_step(pipeline, where="run(pipeline)")
-    _check_run_args(prompt, client, seed, max_concurrency, timeout, retry, limits, hedge_after,
-                    cache, on_event)
+    _check_run_args(
+        prompt, client, seed, max_concurrency, timeout, retry, limits, hedge_after, cache, on_event
+    )
     limiter = anyio.CapacityLimiter(max_concurrency) if max_concurrency else None
-    state = start(client, prompt, retry or DEFAULT_RETRY, limiter=limiter, timeout=timeout,
-                  limits=limits, hedge_after=hedge_after, cache=cache, on_event=on_event)
+    state = start(
+        client,
+        prompt,
+        retry or DEFAULT_RETRY,
+        limiter=limiter,
+        timeout=timeout,
+        limits=limits,
+        hedge_after=hedge_after,
+        cache=cache,
+        on_event=on_event,
+    )
     return await walk(step, prompt, state, _seed(seed))
 
 
@@ -202,14 +263,24 @@ async def run_stream(
     after the events so far. Options are ``run``'s; leaving the block early cancels the run.
     """
     step = as_step(pipeline, where="run_stream(pipeline)")
-    _check_run_args(prompt, client, seed, max_concurrency, timeout, retry, limits, hedge_after,
-                    cache)
+    _check_run_args(
+        prompt, client, seed, max_concurrency, timeout, retry, limits, hedge_after, cache
+    )
     send, receive = anyio.create_memory_object_stream[Event](math.inf)
     events = _Events(receive)
     limiter = anyio.CapacityLimiter(max_concurrency) if max_concurrency else None
-    state = start(client, prompt, retry or DEFAULT_RETRY, limiter=limiter, timeout=timeout,
-                  limits=limits, hedge_after=hedge_after, cache=cache,
-                  on_event=send.send_nowait, stream_path=_stream_path(step))
+    state = start(
+        client,
+        prompt,
+        retry or DEFAULT_RETRY,
+        limiter=limiter,
+        timeout=timeout,
+        limits=limits,
+        hedge_after=hedge_after,
+        cache=cache,
+        on_event=send.send_nowait,
+        stream_path=_stream_path(step),
+    )
 
     async def drive() -> None:
         with send:

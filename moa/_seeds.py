@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._llm_steps import Request
 
-__all__ = ("accepts_seed", "call_seed", "SEED_BITS")
+__all__ = ("SEED_BITS", "accepts_seed", "call_seed")
 
 #: Call seeds are below 2**31: every backend takes them (llama.cpp's are 32-bit unsigned,
 #: some servers parse a signed 32-bit int).
@@ -34,8 +34,16 @@ def call_seed(run_seed: int, path: tuple[int, ...], request: Request, sample: in
     """The sampling seed of sample ``sample`` of ``request`` in the step at ``path``."""
     h = hashlib.blake2b(digest_size=8)
     h.update(f"moa-call-seed/1/{run_seed}/{'.'.join(map(str, path))}/{sample}/".encode())
-    h.update(json.dumps([request.model, [[m["role"], m["content"]] for m in request.messages],
-                         repr(float(request.temp)), request.max_tokens]).encode())
+    h.update(
+        json.dumps(
+            [
+                request.model,
+                [[m["role"], m["content"]] for m in request.messages],
+                repr(float(request.temp)),
+                request.max_tokens,
+            ]
+        ).encode()
+    )
     return int.from_bytes(h.digest(), "big") >> (64 - SEED_BITS)
 
 
@@ -45,8 +53,10 @@ def _takes_seed(fn: Callable[..., Any]) -> bool:
     except (TypeError, ValueError):  # no signature to read (a builtin): it takes no seed
         return False
     seed = parameters.get("seed")
-    return seed is not None and seed.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                                              inspect.Parameter.KEYWORD_ONLY)
+    return seed is not None and seed.kind in (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        inspect.Parameter.KEYWORD_ONLY,
+    )
 
 
 def accepts_seed(fn: Callable[..., Any]) -> bool:

@@ -14,7 +14,7 @@ from typing import ClassVar
 from ._bounds import MAX_COUNT, shown
 from ._pipeline import Step, _describe
 
-__all__ = ("Transform", "Shuffle", "Dropout", "Sample", "Take", "Filter", "Map")
+__all__ = ("Dropout", "Filter", "Map", "Sample", "Shuffle", "Take", "Transform")
 
 
 class Transform(Step):
@@ -44,8 +44,10 @@ def _check_count(step: str, n: object) -> None:
 
 def _check_callable(step: str, fn: object, returns: str) -> None:
     if not callable(fn):
-        raise TypeError(f"{step}(fn): fn must be a callable taking a str and returning {returns}, "
-                        f"not {_describe(fn)}")
+        raise TypeError(
+            f"{step}(fn): fn must be a callable taking a str and returning {returns}, "
+            f"not {_describe(fn)}"
+        )
 
 
 @dataclass(frozen=True, slots=True, repr=False)

@@ -8,14 +8,14 @@ if TYPE_CHECKING:
     from ._history import History
 
 __all__ = (
-    "MoaError",
+    "CacheError",
+    "CacheMissError",
     "ClientOutputError",
+    "EmptyInputError",
+    "MoaError",
     "ProviderError",
     "RetryAfterTooLongError",
     "StepFailedError",
-    "EmptyInputError",
-    "CacheError",
-    "CacheMissError",
     "StreamInterruptedError",
 )
 
@@ -74,13 +74,15 @@ class RetryAfterTooLongError(ProviderError):
     """The provider asked to wait longer before a retry (its Retry-After) than the retry
     policy's ``max_retry_after`` allows: the call fails at once instead of sleeping."""
 
-    def __init__(self, model: str, retry_after: float, limit: float, cause: BaseException
-                 ) -> None:
+    def __init__(self, model: str, retry_after: float, limit: float, cause: BaseException) -> None:
         super().__init__(
             f"the provider asks to wait {retry_after:g} s before a retry (Retry-After), more "
             f"than Retry(max_retry_after={limit:g}) allows: not retried ({cause})",
-            model=model, retryable=False, retry_after=retry_after,
-            status=getattr(cause, "status", None))
+            model=model,
+            retryable=False,
+            retry_after=retry_after,
+            status=getattr(cause, "status", None),
+        )
 
 
 class StepFailedError(MoaError):

@@ -17,27 +17,33 @@ Language Models Beneficial?", arXiv:2502.00674.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
 import dataclasses
+from collections.abc import Callable, Sequence
 
 from ._agent import Agent, AgentLike, agent_of
 from ._bounds import safe_repr
-from ._llm_steps import (DEFAULT_MAX_TOKENS, DEFAULT_TEMP, Aggregate, AggregateSeq, Propose,
-                         Synthesize, Vote)
+from ._llm_steps import (
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_TEMP,
+    Aggregate,
+    AggregateSeq,
+    Propose,
+    Synthesize,
+    Vote,
+)
 from ._pipeline import Step, _describe
 from ._transforms import Dropout, Shuffle
 
 __all__ = (
     "PROPOSERS",
     "ROBUST_PROPOSERS",
-    "together_moa",
+    "VOTE_PERSONAS",
     "moa_lite",
+    "persona_vote",
+    "robust_moa",
     "self_moa",
     "self_moa_seq",
-    "robust_moa",
-    "persona_vote",
-    "VOTE_PERSONAS",
+    "together_moa",
 )
 
 #: The six open models of Wang et al. (2024)'s benchmark-winning Together MoA configuration.
@@ -63,27 +69,37 @@ ROBUST_PROPOSERS: tuple[str, ...] = (
 def _models(recipe: str, arg: str, value: object) -> tuple[AgentLike, ...]:
     if isinstance(value, (str, Agent)):
         one = "a bare string" if isinstance(value, str) else "one Agent"
-        raise TypeError(f"{recipe}({arg}=...): {arg} must be a list of model names or agents, "
-                        f"not {one}; did you mean {arg}=[{safe_repr(value)}]?")
+        raise TypeError(
+            f"{recipe}({arg}=...): {arg} must be a list of model names or agents, "
+            f"not {one}; did you mean {arg}=[{safe_repr(value)}]?"
+        )
     if not isinstance(value, (list, tuple)):
-        raise TypeError(f"{recipe}({arg}=...): {arg} must be a list of model names or agents, "
-                        f"not {_describe(value)}")
+        raise TypeError(
+            f"{recipe}({arg}=...): {arg} must be a list of model names or agents, "
+            f"not {_describe(value)}"
+        )
     if not value:
         raise ValueError(f"{recipe}({arg}=...): {arg} must name at least one model, got []")
     for m in value:
         if not isinstance(m, Agent) and (not isinstance(m, str) or not m):
-            raise TypeError(f"{recipe}({arg}=...): every model must be a non-empty name or a "
-                            f"moa.Agent, not {_describe(m)}")
+            raise TypeError(
+                f"{recipe}({arg}=...): every model must be a non-empty name or a "
+                f"moa.Agent, not {_describe(m)}"
+            )
     return tuple(agent_of(recipe, m, f"{arg}=...") for m in value)
 
 
 def _model(recipe: str, arg: str, value: object) -> AgentLike:
     if isinstance(value, (list, tuple)):
-        raise TypeError(f"{recipe}({arg}=...): {arg} is one model name or agent, not a list "
-                        f"({_describe(value)})")
+        raise TypeError(
+            f"{recipe}({arg}=...): {arg} is one model name or agent, not a list "
+            f"({_describe(value)})"
+        )
     if not isinstance(value, Agent) and (not isinstance(value, str) or not value):
-        raise TypeError(f"{recipe}({arg}=...): {arg} must be a non-empty model name or a "
-                        f"moa.Agent, not {_describe(value)}")
+        raise TypeError(
+            f"{recipe}({arg}=...): {arg} must be a non-empty model name or a "
+            f"moa.Agent, not {_describe(value)}"
+        )
     return agent_of(recipe, value, f"{arg}=...")
 
 
@@ -108,12 +124,15 @@ def together_moa(
     Qwen aggregator; 65.1% on AlpacaEval 2.0. ``temp``/``max_tokens`` set the proposer layers."""
     p = _models("together_moa", "proposers", proposers)
     agg = _model("together_moa", "aggregator", aggregator)
-    return _build("together_moa", lambda: (
-        Propose(p, temp=temp, max_tokens=max_tokens)
-        | Synthesize(p, temp=temp, max_tokens=max_tokens)
-        | Synthesize(p, temp=temp, max_tokens=max_tokens)
-        | Aggregate(agg)
-    ))
+    return _build(
+        "together_moa",
+        lambda: (
+            Propose(p, temp=temp, max_tokens=max_tokens)
+            | Synthesize(p, temp=temp, max_tokens=max_tokens)
+            | Synthesize(p, temp=temp, max_tokens=max_tokens)
+            | Aggregate(agg)
+        ),
+    )
 
 
 def moa_lite(
@@ -127,11 +146,14 @@ def moa_lite(
     (one Synthesize layer, Qwen1.5-72B aggregator), which still beats GPT-4o."""
     p = _models("moa_lite", "proposers", proposers)
     agg = _model("moa_lite", "aggregator", aggregator)
-    return _build("moa_lite", lambda: (
-        Propose(p, temp=temp, max_tokens=max_tokens)
-        | Synthesize(p, temp=temp, max_tokens=max_tokens)
-        | Aggregate(agg)
-    ))
+    return _build(
+        "moa_lite",
+        lambda: (
+            Propose(p, temp=temp, max_tokens=max_tokens)
+            | Synthesize(p, temp=temp, max_tokens=max_tokens)
+            | Aggregate(agg)
+        ),
+    )
 
 
 def self_moa(
@@ -148,9 +170,9 @@ def self_moa(
         raise TypeError(f"self_moa(n=...): n must be an int >= 1, not {_describe(n)}")
     if n < 1:
         raise ValueError(f"self_moa(n=...): n must be >= 1 samples, got {n}")
-    return _build("self_moa", lambda: (
-        Propose([m] * n, temp=temp, max_tokens=max_tokens) | Aggregate(m)
-    ))
+    return _build(
+        "self_moa", lambda: Propose([m] * n, temp=temp, max_tokens=max_tokens) | Aggregate(m)
+    )
 
 
 def self_moa_seq(
@@ -170,10 +192,13 @@ def self_moa_seq(
         raise TypeError(f"self_moa_seq(n=...): n must be an int >= 1, not {_describe(n)}")
     if n < 1:
         raise ValueError(f"self_moa_seq(n=...): n must be >= 1 samples, got {n}")
-    return _build("self_moa_seq", lambda: (
-        Propose([m] * n, temp=temp, max_tokens=max_tokens)
-        | AggregateSeq(m, window=window, reserved=reserved)
-    ))
+    return _build(
+        "self_moa_seq",
+        lambda: (
+            Propose([m] * n, temp=temp, max_tokens=max_tokens)
+            | AggregateSeq(m, window=window, reserved=reserved)
+        ),
+    )
 
 
 def robust_moa(
@@ -188,9 +213,15 @@ def robust_moa(
     (against position bias) and dropped at rate ``dropout`` before one model aggregates."""
     p = _models("robust_moa", "proposers", proposers)
     agg = _model("robust_moa", "aggregator", aggregator)
-    return _build("robust_moa", lambda: (
-        Propose(p, temp=temp, max_tokens=max_tokens) | Shuffle() | Dropout(dropout) | Aggregate(agg)
-    ))
+    return _build(
+        "robust_moa",
+        lambda: (
+            Propose(p, temp=temp, max_tokens=max_tokens)
+            | Shuffle()
+            | Dropout(dropout)
+            | Aggregate(agg)
+        ),
+    )
 
 
 #: The personas of :func:`persona_vote`, written before any was measured: None is the model's
@@ -233,18 +264,26 @@ def persona_vote(
     """
     who = _model("persona_vote", "model", model)
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
-        raise ValueError(f"persona_vote(samples=...): samples must be an int >= 0, got "
-                         f"{safe_repr(samples)}")
+        raise ValueError(
+            f"persona_vote(samples=...): samples must be an int >= 0, got {safe_repr(samples)}"
+        )
     if isinstance(personas, str) or not isinstance(personas, (list, tuple)) or not personas:
-        raise TypeError("persona_vote(personas=...): personas must be a non-empty list of "
-                        "system prompts (str, or None for none)")
+        raise TypeError(
+            "persona_vote(personas=...): personas must be a non-empty list of "
+            "system prompts (str, or None for none)"
+        )
     base = who if isinstance(who, Agent) else Agent(who)
 
     def voter(temp: float, system: str | None) -> Agent:
         return dataclasses.replace(base, temp=temp, system=system)
 
-    return _build("persona_vote", lambda: (
-        Propose([voter(0, p) for p in personas] + [voter(sample_temp, base.system)] * samples,
-                max_tokens=max_tokens)
-        | Vote(extract=extract)
-    ))
+    return _build(
+        "persona_vote",
+        lambda: (
+            Propose(
+                [voter(0, p) for p in personas] + [voter(sample_temp, base.system)] * samples,
+                max_tokens=max_tokens,
+            )
+            | Vote(extract=extract)
+        ),
+    )

@@ -65,20 +65,40 @@ def llama_server(model_path, tmp_path_factory):
     log = tmp_path_factory.mktemp("server") / "server.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path),
-             "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port),
-             "--n_ctx", "2048", "--interrupt_requests", "False",
-             # One thread: the in-process model of the same session takes half the cores, and
-             # two llama.cpp processes that each spin on every core run 30x slower.
-             "--n_threads", "1", "--n_threads_batch", "1"],
-            stdout=out, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                str(model_path),
+                "--model_alias",
+                "smollm2",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--n_ctx",
+                "2048",
+                "--interrupt_requests",
+                "False",
+                # One thread: the in-process model of the same session takes half the cores, and
+                # two llama.cpp processes that each spin on every core run 30x slower.
+                "--n_threads",
+                "1",
+                "--n_threads_batch",
+                "1",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     base_url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + 120
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+                pytest.fail(
+                    f"llama_cpp.server exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+                )
             try:
                 with urllib.request.urlopen(f"{base_url}/models", timeout=2) as resp:
                     if resp.status == 200:

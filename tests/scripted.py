@@ -2,4 +2,4 @@
 
 from moa.testing import Permanent, ScriptedClient, Transient, default_reply
 
-__all__ = ("ScriptedClient", "Transient", "Permanent", "default_reply")
+__all__ = ("Permanent", "ScriptedClient", "Transient", "default_reply")

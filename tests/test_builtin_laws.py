@@ -12,11 +12,29 @@ from hypothesis import strategies as st
 
 import moa
 from moa import Aggregate, Dropout, Filter, Map, Pipeline, Rank, Refine, Sample, Shuffle, Take
-from moa.testing import (ScriptedClient, check_laws, commutes_with_map, deterministic_under_seed,
-                         equivalent_to, fuses, idempotent, identity_at, length_bound, never_empty,
-                         order_preserving, permutation, pipelines, predicates, responses,
-                         scripted_clients, seeds, sub_multiset, text_functions, transforms)
-from moa.testing.laws import _feed, _Fed, _interpret, _Probe
+from moa.testing import (
+    ScriptedClient,
+    check_laws,
+    commutes_with_map,
+    deterministic_under_seed,
+    equivalent_to,
+    fuses,
+    idempotent,
+    identity_at,
+    length_bound,
+    never_empty,
+    order_preserving,
+    permutation,
+    pipelines,
+    predicates,
+    responses,
+    scripted_clients,
+    seeds,
+    sub_multiset,
+    text_functions,
+    transforms,
+)
+from moa.testing.laws import _Fed, _feed, _interpret, _Probe
 
 counts = st.integers(0, 7)
 rates = st.floats(0, 1)
@@ -47,36 +65,96 @@ def up_to(n, k):
     return min(n, k)
 
 
-check_laws(Shuffle(), [permutation, never_empty, deterministic_under_seed, commutes_with_map],
-           max_examples=EXAMPLES)
+check_laws(
+    Shuffle(),
+    [permutation, never_empty, deterministic_under_seed, commutes_with_map],
+    max_examples=EXAMPLES,
+)
 
-check_laws(Dropout, [sub_multiset, order_preserving, never_empty,
-                     length_bound(at_least=lambda n, rate: min(n, 1)), deterministic_under_seed,
-                     commutes_with_map, identity_at(0)],
-           params=rates, max_examples=EXAMPLES)
+check_laws(
+    Dropout,
+    [
+        sub_multiset,
+        order_preserving,
+        never_empty,
+        length_bound(at_least=lambda n, rate: min(n, 1)),
+        deterministic_under_seed,
+        commutes_with_map,
+        identity_at(0),
+    ],
+    params=rates,
+    max_examples=EXAMPLES,
+)
 # Rate 1 keeps exactly one response of a non-empty list.
-check_laws(Dropout(1), [length_bound(lambda n: min(n, 1), at_least=lambda n: min(n, 1))],
-           max_examples=EXAMPLES)
+check_laws(
+    Dropout(1),
+    [length_bound(lambda n: min(n, 1), at_least=lambda n: min(n, 1))],
+    max_examples=EXAMPLES,
+)
 
-check_laws(Sample, [sub_multiset, length_bound(up_to, at_least=up_to), deterministic_under_seed,
-                    commutes_with_map],
-           params=counts, max_examples=EXAMPLES)
-check_laws(Sample, [never_empty], params=st.integers(1, 7), name="sample_of_one_or_more",
-           max_examples=EXAMPLES)
+check_laws(
+    Sample,
+    [
+        sub_multiset,
+        length_bound(up_to, at_least=up_to),
+        deterministic_under_seed,
+        commutes_with_map,
+    ],
+    params=counts,
+    max_examples=EXAMPLES,
+)
+check_laws(
+    Sample,
+    [never_empty],
+    params=st.integers(1, 7),
+    name="sample_of_one_or_more",
+    max_examples=EXAMPLES,
+)
 
-check_laws(Take, [sub_multiset, order_preserving, length_bound(up_to, at_least=up_to),
-                  deterministic_under_seed, idempotent, commutes_with_map, fuses(min)],
-           params=counts, max_examples=EXAMPLES)
-check_laws(Take, [never_empty], params=st.integers(1, 7), name="take_of_one_or_more",
-           max_examples=EXAMPLES)
+check_laws(
+    Take,
+    [
+        sub_multiset,
+        order_preserving,
+        length_bound(up_to, at_least=up_to),
+        deterministic_under_seed,
+        idempotent,
+        commutes_with_map,
+        fuses(min),
+    ],
+    params=counts,
+    max_examples=EXAMPLES,
+)
+check_laws(
+    Take, [never_empty], params=st.integers(1, 7), name="take_of_one_or_more", max_examples=EXAMPLES
+)
 
-check_laws(Filter, [sub_multiset, order_preserving, deterministic_under_seed, idempotent,
-                    identity_at(always), fuses(and_also)],
-           params=predicates(), max_examples=EXAMPLES)
+check_laws(
+    Filter,
+    [
+        sub_multiset,
+        order_preserving,
+        deterministic_under_seed,
+        idempotent,
+        identity_at(always),
+        fuses(and_also),
+    ],
+    params=predicates(),
+    max_examples=EXAMPLES,
+)
 
-check_laws(Map, [never_empty, length_bound(lambda n, f: n, at_least=lambda n, f: n),
-                 deterministic_under_seed, identity_at(identity), fuses(then)],
-           params=text_functions(), max_examples=EXAMPLES)
+check_laws(
+    Map,
+    [
+        never_empty,
+        length_bound(lambda n, f: n, at_least=lambda n, f: n),
+        deterministic_under_seed,
+        identity_at(identity),
+        fuses(then),
+    ],
+    params=text_functions(),
+    max_examples=EXAMPLES,
+)
 
 
 def map_then_filter(fp):
@@ -90,8 +168,12 @@ def filter_then_map(fp):
 
 
 # Filtering by p after mapping f is filtering by "p of f" before it.
-check_laws(map_then_filter, [equivalent_to(filter_then_map)],
-           params=st.tuples(text_functions(), predicates()), max_examples=EXAMPLES)
+check_laws(
+    map_then_filter,
+    [equivalent_to(filter_then_map)],
+    params=st.tuples(text_functions(), predicates()),
+    max_examples=EXAMPLES,
+)
 
 
 # -- LLM steps, through the executor with drawn scripted clients ---------------------------------
@@ -99,16 +181,22 @@ check_laws(map_then_filter, [equivalent_to(filter_then_map)],
 LLM_EXAMPLES = 25
 
 # A judge's reply may rank, name too few, or say nothing readable: Rank keeps responses verbatim.
-check_laws(Rank("judge", n=2), [sub_multiset, never_empty, length_bound(lambda n: min(n, 2)),
-                                deterministic_under_seed],
-           clients=scripted_clients(texts=["2, 1", "3", "no idea", "1 > 3 > 2"]),
-           max_examples=LLM_EXAMPLES)
+check_laws(
+    Rank("judge", n=2),
+    [sub_multiset, never_empty, length_bound(lambda n: min(n, 2)), deterministic_under_seed],
+    clients=scripted_clients(texts=["2, 1", "3", "no idea", "1 > 3 > 2"]),
+    max_examples=LLM_EXAMPLES,
+)
 # One refined response per response, whatever transient failures the retries absorb.
-check_laws(Refine(["a", "b"]), [length_bound(lambda n: n, at_least=lambda n: n),
-                                deterministic_under_seed],
-           clients=scripted_clients(transient=st.integers(0, 2)), max_examples=LLM_EXAMPLES)
-check_laws(Aggregate("a"), [never_empty, length_bound(lambda n: min(n, 1))],
-           max_examples=LLM_EXAMPLES)
+check_laws(
+    Refine(["a", "b"]),
+    [length_bound(lambda n: n, at_least=lambda n: n), deterministic_under_seed],
+    clients=scripted_clients(transient=st.integers(0, 2)),
+    max_examples=LLM_EXAMPLES,
+)
+check_laws(
+    Aggregate("a"), [never_empty, length_bound(lambda n: min(n, 1))], max_examples=LLM_EXAMPLES
+)
 
 
 # -- what the laws cannot say ------------------------------------------------------------------

@@ -243,7 +243,7 @@ def test_threads_share_one_cache(db: Path) -> None:
             for i in range(100):
                 cache.put("m", MSGS, 0.5, 64, t * 1000 + i, f"{t}:{i}", t, i)
                 assert cache.get("m", MSGS, 0.5, 64, t * 1000 + i) == (f"{t}:{i}", t, i)
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+        except BaseException as exc:
             failures.append(exc)
 
     with Cache(db) as cache:

@@ -7,15 +7,25 @@ import subprocess
 import sys
 import textwrap
 
-import anyio
 import pytest
+from conftest import FAST
 
-from moa import (Aggregate, Cache, CacheError, CacheMissError, CallFinished, CallRetrying,
-                 Propose, Shuffle, StepFinished, StepStarted, run, run_many)
+from moa import (
+    Aggregate,
+    Cache,
+    CacheError,
+    CacheMissError,
+    CallFinished,
+    CallRetrying,
+    Propose,
+    Shuffle,
+    StepFinished,
+    StepStarted,
+    run,
+    run_many,
+)
 from moa._llm_steps import AGGREGATE_PROMPT
 from moa.testing import ScriptedClient
-
-from conftest import FAST
 
 pytestmark = pytest.mark.anyio
 
@@ -46,8 +56,7 @@ async def test_a_rerun_is_served_from_the_cache(cache):
     # Stored counts are kept on the record; the run spent nothing, so totals and cost are 0.
     assert [c.input_tokens for c in history2.calls] == [c.input_tokens for c in history.calls]
     assert (history2.input_tokens, history2.output_tokens) == (0, 0)
-    assert "3 of 3 answers came from the cache" \
-        in history2.steps[0].notes
+    assert "3 of 3 answers came from the cache" in history2.steps[0].notes
 
 
 async def test_identical_calls_stay_different_samples(cache):
@@ -70,8 +79,11 @@ async def test_only_the_missing_calls_are_made(cache):
 
 async def test_key_covers_prompt_temperature_and_max_tokens(cache):
     await run(Propose(["a"]), "q", ScriptedClient(), cache=cache)
-    for pipe, prompt in ((Propose(["a"]), "other q"), (Propose(["a"], temp=0.1), "q"),
-                         (Propose(["a"], max_tokens=7), "q")):
+    for pipe, prompt in (
+        (Propose(["a"]), "other q"),
+        (Propose(["a"], temp=0.1), "q"),
+        (Propose(["a"], max_tokens=7), "q"),
+    ):
         client = ScriptedClient()
         await run(pipe, prompt, client, cache=cache)
         assert len(client.calls) == 1, (pipe, prompt)
@@ -88,14 +100,18 @@ async def test_failures_are_not_cached(cache):
 
 async def test_a_cached_quorum_sends_nothing(cache):
     pipe = Propose(["a", "b", "c"], quorum=2)
-    await run(pipe, "q", ScriptedClient(delay=lambda m, _: {"a": 0, "b": 0, "c": 5}[m]),
-              cache=cache)
+    await run(
+        pipe, "q", ScriptedClient(delay=lambda m, _: {"a": 0, "b": 0, "c": 5}[m]), cache=cache
+    )
     assert len(cache) == 2
     client = ScriptedClient()
     _, history = await run(pipe, "q", client, cache=cache)
     assert client.calls == []
-    assert [(c.cached, c.cancelled) for c in history.calls] == [(True, False), (True, False),
-                                                                 (False, True)]
+    assert [(c.cached, c.cancelled) for c in history.calls] == [
+        (True, False),
+        (True, False),
+        (False, True),
+    ]
 
 
 async def test_replay_serves_hits_and_refuses_misses(tmp_path):
@@ -148,12 +164,13 @@ async def test_hits_and_misses_under_concurrency(cache):
     # of a question read the same proposals. Their Aggregate may still miss where the stored
     # proposals mix the writes of two runs that overlapped in the first batch.
     second_client = ScriptedClient(counting_reply())
-    second = await run_many(pipe, prompts, second_client, seed=5, max_concurrency=8,
-                            cache=cache)
+    second = await run_many(pipe, prompts, second_client, seed=5, max_concurrency=8, cache=cache)
     assert all(r.ok for r in second)
     assert all(c.cached for r in second for c in r.history.steps[0].calls)
-    assert all(c["model"] == "a" and c["messages"][0]["content"] == AGGREGATE_PROMPT
-               for c in second_client.calls)
+    assert all(
+        c["model"] == "a" and c["messages"][0]["content"] == AGGREGATE_PROMPT
+        for c in second_client.calls
+    )
     for i in range(10):
         assert len({r.history.steps[0].outputs for r in second[i::10]}) == 1
 
@@ -164,8 +181,7 @@ async def test_hits_and_misses_under_concurrency(cache):
     assert third_client.calls == [] and all(c.cached for r in third for c in r.history.calls)
     for i in range(10):
         assert len({(r.history.outputs, r.history.steps[0].outputs) for r in third[i::10]}) == 1
-    fourth = await run_many(pipe, prompts, ScriptedClient(), seed=5, max_concurrency=8,
-                            cache=cache)
+    fourth = await run_many(pipe, prompts, ScriptedClient(), seed=5, max_concurrency=8, cache=cache)
     assert [r.history for r in fourth] == [r.history for r in third]
 
 
@@ -184,8 +200,15 @@ def test_two_processes_share_one_cache_file(tmp_path):
         assert all(r.ok for r in out), [r.error for r in out if not r.ok]
         print(len(client.calls))
     """)
-    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
     outs = [p.communicate(timeout=60) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
     with Cache(tmp_path / "shared.sqlite") as cache:
@@ -221,13 +244,15 @@ async def test_events_report_steps_calls_and_retries(cache):
     assert "Transient" in retries[0].error
     finished = [e for e in events if isinstance(e, CallFinished)]
     assert sorted((e.path, e.index) for e in finished) == [((0,), 0), ((0,), 1), ((2,), 0)]
-    assert [e.record for e in sorted(finished, key=lambda e: (e.path, e.index))] == \
-        list(history.calls)
+    assert [e.record for e in sorted(finished, key=lambda e: (e.path, e.index))] == list(
+        history.calls
+    )
     steps = [e.record for e in events if isinstance(e, StepFinished)]
     assert steps == list(history.steps)
     # Each step's events come between its start and its finish.
-    assert kinds.index("StepFinished") > max(i for i, e in enumerate(events)
-                                             if isinstance(e, CallFinished) and e.path == (0,))
+    assert kinds.index("StepFinished") > max(
+        i for i, e in enumerate(events) if isinstance(e, CallFinished) and e.path == (0,)
+    )
 
 
 async def test_cached_calls_are_reported_as_finished(cache):
@@ -240,8 +265,13 @@ async def test_cached_calls_are_reported_as_finished(cache):
 async def test_on_event_sees_a_failing_step(cache):
     events = []
     with pytest.raises(Exception):
-        await run(Propose(["a"]) | Aggregate("x"), "q", ScriptedClient(permanent={"x"}),
-                  retry=FAST, on_event=events.append)
+        await run(
+            Propose(["a"]) | Aggregate("x"),
+            "q",
+            ScriptedClient(permanent={"x"}),
+            retry=FAST,
+            on_event=events.append,
+        )
     last = events[-1]
     assert isinstance(last, StepFinished) and last.record.step == "Aggregate('x')"
     assert last.record.calls[0].error is not None
@@ -251,23 +281,32 @@ async def test_a_saved_history_loads_back_equal(cache):
     from moa import History
 
     await run(Propose(["a"]), "q", ScriptedClient(), cache=cache)
-    _, history = await run(Propose(["a", "b", "c"], quorum=2) | Aggregate("x"), "q",
-                           ScriptedClient(transient={"b": 1}), retry=FAST, cache=cache,
-                           hedge_after=0.5, seed=4)
+    _, history = await run(
+        Propose(["a", "b", "c"], quorum=2) | Aggregate("x"),
+        "q",
+        ScriptedClient(transient={"b": 1}),
+        retry=FAST,
+        cache=cache,
+        hedge_after=0.5,
+        seed=4,
+    )
     loaded = History.from_dict(history.to_dict())
     assert loaded == history and loaded.to_dict() == history.to_dict()
     assert loaded.cached_calls == history.cached_calls != ()
 
 
-@pytest.mark.parametrize("pipe", [
-    (Propose(["m"]) & Propose(["m"])) | Aggregate("m"),
-    Propose(["m", "m"]) | Propose(["m", "m"]),
-], ids=["parallel branches", "repeated step"])
+@pytest.mark.parametrize(
+    "pipe",
+    [
+        (Propose(["m"]) & Propose(["m"])) | Aggregate("m"),
+        Propose(["m", "m"]) | Propose(["m", "m"]),
+    ],
+    ids=["parallel branches", "repeated step"],
+)
 async def test_identical_requests_in_two_places_are_different_samples(cache, pipe):
     """The sample index includes the step's path: a request repeated by another step or
     branch is its own sample, so a cached run is the run that was recorded."""
-    first, recorded = await run(pipe, "q", ScriptedClient(counting_reply()), seed=1,
-                                cache=cache)
+    first, recorded = await run(pipe, "q", ScriptedClient(counting_reply()), seed=1, cache=cache)
     # A fresh run with a cache computes what it would without one: every call its own sample.
     texts = [c.text for c in recorded.calls if "sample" in c.text and c.model == "m"]
     assert len(texts) == len(set(texts)) == len(recorded.calls)
@@ -280,8 +319,7 @@ async def test_identical_requests_in_two_places_are_different_samples(cache, pip
 
 async def test_a_namespace_keeps_clients_apart(tmp_path):
     with Cache(tmp_path / "c.sqlite", namespace="provider=local") as local:
-        await run(Propose(["gpt-4o"]), "q", ScriptedClient(lambda m, _: "small model"),
-                  cache=local)
+        await run(Propose(["gpt-4o"]), "q", ScriptedClient(lambda m, _: "small model"), cache=local)
     with Cache(tmp_path / "c.sqlite", namespace="provider=openai") as hosted:
         client = ScriptedClient(lambda m, _: "hosted model")
         result, _ = await run(Propose(["gpt-4o"]), "q", client, cache=hosted)
@@ -296,8 +334,12 @@ async def test_a_cache_error_keeps_the_history_and_the_answers(tmp_path):
 
     with Broken(tmp_path / "c.sqlite") as cache:
         with pytest.raises(CacheError) as info:
-            await run(Propose(["a"]) | Propose(["b", "c"]), "q",
-                      ScriptedClient(lambda m, _: f"{m}'s paid answer"), cache=cache)
+            await run(
+                Propose(["a"]) | Propose(["b", "c"]),
+                "q",
+                ScriptedClient(lambda m, _: f"{m}'s paid answer"),
+                cache=cache,
+            )
     steps = info.value.history.steps
     assert [s.step for s in steps] == ["Propose(['a'])"]  # the first put already failed
     assert [c.text for c in steps[0].calls] == ["a's paid answer"]
@@ -315,14 +357,20 @@ async def test_a_replay_miss_keeps_the_history(tmp_path):
 async def test_quorum_stopped_and_unsent_calls_are_reported_and_noted(cache):
     events = []
     slow = ScriptedClient(delay=lambda m, _: {"a": 0, "b": 0, "slow": 5}[m])
-    _, history = await run(Propose(["a", "b", "slow"], quorum=2), "q", slow, cache=cache,
-                           on_event=events.append)
+    _, history = await run(
+        Propose(["a", "b", "slow"], quorum=2), "q", slow, cache=cache, on_event=events.append
+    )
     finished = [e.index for e in events if isinstance(e, CallFinished)]
     assert sorted(finished) == [0, 1, 2]
     assert "quorum of 2 reached: 1 call(s) still running were cancelled" in history.steps[0].notes
     events.clear()
-    _, history = await run(Propose(["a", "b", "slow"], quorum=2), "q", ScriptedClient(),
-                           cache=cache, on_event=events.append)
+    _, history = await run(
+        Propose(["a", "b", "slow"], quorum=2),
+        "q",
+        ScriptedClient(),
+        cache=cache,
+        on_event=events.append,
+    )
     assert sorted(e.index for e in events if isinstance(e, CallFinished)) == [0, 1, 2]
     assert "quorum of 2 met from the cache: 1 call(s) not sent" in history.steps[0].notes
     assert history.calls[2].attempts == 0 and history.calls[2].cancelled

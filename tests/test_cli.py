@@ -44,7 +44,8 @@ def test_demo_provider_without_its_key_exits_2_naming_it(provider, no_keys, caps
 def test_demo_provider_openai_without_key_names_openai_api_key(no_keys, capsys):
     assert main(["demo", "--provider", "openai"]) == 2
     assert capsys.readouterr().err == (
-        "moa: --provider openai needs OPENAI_API_KEY set in the environment\n")
+        "moa: --provider openai needs OPENAI_API_KEY set in the environment\n"
+    )
 
 
 def test_demo_base_url_without_model_exits_2(no_keys, capsys):
@@ -65,8 +66,7 @@ def loaded(monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["gpt-4o", "claude-sonnet-4-5", "llama-3.3-70b"])
-def test_a_model_the_embedded_provider_does_not_have_exits_2_naming_the_ways(name, loaded,
-                                                                             capsys):
+def test_a_model_the_embedded_provider_does_not_have_exits_2_naming_the_ways(name, loaded, capsys):
     assert main(["run", "hi", "--recipe", "self_moa", "--model", name]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and repr(name) in err
@@ -75,8 +75,10 @@ def test_a_model_the_embedded_provider_does_not_have_exits_2_naming_the_ways(nam
 
 
 def test_a_missing_gguf_file_exits_2(tmp_path, loaded, capsys):
-    assert main(["run", "hi", "--recipe", "self_moa", "--model",
-                 str(tmp_path / "no" / "such.gguf")]) == 2
+    assert (
+        main(["run", "hi", "--recipe", "self_moa", "--model", str(tmp_path / "no" / "such.gguf")])
+        == 2
+    )
     assert "no such model file" in capsys.readouterr().err
     assert loaded == []
 
@@ -96,8 +98,9 @@ def test_the_embedded_model_answers_to_its_own_names(name, loaded):
 
 def test_identical_failures_are_one_line_with_their_count(monkeypatch, capsys):
     async def unreachable(*, model, messages, temp, max_tokens):
-        raise moa.ProviderError("connection failed: [Errno 111] Connection refused",
-                                model=model, retryable=False)
+        raise moa.ProviderError(
+            "connection failed: [Errno 111] Connection refused", model=model, retryable=False
+        )
 
     _use(monkeypatch, unreachable)
     assert main(["run", "hi", "--pipeline", "Propose(['m'] * 6) | Aggregate('m')", "-q"]) == 1
@@ -147,7 +150,12 @@ def test_moa_demo_console_script_runs_the_embedded_model(model_path):
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     proc = subprocess.run(
         [*_moa_command(), "demo", "--samples", "2", "--max-tokens", "32", "What is 2 + 2?"],
-        env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "prompt:   What is 2 + 2?" in proc.stdout
     _check_demo_output(proc.stdout, 2)
@@ -155,8 +163,22 @@ def test_moa_demo_console_script_runs_the_embedded_model(model_path):
 
 @pytest.mark.local
 def test_moa_demo_base_url_runs_against_a_real_llama_cpp_server(llama_server, no_keys, capsys):
-    code = main(["demo", "--base-url", llama_server, "--model", "smollm2", "--samples", "2",
-                 "--max-tokens", "32", "--timeout", "120", "What is 2 + 2?"])
+    code = main(
+        [
+            "demo",
+            "--base-url",
+            llama_server,
+            "--model",
+            "smollm2",
+            "--samples",
+            "2",
+            "--max-tokens",
+            "32",
+            "--timeout",
+            "120",
+            "What is 2 + 2?",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     assert f"a Self-MoA on smollm2 ({llama_server})" in out
@@ -198,14 +220,17 @@ def prices_file(tmp_path):
 
 
 def _expected(pipeline_text, prompt="What is 2+2?", seed=7, **options):
-    return moa.run_sync(moa.parse_pipeline(pipeline_text), prompt, ScriptedClient(), seed=seed,
-                        **options)
+    return moa.run_sync(
+        moa.parse_pipeline(pipeline_text), prompt, ScriptedClient(), seed=seed, **options
+    )
 
 
 def test_run_prints_only_the_answer_on_stdout(client, capsys):
     # A hosted provider: models without a price are unknown (the embedded model is free).
-    assert main(["run", "What is 2+2?", "--pipeline", PIPE, "--seed", "7",
-                 "--provider", "openai"]) == 0
+    assert (
+        main(["run", "What is 2+2?", "--pipeline", PIPE, "--seed", "7", "--provider", "openai"])
+        == 0
+    )
     out, err = capsys.readouterr()
     result, history = _expected(PIPE)
     assert out == result + "\n"
@@ -213,8 +238,10 @@ def test_run_prints_only_the_answer_on_stdout(client, capsys):
     lines = err.splitlines()
     assert lines[0].startswith("step 1/3 Propose(['m', 'n']): 2/2 calls, 0 failed, 0 retried, ")
     assert lines[1].startswith("step 3/3 Aggregate('m'): 1/1 calls, 0 failed, 0 retried, ")
-    assert lines[2].startswith(f"calls: 3 (0 failed, 0 cached)   tokens: {history.input_tokens} "
-                               f"in, {history.output_tokens} out   cost: unknown (m, n)   ")
+    assert lines[2].startswith(
+        f"calls: 3 (0 failed, 0 cached)   tokens: {history.input_tokens} "
+        f"in, {history.output_tokens} out   cost: unknown (m, n)   "
+    )
     assert lines[2].endswith("   seed: 7")
     assert len(lines) == 3
 
@@ -238,14 +265,16 @@ def test_run_rich_progress_goes_to_stderr_never_stdout(client, capsys, monkeypat
 
 def test_run_progress_counts_retries(monkeypatch, capsys):
     _use(monkeypatch, ScriptedClient(transient={"n": 1}))
-    monkeypatch.setattr(moa._run, "DEFAULT_RETRY", moa.Retry(attempts=3, initial=0,
-                                                                  max_wait=0, jitter=0))
+    monkeypatch.setattr(
+        moa._run, "DEFAULT_RETRY", moa.Retry(attempts=3, initial=0, max_wait=0, jitter=0)
+    )
     assert main(["run", "hi", "--pipeline", PIPE]) == 0
     assert "2/2 calls, 0 failed, 1 retried" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("recipe, calls", [("self_moa", 7), ("together_moa", 19),
-                                           ("moa_lite", 13), ("robust_moa", 5)])
+@pytest.mark.parametrize(
+    "recipe, calls", [("self_moa", 7), ("together_moa", 19), ("moa_lite", 13), ("robust_moa", 5)]
+)
 def test_run_recipe_with_model_uses_that_model_everywhere(recipe, calls, client, capsys):
     assert main(["run", "hi", "--recipe", recipe, "--model", "zz", "--seed", "1"]) == 0
     assert {c["model"] for c in client.calls} == {"zz"}
@@ -328,7 +357,10 @@ def test_run_unknown_step_suggests_the_right_name(client, capsys):
 def test_run_max_concurrency_caps_calls_in_flight(monkeypatch, capsys):
     c = ScriptedClient(delay=0.01)
     _use(monkeypatch, c)
-    assert main(["run", "hi", "--pipeline", "Propose(['m', 'm', 'm', 'm'])", "--max-concurrency", "2"]) == 0
+    assert (
+        main(["run", "hi", "--pipeline", "Propose(['m', 'm', 'm', 'm'])", "--max-concurrency", "2"])
+        == 0
+    )
     assert c.max_in_flight == 2
 
 
@@ -344,8 +376,23 @@ def test_run_recipe_and_pipeline_exclude_each_other(capsys):
 
 def test_run_json_round_trips_and_includes_the_cost(client, capsys, tmp_path, prices_file):
     path = tmp_path / "run.json"
-    assert main(["run", "What is 2+2?", "--pipeline", PIPE, "--seed", "7", "--json", str(path),
-                 "--prices", prices_file]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "What is 2+2?",
+                "--pipeline",
+                PIPE,
+                "--seed",
+                "7",
+                "--json",
+                str(path),
+                "--prices",
+                prices_file,
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     doc = json.loads(path.read_text())
     result, history = _expected(PIPE)
@@ -361,8 +408,9 @@ def test_run_json_round_trips_and_includes_the_cost(client, capsys, tmp_path, pr
 def test_run_json_is_written_when_the_run_fails(monkeypatch, capsys, tmp_path):
     _use(monkeypatch, ScriptedClient(permanent={"bad"}))
     path = tmp_path / "run.json"
-    code = main(["run", "hi", "--pipeline", "Propose(['m', 'n']) | Aggregate('bad')",
-                 "--json", str(path)])
+    code = main(
+        ["run", "hi", "--pipeline", "Propose(['m', 'n']) | Aggregate('bad')", "--json", str(path)]
+    )
     out, err = capsys.readouterr()
     assert code == 1 and out == ""
     assert "moa: Aggregate('bad') failed" in err and "scripted permanent failure" in err
@@ -392,14 +440,25 @@ def test_with_max_tokens_rebuilds_nested_pipelines():
     assert with_max_tokens(p, 5) == (
         Propose(["a"], max_tokens=5)
         | Parallel(Synthesize(["a"], max_tokens=5), Shuffle() | Aggregate("a", max_tokens=5))
-        | Vote("a", max_tokens=5))
+        | Vote("a", max_tokens=5)
+    )
     assert with_max_tokens(Shuffle(), 5) == Shuffle()
 
 
 def test_run_cache_second_run_is_all_cached_and_free(monkeypatch, capsys, tmp_path, prices_file):
     cache = str(tmp_path / "cache.sqlite")
-    argv = ["run", "hi", "--pipeline", PIPE, "--seed", "3", "--cache", cache, "--prices",
-            prices_file]
+    argv = [
+        "run",
+        "hi",
+        "--pipeline",
+        PIPE,
+        "--seed",
+        "3",
+        "--cache",
+        cache,
+        "--prices",
+        prices_file,
+    ]
     first = ScriptedClient()
     _use(monkeypatch, first)
     assert main(argv) == 0
@@ -445,23 +504,50 @@ def _out(path):
 
 @pytest.fixture
 def prompts(tmp_path):
-    return _write_lines(tmp_path / "in.jsonl", '"first?"', '{"prompt": "second?", "id": "b"}',
-                        "", '{"prompt": "third?"}', '"fourth?"')
+    return _write_lines(
+        tmp_path / "in.jsonl",
+        '"first?"',
+        '{"prompt": "second?", "id": "b"}',
+        "",
+        '{"prompt": "third?"}',
+        '"fourth?"',
+    )
 
 
 def test_batch_writes_a_line_per_prompt(client, capsys, tmp_path, prompts, prices_file):
     out = tmp_path / "out.jsonl"
-    assert main(["batch", prompts, "-o", str(out), "--pipeline", PIPE, "--seed", "5",
-                 "--prices", prices_file]) == 0
+    assert (
+        main(
+            [
+                "batch",
+                prompts,
+                "-o",
+                str(out),
+                "--pipeline",
+                PIPE,
+                "--seed",
+                "5",
+                "--prices",
+                prices_file,
+            ]
+        )
+        == 0
+    )
     lines = _out(out)
     # ids: as given, else the 0-based index among the prompts (blank lines are not prompts)
     by_id = {e["id"]: e for e in lines}
     assert len(lines) == 4 and set(by_id) == {0, "b", 2, 3}
     assert by_id["b"]["prompt"] == "second?" and by_id[2]["prompt"] == "third?"
     # the same seeds, results and histories as run_many with the same seed
-    results = anyio.run(functools.partial(
-        moa.run_many, moa.parse_pipeline(PIPE), ["first?", "second?", "third?", "fourth?"],
-        ScriptedClient(), seed=5))
+    results = anyio.run(
+        functools.partial(
+            moa.run_many,
+            moa.parse_pipeline(PIPE),
+            ["first?", "second?", "third?", "fourth?"],
+            ScriptedClient(),
+            seed=5,
+        )
+    )
     for e, r in zip([by_id[0], by_id["b"], by_id[2], by_id[3]], results):
         assert e["result"] == r.result and e["error"] is None
         assert e["seed"] == r.history.seed
@@ -480,8 +566,9 @@ def test_batch_resumes_after_an_interruption(monkeypatch, capsys, tmp_path, prom
     assert main(["batch", prompts, "-o", str(whole), "--pipeline", PIPE, "--seed", "5"]) == 0
     done = {e["id"]: e for e in _out(whole)}
     # a batch killed after two prompts, in the middle of writing a third line
-    out.write_text(json.dumps(done[0]) + "\n" + json.dumps(done[2]) + "\n"
-                   + json.dumps(done["b"])[:40])
+    out.write_text(
+        json.dumps(done[0]) + "\n" + json.dumps(done[2]) + "\n" + json.dumps(done["b"])[:40]
+    )
     capsys.readouterr()
     c = ScriptedClient()
     _use(monkeypatch, c)
@@ -535,7 +622,9 @@ def test_batch_rejects_a_bad_line_naming_it(client, capsys, tmp_path):
     path = _write_lines(tmp_path / "in.jsonl", '"a"', "", "{not json")
     assert main(["batch", path, "-o", str(tmp_path / "o"), "--pipeline", PIPE]) == 2
     assert f"{path} line 3: not JSON" in capsys.readouterr().err
-    path = _write_lines(tmp_path / "in.jsonl", '{"prompt": "a", "id": 1}', '{"prompt": "b", "id": 1}')
+    path = _write_lines(
+        tmp_path / "in.jsonl", '{"prompt": "a", "id": 1}', '{"prompt": "b", "id": 1}'
+    )
     assert main(["batch", path, "-o", str(tmp_path / "o"), "--pipeline", PIPE]) == 2
     assert "line 2: id 1 is already used on line 1" in capsys.readouterr().err
     assert client.calls == [] and not (tmp_path / "o").exists()
@@ -545,8 +634,21 @@ def test_batch_concurrency_caps_prompts_in_flight(monkeypatch, capsys, tmp_path)
     c = ScriptedClient(delay=0.01)
     _use(monkeypatch, c)
     path = _write_lines(tmp_path / "in.jsonl", *(json.dumps(f"q{i}") for i in range(6)))
-    assert main(["batch", path, "-o", str(tmp_path / "o"), "--pipeline", "Propose(['m'])",
-                 "--concurrency", "2"]) == 0
+    assert (
+        main(
+            [
+                "batch",
+                path,
+                "-o",
+                str(tmp_path / "o"),
+                "--pipeline",
+                "Propose(['m'])",
+                "--concurrency",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert c.max_in_flight == 2 and len(c.calls) == 6
 
 
@@ -563,8 +665,23 @@ def _traced_run(monkeypatch, tmp_path, capsys):
     _use(monkeypatch, ScriptedClient(reply, permanent={"broken"}))
     path = tmp_path / "run.json"
     expr = "Propose(['m', 'n', 'broken']) | Shuffle() | Vote('judge')"
-    assert main(["run", "What is 2+2?", "--pipeline", expr, "--json", str(path),
-                 "--seed", "2", "--provider", "openai"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "What is 2+2?",
+                "--pipeline",
+                expr,
+                "--json",
+                str(path),
+                "--seed",
+                "2",
+                "--provider",
+                "openai",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     return path
 
@@ -578,13 +695,23 @@ def test_trace_renders_a_saved_run(renderer, monkeypatch, tmp_path, capsys, pric
     out = capsys.readouterr().out
     doc = json.loads(path.read_text())
     assert out.splitlines()[0].startswith("What is 2+2?  seed 2  4 calls (1 failed)")
-    for text in ("Propose(['m', 'n', 'broken'])", "Shuffle()", "Vote('judge')", "transform",
-                 "scripted permanent failure", "broken", "cost unknown", JUDGE_REPLY):
+    for text in (
+        "Propose(['m', 'n', 'broken'])",
+        "Shuffle()",
+        "Vote('judge')",
+        "transform",
+        "scripted permanent failure",
+        "broken",
+        "cost unknown",
+        JUDGE_REPLY,
+    ):
         assert text in out, text
     m_call = doc["steps"][0]["calls"][0]
     dollars = moa.Prices(PRICES).call_cost("m", m_call["input_tokens"], m_call["output_tokens"])
-    assert f"m  {m_call['latency']:.2f} s  {m_call['input_tokens']} in / " \
-           f"{m_call['output_tokens']} out  {moa.Cost(dollars, (), {})}" in out
+    assert (
+        f"m  {m_call['latency']:.2f} s  {m_call['input_tokens']} in / "
+        f"{m_call['output_tokens']} out  {moa.Cost(dollars, (), {})}" in out
+    )
     assert "words words" in out and "TAIL" not in out  # a proposal is shortened
     if renderer == "plain":
         assert "\n  1 Propose(['m', 'n', 'broken'])  llm, " in out
@@ -602,8 +729,16 @@ def test_trace_shows_a_failed_run_and_cached_calls(monkeypatch, tmp_path, capsys
     monkeypatch.setattr(cli.progress, "load_rich", lambda: None)
     cache, path = str(tmp_path / "c.sqlite"), tmp_path / "run.json"
     _use(monkeypatch, ScriptedClient(permanent={"bad"}))
-    argv = ["run", "hi", "--pipeline", "Propose(['m']) | Aggregate('bad')", "--cache", cache,
-            "--json", str(path)]
+    argv = [
+        "run",
+        "hi",
+        "--pipeline",
+        "Propose(['m']) | Aggregate('bad')",
+        "--cache",
+        cache,
+        "--json",
+        str(path),
+    ]
     assert main(argv) == 1
     assert main(argv) == 1  # Propose's answer now comes from the cache
     capsys.readouterr()
@@ -634,10 +769,23 @@ def test_trace_reads_a_line_of_a_batch_output(client, monkeypatch, tmp_path, cap
 def test_moa_run_console_script_answers_on_the_embedded_model(model_path, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     proc = subprocess.run(
-        [*_moa_command(), "run", "What is 2+2?", "--pipeline",
-         "Propose(['m','m']) | Aggregate('m')", "--max-tokens", "24", "--json",
-         str(tmp_path / "run.json")],
-        env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+        [
+            *_moa_command(),
+            "run",
+            "What is 2+2?",
+            "--pipeline",
+            "Propose(['m','m']) | Aggregate('m')",
+            "--max-tokens",
+            "24",
+            "--json",
+            str(tmp_path / "run.json"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() and proc.stdout.endswith("\n")
     assert "calls: 3 (0 failed, 0 cached)" in proc.stderr
@@ -651,10 +799,16 @@ def test_the_embedded_model_is_free_and_trace_keeps_the_prices(tmp_path, monkeyp
     the saved run carries its prices, so trace shows the same cost; --prices still wins."""
     from moa.testing import ScriptedClient
 
-    monkeypatch.setattr(cli.providers, "make_client", lambda provider, base_url, model: (ScriptedClient(), "m"))
+    monkeypatch.setattr(
+        cli.providers, "make_client", lambda provider, base_url, model: (ScriptedClient(), "m")
+    )
     saved = tmp_path / "run.json"
-    assert main(["run", "q", "--pipeline", "Propose(['x', 'y']) | Aggregate('x')",
-                 "--json", str(saved)]) == 0
+    assert (
+        main(
+            ["run", "q", "--pipeline", "Propose(['x', 'y']) | Aggregate('x')", "--json", str(saved)]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "cost: $0 " in err and "unknown" not in err
     doc = json.loads(saved.read_text())
@@ -666,13 +820,29 @@ def test_the_embedded_model_is_free_and_trace_keeps_the_prices(tmp_path, monkeyp
     assert main(["trace", str(saved), "--prices", str(prices)]) == 0
     x_in = sum(c["input_tokens"] for st in doc["steps"] for c in st["calls"] if c["model"] == "x")
     assert f"cost ${x_in:.2f}" in capsys.readouterr().out  # x's input tokens at $1 each
-    assert main(["run", "q", "--pipeline", "Propose(['x'])", "--provider", "local",
-                 "--base-url", "http://127.0.0.1:9/v1", "--model", "x"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "q",
+                "--pipeline",
+                "Propose(['x'])",
+                "--provider",
+                "local",
+                "--base-url",
+                "http://127.0.0.1:9/v1",
+                "--model",
+                "x",
+            ]
+        )
+        == 0
+    )
     assert "unknown (x)" in capsys.readouterr().err
 
 
-def test_batch_resume_after_a_whole_last_line_without_its_newline(monkeypatch, capsys, tmp_path,
-                                                                  prompts):
+def test_batch_resume_after_a_whole_last_line_without_its_newline(
+    monkeypatch, capsys, tmp_path, prompts
+):
     whole = tmp_path / "whole.jsonl"
     _use(monkeypatch, ScriptedClient())
     assert main(["batch", prompts, "-o", str(whole), "--pipeline", PIPE, "--seed", "5"]) == 0
@@ -703,8 +873,19 @@ def test_batch_refuses_an_id_whose_prompt_changed(client, capsys, tmp_path):
 
 def test_batch_lines_keep_their_prices_for_trace(client, capsys, tmp_path):
     out = tmp_path / "out.jsonl"
-    assert main(["batch", _write_lines(tmp_path / "in.jsonl", '"a?"'), "-o", str(out),
-                 "--pipeline", PIPE]) == 0
+    assert (
+        main(
+            [
+                "batch",
+                _write_lines(tmp_path / "in.jsonl", '"a?"'),
+                "-o",
+                str(out),
+                "--pipeline",
+                PIPE,
+            ]
+        )
+        == 0
+    )
     line = _out(out)[0]
     assert line["cost"] == 0 and line["prices"] == {"m": [0.0, 0.0], "n": [0.0, 0.0]}
     capsys.readouterr()
@@ -712,8 +893,9 @@ def test_batch_lines_keep_their_prices_for_trace(client, capsys, tmp_path):
     assert "unknown" not in capsys.readouterr().out
 
 
-def test_local_runs_price_table_models_at_zero_unless_the_user_prices_them(client, capsys,
-                                                                           tmp_path):
+def test_local_runs_price_table_models_at_zero_unless_the_user_prices_them(
+    client, capsys, tmp_path
+):
     pipe = "Propose(['gpt-4o']) | Aggregate('gpt-4o')"
     assert main(["run", "q", "--pipeline", pipe]) == 0
     assert "cost: $0 " in capsys.readouterr().err  # the embedded model, not gpt-4o's price
@@ -729,8 +911,22 @@ def test_the_cache_namespace_is_the_provider(monkeypatch, capsys, tmp_path):
     assert main(["run", "q", "--pipeline", "Propose(['m'])", "--cache", cache, "-q"]) == 0
     hosted = ScriptedClient(lambda m, _: "hosted answer")
     _use(monkeypatch, hosted)
-    assert main(["run", "q", "--pipeline", "Propose(['m'])", "--cache", cache, "-q",
-                 "--provider", "openai"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "q",
+                "--pipeline",
+                "Propose(['m'])",
+                "--cache",
+                cache,
+                "-q",
+                "--provider",
+                "openai",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.splitlines() == ["local answer", "hosted answer"]
     assert len(hosted.calls) == 1
 
@@ -767,28 +963,42 @@ def test_run_stream_failure_mid_answer_exits_1_and_ends_the_line(monkeypatch, ca
 
 
 # -- seeds reach the real model ------------------------------------------------------------------
-SEEDED_PIPE = "Propose([Agent('m', temp=0.9), 'm', 'm'], max_tokens=24) | Aggregate('m', max_tokens=24)"
+SEEDED_PIPE = (
+    "Propose([Agent('m', temp=0.9), 'm', 'm'], max_tokens=24) | Aggregate('m', max_tokens=24)"
+)
 
 
 def _moa(*argv, cwd):
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    return subprocess.run([*_moa_command(), *argv], env=env, capture_output=True, text=True,
-                          timeout=300, cwd=cwd)
+    return subprocess.run(
+        [*_moa_command(), *argv], env=env, capture_output=True, text=True, timeout=300, cwd=cwd
+    )
 
 
 def _run_doc(path):
     """A saved run with its timings left out (they are not part of a run's identity)."""
     return History.from_dict(json.loads(Path(path).read_text())), json.loads(
-        Path(path).read_text())["result"]
+        Path(path).read_text()
+    )["result"]
 
 
 @pytest.mark.local
-def test_the_same_seed_gives_the_same_answer_and_history_on_the_embedded_model(model_path,
-                                                                              tmp_path):
+def test_the_same_seed_gives_the_same_answer_and_history_on_the_embedded_model(
+    model_path, tmp_path
+):
     runs = []
     for i in range(2):  # two processes: nothing carried over but the seed
-        proc = _moa("run", "Name a fruit and its color.", "--pipeline", SEEDED_PIPE,
-                    "--seed", "7", "--json", str(tmp_path / f"{i}.json"), cwd=tmp_path)
+        proc = _moa(
+            "run",
+            "Name a fruit and its color.",
+            "--pipeline",
+            SEEDED_PIPE,
+            "--seed",
+            "7",
+            "--json",
+            str(tmp_path / f"{i}.json"),
+            cwd=tmp_path,
+        )
         assert proc.returncode == 0, proc.stderr
         runs.append((proc.stdout, *_run_doc(tmp_path / f"{i}.json")))
     (out1, history1, result1), (out2, history2, result2) = runs
@@ -797,19 +1007,39 @@ def test_the_same_seed_gives_the_same_answer_and_history_on_the_embedded_model(m
     assert None not in seeds and len(set(seeds)) == 4
     # the three proposals were sampled (temperature > 0) and still differ from each other
     assert len({c.text for c in history1.calls[:3]}) > 1
-    other = _moa("run", "Name a fruit and its color.", "--pipeline", SEEDED_PIPE, "--seed", "8",
-                 "--json", str(tmp_path / "8.json"), cwd=tmp_path)
+    other = _moa(
+        "run",
+        "Name a fruit and its color.",
+        "--pipeline",
+        SEEDED_PIPE,
+        "--seed",
+        "8",
+        "--json",
+        str(tmp_path / "8.json"),
+        cwd=tmp_path,
+    )
+    assert other.returncode == 0, other.stderr
     assert _run_doc(tmp_path / "8.json")[0] != history1
 
 
 @pytest.mark.local
 def test_a_resumed_seeded_batch_equals_an_uninterrupted_one(model_path, tmp_path):
     src = tmp_path / "in.jsonl"
-    src.write_text("".join(json.dumps(q) + "\n" for q in
-                           ["Name a color.", "Name an animal.", "Name a planet."]))
+    src.write_text(
+        "".join(
+            json.dumps(q) + "\n" for q in ["Name a color.", "Name an animal.", "Name a planet."]
+        )
+    )
     whole, resumed = tmp_path / "whole.jsonl", tmp_path / "resumed.jsonl"
-    args = ["--pipeline", "Propose(['m'] * 2, max_tokens=16) | Aggregate('m', max_tokens=16)",
-            "--seed", "1", "--concurrency", "2", "-q"]
+    args = [
+        "--pipeline",
+        "Propose(['m'] * 2, max_tokens=16) | Aggregate('m', max_tokens=16)",
+        "--seed",
+        "1",
+        "--concurrency",
+        "2",
+        "-q",
+    ]
     assert _moa("batch", str(src), "-o", str(whole), *args, cwd=tmp_path).returncode == 0
     assert _moa("batch", str(src), "-o", str(resumed), *args, cwd=tmp_path).returncode == 0
     # As if killed after its first result: keep one line, then resume.
@@ -822,8 +1052,11 @@ def test_a_resumed_seeded_batch_equals_an_uninterrupted_one(model_path, tmp_path
         out = {}
         for line in path.read_text().splitlines():
             doc = json.loads(line)
-            out[json.dumps(doc["id"])] = (doc["result"], doc["seed"],
-                                          History.from_dict(doc["history"]))
+            out[json.dumps(doc["id"])] = (
+                doc["result"],
+                doc["seed"],
+                History.from_dict(doc["history"]),
+            )
         return out
 
     assert lines(resumed) == lines(whole) and len(lines(whole)) == 3

@@ -11,9 +11,30 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import moa
-from moa import (Agent, Aggregate, AggregateSeq, Dropout, Filter, Limits, Map, ModelLimit, Parallel,
-                 Pick, Pipeline, Price, Prices, Propose, Rank, Refine, Retry, Sample, Shuffle,
-                 Synthesize, Take, Vote)
+from moa import (
+    Agent,
+    Aggregate,
+    AggregateSeq,
+    Dropout,
+    Filter,
+    Limits,
+    Map,
+    ModelLimit,
+    Parallel,
+    Pick,
+    Pipeline,
+    Price,
+    Prices,
+    Propose,
+    Rank,
+    Refine,
+    Retry,
+    Sample,
+    Shuffle,
+    Synthesize,
+    Take,
+    Vote,
+)
 from moa.errors import MoaError
 
 ALLOWED = (ValueError, TypeError, MoaError)
@@ -55,28 +76,89 @@ def _f(text):
 
 
 scalars = st.one_of(
-    st.none(), st.booleans(),
-    st.integers(), st.sampled_from([0, -1, 1, 2, 2**63, 10**20, 10**300]),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.sampled_from([0, -1, 1, 2, 2**63, 10**20, 10**300]),
     st.floats(allow_nan=True, allow_infinity=True),
-    st.text(st.characters(codec=None), max_size=8), st.sampled_from(["", " ", "m", "\ud800"]),
-    st.binary(max_size=4), st.builds(Hostile), st.just(_f), st.just(math.inf),
-    st.complex_numbers(allow_nan=True), st.just(object()),
+    st.text(st.characters(codec=None), max_size=8),
+    st.sampled_from(["", " ", "m", "\ud800"]),
+    st.binary(max_size=4),
+    st.builds(Hostile),
+    st.just(_f),
+    st.just(math.inf),
+    st.complex_numbers(allow_nan=True),
+    st.just(object()),
 )
-values = st.recursive(scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.tuples(inner, inner),
-    st.dictionaries(st.text(max_size=4), inner, max_size=3)), max_leaves=8)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.tuples(inner, inner),
+        st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    ),
+    max_leaves=8,
+)
 
-CONSTRUCTORS = [Agent, Propose, Synthesize, Aggregate, Refine, Rank, Vote, Pick, AggregateSeq, Shuffle,
-                Dropout, Sample, Take, Filter, Map, Retry, ModelLimit, Limits, Price, Prices,
-                Pipeline, Parallel]
-KEYWORDS = ["model", "system", "name", "temp", "max_tokens", "min_success", "quorum", "prompt", "n", "times", "window",
-            "reserved", "extract", "attempts", "initial", "max_wait", "jitter", "retry_on",
-            "max_retry_after", "concurrency", "rpm", "tpm", "default", "input", "output"]
+CONSTRUCTORS = [
+    Agent,
+    Propose,
+    Synthesize,
+    Aggregate,
+    Refine,
+    Rank,
+    Vote,
+    Pick,
+    AggregateSeq,
+    Shuffle,
+    Dropout,
+    Sample,
+    Take,
+    Filter,
+    Map,
+    Retry,
+    ModelLimit,
+    Limits,
+    Price,
+    Prices,
+    Pipeline,
+    Parallel,
+]
+KEYWORDS = [
+    "model",
+    "system",
+    "name",
+    "temp",
+    "max_tokens",
+    "min_success",
+    "quorum",
+    "prompt",
+    "n",
+    "times",
+    "window",
+    "reserved",
+    "extract",
+    "attempts",
+    "initial",
+    "max_wait",
+    "jitter",
+    "retry_on",
+    "max_retry_after",
+    "concurrency",
+    "rpm",
+    "tpm",
+    "default",
+    "input",
+    "output",
+]
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(make=st.sampled_from(CONSTRUCTORS), args=st.lists(values, max_size=3),
-       kwargs=st.dictionaries(st.sampled_from(KEYWORDS), values, max_size=3))
+@given(
+    make=st.sampled_from(CONSTRUCTORS),
+    args=st.lists(values, max_size=3),
+    kwargs=st.dictionaries(st.sampled_from(KEYWORDS), values, max_size=3),
+)
 def test_a_constructor_builds_a_working_value_or_says_what_rule_was_broken(make, args, kwargs):
     Hostile.armed = True
     try:
@@ -105,10 +187,14 @@ HUGE = [10**5000, -(10**5000)]
 @pytest.mark.parametrize("make", CONSTRUCTORS, ids=lambda c: c.__name__)
 def test_a_huge_integer_anywhere_is_refused_or_shown(make):
     for huge in HUGE:
-        for args, kwargs in [((huge,), {}), (("m", huge), {}), ((["m"], huge), {}),
-                             *[(("m",), {k: huge}) for k in KEYWORDS],
-                             *[((["m"],), {k: huge}) for k in KEYWORDS],
-                             *[((), {k: huge}) for k in KEYWORDS]]:
+        for args, kwargs in [
+            ((huge,), {}),
+            (("m", huge), {}),
+            ((["m"], huge), {}),
+            *[(("m",), {k: huge}) for k in KEYWORDS],
+            *[((["m"],), {k: huge}) for k in KEYWORDS],
+            *[((), {k: huge}) for k in KEYWORDS],
+        ]:
             try:
                 built = make(*args, **kwargs)
             except ALLOWED as exc:
@@ -117,19 +203,27 @@ def test_a_huge_integer_anywhere_is_refused_or_shown(make):
             repr(built)
 
 
-@pytest.mark.parametrize(("make", "args", "kwargs", "rule"), [
-    (Take, (10**5000,), {}, "n must be"),
-    (Pick, ("m",), {"times": 1_000_000_000}, "times must be"),
-    (Propose, (["m"] * 1001,), {}, "at most 1,000"),
-    (Rank, ("m",), {"n": 10**30}, "n must be"),
-], ids=["Take", "Pick", "Propose", "Rank"])
+@pytest.mark.parametrize(
+    ("make", "args", "kwargs", "rule"),
+    [
+        (Take, (10**5000,), {}, "n must be"),
+        (Pick, ("m",), {"times": 1_000_000_000}, "times must be"),
+        (Propose, (["m"] * 1001,), {}, "at most 1,000"),
+        (Rank, ("m",), {"n": 10**30}, "n must be"),
+    ],
+    ids=["Take", "Pick", "Propose", "Rank"],
+)
 def test_huge_sizes_are_refused_at_construction(make, args, kwargs, rule):
     with pytest.raises(ValueError, match=rule):
         make(*args, **kwargs)
 
 
 def test_every_public_step_is_covered():
-    steps = {name for name in moa.__all__
-             if isinstance(getattr(moa, name), type) and issubclass(getattr(moa, name), moa.Step)
-             and getattr(moa, name) not in (moa.Step, moa.Transform, moa.LLMStep)}
+    steps = {
+        name
+        for name in moa.__all__
+        if isinstance(getattr(moa, name), type)
+        and issubclass(getattr(moa, name), moa.Step)
+        and getattr(moa, name) not in (moa.Step, moa.Transform, moa.LLMStep)
+    }
     assert steps <= {c.__name__ for c in CONSTRUCTORS}

@@ -15,13 +15,29 @@ from moa._history import CallRecord, History, StepRecord
 PRICES = Prices({"a": (1.0, 2.0), "b": Price(0.5, 4.0)})
 
 
-def call(model: str = "a", i: int | None = 1000, o: int | None = 500, *, error: str | None = None,
-         cancelled: bool = False, cached: bool = False, hedges: tuple[CallRecord, ...] = ()
-         ) -> CallRecord:
+def call(
+    model: str = "a",
+    i: int | None = 1000,
+    o: int | None = 500,
+    *,
+    error: str | None = None,
+    cancelled: bool = False,
+    cached: bool = False,
+    hedges: tuple[CallRecord, ...] = (),
+) -> CallRecord:
     return CallRecord(
-        model=model, messages=({"role": "user", "content": "q"},), temp=0.7, max_tokens=64,
-        text=None if error or cancelled else "answer", input_tokens=i, output_tokens=o,
-        attempts=1, error=error, cancelled=cancelled, hedges=hedges, cached=cached,
+        model=model,
+        messages=({"role": "user", "content": "q"},),
+        temp=0.7,
+        max_tokens=64,
+        text=None if error or cancelled else "answer",
+        input_tokens=i,
+        output_tokens=o,
+        attempts=1,
+        error=error,
+        cancelled=cancelled,
+        hedges=hedges,
+        cached=cached,
     )
 
 
@@ -143,8 +159,11 @@ def test_cost_is_a_read_only_value():
     assert c == again and hash(c) == hash(again)
     assert eval(repr(c)) == c
     assert json.loads(json.dumps(c.to_dict())) == {
-        "known": c.known, "total": None, "unknown": ["mystery"],
-        "by_model": {"a": c.known, "mystery": None}, "cached_calls": 0,
+        "known": c.known,
+        "total": None,
+        "unknown": ["mystery"],
+        "by_model": {"a": c.known, "mystery": None},
+        "cached_calls": 0,
     }
 
 
@@ -153,19 +172,22 @@ def test_cost_rejects_a_negative_known():
         Cost(known=-1.0, unknown=(), by_model={})
 
 
-@pytest.mark.parametrize(("known", "text"), [
-    (0.0, "$0"),
-    (0.0042, "$0.0042"),
-    (0.00421234, "$0.004212"),
-    (0.1, "$0.1"),
-    (0.123456, "$0.1235"),
-    (1.5e-7, "$0.00000015"),
-    (1e-12, "$0.000000000001"),
-    (0.99996, "$1.00"),
-    (1.0, "$1.00"),
-    (12.345, "$12.35"),
-    (1234.5, "$1,234.50"),
-])
+@pytest.mark.parametrize(
+    ("known", "text"),
+    [
+        (0.0, "$0"),
+        (0.0042, "$0.0042"),
+        (0.00421234, "$0.004212"),
+        (0.1, "$0.1"),
+        (0.123456, "$0.1235"),
+        (1.5e-7, "$0.00000015"),
+        (1e-12, "$0.000000000001"),
+        (0.99996, "$1.00"),
+        (1.0, "$1.00"),
+        (12.345, "$12.35"),
+        (1234.5, "$1,234.50"),
+    ],
+)
 def test_str_formats_dollars(known, text):
     s = str(Cost(known=known, unknown=(), by_model={}))
     assert s == text
@@ -246,8 +268,11 @@ def test_or_with_a_foreign_operand_says_what_is_expected():
 
 
 def test_prices_entry_errors_state_the_rule():
-    with pytest.raises(TypeError, match=r"the price of 'a' must be a moa.Price or an \(input, "
-                                        r"output\) pair"):
+    with pytest.raises(
+        TypeError,
+        match=r"the price of 'a' must be a moa.Price or an \(input, "
+        r"output\) pair",
+    ):
         Prices({"a": 1.0})  # type: ignore[dict-item]
     with pytest.raises(TypeError, match="the price of 'a' must be"):
         Prices({"a": (1, 2, 3)})  # type: ignore[dict-item]
@@ -269,11 +294,16 @@ def write(tmp_path, content: str):
 
 
 def test_from_json_both_entry_forms(tmp_path):
-    path = write(tmp_path, json.dumps({
-        "pair": [0.5, 1.5],
-        "object": {"input": 2, "output": 8},
-        "free": [0, 0],
-    }))
+    path = write(
+        tmp_path,
+        json.dumps(
+            {
+                "pair": [0.5, 1.5],
+                "object": {"input": 2, "output": 8},
+                "free": [0, 0],
+            }
+        ),
+    )
     assert Prices.from_json(path) == Prices({"pair": (0.5, 1.5), "object": (2, 8), "free": (0, 0)})
     assert Prices.from_json(str(path)) == Prices.from_json(path)
 
@@ -285,19 +315,25 @@ def test_from_json_overrides_the_defaults(tmp_path):
     assert merged.price("claude-sonnet-4-5") == DEFAULT_PRICES.price("claude-sonnet-4-5")
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ('{"a": [1, 2]', "not valid JSON"),
-    ("[[1, 2]]", r"a price table must be a JSON object .* not a JSON list"),
-    ('{"a": [1, -2]}', r"the entry 'a': Price\(output=\.\.\.\): a price must be a finite number >= 0"),
-    ('{"a": [1, 2, 3]}', r"the entry 'a' must be \[input, output\] or"),
-    ('{"a": 1.5}', r"the entry 'a' must be \[input, output\] or"),
-    ('{"a": {"input": 1}}', r"the entry 'a' must be \[input, output\] or"),
-    ('{"a": {"input": 1, "output": 2, "cache": 3}}', r"the entry 'a' must be"),
-    ('{"a": ["1", 2]}', r"the entry 'a': Price\(input=\.\.\.\): a price must be a number"),
-    ('{"a": [true, 2]}', r"the entry 'a': Price\(input=\.\.\.\): a price must be a number"),
-    ('{"a": [NaN, 2]}', r"the entry 'a': .*finite number >= 0"),
-    ('{"": [1, 2]}', "model names must be non-empty"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"a": [1, 2]', "not valid JSON"),
+        ("[[1, 2]]", r"a price table must be a JSON object .* not a JSON list"),
+        (
+            '{"a": [1, -2]}',
+            r"the entry 'a': Price\(output=\.\.\.\): a price must be a finite number >= 0",
+        ),
+        ('{"a": [1, 2, 3]}', r"the entry 'a' must be \[input, output\] or"),
+        ('{"a": 1.5}', r"the entry 'a' must be \[input, output\] or"),
+        ('{"a": {"input": 1}}', r"the entry 'a' must be \[input, output\] or"),
+        ('{"a": {"input": 1, "output": 2, "cache": 3}}', r"the entry 'a' must be"),
+        ('{"a": ["1", 2]}', r"the entry 'a': Price\(input=\.\.\.\): a price must be a number"),
+        ('{"a": [true, 2]}', r"the entry 'a': Price\(input=\.\.\.\): a price must be a number"),
+        ('{"a": [NaN, 2]}', r"the entry 'a': .*finite number >= 0"),
+        ('{"": [1, 2]}', "model names must be non-empty"),
+    ],
+)
 def test_from_json_errors_name_the_file_and_entry(tmp_path, content, message):
     path = write(tmp_path, content)
     with pytest.raises(ValueError, match=message) as info:
@@ -321,8 +357,8 @@ def _recipe_models() -> set[str]:
             default = recipe.__kwdefaults__ or {}
             params = recipe.__defaults__ or ()
             code = recipe.__code__
-            args = code.co_varnames[:code.co_argcount]
-            positional = dict(zip(args[len(args) - len(params):], params))
+            args = code.co_varnames[: code.co_argcount]
+            positional = dict(zip(args[len(args) - len(params) :], params))
             if name in positional:
                 names.add(positional[name])
             if name in default:
@@ -339,11 +375,18 @@ def test_default_prices_cover_the_recipes_models():
 
 def test_default_prices_cover_the_readme_models():
     named = {
-        "gpt-5-nano-2025-08-07", "gpt-5", "claude-sonnet-4-5", "gemini-2.5-flash",
-        "llama-3.3-70b-versatile", "llama-3.1-8b-instant",
-        "meta-llama/llama-4-scout-17b-16e-instruct", "qwen/qwen3-32b",
-        "qwen/qwen-2.5-72b-instruct", "meta-llama/llama-3.3-70b-instruct",
-        "mistralai/mixtral-8x22b-instruct", "Qwen/Qwen2.5-72B-Instruct-Turbo",
+        "gpt-5-nano-2025-08-07",
+        "gpt-5",
+        "claude-sonnet-4-5",
+        "gemini-2.5-flash",
+        "llama-3.3-70b-versatile",
+        "llama-3.1-8b-instant",
+        "meta-llama/llama-4-scout-17b-16e-instruct",
+        "qwen/qwen3-32b",
+        "qwen/qwen-2.5-72b-instruct",
+        "meta-llama/llama-3.3-70b-instruct",
+        "mistralai/mixtral-8x22b-instruct",
+        "Qwen/Qwen2.5-72B-Instruct-Turbo",
         "SmolLM2-135M-Instruct",
     }
     assert {m for m in named if DEFAULT_PRICES.price(m) is None} == set()

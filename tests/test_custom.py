@@ -7,12 +7,24 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import pytest
+from conftest import FAST
 from scripted import ScriptedClient
 
 import moa
-from conftest import FAST
-from moa import (EmptyInputError, LLMStep, Parallel, Pipeline, Propose, Request, Shuffle, Take,
-                 Transform, messages, numbered, transform)
+from moa import (
+    EmptyInputError,
+    LLMStep,
+    Parallel,
+    Pipeline,
+    Propose,
+    Request,
+    Shuffle,
+    Take,
+    Transform,
+    messages,
+    numbered,
+    transform,
+)
 
 
 @transform
@@ -55,9 +67,16 @@ def keep_if(responses, rng, predicate):
     return [r for r in responses if predicate(r)]
 
 
-NAMESPACE = {**{name: getattr(moa, name) for name in moa.__all__}, "dedupe": dedupe,
-             "truncate": truncate, "tagged": tagged, "spread": spread, "pick": pick,
-             "keep_if": keep_if, "is_short": is_short}
+NAMESPACE = {
+    **{name: getattr(moa, name) for name in moa.__all__},
+    "dedupe": dedupe,
+    "truncate": truncate,
+    "tagged": tagged,
+    "spread": spread,
+    "pick": pick,
+    "keep_if": keep_if,
+    "is_short": is_short,
+}
 
 
 # -- transforms as values ------------------------------------------------------------------------
@@ -80,16 +99,19 @@ def test_a_function_with_parameters_is_a_factory_of_equal_hashable_steps():
         truncate(3).fn = dedupe
 
 
-@pytest.mark.parametrize("step, shown", [
-    (truncate(200), "truncate(200)"),
-    (tagged("x"), "tagged('x')"),
-    (tagged("x", " - "), "tagged('x', sep=' - ')"),
-    (tagged(tag="x", upper=True), "tagged('x', upper=True)"),
-    (spread(), "spread()"),
-    (spread("a", "b", z=1, y=2), "spread('a', 'b', y=2, z=1)"),
-    (keep_if(is_short), "keep_if(is_short)"),
-    (pick(2) | truncate(3), "pick(2) | truncate(3)"),
-])
+@pytest.mark.parametrize(
+    "step, shown",
+    [
+        (truncate(200), "truncate(200)"),
+        (tagged("x"), "tagged('x')"),
+        (tagged("x", " - "), "tagged('x', sep=' - ')"),
+        (tagged(tag="x", upper=True), "tagged('x', upper=True)"),
+        (spread(), "spread()"),
+        (spread("a", "b", z=1, y=2), "spread('a', 'b', y=2, z=1)"),
+        (keep_if(is_short), "keep_if(is_short)"),
+        (pick(2) | truncate(3), "pick(2) | truncate(3)"),
+    ],
+)
 def test_the_repr_is_the_expression_that_builds_the_step(step, shown):
     assert repr(step) == shown
     assert eval(shown, dict(NAMESPACE)) == step
@@ -105,8 +127,11 @@ def test_bad_arguments_fail_at_construction_naming_the_step():
         truncate()
     with pytest.raises(TypeError, match=r"truncate\(limit\): too many positional arguments"):
         truncate(1, 2)
-    with pytest.raises(TypeError, match=r"tagged\(tag, sep=': ', \*, upper=False\): got an "
-                                        r"unexpected keyword argument 'colour'"):
+    with pytest.raises(
+        TypeError,
+        match=r"tagged\(tag, sep=': ', \*, upper=False\): got an "
+        r"unexpected keyword argument 'colour'",
+    ):
         tagged("x", colour="red")
     with pytest.raises(ValueError, match=r"pick\(n\): n must be >= 1, got 0"):
         pick(0)
@@ -115,13 +140,18 @@ def test_bad_arguments_fail_at_construction_naming_the_step():
 
 
 def test_transform_refuses_what_it_cannot_make_a_step_of():
-    with pytest.raises(TypeError, match=r"@transform: one\(responses\) must take "
-                                        r"\(responses, rng, \.\.\.\)"):
+    with pytest.raises(
+        TypeError,
+        match=r"@transform: one\(responses\) must take "
+        r"\(responses, rng, \.\.\.\)",
+    ):
+
         @transform
         def one(responses):
             return responses
 
     with pytest.raises(TypeError, match=r"@transform: later is async"):
+
         @transform
         async def later(responses, rng):
             return responses
@@ -129,6 +159,7 @@ def test_transform_refuses_what_it_cannot_make_a_step_of():
     with pytest.raises(TypeError, match="@transform decorates a named function"):
         transform(Take(1))
     with pytest.raises(TypeError, match=r"@transform\(check=\.\.\.\): plain takes no parameters"):
+
         @transform(check=at_least_one)
         def plain(responses, rng):
             return responses
@@ -144,8 +175,12 @@ def test_a_custom_transform_runs_with_the_runs_generator_and_shows_in_history():
     client = ScriptedClient(lambda model, _: {"a": "one", "b": "two", "c": "one"}[model])
     p = Propose(["a", "b", "c"]) | dedupe | truncate(2) | pick(1)
     result, history = moa.run_sync(p, "Q?", client, seed=5)
-    assert [s.step for s in history.steps] == ["Propose(['a', 'b', 'c'])", "dedupe",
-                                                "truncate(2)", "pick(1)"]
+    assert [s.step for s in history.steps] == [
+        "Propose(['a', 'b', 'c'])",
+        "dedupe",
+        "truncate(2)",
+        "pick(1)",
+    ]
     assert history[1].outputs == ("one", "two") and history[2].outputs == ("on", "tw")
     assert [result] == pick(1).apply(["on", "tw"], random.Random(5))
     assert moa.run_sync(p, "Q?", client, seed=5)[1] == history
@@ -170,25 +205,35 @@ class Critic(LLMStep):
     _positional: ClassVar[int] = 1
 
     def requests(self, prompt, responses):
-        return [Request(self.agent, messages(("system", "List the flaws."),
-                                             ("user", f"{prompt}\n\n{numbered([r])}")),
-                        0.0, self.max_tokens)
-                for r in responses]
+        return [
+            Request(
+                self.agent,
+                messages(("system", "List the flaws."), ("user", f"{prompt}\n\n{numbered([r])}")),
+                0.0,
+                self.max_tokens,
+            )
+            for r in responses
+        ]
 
     def required(self, n_requests):
         return min(1, n_requests)
 
     def combine(self, prompt, responses, replies):
-        return ([r if c is None else f"{r}\n[critique] {c}" for r, c in zip(responses, replies)],
-                [f"{replies.count(None)} critiques missing"] if None in replies else [])
+        return (
+            [r if c is None else f"{r}\n[critique] {c}" for r, c in zip(responses, replies)],
+            [f"{replies.count(None)} critiques missing"] if None in replies else [],
+        )
 
 
 def test_an_llm_step_gets_concurrency_retries_and_history_from_the_executor():
-    client = ScriptedClient(lambda model, msgs: f"{model}: too short", delay=0.01,
-                            transient={"critic": 2})
+    client = ScriptedClient(
+        lambda model, msgs: f"{model}: too short", delay=0.01, transient={"critic": 2}
+    )
     p = Propose(["a", "b", "c"]) | Critic("critic")
-    assert repr(p) == "Propose(['a', 'b', 'c']) | Critic('critic')" and eval(
-        repr(p), {**NAMESPACE, "Critic": Critic}) == p
+    assert (
+        repr(p) == "Propose(['a', 'b', 'c']) | Critic('critic')"
+        and eval(repr(p), {**NAMESPACE, "Critic": Critic}) == p
+    )
     result, history = moa.run_sync(p, "Q?", client, seed=1, retry=FAST, max_concurrency=2)
     assert client.max_in_flight == 2
     record = history[1]

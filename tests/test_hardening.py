@@ -18,9 +18,19 @@ from conftest import FAST
 from scripted import ScriptedClient
 
 import moa
-from moa import (Aggregate, History, Limits, ModelLimit, Parallel, Pipeline, Propose, Retry,
-                 Shuffle, Take)
-from moa._bounds import MAX_NESTING, MAX_REPLY_CHARS, MAX_REQUEST_CHARS
+from moa import (
+    Aggregate,
+    History,
+    Limits,
+    ModelLimit,
+    Parallel,
+    Pipeline,
+    Propose,
+    Retry,
+    Shuffle,
+    Take,
+)
+from moa._bounds import MAX_NESTING, MAX_REPLY_CHARS
 from moa.cli import main
 from moa.errors import ClientOutputError, RetryAfterTooLongError, StepFailedError
 
@@ -67,8 +77,9 @@ def _rate_limited(after: float):
 
     async def client(*, model, messages, temp, max_tokens):
         calls.append(anyio.current_time())
-        raise moa.ProviderError("rate limited", model=model, retryable=True, retry_after=after,
-                                status=429)
+        raise moa.ProviderError(
+            "rate limited", model=model, retryable=True, retry_after=after, status=429
+        )
 
     return client, calls
 
@@ -88,8 +99,12 @@ async def test_a_retry_after_past_the_cap_fails_the_call_at_once(after):
 async def test_a_retry_after_within_the_cap_is_waited_for():
     client, calls = _rate_limited(0.2)
     with pytest.raises(StepFailedError):
-        await moa.run(Propose(["m"]), "q", client,
-                      retry=Retry(attempts=2, initial=0, jitter=0, max_retry_after=1))
+        await moa.run(
+            Propose(["m"]),
+            "q",
+            client,
+            retry=Retry(attempts=2, initial=0, jitter=0, max_retry_after=1),
+        )
     assert len(calls) == 2 and calls[1] - calls[0] >= 0.2
 
 
@@ -99,8 +114,9 @@ async def test_a_retry_after_past_the_cap_does_not_pause_the_model_for_others():
     async def client(*, model, messages, temp, max_tokens):
         state["n"] += 1
         if state["n"] == 1:
-            raise moa.ProviderError("daily quota", model=model, retryable=True,
-                                    retry_after=86_400, status=429)
+            raise moa.ProviderError(
+                "daily quota", model=model, retryable=True, retry_after=86_400, status=429
+            )
         return "ok", 1, 1
 
     limits = Limits(default=ModelLimit(concurrency=1))
@@ -112,11 +128,16 @@ async def test_a_retry_after_past_the_cap_does_not_pause_the_model_for_others():
 
 def test_retry_after_too_long_is_a_provider_error_not_retried():
     err = Retry(max_retry_after=5).too_long(
-        moa.ProviderError("x", model="m", retryable=True, retry_after=6))
+        moa.ProviderError("x", model="m", retryable=True, retry_after=6)
+    )
     assert isinstance(err, RetryAfterTooLongError) and isinstance(err, moa.ProviderError)
     assert err.retryable is False and err.model == "m"
-    assert Retry().too_long(moa.ProviderError("x", model="m", retryable=True,
-                                              retry_after=float("nan"))) is None
+    assert (
+        Retry().too_long(
+            moa.ProviderError("x", model="m", retryable=True, retry_after=float("nan"))
+        )
+        is None
+    )
     with pytest.raises(ValueError, match="max_retry_after"):
         Retry(max_retry_after=-1)
 
@@ -176,14 +197,20 @@ def test_limits_given_a_string_says_what_it_takes():
         Limits("x")
 
 
-@pytest.mark.parametrize(("change", "field"), [
-    (lambda d: d.pop("steps"), "has no 'steps'"),
-    (lambda d: d.update(prompt=None), "history.prompt must be str"),
-    (lambda d: d["steps"][0].update(duration={}), r"steps\[0\].duration must be"),
-    (lambda d: d["steps"][0]["calls"][0].update(temp="hot"), r"calls\[0\].temp must be"),
-    (lambda d: d["steps"][0]["calls"][0]["messages"].append(3), r"messages\[1\] must be an object"),
-    (lambda d: d.update(seed=True), "seed must be int"),
-])
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda d: d.pop("steps"), "has no 'steps'"),
+        (lambda d: d.update(prompt=None), "history.prompt must be str"),
+        (lambda d: d["steps"][0].update(duration={}), r"steps\[0\].duration must be"),
+        (lambda d: d["steps"][0]["calls"][0].update(temp="hot"), r"calls\[0\].temp must be"),
+        (
+            lambda d: d["steps"][0]["calls"][0]["messages"].append(3),
+            r"messages\[1\] must be an object",
+        ),
+        (lambda d: d.update(seed=True), "seed must be int"),
+    ],
+)
 def test_a_malformed_saved_history_is_a_value_error_naming_the_field(change, field):
     _, history = moa.run_sync(Propose(["m"]) | Aggregate("m"), "q", ScriptedClient(), seed=1)
     doc = json.loads(json.dumps(history.to_dict()))
@@ -215,9 +242,13 @@ except KeyboardInterrupt:
 def test_a_client_raising_keyboardinterrupt_ends_the_run_cleanly(backend, timeout, tmp_path):
     script = tmp_path / "interrupt.py"
     script.write_text(INTERRUPT)
-    proc = subprocess.run([sys.executable, "-W", "error", str(script), backend, *timeout],
-                          capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": os.getcwd()})
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", str(script), backend, *timeout],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
     assert proc.stdout == "KeyboardInterrupt\n", proc.stderr
     assert proc.stderr == ""  # no "unhandled exception during shutdown", no never-awaited
 
@@ -250,10 +281,16 @@ def _read_only_run(folder, script, path):
             os.chmod(folder, 0o755)
     if shutil.which("unshare") is None:
         pytest.skip("root without unshare: cannot make a folder read-only for root")
-    mount = (f"mount --bind {folder} {folder} && mount -o remount,bind,ro {folder} && "
-             + " ".join(f"'{c}'" for c in cmd))
-    return subprocess.run(["unshare", "-m", "sh", "-c", mount], capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    mount = f"mount --bind {folder} {folder} && mount -o remount,bind,ro {folder} && " + " ".join(
+        f"'{c}'" for c in cmd
+    )
+    return subprocess.run(
+        ["unshare", "-m", "sh", "-c", mount],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
 
 
 def test_a_read_only_recording_in_a_read_only_folder_replays(tmp_path):
@@ -283,7 +320,9 @@ def scripted(monkeypatch):
     import moa.cli as cli
 
     client = ScriptedClient(lambda model, messages: f"answer {SEPARATORS}")
-    monkeypatch.setattr(cli.providers, "make_client", lambda provider, base_url, model: (client, "m"))
+    monkeypatch.setattr(
+        cli.providers, "make_client", lambda provider, base_url, model: (client, "m")
+    )
     return client
 
 
@@ -291,8 +330,20 @@ def _batch(tmp_path, lines, *extra):
     src = tmp_path / "in.jsonl"
     src.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     out = tmp_path / "out.jsonl"
-    code = main(["batch", str(src), "-o", str(out), "--pipeline", "Propose(['m'])", "-q",
-                 "--seed", "1", *extra])
+    code = main(
+        [
+            "batch",
+            str(src),
+            "-o",
+            str(out),
+            "--pipeline",
+            "Propose(['m'])",
+            "-q",
+            "--seed",
+            "1",
+            *extra,
+        ]
+    )
     return code, out
 
 
@@ -307,13 +358,16 @@ def test_a_batch_with_unicode_line_separators_resumes(tmp_path, scripted, capsys
     assert "q a" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(("line", "says"), [
-    ('{"prompt": "q", "id": ' + "9" * 5000 + "}", "not JSON"),
-    ("[" * 100_000 + "]" * 100_000, "not JSON"),
-    (json.dumps({"prompt": "caf\udcff"}), "not valid Unicode"),
-    ('"\\ud800 question"', "not valid Unicode"),
-    (json.dumps({"prompt": "q", "id": "\ud800"}), "id is not valid Unicode"),
-])
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ('{"prompt": "q", "id": ' + "9" * 5000 + "}", "not JSON"),
+        ("[" * 100_000 + "]" * 100_000, "not JSON"),
+        (json.dumps({"prompt": "caf\udcff"}), "not valid Unicode"),
+        ('"\\ud800 question"', "not valid Unicode"),
+        (json.dumps({"prompt": "q", "id": "\ud800"}), "id is not valid Unicode"),
+    ],
+)
 def test_a_hostile_batch_line_is_a_usage_error(tmp_path, scripted, capsys, line, says):
     code, out = _batch(tmp_path, [line])
     assert code == 2
@@ -323,18 +377,32 @@ def test_a_hostile_batch_line_is_a_usage_error(tmp_path, scripted, capsys, line,
 
 
 def test_a_prompt_of_invalid_utf8_is_a_usage_error(tmp_path, scripted, capsys):
-    assert main(["run", "caf\udcff question", "--pipeline", "Propose(['m'])",
-                 "--json", str(tmp_path / "r.json")]) == 2
+    assert (
+        main(
+            [
+                "run",
+                "caf\udcff question",
+                "--pipeline",
+                "Propose(['m'])",
+                "--json",
+                str(tmp_path / "r.json"),
+            ]
+        )
+        == 2
+    )
     assert "not valid Unicode" in capsys.readouterr().err
     assert scripted.calls == []
 
 
-@pytest.mark.parametrize("change", [
-    lambda d: d.update(prompt=None),
-    lambda d: d["steps"][0].update(duration={}),
-    lambda d: d.update(steps="none"),
-    lambda d: d.update(result=["not", "text"]),
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda d: d.update(prompt=None),
+        lambda d: d["steps"][0].update(duration={}),
+        lambda d: d.update(steps="none"),
+        lambda d: d.update(result=["not", "text"]),
+    ],
+)
 def test_trace_of_a_malformed_run_file_is_a_usage_error(tmp_path, scripted, capsys, change):
     path = tmp_path / "run.json"
     assert main(["run", "q", "--pipeline", "Propose(['m'])", "-q", "--json", str(path)]) == 0
@@ -353,7 +421,9 @@ def test_a_reply_holding_a_lone_surrogate_is_written_escaped(tmp_path, monkeypat
     import moa.cli as cli
 
     client = ScriptedClient(lambda model, messages: "bad \ud800 reply")
-    monkeypatch.setattr(cli.providers, "make_client", lambda provider, base_url, model: (client, "m"))
+    monkeypatch.setattr(
+        cli.providers, "make_client", lambda provider, base_url, model: (client, "m")
+    )
     code, out = _batch(tmp_path, [json.dumps("q")])
     assert code == 0
     line = json.loads(out.read_text(encoding="utf-8"))
@@ -362,17 +432,23 @@ def test_a_reply_holding_a_lone_surrogate_is_written_escaped(tmp_path, monkeypat
 
 def test_the_answer_is_printed_even_when_the_terminal_cannot_encode_it(tmp_path):
     script = tmp_path / "client.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import sys, moa.cli as cli
         from scripted import ScriptedClient
         client = ScriptedClient(lambda model, messages: "caf\\u00e9 \\ud800")
         cli.providers.make_client = lambda provider, base_url, model: (client, "m")
         sys.exit(cli.main(["run", "q", "--pipeline", "Propose(['m'])", "-q"]))
-    """))
-    env = {**os.environ, "PYTHONIOENCODING": "ascii",
-           "PYTHONPATH": os.pathsep.join([os.getcwd(), os.path.join(os.getcwd(), "tests")])}
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          env=env, timeout=60)
+    """)
+    )
+    env = {
+        **os.environ,
+        "PYTHONIOENCODING": "ascii",
+        "PYTHONPATH": os.pathsep.join([os.getcwd(), os.path.join(os.getcwd(), "tests")]),
+    }
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "caf\\xe9 \\ud800\n"
 
@@ -380,15 +456,29 @@ def test_the_answer_is_printed_even_when_the_terminal_cannot_encode_it(tmp_path)
 def test_shuffle_is_still_a_step_after_all_this():
     # the limits sit in constructors; ordinary pipelines are unaffected
     assert Pipeline(Propose(["m"]), Shuffle(), Aggregate("m")) == (
-        Propose(["m"]) | Shuffle() | Aggregate("m"))
+        Propose(["m"]) | Shuffle() | Aggregate("m")
+    )
 
 
 def test_the_demo_banner_never_shows_a_url_password(monkeypatch, capsys):
     import moa.cli as cli
 
-    monkeypatch.setattr(cli.providers, "make_client",
-                        lambda provider, base_url, model: (ScriptedClient(), "m"))
-    assert main(["demo", "--base-url", "http://me:hunter2@127.0.0.1:9/v1", "--model", "m",
-                 "--samples", "1"]) == 0
+    monkeypatch.setattr(
+        cli.providers, "make_client", lambda provider, base_url, model: (ScriptedClient(), "m")
+    )
+    assert (
+        main(
+            [
+                "demo",
+                "--base-url",
+                "http://me:hunter2@127.0.0.1:9/v1",
+                "--model",
+                "m",
+                "--samples",
+                "1",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "hunter2" not in out and "http://me:***@127.0.0.1:9/v1" in out

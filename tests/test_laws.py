@@ -15,8 +15,19 @@ from scripted import ScriptedClient, default_reply
 
 import moa
 import moa.testing as mt
-from moa import (Dropout, EmptyInputError, Parallel, Pipeline, Propose, Rank, Sample, Shuffle,
-                 Synthesize, Take, Vote)
+from moa import (
+    Dropout,
+    EmptyInputError,
+    Parallel,
+    Pipeline,
+    Propose,
+    Rank,
+    Sample,
+    Shuffle,
+    Synthesize,
+    Take,
+    Vote,
+)
 
 PROMPT = "What is the answer?"
 MODELS = ("alpha", "beta", "gamma")
@@ -81,8 +92,9 @@ def random_delays(rng):
 def run_after(xs, step, seed, *, delay=0.0, backend="asyncio"):
     """``(result, history)`` of ``feed(xs) | step``, or the name of the error it raised."""
     try:
-        return moa.run_sync(feed(xs) | step, PROMPT, client_for(xs, delay), seed=seed,
-                            backend=backend)
+        return moa.run_sync(
+            feed(xs) | step, PROMPT, client_for(xs, delay), seed=seed, backend=backend
+        )
     except EmptyInputError:
         return "EmptyInputError"
 
@@ -254,8 +266,9 @@ def law_unseeded_run_replays_from_its_seed(step, xs):
 @RUNS
 @given(steps, responses, seeds, delay_randoms, delay_randoms, st.tuples(backends, backends))
 def test_run_is_deterministic_under_a_seed(step, xs, seed, rng_1, rng_2, backends_):
-    law_run_is_deterministic_under_a_seed(step, xs, seed, random_delays(rng_1),
-                                          random_delays(rng_2), backends_)
+    law_run_is_deterministic_under_a_seed(
+        step, xs, seed, random_delays(rng_1), random_delays(rng_2), backends_
+    )
 
 
 @RUNS

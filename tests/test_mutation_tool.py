@@ -11,9 +11,12 @@ import textwrap
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location("mutation",
-                                               os.path.join(ROOT, "benchmarks", "mutation.py"))
-mutation = sys.modules["mutation"] = importlib.util.module_from_spec(_spec)  # dataclasses look it up
+_spec = importlib.util.spec_from_file_location(
+    "mutation", os.path.join(ROOT, "benchmarks", "mutation.py")
+)
+mutation = sys.modules["mutation"] = importlib.util.module_from_spec(
+    _spec
+)  # dataclasses look it up
 _spec.loader.exec_module(mutation)
 
 SOURCE = textwrap.dedent('''\
@@ -56,8 +59,8 @@ def test_each_mutant_changes_one_spot_and_compiles(module):
         mutated = m.apply(source)
         assert mutated != source
         compile(mutated, module, "exec")
-        assert source[:m.start] == mutated[:m.start]  # one splice, the rest as it was
-        assert source[m.end:] == mutated[m.start + len(m.new.encode()):]
+        assert source[: m.start] == mutated[: m.start]  # one splice, the rest as it was
+        assert source[m.end :] == mutated[m.start + len(m.new.encode()) :]
 
 
 def test_the_mutations_cover_the_operators_and_the_random_draws(module):

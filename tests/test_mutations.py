@@ -12,8 +12,16 @@ import pytest
 from hypothesis import strategies as st
 
 from moa import Map, transform
-from moa.testing import (LawViolation, check_laws, deterministic_under_seed, fuses, length_bound,
-                         never_empty, order_preserving, permutation)
+from moa.testing import (
+    LawViolation,
+    check_laws,
+    deterministic_under_seed,
+    fuses,
+    length_bound,
+    never_empty,
+    order_preserving,
+    permutation,
+)
 
 
 # -- the mutants -------------------------------------------------------------------------------
@@ -72,8 +80,9 @@ def shown(message, label):
 
 def test_a_shuffle_that_drops_an_item_breaks_permutation():
     message = caught(permutation, lossy_shuffle)
-    assert message.startswith("lossy_shuffle breaks the law permutation: the outputs are the "
-                              "inputs in some order.")
+    assert message.startswith(
+        "lossy_shuffle breaks the law permutation: the outputs are the inputs in some order."
+    )
     xs, seed = shown(message, "inputs"), shown(message, "seed")
     assert len(xs) == 3  # the smallest list it loses from
     out = lossy_shuffle.apply(list(xs), random.Random(seed))
@@ -122,8 +131,10 @@ def test_a_sorting_filter_breaks_order_preservation():
 
 def test_check_laws_turns_each_failure_into_a_failing_test():
     tests = check_laws(lossy_shuffle, [deterministic_under_seed, permutation], namespace={})
-    assert list(tests) == ["test_lossy_shuffle_deterministic_under_seed",
-                           "test_lossy_shuffle_permutation"]
+    assert list(tests) == [
+        "test_lossy_shuffle_deterministic_under_seed",
+        "test_lossy_shuffle_permutation",
+    ]
     tests["test_lossy_shuffle_deterministic_under_seed"]()
     with pytest.raises(LawViolation, match="lossy_shuffle breaks the law permutation"):
         tests["test_lossy_shuffle_permutation"]()

@@ -21,9 +21,15 @@ from moa._parse import FUNCTION_STEPS, MAX_CHARS, STEPS
 
 # Every example must finish fast; the parser's limits (MAX_CHARS and the rest) bound its memory.
 # A few hundred examples each: this file runs on every push, in well under 20 s on a slow machine.
-FAST = settings(max_examples=300, deadline=2000,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                       HealthCheck.large_base_example])
+FAST = settings(
+    max_examples=300,
+    deadline=2000,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.large_base_example,
+    ],
+)
 
 
 def outcome(text: str) -> Step | PipelineSyntaxError:
@@ -45,7 +51,8 @@ def outcome(text: str) -> Step | PipelineSyntaxError:
 # -- (a) arbitrary text ------------------------------------------------------------------------
 #: Any character, surrogates and the null byte included, and often one the parser cares about.
 CHARS = st.characters(exclude_categories=()) | st.sampled_from(
-    list("()[]{}|&*-.,='\"#\\:~ \n\r\t0") + ["\ud800", "\udcff", "\x00", "\u2028", "\ufeff"])
+    list("()[]{}|&*-.,='\"#\\:~ \n\r\t0") + ["\ud800", "\udcff", "\x00", "\u2028", "\ufeff"]
+)
 
 
 @FAST
@@ -55,16 +62,65 @@ def test_any_text_is_a_step_or_refused(text):
 
 
 # -- (b) text from the grammar's tokens --------------------------------------------------------
-NAMES = st.sampled_from([*STEPS, *FUNCTION_STEPS, "shuffle", "Shufle", "x", "_", "__import__",
-                         "lambda", "not", "if", "else", "for", "in", "and", "or", "await",
-                         "yield", "None", "True", "False", "print", "eval"])
-KEYWORDS = st.sampled_from(["agents", "agent", "n", "temp", "max_tokens", "prompt",
-                            "min_success", "quorum", "extract", "times", "window", "reserved",
-                            "rate", "steps", "x"])
+NAMES = st.sampled_from(
+    [
+        *STEPS,
+        *FUNCTION_STEPS,
+        "shuffle",
+        "Shufle",
+        "x",
+        "_",
+        "__import__",
+        "lambda",
+        "not",
+        "if",
+        "else",
+        "for",
+        "in",
+        "and",
+        "or",
+        "await",
+        "yield",
+        "None",
+        "True",
+        "False",
+        "print",
+        "eval",
+    ]
+)
+KEYWORDS = st.sampled_from(
+    [
+        "agents",
+        "agent",
+        "n",
+        "temp",
+        "max_tokens",
+        "prompt",
+        "min_success",
+        "quorum",
+        "extract",
+        "times",
+        "window",
+        "reserved",
+        "rate",
+        "steps",
+        "x",
+    ]
+)
 
 #: Numbers past every limit: str() of the first four raises (past 4300 decimal digits).
-HUGE = ["9" * 4301, "0x" + "f" * 3600, "0o" + "7" * 4800, "0b" + "1" * 9000, "1" + "0" * 30,
-        "1_000_000_000_000_000_000", "2 ** 64", "1e400", "1" * 400 + ".5", "1" * 40 + "j"]
+HUGE = [
+    "9" * 4301,
+    "0x" + "f" * 3600,
+    "0o" + "7" * 4800,
+    "0b" + "1" * 9000,
+    "1" + "0" * 30,
+    "1_000_000_000_000_000_000",
+    "2 ** 64",
+    "1e400",
+    "1" * 400 + ".5",
+    "1" * 40 + "j",
+]
 
 
 def _written(n: int, form: str) -> str:
@@ -74,16 +130,34 @@ def _written(n: int, form: str) -> str:
 
 
 NUMBERS = st.one_of(
-    st.builds(_written, st.integers(-10**20, 10**20) | st.integers(-3, 300),
-              st.sampled_from("dxob_")),
+    st.builds(
+        _written, st.integers(-(10**20), 10**20) | st.integers(-3, 300), st.sampled_from("dxob_")
+    ),
     st.floats(allow_nan=False).map(repr),
     st.sampled_from(HUGE),
-    st.sampled_from(["0", "1", "2", "-1", "0.5", "-0.0", ".5", "1.", "1e-5", "1j", "00", "inf",
-                     "nan"]),
+    st.sampled_from(
+        ["0", "1", "2", "-1", "0.5", "-0.0", ".5", "1.", "1e-5", "1j", "00", "inf", "nan"]
+    ),
 )
 #: Tokens Python's tokenizer refuses: for the token soup, not the grammar's expressions.
-MALFORMED = st.sampled_from(["0_1", "1__0", "0x", "1e", "09", "1_", "0b2", "'unterminated",
-                             '"\\', "'\\N{NOPE}'", "'\\u12'", "'''open", "(,)", "f'{'"])
+MALFORMED = st.sampled_from(
+    [
+        "0_1",
+        "1__0",
+        "0x",
+        "1e",
+        "09",
+        "1_",
+        "0b2",
+        "'unterminated",
+        '"\\',
+        "'\\N{NOPE}'",
+        "'\\u12'",
+        "'''open",
+        "(,)",
+        "f'{'",
+    ]
+)
 
 
 def _quoted(text: str, quote: str) -> str:
@@ -93,18 +167,69 @@ def _quoted(text: str, quote: str) -> str:
 
 STRINGS = st.one_of(
     st.sampled_from(["'a'", "'b'", "'judge'", '"m"', "''", "' '", "'{n}'"]),
-    st.builds(_quoted, st.text(alphabet=CHARS, max_size=8),
-              st.sampled_from(["'", '"', "'''", '"""'])),
-    st.sampled_from(["'\\ud800'", "'\\udcff'", "'\\x00'", "'\\N{EM DASH}'", "'\\d'", "r'\\''",
-                     "b'a'", "f'{1}'", "rb'x'", "u'x'", "'a' 'b'", "'a{4294967296}'",
-                     "'(?P<a>)(?P<a>)'", "'" + "(" * 40 + ")" * 40 + "'", "'''a\nb'''",
-                     "'x' * 3"]),
+    st.builds(
+        _quoted, st.text(alphabet=CHARS, max_size=8), st.sampled_from(["'", '"', "'''", '"""'])
+    ),
+    st.sampled_from(
+        [
+            "'\\ud800'",
+            "'\\udcff'",
+            "'\\x00'",
+            "'\\N{EM DASH}'",
+            "'\\d'",
+            "r'\\''",
+            "b'a'",
+            "f'{1}'",
+            "rb'x'",
+            "u'x'",
+            "'a' 'b'",
+            "'a{4294967296}'",
+            "'(?P<a>)(?P<a>)'",
+            "'" + "(" * 40 + ")" * 40 + "'",
+            "'''a\nb'''",
+            "'x' * 3",
+        ]
+    ),
 )
-PUNCTUATION = st.sampled_from(["(", ")", "[", "]", "{", "}", " | ", "|", " & ", " * ", "*",
-                               "**", ", ", ",", "=", ":", ":=", ".", "-", "~", "+", "@", "/",
-                               " # ", "\\", "\n", "\r", "\r\n", " ", "\t", "...", ";", "'", '"'])
-TOKENS = st.one_of(NAMES, NUMBERS, STRINGS, MALFORMED, PUNCTUATION,
-                   KEYWORDS.map(lambda k: f"{k}="))
+PUNCTUATION = st.sampled_from(
+    [
+        "(",
+        ")",
+        "[",
+        "]",
+        "{",
+        "}",
+        " | ",
+        "|",
+        " & ",
+        " * ",
+        "*",
+        "**",
+        ", ",
+        ",",
+        "=",
+        ":",
+        ":=",
+        ".",
+        "-",
+        "~",
+        "+",
+        "@",
+        "/",
+        " # ",
+        "\\",
+        "\n",
+        "\r",
+        "\r\n",
+        " ",
+        "\t",
+        "...",
+        ";",
+        "'",
+        '"',
+    ]
+)
+TOKENS = st.one_of(NAMES, NUMBERS, STRINGS, MALFORMED, PUNCTUATION, KEYWORDS.map(lambda k: f"{k}="))
 
 
 @FAST
@@ -119,7 +244,8 @@ LITERALS = st.recursive(
         st.lists(inner, max_size=4).map(lambda xs: f"[{', '.join(xs)}]"),
         st.lists(inner, min_size=1, max_size=3).map(lambda xs: f"({', '.join(xs)},)"),
         st.tuples(st.lists(STRINGS, max_size=2), NUMBERS).map(
-            lambda t: f"[{', '.join(t[0])}] * {t[1]}"),
+            lambda t: f"[{', '.join(t[0])}] * {t[1]}"
+        ),
     ),
     max_leaves=6,
 )
@@ -132,17 +258,22 @@ INTS = st.one_of(SMALL, NUMBERS, st.sampled_from(HUGE))  # huge ones often: they
 MODEL_LISTS = st.one_of(
     st.lists(MODELS, min_size=1, max_size=3).map(lambda xs: f"[{', '.join(xs)}]"),
     st.tuples(MODELS, INTS | st.sampled_from(["3", "1000", "1001"])).map(
-        lambda t: f"[{t[0]}] * {t[1]}"),
+        lambda t: f"[{t[0]}] * {t[1]}"
+    ),
 )
-PARAMETERS = {"agents": MODEL_LISTS, "agent": MODELS, "prompt": STRINGS, "extract": STRINGS,
-              "temp": st.sampled_from(["0", "0.7", "1e-05", "-0.0", "2", "1e400"]) | NUMBERS,
-              "rate": st.sampled_from(["0", "0.5", "1", "-0.1", "1.5"]) | NUMBERS}
+PARAMETERS = {
+    "agents": MODEL_LISTS,
+    "agent": MODELS,
+    "prompt": STRINGS,
+    "extract": STRINGS,
+    "temp": st.sampled_from(["0", "0.7", "1e-05", "-0.0", "2", "1e400"]) | NUMBERS,
+    "rate": st.sampled_from(["0", "0.5", "1", "-0.1", "1.5"]) | NUMBERS,
+}
 
 
 def _fields(cls):
     """The parameters of a dataclass step: the required ones first, then the optional ones."""
-    fields = [f for f in dataclasses.fields(cls) if f.init] if dataclasses.is_dataclass(
-        cls) else []
+    fields = [f for f in dataclasses.fields(cls) if f.init] if dataclasses.is_dataclass(cls) else []
     required = [f.name for f in fields if f.default is dataclasses.MISSING]
     return required, [f.name for f in fields if f.default is not dataclasses.MISSING]
 
@@ -160,12 +291,12 @@ def calls(draw, steps=None):
     required, optional = _fields(cls)
     if not draw(st.integers(0, 9)):
         required = []
-    chosen = required + draw(st.lists(st.sampled_from(optional), unique=True, max_size=3)
-                             if optional else st.just([]))
+    chosen = required + draw(
+        st.lists(st.sampled_from(optional), unique=True, max_size=3) if optional else st.just([])
+    )
     parts, positional = [], draw(st.booleans())
     for field in chosen:
-        value = draw(PARAMETERS.get(field, INTS) if draw(st.integers(0, 9))
-                     else LITERALS)
+        value = draw(PARAMETERS.get(field, INTS) if draw(st.integers(0, 9)) else LITERALS)
         positional = positional and field in required
         parts.append(value if positional else f"{field}={value}")
     return f"{name}({', '.join(parts)})"
@@ -173,8 +304,9 @@ def calls(draw, steps=None):
 
 def _combined(inner):
     return st.one_of(
-        st.tuples(inner, st.sampled_from([" | ", " & ", " | ", " & ", "|", " + "]), inner)
-        .map("".join),
+        st.tuples(inner, st.sampled_from([" | ", " & ", " | ", " & ", "|", " + "]), inner).map(
+            "".join
+        ),
         st.tuples(inner, INTS).map(lambda t: f"({t[0]}) * {t[1]}"),
         st.tuples(INTS, inner).map(lambda t: f"{t[0]} * ({t[1]})"),
         inner.map(lambda e: f"({e})"),
@@ -198,8 +330,7 @@ CLOSERS = {"(": ")", "[": "]", "{": "}", "f'{": "}'"}
 
 
 @FAST
-@given(st.lists(OPENERS, max_size=120), st.sampled_from(["Take(1)", "'a'", "1", ""]),
-       st.booleans())
+@given(st.lists(OPENERS, max_size=120), st.sampled_from(["Take(1)", "'a'", "1", ""]), st.booleans())
 def test_deep_brackets_are_a_step_or_refused(openers, core, closed):
     text = "".join(openers) + core
     if closed:
@@ -212,21 +343,45 @@ def test_deep_brackets_are_a_step_or_refused(openers, core, closed):
 def test_deep_parallel_of_pipelines_is_a_step_or_refused(depth, op, grouped):
     text = "Take(1)"
     for _ in range(depth):
-        text = (f"({text} | Take(1)) & (Shuffle() | Take(2))" if grouped
-                else f"Take(1) {op} ({text})")
+        text = (
+            f"({text} | Take(1)) & (Shuffle() | Take(2))" if grouped else f"Take(1) {op} ({text})"
+        )
     result = outcome(text)
     if len(text) <= MAX_CHARS and depth <= 10:
         assert isinstance(result, Step)
 
 
 # Each of these nests Python's syntax tree one level per repetition, without brackets.
-CHAINS = ["|a", "|Take(1)", "&Shuffle()", " * 1", "*1", "-", "~", "+", "not ", "await ",
-          "lambda:", ".a", "()", "[0]", "**1", "1 if 1 else ", "yield ", "@a", " | Take(1) * 0"]
+CHAINS = [
+    "|a",
+    "|Take(1)",
+    "&Shuffle()",
+    " * 1",
+    "*1",
+    "-",
+    "~",
+    "+",
+    "not ",
+    "await ",
+    "lambda:",
+    ".a",
+    "()",
+    "[0]",
+    "**1",
+    "1 if 1 else ",
+    "yield ",
+    "@a",
+    " | Take(1) * 0",
+]
 
 
 @FAST
-@given(st.sampled_from(CHAINS), st.integers(1, 6000), st.sampled_from(["Take(1)", "1", "a"]),
-       st.booleans())
+@given(
+    st.sampled_from(CHAINS),
+    st.integers(1, 6000),
+    st.sampled_from(["Take(1)", "1", "a"]),
+    st.booleans(),
+)
 def test_long_chains_are_a_step_or_refused(link, size, core, after):
     chain = link * (min(size, MAX_CHARS + 10) // len(link) + 1)  # about size characters
     outcome(core + chain if after else chain + core)
@@ -235,8 +390,8 @@ def test_long_chains_are_a_step_or_refused(link, size, core, after):
 def test_the_longest_chains_are_refused():
     for link in CHAINS:
         chain = link * (MAX_CHARS // len(link))
-        assert isinstance(outcome("Take(1)" + chain[:MAX_CHARS - 7]), PipelineSyntaxError)
-        assert isinstance(outcome(chain[:MAX_CHARS - 7] + "Take(1)"), PipelineSyntaxError)
+        assert isinstance(outcome("Take(1)" + chain[: MAX_CHARS - 7]), PipelineSyntaxError)
+        assert isinstance(outcome(chain[: MAX_CHARS - 7] + "Take(1)"), PipelineSyntaxError)
 
 
 # -- (d) mutations of valid pipelines -----------------------------------------------------------

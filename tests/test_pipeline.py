@@ -3,8 +3,22 @@
 import pytest
 
 import moa
-from moa import (Aggregate, Dropout, Filter, Map, Parallel, Pipeline, Propose, Rank, Refine,
-                 Sample, Shuffle, Synthesize, Take, Vote)
+from moa import (
+    Aggregate,
+    Dropout,
+    Filter,
+    Map,
+    Parallel,
+    Pipeline,
+    Propose,
+    Rank,
+    Refine,
+    Sample,
+    Shuffle,
+    Synthesize,
+    Take,
+    Vote,
+)
 
 P = ["a", "b", "c"]
 
@@ -112,13 +126,16 @@ def test_repr_names_user_functions():
 
 
 def test_seed_positional_arguments():
-    assert Synthesize(P, "Be brief.", 0.1, 9) == Synthesize(P, prompt="Be brief.", temp=0.1, max_tokens=9)
+    assert Synthesize(P, "Be brief.", 0.1, 9) == Synthesize(
+        P, prompt="Be brief.", temp=0.1, max_tokens=9
+    )
     assert Rank("j", 2, "Pick.", 0.0, 10).n == 2
     assert Propose(P, 0.9, 4096) == Propose(P, temp=0.9, max_tokens=4096)
 
 
 @pytest.mark.parametrize(
-    "operand", ["x", 3, None, {"a": 1}, print],
+    "operand",
+    ["x", 3, None, {"a": 1}, print],
 )
 def test_foreign_operand_is_a_type_error_naming_it(operand):
     with pytest.raises(TypeError, match=r"must be a step, a pipeline or a list of steps, not"):
@@ -137,7 +154,11 @@ def test_foreign_operand_is_a_type_error_naming_it(operand):
         (lambda: Propose([]), ValueError, r"at least one model, got \[\]"),
         (lambda: Propose("abc"), TypeError, r"did you mean Propose\(\['abc'\]\)"),
         (lambda: Synthesize("abc"), TypeError, r"did you mean Synthesize\(\['abc'\]\)"),
-        (lambda: Propose(["a", 3]), TypeError, r"every agent must be a non-empty model name, not 3"),
+        (
+            lambda: Propose(["a", 3]),
+            TypeError,
+            r"every agent must be a non-empty model name, not 3",
+        ),
         (lambda: Propose(["a", ""]), TypeError, r"non-empty model name"),
         (lambda: Propose(None), TypeError, r"list of model names, not None"),
         (lambda: Aggregate(["a", "b"]), TypeError, r"one model name, not a list"),
@@ -151,7 +172,11 @@ def test_foreign_operand_is_a_type_error_naming_it(operand):
         (lambda: Rank("a", n=0), ValueError, r"n must be an int >= 1, got 0"),
         (lambda: Propose(["a"], temp=-0.1), ValueError, r"temp must be a finite number >= 0"),
         (lambda: Vote("a", temp=float("nan")), ValueError, r"temp must be a finite number >= 0"),
-        (lambda: Propose(["a"], temp=float("inf")), ValueError, r"temp must be a finite number >= 0"),
+        (
+            lambda: Propose(["a"], temp=float("inf")),
+            ValueError,
+            r"temp must be a finite number >= 0",
+        ),
         (lambda: Propose(["a"], max_tokens=0), ValueError, r"max_tokens must be an int >= 1"),
         (lambda: Aggregate("a", max_tokens=1.5), ValueError, r"max_tokens must be an int >= 1"),
         (lambda: Aggregate("a", prompt=""), ValueError, r"prompt must be a non-empty str"),

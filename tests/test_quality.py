@@ -44,36 +44,42 @@ def word(answer: str, *aliases: str, question: str = "What is the capital of Ita
 
 
 # -- normalise and score -----------------------------------------------------------------------
-@pytest.mark.parametrize("text, expected", [
-    ("The Capital of ITALY is  Rome!", "capital of italy is rome"),
-    ("An apple, a day.", "apple day"),
-    ("  rock-n-roll's\tbest  ", "rock n roll s best"),
-    ("H₂O", "h2o"),  # NFKC: the subscript is a plain digit
-    ("...", ""),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("The Capital of ITALY is  Rome!", "capital of italy is rome"),
+        ("An apple, a day.", "apple day"),
+        ("  rock-n-roll's\tbest  ", "rock n roll s best"),
+        ("H₂O", "h2o"),  # NFKC: the subscript is a plain digit
+        ("...", ""),
+    ],
+)
 def test_normalise(text, expected):
     assert q.normalise(text) == expected
 
 
-@pytest.mark.parametrize("reply, answer, ok", [
-    ("7 + 5 = 12", "12", True),
-    ("The answer is 12.", "12", True),
-    ("12 is the sum of 7 and 5", "12", False),  # the last number decides
-    ("It is 1,500 in all.", "1500", True),
-    ("It is 1500 in all.", "1,500", True),
-    ("12,345,678.90", "12345678.9", True),
-    ("3 - 5 = -2", "-2", True),
-    ("3 - 5 = −2", "-2", True),  # a typographic minus
-    ("9-3=6", "6", True),
-    ("9-3", "-3", False),  # a minus right after a number is subtraction, not a sign
-    ("0.5 + 0.5 = 1.0", "1", True),
-    ("The answer is 3.", "3.0", True),
-    ("I think 2.5", "2", False),
-    ("H2O has 3 atoms", "3", True),
-    ("H2O", "2", False),  # a digit inside a word is not a number
-    ("no number here", "0", False),
-    ("", "0", False),
-])
+@pytest.mark.parametrize(
+    "reply, answer, ok",
+    [
+        ("7 + 5 = 12", "12", True),
+        ("The answer is 12.", "12", True),
+        ("12 is the sum of 7 and 5", "12", False),  # the last number decides
+        ("It is 1,500 in all.", "1500", True),
+        ("It is 1500 in all.", "1,500", True),
+        ("12,345,678.90", "12345678.9", True),
+        ("3 - 5 = -2", "-2", True),
+        ("3 - 5 = −2", "-2", True),  # a typographic minus
+        ("9-3=6", "6", True),
+        ("9-3", "-3", False),  # a minus right after a number is subtraction, not a sign
+        ("0.5 + 0.5 = 1.0", "1", True),
+        ("The answer is 3.", "3.0", True),
+        ("I think 2.5", "2", False),
+        ("H2O has 3 atoms", "3", True),
+        ("H2O", "2", False),  # a digit inside a word is not a number
+        ("no number here", "0", False),
+        ("", "0", False),
+    ],
+)
 def test_number_score(reply, answer, ok):
     assert q.score(reply, num(answer)) is ok
 
@@ -84,14 +90,17 @@ def test_number_alias_and_none():
     assert not q.score(None, num("1"))
 
 
-@pytest.mark.parametrize("reply, ok", [
-    ("The capital of Italy is Rome.", True),
-    ("ROME", True),
-    ("Rome, of course", True),
-    ("Romeo and Juliet", False),  # whole words only
-    ("Romes", False),
-    ("The capital is Milan.", False),
-])
+@pytest.mark.parametrize(
+    "reply, ok",
+    [
+        ("The capital of Italy is Rome.", True),
+        ("ROME", True),
+        ("Rome, of course", True),
+        ("Romeo and Juliet", False),  # whole words only
+        ("Romes", False),
+        ("The capital is Milan.", False),
+    ],
+)
 def test_contains_score(reply, ok):
     assert q.score(reply, word("Rome")) is ok
 
@@ -125,8 +134,13 @@ def test_extractor_numbers_are_canonical():
 
 def test_extractor_text_skips_the_question_and_filler():
     get = q.extractor(word("Rome", question="What is the capital of Italy? Answer in one word."))
-    replies = ["Rome.", "The capital of Italy is Rome.", "Rome, of course.", "The answer is: Rome",
-               "It is typically Rome"]
+    replies = [
+        "Rome.",
+        "The capital of Italy is Rome.",
+        "Rome, of course.",
+        "The answer is: Rome",
+        "It is typically Rome",
+    ]
     assert {get(r) for r in replies} == {"rome"}
     assert get("The capital of Italy is Italy.") is None  # nothing beyond the question's words
     assert get("Paris is the capital of Italy.") == "paris"
@@ -139,12 +153,15 @@ def test_extractor_exact_is_the_first_word():
 
 
 # -- statistics ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("k, n, lo, hi", [
-    (8, 10, 0.4902, 0.9433),   # the textbook example
-    (0, 10, 0.0, 0.2775),
-    (10, 10, 0.7225, 1.0),
-    (40, 80, 0.3930, 0.6070),
-])
+@pytest.mark.parametrize(
+    "k, n, lo, hi",
+    [
+        (8, 10, 0.4902, 0.9433),  # the textbook example
+        (0, 10, 0.0, 0.2775),
+        (10, 10, 0.7225, 1.0),
+        (40, 80, 0.3930, 0.6070),
+    ],
+)
 def test_wilson_known_values(k, n, lo, hi):
     got = q.wilson(k, n)
     assert got == pytest.approx((lo, hi), abs=5e-4)
@@ -188,11 +205,14 @@ def write(tmp_path, *lines):
 
 
 def test_load_defaults_and_blank_lines(tmp_path):
-    path = write(tmp_path,
-                 json.dumps({"question": "2 + 2?", "answer": 4}),
-                 "",
-                 json.dumps({"id": "c", "question": "Capital of Italy?", "answer": "Rome",
-                             "aliases": ["Roma"]}))
+    path = write(
+        tmp_path,
+        json.dumps({"question": "2 + 2?", "answer": 4}),
+        "",
+        json.dumps(
+            {"id": "c", "question": "Capital of Italy?", "answer": "Rome", "aliases": ["Roma"]}
+        ),
+    )
     a, b = q.load_tasks(path)
     assert (a.id, a.answer, a.match) == ("line-1", "4", "number")
     assert (b.id, b.match, b.aliases) == ("c", "contains", ("Roma",))
@@ -204,16 +224,19 @@ def test_bad_json_names_the_line(tmp_path):
         q.load_tasks(path)
 
 
-@pytest.mark.parametrize("obj, message", [
-    ({"question": "q"}, "line 1: missing field 'answer'"),
-    ({"answer": "a"}, "line 1: missing field 'question'"),
-    ({"question": "q", "answer": ""}, "'answer' must be a non-empty"),
-    ({"question": "q", "answer": "a", "match": "fuzzy"}, "'match' must be one of"),
-    ({"question": "q", "answer": "ten", "match": "number"}, "needs a numeric answer"),
-    ({"question": "q", "answer": "a", "aliases": "b"}, "'aliases' must be a list"),
-    ({"question": "q", "answer": "the"}, "empty once normalised"),
-    (["q", "a"], "must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    "obj, message",
+    [
+        ({"question": "q"}, "line 1: missing field 'answer'"),
+        ({"answer": "a"}, "line 1: missing field 'question'"),
+        ({"question": "q", "answer": ""}, "'answer' must be a non-empty"),
+        ({"question": "q", "answer": "a", "match": "fuzzy"}, "'match' must be one of"),
+        ({"question": "q", "answer": "ten", "match": "number"}, "needs a numeric answer"),
+        ({"question": "q", "answer": "a", "aliases": "b"}, "'aliases' must be a list"),
+        ({"question": "q", "answer": "the"}, "empty once normalised"),
+        (["q", "a"], "must be a JSON object"),
+    ],
+)
 def test_bad_tasks_are_refused(tmp_path, obj, message):
     with pytest.raises(q.TaskFileError, match=message):
         q.load_tasks(write(tmp_path, json.dumps(obj)))
@@ -243,8 +266,9 @@ def test_shipped_arithmetic_answers_are_right():
     import re
 
     for t in q.load_tasks(q.DEFAULT_TASKS):
-        m = re.fullmatch(r"What is ([\d.,]+) (\+|-|times) ([\d.,]+)\? Answer with a number\.",
-                         t.question)
+        m = re.fullmatch(
+            r"What is ([\d.,]+) (\+|-|times) ([\d.,]+)\? Answer with a number\.", t.question
+        )
         if m:
             a, b = (float(x.replace(",", "")) for x in (m[1], m[3]))
             want = {"+": a + b, "-": a - b, "times": a * b}[m[2]]
@@ -275,7 +299,7 @@ def test_contenders_run_on_a_scripted_client(tmp_path):
     drawn = []
 
     async def client(*, model, messages, temp, max_tokens):
-        if messages[0]["role"] == "system":   # an aggregator or a judge
+        if messages[0]["role"] == "system":  # an aggregator or a judge
             return "Response 1", 50, 3
         if temp == 0:
             return "The answer is 12.", 10, 5
@@ -287,9 +311,11 @@ def test_contenders_run_on_a_scripted_client(tmp_path):
     summaries = []
     with moa.Cache(str(tmp_path / "c.sqlite")) as cache:
         for c in chosen:
-            answers = anyio.run(lambda: q.run_contender(c, tasks, client, seed=0, cache=cache,
-                                                        concurrency=2, limits=None,
-                                                        timeout=None))
+            answers = anyio.run(
+                lambda: q.run_contender(
+                    c, tasks, client, seed=0, cache=cache, concurrency=2, limits=None, timeout=None
+                )
+            )
             summaries.append(q.Summary(c, answers, 0.0, moa.DEFAULT_PRICES | {"m": (0, 0)}))
     by_key = {s.contender.key: s for s in summaries}
     assert by_key["greedy"].correct == [True, True]
@@ -318,12 +344,32 @@ def test_the_persona_vote_and_its_singles_share_their_greedy_answers(tmp_path):
         return ("It is 12." if persona or temp > 0 else "It is 11."), 10, 5
 
     tasks = [num("12")]
-    chosen = {c.key + c.label: c for c in q.contenders(q.Settings(("m",)))
-              if c.key in ("greedy", "personas", "persona-vote")}
+    chosen = {
+        c.key + c.label: c
+        for c in q.contenders(q.Settings(("m",)))
+        if c.key in ("greedy", "personas", "persona-vote")
+    }
     with moa.Cache(str(tmp_path / "c.sqlite")) as cache:
-        summaries = [q.Summary(c, anyio.run(lambda c=c: q.run_contender(
-            c, tasks, client, seed=0, cache=cache, concurrency=1, limits=None, timeout=None)),
-            0.0, moa.DEFAULT_PRICES | {"m": (0, 0)}) for c in chosen.values()]
+        summaries = [
+            q.Summary(
+                c,
+                anyio.run(
+                    lambda c=c: q.run_contender(
+                        c,
+                        tasks,
+                        client,
+                        seed=0,
+                        cache=cache,
+                        concurrency=1,
+                        limits=None,
+                        timeout=None,
+                    )
+                ),
+                0.0,
+                moa.DEFAULT_PRICES | {"m": (0, 0)},
+            )
+            for c in chosen.values()
+        ]
     vote = next(s for s in summaries if s.contender.key == "persona-vote")
     singles = [s for s in summaries if s.contender.single]
     assert len(singles) == len(moa.recipes.VOTE_PERSONAS)

@@ -50,8 +50,16 @@ def acceptance(p: float, cells: int) -> tuple[int, int]:
     most ``FALSE_FAILURE / cells``: the narrowest interval whose two tails each hold at most
     half that."""
     alpha = FALSE_FAILURE / cells / 2
-    pmf = [exp(lgamma(SEEDS + 1) - lgamma(k + 1) - lgamma(SEEDS - k + 1)
-               + k * log(p) + (SEEDS - k) * log1p(-p)) for k in range(SEEDS + 1)]
+    pmf = [
+        exp(
+            lgamma(SEEDS + 1)
+            - lgamma(k + 1)
+            - lgamma(SEEDS - k + 1)
+            + k * log(p)
+            + (SEEDS - k) * log1p(-p)
+        )
+        for k in range(SEEDS + 1)
+    ]
     lo, tail = 0, 0.0
     while tail + pmf[lo] <= alpha:
         tail += pmf[lo]
@@ -82,19 +90,21 @@ def uniform(outcomes) -> dict:
     return {o: 1 / len(outcomes) for o in outcomes}
 
 
-@pytest.mark.parametrize("p, cells", [(Fraction(1, 4), 16), (Fraction(1, 24), 24),
-                                      (Fraction(1, 20), 20), (Fraction(3, 10), 10)])
+@pytest.mark.parametrize(
+    "p, cells",
+    [(Fraction(1, 4), 16), (Fraction(1, 24), 24), (Fraction(1, 20), 20), (Fraction(3, 10), 10)],
+)
 def test_each_interval_leaves_out_at_most_its_share_of_false_failures(p, cells):
     # The bound every test rests on, checked in exact integer arithmetic: each tail outside
     # [lo, hi] holds at most FALSE_FAILURE / (2 * cells), and the interval is the narrowest
     # such (one count further in, a tail would hold more).
     lo, hi = acceptance(float(p), cells)
     a, b = p.numerator, p.denominator
-    weight = [comb(SEEDS, k) * a**k * (b - a)**(SEEDS - k) for k in range(SEEDS + 1)]
+    weight = [comb(SEEDS, k) * a**k * (b - a) ** (SEEDS - k) for k in range(SEEDS + 1)]
     total = b**SEEDS  # == sum(weight)
     alpha = Fraction(FALSE_FAILURE) / cells / 2
-    assert Fraction(sum(weight[:lo]), total) <= alpha < Fraction(sum(weight[:lo + 1]), total)
-    assert Fraction(sum(weight[hi + 1:]), total) <= alpha < Fraction(sum(weight[hi:]), total)
+    assert Fraction(sum(weight[:lo]), total) <= alpha < Fraction(sum(weight[: lo + 1]), total)
+    assert Fraction(sum(weight[hi + 1 :]), total) <= alpha < Fraction(sum(weight[hi:]), total)
 
 
 # -- running a step on a seed -------------------------------------------------------------------
@@ -142,8 +152,9 @@ def positions_over_seeds(orders) -> Counter:
 def test_shuffle_puts_every_response_in_every_position_equally_often():
     # 16 cells (response, position), each p = 1/4: a count must lie in [377, 630].
     orders = [outcome(Shuffle(), XS, seed)[0] for seed in range(SEEDS)]
-    assert_frequencies(positions_over_seeds(orders),
-                       {(x, i): 1 / 4 for x in XS for i in range(len(XS))})
+    assert_frequencies(
+        positions_over_seeds(orders), {(x, i): 1 / 4 for x in XS for i in range(len(XS))}
+    )
 
 
 def test_shuffle_reaches_every_order_equally_often():
@@ -181,7 +192,7 @@ def test_dropout_drops_each_response_at_its_rate_independently(rate):
         missing.update(x for x in xs if x not in out)
         kept[len(out)] += 1
     assert_frequencies(missing, {x: rate - rate**k / k for x in xs}, cells=2 * k)
-    law = {j: comb(k, j) * (1 - rate)**j * rate**(k - j) for j in range(1, k + 1)}
+    law = {j: comb(k, j) * (1 - rate) ** j * rate ** (k - j) for j in range(1, k + 1)}
     law[1] += rate**k
     assert_frequencies(kept, law, cells=2 * k)
 
@@ -204,8 +215,9 @@ def test_pick_shows_every_response_in_every_position_equally_often_and_rotates_i
         first = orders[0]
         assert orders == [first[k:] + first[:k] for k in range(4)], (seed, orders)
         first_orders.append(first)
-    assert_frequencies(positions_over_seeds(first_orders),
-                       {(x, i): 1 / 4 for x in XS for i in range(len(XS))})
+    assert_frequencies(
+        positions_over_seeds(first_orders), {(x, i): 1 / 4 for x in XS for i in range(len(XS))}
+    )
 
 
 def test_pick_breaks_a_tie_uniformly_at_random():
@@ -225,16 +237,25 @@ def test_vote_breaks_a_tie_uniformly_at_random_among_the_tied_answers_only():
     # Answers 1, 2, 2, 1, 3: "1" and "2" tie with two votes each; the winner is the first
     # response giving it. 2 cells, each p = 1/2: a count must lie in [861, 1139]; "3" never.
     xs = ("a: 1", "b: 2", "c: 2", "d: 1", "e: 3")
-    assert_frequencies(outputs_over_seeds(Vote(extract=r"\d"), xs),
-                       {("a: 1",): 1 / 2, ("b: 2",): 1 / 2})
+    assert_frequencies(
+        outputs_over_seeds(Vote(extract=r"\d"), xs), {("a: 1",): 1 / 2, ("b: 2",): 1 / 2}
+    )
 
 
 # -- the counts above are what seeded runs do ------------------------------------------------------
-@pytest.mark.parametrize("step, xs", [
-    (Shuffle(), XS), (Sample(2), XS), (Dropout(0.5), XS), (Dropout(1), XS),
-    (Pick("judge", times=4), XS), (Pick("judge", times=3), XS[:3]),
-    (Vote(extract=r"\d"), ("a: 1", "b: 2", "c: 2", "d: 1", "e: 3")),
-], ids=repr)
+@pytest.mark.parametrize(
+    "step, xs",
+    [
+        (Shuffle(), XS),
+        (Sample(2), XS),
+        (Dropout(0.5), XS),
+        (Dropout(1), XS),
+        (Pick("judge", times=4), XS),
+        (Pick("judge", times=3), XS[:3]),
+        (Vote(extract=r"\d"), ("a: 1", "b: 2", "c: 2", "d: 1", "e: 3")),
+    ],
+    ids=repr,
+)
 def test_a_seeded_run_hands_the_step_the_generator_counted_here(step, xs):
     # The tests above draw from random.Random(seed) directly; moa.run_sync(..., seed=seed)
     # must give the same outputs and show the judge the same orders, so the counts are the
@@ -247,5 +268,6 @@ def test_a_seeded_run_hands_the_step_the_generator_counted_here(step, xs):
         _, history = moa.run_sync(Propose(list(feed)) | step, "Q?", run, seed=seed)
         assert list(history.outputs) == out
         asked = [c["messages"] for c in run.calls if c["model"] not in feed]
-        assert Counter(map(shown, asked)) == Counter(shown(r.messages) for requests in rounds
-                                                     for r in requests)
+        assert Counter(map(shown, asked)) == Counter(
+            shown(r.messages) for requests in rounds for r in requests
+        )

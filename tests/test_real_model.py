@@ -39,7 +39,9 @@ def test_local_client_runs_a_three_plus_one_pipeline(model_path):
     from moa.clients import local_client
 
     client = local_client(model_path, n_ctx=2048)
-    pipeline = Propose(["smollm2"] * 3, max_tokens=48) | Shuffle() | Aggregate("smollm2", max_tokens=64)
+    pipeline = (
+        Propose(["smollm2"] * 3, max_tokens=48) | Shuffle() | Aggregate("smollm2", max_tokens=64)
+    )
     result, history = moa.run_sync(pipeline, QUESTION, client, seed=1)
     _check_real_run(result, history, 4)
 
@@ -53,7 +55,9 @@ def test_local_client_cancellation_stops_generation(model_path):
 
     async def main():
         with anyio.move_on_after(0.3):
-            await moa.run(Propose(["smollm2"] * 2, max_tokens=2000), "Write a very long story.", client)
+            await moa.run(
+                Propose(["smollm2"] * 2, max_tokens=2000), "Write a very long story.", client
+            )
         # the model is free again at once: the cancelled generation stopped at its next token
         start = anyio.current_time()
         await moa.run(Propose(["smollm2"], max_tokens=4), "Hi", client)
@@ -63,9 +67,9 @@ def test_local_client_cancellation_stops_generation(model_path):
 
 
 def test_openai_client_against_a_real_llama_cpp_server(llama_server):
-    from moa.clients import openai_client
-
     import anyio
+
+    from moa.clients import openai_client
 
     client = openai_client(base_url=llama_server)
     pipeline = Propose(["smollm2"] * 3, max_tokens=48) | Aggregate("smollm2", max_tokens=64)
@@ -84,8 +88,14 @@ def test_openai_client_against_a_real_llama_cpp_server(llama_server):
 def test_local_moa_example_runs_offline(model_path):
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "local_moa.py"), "What is 2 + 2?"],
-                          env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "local_moa.py"), "What is 2 + 2?"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "Prompt:   What is 2 + 2?" in out
@@ -101,10 +111,13 @@ def test_real_outputs_recorded_then_replayed_offline(model_path, tmp_path):
     calls, same outputs, nothing sent."""
     from moa.clients import local_client
 
-    pipeline = Propose(["smollm2"] * 3, max_tokens=32) | Shuffle() | Aggregate("smollm2", max_tokens=32)
+    pipeline = (
+        Propose(["smollm2"] * 3, max_tokens=32) | Shuffle() | Aggregate("smollm2", max_tokens=32)
+    )
     with moa.Cache(tmp_path / "recording.sqlite") as recording:
-        result, history = moa.run_sync(pipeline, QUESTION, local_client(model_path, n_ctx=2048),
-                                       seed=5, cache=recording)
+        result, history = moa.run_sync(
+            pipeline, QUESTION, local_client(model_path, n_ctx=2048), seed=5, cache=recording
+        )
     _check_real_run(result, history, 4)
 
     async def no_model(**request):  # replay mode never calls the client

@@ -19,7 +19,9 @@ from moa import Usage
 
 pytestmark = pytest.mark.local
 
-QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one short sentence."}]
+QUESTION = [
+    {"role": "user", "content": "What is the capital of France? Answer in one short sentence."}
+]
 STORY = [{"role": "user", "content": "Write a long story about a dragon."}]
 
 
@@ -36,8 +38,9 @@ async def _timed_story(client):
     start = time.monotonic()
     first = None
     items = []
-    async with aclosing(client.stream(model="smollm2", messages=STORY, temp=0.0,
-                                      max_tokens=64)) as stream:
+    async with aclosing(
+        client.stream(model="smollm2", messages=STORY, temp=0.0, max_tokens=64)
+    ) as stream:
         async for item in stream:
             if first is None:
                 first = time.monotonic() - start
@@ -63,8 +66,10 @@ def client(model_path):
 def test_local_stream_arrives_a_token_at_a_time_with_real_counts(client, backend):
     items, first, total = anyio.run(_timed_story, client, backend=backend)
     chunks, usage = _split(items)
-    print(f"\n[{backend}] time to first chunk {first:.3f} s of {total:.3f} s "
-          f"({len(chunks)} chunks, {usage})")
+    print(
+        f"\n[{backend}] time to first chunk {first:.3f} s of {total:.3f} s "
+        f"({len(chunks)} chunks, {usage})"
+    )
     assert len(chunks) > 10 and "".join(chunks).strip()
     assert first < 0.5 * total
     # A 64-token limit that the story reaches: every sampled token counts.
@@ -77,8 +82,12 @@ def test_local_stream_joins_to_what_call_returns(client):
         # llama.cpp's numbers differ slightly between the two: warm up so both compare alike.
         await client(model="smollm2", messages=QUESTION, temp=0.0, max_tokens=48)
         called = await client(model="smollm2", messages=QUESTION, temp=0.0, max_tokens=48)
-        streamed = [item async for item in client.stream(model="smollm2", messages=QUESTION,
-                                                         temp=0.0, max_tokens=48)]
+        streamed = [
+            item
+            async for item in client.stream(
+                model="smollm2", messages=QUESTION, temp=0.0, max_tokens=48
+            )
+        ]
         return called, streamed
 
     (text, tin, tout), items = anyio.run(main)
@@ -88,14 +97,17 @@ def test_local_stream_joins_to_what_call_returns(client):
     assert usage == Usage(tin, tout) and tout < 48
 
 
-@pytest.mark.parametrize("leave, backend", [("break", "asyncio"), ("break", "trio"),
-                                            ("cancel", "asyncio"), ("cancel", "trio")])
+@pytest.mark.parametrize(
+    "leave, backend",
+    [("break", "asyncio"), ("break", "trio"), ("cancel", "asyncio"), ("cancel", "trio")],
+)
 def test_leaving_a_local_stream_early_frees_the_model_at_once(client, leave, backend):
     async def main():
         got, arrived = [], []
         with anyio.CancelScope() as scope:
-            async with aclosing(client.stream(model="smollm2", messages=STORY, temp=0.7,
-                                              max_tokens=1500)) as stream:
+            async with aclosing(
+                client.stream(model="smollm2", messages=STORY, temp=0.7, max_tokens=1500)
+            ) as stream:
                 async for item in stream:
                     got.append(item)
                     arrived.append(time.monotonic())
@@ -112,8 +124,10 @@ def test_leaving_a_local_stream_early_frees_the_model_at_once(client, leave, bac
         return got, (arrived[3] - arrived[1]) / 2, stopped, text, time.monotonic() - start
 
     got, per_token, stopped, text, after = anyio.run(main, backend=backend)
-    print(f"\n[{leave}, {backend}] {per_token:.3f} s a token; the generation stopped "
-          f"{stopped:.3f} s after the consumer left; the next call took {after:.3f} s")
+    print(
+        f"\n[{leave}, {backend}] {per_token:.3f} s a token; the generation stopped "
+        f"{stopped:.3f} s after the consumer left; the next call took {after:.3f} s"
+    )
     assert len(got) == 4 and all(isinstance(c, str) for c in got)
     # The generation ends at its next token, not 1500 tokens later: measured in the model's
     # own pace, since a loaded machine slows everything alike.
@@ -136,8 +150,10 @@ def test_openai_client_streams_from_a_real_llama_cpp_server(llama_server):
 
     items, first, total = anyio.run(main)
     chunks, usage = _split(items)
-    print(f"\n[llama_cpp.server] time to first chunk {first:.3f} s of {total:.3f} s "
-          f"({len(chunks)} chunks, {usage})")
+    print(
+        f"\n[llama_cpp.server] time to first chunk {first:.3f} s of {total:.3f} s "
+        f"({len(chunks)} chunks, {usage})"
+    )
     assert len(chunks) > 10 and "".join(chunks).strip()
     assert first < 0.5 * total
     # llama_cpp.server ignores stream_options: usage may be unknown, never made up.

@@ -92,11 +92,14 @@ def test_runs_with_the_scripted_client(recipe, seed, calls):
 def test_arguments_reach_the_steps():
     p, agg = ["a", "b"], "c"
     assert together_moa(p, agg, temp=0.2, max_tokens=64) == (
-        Propose(p, temp=0.2, max_tokens=64) | Synthesize(p, temp=0.2, max_tokens=64)
-        | Synthesize(p, temp=0.2, max_tokens=64) | Aggregate(agg)
+        Propose(p, temp=0.2, max_tokens=64)
+        | Synthesize(p, temp=0.2, max_tokens=64)
+        | Synthesize(p, temp=0.2, max_tokens=64)
+        | Aggregate(agg)
     )
     assert moa_lite(p, agg, temp=0.2, max_tokens=64) == (
-        Propose(p, temp=0.2, max_tokens=64) | Synthesize(p, temp=0.2, max_tokens=64)
+        Propose(p, temp=0.2, max_tokens=64)
+        | Synthesize(p, temp=0.2, max_tokens=64)
         | Aggregate(agg)
     )
     assert self_moa("m", n=3, temp=1.0, max_tokens=99) == (
@@ -111,13 +114,18 @@ def test_proposer_settings_reach_the_client_and_the_aggregator_keeps_its_default
     client = ScriptedClient()
     run_sync(moa_lite(["a", "b"], "c"), "q", client)
     assert [(c["model"], c["temp"], c["max_tokens"]) for c in client.calls] == [
-        ("a", 0.7, 512), ("b", 0.7, 512), ("a", 0.7, 512), ("b", 0.7, 512), ("c", 0.7, 2048),
+        ("a", 0.7, 512),
+        ("b", 0.7, 512),
+        ("a", 0.7, 512),
+        ("b", 0.7, 512),
+        ("c", 0.7, 2048),
     ]
 
 
 def test_self_moa_n_is_checked():
     assert self_moa(n=1) == Propose(["gpt-5-nano-2025-08-07"], temp=0.7) | Aggregate(
-        "gpt-5-nano-2025-08-07")
+        "gpt-5-nano-2025-08-07"
+    )
     with pytest.raises(ValueError, match=r"self_moa\(n=\.\.\.\): n must be >= 1.*got 0"):
         self_moa(n=0)
     with pytest.raises(ValueError, match="got -2"):
@@ -185,7 +193,8 @@ def test_self_moa_seq_is_samples_then_windowed_aggregation():
     from moa.recipes import self_moa_seq
 
     assert self_moa_seq("m", n=8, window=4, reserved=2, max_tokens=50) == (
-        Propose(["m"] * 8, temp=0.7, max_tokens=50) | AggregateSeq("m", window=4, reserved=2))
+        Propose(["m"] * 8, temp=0.7, max_tokens=50) | AggregateSeq("m", window=4, reserved=2)
+    )
     with pytest.raises(ValueError, match=r"self_moa_seq: AggregateSeq\(window=3, reserved=3\)"):
         self_moa_seq(window=3, reserved=3)
     with pytest.raises(ValueError, match=r"self_moa_seq\(n=...\): n must be >= 1"):
@@ -202,7 +211,7 @@ def test_persona_vote_is_greedy_personas_and_samples_then_a_vote():
     agents = propose.agents
     assert len(agents) == len(VOTE_PERSONAS) + 2
     assert agents[0] == Agent("m", temp=0)
-    assert [a.system for a in agents[:len(VOTE_PERSONAS)]] == list(VOTE_PERSONAS)
+    assert [a.system for a in agents[: len(VOTE_PERSONAS)]] == list(VOTE_PERSONAS)
     assert agents[-1] == Agent("m", temp=0.3)
     assert eval(repr(pipe), vars(moa)) == pipe
     named = persona_vote(Agent("m", name="tiny"), personas=[None, "Be brief."], samples=0)

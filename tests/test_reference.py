@@ -15,8 +15,23 @@ from scripted import ScriptedClient
 from test_laws import MODELS, delay_randoms, llm_steps, pipelines, random_delays, transforms
 
 import moa
-from moa import (Aggregate, EmptyInputError, Filter, LLMStep, Parallel, Pipeline, Propose, Rank,
-                 Refine, Sample, Shuffle, Synthesize, Take, Transform, Vote)
+from moa import (
+    Aggregate,
+    EmptyInputError,
+    Filter,
+    LLMStep,
+    Parallel,
+    Pipeline,
+    Propose,
+    Rank,
+    Refine,
+    Sample,
+    Shuffle,
+    Synthesize,
+    Take,
+    Transform,
+    Vote,
+)
 
 PROMPT = "What is the answer?"
 
@@ -62,8 +77,9 @@ async def reference(step, prompt, client, seed):
                 replies = []
                 for req in requests:
                     messages = [dict(m) for m in req.messages]
-                    text, _, _ = await client(model=req.model, messages=messages, temp=req.temp,
-                                              max_tokens=req.max_tokens)
+                    text, _, _ = await client(
+                        model=req.model, messages=messages, temp=req.temp, max_tokens=req.max_tokens
+                    )
                     calls.append((req.model, messages, req.temp, req.max_tokens, text))
                     replies.append(text)
             records.append((repr(step), path, "llm", tuple(responses), tuple(out), tuple(calls)))
@@ -77,17 +93,26 @@ async def reference(step, prompt, client, seed):
 def as_reference_records(history):
     """The executor's step records in the reference's shape."""
     return [
-        (r.step, r.path, r.kind, r.inputs, r.outputs,
-         tuple((c.model, [dict(m) for m in c.messages], c.temp, c.max_tokens, c.text)
-               for c in r.calls))
+        (
+            r.step,
+            r.path,
+            r.kind,
+            r.inputs,
+            r.outputs,
+            tuple(
+                (c.model, [dict(m) for m in c.messages], c.temp, c.max_tokens, c.text)
+                for c in r.calls
+            ),
+        )
         for r in history.steps
     ]
 
 
 def sent(client):
     """What a scripted client was asked, as a multiset."""
-    return Counter((c["model"], repr(c["messages"]), c["temp"], c["max_tokens"])
-                   for c in client.calls)
+    return Counter(
+        (c["model"], repr(c["messages"]), c["temp"], c["max_tokens"]) for c in client.calls
+    )
 
 
 # -- pipelines whose first step is a Propose, with a Parallel and a judge ---------------------
@@ -120,8 +145,9 @@ def run_both(p, seed, delays, backend, max_concurrency):
     event(expected if isinstance(expected, str) else "ran")
     client = ScriptedClient(delay=random_delays(delays))
     try:
-        result, history = moa.run_sync(p, PROMPT, client, seed=seed, backend=backend,
-                                        max_concurrency=max_concurrency)
+        result, history = moa.run_sync(
+            p, PROMPT, client, seed=seed, backend=backend, max_concurrency=max_concurrency
+        )
     except EmptyInputError:
         executed = "no responses"
     else:
@@ -131,13 +157,31 @@ def run_both(p, seed, delays, backend, max_concurrency):
 
 
 @settings(max_examples=200, deadline=None)
-@given(runnable_pipelines(), st.integers(0, 2**64 - 1), delay_randoms,
-       st.sampled_from(["asyncio", "trio"]), st.sampled_from([None, 1, 2, 5]))
-@example(Propose(["alpha", "beta"]) | (Shuffle() | Take(1)) & (Refine(["gamma"]) | Sample(2))
-         | Rank("alpha", n=2) | Synthesize(["beta", "gamma"]) | Vote("alpha"),
-         7, random.Random(0), "asyncio", None)
-@example(Propose(["alpha"]) | (Filter(lambda s: False) & Take(1)) | Pipeline() & Aggregate("beta"),
-         1, random.Random(1), "trio", 2)
+@given(
+    runnable_pipelines(),
+    st.integers(0, 2**64 - 1),
+    delay_randoms,
+    st.sampled_from(["asyncio", "trio"]),
+    st.sampled_from([None, 1, 2, 5]),
+)
+@example(
+    Propose(["alpha", "beta"])
+    | (Shuffle() | Take(1)) & (Refine(["gamma"]) | Sample(2))
+    | Rank("alpha", n=2)
+    | Synthesize(["beta", "gamma"])
+    | Vote("alpha"),
+    7,
+    random.Random(0),
+    "asyncio",
+    None,
+)
+@example(
+    Propose(["alpha"]) | (Filter(lambda s: False) & Take(1)) | Pipeline() & Aggregate("beta"),
+    1,
+    random.Random(1),
+    "trio",
+    2,
+)
 def test_executor_agrees_with_the_reference(p, seed, delays, backend, max_concurrency):
     executed, expected = run_both(p, seed, delays, backend, max_concurrency)
     if isinstance(executed, str) or isinstance(expected, str):

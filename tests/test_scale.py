@@ -17,8 +17,13 @@ async def test_run_many_returns_input_order_and_shares_one_cap():
     client = ScriptedClient(delay=lambda m, msgs: random.random() / 200)
     prompts = [f"question {i}" for i in range(60)]
     seen = []
-    results = await run_many(Propose(["a", "b"]) | Aggregate("a"), prompts, client,
-                             max_concurrency=7, progress=lambda d, t, r: seen.append((d, t)))
+    results = await run_many(
+        Propose(["a", "b"]) | Aggregate("a"),
+        prompts,
+        client,
+        max_concurrency=7,
+        progress=lambda d, t, r: seen.append((d, t)),
+    )
     assert [r.prompt for r in results] == prompts and [r.index for r in results] == list(range(60))
     assert all(r.ok and r.result.startswith("a says") for r in results)
     assert client.max_in_flight == 7
@@ -31,12 +36,18 @@ async def test_run_many_reports_failures_per_prompt_and_goes_on():
             raise ProviderError("refused", model=model, retryable=False, status=400)
         return "fine"
 
-    results = await run_many(Propose(["a"]) | Aggregate("a"), ["ok 1", "bad 2", "ok 3"],
-                             ScriptedClient(reply), retry=FAST)
+    results = await run_many(
+        Propose(["a"]) | Aggregate("a"),
+        ["ok 1", "bad 2", "ok 3"],
+        ScriptedClient(reply),
+        retry=FAST,
+    )
     assert [r.ok for r in results] == [True, False, True]
     failed = results[1]
     assert isinstance(failed.error, moa.StepFailedError) and failed.result is None
-    assert failed.history is not None and failed.history[0].calls[0].error.startswith("ProviderError")
+    assert failed.history is not None and failed.history[0].calls[0].error.startswith(
+        "ProviderError"
+    )
 
 
 async def test_run_many_with_a_seed_replays():
@@ -60,8 +71,13 @@ async def test_a_2000_prompt_batch_with_30_percent_transient_failures_loses_noth
         return f"{model}: {messages[-1]['content'][-12:]}", 1, 1
 
     prompts = [f"prompt {i}" for i in range(2000)]
-    results = await run_many(Propose(["a", "b", "c"]) | Aggregate("a"), prompts, flaky,
-                             max_concurrency=256, retry=Retry(attempts=25, initial=0, jitter=0))
+    results = await run_many(
+        Propose(["a", "b", "c"]) | Aggregate("a"),
+        prompts,
+        flaky,
+        max_concurrency=256,
+        retry=Retry(attempts=25, initial=0, jitter=0),
+    )
     assert all(r.ok for r in results)
     assert [r.prompt for r in results] == prompts
     retried = sum(c.attempts > 1 for r in results for c in r.history.calls)
@@ -69,8 +85,10 @@ async def test_a_2000_prompt_batch_with_30_percent_transient_failures_loses_noth
 
 
 async def test_as_completed_yields_in_completion_order_and_early_exit_cancels():
-    client = ScriptedClient(lambda m, msgs: msgs[-1]["content"],
-                            delay=lambda m, msgs: {"slow": 0.2, "mid": 0.05, "fast": 0}[msgs[-1]["content"]])
+    client = ScriptedClient(
+        lambda m, msgs: msgs[-1]["content"],
+        delay=lambda m, msgs: {"slow": 0.2, "mid": 0.05, "fast": 0}[msgs[-1]["content"]],
+    )
     async with moa.as_completed(Propose(["a"]), ["slow", "mid", "fast"], client) as results:
         order = [r.result async for r in results]
     assert order == ["fast", "mid", "slow"]
@@ -130,8 +148,9 @@ async def test_retry_after_pauses_that_model_only():
 
     limits = Limits(default=ModelLimit(concurrency=100))
     start = anyio.current_time()
-    results = await run_many(Propose(["a"]) | Propose(["b"]), ["q1"], client, limits=limits,
-                             retry=FAST)
+    results = await run_many(
+        Propose(["a"]) | Propose(["b"]), ["q1"], client, limits=limits, retry=FAST
+    )
     assert results[0].ok
     assert times["a"][1] - start >= 0.3
     more = await run_many(Propose(["b"]), ["q2", "q3"], client, limits=limits)
@@ -152,8 +171,9 @@ async def test_quorum_cancels_the_stragglers_and_records_them():
     assert history.output_tokens == 4 and client.in_flight == 0
 
 
-@pytest.mark.parametrize("bad, message", [(0, "quorum must be an int >= 1"),
-                                          (7, "exceeds the 6 agents")])
+@pytest.mark.parametrize(
+    "bad, message", [(0, "quorum must be an int >= 1"), (7, "exceeds the 6 agents")]
+)
 def test_quorum_is_checked_at_construction(bad, message):
     with pytest.raises(ValueError, match=message):
         Propose(list("abcdef"), quorum=bad)
@@ -209,7 +229,9 @@ async def test_a_pause_holds_calls_already_queued_for_the_model():
         sent.append(anyio.current_time())
         await anyio.sleep(0.05)
         if len(sent) == 1:
-            raise ProviderError("slow down", model=model, retryable=False, retry_after=0.4, status=429)
+            raise ProviderError(
+                "slow down", model=model, retryable=False, retry_after=0.4, status=429
+            )
         return "x", 1, 1
 
     limits = Limits(default=ModelLimit(concurrency=1))
@@ -245,7 +267,8 @@ async def test_rpm_below_one_a_minute_is_kept():
 
 async def test_hedge_clock_starts_when_the_call_is_sent_not_while_it_queues():
     client = ScriptedClient(delay=0.1)
-    _, history = await run(Propose(["a", "b", "c"]), "Q", client, max_concurrency=1,
-                           hedge_after=0.15)
+    _, history = await run(
+        Propose(["a", "b", "c"]), "Q", client, max_concurrency=1, hedge_after=0.15
+    )
     assert all(c.hedges == () for c in history.calls)
     assert len(client.calls) == 3

@@ -25,8 +25,9 @@ class SeededClient(ScriptedClient):
 
     async def __call__(self, *, model, messages, temp, max_tokens, seed=None):
         self.seeds.append(seed)
-        text, tin, tout = await super().__call__(model=model, messages=messages, temp=temp,
-                                                 max_tokens=max_tokens)
+        text, tin, tout = await super().__call__(
+            model=model, messages=messages, temp=temp, max_tokens=max_tokens
+        )
         return f"{text} seed={seed}", tin, tout
 
 
@@ -37,10 +38,14 @@ def test_call_seeds_are_a_function_of_run_seed_path_request_and_sample():
     seed = call_seed(7, (0,), REQ, 0)
     assert seed == call_seed(7, (0,), moa.Request("m", moa.messages(("user", "q")), 0.7, 10), 0)
     assert 0 <= seed < 2**SEED_BITS
-    others = {call_seed(8, (0,), REQ, 0), call_seed(7, (1,), REQ, 0), call_seed(7, (0,), REQ, 1),
-              call_seed(7, (0, 0), REQ, 0),
-              call_seed(7, (0,), moa.Request("m", moa.messages(("user", "r")), 0.7, 10), 0),
-              call_seed(7, (0,), moa.Request("m", moa.messages(("user", "q")), 0.0, 10), 0)}
+    others = {
+        call_seed(8, (0,), REQ, 0),
+        call_seed(7, (1,), REQ, 0),
+        call_seed(7, (0,), REQ, 1),
+        call_seed(7, (0, 0), REQ, 0),
+        call_seed(7, (0,), moa.Request("m", moa.messages(("user", "r")), 0.7, 10), 0),
+        call_seed(7, (0,), moa.Request("m", moa.messages(("user", "q")), 0.0, 10), 0),
+    }
     assert seed not in others and len(others) == 6
 
 
@@ -69,17 +74,19 @@ def test_who_takes_a_seed():
 
 async def test_a_client_that_takes_a_seed_gets_one_per_call_and_history_records_it():
     client = SeededClient()
-    result, history = await moa.run(Propose(["a", "a", "b"]) | Aggregate("j"), "q", client,
-                                    seed=5)
+    result, history = await moa.run(Propose(["a", "a", "b"]) | Aggregate("j"), "q", client, seed=5)
     seeds = [c.seed for c in history.calls]
     assert sorted(seeds) == sorted(client.seeds) and None not in seeds
     # Self-MoA's identical requests are different samples: different seeds.
     assert len(set(seeds)) == 4
     asked = [moa.Request(c.model, c.messages, c.temp, c.max_tokens) for c in history.calls]
-    assert seeds == [call_seed(5, (0,), asked[0], 0), call_seed(5, (0,), asked[1], 1),
-                     call_seed(5, (0,), asked[2], 0), call_seed(5, (1,), asked[3], 0)]
-    again = await moa.run(Propose(["a", "a", "b"]) | Aggregate("j"), "q", SeededClient(),
-                          seed=5)
+    assert seeds == [
+        call_seed(5, (0,), asked[0], 0),
+        call_seed(5, (0,), asked[1], 1),
+        call_seed(5, (0,), asked[2], 0),
+        call_seed(5, (1,), asked[3], 0),
+    ]
+    again = await moa.run(Propose(["a", "a", "b"]) | Aggregate("j"), "q", SeededClient(), seed=5)
     assert again == (result, history)
 
 
@@ -89,8 +96,9 @@ async def test_a_client_that_takes_no_seed_is_never_given_one():
     assert all(c.seed is None for c in history.calls)
 
 
-@pytest.mark.parametrize("options", [{}, {"timeout": 5}, {"max_concurrency": 1},
-                                     {"hedge_after": 5}, {"limits": "rpm"}])
+@pytest.mark.parametrize(
+    "options", [{}, {"timeout": 5}, {"max_concurrency": 1}, {"hedge_after": 5}, {"limits": "rpm"}]
+)
 async def test_every_call_path_passes_the_seed(options):
     if options.get("limits"):
         options = {"limits": moa.Limits(default=moa.ModelLimit(rpm=1000))}
@@ -108,8 +116,12 @@ async def test_a_seed_stays_with_its_request_when_other_agents_join():
 
 async def test_rounds_and_judges_are_seeded_too():
     client = SeededClient()
-    pipe = (Propose(["a"] * 4) | Pick("j", times=2) | Propose(["a"] * 3)
-            | AggregateSeq("j", window=2, reserved=1))
+    pipe = (
+        Propose(["a"] * 4)
+        | Pick("j", times=2)
+        | Propose(["a"] * 3)
+        | AggregateSeq("j", window=2, reserved=1)
+    )
     _, history = await moa.run(pipe, "q", client, seed=9)
     assert all(c.seed is not None for c in history.calls)
     assert len({c.seed for c in history.calls}) == len(history.calls)
@@ -117,16 +129,24 @@ async def test_rounds_and_judges_are_seeded_too():
 
 async def test_agents_settings_and_persona_reach_the_call_and_history():
     client = SeededClient()
-    pipe = (Propose([Agent("m", temp=0), Agent("m", temp=0.9, max_tokens=20,
-                                               system="Be terse.", name="terse")])
-            | Synthesize([Agent("s", system="You check arithmetic.")])
-            | Aggregate(Agent("j", temp=0.1)))
+    pipe = (
+        Propose(
+            [
+                Agent("m", temp=0),
+                Agent("m", temp=0.9, max_tokens=20, system="Be terse.", name="terse"),
+            ]
+        )
+        | Synthesize([Agent("s", system="You check arithmetic.")])
+        | Aggregate(Agent("j", temp=0.1))
+    )
     _, history = await moa.run(pipe, "q", client, seed=2)
     greedy, terse, synth, judge = history.calls
     assert (greedy.temp, greedy.max_tokens, greedy.agent) == (0, 2048, "Agent('m', temp=0)")
     assert (terse.temp, terse.max_tokens, terse.agent) == (0.9, 20, "terse")
-    assert [dict(m) for m in terse.messages] == [{"role": "system", "content": "Be terse."},
-                                                 {"role": "user", "content": "q"}]
+    assert [dict(m) for m in terse.messages] == [
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": "q"},
+    ]
     assert synth.messages[0]["content"].startswith("You check arithmetic.\n\nYou are given")
     assert judge.temp == 0.1 and judge.agent == "Agent('j', temp=0.1)"
     assert greedy.seed != terse.seed  # different requests never share a seed

@@ -7,9 +7,28 @@ import pytest
 from scripted import ScriptedClient
 
 import moa
-from moa import (Aggregate, Dropout, Filter, Map, Propose, Rank, Refine, Sample, Shuffle,
-                 Synthesize, Take, Vote, run_sync)
-from moa._llm_steps import AGGREGATE_PROMPT, RANK_PROMPT, REFINE_PROMPT, SYNTHESIZE_PROMPT, VOTE_PROMPT
+from moa import (
+    Aggregate,
+    Dropout,
+    Filter,
+    Map,
+    Propose,
+    Rank,
+    Refine,
+    Sample,
+    Shuffle,
+    Synthesize,
+    Take,
+    Vote,
+    run_sync,
+)
+from moa._llm_steps import (
+    AGGREGATE_PROMPT,
+    RANK_PROMPT,
+    REFINE_PROMPT,
+    SYNTHESIZE_PROMPT,
+    VOTE_PROMPT,
+)
 
 
 def table(**replies):
@@ -24,7 +43,9 @@ def seeded(*texts):
 
 
 def test_propose_sends_the_prompt_alone_and_keeps_agent_order():
-    client = ScriptedClient(lambda m, _: f"answer of {m}", delay=lambda m, _: {"a": 0.03, "b": 0.0, "c": 0.01}[m])
+    client = ScriptedClient(
+        lambda m, _: f"answer of {m}", delay=lambda m, _: {"a": 0.03, "b": 0.0, "c": 0.01}[m]
+    )
     result, history = run_sync(Propose(["a", "b", "c"], temp=0.3, max_tokens=50), "Q?", client)
     assert result == "answer of a"
     assert history.outputs == ("answer of a", "answer of b", "answer of c")
@@ -70,8 +91,10 @@ def test_prompt_with_braces_reaches_the_model_verbatim():
 
 def test_refine_improves_each_response_round_robin_in_order():
     first, replies = seeded("r1", "r2", "r3")
-    client = ScriptedClient(lambda m, msgs: replies.get(m) or f"{m} refined {msgs[-1]['content'][-2:]}",
-                            delay=lambda m, msgs: 0.02 if msgs[-1]["content"].endswith("r1") else 0)
+    client = ScriptedClient(
+        lambda m, msgs: replies.get(m) or f"{m} refined {msgs[-1]['content'][-2:]}",
+        delay=lambda m, msgs: 0.02 if msgs[-1]["content"].endswith("r1") else 0,
+    )
     result, history = run_sync(first | Refine(["x", "y"]), "Q", client)
     assert history.outputs == ("x refined r1", "y refined r2", "x refined r3")
     call = history[1].calls[1]
@@ -130,8 +153,12 @@ def test_transforms_in_a_run_and_their_records():
     p = first | Filter(lambda s: len(s) > 1) | Map(str.upper) | Take(2)
     result, history = run_sync(p, "Q", table(**replies))
     assert result == "BB"
-    assert [r.outputs for r in history] == [("a", "bb", "ccc", "dddd"), ("bb", "ccc", "dddd"),
-                                            ("BB", "CCC", "DDDD"), ("BB", "CCC")]
+    assert [r.outputs for r in history] == [
+        ("a", "bb", "ccc", "dddd"),
+        ("bb", "ccc", "dddd"),
+        ("BB", "CCC", "DDDD"),
+        ("BB", "CCC"),
+    ]
     assert [r.kind for r in history] == ["llm", "transform", "transform", "transform"]
     assert history[2].step == "Map(str.upper)"
 
@@ -153,16 +180,22 @@ def test_map_returning_non_str_is_an_error_naming_the_step():
         return len(s)
 
     first, replies = seeded("a")
-    with pytest.raises(TypeError, match=r"Map\(.*count\): fn must return a str, returned 1 \(int\)"):
+    with pytest.raises(
+        TypeError, match=r"Map\(.*count\): fn must return a str, returned 1 \(int\)"
+    ):
         run_sync(first | Map(count), "Q", table(**replies))
 
 
 def test_history_totals_seed_names_and_json():
     client = ScriptedClient(lambda m, _: "two words")
-    result, history = run_sync(Propose(["a", "b"]) | Aggregate("a"), "one two three", client, seed=5)
+    result, history = run_sync(
+        Propose(["a", "b"]) | Aggregate("a"), "one two three", client, seed=5
+    )
     assert history.total_calls == 3
     assert history.output_tokens == 6
-    assert history.input_tokens == 3 + 3 + sum(len(m["content"].split()) for m in client.calls[2]["messages"])
+    assert history.input_tokens == 3 + 3 + sum(
+        len(m["content"].split()) for m in client.calls[2]["messages"]
+    )
     step = history[0]
     assert step["step"] == step.step == "Propose(['a', 'b'])"
     assert step["outputs"] == step.outputs == ("two words", "two words")
@@ -171,9 +204,14 @@ def test_history_totals_seed_names_and_json():
     call = step.calls[0]
     assert call["in_tokens"] == 3 and call["out_tokens"] == 2 and call.attempts == 1 and call.ok
     data = json.loads(json.dumps(history.to_dict()))
-    assert data["totals"] == {"calls": 3, "failed_calls": 0, "cancelled_calls": 0, "cached_calls": 0,
-                              "input_tokens": history.input_tokens,
-                              "output_tokens": 6}
+    assert data["totals"] == {
+        "calls": 3,
+        "failed_calls": 0,
+        "cancelled_calls": 0,
+        "cached_calls": 0,
+        "input_tokens": history.input_tokens,
+        "output_tokens": 6,
+    }
     assert data["seed"] == 5 and data["steps"][1]["calls"][0]["messages"][0]["role"] == "system"
     assert history.seed == 5
 
@@ -209,19 +247,27 @@ def test_a_nested_pipeline_is_reused_as_a_step():
     p = Propose(["a", "b"]) | layer * 2 | Aggregate("a")
     _, history = run_sync(p, "Q", ScriptedClient(), seed=3)
     assert [r.step for r in history] == [
-        "Propose(['a', 'b'])", "Synthesize(['a', 'b'])", "Shuffle()", "Synthesize(['a', 'b'])",
-        "Shuffle()", "Aggregate('a')",
+        "Propose(['a', 'b'])",
+        "Synthesize(['a', 'b'])",
+        "Shuffle()",
+        "Synthesize(['a', 'b'])",
+        "Shuffle()",
+        "Aggregate('a')",
     ]
     assert [r.path for r in history] == [(i,) for i in range(6)]
 
 
 def test_parallel_branches_concatenate_in_branch_order():
-    client = ScriptedClient(lambda m, _: m, delay=lambda m, _: {"a": 0.03, "b": 0.0, "c": 0.01}.get(m, 0))
+    client = ScriptedClient(
+        lambda m, _: m, delay=lambda m, _: {"a": 0.03, "b": 0.0, "c": 0.01}.get(m, 0)
+    )
     p = (Propose(["a"]) | Map(str.upper)) & Propose(["b", "c"])
     result, history = run_sync(p, "Q", client)
     assert history.outputs == ("A", "b", "c")
     assert [(r.step, r.path) for r in history] == [
-        ("Propose(['a'])", (0, 0, 0)), ("Map(str.upper)", (0, 0, 1)), ("Propose(['b', 'c'])", (0, 1)),
+        ("Propose(['a'])", (0, 0, 0)),
+        ("Map(str.upper)", (0, 0, 1)),
+        ("Propose(['b', 'c'])", (0, 1)),
         ("(Propose(['a']) | Map(str.upper)) & Propose(['b', 'c'])", (0,)),
     ]
 

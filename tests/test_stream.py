@@ -7,14 +7,25 @@ from time import monotonic
 
 import anyio
 import pytest
+from conftest import FAST
 
 import moa
-from moa import (Aggregate, AggregateSeq, Cache, CallFinished, Propose, Rank, RunFinished,
-                 StepFailedError, StepFinished, StepStarted, StreamInterruptedError, Take,
-                 TextChunk, run, run_stream)
+from moa import (
+    Aggregate,
+    AggregateSeq,
+    Cache,
+    CallFinished,
+    Propose,
+    Rank,
+    RunFinished,
+    StepFailedError,
+    StepStarted,
+    Take,
+    TextChunk,
+    run,
+    run_stream,
+)
 from moa.testing import ScriptedClient
-
-from conftest import FAST
 
 pytestmark = pytest.mark.anyio
 
@@ -49,10 +60,12 @@ async def test_events_end_with_the_result_and_chunks_join_to_it():
     kinds = [type(e).__name__ for e in events]
     assert kinds[:1] == ["StepStarted"] and kinds.count("StepFinished") == 2
     # the aggregator's chunks come after its step started and before its call finished
-    agg_start = next(i for i, e in enumerate(events)
-                     if isinstance(e, StepStarted) and e.path == (1,))
-    agg_done = next(i for i, e in enumerate(events)
-                    if isinstance(e, CallFinished) and e.path == (1,))
+    agg_start = next(
+        i for i, e in enumerate(events) if isinstance(e, StepStarted) and e.path == (1,)
+    )
+    agg_done = next(
+        i for i, e in enumerate(events) if isinstance(e, CallFinished) and e.path == (1,)
+    )
     first = kinds.index("TextChunk")
     assert agg_start < first < agg_done
     assert client.streams == 1  # only the final answer is streamed
@@ -85,8 +98,9 @@ async def test_a_failure_after_the_first_chunk_is_reported_never_repeated():
     judge = [c for c in client.calls if c["model"] == "j"]
     assert len(judge) == 1  # not retried
     failed = [e.record for e in events if isinstance(e, CallFinished) and e.path == (1,)]
-    assert failed[0].error.startswith("StreamInterruptedError: j: the reply stream broke after "
-                                      "4 chunk(s)")
+    assert failed[0].error.startswith(
+        "StreamInterruptedError: j: the reply stream broke after 4 chunk(s)"
+    )
     assert info.value.history.steps[-1].calls[0].error == failed[0].error
     assert not any(isinstance(e, RunFinished) for e in events)
 
@@ -107,9 +121,11 @@ async def test_a_cached_final_answer_is_one_chunk(tmp_path):
     assert chunks(events) == [events[-1].result] and client.calls == []
 
 
-@pytest.mark.parametrize("pipe", [PIPE | Take(1), Propose(["a", "b"]) | Rank("j", n=1),
-                                  Propose(["a", "b"])],
-                         ids=["transform last", "judge verdict", "proposals"])
+@pytest.mark.parametrize(
+    "pipe",
+    [PIPE | Take(1), Propose(["a", "b"]) | Rank("j", n=1), Propose(["a", "b"])],
+    ids=["transform last", "judge verdict", "proposals"],
+)
 async def test_nothing_streams_unless_the_last_step_writes_the_answer(pipe):
     client = ScriptedClient(lambda m, _: "1" if m == "j" else long_reply(m, _))
     events, _ = await collect(pipe, client, seed=1)
@@ -221,8 +237,9 @@ async def test_the_runs_error_keeps_its_own_cause():
             raise ValueError("outer") from exc
 
     with pytest.raises(ValueError) as info:
-        async with run_stream(Propose(["a"]) | moa.Map(broken), "q", ScriptedClient(),
-                              seed=1) as stream:
+        async with run_stream(
+            Propose(["a"]) | moa.Map(broken), "q", ScriptedClient(), seed=1
+        ) as stream:
             async for _ in stream:
                 pass
     assert isinstance(info.value.__cause__, KeyError)
@@ -239,8 +256,11 @@ async def test_an_empty_pipeline_streams_nothing_and_ends():
 
 
 async def test_step_started_once_per_round_and_for_a_step_without_calls():
-    pipe = (Propose([f"p{i}" for i in range(5)]) | AggregateSeq("agg", window=3)
-            | moa.Vote(extract=r"\w+"))
+    pipe = (
+        Propose([f"p{i}" for i in range(5)])
+        | AggregateSeq("agg", window=3)
+        | moa.Vote(extract=r"\w+")
+    )
     events, _ = await collect(pipe, ScriptedClient(), seed=1)
     started = [(e.path, e.calls, e.round) for e in events if isinstance(e, StepStarted)]
     assert started == [((0,), 5, 1), ((1,), 1, 1), ((1,), 1, 2), ((2,), 0, 1)]

@@ -13,8 +13,16 @@ from hypothesis import strategies as st
 import moa
 import moa.testing as mt
 from moa import Dropout, Filter, Map, Propose, Rank, Refine, Sample, Shuffle, Take, transform
-from moa.testing import (LawViolation, check_laws, deterministic_under_seed, fuses, identity_at,
-                         length_bound, permutation, sub_multiset)
+from moa.testing import (
+    LawViolation,
+    check_laws,
+    deterministic_under_seed,
+    fuses,
+    identity_at,
+    length_bound,
+    permutation,
+    sub_multiset,
+)
 
 FEW = settings(max_examples=30, deadline=None)
 
@@ -65,8 +73,14 @@ def test_transforms_are_the_six_built_ins(step):
 @FEW
 @given(mt.pipelines([Take(1), Shuffle()], max_leaves=4))
 def test_pipelines_of_given_steps(p):
-    assert set(repr(p).replace("(", " ").replace(")", " ").split()) <= {"Take", "1", "Shuffle",
-                                                                         "|", "&", "Pipeline"}
+    assert set(repr(p).replace("(", " ").replace(")", " ").split()) <= {
+        "Take",
+        "1",
+        "Shuffle",
+        "|",
+        "&",
+        "Pipeline",
+    }
 
 
 @FEW
@@ -89,14 +103,18 @@ def test_strategies_refuse_unknown_kinds():
 
 
 async def ask(client, model, content):
-    text, _, _ = await client(model=model, messages=[{"role": "user", "content": content}],
-                              temp=0.0, max_tokens=8)
+    text, _, _ = await client(
+        model=model, messages=[{"role": "user", "content": content}], temp=0.0, max_tokens=8
+    )
     return text
 
 
 @FEW
-@given(mt.scripted_clients(texts=["A", "B"], delay=0.001), st.sampled_from(["m", "n"]),
-       st.text(max_size=5))
+@given(
+    mt.scripted_clients(texts=["A", "B"], delay=0.001),
+    st.sampled_from(["m", "n"]),
+    st.text(max_size=5),
+)
 def test_a_scripted_clients_text_is_fixed_per_model_and_call(client, model, content):
     first = anyio.run(ask, client, model, content)
     assert first in ("A", "B")
@@ -120,25 +138,38 @@ def truncate(responses, rng, limit):
     return [r[:limit] for r in responses]
 
 
-@pytest.mark.parametrize("subject, options, names", [
-    (Shuffle(), {}, ["test_shuffle_permutation"]),
-    (Dropout(0.5), {}, ["test_dropout_0_5_permutation"]),
-    (Propose(["a", "b"]) | Rank("judge", n=2), {}, ["test_propose_a_b_rank_judge_n_2_permutation"]),
-    (Dropout, {"params": 0.0}, ["test_dropout_permutation"]),
-    (truncate, {"params": 3}, ["test_truncate_permutation"]),
-    (mt.transforms(kinds=[Shuffle]), {"name": "shuffles"}, ["test_shuffles_permutation"]),
-])
+@pytest.mark.parametrize(
+    "subject, options, names",
+    [
+        (Shuffle(), {}, ["test_shuffle_permutation"]),
+        (Dropout(0.5), {}, ["test_dropout_0_5_permutation"]),
+        (
+            Propose(["a", "b"]) | Rank("judge", n=2),
+            {},
+            ["test_propose_a_b_rank_judge_n_2_permutation"],
+        ),
+        (Dropout, {"params": 0.0}, ["test_dropout_permutation"]),
+        (truncate, {"params": 3}, ["test_truncate_permutation"]),
+        (mt.transforms(kinds=[Shuffle]), {"name": "shuffles"}, ["test_shuffles_permutation"]),
+    ],
+)
 def test_check_laws_names_a_test_after_the_step_and_the_law(subject, options, names):
     assert list(check_laws(subject, [permutation], namespace={}, **options)) == names
 
 
 def test_check_laws_defines_its_tests_in_the_calling_module():
     namespace = {"__name__": "test_somewhere"}
-    exec("from moa import Take\nfrom moa.testing import check_laws, sub_multiset\n"
-         "check_laws(Take(2), [sub_multiset])", namespace)
+    exec(
+        "from moa import Take\nfrom moa.testing import check_laws, sub_multiset\n"
+        "check_laws(Take(2), [sub_multiset])",
+        namespace,
+    )
     test = namespace["test_take_2_sub_multiset"]
     assert (test.__name__, test.__module__, test.__doc__) == (
-        "test_take_2_sub_multiset", "test_somewhere", sub_multiset.__doc__)
+        "test_take_2_sub_multiset",
+        "test_somewhere",
+        sub_multiset.__doc__,
+    )
     test()
 
 
@@ -149,8 +180,11 @@ def test_check_laws_refuses_what_would_make_unclear_tests():
         check_laws(Shuffle(), [permutation], namespace=namespace)
     with pytest.raises(ValueError, match="defined already; give this check_laws"):
         check_laws(Take(1), [length_bound(), length_bound(min)], namespace={})
-    with pytest.raises(TypeError, match=r"length_bound takes its parameter first, as in "
-                                        r"length_bound\(\.\.\.\)"):
+    with pytest.raises(
+        TypeError,
+        match=r"length_bound takes its parameter first, as in "
+        r"length_bound\(\.\.\.\)",
+    ):
         check_laws(Take(1), [length_bound], namespace={})
     with pytest.raises(TypeError, match="is not a law; make one with @moa.testing.law"):
         check_laws(Take(1), [len], namespace={})
@@ -161,17 +195,32 @@ def test_check_laws_refuses_what_would_make_unclear_tests():
 
 
 def test_pytest_k_selects_one_law(tmp_path):
-    (tmp_path / "test_longest.py").write_text(textwrap.dedent("""
+    (tmp_path / "test_longest.py").write_text(
+        textwrap.dedent("""
         from hypothesis import strategies as st
         from moa import Take
         from moa.testing import check_laws, fuses, idempotent, sub_multiset
 
         check_laws(Take, [sub_multiset, idempotent, fuses(min)], params=st.integers(0, 4),
                    max_examples=10)
-    """))
+    """)
+    )
     out = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-k", "fuses", "-v",
-         str(tmp_path)], capture_output=True, text=True, cwd=tmp_path)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-k",
+            "fuses",
+            "-v",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "test_longest.py::test_take_fuses PASSED" in out.stdout
     assert "1 passed, 2 deselected" in out.stdout
@@ -179,8 +228,11 @@ def test_pytest_k_selects_one_law(tmp_path):
 
 # -- laws used wrongly say how to use them -------------------------------------------------------
 def test_laws_that_need_a_factory_say_so():
-    with pytest.raises(TypeError, match=r"the law identity_at needs a factory, e.g. "
-                                        r"check_laws\(Dropout, \[identity_at\(0\)\]\)"):
+    with pytest.raises(
+        TypeError,
+        match=r"the law identity_at needs a factory, e.g. "
+        r"check_laws\(Dropout, \[identity_at\(0\)\]\)",
+    ):
         identity_at(0)(Dropout(0))
     with pytest.raises(TypeError, match="the law fuses draws parameters for Take: pass params="):
         fuses(min)(Take)
@@ -188,15 +240,28 @@ def test_laws_that_need_a_factory_say_so():
         fuses(min)(Take(1))
     with pytest.raises(TypeError, match="the law permutation draws parameters for Take"):
         permutation(Take)
-    with pytest.raises(TypeError, match=r"permutation\(params=\.\.\.\): params are the arguments "
-                                        r"of a factory, and Shuffle\(\) is not one"):
+    with pytest.raises(
+        TypeError,
+        match=r"permutation\(params=\.\.\.\): params are the arguments "
+        r"of a factory, and Shuffle\(\) is not one",
+    ):
         permutation(Shuffle(), params=1)
 
 
 def test_laws_are_named_functions_stating_themselves_in_one_line():
-    laws = [mt.permutation, mt.sub_multiset, mt.order_preserving, mt.never_empty,
-            mt.length_bound(), mt.deterministic_under_seed, mt.idempotent, mt.identity_at(0),
-            mt.commutes_with_map, mt.fuses(min), mt.equivalent_to(Take(1))]
+    laws = [
+        mt.permutation,
+        mt.sub_multiset,
+        mt.order_preserving,
+        mt.never_empty,
+        mt.length_bound(),
+        mt.deterministic_under_seed,
+        mt.idempotent,
+        mt.identity_at(0),
+        mt.commutes_with_map,
+        mt.fuses(min),
+        mt.equivalent_to(Take(1)),
+    ]
     for law in laws:
         assert law.__doc__ and "\n" not in law.__doc__ and law.__doc__.endswith(".")
         assert law.__name__.isidentifier()
@@ -206,14 +271,21 @@ def test_laws_are_named_functions_stating_themselves_in_one_line():
 
 def test_laws_run_strategies_of_steps_and_pipelines_with_llm_steps():
     permutation(mt.transforms(kinds=[Shuffle]), max_examples=20)
-    sub_multiset(st.lists(mt.transforms(kinds=[Shuffle, Take, Sample, Dropout])).map(
-        lambda steps: moa.Pipeline(*steps)), max_examples=20)
+    sub_multiset(
+        st.lists(mt.transforms(kinds=[Shuffle, Take, Sample, Dropout])).map(
+            lambda steps: moa.Pipeline(*steps)
+        ),
+        max_examples=20,
+    )
     deterministic_under_seed(mt.pipelines(mt.transforms() | mt.llm_steps()), max_examples=20)
 
 
 def test_a_drawn_step_that_breaks_a_law_is_named_in_the_message():
-    with pytest.raises(LawViolation, match=r"^Shuffle\(\) & Shuffle\(\) breaks the law "
-                                           r"sub_multiset"):
+    with pytest.raises(
+        LawViolation,
+        match=r"^Shuffle\(\) & Shuffle\(\) breaks the law "
+        r"sub_multiset",
+    ):
         sub_multiset(mt.pipelines(Shuffle()))
 
 
@@ -222,8 +294,9 @@ def test_assert_equivalent_shows_both_sides():
     with pytest.raises(LawViolation) as info:
         mt.assert_equivalent(Take(2) | Shuffle(), Shuffle() | Take(2))
     message = str(info.value)
-    assert message.startswith("these pipelines differ:\n  p = Take(2) | Shuffle()\n"
-                              "  q = Shuffle() | Take(2)\n")
+    assert message.startswith(
+        "these pipelines differ:\n  p = Take(2) | Shuffle()\n  q = Shuffle() | Take(2)\n"
+    )
     assert "inputs:" in message and "seed:" in message
 
 
@@ -231,6 +304,11 @@ def test_the_scripted_client_still_serves_the_suite():
     from scripted import Permanent, ScriptedClient, Transient, default_reply
 
     assert (ScriptedClient, Transient, Permanent, default_reply) == (
-        mt.ScriptedClient, mt.Transient, mt.Permanent, mt.default_reply)
+        mt.ScriptedClient,
+        mt.Transient,
+        mt.Permanent,
+        mt.default_reply,
+    )
     assert moa.run_sync(Propose(["m"]), "Q?", ScriptedClient())[0] == default_reply(
-        "m", [{"role": "user", "content": "Q?"}])
+        "m", [{"role": "user", "content": "Q?"}]
+    )

@@ -23,7 +23,7 @@ from .providers import PROVIDERS, make_client
 from .run import DEMO_PROMPT, demo, run_command
 from .trace import trace_command
 
-__all__ = ("main", "build_parser", "UsageError", "PROVIDERS", "make_client", "with_max_tokens")
+__all__ = ("PROVIDERS", "UsageError", "build_parser", "main", "make_client", "with_max_tokens")
 
 
 def _positive(text: str) -> int:
@@ -43,39 +43,78 @@ def _seconds(text: str) -> float:
 def _run_options(p: argparse.ArgumentParser) -> None:
     """The options ``run`` and ``batch`` share."""
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--pipeline", metavar="EXPR",
-                       help="a pipeline expression, e.g. \"Propose(['m', 'm']) | Aggregate('m')\"")
-    which.add_argument("--recipe", choices=RECIPES,
-                       help="a ready-made pipeline from moa.recipes; with --model, or on the "
-                            "local model, every model in it is that one")
-    p.add_argument("--provider", choices=sorted(PROVIDERS), default="local",
-                   help="where the models run (default: local, the embedded SmolLM2-135M)")
-    p.add_argument("--base-url", help="an OpenAI-compatible endpoint (vLLM, Ollama, llama.cpp server)")
+    which.add_argument(
+        "--pipeline",
+        metavar="EXPR",
+        help="a pipeline expression, e.g. \"Propose(['m', 'm']) | Aggregate('m')\"",
+    )
+    which.add_argument(
+        "--recipe",
+        choices=RECIPES,
+        help="a ready-made pipeline from moa.recipes; with --model, or on the "
+        "local model, every model in it is that one",
+    )
+    p.add_argument(
+        "--provider",
+        choices=sorted(PROVIDERS),
+        default="local",
+        help="where the models run (default: local, the embedded SmolLM2-135M)",
+    )
+    p.add_argument(
+        "--base-url", help="an OpenAI-compatible endpoint (vLLM, Ollama, llama.cpp server)"
+    )
     p.add_argument("--model", help="the model name (default: the provider's)")
-    p.add_argument("--max-tokens", type=_positive, default=None,
-                   help="set max_tokens of every LLM step of the pipeline")
-    p.add_argument("--seed", type=int, default=None, help="seed for the random steps (replays a run)")
-    p.add_argument("--max-concurrency", type=_positive, default=None,
-                   help="calls in flight at once (in batch: per prompt)")
+    p.add_argument(
+        "--max-tokens",
+        type=_positive,
+        default=None,
+        help="set max_tokens of every LLM step of the pipeline",
+    )
+    p.add_argument(
+        "--seed", type=int, default=None, help="seed for the random steps (replays a run)"
+    )
+    p.add_argument(
+        "--max-concurrency",
+        type=_positive,
+        default=None,
+        help="calls in flight at once (in batch: per prompt)",
+    )
     p.add_argument("--timeout", type=_seconds, default=None, help="seconds per call attempt")
-    p.add_argument("--cache", metavar="FILE",
-                   help="a response cache (SQLite): answers it holds are not asked again")
-    p.add_argument("--prices", metavar="FILE",
-                   help='a JSON price table {"model": [input, output]} in $ per million tokens, '
-                        "over the defaults")
+    p.add_argument(
+        "--cache",
+        metavar="FILE",
+        help="a response cache (SQLite): answers it holds are not asked again",
+    )
+    p.add_argument(
+        "--prices",
+        metavar="FILE",
+        help='a JSON price table {"model": [input, output]} in $ per million tokens, '
+        "over the defaults",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress or summary on stderr")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moa", description="Mixture-of-Agents pipelines.")
     sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="run a Self-MoA (samples + aggregation) on a real model",
-                       description="Runs a Self-MoA: N samples of one model, then an aggregation "
-                                   "by the same model. Offline on the embedded SmolLM2 by default.")
-    d.add_argument("prompt", nargs="?", default=DEMO_PROMPT, help="the question (default: %(default)r)")
-    d.add_argument("--provider", choices=sorted(PROVIDERS), default="local",
-                   help="where the model runs (default: local, the embedded SmolLM2-135M)")
-    d.add_argument("--base-url", help="an OpenAI-compatible endpoint (vLLM, Ollama, llama.cpp server)")
+    d = sub.add_parser(
+        "demo",
+        help="run a Self-MoA (samples + aggregation) on a real model",
+        description="Runs a Self-MoA: N samples of one model, then an aggregation "
+        "by the same model. Offline on the embedded SmolLM2 by default.",
+    )
+    d.add_argument(
+        "prompt", nargs="?", default=DEMO_PROMPT, help="the question (default: %(default)r)"
+    )
+    d.add_argument(
+        "--provider",
+        choices=sorted(PROVIDERS),
+        default="local",
+        help="where the model runs (default: local, the embedded SmolLM2-135M)",
+    )
+    d.add_argument(
+        "--base-url", help="an OpenAI-compatible endpoint (vLLM, Ollama, llama.cpp server)"
+    )
     d.add_argument("--model", help="the model name (default: the provider's)")
     d.add_argument("--samples", type=_positive, default=3, help="proposals to sample (default: 3)")
     d.add_argument("--max-tokens", type=_positive, default=160, help="per call (default: 160)")
@@ -84,46 +123,68 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(handler=demo)
 
     r = sub.add_parser(
-        "run", help="run a pipeline on one prompt; the answer alone goes to stdout",
+        "run",
+        help="run a pipeline on one prompt; the answer alone goes to stdout",
         description="Runs a pipeline expression or a recipe on one prompt. The answer goes to "
-                    "stdout; progress and a summary go to stderr. Exit status: 0 done, 1 the "
-                    "run failed, 2 a usage or expression error, 130 interrupted.")
+        "stdout; progress and a summary go to stderr. Exit status: 0 done, 1 the "
+        "run failed, 2 a usage or expression error, 130 interrupted.",
+    )
     r.add_argument("prompt", nargs="?", help="the question (default: --prompt-file, or stdin)")
     r.add_argument("--prompt-file", metavar="FILE", help="read the prompt from FILE ('-': stdin)")
     _run_options(r)
-    r.add_argument("--stream", action="store_true",
-                   help="print the final answer as it is generated (when the last step writes "
-                        "it: Aggregate, Vote with a judge, AggregateSeq)")
-    r.add_argument("--json", metavar="FILE",
-                   help="write the run's history, result, pipeline and cost to FILE (also when "
-                        "the run fails, for `moa trace`)")
+    r.add_argument(
+        "--stream",
+        action="store_true",
+        help="print the final answer as it is generated (when the last step writes "
+        "it: Aggregate, Vote with a judge, AggregateSeq)",
+    )
+    r.add_argument(
+        "--json",
+        metavar="FILE",
+        help="write the run's history, result, pipeline and cost to FILE (also when "
+        "the run fails, for `moa trace`)",
+    )
     r.set_defaults(handler=run_command)
 
     b = sub.add_parser(
-        "batch", help="run a pipeline on every prompt of a JSONL file, resumably",
+        "batch",
+        help="run a pipeline on every prompt of a JSONL file, resumably",
         description="Runs a pipeline on every prompt of INPUT (one JSON string, or "
-                    '{"prompt": ..., "id": ...}, a line; the id defaults to the 0-based index '
-                    "among the prompts) and appends one result line per prompt to OUT as it "
-                    "finishes. Rerun the same command to resume: ids OUT holds a success for "
-                    "are skipped, failed ones run again. With --seed S prompt i gets the i-th "
-                    "seed drawn from S, as moa.run_many(prompts, seed=S). Exit status 1 when "
-                    "any prompt failed.")
+        '{"prompt": ..., "id": ...}, a line; the id defaults to the 0-based index '
+        "among the prompts) and appends one result line per prompt to OUT as it "
+        "finishes. Rerun the same command to resume: ids OUT holds a success for "
+        "are skipped, failed ones run again. With --seed S prompt i gets the i-th "
+        "seed drawn from S, as moa.run_many(prompts, seed=S). Exit status 1 when "
+        "any prompt failed.",
+    )
     b.add_argument("input", metavar="INPUT.jsonl", help="the prompts ('-': stdin)")
-    b.add_argument("-o", "--output", metavar="OUT.jsonl", required=True,
-                   help="where the results go (appended; read first to resume)")
-    b.add_argument("--concurrency", type=_positive, default=4,
-                   help="prompts run at once (default: 4)")
+    b.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT.jsonl",
+        required=True,
+        help="where the results go (appended; read first to resume)",
+    )
+    b.add_argument(
+        "--concurrency", type=_positive, default=4, help="prompts run at once (default: 4)"
+    )
     _run_options(b)
     b.set_defaults(handler=batch_command)
 
     t = sub.add_parser(
-        "trace", help="show a saved run (moa run --json, or a moa batch line) as a tree",
+        "trace",
+        help="show a saved run (moa run --json, or a moa batch line) as a tree",
         description="Shows a run saved by `moa run --json FILE` (or line N of a `moa batch` "
-                    "output with --line N) as a tree: steps, calls, tokens, cost, errors and "
-                    "the judges' raw replies.")
+        "output with --line N) as a tree: steps, calls, tokens, cost, errors and "
+        "the judges' raw replies.",
+    )
     t.add_argument("file", metavar="FILE")
-    t.add_argument("--line", type=_positive, default=None,
-                   help="the line of a batch output (JSONL) to show, counting from 1")
+    t.add_argument(
+        "--line",
+        type=_positive,
+        default=None,
+        help="the line of a batch output (JSONL) to show, counting from 1",
+    )
     t.add_argument("--full", action="store_true", help="show every call's text in full")
     t.add_argument("--prices", metavar="FILE", help="a JSON price table over the defaults")
     t.set_defaults(handler=trace_command)

@@ -27,11 +27,26 @@ from .._pipeline import Step
 from .._run import run
 from ..errors import MoaError
 from . import progress, providers
-from .options import (build_pipeline, cache_namespace, load_prices, open_cache,
-                      parse_expression, prices_for, saved_prices)
+from .common import (
+    UsageError,
+    check_writable,
+    close_client,
+    dumps,
+    jsonl_lines,
+    loads,
+    short,
+    tokens,
+)
+from .options import (
+    build_pipeline,
+    cache_namespace,
+    load_prices,
+    open_cache,
+    parse_expression,
+    prices_for,
+    saved_prices,
+)
 from .providers import as_agent, model_option
-from .common import (UsageError, check_writable, close_client, dumps, jsonl_lines, loads, short,
-                     tokens)
 
 __all__ = ("batch_command",)
 
@@ -64,31 +79,39 @@ def _read_batch_input(path: str) -> list[_Item]:
             value = loads(raw)
         except ValueError as exc:
             reason = exc.msg if isinstance(exc, json.JSONDecodeError) else short(str(exc), 80)
-            raise UsageError(f"{where}: not JSON ({reason}); each line must be "
-                             '{"prompt": "...", "id": ...} or a JSON string') from None
+            raise UsageError(
+                f"{where}: not JSON ({reason}); each line must be "
+                '{"prompt": "...", "id": ...} or a JSON string'
+            ) from None
         if isinstance(value, str):
             prompt, ident = value, len(items)
         elif isinstance(value, dict) and "prompt" in value:
             prompt = value["prompt"]
             ident = value.get("id", len(items))
         else:
-            raise UsageError(f'{where}: each line must be {{"prompt": "...", "id": ...}} or a '
-                             f"JSON string, got {short(raw, 60)}")
+            raise UsageError(
+                f'{where}: each line must be {{"prompt": "...", "id": ...}} or a '
+                f"JSON string, got {short(raw, 60)}"
+            )
         if not isinstance(prompt, str) or not prompt.strip():
-            raise UsageError(f"{where}: the prompt must be a non-empty string, got "
-                             f"{short(repr(prompt), 60)}")
+            raise UsageError(
+                f"{where}: the prompt must be a non-empty string, got {short(repr(prompt), 60)}"
+            )
         bad = unicode_error(prompt)
         if bad is not None:
             raise UsageError(f"{where}: the prompt is not valid Unicode: {bad}")
         if isinstance(ident, bool) or not isinstance(ident, (str, int)):
-            raise UsageError(f"{where}: the id must be a string or an integer, got "
-                             f"{short(repr(ident), 60)}")
+            raise UsageError(
+                f"{where}: the id must be a string or an integer, got {short(repr(ident), 60)}"
+            )
         if isinstance(ident, str) and unicode_error(ident) is not None:
             raise UsageError(f"{where}: the id is not valid Unicode: {unicode_error(ident)}")
         key = json.dumps(ident)
         if key in seen:
-            raise UsageError(f"{where}: id {ident!r} is already used on line {seen[key]}; ids "
-                             "must be unique, as a resumed batch skips the ids already done")
+            raise UsageError(
+                f"{where}: id {ident!r} is already used on line {seen[key]}; ids "
+                "must be unique, as a resumed batch skips the ids already done"
+            )
         seen[key] = lineno
         items.append(_Item(ident, prompt, lineno))
     if not items:
@@ -122,16 +145,21 @@ def _read_batch_output(path: Path) -> tuple[dict[str, str], int]:
             if lineno == len(lines):  # cut off by a kill mid-write
                 truncated = True
                 continue
-            raise UsageError(f"-o {path} line {lineno} is not a moa batch result ({exc}); fix "
-                             "or remove that line, or write to another file") from None
+            raise UsageError(
+                f"-o {path} line {lineno} is not a moa batch result ({exc}); fix "
+                "or remove that line, or write to another file"
+            ) from None
         if entry.get("error") is None:
             done[json.dumps(entry["id"])] = entry.get("prompt")
             keep.append(raw)
         else:
             failed += 1
     if truncated:
-        print(f"moa: {path}: dropped a truncated last line (a run interrupted mid-write); "
-              "that prompt runs again", file=sys.stderr)
+        print(
+            f"moa: {path}: dropped a truncated last line (a run interrupted mid-write); "
+            "that prompt runs again",
+            file=sys.stderr,
+        )
     if truncated or failed or (text and not text.endswith("\n")):
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
@@ -151,13 +179,22 @@ class _BatchBar:
         self.progress: Any = None
         if not quiet and progress.fancy():
             from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
 
             self.progress = Progress(
-                TextColumn("prompts"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[failed]}"), TimeElapsedColumn(),
-                console=Console(stderr=True))
+                TextColumn("prompts"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[failed]}"),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+            )
             self.task = self.progress.add_task("prompts", total=total, failed="0 failed")
 
     def __enter__(self) -> _BatchBar:
@@ -179,12 +216,21 @@ class _BatchBar:
         now = time.monotonic()
         if not self.quiet and now - self.last >= 2.0 and self.done < self.total:
             self.last = now
-            print(f"batch: {self.done}/{self.total} prompts, {self.failed} failed, "
-                  f"{now - self.start:.1f} s", file=sys.stderr, flush=True)
+            print(
+                f"batch: {self.done}/{self.total} prompts, {self.failed} failed, "
+                f"{now - self.start:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
-def _outcome_line(item: _Item, result: str | None, history: History | None,
-                  error: BaseException | None, prices: Prices) -> dict[str, Any]:
+def _outcome_line(
+    item: _Item,
+    result: str | None,
+    history: History | None,
+    error: BaseException | None,
+    prices: Prices,
+) -> dict[str, Any]:
     c = cost(history, prices) if history is not None else None
     return {
         "id": item.id,
@@ -201,18 +247,23 @@ def _outcome_line(item: _Item, result: str | None, history: History | None,
     }
 
 
-async def _drive_batch(pipeline: Step, items: list[_Item], client: Any, concurrency: int,
-                       run_options: dict[str, Any],
-                       report: Callable[[_Item, str | None, History | None, BaseException | None],
-                                        None]) -> None:
+async def _drive_batch(
+    pipeline: Step,
+    items: list[_Item],
+    client: Any,
+    concurrency: int,
+    run_options: dict[str, Any],
+    report: Callable[[_Item, str | None, History | None, BaseException | None], None],
+) -> None:
     """Run every item, at most ``concurrency`` at a time, reporting each as it finishes."""
     slots = anyio.Semaphore(concurrency)
 
     async def one(item: _Item) -> None:
         try:
             try:
-                result, history = await run(pipeline, item.prompt, client, seed=item.seed,
-                                            **run_options)
+                result, history = await run(
+                    pipeline, item.prompt, client, seed=item.seed, **run_options
+                )
             except Exception as exc:  # the batch goes on; the error is that prompt's result
                 hist = exc.history if isinstance(exc, MoaError) else None
                 report(item, None, hist, exc)
@@ -247,20 +298,26 @@ def batch_command(args: argparse.Namespace) -> int:
     for item in items:
         key = json.dumps(item.id)
         if key in done_ids and done_ids[key] != item.prompt:
-            raise UsageError(f"-o {out} holds id {item.id!r} for another prompt "
-                             f"({short(str(done_ids[key]), 40)!r}, not "
-                             f"{short(item.prompt, 40)!r}); an id must keep its prompt across "
-                             "resumed runs: write to another file, or give each prompt its id")
+            raise UsageError(
+                f"-o {out} holds id {item.id!r} for another prompt "
+                f"({short(str(done_ids[key]), 40)!r}, not "
+                f"{short(item.prompt, 40)!r}); an id must keep its prompt across "
+                "resumed runs: write to another file, or give each prompt its id"
+            )
     todo = [item for item in items if json.dumps(item.id) not in done_ids]
     skipped = len(items) - len(todo)
     if not args.quiet and (skipped or failed_before):
-        print(f"moa: resuming {out}: {skipped} of {len(items)} prompts already done"
-              + (f", {failed_before} failed before and run again" if failed_before else ""),
-              file=sys.stderr)
+        print(
+            f"moa: resuming {out}: {skipped} of {len(items)} prompts already done"
+            + (f", {failed_before} failed before and run again" if failed_before else ""),
+            file=sys.stderr,
+        )
     if not todo:
         if not args.quiet:
-            print(f"batch: nothing to run, all {len(items)} prompts are done in {out}",
-                  file=sys.stderr)
+            print(
+                f"batch: nothing to run, all {len(items)} prompts are done in {out}",
+                file=sys.stderr,
+            )
         return 0
     try:
         sink = out.open("a", encoding="utf-8")
@@ -282,8 +339,9 @@ def batch_command(args: argparse.Namespace) -> int:
     bar = _BatchBar(len(todo), args.quiet)
     start = time.monotonic()
 
-    def report(item: _Item, result: str | None, history: History | None,
-               error: BaseException | None) -> None:
+    def report(
+        item: _Item, result: str | None, history: History | None, error: BaseException | None
+    ) -> None:
         # One write per line, flushed: an interruption loses only the prompts in flight.
         sink.write(dumps(_outcome_line(item, result, history, error, prices)) + "\n")
         sink.flush()
@@ -293,8 +351,7 @@ def batch_command(args: argparse.Namespace) -> int:
 
     try:
         with sink, bar:
-            anyio.run(_drive_batch, pipeline, todo, client, args.concurrency, run_options,
-                      report)
+            anyio.run(_drive_batch, pipeline, todo, client, args.concurrency, run_options, report)
     finally:
         if cache is not None:
             cache.close()
@@ -302,7 +359,10 @@ def batch_command(args: argparse.Namespace) -> int:
         tin = _sum_known(h.input_tokens for h in histories)
         tout = _sum_known(h.output_tokens for h in histories)
         total = sum((cost(h, prices) for h in histories), Cost.ZERO)
-        print(f"batch: {bar.done - bar.failed} done, {bar.failed} failed, {skipped} skipped "
-              f"(already in {out})   tokens: {tokens(tin)} in, {tokens(tout)} out   "
-              f"cost: {total}   wall time: {time.monotonic() - start:.2f} s", file=sys.stderr)
+        print(
+            f"batch: {bar.done - bar.failed} done, {bar.failed} failed, {skipped} skipped "
+            f"(already in {out})   tokens: {tokens(tin)} in, {tokens(tout)} out   "
+            f"cost: {total}   wall time: {time.monotonic() - start:.2f} s",
+            file=sys.stderr,
+        )
     return 1 if bar.failed else 0

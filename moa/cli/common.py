@@ -9,8 +9,16 @@ from typing import Any
 
 from .._client import unicode_error
 
-__all__ = ("UsageError", "close_client", "short", "tokens", "jsonl_lines", "dumps", "loads",
-           "check_writable")
+__all__ = (
+    "UsageError",
+    "check_writable",
+    "close_client",
+    "dumps",
+    "jsonl_lines",
+    "loads",
+    "short",
+    "tokens",
+)
 
 
 class UsageError(Exception):
@@ -27,7 +35,7 @@ async def close_client(client: Any) -> None:
 def short(text: str, width: int) -> str:
     """``text`` on one line, cut to ``width`` characters with ``...``."""
     flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[:max(0, width - 3)] + "..."
+    return flat if len(flat) <= width else flat[: max(0, width - 3)] + "..."
 
 
 def tokens(n: int | None) -> str:

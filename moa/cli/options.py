@@ -18,13 +18,23 @@ from .._pipeline import Parallel, Pipeline, Step
 from ..errors import MoaError
 from .common import UsageError
 
-__all__ = ("RECIPES", "parse_expression", "recipe", "with_max_tokens", "leaves",
-           "build_pipeline", "prices_for", "saved_prices", "cache_namespace", "load_prices",
-           "open_cache", "cost_dict")
+__all__ = (
+    "RECIPES",
+    "build_pipeline",
+    "cache_namespace",
+    "cost_dict",
+    "leaves",
+    "load_prices",
+    "open_cache",
+    "parse_expression",
+    "prices_for",
+    "recipe",
+    "saved_prices",
+    "with_max_tokens",
+)
 
 #: The recipes ``--recipe`` can name.
 RECIPES = ("together_moa", "moa_lite", "self_moa", "self_moa_seq", "robust_moa", "persona_vote")
-
 
 
 def parse_expression(text: str) -> Step:
@@ -56,8 +66,11 @@ def with_max_tokens(step: Step, n: int) -> Step:
         return Pipeline(*(with_max_tokens(s, n) for s in step.steps))
     if isinstance(step, Parallel):
         return Parallel(*(with_max_tokens(b, n) for b in step.branches))
-    if isinstance(step, LLMStep) and dataclasses.is_dataclass(step) and any(
-            f.name == "max_tokens" for f in dataclasses.fields(step)):
+    if (
+        isinstance(step, LLMStep)
+        and dataclasses.is_dataclass(step)
+        and any(f.name == "max_tokens" for f in dataclasses.fields(step))
+    ):
         return dataclasses.replace(step, max_tokens=n)  # type: ignore[type-var]
     return step
 
@@ -70,10 +83,10 @@ def leaves(step: Step) -> list[tuple[tuple[int, ...], Step]]:
     def walk(s: Step, path: tuple[int, ...]) -> None:
         if isinstance(s, Pipeline):
             for i, sub in enumerate(s.steps):
-                walk(sub, path + (i,))
+                walk(sub, (*path, i))
         elif isinstance(s, Parallel):
             for i, sub in enumerate(s.branches):
-                walk(sub, path + (i,))
+                walk(sub, (*path, i))
         else:
             out.append((path, s))
 
@@ -99,16 +112,23 @@ def prices_for(args: argparse.Namespace, pipeline: Step) -> Prices:
     since each is a label for the same local model, then the user's ``--prices`` file."""
     base = DEFAULT_PRICES
     if args.provider == "local" and not args.base_url:
-        names = {m if isinstance(m, str) else m.model for _, s in leaves(pipeline)
-                 for m in (*getattr(s, "agents", ()), getattr(s, "agent", None)) if m}
+        names = {
+            m if isinstance(m, str) else m.model
+            for _, s in leaves(pipeline)
+            for m in (*getattr(s, "agents", ()), getattr(s, "agent", None))
+            if m
+        }
         base = base | {m: (0.0, 0.0) for m in names}
     return load_prices(args.prices, base)
 
 
 def saved_prices(prices: Prices, history: History) -> dict[str, list[float]]:
     """The prices of the run's models, saved beside it so `moa trace` costs it the same."""
-    return {m: [p.input, p.output] for m in sorted({c.model for c in history.calls})
-            if (p := prices.price(m)) is not None}
+    return {
+        m: [p.input, p.output]
+        for m in sorted({c.model for c in history.calls})
+        if (p := prices.price(m)) is not None
+    }
 
 
 def cache_namespace(args: argparse.Namespace) -> str:

@@ -17,7 +17,7 @@ from .._pipeline import Step
 from .common import short, tokens
 from .options import leaves
 
-__all__ = ("load_rich", "fancy", "NoProgress", "progress_for")
+__all__ = ("NoProgress", "fancy", "load_rich", "progress_for")
 
 
 def load_rich():  # type: ignore[no-untyped-def]
@@ -69,9 +69,11 @@ class _StepLines(NoProgress):
         tin, tout = spent_tokens(calls)
         n = self.numbers.get(record.path, "?")
         extra = f", {cached} cached" if cached else ""
-        return (f"step {n}/{self.total} {short(record.step, 60)}: {ok}/{len(calls)} calls, "
-                f"{failed} failed, {retried} retried{extra}, {tokens(tin)} in / {tokens(tout)} "
-                f"out tokens, {record.duration:.1f} s")
+        return (
+            f"step {n}/{self.total} {short(record.step, 60)}: {ok}/{len(calls)} calls, "
+            f"{failed} failed, {retried} retried{extra}, {tokens(tin)} in / {tokens(tout)} "
+            f"out tokens, {record.duration:.1f} s"
+        )
 
 
 @dataclass
@@ -95,7 +97,9 @@ class _Row:
         self.cached += record.cached
         tin, tout = spent_tokens([record])
         self.tokens_in = None if self.tokens_in is None or tin is None else self.tokens_in + tin
-        self.tokens_out = None if self.tokens_out is None or tout is None else self.tokens_out + tout
+        self.tokens_out = (
+            None if self.tokens_out is None or tout is None else self.tokens_out + tout
+        )
 
 
 class _StepTable(NoProgress):
@@ -129,8 +133,9 @@ class _StepTable(NoProgress):
                 row.calls += event.calls  # a later round of the same step (AggregateSeq)
             else:
                 n = self.numbers.get(event.path, "?")
-                self.rows[event.path] = _Row(f"{n}/{self.total} {short(event.step, 80)}",
-                                             event.calls, time.monotonic())
+                self.rows[event.path] = _Row(
+                    f"{n}/{self.total} {short(event.step, 80)}", event.calls, time.monotonic()
+                )
         elif isinstance(event, StepFinished):
             row = self.rows.get(event.record.path)
             if row is not None:
@@ -152,23 +157,31 @@ class _StepTable(NoProgress):
         # The counts keep their width; the step's expression gets what is left of the line.
         rest = sum(max(len(n), 6) + 2 for n in numbers)
         table = Table(box=None, header_style="bold", pad_edge=False)
-        table.add_column("step", no_wrap=True, overflow="ellipsis",
-                         max_width=max(16, min(48, options.max_width - rest)))
+        table.add_column(
+            "step",
+            no_wrap=True,
+            overflow="ellipsis",
+            max_width=max(16, min(48, options.max_width - rest)),
+        )
         for name in numbers:
             table.add_column(name, justify="right", no_wrap=True, min_width=max(len(name), 6))
         now = time.monotonic()
         for row in list(self.rows.values()):
             running = row.duration is None
-            mark = Text("… " if running else ("✗ " if row.failed else "✓ "),
-                        style="yellow" if running else ("red" if row.failed else "green"))
+            mark = Text(
+                "… " if running else ("✗ " if row.failed else "✓ "),
+                style="yellow" if running else ("red" if row.failed else "green"),
+            )
             table.add_row(
                 # Text, not markup: a step's repr is shown as it is
                 mark + Text(row.label),
                 f"{row.done}/{row.calls}",
                 Text(str(row.failed), style="red" if row.failed else ""),
-                str(row.retried), str(row.cached),
+                str(row.retried),
+                str(row.cached),
                 f"{tokens(row.tokens_in)}/{tokens(row.tokens_out)}",
-                f"{(now - row.start) if running else row.duration:.1f} s")
+                f"{(now - row.start) if running else row.duration:.1f} s",
+            )
         yield table
 
 

@@ -14,7 +14,7 @@ from .._agent import Agent, AgentLike
 from .._parse import PipelineSyntaxError, parse_agent
 from .common import UsageError
 
-__all__ = ("Provider", "PROVIDERS", "EMBEDDED_NAMES", "make_client", "model_option", "as_agent")
+__all__ = ("EMBEDDED_NAMES", "PROVIDERS", "Provider", "as_agent", "make_client", "model_option")
 
 
 @dataclass(frozen=True)
@@ -31,13 +31,14 @@ PROVIDERS = {
     "local": Provider(None, "SmolLM2-135M-Instruct", kind="local"),
     "openai": Provider("OPENAI_API_KEY", "gpt-5-nano-2025-08-07"),
     "anthropic": Provider("ANTHROPIC_API_KEY", "claude-sonnet-4-5", kind="anthropic"),
-    "openrouter": Provider("OPENROUTER_API_KEY", "qwen/qwen-2.5-72b-instruct",
-                           "https://openrouter.ai/api/v1"),
+    "openrouter": Provider(
+        "OPENROUTER_API_KEY", "qwen/qwen-2.5-72b-instruct", "https://openrouter.ai/api/v1"
+    ),
     "groq": Provider("GROQ_API_KEY", "llama-3.3-70b-versatile", "https://api.groq.com/openai/v1"),
-    "together": Provider("TOGETHER_API_KEY", "Qwen/Qwen2.5-72B-Instruct-Turbo",
-                         "https://api.together.xyz/v1"),
+    "together": Provider(
+        "TOGETHER_API_KEY", "Qwen/Qwen2.5-72B-Instruct-Turbo", "https://api.together.xyz/v1"
+    ),
 }
-
 
 
 def make_client(provider: str, base_url: str | None, model: str | None):  # type: ignore[no-untyped-def]
@@ -48,7 +49,9 @@ def make_client(provider: str, base_url: str | None, model: str | None):  # type
         # --base-url alone: any OpenAI-compatible server (vLLM, Ollama, llama.cpp server).
         if not model:
             raise UsageError("--base-url needs --model: the name the server knows the model by")
-        return clients.openai_client(base_url=base_url, api_key=os.environ.get("OPENAI_API_KEY")), model
+        return clients.openai_client(
+            base_url=base_url, api_key=os.environ.get("OPENAI_API_KEY")
+        ), model
     spec = PROVIDERS[provider]
     if spec.kind == "local":
         return _local_model(model, spec.model)
@@ -57,7 +60,9 @@ def make_client(provider: str, base_url: str | None, model: str | None):  # type
         raise UsageError(f"--provider {provider} needs {spec.key_env} set in the environment")
     if spec.kind == "anthropic":
         return clients.anthropic_client(api_key=key, base_url=base_url), model or spec.model
-    return clients.openai_client(base_url=base_url or spec.base_url, api_key=key), model or spec.model
+    return clients.openai_client(
+        base_url=base_url or spec.base_url, api_key=key
+    ), model or spec.model
 
 
 #: What ``--model`` may say on the embedded provider for the embedded model (any case).
@@ -78,7 +83,8 @@ def _local_model(model: str | None, default: str):  # type: ignore[no-untyped-de
     raise UsageError(
         f"--model {model!r}: the embedded provider runs SmolLM2-135M-Instruct (--model "
         f"smollm2) or a GGUF file you name (--model path/to/model.gguf); for another model "
-        f"use --provider {{{','.join(p for p in PROVIDERS if p != 'local')}}} or --base-url URL")
+        f"use --provider {{{','.join(p for p in PROVIDERS if p != 'local')}}} or --base-url URL"
+    )
 
 
 def _local_client(path: Path | None) -> Any:

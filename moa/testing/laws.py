@@ -32,31 +32,31 @@ from hypothesis import settings as Settings
 from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
-from .._retry import Retry
-from .._run import run_sync
 from .._llm_steps import Propose
 from .._pipeline import Parallel, Pipeline, Step, _describe, as_step
+from .._retry import Retry
+from .._run import run_sync
 from .._transforms import Map, Take, Transform
 from ..errors import EmptyInputError, StepFailedError
 from . import strategies as mst
 
 __all__ = (
-    "LawViolation",
     "Case",
+    "LawViolation",
     "Outcome",
-    "law",
-    "permutation",
-    "sub_multiset",
-    "order_preserving",
-    "never_empty",
-    "length_bound",
+    "assert_equivalent",
+    "commutes_with_map",
     "deterministic_under_seed",
+    "equivalent_to",
+    "fuses",
     "idempotent",
     "identity_at",
-    "commutes_with_map",
-    "fuses",
-    "equivalent_to",
-    "assert_equivalent",
+    "law",
+    "length_bound",
+    "never_empty",
+    "order_preserving",
+    "permutation",
+    "sub_multiset",
 )
 
 
@@ -97,10 +97,9 @@ class _Fed:
 
     async def __call__(self, *, model, messages, temp, max_tokens):  # type: ignore[no-untyped-def]
         if model.startswith(_FEED):
-            i = int(model[len(_FEED):])
+            i = int(model[len(_FEED) :])
             return (self.xs[i] if i < len(self.xs) else ""), 0, 0
-        return await self.client(model=model, messages=messages, temp=temp,
-                                 max_tokens=max_tokens)
+        return await self.client(model=model, messages=messages, temp=temp, max_tokens=max_tokens)
 
 
 def _transforms_only(step: Step) -> bool:
@@ -120,11 +119,13 @@ def _interpret(step: Step, xs: list[str], rng: random.Random) -> list[str]:
         return xs
     if isinstance(step, Parallel):
         rngs = [random.Random(rng.getrandbits(64)) for _ in step.branches]
-        return [r for b, g in zip(step.branches, rngs) for r in _interpret(b, xs, g)]
+        return [r for b, g in zip(step.branches, rngs, strict=False) for r in _interpret(b, xs, g)]
     out = step.apply(list(xs), rng)  # type: ignore[attr-defined]
     if type(out) is not list or not all(type(r) is str for r in out):
-        raise TypeError(f"{step!r}.apply must return a list of str, returned {_describe(out)} "
-                        f"for the responses {xs!r}")
+        raise TypeError(
+            f"{step!r}.apply must return a list of str, returned {_describe(out)} "
+            f"for the responses {xs!r}"
+        )
     return out
 
 
@@ -215,8 +216,15 @@ class Case:
     when first read. :meth:`outputs` and :meth:`outcome` run steps on them; :meth:`expect`
     raises :class:`LawViolation` showing everything drawn so far."""
 
-    def __init__(self, law: str, doc: str, subject: Any, options: _Options,
-                 data: st.DataObject, header: str | None = None) -> None:
+    def __init__(
+        self,
+        law: str,
+        doc: str,
+        subject: Any,
+        options: _Options,
+        data: st.DataObject,
+        header: str | None = None,
+    ) -> None:
         self.law = law
         self.doc = doc
         self.subject = subject
@@ -225,8 +233,7 @@ class Case:
         self._header = header
         self._shown: dict[str, Any] = {}
         self._client: Any = None
-        self.inputs: list[str] = self.draw(_strategy(options.responses, mst.responses()),
-                                           "inputs")
+        self.inputs: list[str] = self.draw(_strategy(options.responses, mst.responses()), "inputs")
         self.seed: int = self.draw(_strategy(options.seeds, mst.seeds()), "seed")
 
     # -- drawing -----------------------------------------------------------------------------
@@ -246,21 +253,27 @@ class Case:
     def draw_param(self, label: str = "param") -> Any:
         """A parameter for the factory, drawn from ``params``."""
         if not self.is_factory:
-            raise TypeError(f"the law {self.law} needs a factory and its parameter, e.g. "
-                            f"check_laws(Take, [...], params=st.integers(0, 7)); "
-                            f"{describe_subject(self.subject)} is not one")
+            raise TypeError(
+                f"the law {self.law} needs a factory and its parameter, e.g. "
+                f"check_laws(Take, [...], params=st.integers(0, 7)); "
+                f"{describe_subject(self.subject)} is not one"
+            )
         if self.options.params is None:
-            raise TypeError(f"the law {self.law} draws parameters for "
-                            f"{describe_subject(self.subject)}: pass params=, a value or a "
-                            f"strategy of its argument")
+            raise TypeError(
+                f"the law {self.law} draws parameters for "
+                f"{describe_subject(self.subject)}: pass params=, a value or a "
+                f"strategy of its argument"
+            )
         return self.draw(_strategy(self.options.params, st.nothing()), label)
 
     def build(self, param: Any) -> Step:
         """The factory's step at ``param``."""
         if not self.is_factory:
-            raise TypeError(f"the law {self.law} needs a factory, e.g. "
-                            f"check_laws(Dropout, [identity_at(0)]); "
-                            f"{describe_subject(self.subject)} is not one")
+            raise TypeError(
+                f"the law {self.law} needs a factory, e.g. "
+                f"check_laws(Dropout, [identity_at(0)]); "
+                f"{describe_subject(self.subject)} is not one"
+            )
         return as_step(self.subject(param), where=f"{describe_subject(self.subject)}({param!r})")
 
     @property
@@ -282,7 +295,7 @@ class Case:
     @property
     def param(self) -> Any:
         """The factory's parameter of :attr:`step`."""
-        self.step
+        _ = self.step  # drawn on first use
         return self._shown["param"]
 
     def with_param(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -300,9 +313,13 @@ class Case:
             out = _interpret(target, list(xs), random.Random(self.seed))
         else:
             try:
-                _, history = run_sync(_feed(xs) | target, self._prompt(),
-                                      _Fed(self._fresh_client(), xs), seed=self.seed,
-                                      retry=_NO_WAIT)
+                _, history = run_sync(
+                    _feed(xs) | target,
+                    self._prompt(),
+                    _Fed(self._fresh_client(), xs),
+                    seed=self.seed,
+                    retry=_NO_WAIT,
+                )
             except (StepFailedError, EmptyInputError) as exc:
                 return Outcome(error=type(exc).__name__)
             out = list(history.outputs)
@@ -323,8 +340,9 @@ class Case:
 
     def _fresh_client(self) -> Any:
         if self._client is None:
-            self._client = self.draw(_strategy(self.options.clients, mst.scripted_clients()),
-                                     "client")
+            self._client = self.draw(
+                _strategy(self.options.clients, mst.scripted_clients()), "client"
+            )
         fresh = getattr(self._client, "fresh", None)
         return fresh() if fresh else self._client
 
@@ -335,15 +353,22 @@ class Case:
         if not condition:
             self.fail(why, **shown)
 
-    def expect_same(self, first: tuple[str, Outcome], second: tuple[str, Outcome],
-                    why: str | None = None, **shown: Any) -> None:
+    def expect_same(
+        self,
+        first: tuple[str, Outcome],
+        second: tuple[str, Outcome],
+        why: str | None = None,
+        **shown: Any,
+    ) -> None:
         """Raise :class:`LawViolation` unless two ``(label, outcome)`` pairs agree."""
         (label_a, a), (label_b, b) = first, second
         if a == b:
             return
         if why is None and a.error is None and b.error is None and a.outputs == b.outputs:
-            why = ("the outputs agree, but the generator is left in another state, so a "
-                   "random step after it would give other results")
+            why = (
+                "the outputs agree, but the generator is left in another state, so a "
+                "random step after it would give other results"
+            )
         if label_a == label_b:
             label_a, label_b = f"{label_a} (first)", f"{label_b} (second)"
         self.fail(why, **shown, **{label_a: a, label_b: b})
@@ -385,22 +410,36 @@ def _check_subject(name: str, needs: str, subject: Any, options: _Options) -> No
     label = describe_subject(subject)
     if not _is_factory(subject):
         if options.params is not None:
-            raise TypeError(f"{name}(params=...): params are the arguments of a factory, and "
-                            f"{label} is not one")
+            raise TypeError(
+                f"{name}(params=...): params are the arguments of a factory, and {label} is not one"
+            )
         if needs == "factory":
-            raise TypeError(f"the law {name} needs a factory, e.g. "
-                            f"check_laws(Dropout, [identity_at(0)]); {label} is not one")
+            raise TypeError(
+                f"the law {name} needs a factory, e.g. "
+                f"check_laws(Dropout, [identity_at(0)]); {label} is not one"
+            )
         if needs == "params":
-            raise TypeError(f"the law {name} needs a factory and its parameters, e.g. "
-                            f"check_laws(Take, [fuses(min)], params=st.integers(0, 7)); "
-                            f"{label} is not one")
+            raise TypeError(
+                f"the law {name} needs a factory and its parameters, e.g. "
+                f"check_laws(Take, [fuses(min)], params=st.integers(0, 7)); "
+                f"{label} is not one"
+            )
     elif options.params is None and needs != "factory":
-        raise TypeError(f"the law {name} draws parameters for {label}: pass params=, a value "
-                        f"or a strategy of its argument")
+        raise TypeError(
+            f"the law {name} draws parameters for {label}: pass params=, a value "
+            f"or a strategy of its argument"
+        )
 
 
-def _search(body: LawBody, name: str, doc: str, subject: Any, options: _Options,
-            header: str | None = None, needs: str = "step") -> None:
+def _search(
+    body: LawBody,
+    name: str,
+    doc: str,
+    subject: Any,
+    options: _Options,
+    header: str | None = None,
+    needs: str = "step",
+) -> None:
     if isinstance(subject, (list, tuple)):
         subject = as_step(subject)
     _check_subject(name, needs, subject, options)
@@ -412,7 +451,8 @@ def _search(body: LawBody, name: str, doc: str, subject: Any, options: _Options,
     prop.__name__ = prop.__qualname__ = name
     # Hypothesis keys its example database by the test function; one key per law and subject.
     prop._hypothesis_internal_add_digest = (  # type: ignore[attr-defined]
-        f"moa.testing {name} {describe_subject(subject)}".encode())
+        f"moa.testing {name} {describe_subject(subject)}".encode()
+    )
     parent = options.settings or Settings()
     overrides: dict[str, Any] = {"deadline": None}
     if options.max_examples is not None:
@@ -420,8 +460,13 @@ def _search(body: LawBody, name: str, doc: str, subject: Any, options: _Options,
     Settings(parent, **overrides)(prop)()
 
 
-def law(body: LawBody | None = None, *, name: str | None = None, doc: str | None = None,
-        needs: str = "step") -> Any:
+def law(
+    body: LawBody | None = None,
+    *,
+    name: str | None = None,
+    doc: str | None = None,
+    needs: str = "step",
+) -> Any:
     """Make a law from ``body(case)``, which draws what it needs from the :class:`Case` and
     calls ``case.expect``. The law is named after the function and stated by the first line
     of its docstring; calling it on a subject searches for a counterexample.
@@ -439,12 +484,25 @@ def law(body: LawBody | None = None, *, name: str | None = None, doc: str | None
     if not statement:
         raise TypeError(f"law {law_name}: state the law in a one-line docstring")
 
-    def check(subject: Any, *, params: Any = None, responses: Any = None, seeds: Any = None,
-              clients: Any = None, prompts: Any = None, settings: Settings | None = None,
-              max_examples: int | None = None) -> None:
-        _search(body, law_name, statement,  # type: ignore[arg-type]
-                subject, _Options(params, responses, seeds, clients, prompts, settings,
-                                  max_examples), needs=needs)
+    def check(
+        subject: Any,
+        *,
+        params: Any = None,
+        responses: Any = None,
+        seeds: Any = None,
+        clients: Any = None,
+        prompts: Any = None,
+        settings: Settings | None = None,
+        max_examples: int | None = None,
+    ) -> None:
+        _search(
+            body,
+            law_name,
+            statement,  # type: ignore[arg-type]
+            subject,
+            _Options(params, responses, seeds, clients, prompts, settings, max_examples),
+            needs=needs,
+        )
 
     check.__name__ = check.__qualname__ = law_name
     check.__doc__ = statement
@@ -488,11 +546,16 @@ def never_empty(case: Case) -> None:
     case.expect(out, outputs=out)
 
 
-def length_bound(at_most: Callable[..., int] | None = None, *,
-                 at_least: Callable[..., int] | None = None, name: str = "length_bound") -> Any:
+def length_bound(
+    at_most: Callable[..., int] | None = None,
+    *,
+    at_least: Callable[..., int] | None = None,
+    name: str = "length_bound",
+) -> Any:
     """The number of outputs of n inputs stays between ``at_least(n)`` and ``at_most(n)``
     (for a factory, ``at_most(n, param)``); with no bounds given, at most n."""
     if at_most is None and at_least is None:
+
         def at_most(n: int, *param: Any) -> int:
             return n
 
@@ -501,9 +564,11 @@ def length_bound(at_most: Callable[..., int] | None = None, *,
         n = len(case.inputs)
         low = case.with_param(at_least, n) if at_least else 0
         high = case.with_param(at_most, n) if at_most else float("inf")
-        case.expect(low <= len(out) <= high, outputs=out,
-                    why=f"{len(out)} outputs of {n} inputs, and the bound is "
-                        f"{low} to {high}")
+        case.expect(
+            low <= len(out) <= high,
+            outputs=out,
+            why=f"{len(out)} outputs of {n} inputs, and the bound is {low} to {high}",
+        )
 
     return law(check, name=name, doc="The number of outputs stays within its bounds.")
 
@@ -515,8 +580,11 @@ def deterministic_under_seed(case: Case) -> None:
     try:
         first = case.outcome()
         if random.getstate() != state:
-            case.fail("it changed the state of the global random module; draw from the rng "
-                      "argument instead", outputs=first)
+            case.fail(
+                "it changed the state of the global random module; draw from the rng "
+                "argument instead",
+                outputs=first,
+            )
         random.seed(f"moa.testing {case.seed}")
         again = case.outcome()
     finally:
@@ -533,40 +601,53 @@ def idempotent(case: Case) -> None:
 def identity_at(value: Any, *, name: str = "identity_at") -> Any:
     """At this parameter value the factory's step changes nothing and draws nothing from the
     generator: S(value) ≡ Pipeline()."""
+
     def check(case: Case) -> None:
         step = case.build(value)
-        case.expect_same((repr(step), case.outcome(step)),
-                         ("Pipeline()", case.outcome(Pipeline())))
+        case.expect_same((repr(step), case.outcome(step)), ("Pipeline()", case.outcome(Pipeline())))
 
     shown = _show(value, "value")
-    return law(check, name=name, needs="factory",
-               doc=f"At {shown} the step changes nothing: S({shown}) ≡ Pipeline().")
+    return law(
+        check,
+        name=name,
+        needs="factory",
+        doc=f"At {shown} the step changes nothing: S({shown}) ≡ Pipeline().",
+    )
 
 
 @law
 def commutes_with_map(case: Case) -> None:
     """Mapping a pure function before the step is mapping it after: Map(f) | S ≡ S | Map(f)."""
     f = case.draw(mst.text_functions(), "f")
-    case.expect_same(("Map(f) | S", case.outcome(Map(f) | case.step)),
-                     ("S | Map(f)", case.outcome(case.step | Map(f))))
+    case.expect_same(
+        ("Map(f) | S", case.outcome(Map(f) | case.step)),
+        ("S | Map(f)", case.outcome(case.step | Map(f))),
+    )
 
 
 def fuses(combine: Callable[[Any, Any], Any], *, name: str = "fuses") -> Any:
     """Two of the factory's steps in a row are one: S(a) | S(b) ≡ S(combine(a, b))."""
+
     def check(case: Case) -> None:
         a, b = case.draw_param("a"), case.draw_param("b")
         two, one = case.build(a) | case.build(b), case.build(combine(a, b))
         case.expect_same((repr(two), case.outcome(two)), (repr(one), case.outcome(one)))
 
     shown = _show(combine, "combine")
-    return law(check, name=name, needs="params",
-               doc=f"Two steps in a row are one: S(a) | S(b) ≡ S({shown}(a, b)).")
+    return law(
+        check,
+        name=name,
+        needs="params",
+        doc=f"Two steps in a row are one: S(a) | S(b) ≡ S({shown}(a, b)).",
+    )
 
 
-def equivalent_to(other: Step | list[Step] | Callable[[Any], Step], *,
-                  name: str = "equivalent_to") -> Any:
+def equivalent_to(
+    other: Step | list[Step] | Callable[[Any], Step], *, name: str = "equivalent_to"
+) -> Any:
     """The step gives what ``other`` gives: S ≡ other. For a factory, ``other`` may be a
     function of its parameter."""
+
     def check(case: Case) -> None:
         if isinstance(other, (Step, list, tuple)):
             target = as_step(other)
@@ -574,15 +655,22 @@ def equivalent_to(other: Step | list[Step] | Callable[[Any], Step], *,
             target = as_step(other(case.param), where=f"{_show(other, 'other')}(param)")
         case.expect_same(("S", case.outcome()), (repr(target), case.outcome(target)))
 
-    shown = (_show(other, "other") if not isinstance(other, (list, tuple))
-             else repr(as_step(other)))
+    shown = _show(other, "other") if not isinstance(other, (list, tuple)) else repr(as_step(other))
     needs = "step" if isinstance(other, (Step, list, tuple)) else "params"
     return law(check, name=name, needs=needs, doc=f"The step gives what {shown} gives.")
 
 
-def assert_equivalent(p: Step | list[Step], q: Step | list[Step], *, responses: Any = None,
-                      seeds: Any = None, clients: Any = None, prompts: Any = None,
-                      settings: Settings | None = None, max_examples: int | None = None) -> None:
+def assert_equivalent(
+    p: Step | list[Step],
+    q: Step | list[Step],
+    *,
+    responses: Any = None,
+    seeds: Any = None,
+    clients: Any = None,
+    prompts: Any = None,
+    settings: Settings | None = None,
+    max_examples: int | None = None,
+) -> None:
     """Assert that two pipelines give the same results over drawn inputs and seeds (and
     leave the generator in the same state): p ≡ q."""
     p, q = as_step(p, where="assert_equivalent(p, q)"), as_step(q, where="assert_equivalent(p, q)")
@@ -590,7 +678,11 @@ def assert_equivalent(p: Step | list[Step], q: Step | list[Step], *, responses: 
     def check(case: Case) -> None:
         case.expect_same(("p", case.outcome(p)), ("q", case.outcome(q)))
 
-    _search(check, "assert_equivalent", "p ≡ q", p,
-            _Options(None, responses, seeds, clients, prompts, settings, max_examples),
-            header=f"these pipelines differ:\n  p = {p!r}\n  q = {q!r}")
-
+    _search(
+        check,
+        "assert_equivalent",
+        "p ≡ q",
+        p,
+        _Options(None, responses, seeds, clients, prompts, settings, max_examples),
+        header=f"these pipelines differ:\n  p = {p!r}\n  q = {q!r}",
+    )

@@ -21,15 +21,15 @@ from .._transforms import Dropout, Filter, Map, Sample, Shuffle, Take
 from ._scripted import HashedDelay, HashedReply, ScriptedClient
 
 __all__ = (
-    "responses",
-    "prompts",
-    "seeds",
-    "text_functions",
-    "predicates",
-    "transforms",
     "llm_steps",
     "pipelines",
+    "predicates",
+    "prompts",
+    "responses",
     "scripted_clients",
+    "seeds",
+    "text_functions",
+    "transforms",
 )
 
 T = TypeVar("T")
@@ -66,8 +66,12 @@ def _texts(value: str | Sequence[str] | SearchStrategy[str] | None) -> SearchStr
     return st.sampled_from(list(value))
 
 
-def responses(*, texts: str | Sequence[str] | SearchStrategy[str] | None = None,
-              min_size: int = 0, max_size: int = 6) -> SearchStrategy[list[str]]:
+def responses(
+    *,
+    texts: str | Sequence[str] | SearchStrategy[str] | None = None,
+    min_size: int = 0,
+    max_size: int = 6,
+) -> SearchStrategy[list[str]]:
     """Lists of responses: ``min_size`` to ``max_size`` texts (short texts by default, often
     repeated; a list of texts is sampled from)."""
     return st.lists(_texts(texts), min_size=min_size, max_size=max_size)
@@ -83,8 +87,9 @@ def seeds() -> SearchStrategy[int]:
     return st.integers(0, 2**64 - 1)
 
 
-def text_functions(*, texts: str | Sequence[str] | SearchStrategy[str] | None = None
-                   ) -> SearchStrategy[Any]:
+def text_functions(
+    *, texts: str | Sequence[str] | SearchStrategy[str] | None = None
+) -> SearchStrategy[Any]:
     """Pure functions from a str to a str, for ``Map``: the same text always maps the same."""
     return st.functions(like=lambda text: "", returns=_texts(texts), pure=True)
 
@@ -94,19 +99,28 @@ def predicates() -> SearchStrategy[Any]:
     return st.functions(like=lambda text: True, returns=st.booleans(), pure=True)
 
 
-def transforms(*, kinds: Sequence[type] | None = None,
-               n: int | SearchStrategy[int] = st.integers(0, 7),
-               rate: float | SearchStrategy[float] = st.floats(0, 1),
-               functions: SearchStrategy[Any] | None = None,
-               filters: SearchStrategy[Any] | None = None) -> SearchStrategy[Step]:
+_COUNTS = st.integers(0, 7)
+_RATES = st.floats(0, 1)
+
+
+def transforms(
+    *,
+    kinds: Sequence[type] | None = None,
+    n: int | SearchStrategy[int] = _COUNTS,
+    rate: float | SearchStrategy[float] = _RATES,
+    functions: SearchStrategy[Any] | None = None,
+    filters: SearchStrategy[Any] | None = None,
+) -> SearchStrategy[Step]:
     """Built-in transform steps of the ``kinds`` given (default all six): ``Sample`` and
     ``Take`` of ``n``, ``Dropout`` of ``rate``, ``Map`` of drawn pure ``functions`` and
     ``Filter`` of drawn pure ``filters``."""
     kinds = TRANSFORMS if kinds is None else tuple(kinds)
     unknown = [k for k in kinds if k not in TRANSFORMS]
     if unknown or not kinds:
-        raise ValueError(f"transforms(kinds=...): kinds must be some of "
-                         f"{[k.__name__ for k in TRANSFORMS]}, got {list(kinds)!r}")
+        raise ValueError(
+            f"transforms(kinds=...): kinds must be some of "
+            f"{[k.__name__ for k in TRANSFORMS]}, got {list(kinds)!r}"
+        )
     made = {
         Shuffle: st.just(Shuffle()),
         Dropout: _strategy(rate).map(Dropout),
@@ -138,8 +152,9 @@ def _agent(draw: Any, models: SearchStrategy[str], options: bool) -> str | Agent
 
 
 @st.composite
-def _llm_step(draw: Any, kinds: tuple[type, ...], models: SearchStrategy[str],
-              options: bool) -> Step:
+def _llm_step(
+    draw: Any, kinds: tuple[type, ...], models: SearchStrategy[str], options: bool
+) -> Step:
     kind = draw(st.sampled_from(kinds))
     agents = _agent(models, options)
     # Vote reads the answers itself when it has an extractor: no model, and no prompt.
@@ -176,9 +191,12 @@ def _llm_step(draw: Any, kinds: tuple[type, ...], models: SearchStrategy[str],
     return kind(*args, **kwargs)
 
 
-def llm_steps(*, kinds: Sequence[type] | None = None,
-              models: str | Sequence[str] | SearchStrategy[str] = DEFAULT_MODELS,
-              options: bool = False) -> SearchStrategy[Step]:
+def llm_steps(
+    *,
+    kinds: Sequence[type] | None = None,
+    models: str | Sequence[str] | SearchStrategy[str] = DEFAULT_MODELS,
+    options: bool = False,
+) -> SearchStrategy[Step]:
     """Built-in LLM steps of the ``kinds`` given (default all eight) over ``models`` (a list is
     sampled from): ``Rank`` with a drawn ``n``, ``Pick`` with drawn ``times``, ``AggregateSeq``
     with a drawn ``window`` and ``reserved``, and ``Vote`` with a judge model or, as often,
@@ -187,13 +205,16 @@ def llm_steps(*, kinds: Sequence[type] | None = None,
     values with settings of their own."""
     kinds = LLM_STEPS if kinds is None else tuple(kinds)
     if not kinds or any(k not in LLM_STEPS for k in kinds):
-        raise ValueError(f"llm_steps(kinds=...): kinds must be some of "
-                         f"{[k.__name__ for k in LLM_STEPS]}, got {list(kinds)!r}")
+        raise ValueError(
+            f"llm_steps(kinds=...): kinds must be some of "
+            f"{[k.__name__ for k in LLM_STEPS]}, got {list(kinds)!r}"
+        )
     return _llm_step(kinds, _texts(models), options)
 
 
-def pipelines(steps: Step | Sequence[Step] | SearchStrategy[Step], *,
-              max_leaves: int = 6) -> SearchStrategy[Step]:
+def pipelines(
+    steps: Step | Sequence[Step] | SearchStrategy[Step], *, max_leaves: int = 6
+) -> SearchStrategy[Step]:
     """Trees of the given ``steps`` (a list is sampled from) joined with ``|``, ``&`` and
     ``*``, up to ``max_leaves`` steps in all."""
     if isinstance(steps, Step):
@@ -214,9 +235,13 @@ def pipelines(steps: Step | Sequence[Step] | SearchStrategy[Step], *,
 
 
 @st.composite
-def _scripted_client(draw: Any, texts: SearchStrategy[list[str]],
-                     transient: SearchStrategy[int], permanent: SearchStrategy[Any],
-                     delay: SearchStrategy[float]) -> ScriptedClient:
+def _scripted_client(
+    draw: Any,
+    texts: SearchStrategy[list[str]],
+    transient: SearchStrategy[int],
+    permanent: SearchStrategy[Any],
+    delay: SearchStrategy[float],
+) -> ScriptedClient:
     reply = HashedReply(draw(texts), draw(st.integers(0, 2**16)))
     most = draw(delay)
     return ScriptedClient(
@@ -227,11 +252,13 @@ def _scripted_client(draw: Any, texts: SearchStrategy[list[str]],
     )
 
 
-def scripted_clients(*, texts: str | Sequence[str] | SearchStrategy[str] | None = None,
-                     transient: int | SearchStrategy[int] = 0,
-                     permanent: Sequence[str] | SearchStrategy[Sequence[str]] = (),
-                     delay: float | SearchStrategy[float] = 0.0
-                     ) -> SearchStrategy[ScriptedClient]:
+def scripted_clients(
+    *,
+    texts: str | Sequence[str] | SearchStrategy[str] | None = None,
+    transient: int | SearchStrategy[int] = 0,
+    permanent: Sequence[str] | SearchStrategy[Sequence[str]] = (),
+    delay: float | SearchStrategy[float] = 0.0,
+) -> SearchStrategy[ScriptedClient]:
     """Scripted clients whose text is fixed per model and call (a hash of both picks it among
     drawn ``texts``; a list of texts is used as it is). Optionally every model fails its first
     ``transient`` calls retryably, the ``permanent`` models always fail, and each call sleeps

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any
 
 import httpx2
 
-Reply = Union[httpx2.Response, Callable[[httpx2.Request], httpx2.Response]]
+Reply = httpx2.Response | Callable[[httpx2.Request], httpx2.Response]
 
 SECRET = "sk-test-SECRET123456"
 
@@ -40,11 +40,13 @@ class MockServer:
         return [b - a for a, b in zip(self.times, self.times[1:])]
 
 
-def error(status: int, message: str, *, headers: dict[str, str] | None = None,
-          **fields: Any) -> httpx2.Response:
+def error(
+    status: int, message: str, *, headers: dict[str, str] | None = None, **fields: Any
+) -> httpx2.Response:
     """An error response shaped as both OpenAI and Anthropic send them."""
-    return httpx2.Response(status, headers=headers,
-                           json={"type": "error", "error": {"message": message, **fields}})
+    return httpx2.Response(
+        status, headers=headers, json={"type": "error", "error": {"message": message, **fields}}
+    )
 
 
 def timeout(request: httpx2.Request) -> httpx2.Response:

@@ -20,16 +20,28 @@ pytestmark = pytest.mark.anyio
 KEY = "sk-ant-api03-SECRET123456"
 MODEL = "claude-opus-4-6"  # not in the SDK's deprecated list, which warns (an error here)
 NO_WAIT = Retry(attempts=3, initial=0, jitter=0)
-MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "system", "content": "Be kind."},
-            {"role": "user", "content": "Hi?"}]
+MESSAGES = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "system", "content": "Be kind."},
+    {"role": "user", "content": "Hi?"},
+]
 
 
 def message(*blocks, usage=None):
     blocks = blocks or ({"type": "text", "text": "hello"},)
-    return httpx2.Response(200, json={
-        "id": "msg_1", "type": "message", "role": "assistant", "model": MODEL,
-        "content": list(blocks), "stop_reason": "end_turn", "stop_sequence": None,
-        "usage": usage or {"input_tokens": 12, "output_tokens": 5}})
+    return httpx2.Response(
+        200,
+        json={
+            "id": "msg_1",
+            "type": "message",
+            "role": "assistant",
+            "model": MODEL,
+            "content": list(blocks),
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": usage or {"input_tokens": 12, "output_tokens": 5},
+        },
+    )
 
 
 def client_for(server, **kwargs):
@@ -50,9 +62,13 @@ async def test_request_shape_system_parameter_and_key_header():
     # anthropic 2.x sends the key as a Bearer token; older SDKs used x-api-key.
     assert KEY in (request.headers.get("x-api-key"), request.headers.get("authorization", "")[7:])
     assert "anthropic-version" in request.headers
-    assert server.body() == {"model": MODEL, "max_tokens": 64, "temperature": 0.4,
-                             "system": "Be brief.\n\nBe kind.",
-                             "messages": [{"role": "user", "content": "Hi?"}]}
+    assert server.body() == {
+        "model": MODEL,
+        "max_tokens": 64,
+        "temperature": 0.4,
+        "system": "Be brief.\n\nBe kind.",
+        "messages": [{"role": "user", "content": "Hi?"}],
+    }
 
 
 async def test_no_system_message_sends_no_system_parameter():
@@ -63,8 +79,11 @@ async def test_no_system_message_sends_no_system_parameter():
 
 async def test_base_url_defaults_and_send_temperature():
     server = MockServer(message())
-    await call(client_for(server, base_url="https://proxy.example/anthropic", top_k=40,
-                          send_temperature=False))
+    await call(
+        client_for(
+            server, base_url="https://proxy.example/anthropic", top_k=40, send_temperature=False
+        )
+    )
     assert str(server.requests[0].url) == "https://proxy.example/anthropic/v1/messages"
     assert server.body()["top_k"] == 40 and "temperature" not in server.body()
 
@@ -76,18 +95,27 @@ def test_a_default_may_not_set_what_each_call_sets(name):
 
 
 async def test_text_blocks_are_concatenated_and_cached_input_counted():
-    server = MockServer(message(
-        {"type": "thinking", "thinking": "hmm", "signature": "sig"},
-        {"type": "text", "text": "Hello, "}, {"type": "text", "text": "world"},
-        usage={"input_tokens": 3, "cache_read_input_tokens": 10,
-               "cache_creation_input_tokens": 5, "output_tokens": 4}))
+    server = MockServer(
+        message(
+            {"type": "thinking", "thinking": "hmm", "signature": "sig"},
+            {"type": "text", "text": "Hello, "},
+            {"type": "text", "text": "world"},
+            usage={
+                "input_tokens": 3,
+                "cache_read_input_tokens": 10,
+                "cache_creation_input_tokens": 5,
+                "output_tokens": 4,
+            },
+        )
+    )
     assert await call(client_for(server)) == ("Hello, world", 18, 4)
 
 
 async def test_a_pipeline_runs_and_totals_tokens():
     server = MockServer(message())
-    result, history = await moa.run(Propose([MODEL, MODEL]) | Aggregate(MODEL), "Q?",
-                                    client_for(server))
+    result, history = await moa.run(
+        Propose([MODEL, MODEL]) | Aggregate(MODEL), "Q?", client_for(server)
+    )
     assert result == "hello" and len(server.requests) == 3
     assert server.body(2)["system"].startswith("You are given several responses")
     assert [m["role"] for m in server.body(2)["messages"]] == ["user"]
@@ -95,8 +123,13 @@ async def test_a_pipeline_runs_and_totals_tokens():
 
 
 def test_no_key_anywhere_is_a_clear_error(monkeypatch, tmp_path):
-    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_PROFILE",
-                 "ANTHROPIC_IDENTITY_TOKEN", "ANTHROPIC_IDENTITY_TOKEN_FILE"):
+    for name in (
+        "ANTHROPIC_API_KEY",
+        "ANTHROPIC_AUTH_TOKEN",
+        "ANTHROPIC_PROFILE",
+        "ANTHROPIC_IDENTITY_TOKEN",
+        "ANTHROPIC_IDENTITY_TOKEN_FILE",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("ANTHROPIC_CONFIG_DIR", str(tmp_path))
     with pytest.raises(MoaError, match="anthropic_client needs an API key.*ANTHROPIC_API_KEY"):
@@ -109,9 +142,15 @@ def test_repr_never_shows_the_key():
 
 
 async def test_429_is_retried_after_retry_after():
-    server = MockServer(error(429, "Number of request tokens has exceeded your rate limit",
-                              type="rate_limit_error", headers={"retry-after": "0.05"}),
-                        message())
+    server = MockServer(
+        error(
+            429,
+            "Number of request tokens has exceeded your rate limit",
+            type="rate_limit_error",
+            headers={"retry-after": "0.05"},
+        ),
+        message(),
+    )
     result, history = await moa.run(Propose([MODEL]), "Q", client_for(server), retry=NO_WAIT)
     assert result == "hello" and history.calls[0].attempts == 2
     assert server.gaps()[0] >= 0.05
@@ -131,11 +170,14 @@ async def test_timeouts_and_connection_errors_are_retried(reply):
     assert result == "hello" and history.calls[0].attempts == 2
 
 
-@pytest.mark.parametrize("status, said, words", [
-    (401, "invalid x-api-key", "authentication failed (HTTP 401)"),
-    (400, "prompt is too long: 208000 tokens > 200000 maximum", "context overflow"),
-    (404, "model: claude-opus-9", "not found"),
-])
+@pytest.mark.parametrize(
+    "status, said, words",
+    [
+        (401, "invalid x-api-key", "authentication failed (HTTP 401)"),
+        (400, "prompt is too long: 208000 tokens > 200000 maximum", "context overflow"),
+        (404, "model: claude-opus-9", "not found"),
+    ],
+)
 async def test_client_errors_are_not_retried(status, said, words):
     server = MockServer(error(status, said), message())
     with pytest.raises(StepFailedError) as info:

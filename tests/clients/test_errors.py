@@ -1,6 +1,6 @@
 """Error sorting shared by the adapters: retryable or not, Retry-After, and key redaction."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
@@ -52,24 +52,35 @@ def test_message_names_model_status_and_what_the_provider_said():
     assert str(err) == "m: server error (HTTP 503): Service down"
 
 
-@pytest.mark.parametrize("said", [
-    "This model's maximum context length is 8192 tokens",
-    "prompt is too long: 208000 tokens > 200000 maximum",
-    "Please reduce the length of the messages: context_length_exceeded",
-    "input exceeds the context window",
-])
+@pytest.mark.parametrize(
+    "said",
+    [
+        "This model's maximum context length is 8192 tokens",
+        "prompt is too long: 208000 tokens > 200000 maximum",
+        "Please reduce the length of the messages: context_length_exceeded",
+        "input exceeds the context window",
+    ],
+)
 def test_context_overflow_is_said(said):
     assert "context overflow" in str(provider_error(StatusError(400, said), model="m"))
 
 
 def test_retry_after_header_forms():
-    now = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2030, 1, 1, tzinfo=UTC)
     assert retry_after_seconds({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
     assert retry_after_seconds({"Retry-After": "2"}) == 2.0
-    assert retry_after_seconds({"retry-after": format_datetime(now + timedelta(seconds=30),
-                                                                usegmt=True)}, now=now) == 30.0
-    assert retry_after_seconds({"retry-after": format_datetime(now - timedelta(seconds=30),
-                                                                usegmt=True)}, now=now) == 0.0
+    assert (
+        retry_after_seconds(
+            {"retry-after": format_datetime(now + timedelta(seconds=30), usegmt=True)}, now=now
+        )
+        == 30.0
+    )
+    assert (
+        retry_after_seconds(
+            {"retry-after": format_datetime(now - timedelta(seconds=30), usegmt=True)}, now=now
+        )
+        == 0.0
+    )
     assert retry_after_seconds({"retry-after": "soon"}) is None
     assert retry_after_seconds({"retry-after-ms": "nan", "retry-after": "-1"}) is None
     assert retry_after_seconds({}) is None and retry_after_seconds(None) is None
@@ -80,20 +91,32 @@ def test_retry_after_reaches_the_error():
     assert err.retry_after == 1.5 and str(err).endswith("; retry after 1.5 s")
 
 
-@pytest.mark.parametrize("key", [
-    "sk-test-SECRET123456", "sk-ant-api03-SECRET123456", "sk-proj-SECRET123456",
-    "sk-or-v1-SECRET123456", "gsk_SECRET123456abcdef", "xai-SECRET123456abcdef",
-    "AIzaSyD-SECRET123456abcdefghijklm",
-])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "sk-test-SECRET123456",
+        "sk-ant-api03-SECRET123456",
+        "sk-proj-SECRET123456",
+        "sk-or-v1-SECRET123456",
+        "gsk_SECRET123456abcdef",
+        "xai-SECRET123456abcdef",
+        "AIzaSyD-SECRET123456abcdefghijklm",
+    ],
+)
 def test_key_shapes_are_redacted(key):
     assert "SECRET" not in redact(f"Incorrect API key provided: {key}.")
 
 
 def test_configured_keys_bearer_tokens_and_key_fields_are_redacted():
-    text = redact("key plainsecretvalue; Authorization: Bearer abc.def.ghi; api_key='zzz123'; "
-                  "x-api-key: yyy999", ["plainsecretvalue"])
-    assert text == ("key [REDACTED]; Authorization: Bearer [REDACTED]; api_key='[REDACTED]'; "
-                    "x-api-key: [REDACTED]")
+    text = redact(
+        "key plainsecretvalue; Authorization: Bearer abc.def.ghi; api_key='zzz123'; "
+        "x-api-key: yyy999",
+        ["plainsecretvalue"],
+    )
+    assert text == (
+        "key [REDACTED]; Authorization: Bearer [REDACTED]; api_key='[REDACTED]'; "
+        "x-api-key: [REDACTED]"
+    )
 
 
 def test_redaction_leaves_ordinary_text_alone():

@@ -12,13 +12,29 @@ import pytest
 import moa
 from moa import Propose, Retry
 
-OPENAI_REPLY = {"id": "c", "object": "chat.completion", "created": 0, "model": "m",
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": "from openai"}}],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}}
-ANTHROPIC_REPLY = {"id": "m", "type": "message", "role": "assistant", "model": "m",
-                   "content": [{"type": "text", "text": "from anthropic"}],
-                   "stop_reason": "end_turn", "usage": {"input_tokens": 1, "output_tokens": 2}}
+OPENAI_REPLY = {
+    "id": "c",
+    "object": "chat.completion",
+    "created": 0,
+    "model": "m",
+    "choices": [
+        {
+            "index": 0,
+            "finish_reason": "stop",
+            "message": {"role": "assistant", "content": "from openai"},
+        }
+    ],
+    "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
+}
+ANTHROPIC_REPLY = {
+    "id": "m",
+    "type": "message",
+    "role": "assistant",
+    "model": "m",
+    "content": [{"type": "text", "text": "from anthropic"}],
+    "stop_reason": "end_turn",
+    "usage": {"input_tokens": 1, "output_tokens": 2},
+}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -59,12 +75,14 @@ def server_url():
 def make_openai(url):
     pytest.importorskip("openai")
     from moa.clients import openai_client
+
     return openai_client(base_url=url + "/v1"), "from openai"
 
 
 def make_anthropic(url):
     pytest.importorskip("anthropic")
     from moa.clients import anthropic_client
+
     return anthropic_client("sk-ant-test-0123456789", base_url=url), "from anthropic"
 
 
@@ -75,8 +93,13 @@ def make_anthropic(url):
 def test_one_client_serves_successive_event_loops(server_url, make):
     client, expected = make(server_url)
     for backend in ("asyncio", "asyncio", "trio", "asyncio"):
-        result, history = moa.run_sync(Propose(["claude-opus-4-6", "gpt-4o"]), "Q", client,
-                                       backend=backend, retry=Retry(attempts=1))
+        result, history = moa.run_sync(
+            Propose(["claude-opus-4-6", "gpt-4o"]),
+            "Q",
+            client,
+            backend=backend,
+            retry=Retry(attempts=1),
+        )
         assert result == expected, backend
         assert [c.attempts for c in history.calls] == [1, 1]
     # Let the warnings about the dead loops' sockets fire here, where they are ignored.

@@ -38,8 +38,11 @@ def anyio_backend():
 
 
 def model_response(text="hello", usage=True):
-    fields = {"choices": [{"index": 0, "finish_reason": "stop",
-                           "message": {"role": "assistant", "content": text}}]}
+    fields = {
+        "choices": [
+            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
+        ]
+    }
     if usage:
         fields["usage"] = {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}
     return litellm.ModelResponse(**fields)
@@ -69,6 +72,7 @@ def scripted(monkeypatch):
         fake = Scripted(*outcomes)
         monkeypatch.setattr(litellm, "acompletion", fake)
         return fake
+
     return install
 
 
@@ -76,14 +80,24 @@ async def test_call_maps_to_acompletion_with_prefix_and_defaults(scripted):
     fake = scripted(model_response())
     client = litellm_client(prefix="groq/", top_p=0.8)
     assert await client(model=MODEL, messages=MESSAGES, temp=0.7, max_tokens=512) == ("hello", 9, 4)
-    assert fake.calls == [{"model": f"groq/{MODEL}", "messages": MESSAGES, "temperature": 0.7,
-                           "max_tokens": 512, "top_p": 0.8}]
+    assert fake.calls == [
+        {
+            "model": f"groq/{MODEL}",
+            "messages": MESSAGES,
+            "temperature": 0.7,
+            "max_tokens": 512,
+            "top_p": 0.8,
+        }
+    ]
 
 
 async def test_missing_usage_is_unknown_and_null_content_is_empty(scripted):
     scripted(model_response(text=None, usage=False))
-    assert await litellm_client()(model=MODEL, messages=MESSAGES, temp=0.1,
-                                  max_tokens=5) == ("", None, None)
+    assert await litellm_client()(model=MODEL, messages=MESSAGES, temp=0.1, max_tokens=5) == (
+        "",
+        None,
+        None,
+    )
 
 
 async def test_the_real_acompletion_shape_through_mock_response():
@@ -103,14 +117,19 @@ def test_repr_hides_an_api_key_and_defaults_may_not_set_call_fields():
 
 
 def rate_limited(after):
-    return litellm.RateLimitError("GroqException - Rate limit reached", llm_provider="groq",
-                                  model=MODEL, headers={"retry-after": after})
+    return litellm.RateLimitError(
+        "GroqException - Rate limit reached",
+        llm_provider="groq",
+        model=MODEL,
+        headers={"retry-after": after},
+    )
 
 
 async def test_rate_limit_is_retried_after_retry_after(scripted):
     fake = scripted(rate_limited("0.05"), model_response("ok"))
-    result, history = await moa.run(Propose([MODEL]), "Q", litellm_client(prefix="groq/"),
-                                    retry=NO_WAIT)
+    result, history = await moa.run(
+        Propose([MODEL]), "Q", litellm_client(prefix="groq/"), retry=NO_WAIT
+    )
     assert result == "ok" and history.calls[0].attempts == 2
     assert fake.times[1] - fake.times[0] >= 0.05
 
@@ -121,8 +140,10 @@ async def test_rate_limit_error_names_model_status_and_wait(scripted):
         await litellm_client()(model=MODEL, messages=MESSAGES, temp=0.1, max_tokens=5)
     err = info.value
     assert (err.status, err.retryable, err.retry_after) == (429, True, 3.0)
-    assert str(err).startswith(f"{MODEL}: rate limited (HTTP 429): litellm.RateLimitError: "
-                               "GroqException - Rate limit reached")
+    assert str(err).startswith(
+        f"{MODEL}: rate limited (HTTP 429): litellm.RateLimitError: "
+        "GroqException - Rate limit reached"
+    )
 
 
 RETRIED = [
@@ -141,15 +162,24 @@ async def test_transient_errors_are_retried(scripted, make):
 
 
 NOT_RETRIED = [
-    (lambda: litellm.AuthenticationError("GroqException - Invalid API Key gsk_SECRET1234567890",
-                                         llm_provider="groq", model=MODEL),
-     "authentication failed (HTTP 401)"),
-    (lambda: litellm.BadRequestError("bad field", model=MODEL, llm_provider="groq"),
-     "request rejected (HTTP 400)"),
-    (lambda: litellm.NotFoundError("no such model", model=MODEL, llm_provider="groq"),
-     "not found (check the model name) (HTTP 404)"),
-    (lambda: litellm.ContextWindowExceededError("too long", model=MODEL, llm_provider="groq"),
-     "context overflow"),
+    (
+        lambda: litellm.AuthenticationError(
+            "GroqException - Invalid API Key gsk_SECRET1234567890", llm_provider="groq", model=MODEL
+        ),
+        "authentication failed (HTTP 401)",
+    ),
+    (
+        lambda: litellm.BadRequestError("bad field", model=MODEL, llm_provider="groq"),
+        "request rejected (HTTP 400)",
+    ),
+    (
+        lambda: litellm.NotFoundError("no such model", model=MODEL, llm_provider="groq"),
+        "not found (check the model name) (HTTP 404)",
+    ),
+    (
+        lambda: litellm.ContextWindowExceededError("too long", model=MODEL, llm_provider="groq"),
+        "context overflow",
+    ),
 ]
 
 
@@ -175,6 +205,7 @@ def test_on_trio_a_call_fails_at_once_saying_asyncio():
 
 # Replies of the wrong shape, and requests that cannot be encoded
 
+
 class Reply:
     """A response of litellm's attribute-read shape, with fields set as given."""
 
@@ -182,15 +213,22 @@ class Reply:
         self.__dict__.update(fields)
 
 
-@pytest.mark.parametrize("response, what", [
-    (Reply(choices="nope"), "'choices' is 'nope' (a str), not a list"),
-    (Reply(id="x"), "it has no 'choices'"),
-    (Reply(choices=[Reply(finish_reason="stop")]), "choices[0] has no 'message'"),
-    (Reply(choices=[Reply(message=Reply(role="assistant", content=5))]),
-     "choices[0].message.content is 5 (an int), not a string or null"),
-], ids=["choices-str", "no-choices", "no-message", "content-int"])
-async def test_a_response_that_is_no_chat_completion_is_an_error_not_retried(scripted, response,
-                                                                           what):
+@pytest.mark.parametrize(
+    "response, what",
+    [
+        (Reply(choices="nope"), "'choices' is 'nope' (a str), not a list"),
+        (Reply(id="x"), "it has no 'choices'"),
+        (Reply(choices=[Reply(finish_reason="stop")]), "choices[0] has no 'message'"),
+        (
+            Reply(choices=[Reply(message=Reply(role="assistant", content=5))]),
+            "choices[0].message.content is 5 (an int), not a string or null",
+        ),
+    ],
+    ids=["choices-str", "no-choices", "no-message", "content-int"],
+)
+async def test_a_response_that_is_no_chat_completion_is_an_error_not_retried(
+    scripted, response, what
+):
     fake = scripted(response, model_response("never"))
     with pytest.raises(StepFailedError) as info:
         await moa.run(Propose([MODEL]), "Q", litellm_client(), retry=NO_WAIT)
@@ -201,8 +239,11 @@ async def test_a_response_that_is_no_chat_completion_is_an_error_not_retried(scr
 
 async def test_a_model_response_with_empty_text_is_an_answer(scripted):
     scripted(model_response(text=""))
-    assert await litellm_client()(model=MODEL, messages=MESSAGES, temp=0.1,
-                                  max_tokens=5) == ("", 9, 4)
+    assert await litellm_client()(model=MODEL, messages=MESSAGES, temp=0.1, max_tokens=5) == (
+        "",
+        9,
+        4,
+    )
 
 
 async def test_a_lone_surrogate_through_the_real_acompletion_is_not_retried():
@@ -213,14 +254,19 @@ async def test_a_lone_surrogate_through_the_real_acompletion_is_not_retried():
     def never(request):
         raise AssertionError("a request that cannot be encoded was sent")
 
-    sdk = openai.AsyncOpenAI(api_key="sk-test-SECRET123456", max_retries=0,
-                             http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(never)))
+    sdk = openai.AsyncOpenAI(
+        api_key="sk-test-SECRET123456",
+        max_retries=0,
+        http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(never)),
+    )
     client = litellm_client(prefix="openai/", client=sdk)
     with pytest.raises(ProviderError) as info:
-        await client(model="gpt-4o", messages=[{"role": "user", "content": "\ud800"}], temp=0.1,
-                     max_tokens=5)
-    assert str(info.value).startswith("gpt-4o: the request text is not valid Unicode: it holds "
-                                      "a lone surrogate ('\\ud800')")
+        await client(
+            model="gpt-4o", messages=[{"role": "user", "content": "\ud800"}], temp=0.1, max_tokens=5
+        )
+    assert str(info.value).startswith(
+        "gpt-4o: the request text is not valid Unicode: it holds a lone surrogate ('\\ud800')"
+    )
     assert not info.value.retryable
 
 

@@ -11,13 +11,30 @@ import pytest
 
 from moa.clients import UnsafeBuildError, _local, default_threads
 
-PORTABLE = ("CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 | "
-            "LLAMAFILE = 1 | REPACK = 1 | ")
-NATIVE_AMX = ("CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 | "
-              "AVX512 = 1 | AVX512_VBMI = 1 | AVX512_VNNI = 1 | AVX512_BF16 = 1 | AMX_INT8 = 1 | "
-              "LLAMAFILE = 1 | OPENMP = 1 | REPACK = 1 | ")
-XEON_FLAGS = {"pni", "ssse3", "avx", "avx2", "f16c", "fma", "bmi2", "avx512f", "avx512vbmi",
-              "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8"}
+PORTABLE = (
+    "CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 | "
+    "LLAMAFILE = 1 | REPACK = 1 | "
+)
+NATIVE_AMX = (
+    "CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 | "
+    "AVX512 = 1 | AVX512_VBMI = 1 | AVX512_VNNI = 1 | AVX512_BF16 = 1 | AMX_INT8 = 1 | "
+    "LLAMAFILE = 1 | OPENMP = 1 | REPACK = 1 | "
+)
+XEON_FLAGS = {
+    "pni",
+    "ssse3",
+    "avx",
+    "avx2",
+    "f16c",
+    "fma",
+    "bmi2",
+    "avx512f",
+    "avx512vbmi",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_int8",
+}
 AVX2_FLAGS = {"pni", "ssse3", "avx", "avx2", "f16c", "fma", "bmi2"}
 
 
@@ -60,7 +77,8 @@ def test_build_problems_name_what_is_not_portable():
     assert any("OpenMP" in p for p in problems)
     assert any("AVX512" in p and "AMX_INT8" in p for p in problems)
     assert _local.build_problems(PORTABLE + "OPENMP = 1 | ") == [
-        "built with OpenMP (slow under concurrent calls)"]
+        "built with OpenMP (slow under concurrent calls)"
+    ]
 
 
 @pytest.fixture

@@ -23,9 +23,16 @@ MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "conten
 
 
 def completion(text="hello", *, usage=True, **extra):
-    body = {"id": "c1", "object": "chat.completion", "created": 0, "model": "m",
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": text}}], **extra}
+    body = {
+        "id": "c1",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "m",
+        "choices": [
+            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
+        ],
+        **extra,
+    }
     if usage:
         body["usage"] = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
     return httpx2.Response(200, json=body)
@@ -42,6 +49,7 @@ async def call(client, model="gpt-4o", temp=0.3, max_tokens=64):
 
 # Request shapes and parameter mapping
 
+
 async def test_request_goes_to_chat_completions_with_the_key_as_bearer_token():
     server = MockServer(completion())
     client = client_for(server, base_url="https://openrouter.ai/api/v1")
@@ -50,8 +58,12 @@ async def test_request_goes_to_chat_completions_with_the_key_as_bearer_token():
     assert request.method == "POST"
     assert str(request.url) == "https://openrouter.ai/api/v1/chat/completions"
     assert request.headers["authorization"] == f"Bearer {SECRET}"
-    assert server.body() == {"model": "gpt-4o", "messages": MESSAGES, "max_tokens": 64,
-                             "temperature": 0.3}
+    assert server.body() == {
+        "model": "gpt-4o",
+        "messages": MESSAGES,
+        "max_tokens": 64,
+        "temperature": 0.3,
+    }
 
 
 async def test_default_base_url_is_openai():
@@ -60,13 +72,18 @@ async def test_default_base_url_is_openai():
     assert str(server.requests[0].url) == "https://api.openai.com/v1/chat/completions"
 
 
-@pytest.mark.parametrize("model", ["gpt-5-nano-2025-08-07", "gpt-5", "gpt-5-mini",
-                                   "openai/gpt-5-nano"])
+@pytest.mark.parametrize(
+    "model", ["gpt-5-nano-2025-08-07", "gpt-5", "gpt-5-mini", "openai/gpt-5-nano"]
+)
 async def test_gpt5_gets_max_completion_tokens_minimal_effort_and_no_temperature(model):
     server = MockServer(completion())
     await call(client_for(server), model=model, max_tokens=99)
-    assert server.body() == {"model": model, "messages": MESSAGES, "max_completion_tokens": 99,
-                             "reasoning_effort": "minimal"}
+    assert server.body() == {
+        "model": model,
+        "messages": MESSAGES,
+        "max_completion_tokens": 99,
+        "reasoning_effort": "minimal",
+    }
 
 
 @pytest.mark.parametrize("model", ["o1", "o3-mini", "o4-mini", "gpt-5.1", "gpt-5-chat-latest"])
@@ -85,17 +102,26 @@ async def test_given_effort_replaces_minimal_and_never_reaches_other_models():
     await call(client, model="gpt-5-nano")
     assert server.body()["reasoning_effort"] == "low"
     await call(client, model="gpt-4o-mini")
-    assert server.body() == {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 64,
-                             "temperature": 0.3}
+    assert server.body() == {
+        "model": "gpt-4o-mini",
+        "messages": MESSAGES,
+        "max_tokens": 64,
+        "temperature": 0.3,
+    }
 
 
-@pytest.mark.parametrize("model", ["gpt-4o", "qwen/qwen-2.5-72b-instruct", "llama-3.3-70b",
-                                   "omni-model"])
+@pytest.mark.parametrize(
+    "model", ["gpt-4o", "qwen/qwen-2.5-72b-instruct", "llama-3.3-70b", "omni-model"]
+)
 async def test_other_models_get_max_tokens_and_temperature(model):
     server = MockServer(completion())
     await call(client_for(server), model=model, temp=0.9, max_tokens=5)
-    assert server.body() == {"model": model, "messages": MESSAGES, "max_tokens": 5,
-                             "temperature": 0.9}
+    assert server.body() == {
+        "model": model,
+        "messages": MESSAGES,
+        "max_tokens": 5,
+        "temperature": 0.9,
+    }
 
 
 async def test_defaults_are_merged_into_every_request():
@@ -110,8 +136,9 @@ async def test_defaults_are_merged_into_every_request():
 
 @pytest.mark.parametrize("name", ["temperature", "max_tokens", "model", "messages", "stream"])
 def test_a_default_may_not_set_what_each_call_sets(name):
-    with pytest.raises(TypeError,
-                       match=rf"openai_client\({name}=\.\.\.\): {name} is set by each call"):
+    with pytest.raises(
+        TypeError, match=rf"openai_client\({name}=\.\.\.\): {name} is set by each call"
+    ):
         openai_client(api_key=SECRET, **{name: 1})
 
 
@@ -124,8 +151,9 @@ def test_bad_arguments_are_refused_at_construction():
 
 async def test_pipeline_calls_carry_the_step_messages():
     server = MockServer(completion("a1"), completion("a2"), completion("final"))
-    result, history = await moa.run(Propose(["gpt-4o", "gpt-4o-mini"]) | Aggregate("gpt-4o"), "Q?",
-                                    client_for(server), seed=1)
+    result, history = await moa.run(
+        Propose(["gpt-4o", "gpt-4o-mini"]) | Aggregate("gpt-4o"), "Q?", client_for(server), seed=1
+    )
     assert result == "final"
     # The proposals run concurrently and may reach the server in either order.
     proposals = sorted((server.body(0), server.body(1)), key=lambda body: body["model"])
@@ -137,6 +165,7 @@ async def test_pipeline_calls_carry_the_step_messages():
 
 
 # Keys
+
 
 async def test_key_falls_back_to_openai_api_key(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env-0123456789")
@@ -163,13 +192,18 @@ async def test_local_server_needs_no_key(monkeypatch):
 def test_repr_shows_base_url_and_options_but_never_the_key():
     client = openai_client(base_url="https://openrouter.ai/api/v1", api_key=SECRET)
     assert repr(client) == "openai_client(base_url='https://openrouter.ai/api/v1')"
-    client = openai_client(api_key=SECRET, reasoning_effort="low", top_p=0.9,
-                           extra_headers={"Authorization": f"Bearer {SECRET}"})
+    client = openai_client(
+        api_key=SECRET,
+        reasoning_effort="low",
+        top_p=0.9,
+        extra_headers={"Authorization": f"Bearer {SECRET}"},
+    )
     assert "SECRET" not in repr(client)
     assert repr(client).startswith("openai_client(reasoning_effort='low', top_p=0.9")
 
 
 # Replies
+
 
 async def test_missing_usage_is_unknown_not_zero():
     server = MockServer(completion(usage=False))
@@ -186,25 +220,47 @@ async def test_null_content_is_empty_text_and_logged(caplog):
 
 
 async def test_no_choices_is_a_retryable_provider_error():
-    server = MockServer(httpx2.Response(200, json={"id": "c", "object": "chat.completion",
-                                                   "created": 0, "model": "m", "choices": [],
-                                                   "error": {"message": "upstream died"}}),
-                        completion("second try"))
-    with pytest.raises(ProviderError,
-                       match="gpt-4o: the response has no choices: upstream died") as info:
+    server = MockServer(
+        httpx2.Response(
+            200,
+            json={
+                "id": "c",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "m",
+                "choices": [],
+                "error": {"message": "upstream died"},
+            },
+        ),
+        completion("second try"),
+    )
+    with pytest.raises(
+        ProviderError, match="gpt-4o: the response has no choices: upstream died"
+    ) as info:
         await call(client_for(server))
     assert info.value.retryable
-    result, history = await moa.run(Propose(["gpt-4o"]), "Q", client_for(
-        MockServer(server.replies[0], completion("second try"))), retry=NO_WAIT)
+    result, history = await moa.run(
+        Propose(["gpt-4o"]),
+        "Q",
+        client_for(MockServer(server.replies[0], completion("second try"))),
+        retry=NO_WAIT,
+    )
     assert result == "second try" and history.calls[0].attempts == 2
 
 
 # Errors and retries through moa.run
 
+
 async def test_429_is_retried_after_retry_after_ms():
-    server = MockServer(error(429, "Rate limit reached for gpt-4o",
-                              headers={"retry-after-ms": "50"}, code="rate_limit_exceeded"),
-                        completion("ok"))
+    server = MockServer(
+        error(
+            429,
+            "Rate limit reached for gpt-4o",
+            headers={"retry-after-ms": "50"},
+            code="rate_limit_exceeded",
+        ),
+        completion("ok"),
+    )
     result, history = await moa.run(Propose(["gpt-4o"]), "Q", client_for(server), retry=NO_WAIT)
     assert result == "ok"
     assert history.calls[0].attempts == 2 and history.calls[0].error is None
@@ -247,14 +303,17 @@ async def test_timeouts_and_connection_errors_are_retried(reply, words):
     assert call_record.error.startswith(f"ProviderError: gpt-4o: {words}")
 
 
-@pytest.mark.parametrize("status, message, words", [
-    (401, "Incorrect API key provided", "authentication failed (HTTP 401)"),
-    (403, "Project does not have access", "permission denied (HTTP 403)"),
-    (400, "Invalid value for 'temperature'", "request rejected (HTTP 400)"),
-    (404, "The model `gpt-9` does not exist", "not found (check the model name) (HTTP 404)"),
-    (422, "Unprocessable", "request rejected (HTTP 422)"),
-    (501, "Not implemented", "server error (HTTP 501)"),
-])
+@pytest.mark.parametrize(
+    "status, message, words",
+    [
+        (401, "Incorrect API key provided", "authentication failed (HTTP 401)"),
+        (403, "Project does not have access", "permission denied (HTTP 403)"),
+        (400, "Invalid value for 'temperature'", "request rejected (HTTP 400)"),
+        (404, "The model `gpt-9` does not exist", "not found (check the model name) (HTTP 404)"),
+        (422, "Unprocessable", "request rejected (HTTP 422)"),
+        (501, "Not implemented", "server error (HTTP 501)"),
+    ],
+)
 async def test_client_errors_are_not_retried(status, message, words):
     server = MockServer(error(status, message), completion("never"))
     with pytest.raises(StepFailedError) as info:
@@ -265,9 +324,14 @@ async def test_client_errors_are_not_retried(status, message, words):
 
 
 async def test_context_overflow_is_named_and_not_retried():
-    server = MockServer(error(400, "This model's maximum context length is 128000 tokens. However, "
-                                   "your messages resulted in 200000 tokens.",
-                              code="context_length_exceeded"))
+    server = MockServer(
+        error(
+            400,
+            "This model's maximum context length is 128000 tokens. However, "
+            "your messages resulted in 200000 tokens.",
+            code="context_length_exceeded",
+        )
+    )
     with pytest.raises(StepFailedError) as info:
         await moa.run(Propose(["gpt-4o"]), "Q", client_for(server), retry=NO_WAIT)
     record = info.value.history.calls[0]
@@ -277,9 +341,12 @@ async def test_context_overflow_is_named_and_not_retried():
 
 # Redaction
 
+
 async def test_a_key_echoed_by_the_provider_never_reaches_history_or_messages():
-    echo = (f"Incorrect API key provided: {SECRET}. Also sk-proj-ABCDEFGH12345678, "
-            f"gsk_abcdefgh12345678 and Authorization: Bearer tok_0123456789abcdef")
+    echo = (
+        f"Incorrect API key provided: {SECRET}. Also sk-proj-ABCDEFGH12345678, "
+        f"gsk_abcdefgh12345678 and Authorization: Bearer tok_0123456789abcdef"
+    )
     server = MockServer(error(401, echo))
     client = client_for(server)
     with pytest.raises(StepFailedError) as info:
@@ -299,8 +366,13 @@ async def test_a_key_echoed_by_the_provider_never_reaches_history_or_messages():
 async def test_a_call_seed_is_sent_and_replaces_a_default_seed():
     server = MockServer(completion())
     client = client_for(server, seed=3)
-    await client(model="gpt-4o", messages=[{"role": "user", "content": "q"}], temp=0.5,
-                 max_tokens=8, seed=1234)
+    await client(
+        model="gpt-4o",
+        messages=[{"role": "user", "content": "q"}],
+        temp=0.5,
+        max_tokens=8,
+        seed=1234,
+    )
     await call(client)  # no call seed: the default stands
     assert server.body(0)["seed"] == 1234 and server.body(1)["seed"] == 3
 

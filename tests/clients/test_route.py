@@ -16,14 +16,17 @@ def named(name):
 
 
 async def ask(client, model):
-    text, _, _ = await client(model=model, messages=[{"role": "user", "content": "Q"}], temp=0.5,
-                              max_tokens=8)
+    text, _, _ = await client(
+        model=model, messages=[{"role": "user", "content": "Q"}], temp=0.5, max_tokens=8
+    )
     return text
 
 
 async def test_the_longest_matching_prefix_wins():
-    client = route({"gpt": named("openai"), "gpt-5": named("reasoning"),
-                    "claude": named("anthropic")}, default=named("fallback"))
+    client = route(
+        {"gpt": named("openai"), "gpt-5": named("reasoning"), "claude": named("anthropic")},
+        default=named("fallback"),
+    )
     assert await ask(client, "gpt-4o") == "openai answered gpt-4o"
     assert await ask(client, "gpt-5-nano") == "reasoning answered gpt-5-nano"
     assert await ask(client, "claude-opus-4-6") == "anthropic answered claude-opus-4-6"
@@ -33,8 +36,14 @@ async def test_the_longest_matching_prefix_wins():
 async def test_the_chosen_client_gets_the_call_unchanged():
     inner = named("x")
     await ask(route({"gpt": inner}), "gpt-4o")
-    assert inner.calls == [{"model": "gpt-4o", "messages": [{"role": "user", "content": "Q"}],
-                            "temp": 0.5, "max_tokens": 8}]
+    assert inner.calls == [
+        {
+            "model": "gpt-4o",
+            "messages": [{"role": "user", "content": "Q"}],
+            "temp": 0.5,
+            "max_tokens": 8,
+        }
+    ]
 
 
 async def test_no_match_and_no_default_names_the_model_and_prefixes_and_is_not_retried():
@@ -47,14 +56,17 @@ async def test_no_match_and_no_default_names_the_model_and_prefixes_and_is_not_r
     assert "NoRouteError" in info.value.history.calls[0].error
 
 
-@pytest.mark.parametrize("clients, default, error, match", [
-    ({"": named("a")}, None, ValueError, "every prefix must be a non-empty str"),
-    ({3: named("a")}, None, ValueError, "every prefix must be a non-empty str, got 3"),
-    ({"gpt": "openai"}, None, TypeError, "the client for 'gpt' must be an async callable"),
-    ({}, None, ValueError, "at least one prefix or a default"),
-    ({"gpt": named("a")}, 42, TypeError, "default must be an async callable"),
-    ([("gpt", named("a"))], None, TypeError, "clients must be a dict"),
-])
+@pytest.mark.parametrize(
+    "clients, default, error, match",
+    [
+        ({"": named("a")}, None, ValueError, "every prefix must be a non-empty str"),
+        ({3: named("a")}, None, ValueError, "every prefix must be a non-empty str, got 3"),
+        ({"gpt": "openai"}, None, TypeError, "the client for 'gpt' must be an async callable"),
+        ({}, None, ValueError, "at least one prefix or a default"),
+        ({"gpt": named("a")}, 42, TypeError, "default must be an async callable"),
+        ([("gpt", named("a"))], None, TypeError, "clients must be a dict"),
+    ],
+)
 def test_bad_routes_fail_at_construction(clients, default, error, match):
     with pytest.raises(error, match=match):
         route(clients, default=default)
@@ -71,8 +83,10 @@ def test_repr_reads_as_the_call():
         async def __call__(self, **kwargs):
             return "", 0, 0
 
-    assert repr(route({"gpt": Named("a"), "claude": Named("b")}, default=Named("c"))) == \
-        "route({'gpt': a(), 'claude': b()}, default=c())"
+    assert (
+        repr(route({"gpt": Named("a"), "claude": Named("b")}, default=Named("c")))
+        == "route({'gpt': a(), 'claude': b()}, default=c())"
+    )
     assert repr(route({}, default=Named("c"))) == "route({}, default=c())"
 
 

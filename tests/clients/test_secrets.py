@@ -33,13 +33,18 @@ def test_a_key_of_three_characters_or_fewer_is_not_searched_for():
     assert redact("tab table abc", ["ab"]) == "tab table abc"
 
 
-@pytest.mark.parametrize("text, shown", [
-    ("http://user:PASS@host/v1", "http://user:***@host/v1"),
-    ("connect to 'https://me:p%40ss:w0rd@proxy.example:8443/api' failed",
-     "connect to 'https://me:***@proxy.example:8443/api' failed"),
-    ("at http://:x@host", "at http://:***@host"),
-    ("clone https://ghp_TOKEN1@github.example/x", "clone https://***@github.example/x"),
-])
+@pytest.mark.parametrize(
+    "text, shown",
+    [
+        ("http://user:PASS@host/v1", "http://user:***@host/v1"),
+        (
+            "connect to 'https://me:p%40ss:w0rd@proxy.example:8443/api' failed",
+            "connect to 'https://me:***@proxy.example:8443/api' failed",
+        ),
+        ("at http://:x@host", "at http://:***@host"),
+        ("clone https://ghp_TOKEN1@github.example/x", "clone https://***@github.example/x"),
+    ],
+)
 def test_the_password_of_any_url_is_masked(text, shown):
     assert redact(text) == shown
 
@@ -59,8 +64,9 @@ def test_a_key_field_that_ends_a_repr_keeps_its_parenthesis():
 
 async def test_openai_a_short_key_echoed_by_the_server_never_reaches_history():
     server = MockServer(error(401, "Incorrect API key provided: abc1234."))
-    client = openai_client(base_url="http://127.0.0.1:8000/v1", api_key="abc1234",
-                           http_client=server.http_client())
+    client = openai_client(
+        base_url="http://127.0.0.1:8000/v1", api_key="abc1234", http_client=server.http_client()
+    )
     with pytest.raises(StepFailedError) as info:
         await moa.run(Propose(["local"]), "Q", client, retry=NO_WAIT)
     dumped = json.dumps(info.value.history.to_dict())
@@ -79,8 +85,9 @@ async def test_anthropic_a_short_key_echoed_by_the_server_never_reaches_the_erro
 def test_reprs_show_a_base_url_with_its_password_masked():
     client = openai_client(base_url="http://user:PASS@host/v1", api_key="sk-test-SECRET123456")
     assert repr(client) == "openai_client(base_url='http://user:***@host/v1')"
-    client = anthropic_client("sk-ant-api03-SECRET123456",
-                              base_url="https://me:hunter2@proxy.example")
+    client = anthropic_client(
+        "sk-ant-api03-SECRET123456", base_url="https://me:hunter2@proxy.example"
+    )
     assert repr(client) == "anthropic_client(base_url='https://me:***@proxy.example')"
 
 
@@ -89,12 +96,18 @@ async def test_the_password_of_base_url_never_reaches_an_error_message(factory):
     echo = "proxy refused user me with password hunter2, at https://me:hunter2@proxy.example/v1"
     server = MockServer(error(403, echo))
     if factory == "openai":
-        client = openai_client(base_url="https://me:hunter2@proxy.example/v1",
-                               api_key="sk-x-1234567", http_client=server.http_client())
+        client = openai_client(
+            base_url="https://me:hunter2@proxy.example/v1",
+            api_key="sk-x-1234567",
+            http_client=server.http_client(),
+        )
         call = client(model="gpt-4o", messages=MESSAGES, temp=0.3, max_tokens=8)
     else:
-        client = anthropic_client("sk-ant-x-1234567", base_url="https://me:hunter2@proxy.example",
-                                  http_client=server.http_client())
+        client = anthropic_client(
+            "sk-ant-x-1234567",
+            base_url="https://me:hunter2@proxy.example",
+            http_client=server.http_client(),
+        )
         call = client(model=CLAUDE, messages=MESSAGES, temp=0.3, max_tokens=8)
     with pytest.raises(ProviderError) as info:
         await call

@@ -49,8 +49,9 @@ class Sent:
             raise self.then
 
     def __call__(self, request):
-        response = httpx2.Response(200, headers={"content-type": "text/event-stream"},
-                                   content=self._body())
+        response = httpx2.Response(
+            200, headers={"content-type": "text/event-stream"}, content=self._body()
+        )
         self.responses.append(response)
         return response
 
@@ -74,17 +75,28 @@ def split(items):
 
 # OpenAI: SSE bodies
 
+
 def chunk(content=None, *, finish=None, role=None):
     delta = {"role": role} if role else {}
     if content is not None:
         delta["content"] = content
-    return {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "m",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    return {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": "m",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
 
 
-USAGE_CHUNK = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "m",
-               "choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 7,
-                                        "total_tokens": 18}}
+USAGE_CHUNK = {
+    "id": "c1",
+    "object": "chat.completion.chunk",
+    "created": 0,
+    "model": "m",
+    "choices": [],
+    "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
+}
 
 
 def data(*events, done=True):
@@ -120,11 +132,23 @@ async def test_openai_chunks_in_order_then_usage():
 
 async def test_openai_chunks_join_to_what_call_returns():
     texts = ["The ", "capital ", "is ", "Paris", "."]
-    reply = httpx2.Response(200, json={
-        "id": "c1", "object": "chat.completion", "created": 0, "model": "m",
-        "choices": [{"index": 0, "finish_reason": "stop",
-                     "message": {"role": "assistant", "content": "".join(texts)}}],
-        "usage": USAGE_CHUNK["usage"]})
+    reply = httpx2.Response(
+        200,
+        json={
+            "id": "c1",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "m",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": "".join(texts)},
+                }
+            ],
+            "usage": USAGE_CHUNK["usage"],
+        },
+    )
     client = openai_for(MockServer(reply, Sent(*data(*openai_events(*texts)))))
     text, tin, tout = await client(model="gpt-4o", messages=MESSAGES, temp=0.3, max_tokens=64)
     chunks, usage = split(await collect(openai_stream(client)))
@@ -137,19 +161,29 @@ async def test_openai_request_says_stream_and_asks_for_usage():
     request = server.requests[0]
     assert str(request.url) == "https://openrouter.ai/api/v1/chat/completions"
     assert request.headers["authorization"] == f"Bearer {SECRET}"
-    assert server.body() == {"model": "gpt-4o", "messages": MESSAGES, "max_tokens": 64,
-                             "temperature": 0.3, "stream": True,
-                             "stream_options": {"include_usage": True}}
+    assert server.body() == {
+        "model": "gpt-4o",
+        "messages": MESSAGES,
+        "max_tokens": 64,
+        "temperature": 0.3,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
 
 
 async def test_openai_stream_maps_parameters_as_call_does():
     server = MockServer(Sent(*data(*openai_events("hi"))))
     client = openai_for(server, top_p=0.9, extra_headers={"X-Title": "moa"})
     await collect(openai_stream(client, model="openai/gpt-5-nano", max_tokens=99))
-    assert server.body() == {"model": "openai/gpt-5-nano", "messages": MESSAGES,
-                             "max_completion_tokens": 99, "reasoning_effort": "minimal",
-                             "top_p": 0.9, "stream": True,
-                             "stream_options": {"include_usage": True}}
+    assert server.body() == {
+        "model": "openai/gpt-5-nano",
+        "messages": MESSAGES,
+        "max_completion_tokens": 99,
+        "reasoning_effort": "minimal",
+        "top_p": 0.9,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     assert server.requests[0].headers["x-title"] == "moa"
 
 
@@ -161,16 +195,22 @@ async def test_openai_usage_that_never_arrives_is_unknown():
 
 async def test_openai_usage_on_the_last_choice_chunk_is_read_too():
     # Some servers put usage on the chunk that carries finish_reason instead of a chunk of its own.
-    last = {**chunk(finish="stop"), "usage": {"prompt_tokens": 3, "completion_tokens": 2,
-                                             "total_tokens": 5}}
+    last = {
+        **chunk(finish="stop"),
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+    }
     sent = Sent(*data(chunk("a"), chunk("b"), last))
-    assert split(await collect(openai_stream(openai_for(MockServer(sent))))) == (["a", "b"],
-                                                                                  Usage(3, 2))
+    assert split(await collect(openai_stream(openai_for(MockServer(sent))))) == (
+        ["a", "b"],
+        Usage(3, 2),
+    )
 
 
 async def test_openai_server_that_refuses_stream_options_is_asked_again_without():
-    server = MockServer(error(400, "Unrecognized request argument supplied: stream_options"),
-                        Sent(*data(*openai_events("ok", usage=False))))
+    server = MockServer(
+        error(400, "Unrecognized request argument supplied: stream_options"),
+        Sent(*data(*openai_events("ok", usage=False))),
+    )
     items = await collect(openai_stream(openai_for(server)))
     assert items == ["ok", Usage(None, None)]
     assert "stream_options" in server.body(0) and "stream_options" not in server.body(1)
@@ -188,10 +228,12 @@ async def test_openai_empty_stream_is_empty_text_and_logged(caplog):
 @pytest.mark.parametrize("size", [1, 2, 3, 7, 64])
 async def test_openai_a_body_cut_anywhere_reads_the_same(size):
     # Pieces may split a line, a "\r\n" or a UTF-8 character; comments are keep-alives.
-    body = "".join([": OPENROUTER PROCESSING\r\n\r\n"] + [
-        piece.replace("\n", "\r\n") for piece in data(*openai_events("Ça ", "va 🌊", "!"))])
+    body = "".join(
+        [": OPENROUTER PROCESSING\r\n\r\n"]
+        + [piece.replace("\n", "\r\n") for piece in data(*openai_events("Ça ", "va 🌊", "!"))]
+    )
     raw = body.encode()
-    pieces = [raw[i:i + size] for i in range(0, len(raw), size)]
+    pieces = [raw[i : i + size] for i in range(0, len(raw), size)]
 
     class Bytes(Sent):
         async def _body(self):
@@ -217,6 +259,7 @@ async def test_openai_a_connection_broken_after_done_spoils_nothing():
 
 # OpenAI: errors
 
+
 async def test_openai_429_when_opening_is_retryable_with_retry_after():
     server = MockServer(error(429, "Rate limit reached", headers={"retry-after": "2"}))
     with pytest.raises(ProviderError) as info:
@@ -227,11 +270,14 @@ async def test_openai_429_when_opening_is_retryable_with_retry_after():
     assert err.__cause__ is None and err.__context__ is None
 
 
-@pytest.mark.parametrize("status, words, retryable", [
-    (400, "request rejected (HTTP 400)", False),
-    (401, "authentication failed (HTTP 401)", False),
-    (503, "server error (HTTP 503)", True),
-])
+@pytest.mark.parametrize(
+    "status, words, retryable",
+    [
+        (400, "request rejected (HTTP 400)", False),
+        (401, "authentication failed (HTTP 401)", False),
+        (503, "server error (HTTP 503)", True),
+    ],
+)
 async def test_openai_errors_when_opening_are_sorted_as_call_sorts_them(status, words, retryable):
     server = MockServer(error(status, "nope"))
     with pytest.raises(ProviderError) as streamed:
@@ -242,16 +288,32 @@ async def test_openai_errors_when_opening_are_sorted_as_call_sorts_them(status, 
     assert streamed.value.retryable is called.value.retryable is retryable
 
 
-@pytest.mark.parametrize("fields, words, retryable", [
-    ({"message": "The server had an error", "type": "server_error"},
-     "server error (HTTP 500)", True),
-    ({"message": "Provider returned error", "code": 502}, "server error (HTTP 502)", True),
-    ({"message": "Rate limit exceeded", "code": "rate_limit_exceeded"},
-     "rate limited (HTTP 429)", True),
-    ({"message": "maximum context length is 8192 tokens", "code": "context_length_exceeded",
-      "type": "invalid_request_error"}, "context overflow", False),
-    ({"message": "something odd"}, "server error (HTTP 500)", True),
-])
+@pytest.mark.parametrize(
+    "fields, words, retryable",
+    [
+        (
+            {"message": "The server had an error", "type": "server_error"},
+            "server error (HTTP 500)",
+            True,
+        ),
+        ({"message": "Provider returned error", "code": 502}, "server error (HTTP 502)", True),
+        (
+            {"message": "Rate limit exceeded", "code": "rate_limit_exceeded"},
+            "rate limited (HTTP 429)",
+            True,
+        ),
+        (
+            {
+                "message": "maximum context length is 8192 tokens",
+                "code": "context_length_exceeded",
+                "type": "invalid_request_error",
+            },
+            "context overflow",
+            False,
+        ),
+        ({"message": "something odd"}, "server error (HTTP 500)", True),
+    ],
+)
 async def test_openai_error_event_mid_stream(fields, words, retryable):
     sent = Sent(*data(chunk("partial "), {"error": fields}, done=False))
     items = []
@@ -268,9 +330,12 @@ async def test_openai_error_event_mid_stream(fields, words, retryable):
 
 
 async def test_openai_connection_broken_mid_stream_is_retryable():
-    sent = Sent(*data(chunk("partial "), done=False)[:1],
-                then=httpx2.RemoteProtocolError("peer closed connection without sending "
-                                                "complete message body"))
+    sent = Sent(
+        *data(chunk("partial "), done=False)[:1],
+        then=httpx2.RemoteProtocolError(
+            "peer closed connection without sending complete message body"
+        ),
+    )
     items = []
     with pytest.raises(ProviderError, match="gpt-4o: connection failed") as info:
         async for item in openai_stream(openai_for(MockServer(sent))):
@@ -280,16 +345,17 @@ async def test_openai_connection_broken_mid_stream_is_retryable():
 
 
 async def test_openai_timeout_mid_stream_is_retryable():
-    sent = Sent(*data(chunk("partial "), done=False),
-                then=httpx2.ReadTimeout("read timed out"))
+    sent = Sent(*data(chunk("partial "), done=False), then=httpx2.ReadTimeout("read timed out"))
     with pytest.raises(ProviderError, match="gpt-4o: timed out") as info:
         await collect(openai_stream(openai_for(MockServer(sent))))
     assert info.value.retryable and sent.closed
 
 
 async def test_openai_data_that_is_not_json_is_a_retryable_error():
-    sent = Sent("data: {\"choices\": [\n\n")
-    with pytest.raises(ProviderError, match="gpt-4o: the stream sent data that is not JSON") as info:
+    sent = Sent('data: {"choices": [\n\n')
+    with pytest.raises(
+        ProviderError, match="gpt-4o: the stream sent data that is not JSON"
+    ) as info:
         await collect(openai_stream(openai_for(MockServer(sent))))
     assert info.value.retryable and sent.closed
 
@@ -314,6 +380,7 @@ async def test_openai_key_never_reaches_an_error_message():
 
 
 # OpenAI: closing
+
 
 async def test_openai_leaving_early_closes_the_response():
     sent = Sent(*data(*openai_events("a", "b", "c")))
@@ -352,6 +419,7 @@ async def test_openai_cancelling_a_stalled_stream_closes_the_response():
 
 # Anthropic: SSE bodies
 
+
 def events(*pairs):
     return [f"event: {kind}\ndata: {json.dumps(body)}\n\n" for kind, body in pairs]
 
@@ -360,29 +428,79 @@ def anthropic_events(*blocks, usage=None, final=None):
     """message_start, each block (a str is a text block, a dict a thinking block), message_delta
     with the final usage, message_stop."""
     start_usage = usage or {"input_tokens": 12, "output_tokens": 1}
-    pairs = [("message_start", {"type": "message_start", "message": {
-        "id": "msg_1", "type": "message", "role": "assistant", "model": CLAUDE, "content": [],
-        "stop_reason": None, "stop_sequence": None, "usage": start_usage}}),
-             ("ping", {"type": "ping"})]
+    pairs = [
+        (
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    "id": "msg_1",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": CLAUDE,
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": start_usage,
+                },
+            },
+        ),
+        ("ping", {"type": "ping"}),
+    ]
     for i, block in enumerate(blocks):
         if isinstance(block, dict):
-            pairs += [("content_block_start", {"type": "content_block_start", "index": i,
-                                               "content_block": {"type": "thinking",
-                                                                 "thinking": "", "signature": ""}}),
-                      ("content_block_delta", {"type": "content_block_delta", "index": i,
-                                               "delta": {"type": "thinking_delta",
-                                                         "thinking": block["thinking"]}})]
+            pairs += [
+                (
+                    "content_block_start",
+                    {
+                        "type": "content_block_start",
+                        "index": i,
+                        "content_block": {"type": "thinking", "thinking": "", "signature": ""},
+                    },
+                ),
+                (
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": i,
+                        "delta": {"type": "thinking_delta", "thinking": block["thinking"]},
+                    },
+                ),
+            ]
         else:
-            pairs.append(("content_block_start", {"type": "content_block_start", "index": i,
-                                                  "content_block": {"type": "text", "text": ""}}))
-            pairs += [("content_block_delta", {"type": "content_block_delta", "index": i,
-                                               "delta": {"type": "text_delta", "text": piece}})
-                      for piece in block.split("|")]
+            pairs.append(
+                (
+                    "content_block_start",
+                    {
+                        "type": "content_block_start",
+                        "index": i,
+                        "content_block": {"type": "text", "text": ""},
+                    },
+                )
+            )
+            pairs += [
+                (
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": i,
+                        "delta": {"type": "text_delta", "text": piece},
+                    },
+                )
+                for piece in block.split("|")
+            ]
         pairs.append(("content_block_stop", {"type": "content_block_stop", "index": i}))
-    pairs += [("message_delta", {"type": "message_delta",
-                                 "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                                 "usage": final or {"output_tokens": 5}}),
-              ("message_stop", {"type": "message_stop"})]
+    pairs += [
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": final or {"output_tokens": 5},
+            },
+        ),
+        ("message_stop", {"type": "message_stop"}),
+    ]
     return events(*pairs)
 
 
@@ -406,22 +524,45 @@ async def test_anthropic_request_says_stream_with_the_call_parameters():
     server = MockServer(Sent(*anthropic_events("hi")))
     await collect(anthropic_stream(anthropic_for(server, top_k=40)))
     assert str(server.requests[0].url) == "https://api.anthropic.com/v1/messages"
-    assert server.body() == {"model": CLAUDE, "max_tokens": 64, "temperature": 0.4, "top_k": 40,
-                             "system": "Be brief.", "stream": True,
-                             "messages": [{"role": "user", "content": "Hi?"}]}
+    assert server.body() == {
+        "model": CLAUDE,
+        "max_tokens": 64,
+        "temperature": 0.4,
+        "top_k": 40,
+        "system": "Be brief.",
+        "stream": True,
+        "messages": [{"role": "user", "content": "Hi?"}],
+    }
 
 
 async def test_anthropic_chunks_join_to_what_call_returns_thinking_left_out():
     blocks = ({"thinking": "hmm"}, "Hello, |there", "world")
-    usage = {"input_tokens": 3, "cache_read_input_tokens": 10, "cache_creation_input_tokens": 5,
-             "output_tokens": 1}
-    reply = httpx2.Response(200, json={
-        "id": "msg_1", "type": "message", "role": "assistant", "model": CLAUDE,
-        "content": [{"type": "thinking", "thinking": "hmm", "signature": "sig"},
-                    {"type": "text", "text": "Hello, there"}, {"type": "text", "text": "world"}],
-        "stop_reason": "end_turn", "stop_sequence": None, "usage": {**usage, "output_tokens": 4}})
-    client = anthropic_for(MockServer(reply, Sent(*anthropic_events(
-        *blocks, usage=usage, final={"output_tokens": 4}))))
+    usage = {
+        "input_tokens": 3,
+        "cache_read_input_tokens": 10,
+        "cache_creation_input_tokens": 5,
+        "output_tokens": 1,
+    }
+    reply = httpx2.Response(
+        200,
+        json={
+            "id": "msg_1",
+            "type": "message",
+            "role": "assistant",
+            "model": CLAUDE,
+            "content": [
+                {"type": "thinking", "thinking": "hmm", "signature": "sig"},
+                {"type": "text", "text": "Hello, there"},
+                {"type": "text", "text": "world"},
+            ],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": {**usage, "output_tokens": 4},
+        },
+    )
+    client = anthropic_for(
+        MockServer(reply, Sent(*anthropic_events(*blocks, usage=usage, final={"output_tokens": 4})))
+    )
     text, tin, tout = await client(model=CLAUDE, messages=MESSAGES, temp=0.4, max_tokens=64)
     chunks, streamed = split(await collect(anthropic_stream(client)))
     assert chunks == ["Hello, ", "there", "world"]
@@ -430,25 +571,51 @@ async def test_anthropic_chunks_join_to_what_call_returns_thinking_left_out():
 
 
 async def test_anthropic_final_usage_in_message_delta_replaces_the_start():
-    sent = Sent(*anthropic_events("a", usage={"input_tokens": 0, "output_tokens": 0},
-                                  final={"input_tokens": 9, "output_tokens": 6}))
+    sent = Sent(
+        *anthropic_events(
+            "a",
+            usage={"input_tokens": 0, "output_tokens": 0},
+            final={"input_tokens": 9, "output_tokens": 6},
+        )
+    )
     assert split(await collect(anthropic_stream(anthropic_for(MockServer(sent))))) == (
-        ["a"], Usage(9, 6))
+        ["a"],
+        Usage(9, 6),
+    )
 
 
 async def test_anthropic_usage_missing_is_unknown():
-    sent = Sent(*events(("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                                 "delta": {"type": "text_delta", "text": "x"}}),
-                        ("message_stop", {"type": "message_stop"})))
+    sent = Sent(
+        *events(
+            (
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": "x"},
+                },
+            ),
+            ("message_stop", {"type": "message_stop"}),
+        )
+    )
     assert await collect(anthropic_stream(anthropic_for(MockServer(sent)))) == [
-        "x", Usage(None, None)]
+        "x",
+        Usage(None, None),
+    ]
 
 
 # Anthropic: errors
 
+
 async def test_anthropic_429_when_opening_is_retryable_with_retry_after():
-    server = MockServer(error(429, "Number of request tokens has exceeded your rate limit",
-                              type="rate_limit_error", headers={"retry-after": "3"}))
+    server = MockServer(
+        error(
+            429,
+            "Number of request tokens has exceeded your rate limit",
+            type="rate_limit_error",
+            headers={"retry-after": "3"},
+        )
+    )
     with pytest.raises(ProviderError) as info:
         await collect(anthropic_stream(anthropic_for(server)))
     err = info.value
@@ -463,15 +630,19 @@ async def test_anthropic_400_when_opening_is_not_retryable_and_names_send_temper
     assert not info.value.retryable and info.value.status == 400
 
 
-@pytest.mark.parametrize("kind, words, retryable", [
-    ("overloaded_error", "overloaded (HTTP 529)", True),
-    ("api_error", "server error (HTTP 500)", True),
-    ("rate_limit_error", "rate limited (HTTP 429)", True),
-    ("invalid_request_error", "request rejected (HTTP 400)", False),
-])
+@pytest.mark.parametrize(
+    "kind, words, retryable",
+    [
+        ("overloaded_error", "overloaded (HTTP 529)", True),
+        ("api_error", "server error (HTTP 500)", True),
+        ("rate_limit_error", "rate limited (HTTP 429)", True),
+        ("invalid_request_error", "request rejected (HTTP 400)", False),
+    ],
+)
 async def test_anthropic_error_event_mid_stream(kind, words, retryable):
     body = anthropic_events("partial ")[:4] + events(
-        ("error", {"type": "error", "error": {"type": kind, "message": "Overloaded"}}))
+        ("error", {"type": "error", "error": {"type": kind, "message": "Overloaded"}})
+    )
     sent = Sent(*body)
     items = []
     with pytest.raises(ProviderError) as info:
@@ -485,9 +656,12 @@ async def test_anthropic_error_event_mid_stream(kind, words, retryable):
 
 
 async def test_anthropic_connection_broken_mid_stream_is_retryable():
-    sent = Sent(*anthropic_events("partial ")[:4],
-                then=httpx2.RemoteProtocolError("peer closed connection without sending "
-                                                "complete message body"))
+    sent = Sent(
+        *anthropic_events("partial ")[:4],
+        then=httpx2.RemoteProtocolError(
+            "peer closed connection without sending complete message body"
+        ),
+    )
     items = []
     with pytest.raises(ProviderError, match=f"{CLAUDE}: connection failed") as info:
         async for item in anthropic_stream(anthropic_for(MockServer(sent))):
@@ -500,8 +674,9 @@ async def test_anthropic_key_never_reaches_an_error_message():
     echo = f"invalid x-api-key {ANTHROPIC_KEY}"
     with pytest.raises(ProviderError) as opening:
         await collect(anthropic_stream(anthropic_for(MockServer(error(401, echo)))))
-    sent = Sent(*events(("error", {"type": "error",
-                                   "error": {"type": "api_error", "message": echo}})))
+    sent = Sent(
+        *events(("error", {"type": "error", "error": {"type": "api_error", "message": echo}}))
+    )
     with pytest.raises(ProviderError) as middle:
         await collect(anthropic_stream(anthropic_for(MockServer(sent))))
     for err in (opening.value, middle.value):
@@ -510,6 +685,7 @@ async def test_anthropic_key_never_reaches_an_error_message():
 
 
 # Anthropic: closing
+
 
 async def test_anthropic_leaving_early_closes_the_response():
     sent = Sent(*anthropic_events("a|b|c"))
@@ -533,6 +709,7 @@ async def test_anthropic_cancelling_a_stalled_stream_closes_the_response():
 # The local client's streaming machinery (a thread, a queue, the stop flag) on a stand-in for
 # llama_cpp.Llama that behaves as llama does: the logits processors run once per sampled token,
 # the end-of-sequence token ends the generation ("stop") and is not a completion token.
+
 
 class Scores(list):
     """Logits as llama hands them to a processor (a numpy array there), without numpy: a
@@ -558,8 +735,9 @@ class FakeLlama:
     def token_eos(self):
         return self.EOS
 
-    def create_chat_completion(self, *, messages, temperature, max_tokens, logits_processor,
-                               stream=False):
+    def create_chat_completion(
+        self, *, messages, temperature, max_tokens, logits_processor, stream=False
+    ):
         assert stream and messages and temperature >= 0
         return self._chunks(max_tokens, logits_processor)
 
@@ -573,7 +751,9 @@ class FakeLlama:
             scores = Scores([0.0, 1.0, 0.0, 0.0])  # a word, unless a processor says otherwise
             for processor in processors:
                 scores = processor(None, scores)
-            if max(range(len(scores)), key=scores.__getitem__) == self.EOS or (self.words and k == len(self.words)):
+            if max(range(len(scores)), key=scores.__getitem__) == self.EOS or (
+                self.words and k == len(self.words)
+            ):
                 finish = "stop"
                 break
             time.sleep(self.pause)
@@ -612,7 +792,12 @@ async def test_local_chunks_then_usage_that_leaves_out_the_end_token(fake_local)
 async def test_local_a_reply_cut_at_max_tokens_counts_every_token(fake_local):
     client, _ = fake_local(FakeLlama(None))
     assert await collect(local_stream(client, max_tokens=4)) == [
-        "w0 ", "w1 ", "w2 ", "w3 ", Usage(9, 4)]
+        "w0 ",
+        "w1 ",
+        "w2 ",
+        "w3 ",
+        Usage(9, 4),
+    ]
 
 
 async def test_local_overflow_is_a_provider_error_not_retried(fake_local):
@@ -667,8 +852,9 @@ async def test_openai_a_body_that_ends_before_the_reply_is_a_retryable_error():
 
 async def test_anthropic_a_body_that_ends_before_the_message_is_a_retryable_error():
     whole = anthropic_events("The answer is 12|3")
-    cut = [e for e in whole if "message_delta" not in e and "message_stop" not in e
-           and '"3"' not in e]
+    cut = [
+        e for e in whole if "message_delta" not in e and "message_stop" not in e and '"3"' not in e
+    ]
     sent = Sent(*cut)
     with pytest.raises(ProviderError, match="the stream ended before the message did") as info:
         await collect(anthropic_stream(anthropic_for(MockServer(sent))))
@@ -685,23 +871,30 @@ class SeedingLlama(FakeLlama):
     def reset(self):
         self.resets += 1
 
-    def create_chat_completion(self, *, messages, temperature, max_tokens, logits_processor,
-                               stream=False, seed=None):
+    def create_chat_completion(
+        self, *, messages, temperature, max_tokens, logits_processor, stream=False, seed=None
+    ):
         self.seeds.append(seed)
         if stream:
             return self._chunks(max_tokens, logits_processor)
         text = "".join(self.words)
-        return {"choices": [{"message": {"content": text}}],
-                "usage": {"prompt_tokens": 3, "completion_tokens": len(self.words)}}
+        return {
+            "choices": [{"message": {"content": text}}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": len(self.words)},
+        }
 
 
 async def test_local_seeds_each_call_and_forgets_the_last_prompt_first(fake_local):
     client, engine = fake_local(SeedingLlama(["a", "b"]))
     llama = engine.llama
     assert await client(model="m", messages=MESSAGES, temp=0.7, max_tokens=8, seed=5) == (
-        "ab", 3, 2)
-    chunks = [c async for c in client.stream(model="m", messages=MESSAGES, temp=0.7,
-                                             max_tokens=8, seed=6)]
+        "ab",
+        3,
+        2,
+    )
+    chunks = [
+        c async for c in client.stream(model="m", messages=MESSAGES, temp=0.7, max_tokens=8, seed=6)
+    ]
     assert "".join(c for c in chunks if isinstance(c, str)) == "ab"
     assert llama.seeds == [5, 6] and llama.resets == 2
     await client(model="m", messages=MESSAGES, temp=0.7, max_tokens=8)  # unseeded: as before

@@ -20,8 +20,10 @@ pytestmark = pytest.mark.anyio
 NO_WAIT = Retry(attempts=3, initial=0, jitter=0)
 CLAUDE = "claude-opus-4-6"
 BAD = [{"role": "user", "content": "half an emoji: \ud83d!"}]
-SAID = ("the request text is not valid Unicode: it holds a lone surrogate ('\\ud83d'), which no "
-        "provider accepts; remove it or re-decode the text it came from")
+SAID = (
+    "the request text is not valid Unicode: it holds a lone surrogate ('\\ud83d'), which no "
+    "provider accepts; remove it or re-decode the text it came from"
+)
 
 
 def never(request):
@@ -30,9 +32,10 @@ def never(request):
 
 def clients():
     server = MockServer(never)
-    return [("gpt-4o", openai_client(api_key=SECRET, http_client=server.http_client())),
-            (CLAUDE, anthropic_client("sk-ant-api03-SECRET123456",
-                                      http_client=server.http_client()))]
+    return [
+        ("gpt-4o", openai_client(api_key=SECRET, http_client=server.http_client())),
+        (CLAUDE, anthropic_client("sk-ant-api03-SECRET123456", http_client=server.http_client())),
+    ]
 
 
 @pytest.mark.parametrize("which", [0, 1], ids=["openai", "anthropic"])
@@ -76,9 +79,11 @@ def test_an_encoding_error_wrapped_by_another_is_found_in_its_chain():
             raise InternalServerError(f"OpenAIException - {exc}") from exc
     except InternalServerError as wrapped:
         err = provider_error(wrapped, model="m")
-    assert str(err) == ("m: the request text is not valid Unicode: it holds a lone surrogate "
-                        "('\\udc80'), which no provider accepts; remove it or re-decode the text "
-                        "it came from")
+    assert str(err) == (
+        "m: the request text is not valid Unicode: it holds a lone surrogate "
+        "('\\udc80'), which no provider accepts; remove it or re-decode the text "
+        "it came from"
+    )
     assert not err.retryable
 
 
@@ -105,5 +110,7 @@ def test_a_header_that_is_not_ascii_is_not_retried_and_not_shown():
     except UnicodeEncodeError as exc:
         err = provider_error(exc, model="m")
     assert not err.retryable
-    assert str(err) == ("m: the request cannot be encoded: ascii cannot encode a character "
-                        "(ordinal not in range(128)); HTTP headers and URLs must be ASCII")
+    assert str(err) == (
+        "m: the request cannot be encoded: ascii cannot encode a character "
+        "(ordinal not in range(128)); HTTP headers and URLs must be ASCII"
+    )

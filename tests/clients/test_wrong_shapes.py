@@ -12,8 +12,7 @@ pytest.importorskip("anthropic")
 httpx2 = pytest.importorskip("httpx2")
 
 from mockhttp import SECRET, MockServer  # noqa: E402
-from test_streaming import (  # noqa: E402
-    Sent, anthropic_events, chunk, collect, data, events, openai_events)
+from test_streaming import Sent, anthropic_events, chunk, collect, data, events, openai_events  # noqa: E402
 
 import moa  # noqa: E402
 from moa import Propose, ProviderError, Retry, StepFailedError, Usage  # noqa: E402
@@ -40,15 +39,26 @@ def anthropic_for(server):
 
 
 def completion(message, **choice):
-    return {"id": "c1", "object": "chat.completion", "created": 0, "model": "m",
-            "choices": [{"index": 0, "finish_reason": "stop", "message": message, **choice}],
-            "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}}
+    return {
+        "id": "c1",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "m",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": message, **choice}],
+        "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
+    }
 
 
 def claude_message(content):
-    body = {"id": "msg_1", "type": "message", "role": "assistant", "model": CLAUDE,
-            "stop_reason": "end_turn", "stop_sequence": None,
-            "usage": {"input_tokens": 12, "output_tokens": 5}}
+    body = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": CLAUDE,
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 12, "output_tokens": 5},
+    }
     if content is not ...:
         body["content"] = content
     return body
@@ -79,13 +89,19 @@ OPENAI_WRONG = [
     ({"choices": [1]}, "choices[0] is 1 (an int), not an object"),
     ({"choices": [{"index": 0, "finish_reason": "stop"}]}, "choices[0] has no 'message'"),
     ({"choices": [{"message": "hello"}]}, "choices[0].message is 'hello' (a str), not an object"),
-    (completion({"role": "assistant", "content": 5}),
-     "choices[0].message.content is 5 (an int), not a string or null"),
-    (completion({"role": "assistant", "content": [{"type": "text", "text": "hi"}]}),
-     "choices[0].message.content is [{'type': 'text', 'text': 'hi'}] (a list), not a string or "
-     "null"),
-    (completion({"role": "assistant"}),
-     "choices[0].message has no 'content' (nor a refusal or tool call)"),
+    (
+        completion({"role": "assistant", "content": 5}),
+        "choices[0].message.content is 5 (an int), not a string or null",
+    ),
+    (
+        completion({"role": "assistant", "content": [{"type": "text", "text": "hi"}]}),
+        "choices[0].message.content is [{'type': 'text', 'text': 'hi'}] (a list), not a string or "
+        "null",
+    ),
+    (
+        completion({"role": "assistant"}),
+        "choices[0].message has no 'content' (nor a refusal or tool call)",
+    ),
     (["hello"], "the body is ['hello'] (a list), not a JSON object"),
 ]
 
@@ -97,25 +113,32 @@ async def test_openai_a_body_that_is_no_chat_completion_is_an_error_not_retried(
         await openai_call(openai_for(server))
     assert str(info.value) == CHAT + what
     assert not info.value.retryable and info.value.model == "gpt-4o"
-    server = MockServer(httpx2.Response(200, json=body), httpx2.Response(200, json=completion(
-        {"role": "assistant", "content": "never"})))
+    server = MockServer(
+        httpx2.Response(200, json=body),
+        httpx2.Response(200, json=completion({"role": "assistant", "content": "never"})),
+    )
     await fails_once(server, openai_for(server), "gpt-4o", CHAT + what)
 
 
 async def test_openai_a_page_that_is_not_json_is_an_error():
-    server = MockServer(httpx2.Response(200, text="<html>Welcome to nginx!</html>",
-                                        headers={"content-type": "text/html"}))
+    server = MockServer(
+        httpx2.Response(
+            200, text="<html>Welcome to nginx!</html>", headers={"content-type": "text/html"}
+        )
+    )
     with pytest.raises(ProviderError) as info:
         await openai_call(openai_for(server))
-    assert str(info.value) == (CHAT + "the body is '<html>Welcome to nginx!</html>' (a str), "
-                               "not a JSON object")
+    assert str(info.value) == (
+        CHAT + "the body is '<html>Welcome to nginx!</html>' (a str), not a JSON object"
+    )
     assert not info.value.retryable
 
 
 async def test_openai_an_error_object_without_choices_is_still_a_retryable_upstream_failure():
     # OpenRouter's 200 when the upstream provider failed; a body with neither is no reply.
-    server = MockServer(httpx2.Response(200, json={"error": {"message": "upstream died",
-                                                             "code": 502}}))
+    server = MockServer(
+        httpx2.Response(200, json={"error": {"message": "upstream died", "code": 502}})
+    )
     with pytest.raises(ProviderError) as info:
         await openai_call(openai_for(server))
     assert str(info.value) == "gpt-4o: the response has no choices: upstream died"
@@ -123,25 +146,42 @@ async def test_openai_an_error_object_without_choices_is_still_a_retryable_upstr
 
 
 async def test_openai_empty_text_is_an_answer_and_not_logged(caplog):
-    server = MockServer(httpx2.Response(200, json=completion({"role": "assistant",
-                                                              "content": ""})))
+    server = MockServer(httpx2.Response(200, json=completion({"role": "assistant", "content": ""})))
     with caplog.at_level(logging.WARNING, logger="moa.clients"):
         assert await openai_call(openai_for(server)) == ("", 11, 7)
     assert not caplog.records
 
 
-@pytest.mark.parametrize("message, logged", [
-    ({"role": "assistant", "content": None, "refusal": "I can't help with that."},
-     "gpt-4o: the response has no text "
-     "(finish_reason='stop', refusal=\"I can't help with that.\")"),
-    ({"role": "assistant", "content": None, "tool_calls": [
-        {"id": "t1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
-     "gpt-4o: the response has no text (finish_reason='stop')"),
-    # Some servers leave content out beside a tool call rather than send null.
-    ({"role": "assistant", "tool_calls": [
-        {"id": "t1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
-     "gpt-4o: the response has no text (finish_reason='stop')"),
-])
+@pytest.mark.parametrize(
+    "message, logged",
+    [
+        (
+            {"role": "assistant", "content": None, "refusal": "I can't help with that."},
+            "gpt-4o: the response has no text "
+            "(finish_reason='stop', refusal=\"I can't help with that.\")",
+        ),
+        (
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "t1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                ],
+            },
+            "gpt-4o: the response has no text (finish_reason='stop')",
+        ),
+        # Some servers leave content out beside a tool call rather than send null.
+        (
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {"id": "t1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                ],
+            },
+            "gpt-4o: the response has no text (finish_reason='stop')",
+        ),
+    ],
+)
 async def test_openai_a_refusal_or_a_tool_call_is_empty_text_and_logged(caplog, message, logged):
     server = MockServer(httpx2.Response(200, json=completion(message)))
     with caplog.at_level(logging.WARNING, logger="moa.clients"):
@@ -155,10 +195,14 @@ ANTHROPIC_WRONG = [
     (claude_message(...), "it has no 'content'"),
     (claude_message("hello"), "'content' is 'hello' (a str), not a list"),
     (claude_message([1]), "content[0] is 1 (an int), not a block with a 'type'"),
-    (claude_message([{"type": "text", "text": "a"}, {"type": "text"}]),
-     "content[1] is a text block whose text is null, not a string"),
-    (claude_message([{"type": "text", "text": 5}]),
-     "content[0] is a text block whose text is 5 (an int), not a string"),
+    (
+        claude_message([{"type": "text", "text": "a"}, {"type": "text"}]),
+        "content[1] is a text block whose text is null, not a string",
+    ),
+    (
+        claude_message([{"type": "text", "text": 5}]),
+        "content[0] is a text block whose text is 5 (an int), not a string",
+    ),
     ({"choices": [{"message": {"role": "assistant", "content": "hi"}}]}, "it has no 'content'"),
     ([], "the body is [] (a list), not a JSON object"),
 ]
@@ -171,9 +215,10 @@ async def test_anthropic_a_body_that_is_no_message_is_an_error_not_retried(body,
         await anthropic_call(anthropic_for(server))
     assert str(info.value) == MESSAGE + what
     assert not info.value.retryable and info.value.model == CLAUDE
-    server = MockServer(httpx2.Response(200, json=body),
-                        httpx2.Response(200, json=claude_message([{"type": "text",
-                                                                   "text": "never"}])))
+    server = MockServer(
+        httpx2.Response(200, json=body),
+        httpx2.Response(200, json=claude_message([{"type": "text", "text": "never"}])),
+    )
     await fails_once(server, anthropic_for(server), CLAUDE, MESSAGE + what)
 
 
@@ -184,10 +229,14 @@ async def test_anthropic_a_block_without_a_type_is_an_error():
         await anthropic_call(anthropic_for(server))
 
 
-@pytest.mark.parametrize("content", [
-    [], [{"type": "thinking", "thinking": "hmm", "signature": "s"}],
-    [{"type": "tool_use", "id": "t1", "name": "f", "input": {}}],
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        [],
+        [{"type": "thinking", "thinking": "hmm", "signature": "s"}],
+        [{"type": "tool_use", "id": "t1", "name": "f", "input": {}}],
+    ],
+)
 async def test_anthropic_a_message_without_text_blocks_is_empty_text_and_logged(caplog, content):
     server = MockServer(httpx2.Response(200, json=claude_message(content)))
     with caplog.at_level(logging.WARNING, logger="moa.clients"):
@@ -196,6 +245,7 @@ async def test_anthropic_a_message_without_text_blocks_is_empty_text_and_logged(
 
 
 # OpenAI: streams
+
 
 def openai_stream(client):
     return client.stream(model="gpt-4o", messages=MESSAGES, temp=0.3, max_tokens=64)
@@ -208,10 +258,14 @@ def raw(*lines):
 OPENAI_STREAM_WRONG = [
     (data({"choices": "nope"}), "a chunk's 'choices' is 'nope' (a str), not a list"),
     (data({"choices": [1]}), "a chunk's choices[0] is 1 (an int), not an object"),
-    (data({"choices": [{"index": 0, "delta": "hi"}]}),
-     "a chunk's delta is 'hi' (a str), not an object"),
-    (data(chunk(role="assistant", content=""), {"choices": [{"delta": {"content": 5}}]}),
-     "a chunk's delta content is 5 (an int), not a string or null"),
+    (
+        data({"choices": [{"index": 0, "delta": "hi"}]}),
+        "a chunk's delta is 'hi' (a str), not an object",
+    ),
+    (
+        data(chunk(role="assistant", content=""), {"choices": [{"delta": {"content": 5}}]}),
+        "a chunk's delta content is 5 (an int), not a string or null",
+    ),
     (data([1, 2]), "a chunk is [1, 2] (a list), not a JSON object"),
     # A JSON string is no [DONE], even the string "[DONE]" with its quotes.
     (raw('"hello"', "[DONE]"), "a chunk is 'hello' (a str), not a JSON object"),
@@ -241,13 +295,20 @@ async def test_openai_an_empty_body_is_still_a_cut_stream_and_retried():
 
 async def test_openai_chunks_without_a_choice_before_the_reply_are_fine():
     # Azure opens with a chunk of prompt_filter_results and empty choices.
-    first = {"id": "", "object": "", "created": 0, "model": "", "choices": [],
-             "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}]}
+    first = {
+        "id": "",
+        "object": "",
+        "created": 0,
+        "model": "",
+        "choices": [],
+        "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}],
+    }
     sent = Sent(*data(first, *openai_events("a", "b")))
     assert await collect(openai_stream(openai_for(MockServer(sent)))) == ["a", "b", Usage(11, 7)]
 
 
 # Anthropic: streams
+
 
 def anthropic_stream(client):
     return client.stream(model=CLAUDE, messages=MESSAGES, temp=0.3, max_tokens=64)
@@ -259,19 +320,32 @@ def delta(body):
 
 ANTHROPIC_STREAM_WRONG = [
     (events(delta("hi")), "a content_block_delta event's delta is 'hi' (a str), not an object"),
-    (events(("content_block_delta", {"type": "content_block_delta", "index": 0})),
-     "a content_block_delta event's delta is null, not an object"),
-    (events(delta({"type": "text_delta", "text": 5})),
-     "a text_delta's text is 5 (an int), not a string"),
-    (events(("message_start", {"type": "message_start", "message": "hi"})),
-     "a message_start event's message is 'hi' (a str), not an object"),
-    (events(("message_delta", {"type": "message_delta", "delta": [1]})),
-     "a message_delta event's delta is [1] (a list), not an object"),
-    (["event: message_stop\ndata: [1]\n\n"],
-     "a message_stop event's data is [1] (a list), not a JSON object"),
+    (
+        events(("content_block_delta", {"type": "content_block_delta", "index": 0})),
+        "a content_block_delta event's delta is null, not an object",
+    ),
+    (
+        events(delta({"type": "text_delta", "text": 5})),
+        "a text_delta's text is 5 (an int), not a string",
+    ),
+    (
+        events(("message_start", {"type": "message_start", "message": "hi"})),
+        "a message_start event's message is 'hi' (a str), not an object",
+    ),
+    (
+        events(("message_delta", {"type": "message_delta", "delta": [1]})),
+        "a message_delta event's delta is [1] (a list), not an object",
+    ),
+    (
+        ["event: message_stop\ndata: [1]\n\n"],
+        "a message_stop event's data is [1] (a list), not a JSON object",
+    ),
     # An OpenAI stream sent to the Anthropic client.
-    (data(*openai_events("hello")), "no event of the stream was one of its events "
-                                    "(message_start, content_block_delta, message_stop...)"),
+    (
+        data(*openai_events("hello")),
+        "no event of the stream was one of its events "
+        "(message_start, content_block_delta, message_stop...)",
+    ),
 ]
 
 
@@ -285,7 +359,7 @@ async def test_anthropic_a_stream_that_is_no_messages_stream_is_an_error(body, w
 
 
 async def test_anthropic_an_error_event_whose_data_is_text_is_sorted_as_a_server_error():
-    sent = Sent(*anthropic_events("partial ")[:4], "event: error\ndata: \"Overloaded\"\n\n")
+    sent = Sent(*anthropic_events("partial ")[:4], 'event: error\ndata: "Overloaded"\n\n')
     with pytest.raises(ProviderError) as info:
         await collect(anthropic_stream(anthropic_for(MockServer(sent))))
     assert str(info.value) == f"{CLAUDE}: server error (HTTP 500): Overloaded"
@@ -294,10 +368,12 @@ async def test_anthropic_an_error_event_whose_data_is_text_is_sorted_as_a_server
 
 async def test_anthropic_an_event_of_a_new_type_is_skipped():
     body = anthropic_events("hello")
-    body.insert(2, "event: brand_new_event\ndata: [\"anything\"]\n\n")
+    body.insert(2, 'event: brand_new_event\ndata: ["anything"]\n\n')
     sent = Sent(*body)
     assert await collect(anthropic_stream(anthropic_for(MockServer(sent)))) == [
-        "hello", Usage(12, 5)]
+        "hello",
+        Usage(12, 5),
+    ]
 
 
 async def test_errors_of_shape_never_carry_a_key():
