@@ -97,8 +97,8 @@ async def _drive(
             result, history = await walk(step, prompts[i], state, _seed(seeds[i]))
             outcome = RunResult(i, prompts[i], result, history)
         except Exception as exc:
-            history = exc.history if isinstance(exc, MoaError) else None
-            outcome = RunResult(i, prompts[i], None, history, exc)
+            partial = exc.history if isinstance(exc, MoaError) else None
+            outcome = RunResult(i, prompts[i], None, partial, exc)
         done += 1
         if progress is not None:
             progress(done, len(prompts), outcome)
@@ -114,7 +114,8 @@ async def _drive(
         try:
             await one(i)
         finally:
-            runs.release()  # type: ignore[union-attr]
+            assert runs is not None
+            runs.release()
 
     async with send, anyio.create_task_group() as tg:
         for i in range(len(prompts)):

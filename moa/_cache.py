@@ -55,7 +55,7 @@ def _key(
 ) -> bytes:
     """The sha256 digest that names one request; equal inputs give equal keys in any process."""
     pairs = [[m["role"], m["content"]] for m in messages]
-    sample = [int(i) for i in index] if isinstance(index, (tuple, list)) else [int(index)]
+    sample = [int(index)] if isinstance(index, int) else [int(i) for i in index]
     canonical = json.dumps(
         [_KEY_FORMAT, namespace, model, pairs, repr(float(temp)), int(max_tokens), sample],
         separators=(",", ":"),

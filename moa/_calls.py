@@ -120,7 +120,7 @@ def client_attempt(client: Client) -> Attempt:
     edits them cannot edit history), given the seed only if it takes one."""
 
     async def attempt(req: Request, tap: Tap | None) -> Reply:
-        msgs = [m.copy() for m in req.messages]
+        msgs = [dict(m) for m in req.messages]
         if tap is not None and tap.sent is not None:
             tap.sent()
         if req.seed is None:
@@ -130,7 +130,7 @@ def client_attempt(client: Client) -> Attempt:
         else:
             out = await client(
                 model=req.model,
-                messages=msgs,  # type: ignore[call-arg]
+                messages=msgs,  # type: ignore[call-arg]  # it takes a seed: accepts_seed
                 temp=req.temp,
                 max_tokens=req.max_tokens,
                 seed=req.seed,
@@ -157,7 +157,7 @@ def stream_attempt(client: Client) -> Attempt:
         extra = {"seed": req.seed} if seeded and req.seed is not None else {}
         items = stream(
             model=req.model,
-            messages=[m.copy() for m in req.messages],
+            messages=[dict(m) for m in req.messages],
             temp=req.temp,
             max_tokens=req.max_tokens,
             **extra,
@@ -380,7 +380,7 @@ def retrying_client(
 
     async def call(req: Request, site: Site) -> Outcome:
         start = monotonic()
-        msgs = [m.copy() for m in req.messages]
+        msgs = [dict(m) for m in req.messages]
         try:
             text, tin, tout = check_output(
                 req.model,
@@ -389,7 +389,7 @@ def retrying_client(
                     if req.seed is None
                     else client(
                         model=req.model,
-                        messages=msgs,  # type: ignore[call-arg]
+                        messages=msgs,  # type: ignore[call-arg]  # it takes a seed  # it takes a seed: accepts_seed
                         temp=req.temp,
                         max_tokens=req.max_tokens,
                         seed=req.seed,
@@ -443,7 +443,6 @@ async def _retry(
             )
         )
     )
-    hedges = (lambda: tuple(tap.hedges)) if tap is not None else (lambda: ())
     try:
         async for trying in policy.retrying(before_sleep):
             with trying:
@@ -453,15 +452,27 @@ async def _retry(
                     raise exc
                 text, tin, tout = await attempt(req, tap)
         return record(
-            req, text, tin, tout, attempts, None, monotonic() - start, False, hedges()
+            req, text, tin, tout, attempts, None, monotonic() - start, False, _hedges(tap)
         ), None
     except (KeyboardInterrupt, SystemExit) as exc:
         return _interrupted(interrupt, req, exc, start)
     except Exception as exc:
         exc = policy.too_long(exc) or exc
         return record(
-            req, None, None, None, attempts, error_text(exc), monotonic() - start, False, hedges()
+            req,
+            None,
+            None,
+            None,
+            attempts,
+            error_text(exc),
+            monotonic() - start,
+            False,
+            _hedges(tap),
         ), _fatal(exc)
+
+
+def _hedges(tap: Tap | None) -> tuple[CallRecord, ...]:
+    return tuple(tap.hedges) if tap is not None else ()
 
 
 def streaming(
@@ -523,6 +534,7 @@ def caching(inner: Call, cache: Cache) -> tuple[Call, TryNow]:
 
     def try_now(req: Request, site: Site, step: object) -> Outcome | None:
         path, index, sample = site
+        assert sample is not None  # the stack asks for sample indices (wants_sample)
         key = (*path, sample)
         hit = cache.get(req.model, req.messages, req.temp, req.max_tokens, key)
         if hit is not None:
@@ -539,6 +551,7 @@ def caching(inner: Call, cache: Cache) -> tuple[Call, TryNow]:
         rec, fatal = await inner(req, site)
         if rec.ok and fatal is None:
             path, _, sample = site
+            assert sample is not None and rec.text is not None
             try:
                 cache.put(
                     req.model,
@@ -549,7 +562,7 @@ def caching(inner: Call, cache: Cache) -> tuple[Call, TryNow]:
                     rec.text,
                     rec.input_tokens,
                     rec.output_tokens,
-                )  # type: ignore[arg-type]
+                )
             except (CacheError, OSError, ValueError) as exc:  # the user's to see, not a call's
                 return rec, exc
         return rec, fatal

@@ -142,14 +142,14 @@ def _check_function(fn: object) -> inspect.Signature:
         )
     if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
         raise TypeError(
-            f"@transform: {fn.__name__} is async; a transform is a plain function "
+            f"@transform: {getattr(fn, '__name__', fn)} is async; a transform is a plain function "
             f"(model calls belong in an LLMStep)"
         )
     signature = inspect.signature(fn)
     params = list(signature.parameters.values())
     if len(params) < 2 or any(p.kind not in _POSITIONAL for p in params[:2]):
         raise TypeError(
-            f"@transform: {fn.__name__}{signature} must take (responses, rng, ...): "
+            f"@transform: {getattr(fn, '__name__', fn)}{signature} must take (responses, rng, ...): "
             f"the current responses and the run's random.Random"
         )
     return signature

@@ -508,7 +508,7 @@ async def _round(
     if not (run.seeded or calls.wants_sample):
         if calls.try_now is None and enough is None:  # every plain run's round: the short way
             return await _plain_round(calls, path, requests, offset)
-        sites = [(path, offset + i, None) for i in range(n)]
+        sites: list[Site] = [(path, offset + i, None) for i in range(n)]
     else:
         requests, sites = _sites(run, path, requests, offset, seen)
     results: list[Outcome | None] = [None] * n
@@ -531,7 +531,8 @@ async def _round(
             for i in todo:
                 tg.start_soon(one, i)
     elif todo:
-        await _quorum(calls, requests, sites, todo, results, enough)  # type: ignore[arg-type]
+        assert enough is not None
+        await _quorum(calls, requests, sites, todo, results, enough)
     done = [r for r in results if r is not None]
     return [r for r, _ in done], next((e for _, e in done if e is not None), None)
 
@@ -543,7 +544,7 @@ async def _plain_round(
     if len(requests) == 1:
         rec, fatal = await call(requests[0], (path, offset, None))
         return [rec], fatal
-    results: list[Outcome] = [None] * len(requests)  # type: ignore[list-item]
+    results: list[Outcome | None] = [None] * len(requests)
 
     async def one(i: int) -> None:
         results[i] = await call(requests[i], (path, offset + i, None))
@@ -551,7 +552,8 @@ async def _plain_round(
     async with anyio.create_task_group() as tg:
         for i in range(len(requests)):
             tg.start_soon(one, i)
-    return [r for r, _ in results], next((e for _, e in results if e is not None), None)
+    done = [r for r in results if r is not None]  # all of them: the task group waited
+    return [r for r, _ in done], next((e for _, e in done if e is not None), None)
 
 
 async def _quorum(

@@ -93,6 +93,11 @@ class Request:
     seed: int | None = None
 
 
+#: A step's calls as rounds (:meth:`LLMStep.plan`): yields each round's requests, is sent that
+#: round's replies, and returns the step's responses and notes.
+Plan = Generator[list[Request], list[str | None], tuple[list[str], list[str]]]
+
+
 def messages(*pairs: tuple[str, str]) -> tuple[Message, ...]:
     """Read-only ``{"role", "content"}`` messages from ``(role, content)`` pairs."""
     return tuple(MappingProxyType({"role": role, "content": content}) for role, content in pairs)
@@ -189,7 +194,8 @@ def _check_sampling(step: str, temp: object, max_tokens: object, prompt: object)
 
 def _check_min_success(step: str, min_success: object, most: int | None) -> None:
     check_int(step, "min_success", min_success, 1, MAX_CALLS)
-    if most is not None and min_success > most:  # type: ignore[operator]
+    assert isinstance(min_success, int)
+    if most is not None and min_success > most:
         raise ValueError(
             f"{step}(min_success=...): min_success={min_success} exceeds the "
             f"{most} agents, so the step could never succeed"
@@ -251,9 +257,7 @@ class LLMStep(Step):
         replies in request order; a reply is None where its call failed."""
         raise NotImplementedError
 
-    def plan(
-        self, prompt: str, responses: list[str], rng: random.Random
-    ) -> Generator[list[Request], list[str | None], tuple[list[str], list[str]]]:
+    def plan(self, prompt: str, responses: list[str], rng: random.Random) -> Plan:
         """The step's calls as rounds: a generator that yields each round's requests, is sent
         that round's replies (None where a call failed or was cancelled), and returns
         ``(responses, notes)``. The default is one round, :meth:`requests` then :meth:`combine`.
@@ -271,15 +275,20 @@ class _MultiAgent(LLMStep):
     """Shared by the steps whose calls may partly fail: keep the successful replies in order."""
 
     __slots__ = ()
+    # Fields of the dataclass subclasses, which read them here.
+    min_success: int
+    quorum: int | None
 
     def required(self, n_requests: int) -> int:
-        return min(self.min_success, n_requests)  # type: ignore[attr-defined]
+        return min(self.min_success, n_requests)
 
     def enough(self, n_requests: int) -> int | None:
-        quorum = self.quorum  # type: ignore[attr-defined]
+        quorum = self.quorum
         return min(quorum, n_requests) if quorum is not None else None
 
-    def combine(self, prompt, responses, replies):  # type: ignore[no-untyped-def]
+    def combine(
+        self, prompt: str, responses: list[str], replies: list[str | None]
+    ) -> tuple[list[str], list[str]]:
         return [r for r in replies if r is not None], []
 
 
@@ -288,7 +297,7 @@ class Propose(_MultiAgent):
     """Every agent answers the user's prompt alone, concurrently; the answers, in agent order,
     replace the current responses."""
 
-    agents: tuple[AgentLike, ...]
+    agents: Sequence[AgentLike]  # stored as a tuple
     temp: float = DEFAULT_TEMP
     max_tokens: int = DEFAULT_MAX_TOKENS
     min_success: int = 1
@@ -312,7 +321,7 @@ class Synthesize(_MultiAgent):
     """Every agent reads the prompt and all current responses and writes a new response; the
     new responses, in agent order, replace the old."""
 
-    agents: tuple[AgentLike, ...]
+    agents: Sequence[AgentLike]  # stored as a tuple
     prompt: str | None = None
     temp: float = DEFAULT_TEMP
     max_tokens: int = DEFAULT_MAX_TOKENS
@@ -336,7 +345,7 @@ class Refine(_MultiAgent):
     """Each response is improved on its own; agents take the responses round-robin. The
     refined responses keep the order of the originals."""
 
-    agents: tuple[AgentLike, ...]
+    agents: Sequence[AgentLike]  # stored as a tuple
     prompt: str | None = None
     temp: float = DEFAULT_TEMP
     max_tokens: int = DEFAULT_MAX_TOKENS
@@ -367,10 +376,21 @@ class Refine(_MultiAgent):
         ]
 
 
+def _answered(reply: str | None) -> str:
+    # A one-call round must succeed in full (``required`` is all of it) before its reply is
+    # read, so a judge's or an aggregator's reply is never None here.
+    assert reply is not None
+    return reply
+
+
 class _Judge(LLMStep):
     """One call over all current responses; its failure fails the step."""
 
     __slots__ = ()
+    # Fields of the dataclass subclasses, which read them here (Vote's agent may be None).
+    agent: AgentLike | None
+    temp: float
+    max_tokens: int
 
     def _instruction(self) -> str:
         raise NotImplementedError
@@ -380,15 +400,8 @@ class _Judge(LLMStep):
 
     def requests(self, prompt: str, responses: list[str]) -> list[Request]:
         msgs = _with_responses(self._instruction(), prompt, responses)
-        return [
-            ask(
-                self.agent,
-                msgs,
-                self.temp,
-                self.max_tokens,  # type: ignore[attr-defined]
-                self._reply_is_output,
-            )
-        ]
+        assert self.agent is not None  # a step without a judge never asks for its call
+        return [ask(self.agent, msgs, self.temp, self.max_tokens, self._reply_is_output)]
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -408,8 +421,10 @@ class Aggregate(_Judge):
     def _instruction(self) -> str:
         return self.prompt or AGGREGATE_PROMPT
 
-    def combine(self, prompt, responses, replies):  # type: ignore[no-untyped-def]
-        return [replies[0]], []
+    def combine(
+        self, prompt: str, responses: list[str], replies: list[str | None]
+    ) -> tuple[list[str], list[str]]:
+        return [_answered(replies[0])], []
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -485,7 +500,8 @@ class Vote(_Judge):
         # The last match that found something: a pattern that can match "" (r"\d*") matches
         # emptily everywhere, and an empty answer is no answer. With groups, the answer is the
         # first group that took part (r"answer: (\d+)|(\d+)$" reads either).
-        for match in reversed(list(re.finditer(self.extract, text))):  # type: ignore[arg-type]
+        assert isinstance(self.extract, str)
+        for match in reversed(list(re.finditer(self.extract, text))):
             answer = (
                 next((g for g in match.groups() if g), None) if match.re.groups else match.group()
             )
@@ -493,7 +509,7 @@ class Vote(_Judge):
                 return answer
         return None
 
-    def plan(self, prompt, responses, rng):  # type: ignore[no-untyped-def]
+    def plan(self, prompt: str, responses: list[str], rng: random.Random) -> Plan:
         if self.extract is None:
             return (yield from LLMStep.plan(self, prompt, responses, rng))
         answers = [self._answer(r) for r in responses]
@@ -517,8 +533,10 @@ class Vote(_Judge):
         )
         return [responses[answers.index(winner)]], [note]
 
-    def combine(self, prompt, responses, replies):  # type: ignore[no-untyped-def]
-        return [replies[0]], []
+    def combine(
+        self, prompt: str, responses: list[str], replies: list[str | None]
+    ) -> tuple[list[str], list[str]]:
+        return [_answered(replies[0])], []
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -553,7 +571,7 @@ class Pick(LLMStep):
     def required(self, n_requests: int) -> int:
         return min(self.min_success, n_requests)
 
-    def plan(self, prompt, responses, rng):  # type: ignore[no-untyped-def]
+    def plan(self, prompt: str, responses: list[str], rng: random.Random) -> Plan:
         n = len(responses)
         if n == 1:
             return list(responses), ["Pick: one response, nothing to pick from"]
@@ -625,10 +643,10 @@ class AggregateSeq(LLMStep):
             )
         _check_sampling("AggregateSeq", self.temp, self.max_tokens, self.prompt)
 
-    def plan(self, prompt, responses, rng):  # type: ignore[no-untyped-def]
+    def plan(self, prompt: str, responses: list[str], rng: random.Random) -> Plan:
         instruction = self.prompt or AGGREGATE_PROMPT
         syntheses: list[str] = []
-        notes = []
+        notes: list[str] = []
         start = 0
         while start < len(responses):
             kept = syntheses[-self.reserved :] if syntheses else []
@@ -649,7 +667,7 @@ class AggregateSeq(LLMStep):
                     last,
                 )
             ]
-            syntheses.append(replies[0])
+            syntheses.append(_answered(replies[0]))
             start += len(batch)
         return [syntheses[-1]], notes
 
@@ -682,9 +700,11 @@ class Rank(_Judge):
         # replace, not format: a user's prompt may hold JSON braces.
         return (self.prompt or RANK_PROMPT).replace("{n}", str(self.n))
 
-    def combine(self, prompt, responses, replies):  # type: ignore[no-untyped-def]
+    def combine(
+        self, prompt: str, responses: list[str], replies: list[str | None]
+    ) -> tuple[list[str], list[str]]:
         want = min(self.n, len(responses))
-        order = parse_ranking(replies[0], len(responses))[:want]
+        order = parse_ranking(_answered(replies[0]), len(responses))[:want]
         if not order:
             return responses[:want], [
                 f"Rank: no response number (1-{len(responses)}) could be read from the judge's "

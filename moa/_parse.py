@@ -15,13 +15,15 @@ import operator
 import re
 import warnings
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from ._agent import Agent
 from ._llm_steps import Aggregate, AggregateSeq, Pick, Propose, Rank, Refine, Synthesize, Vote
 from ._pipeline import Parallel, Pipeline, Step
 from ._transforms import Dropout, Sample, Shuffle, Take
 from .errors import MoaError
+
+_T = TypeVar("_T")
 
 __all__ = ("PipelineSyntaxError", "parse_pipeline")
 
@@ -171,7 +173,7 @@ def parse_pipeline(text: str) -> Step:
         )
     _check_characters(text)
     _check_nesting(text)
-    return _Parser(text).parse()
+    return _Parser(text).parse(Step)
 
 
 def parse_agent(text: str) -> Agent:
@@ -302,7 +304,7 @@ class _Parser:
     def fail(self, message: str, node: ast.AST) -> NoReturn:
         if len(message) > MAX_MESSAGE:  # a constructor's message may quote a huge argument
             message = message[: MAX_MESSAGE - 20] + " ... (message cut)"
-        start = self._offset(node.lineno, node.col_offset)  # type: ignore[attr-defined]
+        start = self._offset(getattr(node, "lineno", 1), getattr(node, "col_offset", 0))
         end_line = getattr(node, "end_lineno", None)
         end_col = getattr(node, "end_col_offset", None)
         length = 1
@@ -311,7 +313,7 @@ class _Parser:
         raise PipelineSyntaxError(message, self.text, start, length)
 
     # -- entry ----------------------------------------------------------------------------
-    def parse(self, kind: type = Step) -> Any:
+    def parse(self, kind: type[_T]) -> _T:
         """The value the text builds, which must be a ``kind`` (a Step, or an Agent)."""
         what = "a pipeline" if kind is Step else "an agent"
         if not self.text.strip():
@@ -349,8 +351,8 @@ class _Parser:
         msg = str(e.msg or "invalid syntax")
         if msg.startswith("Exceeds the limit"):  # a decimal literal past 4300 digits
             # Python gives no position: point at the longest run of digits, the culprit.
-            runs = list(re.finditer(r"\d(?:_?\d)*", self.text)) or [None]
-            huge = max(runs, key=lambda m: len(m[0]) if m else 0)
+            runs = re.finditer(r"\d(?:_?\d)*", self.text)
+            huge = max(runs, key=lambda m: len(m[0]), default=None)
             raise PipelineSyntaxError(
                 _TOO_LARGE, self.text, huge.start() if huge else 0, len(huge[0]) if huge else 1
             ) from None
@@ -443,7 +445,7 @@ class _Parser:
         )
         self.fail(f"unknown {'step' if called else 'name'} {name!r}{hint}", node)
 
-    def call(self, node: ast.Call, depth: int) -> Step | Agent:
+    def call(self, node: ast.Call, depth: int) -> Any:
         func = node.func
         if not isinstance(func, ast.Name):
             if isinstance(func, ast.Attribute):
@@ -494,7 +496,7 @@ class _Parser:
         except _REJECTIONS as e:
             self.fail(_reason(e), node)
 
-    def binop(self, node: ast.BinOp, depth: int) -> Step:
+    def binop(self, node: ast.BinOp, depth: int) -> Any:
         # A chain a | b | c nests to the left; walk it without recursion so a long chain is
         # neither a deep AST nor a deep Python stack.
         chain: list[ast.BinOp] = []
@@ -516,7 +518,7 @@ class _Parser:
             value = self.combine(op_node, value, right)
         return value
 
-    def combine(self, node: ast.BinOp, left: Any, right: Any) -> Step:
+    def combine(self, node: ast.BinOp, left: Any, right: Any) -> Any:
         if isinstance(node.op, ast.Mult):
             if (isinstance(left, list) and _is_count(right)) or (
                 _is_count(left) and isinstance(right, list)

@@ -17,7 +17,7 @@ from ._bounds import MAX_NESTING, MAX_STEPS, safe_repr, shown
 __all__ = ("Parallel", "Pipeline", "Step", "as_step", "parallel", "pipeline")
 
 #: What ``|`` and ``run`` accept where a step is expected: a step, or a list of them (seed style).
-StepLike = Union["Step", list, tuple]
+StepLike = Union["Step", list[Any], tuple[Any, ...]]
 
 
 def _show(value: Any) -> str:
@@ -95,7 +95,7 @@ class Step:
 
     # -- value behaviour for dataclass steps --------------------------------------------------
     def __repr__(self) -> str:
-        fields = dataclasses.fields(self)  # type: ignore[arg-type]
+        fields = dataclasses.fields(self)  # type: ignore[arg-type]  # subclasses are dataclasses
         args = [_show(getattr(self, f.name)) for f in fields[: self._positional]]
         for f in fields[self._positional :]:
             value = getattr(self, f.name)
@@ -132,7 +132,7 @@ class Pipeline(Step):
     steps: tuple[Step, ...]
     _depth: int
 
-    def __new__(cls, *steps: StepLike) -> Step:  # type: ignore[misc]
+    def __new__(cls, *steps: StepLike) -> Step:  # type: ignore[misc]  # flattens: maybe not a Pipeline
         flat: list[Step] = []
         for s in steps:
             s = as_step(s, where="each argument of Pipeline(...)")
@@ -176,7 +176,7 @@ class Parallel(Step):
     branches: tuple[Step, ...]
     _depth: int
 
-    def __new__(cls, *branches: StepLike) -> Step:  # type: ignore[misc]
+    def __new__(cls, *branches: StepLike) -> Step:  # type: ignore[misc]  # flattens: maybe not a Parallel
         flat: list[Step] = []
         for b in branches:
             b = as_step(b, where="each argument of Parallel(...)")

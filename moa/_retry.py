@@ -84,7 +84,7 @@ class Retry:
 
     def wait(self, attempt: int, exc: BaseException | None = None) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        base = min(self.max_wait, self.initial * 2 ** (attempt - 1))
+        base = min(self.max_wait, self.initial * 2.0 ** (attempt - 1))
         delay = base + self.jitter * base * _jitter.random()
         after = retry_after(exc)
         if after is not None and after > delay:

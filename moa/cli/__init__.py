@@ -200,7 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(args)
+        code: int = args.handler(args)
+        return code
     except UsageError as exc:
         print(f"moa: {exc}", file=sys.stderr)
         return 2

@@ -150,7 +150,7 @@ def _read_batch_output(path: Path) -> tuple[dict[str, str], int]:
                 "or remove that line, or write to another file"
             ) from None
         if entry.get("error") is None:
-            done[json.dumps(entry["id"])] = entry.get("prompt")
+            done[json.dumps(entry["id"])] = str(entry.get("prompt"))
             keep.append(raw)
         else:
             failed += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from .. import recipes
@@ -47,7 +48,7 @@ def parse_expression(text: str) -> Step:
 
 def recipe(name: str, model: AgentLike | None) -> Step:
     """``moa.recipes.<name>()``; with ``model``, every model of the recipe is that one."""
-    make = getattr(recipes, name)
+    make: Callable[..., Step] = getattr(recipes, name)
     if model is None:
         return make()
     if name in ("self_moa", "self_moa_seq", "persona_vote"):
@@ -71,7 +72,7 @@ def with_max_tokens(step: Step, n: int) -> Step:
         and dataclasses.is_dataclass(step)
         and any(f.name == "max_tokens" for f in dataclasses.fields(step))
     ):
-        return dataclasses.replace(step, max_tokens=n)  # type: ignore[type-var]
+        return dataclasses.replace(step, max_tokens=n)
     return step
 
 

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 from .._events import CallFinished, CallRetrying, StepFinished, StepStarted
@@ -20,7 +21,7 @@ from .options import leaves
 __all__ = ("NoProgress", "fancy", "load_rich", "progress_for")
 
 
-def load_rich():  # type: ignore[no-untyped-def]
+def load_rich() -> ModuleType | None:
     """The ``rich`` package, or None where it is not installed (the plain renderers are used).
     Tests replace this to force the plain output."""
     try:
@@ -33,7 +34,7 @@ def load_rich():  # type: ignore[no-untyped-def]
 def fancy() -> bool:
     """Live progress with rich: installed, and stderr is a terminal a person watches."""
     isatty = getattr(sys.stderr, "isatty", None)
-    return load_rich() is not None and isatty is not None and isatty()
+    return load_rich() is not None and isatty is not None and bool(isatty())
 
 
 class NoProgress:

@@ -41,7 +41,7 @@ PROVIDERS = {
 }
 
 
-def make_client(provider: str, base_url: str | None, model: str | None):  # type: ignore[no-untyped-def]
+def make_client(provider: str, base_url: str | None, model: str | None) -> tuple[Any, str]:
     """The client and model name that ``--provider``/``--base-url``/``--model`` ask for."""
     from .. import clients
 
@@ -69,7 +69,7 @@ def make_client(provider: str, base_url: str | None, model: str | None):  # type
 EMBEDDED_NAMES = ("smollm2", "smollm2-135m-instruct", "smollm2-135m-instruct.q4_1")
 
 
-def _local_model(model: str | None, default: str):  # type: ignore[no-untyped-def]
+def _local_model(model: str | None, default: str) -> tuple[Any, str]:
     """The embedded provider's client and model label: the embedded SmolLM2, or the GGUF
     file ``--model`` names. Any other name is a mistake (it would run SmolLM2 under that
     name), so it is refused with the options that reach other models."""

@@ -7,8 +7,9 @@ import argparse
 import functools
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import anyio
 
@@ -43,7 +44,7 @@ __all__ = ("DEMO_PROMPT", "demo", "run_command")
 DEMO_PROMPT = "Why is the sky blue? Answer in two sentences."
 
 
-def _print_history(history: History, result: str, out=None) -> None:  # type: ignore[no-untyped-def]
+def _print_history(history: History, result: str, out: TextIO | None = None) -> None:
     out = sys.stdout if out is None else out  # looked up now, so a redirected stdout is used
     width = 88
     proposals = history.steps[0]
@@ -67,7 +68,14 @@ def _print_history(history: History, result: str, out=None) -> None:  # type: ig
     print(f"per-call latency (s, queueing included): {latencies}", file=out)
 
 
-async def _run_and_close(pipeline, prompt, client, seed, timeout, **run_options):  # type: ignore[no-untyped-def]
+async def _run_and_close(
+    pipeline: Step,
+    prompt: str,
+    client: Any,
+    seed: int | None,
+    timeout: float | None,
+    **run_options: Any,
+) -> tuple[str, History]:
     """``moa.run``, then close the client's connections."""
     try:
         return await run(pipeline, prompt, client, seed=seed, timeout=timeout, **run_options)
@@ -76,16 +84,16 @@ async def _run_and_close(pipeline, prompt, client, seed, timeout, **run_options)
 
 
 async def _stream_and_close(
-    pipeline,
-    prompt,
-    client,
-    seed,
-    timeout,
+    pipeline: Step,
+    prompt: str,
+    client: Any,
+    seed: int | None,
+    timeout: float | None,
     *,
-    on_event=None,  # type: ignore[no-untyped-def]
-    out=None,
-    **run_options,
-):
+    on_event: Callable[[Any], None] | None = None,
+    out: TextIO | None = None,
+    **run_options: Any,
+) -> tuple[str, History, bool]:
     """``moa.run_stream``: the final answer's chunks written to ``out`` as they arrive, the
     other events to ``on_event``; then close the client's connections. Returns what ``run``
     returns and whether any chunk was written."""

@@ -98,6 +98,12 @@ class AnthropicClient:
             params["extra_body"] = body
         return params
 
+    def _stream_error(self, error: Any, model: str) -> ProviderError:
+        """An error event inside a begun stream, sorted as the same failure before it."""
+        sorted_ = self._error(StreamError(error), model)
+        assert sorted_ is not None  # a StreamError is always a provider's
+        return sorted_
+
     def _error(self, exc: Exception, model: str) -> ProviderError | None:
         """The ``ProviderError`` for an SDK exception, whether raised when a request opens or
         in the middle of its stream; None when ``exc`` is no provider failure (a bug)."""
@@ -165,7 +171,7 @@ class AnthropicClient:
                     if kind == "error":
                         # An error inside the stream (overloaded_error...), sorted by its type.
                         error = data.get("error", data) if isinstance(data, dict) else data
-                        raise self._error(StreamError(error), model)  # never None
+                        raise self._stream_error(error, model)
                     if not isinstance(data, dict):
                         raise malformed(
                             model,

@@ -162,8 +162,9 @@ def _provider_message(exc: BaseException) -> str:
     body = getattr(exc, "body", None)
     if isinstance(body, Mapping):
         err = body.get("error", body)
-        if isinstance(err, Mapping) and isinstance(err.get("message"), str) and err["message"]:
-            return err["message"].strip()
+        message = err.get("message") if isinstance(err, Mapping) else None
+        if isinstance(message, str) and message:
+            return message.strip()
         if isinstance(err, str) and err.strip():
             return err.strip()
     message = getattr(exc, "message", None)

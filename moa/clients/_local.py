@@ -345,7 +345,7 @@ class LocalClient:
         max_tokens: int,
         stop: threading.Event,
         seed: int | None,
-    ) -> tuple[str, int, int]:
+    ) -> tuple[str, int | None, int | None]:
         engine = self._engine(model)
         check_stop = _stopper(engine.llama, stop, [])
         with engine.lock:
@@ -364,7 +364,7 @@ class LocalClient:
                 raise _rejected(model, exc) from None
         usage = out.get("usage") or {}
         text = out["choices"][0]["message"].get("content") or ""
-        return text, usage.get("prompt_tokens"), usage.get("completion_tokens")
+        return str(text), usage.get("prompt_tokens"), usage.get("completion_tokens")
 
     async def __call__(
         self,

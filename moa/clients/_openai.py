@@ -120,6 +120,12 @@ class OpenAIClient:
         params.update(self._options)
         return params
 
+    def _stream_error(self, error: Any, model: str) -> ProviderError:
+        """An error event inside a begun stream, sorted as the same failure before it."""
+        sorted_ = self._error(StreamError(error), model)
+        assert sorted_ is not None  # a StreamError is always a provider's
+        return sorted_
+
     def _error(self, exc: Exception, model: str) -> ProviderError | None:
         # How __call__ and stream sort a failure: None for one that is no provider's (a bug).
         return provider_error(exc, model=model, secrets=self._secrets)
@@ -195,7 +201,7 @@ class OpenAIClient:
                         )
                     if chunk.get("error"):
                         # An error event inside the stream (OpenRouter's, vLLM's, OpenAI's).
-                        raise self._error(StreamError(chunk["error"]), model)  # never None
+                        raise self._stream_error(chunk["error"], model)
                     usage = chunk.get("usage")
                     if isinstance(usage, dict):
                         tin = token_count(usage.get("prompt_tokens"))

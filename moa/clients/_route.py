@@ -63,13 +63,14 @@ class Router:
         seed: int | None = None,
     ) -> tuple[str, int | None, int | None]:
         client = self.client_for(model)
-        return await client(
+        reply: tuple[str, int | None, int | None] = await client(
             model=model,
             messages=messages,
             temp=temp,
             max_tokens=max_tokens,
             **_seed_for(client, seed),
         )
+        return reply
 
     async def stream(
         self,

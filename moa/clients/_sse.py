@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
 from typing import Any
 
@@ -127,7 +127,7 @@ async def sse_events(
     model: str,
     secrets: tuple[str, ...],
     sort: Callable[[Exception], ProviderError | None],
-) -> AsyncIterator[Any]:
+) -> AsyncGenerator[Any, None]:
     """The events of a streamed response body, as ``(event, data)`` with ``data`` parsed from
     JSON (or :data:`DONE` for "[DONE]"), until the body ends. A failed read raises the
     ``ProviderError`` that ``sort`` makes of it; data that is no JSON is a retryable one."""

@@ -84,7 +84,7 @@ def check_laws(
         "settings": settings,
         "max_examples": max_examples,
     }
-    if isinstance(laws, Callable) and not isinstance(laws, (list, tuple)):  # type: ignore[arg-type]
+    if callable(laws):
         laws = [laws]
     tests: dict[str, Callable[[], None]] = {}
     for law in laws:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
 
 import anyio
 
@@ -77,7 +78,7 @@ class ScriptedClient:
         self.hang = set(hang)
         self.chunk_delay = chunk_delay
         self.break_stream = dict(break_stream or {})
-        self.calls: list[dict] = []
+        self.calls: list[dict[str, Any]] = []
         self.failures: Counter[str] = Counter()
         self.in_flight = 0
         self.max_in_flight = 0
@@ -101,7 +102,9 @@ class ScriptedClient:
             return self.transient
         return self.transient.get(model, 0)
 
-    async def __call__(self, *, model, messages, temp, max_tokens):  # type: ignore[no-untyped-def]
+    async def __call__(
+        self, *, model: str, messages: list[dict[str, str]], temp: float, max_tokens: int
+    ) -> tuple[str, int, int]:
         self.calls.append(
             {"model": model, "messages": messages, "temp": temp, "max_tokens": max_tokens}
         )
@@ -125,7 +128,9 @@ class ScriptedClient:
         finally:
             self.in_flight -= 1
 
-    async def stream(self, *, model, messages, temp, max_tokens):  # type: ignore[no-untyped-def]
+    async def stream(
+        self, *, model: str, messages: list[dict[str, str]], temp: float, max_tokens: int
+    ) -> AsyncIterator[str | Usage]:
         """The reply of :meth:`__call__` in word chunks, then its Usage."""
         text, tokens_in, tokens_out = await self(
             model=model, messages=messages, temp=temp, max_tokens=max_tokens

@@ -95,11 +95,16 @@ class _Fed:
         self.client = client
         self.xs = xs
 
-    async def __call__(self, *, model, messages, temp, max_tokens):  # type: ignore[no-untyped-def]
+    async def __call__(
+        self, *, model: str, messages: list[dict[str, str]], temp: float, max_tokens: int
+    ) -> tuple[str, int | None, int | None]:
         if model.startswith(_FEED):
             i = int(model[len(_FEED) :])
             return (self.xs[i] if i < len(self.xs) else ""), 0, 0
-        return await self.client(model=model, messages=messages, temp=temp, max_tokens=max_tokens)
+        reply: tuple[str, int | None, int | None] = await self.client(
+            model=model, messages=messages, temp=temp, max_tokens=max_tokens
+        )
+        return reply
 
 
 def _transforms_only(step: Step) -> bool:
@@ -120,7 +125,8 @@ def _interpret(step: Step, xs: list[str], rng: random.Random) -> list[str]:
     if isinstance(step, Parallel):
         rngs = [random.Random(rng.getrandbits(64)) for _ in step.branches]
         return [r for b, g in zip(step.branches, rngs, strict=False) for r in _interpret(b, xs, g)]
-    out = step.apply(list(xs), rng)  # type: ignore[attr-defined]
+    assert isinstance(step, Transform)  # only transforms reach here (_transforms_only)
+    out = step.apply(list(xs), rng)
     if type(out) is not list or not all(type(r) is str for r in out):
         raise TypeError(
             f"{step!r}.apply must return a list of str, returned {_describe(out)} "
@@ -288,9 +294,12 @@ class Case:
             else:
                 self._shown["step"] = self.build(self.draw_param())
             # The step (and its parameter) first, whenever drawn: they read best at the top.
-            top = {k: self._shown.pop(k) for k in ("step", "param") if k in self._shown}
+            top: dict[str, Any] = {
+                k: self._shown.pop(k) for k in ("step", "param") if k in self._shown
+            }
             self._shown = {**top, **self._shown}
-        return self._shown["step"]
+        step: Step = self._shown["step"]
+        return step
 
     @property
     def param(self) -> Any:
@@ -336,7 +345,8 @@ class Case:
     def _prompt(self) -> str:
         if "prompt" not in self._shown:
             self.draw(_strategy(self.options.prompts, mst.prompts()), "prompt")
-        return self._shown["prompt"]
+        prompt: str = self._shown["prompt"]
+        return prompt
 
     def _fresh_client(self) -> Any:
         if self._client is None:
@@ -498,7 +508,7 @@ def law(
         _search(
             body,
             law_name,
-            statement,  # type: ignore[arg-type]
+            statement,
             subject,
             _Options(params, responses, seeds, clients, prompts, settings, max_examples),
             needs=needs,

@@ -136,7 +136,7 @@ def transforms(
 def _agent(draw: Any, models: SearchStrategy[str], options: bool) -> str | Agent:
     """A model name, or (with ``options``, half the time) an Agent over it with some of its
     own settings."""
-    model = draw(models)
+    model: str = draw(models)
     if not options or draw(st.booleans()):
         return model
     fields: dict[str, Any] = {}
@@ -188,7 +188,8 @@ def _llm_step(
             # Small windows, so that a few responses already take several rounds.
             kwargs["window"] = draw(st.integers(2, 4))
             kwargs["reserved"] = draw(st.integers(1, kwargs["window"] - 1))
-    return kind(*args, **kwargs)
+    step: Step = kind(*args, **kwargs)
+    return step
 
 
 def llm_steps(
