@@ -64,18 +64,14 @@ async def _drive(
     prompts: list[str],
     client: Client,
     send: MemoryObjectSendStream[RunResult],
-    *,
     seed: int | None,
-    max_concurrency: int | None,
-    timeout: float | None,
-    retry: Retry | None,
-    limits: Limits | None,
-    hedge_after: float | None,
     progress: Progress | None,
-    cache: Cache | None,
+    options: dict[str, Any],
 ) -> None:
-    limiter = anyio.CapacityLimiter(max_concurrency) if max_concurrency else None
-    policy = retry or DEFAULT_RETRY
+    """Every prompt's run, each result sent as it finishes; ``options`` are ``run``'s."""
+    cap = options.pop("max_concurrency")
+    policy = options.pop("retry") or DEFAULT_RETRY
+    limiter = anyio.CapacityLimiter(cap) if cap else None
     # One seed per prompt, drawn in input order: the batch replays from its own seed.
     draw = random.Random(seed).getrandbits if seed is not None else lambda bits: None
     seeds: list[int | None] = [draw(63) for _ in prompts]
@@ -83,16 +79,7 @@ async def _drive(
 
     async def one(i: int) -> None:
         nonlocal done
-        state = start(
-            client,
-            prompts[i],
-            policy,
-            limiter=limiter,
-            timeout=timeout,
-            limits=limits,
-            hedge_after=hedge_after,
-            cache=cache,
-        )
+        state = start(client, prompts[i], policy, limiter=limiter, **options)
         try:
             result, history = await walk(step, prompts[i], state, _seed(seeds[i]))
             outcome = RunResult(i, prompts[i], result, history)
@@ -108,7 +95,7 @@ async def _drive(
     # running run keeps at least one call busy, so the cap stays full while memory stays flat
     # (starting 10,000 runs at once kept 30,000 calls queued on the limiter).
     # A semaphore, not a CapacityLimiter: the launcher takes the slot, the run gives it back.
-    runs = anyio.Semaphore(max_concurrency) if max_concurrency else None
+    runs = anyio.Semaphore(cap) if cap else None
 
     async def slot(i: int) -> None:
         try:
@@ -198,22 +185,15 @@ async def as_completed(
     send, receive = anyio.create_memory_object_stream[RunResult](math.inf)
     with unwrapped():
         async with receive, anyio.create_task_group() as tg:
-            tg.start_soon(
-                lambda: _drive(
-                    step,
-                    items,
-                    client,
-                    send,
-                    seed=seed,
-                    max_concurrency=max_concurrency,
-                    timeout=timeout,
-                    retry=retry,
-                    limits=limits,
-                    hedge_after=hedge_after,
-                    progress=progress,
-                    cache=cache,
-                )
-            )
+            options = {
+                "max_concurrency": max_concurrency,
+                "retry": retry,
+                "timeout": timeout,
+                "limits": limits,
+                "hedge_after": hedge_after,
+                "cache": cache,
+            }
+            tg.start_soon(_drive, step, items, client, send, seed, progress, options)
             try:
                 yield receive
             finally:

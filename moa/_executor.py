@@ -27,7 +27,7 @@ from ._llm_steps import LLMStep, Request
 from ._pipeline import Parallel, Pipeline, Step, _describe
 from ._seeds import call_seed
 from ._transforms import Transform
-from .errors import CacheMissError, ClientOutputError, EmptyInputError, MoaError, StepFailedError
+from .errors import EmptyInputError, MoaError, StepFailedError
 
 __all__ = ("Walk", "walk")
 
@@ -300,11 +300,10 @@ class _StepRun:
             if requests
             else ([], None)
         )
-        if isinstance(fatal, (ClientOutputError, CacheMissError)):
-            self.give_up()
-            raise fatal
         self.calls.extend(records)
-        if fatal is not None:  # the answers are recorded (they were paid for); the cache broke
+        if fatal is not None:
+            # A call the step cannot go on from (a client of the wrong shape, an answer not
+            # recorded for a replay, a cache that could not store): what ran is recorded first.
             self.give_up()
             raise fatal
         ok = self.tally(records, len(requests))
@@ -515,7 +514,7 @@ async def _round(
     if calls.try_now is not None:
         for i in range(n):
             results[i] = out = calls.try_now(requests[i], sites[i], step)
-            if out is not None and isinstance(out[1], CacheMissError):
+            if out is not None and out[1] is not None:  # it cannot be made at all: none is
                 return [], out[1]
     todo = [i for i in range(n) if results[i] is None]
     if enough is not None:

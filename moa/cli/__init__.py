@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from ..errors import MoaError
 from .batch import batch_command
@@ -97,6 +98,15 @@ def _run_options(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moa", description="Mixture-of-Agents pipelines.")
     sub = parser.add_subparsers(dest="command", required=True)
+    _demo_parser(sub)
+    _run_parser(sub)
+    _batch_parser(sub)
+    _trace_parser(sub)
+    return parser
+
+
+def _demo_parser(sub: Any) -> None:
+    """``moa demo``."""
     d = sub.add_parser(
         "demo",
         help="run a Self-MoA (samples + aggregation) on a real model",
@@ -122,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--timeout", type=float, default=None, help="seconds per call attempt")
     d.set_defaults(handler=demo)
 
+
+def _run_parser(sub: Any) -> None:
+    """``moa run``."""
     r = sub.add_parser(
         "run",
         help="run a pipeline on one prompt; the answer alone goes to stdout",
@@ -146,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.set_defaults(handler=run_command)
 
+
+def _batch_parser(sub: Any) -> None:
+    """``moa batch``."""
     b = sub.add_parser(
         "batch",
         help="run a pipeline on every prompt of a JSONL file, resumably",
@@ -171,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     _run_options(b)
     b.set_defaults(handler=batch_command)
 
+
+def _trace_parser(sub: Any) -> None:
+    """``moa trace``."""
     t = sub.add_parser(
         "trace",
         help="show a saved run (moa run --json, or a moa batch line) as a tree",
@@ -188,7 +207,6 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--full", action="store_true", help="show every call's text in full")
     t.add_argument("--prices", metavar="FILE", help="a JSON price table over the defaults")
     t.set_defaults(handler=trace_command)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,10 +16,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import anyio
 
+from .._cache import Cache
 from .._client import unicode_error
 from .._cost import Cost, Prices, cost
 from .._history import History, _sum_known
@@ -294,24 +295,7 @@ def batch_command(args: argparse.Namespace) -> int:
             item.seed = draw.getrandbits(63)
     check_writable("-o", args.output)
     out = Path(args.output)
-    done_ids, failed_before = _read_batch_output(out)
-    for item in items:
-        key = json.dumps(item.id)
-        if key in done_ids and done_ids[key] != item.prompt:
-            raise UsageError(
-                f"-o {out} holds id {item.id!r} for another prompt "
-                f"({short(str(done_ids[key]), 40)!r}, not "
-                f"{short(item.prompt, 40)!r}); an id must keep its prompt across "
-                "resumed runs: write to another file, or give each prompt its id"
-            )
-    todo = [item for item in items if json.dumps(item.id) not in done_ids]
-    skipped = len(items) - len(todo)
-    if not args.quiet and (skipped or failed_before):
-        print(
-            f"moa: resuming {out}: {skipped} of {len(items)} prompts already done"
-            + (f", {failed_before} failed before and run again" if failed_before else ""),
-            file=sys.stderr,
-        )
+    todo = _resume(out, items, args.quiet)
     if not todo:
         if not args.quiet:
             print(
@@ -333,6 +317,50 @@ def batch_command(args: argparse.Namespace) -> int:
             cache.close()
         raise
     pipeline = build_pipeline(args, parsed, as_agent(agent, model))
+    try:
+        with sink:
+            failed = _run_batch(
+                args, pipeline, client, cache, todo, sink, skipped=len(items) - len(todo)
+            )
+    finally:
+        if cache is not None:
+            cache.close()
+    return 1 if failed else 0
+
+
+def _resume(out: Path, items: list[_Item], quiet: bool) -> list[_Item]:
+    """The items OUT does not hold a success for; an id whose prompt changed is refused."""
+    done_ids, failed_before = _read_batch_output(out)
+    for item in items:
+        key = json.dumps(item.id)
+        if key in done_ids and done_ids[key] != item.prompt:
+            raise UsageError(
+                f"-o {out} holds id {item.id!r} for another prompt "
+                f"({short(str(done_ids[key]), 40)!r}, not "
+                f"{short(item.prompt, 40)!r}); an id must keep its prompt across "
+                "resumed runs: write to another file, or give each prompt its id"
+            )
+    todo = [item for item in items if json.dumps(item.id) not in done_ids]
+    skipped = len(items) - len(todo)
+    if not quiet and (skipped or failed_before):
+        print(
+            f"moa: resuming {out}: {skipped} of {len(items)} prompts already done"
+            + (f", {failed_before} failed before and run again" if failed_before else ""),
+            file=sys.stderr,
+        )
+    return todo
+
+
+def _run_batch(
+    args: argparse.Namespace,
+    pipeline: Step,
+    client: Any,
+    cache: Cache | None,
+    todo: list[_Item],
+    sink: TextIO,
+    skipped: int,
+) -> int:
+    """Runs ``todo``, each result a line of ``sink`` as it finishes; how many failed."""
     prices = prices_for(args, pipeline)
     run_options = {"max_concurrency": args.max_concurrency, "timeout": args.timeout, "cache": cache}
     histories: list[History] = []
@@ -349,20 +377,16 @@ def batch_command(args: argparse.Namespace) -> int:
             histories.append(history)
         bar.finished(error is None)
 
-    try:
-        with sink, bar:
-            anyio.run(_drive_batch, pipeline, todo, client, args.concurrency, run_options, report)
-    finally:
-        if cache is not None:
-            cache.close()
+    with bar:
+        anyio.run(_drive_batch, pipeline, todo, client, args.concurrency, run_options, report)
     if not args.quiet:
         tin = _sum_known(h.input_tokens for h in histories)
         tout = _sum_known(h.output_tokens for h in histories)
         total = sum((cost(h, prices) for h in histories), Cost.ZERO)
         print(
             f"batch: {bar.done - bar.failed} done, {bar.failed} failed, {skipped} skipped "
-            f"(already in {out})   tokens: {tokens(tin)} in, {tokens(tout)} out   "
+            f"(already in {args.output})   tokens: {tokens(tin)} in, {tokens(tout)} out   "
             f"cost: {total}   wall time: {time.monotonic() - start:.2f} s",
             file=sys.stderr,
         )
-    return 1 if bar.failed else 0
+    return bar.failed

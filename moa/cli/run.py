@@ -75,10 +75,14 @@ async def _run_and_close(
     seed: int | None,
     timeout: float | None,
     **run_options: Any,
-) -> tuple[str, History]:
-    """``moa.run``, then close the client's connections."""
+) -> tuple[str, History, bool]:
+    """``moa.run``, then close the client's connections; what ``run`` returns, and False (no
+    chunk of the answer was written as it came)."""
     try:
-        return await run(pipeline, prompt, client, seed=seed, timeout=timeout, **run_options)
+        result, history = await run(
+            pipeline, prompt, client, seed=seed, timeout=timeout, **run_options
+        )
+        return result, history, False
     finally:
         await close_client(client)
 
@@ -129,7 +133,7 @@ def demo(args: argparse.Namespace) -> int:
     print(f"moa demo: a Self-MoA on {model} ({where})")
     print(f"pipeline: {pipeline!r}")
     print(f"prompt:   {args.prompt}")
-    result, history = anyio.run(
+    result, history, _ = anyio.run(
         _run_and_close, pipeline, args.prompt, client, args.seed, args.timeout
     )
     _print_history(history, result)
@@ -219,33 +223,19 @@ def run_command(args: argparse.Namespace) -> int:
     run_options: dict[str, Any] = {"max_concurrency": args.max_concurrency, "cache": cache}
     if display.handler is not None:
         run_options["on_event"] = display.handler
-    streamed = False  # whether any of the answer went out as it was generated
     try:
         with display:
-            if args.stream:
-                result, history, streamed = anyio.run(
-                    functools.partial(
-                        _stream_and_close,
-                        pipeline,
-                        prompt,
-                        client,
-                        args.seed,
-                        args.timeout,
-                        **run_options,
-                    )
+            result, history, streamed = anyio.run(
+                functools.partial(
+                    _stream_and_close if args.stream else _run_and_close,
+                    pipeline,
+                    prompt,
+                    client,
+                    args.seed,
+                    args.timeout,
+                    **run_options,
                 )
-            else:
-                result, history = anyio.run(
-                    functools.partial(
-                        _run_and_close,
-                        pipeline,
-                        prompt,
-                        client,
-                        args.seed,
-                        args.timeout,
-                        **run_options,
-                    )
-                )
+            )
     except MoaError as exc:
         if args.stream:
             print(flush=True)  # end a partly streamed answer's line before the error

@@ -53,6 +53,18 @@ def split_system(messages: list[dict[str, str]]) -> tuple[str, list[dict[str, st
     return system, rest
 
 
+class _StreamState:
+    """What a Messages API stream has said so far: the usage fields it reported, its stop
+    reason, and whether any event, any known event, any text and message_stop came."""
+
+    __slots__ = ("any_event", "any_known", "any_text", "stop_reason", "stopped", "usage")
+
+    def __init__(self) -> None:
+        self.usage: dict[str, Any] = {}
+        self.stop_reason: Any = None
+        self.any_text = self.stopped = self.any_event = self.any_known = False
+
+
 class AnthropicClient:
     """A ``moa.Client`` over ``anthropic.AsyncAnthropic`` (one per event loop); built by
     :func:`anthropic_client`."""
@@ -155,68 +167,54 @@ class AnthropicClient:
         in its middle, are sorted into ``ProviderError`` as ``__call__`` sorts them; the HTTP
         response is closed however the iteration ends."""
         stream = await self._open(model, self.params(model, messages, temp, max_tokens))
-        usage: dict[str, Any] = {}
-        stop_reason = None
-        any_text = stopped = any_event = any_known = False
+        state = _StreamState()
         try:
             sort = functools.partial(self._error, model=model)
             async with aclosing(
                 sse_events(stream.response, model=model, secrets=self._secrets, sort=sort)
             ) as events:
                 async for kind, data in events:
-                    any_event = True
-                    if kind not in _EVENTS:
-                        continue  # Anthropic may add event types; its docs say to skip them.
-                    any_known = True
-                    if kind == "error":
-                        # An error inside the stream (overloaded_error...), sorted by its type.
-                        error = data.get("error", data) if isinstance(data, dict) else data
-                        raise self._stream_error(error, model)
-                    if not isinstance(data, dict):
-                        raise malformed(
-                            model,
-                            MESSAGE_EVENT,
-                            f"a {kind} event's data is {shown(data)}, not a JSON object",
-                            self._secrets,
-                        )
-                    if kind == "content_block_delta":
-                        text = _delta_text(model, data, self._secrets)
-                        if text:
-                            any_text = True
-                            yield text
-                    elif kind == "message_start":
-                        _take_usage(
-                            usage, _part(model, kind, data, "message", self._secrets).get("usage")
-                        )
-                    elif kind == "message_delta":
-                        _take_usage(usage, data.get("usage"))
-                        stop_reason = _part(model, kind, data, "delta", self._secrets).get(
-                            "stop_reason"
-                        )
-                    elif kind == "message_stop":
-                        stopped = True
+                    text = self._take_event(model, kind, data, state)
+                    if text:
+                        yield text
         finally:
             await close_shielded(stream)
-        if any_event and not any_known:
-            # Events came, but none of the Messages API: another API's stream, not a cut one.
+        _check_outcome(model, state, self._secrets)
+        yield Usage(*_counts(state.usage))
+
+    def _take_event(self, model: str, kind: str, data: Any, state: _StreamState) -> str | None:
+        """Read one stream event into ``state``: the text it adds (None or "" when none). An
+        error event, or a malformed one, raises its ``ProviderError``."""
+        state.any_event = True
+        if kind not in _EVENTS:
+            return None  # Anthropic may add event types; its docs say to skip them.
+        state.any_known = True
+        if kind == "error":
+            # An error inside the stream (overloaded_error...), sorted by its type.
+            error = data.get("error", data) if isinstance(data, dict) else data
+            raise self._stream_error(error, model)
+        if not isinstance(data, dict):
             raise malformed(
                 model,
                 MESSAGE_EVENT,
-                "no event of the stream was one of its "
-                "events (message_start, content_block_delta, message_stop...)",
+                f"a {kind} event's data is {shown(data)}, not a JSON object",
                 self._secrets,
             )
-        check_ended(
-            model,
-            ended=stopped or stop_reason is not None,
-            any_text=any_text,
-            what="message",
-            signals="stop_reason and no message_stop",
-            reason_name="stop_reason",
-            reason=stop_reason,
-            log=log,
-        )
-        yield Usage(*_counts(usage))
+        if kind == "content_block_delta":
+            text = _delta_text(model, data, self._secrets)
+            if text:
+                state.any_text = True
+            return text
+        if kind == "message_start":
+            _take_usage(
+                state.usage, _part(model, kind, data, "message", self._secrets).get("usage")
+            )
+        elif kind == "message_delta":
+            _take_usage(state.usage, data.get("usage"))
+            state.stop_reason = _part(model, kind, data, "delta", self._secrets).get("stop_reason")
+        elif kind == "message_stop":
+            state.stopped = True
+        return None
 
     async def _open(self, model: str, params: dict[str, Any]) -> Any:
         try:
@@ -232,6 +230,30 @@ class AnthropicClient:
         sdk = self._sdks.pop()
         if sdk is not None:
             await sdk.close()
+
+
+def _check_outcome(model: str, state: _StreamState, secrets: tuple[str, ...]) -> None:
+    """After a stream's body: raise when it was no Messages API stream or did not end (see
+    ``check_ended``), log when it ended with no text."""
+    if state.any_event and not state.any_known:
+        # Events came, but none of the Messages API: another API's stream, not a cut one.
+        raise malformed(
+            model,
+            MESSAGE_EVENT,
+            "no event of the stream was one of its "
+            "events (message_start, content_block_delta, message_stop...)",
+            secrets,
+        )
+    check_ended(
+        model,
+        ended=state.stopped or state.stop_reason is not None,
+        any_text=state.any_text,
+        what="message",
+        signals="stop_reason and no message_stop",
+        reason_name="stop_reason",
+        reason=state.stop_reason,
+        log=log,
+    )
 
 
 def _reply(
@@ -360,6 +382,35 @@ def anthropic_client(
     (``http://user:***@host``).
     """
     anthropic = require("anthropic", "anthropic", "anthropic_client")
+    _check_arguments(api_key, base_url, timeout, send_temperature, defaults)
+    options = _sdk_options(api_key, base_url, http_client, timeout)
+    try:
+        sdk = anthropic.AsyncAnthropic(**options)
+    except anthropic.AnthropicError as exc:
+        message = redact(str(exc), (api_key, *url_passwords(base_url)))
+    else:
+        _check_credentials(sdk)
+        sdks = PerLoop(functools.partial(anthropic.AsyncAnthropic, **options), sdk)
+        return AnthropicClient(
+            sdks,
+            base_url=base_url,
+            send_temperature=send_temperature,
+            defaults=dict(defaults),
+            secrets=_sdk_secrets(sdk, base_url),
+        )
+    # Raised outside the except block, so the SDK's exception is neither cause nor context.
+    raise _start_failure(api_key, message) from None
+
+
+def _check_arguments(
+    api_key: object,
+    base_url: object,
+    timeout: float | None,
+    send_temperature: object,
+    defaults: dict[str, Any],
+) -> None:
+    """Raise the ``TypeError`` or ``ValueError`` of the first argument of
+    :func:`anthropic_client` of the wrong type or value."""
     for name, value in (("api_key", api_key), ("base_url", base_url)):
         if value is not None and not isinstance(value, str):
             raise TypeError(
@@ -373,41 +424,50 @@ def anthropic_client(
             f"bool, not {type(send_temperature).__name__}"
         )
     check_defaults("anthropic_client", defaults, _RESERVED)
+
+
+def _sdk_options(
+    api_key: str | None, base_url: str | None, http_client: Any, timeout: float | None
+) -> dict[str, Any]:
+    """The keyword arguments of ``anthropic.AsyncAnthropic``: never a retry of its own."""
     options: dict[str, Any] = {"api_key": api_key or None, "base_url": base_url, "max_retries": 0}
     if http_client is not None:
         options["http_client"] = http_client
     if timeout is not None:
         options["timeout"] = timeout
-    try:
-        sdk = anthropic.AsyncAnthropic(**options)
-    except anthropic.AnthropicError as exc:
-        message = redact(str(exc), (api_key, *url_passwords(base_url)))
-    else:
-        key = getattr(sdk, "api_key", None)
-        if (
-            key is None
-            and getattr(sdk, "auth_token", None) is None
-            and getattr(sdk, "credentials", None) is None
-        ):
-            raise MoaError(
-                "anthropic_client needs an API key: pass api_key=... or set the "
-                "ANTHROPIC_API_KEY environment variable"
-            )
-        secrets = tuple(s for s in (key, getattr(sdk, "auth_token", None)) if isinstance(s, str))
-        # ANTHROPIC_BASE_URL may have given the URL, and its password.
-        secrets += url_passwords(str(getattr(sdk, "base_url", "") or base_url or ""))
-        sdks = PerLoop(functools.partial(anthropic.AsyncAnthropic, **options), sdk)
-        return AnthropicClient(
-            sdks,
-            base_url=base_url,
-            send_temperature=send_temperature,
-            defaults=dict(defaults),
-            secrets=secrets,
-        )
-    if api_key is None:
+    return options
+
+
+def _check_credentials(sdk: Any) -> None:
+    """Raise ``MoaError`` when the SDK started with no credentials at all (no key, token or
+    other credentials)."""
+    if (
+        getattr(sdk, "api_key", None) is None
+        and getattr(sdk, "auth_token", None) is None
+        and getattr(sdk, "credentials", None) is None
+    ):
         raise MoaError(
+            "anthropic_client needs an API key: pass api_key=... or set the "
+            "ANTHROPIC_API_KEY environment variable"
+        )
+
+
+def _sdk_secrets(sdk: Any, base_url: str | None) -> tuple[str, ...]:
+    """The secrets a started SDK holds, to redact: its key, its auth token and the password of
+    its base URL."""
+    key = getattr(sdk, "api_key", None)
+    secrets = tuple(s for s in (key, getattr(sdk, "auth_token", None)) if isinstance(s, str))
+    # ANTHROPIC_BASE_URL may have given the URL, and its password.
+    return secrets + url_passwords(str(getattr(sdk, "base_url", "") or base_url or ""))
+
+
+def _start_failure(api_key: str | None, message: str) -> MoaError:
+    """The error for an SDK that refused to start with ``message`` (redacted): a missing key
+    when none was given, else the SDK's own words."""
+    if api_key is None:
+        return MoaError(
             f"anthropic_client needs an API key: pass api_key=... or set the "
             f"ANTHROPIC_API_KEY environment variable (the Anthropic SDK found no other "
             f"credentials: {message})"
-        ) from None
-    raise MoaError(f"anthropic_client could not start the Anthropic SDK: {message}") from None
+        )
+    return MoaError(f"anthropic_client could not start the Anthropic SDK: {message}")

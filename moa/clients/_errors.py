@@ -243,54 +243,89 @@ def provider_error(
         return ProviderError(
             _shorten(redact(_unencodable(encoding), secrets)), model=model, retryable=False
         )
-    names = _names(exc)
-    status = getattr(exc, "status_code", None)
-    if isinstance(status, bool) or not isinstance(status, int):
-        status = None
-    if names & _TIMEOUT_NAMES or isinstance(exc, TimeoutError):
-        detail = _provider_message(exc)
-        message = (
-            f"timed out: {detail}{_cause_text(exc)}" if detail else f"timed out{_cause_text(exc)}"
-        )
+    status = _status_of(exc)
+    failure = _transport_failure(exc)
+    if failure is not None:
         return ProviderError(
-            _shorten(redact(message, secrets)), model=model, retryable=True, status=status
-        )
-    if names & _CONNECTION_NAMES or isinstance(exc, ConnectionError):
-        detail = _provider_message(exc)
-        message = (
-            f"connection failed: {detail}{_cause_text(exc)}"
-            if detail
-            else f"connection failed{_cause_text(exc)}"
-        )
-        return ProviderError(
-            _shorten(redact(message, secrets)), model=model, retryable=True, status=status
+            _shorten(redact(_failure_message(failure, exc), secrets)),
+            model=model,
+            retryable=True,
+            status=status,
         )
     if status is None:
         return None
-    said = _provider_message(exc)
+    return _status_error(exc, status, model=model, secrets=secrets)
+
+
+def _status_of(exc: BaseException) -> int | None:
+    """The HTTP status ``exc`` carries as ``status_code``; None when it has none (or no int)."""
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, bool) or not isinstance(status, int):
+        return None
+    return status
+
+
+def _transport_failure(exc: BaseException) -> str | None:
+    """The transport failure ``exc`` is, in words: "timed out" for a timeout, "connection
+    failed" for a connection failure; None for any other exception."""
+    names = _names(exc)
+    # A timeout first: the SDKs' APITimeoutError is also an APIConnectionError.
+    if names & _TIMEOUT_NAMES or isinstance(exc, TimeoutError):
+        return "timed out"
+    if names & _CONNECTION_NAMES or isinstance(exc, ConnectionError):
+        return "connection failed"
+    return None
+
+
+def _failure_message(failure: str, exc: BaseException) -> str:
+    """The message of a timeout or connection ``failure``: what it is, the provider's words
+    and the exception's cause."""
+    detail = _provider_message(exc)
+    return f"{failure}: {detail}{_cause_text(exc)}" if detail else f"{failure}{_cause_text(exc)}"
+
+
+def _is_retryable(status: int) -> bool:
+    """Whether a failure with HTTP ``status`` may succeed on a retry."""
     # 501 Not Implemented will not change on a retry, unlike the other 5xx.
-    retryable = status in _RETRYABLE_4XX or (status >= 500 and status != 501)
+    return status in _RETRYABLE_4XX or (status >= 500 and status != 501)
+
+
+def _status_kind(exc: BaseException, status: int, said: str) -> str:
+    """What a failure with HTTP ``status`` is, in words (``said`` is the provider's own)."""
     if status == 429:
-        kind = "rate limited"
-    elif status == 529:
-        kind = "overloaded"
-    elif status in (408, 504):
-        kind = "timed out"
-    elif status >= 500:
-        kind = "server error"
-    elif status in (401, 403):
-        kind = "authentication failed" if status == 401 else "permission denied"
-    elif status == 404:
-        kind = "not found (check the model name)"
-    elif status in (400, 413, 422) and _is_context_overflow(exc, said):
-        kind = "context overflow: the messages do not fit the model's context window"
-    else:
-        kind = "request rejected"
-    retry_after = None
-    if retryable:
-        retry_after = next(
-            (s for s in (retry_after_seconds(h) for h in _headers_of(exc)) if s is not None), None
-        )
+        return "rate limited"
+    if status == 529:
+        return "overloaded"
+    if status in (408, 504):
+        return "timed out"
+    if status >= 500:
+        return "server error"
+    if status in (401, 403):
+        return "authentication failed" if status == 401 else "permission denied"
+    if status == 404:
+        return "not found (check the model name)"
+    if status in (400, 413, 422) and _is_context_overflow(exc, said):
+        return "context overflow: the messages do not fit the model's context window"
+    return "request rejected"
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    """The wait, in seconds, that the first of ``exc``'s headers to ask for one asks for;
+    None when none does."""
+    return next(
+        (s for s in (retry_after_seconds(h) for h in _headers_of(exc)) if s is not None), None
+    )
+
+
+def _status_error(
+    exc: BaseException, status: int, *, model: str, secrets: tuple[str | None, ...]
+) -> ProviderError:
+    """The ``ProviderError`` for a failure with HTTP ``status``: its kind, the status, the
+    provider's words and, when retryable, the wait the response asks for."""
+    said = _provider_message(exc)
+    retryable = _is_retryable(status)
+    kind = _status_kind(exc, status, said)
+    retry_after = _retry_after(exc) if retryable else None
     message = f"{kind} (HTTP {status})"
     if said:
         message += f": {said}"

@@ -68,6 +68,19 @@ def _default_effort(model: str) -> str | None:
     return None
 
 
+class _StreamState:
+    """What a Chat Completions stream has said so far: the token counts it reported, its
+    finish reason, and whether any event, any chunk with choices, any text and [DONE] came."""
+
+    __slots__ = ("any_chunk", "any_event", "any_text", "done", "finish", "tin", "tout")
+
+    def __init__(self) -> None:
+        self.tin: int | None = None
+        self.tout: int | None = None
+        self.finish: Any = None
+        self.any_text = self.done = self.any_event = self.any_chunk = False
+
+
 class OpenAIClient:
     """A ``moa.Client`` over ``openai.AsyncOpenAI`` (one per event loop); built by
     :func:`openai_client`."""
@@ -171,68 +184,49 @@ class OpenAIClient:
         if stream is None:
             # The server refused stream_options: it will not report usage anyway.
             stream = await self._open(model, messages, params, None)
-        tin = tout = finish = None
-        any_text = done = any_event = any_chunk = False
+        state = _StreamState()
         try:
             sort = functools.partial(self._error, model=model)
             async with aclosing(
                 sse_events(stream.response, model=model, secrets=self._secrets, sort=sort)
             ) as events:
                 async for _, chunk in events:
-                    any_event = True
                     if chunk is DONE:
-                        done = True
-                        # Read the rest of the body (normally nothing) so that an HTTP/1.1
-                        # connection can be reused, as the SDK does, but not for long; what
-                        # comes after [DONE] cannot spoil the reply.
-                        with anyio.move_on_after(0.1):
-                            try:
-                                async for _ in events:
-                                    pass
-                            except ProviderError:
-                                pass
+                        state.any_event = state.done = True
+                        await _drain(events)
                         break
-                    if not isinstance(chunk, dict):
-                        raise malformed(
-                            model,
-                            CHAT_CHUNK,
-                            f"a chunk is {shown(chunk)}, not a JSON object",
-                            self._secrets,
-                        )
-                    if chunk.get("error"):
-                        # An error event inside the stream (OpenRouter's, vLLM's, OpenAI's).
-                        raise self._stream_error(chunk["error"], model)
-                    usage = chunk.get("usage")
-                    if isinstance(usage, dict):
-                        tin = token_count(usage.get("prompt_tokens"))
-                        tout = token_count(usage.get("completion_tokens"))
-                    choice = _chunk_choice(model, chunk, self._secrets)
-                    any_chunk = any_chunk or chunk.get("choices") is not None
-                    if choice is None:  # the usage chunk
-                        continue
-                    finish = choice.get("finish_reason") or finish
-                    text = _chunk_text(model, choice, self._secrets)
+                    text = self._take_chunk(model, chunk, state)
                     if text:
-                        any_text = True
                         yield text
         finally:
             await close_shielded(stream)
-        if any_event and not any_chunk:
-            # Events came, but none had choices: another API's stream, not a cut one.
+        _check_outcome(model, state, self._secrets)
+        yield Usage(state.tin, state.tout)
+
+    def _take_chunk(self, model: str, chunk: Any, state: _StreamState) -> str | None:
+        """Read one stream chunk (not [DONE]) into ``state``: the text it adds (None or ""
+        when none). An error event, or a malformed chunk, raises its ``ProviderError``."""
+        state.any_event = True
+        if not isinstance(chunk, dict):
             raise malformed(
-                model, CHAT_CHUNK, "no event of the stream had 'choices'", self._secrets
+                model, CHAT_CHUNK, f"a chunk is {shown(chunk)}, not a JSON object", self._secrets
             )
-        check_ended(
-            model,
-            ended=done or finish is not None,
-            any_text=any_text,
-            what="reply",
-            signals="finish_reason and no [DONE]",
-            reason_name="finish_reason",
-            reason=finish,
-            log=log,
-        )
-        yield Usage(tin, tout)
+        if chunk.get("error"):
+            # An error event inside the stream (OpenRouter's, vLLM's, OpenAI's).
+            raise self._stream_error(chunk["error"], model)
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            state.tin = token_count(usage.get("prompt_tokens"))
+            state.tout = token_count(usage.get("completion_tokens"))
+        choice = _chunk_choice(model, chunk, self._secrets)
+        state.any_chunk = state.any_chunk or chunk.get("choices") is not None
+        if choice is None:  # the usage chunk
+            return None
+        state.finish = choice.get("finish_reason") or state.finish
+        text = _chunk_text(model, choice, self._secrets)
+        if text:
+            state.any_text = True
+        return text
 
     async def _open(
         self,
@@ -264,6 +258,36 @@ class OpenAIClient:
         sdk = self._sdks.pop()
         if sdk is not None:
             await sdk.close()
+
+
+async def _drain(events: AsyncIterator[Any]) -> None:
+    """Read what is left of a stream after its [DONE], for at most 0.1 s; a failed read ends it."""
+    # Read the rest of the body (normally nothing) so that an HTTP/1.1 connection can be
+    # reused, as the SDK does, but not for long; what comes after [DONE] cannot spoil the reply.
+    with anyio.move_on_after(0.1):
+        try:
+            async for _ in events:
+                pass
+        except ProviderError:
+            pass
+
+
+def _check_outcome(model: str, state: _StreamState, secrets: tuple[str, ...]) -> None:
+    """After a stream's body: raise when it was no Chat Completions stream or did not end (see
+    ``check_ended``), log when it ended with no text."""
+    if state.any_event and not state.any_chunk:
+        # Events came, but none had choices: another API's stream, not a cut one.
+        raise malformed(model, CHAT_CHUNK, "no event of the stream had 'choices'", secrets)
+    check_ended(
+        model,
+        ended=state.done or state.finish is not None,
+        any_text=state.any_text,
+        what="reply",
+        signals="finish_reason and no [DONE]",
+        reason_name="finish_reason",
+        reason=state.finish,
+        log=log,
+    )
 
 
 def _chunk_choice(
