@@ -38,7 +38,7 @@ import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from time import monotonic
-from typing import Any
+from typing import Any, cast
 
 import anyio
 
@@ -109,6 +109,15 @@ def record(
     )
 
 
+def copies(messages: tuple[Message, ...]) -> list[dict[str, str]]:
+    """The messages as the client gets them: its own dicts, so a client that edits them cannot
+    edit history. Steps build read-only mappings (MappingProxyType), which copy in C."""
+    try:
+        return [cast(Any, m).copy() for m in messages]
+    except AttributeError:  # a Mapping without copy(), from a custom step
+        return [dict(m) for m in messages]
+
+
 def _fatal(exc: BaseException) -> BaseException | None:
     # A client of the wrong shape is a bug to fix, not a failure for min_success to absorb.
     return exc if isinstance(exc, ClientOutputError) else None
@@ -120,7 +129,7 @@ def client_attempt(client: Client) -> Attempt:
     edits them cannot edit history), given the seed only if it takes one."""
 
     async def attempt(req: Request, tap: Tap | None) -> Reply:
-        msgs = [dict(m) for m in req.messages]
+        msgs = copies(req.messages)
         if tap is not None and tap.sent is not None:
             tap.sent()
         if req.seed is None:
@@ -157,7 +166,7 @@ def stream_attempt(client: Client) -> Attempt:
         extra = {"seed": req.seed} if seeded and req.seed is not None else {}
         items = stream(
             model=req.model,
-            messages=[dict(m) for m in req.messages],
+            messages=copies(req.messages),
             temp=req.temp,
             max_tokens=req.max_tokens,
             **extra,
@@ -380,7 +389,7 @@ def retrying_client(
 
     async def call(req: Request, site: Site) -> Outcome:
         start = monotonic()
-        msgs = [dict(m) for m in req.messages]
+        msgs = copies(req.messages)
         try:
             text, tin, tout = check_output(
                 req.model,

@@ -24,7 +24,7 @@ from ._calls import Calls, Outcome, Site, record
 from ._events import EventHandler, StepFinished, StepStarted
 from ._history import CallRecord, History, StepRecord
 from ._llm_steps import LLMStep, Request
-from ._pipeline import Parallel, Pipeline, Step, _describe
+from ._pipeline import Parallel, Pipeline, Step, _describe, step_text
 from ._seeds import call_seed
 from ._transforms import Transform
 from .errors import EmptyInputError, MoaError, StepFailedError
@@ -144,7 +144,7 @@ def _exec_transform(
         run,
         br,
         StepRecord(
-            repr(step),
+            step_text(step),
             path,
             "transform",
             tuple(responses),
@@ -193,7 +193,14 @@ async def _exec_parallel(
         run,
         br,
         StepRecord(
-            repr(step), path, "parallel", tuple(responses), tuple(out), (), (), monotonic() - start
+            step_text(step),
+            path,
+            "parallel",
+            tuple(responses),
+            tuple(out),
+            (),
+            (),
+            monotonic() - start,
         ),
     )
     return out
@@ -245,11 +252,11 @@ class _StepRun:
             self.empty()
         requests, returned = self.first_round()
         if requests is None and on_event is not None:  # a step that makes no call
-            on_event(StepStarted(self.path, repr(step), 0))
+            on_event(StepStarted(self.path, step_text(step), 0))
         while requests is not None:
             self.rounds += 1
             if on_event is not None:
-                on_event(StepStarted(self.path, repr(step), len(requests), self.rounds))
+                on_event(StepStarted(self.path, step_text(step), len(requests), self.rounds))
             replies = await self.round(requests)
             if self.plan is not None:
                 requests, returned = _advance(step, self.path, self.plan, replies)
@@ -351,7 +358,7 @@ class _StepRun:
             self.walk,
             self.br,
             StepRecord(
-                repr(self.step),
+                step_text(self.step),
                 self.path,
                 "llm",
                 tuple(self.responses),
@@ -391,7 +398,7 @@ class _StepRun:
             self.walk,
             self.br,
             StepRecord(
-                repr(step),
+                step_text(step),
                 self.path,
                 "llm",
                 tuple(self.responses),
@@ -540,18 +547,21 @@ async def _plain_round(
     calls: Calls, path: tuple[int, ...], requests: list[Request], offset: int
 ) -> tuple[list[CallRecord], BaseException | None]:
     call = calls.call
-    if len(requests) == 1:
-        rec, fatal = await call(requests[0], (path, offset, None))
-        return [rec], fatal
     results: list[Outcome | None] = [None] * len(requests)
+    if len(requests) > 1:
 
-    async def one(i: int) -> None:
-        results[i] = await call(requests[i], (path, offset + i, None))
+        async def one(i: int) -> None:
+            results[i] = await call(requests[i], (path, offset + i, None))
 
-    async with anyio.create_task_group() as tg:
-        for i in range(len(requests)):
-            tg.start_soon(one, i)
-    done = [r for r in results if r is not None]  # all of them: the task group waited
+        # The first call is made in this task, the others each in a task of their own: one
+        # task fewer a round, and a one-call round (an aggregator) makes none.
+        async with anyio.create_task_group() as tg:
+            for i in range(1, len(requests)):
+                tg.start_soon(one, i)
+            results[0] = await call(requests[0], (path, offset, None))
+    else:
+        results[0] = await call(requests[0], (path, offset, None))
+    done = [r for r in results if r is not None]  # all of them: every call was awaited
     return [r for r, _ in done], next((e for _, e in done if e is not None), None)
 
 

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Union
 
 from ._bounds import MAX_NESTING, MAX_STEPS, safe_repr, shown
 
-__all__ = ("Parallel", "Pipeline", "Step", "as_step", "parallel", "pipeline")
+__all__ = ("Parallel", "Pipeline", "Step", "as_step", "parallel", "pipeline", "step_text")
 
 #: What ``|`` and ``run`` accept where a step is expected: a step, or a list of them (seed style).
 StepLike = Union["Step", list[Any], tuple[Any, ...]]
@@ -54,7 +54,9 @@ class Step:
     so ``eval(repr(step)) == step`` for a step without user functions.
     """
 
-    __slots__ = ()
+    # The repr, kept once made: a step is immutable, and runs record it for every step.
+    __slots__ = ("_shown",)
+    _shown: str
     _positional: ClassVar[int] = 0
 
     # -- the algebra ----------------------------------------------------------------------
@@ -206,6 +208,20 @@ class Parallel(Step):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (Parallel, self.branches)
+
+
+def step_text(step: Step) -> str:
+    """``repr(step)``, made once per step object: history records it for every step of
+    every run."""
+    try:
+        return step._shown
+    except AttributeError:
+        text = repr(step)
+        try:
+            object.__setattr__(step, "_shown", text)
+        except AttributeError:  # a step class that declares slots without it
+            pass
+        return text
 
 
 def pipeline(*steps: StepLike) -> Step:
