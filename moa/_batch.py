@@ -15,13 +15,15 @@ import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from ._cache import Cache
+from ._calls import compose
 from ._client import Client
-from ._executor import walk
+from ._executor import Walk, walk
 from ._history import History
 from ._limits import Limits
 from ._pipeline import Step, StepLike, _describe, as_step
 from ._retry import DEFAULT_RETRY, Retry
-from ._run import _seed, check_options, start, unwrapped
+from ._run import _seed, check_options, unwrapped
+from ._seeds import accepts_seed
 from .errors import MoaError
 
 __all__ = ("RunResult", "as_completed", "run_many")
@@ -68,10 +70,15 @@ async def _drive(
     progress: Progress | None,
     options: dict[str, Any],
 ) -> None:
-    """Every prompt's run, each result sent as it finishes; ``options`` are ``run``'s."""
+    """Every prompt's run, each result sent as it finishes; ``options`` are ``run``'s. The
+    runs share one call stack, composed once: one cap, one ``Limits``, one cache."""
     cap = options.pop("max_concurrency")
     policy = options.pop("retry") or DEFAULT_RETRY
-    limiter = anyio.CapacityLimiter(cap) if cap else None
+    stop = _Stop()
+    calls = compose(
+        client, policy, stop, limiter=anyio.CapacityLimiter(cap) if cap else None, **options
+    )
+    seeded = accepts_seed(client)
     # One seed per prompt, drawn in input order: the batch replays from its own seed.
     draw = random.Random(seed).getrandbits if seed is not None else lambda bits: None
     seeds: list[int | None] = [draw(63) for _ in prompts]
@@ -79,7 +86,8 @@ async def _drive(
 
     async def one(i: int) -> None:
         nonlocal done
-        state = start(client, prompts[i], policy, limiter=limiter, **options)
+        state = Walk(prompts[i], None, seeded)
+        state.calls = calls
         try:
             result, history = await walk(step, prompts[i], state, _seed(seeds[i]))
             outcome = RunResult(i, prompts[i], result, history)
@@ -105,12 +113,32 @@ async def _drive(
             runs.release()
 
     async with send, anyio.create_task_group() as tg:
+        stop.scope = tg.cancel_scope
         for i in range(len(prompts)):
             if runs is None:
                 tg.start_soon(one, i)
             else:
                 await runs.acquire()
                 tg.start_soon(slot, i)
+    if stop.interrupt is not None:
+        raise stop.interrupt
+
+
+class _Stop:
+    """A batch's answer to a KeyboardInterrupt or SystemExit a client raised: every run is
+    cancelled, and the batch raises it once they have all stopped."""
+
+    __slots__ = ("interrupt", "scope")
+
+    def __init__(self) -> None:
+        self.interrupt: BaseException | None = None
+        self.scope: anyio.CancelScope | None = None
+
+    def __call__(self, exc: BaseException) -> None:
+        if self.interrupt is None:
+            self.interrupt = exc
+        if self.scope is not None:
+            self.scope.cancel()
 
 
 async def run_many(
