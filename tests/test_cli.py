@@ -1060,3 +1060,23 @@ def test_a_resumed_seeded_batch_equals_an_uninterrupted_one(model_path, tmp_path
         return out
 
     assert lines(resumed) == lines(whole) and len(lines(whole)) == 3
+
+
+def test_batch_reads_stdin_as_it_goes_and_keeps_what_ran_before_a_bad_line(
+    client, capsys, monkeypatch, tmp_path
+):
+    out = tmp_path / "out.jsonl"
+    lines = b'"first?"\n"second?"\n{not json}\n"never read?"\n'
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(lines)))
+    assert main(["batch", "-", "-o", str(out), "--pipeline", PIPE, "--concurrency", "1"]) == 2
+    assert "- line 3: not JSON" in capsys.readouterr().err
+    done = [json.loads(line)["prompt"] for line in out.read_text().splitlines()]
+    assert done == ["first?", "second?"]
+
+
+def test_batch_checks_a_whole_input_file_before_any_call(client, capsys, tmp_path):
+    out = tmp_path / "out.jsonl"
+    src = _write_lines(tmp_path / "in.jsonl", '"first?"', '"second?"', "{not json}")
+    assert main(["batch", src, "-o", str(out), "--pipeline", PIPE]) == 2
+    assert "line 3: not JSON" in capsys.readouterr().err
+    assert client.calls == [] and not out.exists()
