@@ -55,6 +55,7 @@ from ._retry import Retry as Retry
 from ._run import run as run
 from ._run import run_stream as run_stream
 from ._run import run_sync as run_sync
+from ._seeds import row_seed as row_seed
 from ._transforms import Dropout as Dropout
 from ._transforms import Filter as Filter
 from ._transforms import Map as Map
@@ -137,6 +138,7 @@ __all__ = (
     "parse_pipeline",
     "parse_ranking",
     "pipeline",
+    "row_seed",
     "run",
     "run_many",
     "run_stream",

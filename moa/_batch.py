@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
+from ._bounds import safe_repr
 from ._cache import Cache
 from ._calls import compose
 from ._client import Client
@@ -23,7 +24,7 @@ from ._limits import Limits
 from ._pipeline import Step, StepLike, _describe, as_step
 from ._retry import DEFAULT_RETRY, Retry
 from ._run import _seed, check_options, unwrapped
-from ._seeds import accepts_seed
+from ._seeds import accepts_seed, row_seed
 from .errors import MoaError
 
 __all__ = ("RunResult", "as_completed", "run_many")
@@ -39,6 +40,7 @@ class RunResult:
     result: str | None
     history: History | None
     error: BaseException | None = field(default=None, compare=False)
+    id: str | int | None = None
 
     @property
     def ok(self) -> bool:
@@ -46,6 +48,40 @@ class RunResult:
 
 
 Progress = Callable[[int, int, RunResult], Any]
+
+
+def _seeds(seed: int | None, ids: list[str | int] | None, n: int) -> list[int | None]:
+    """Each prompt's run seed: with ids, from the batch seed and the prompt's id (the same
+    however the batch is split); without, drawn from the batch seed in input order."""
+    if seed is None:
+        return [None] * n
+    if ids is not None:
+        return [row_seed(seed, ident) for ident in ids]
+    draw = random.Random(seed)
+    return [draw.getrandbits(63) for _ in range(n)]
+
+
+def _ids(ids: Iterable[str | int] | None, n: int) -> list[str | int] | None:
+    if ids is None:
+        return None
+    if isinstance(ids, (str, bytes)):
+        raise TypeError("run_many(ids=...): ids must be a list of ids, one per prompt, not a str")
+    out = list(ids)
+    if len(out) != n:
+        raise ValueError(f"run_many(ids=...): {len(out)} ids for {n} prompts: one id a prompt")
+    seen: set[str | int] = set()
+    for i, ident in enumerate(out):
+        if isinstance(ident, bool) or not isinstance(ident, (str, int)):
+            raise TypeError(
+                f"run_many(ids=...): id {i} must be a str or an int, got {safe_repr(ident)}"
+            )
+        if ident in seen:
+            raise ValueError(
+                f"run_many(ids=...): id {safe_repr(ident)} is given twice; ids "
+                f"name prompts, one each"
+            )
+        seen.add(ident)
+    return out
 
 
 def _prompts(prompts: Iterable[str]) -> list[str]:
@@ -57,7 +93,9 @@ def _prompts(prompts: Iterable[str]) -> list[str]:
     items = list(prompts)
     for i, p in enumerate(items):
         if not isinstance(p, str) or not p.strip():
-            raise ValueError(f"run_many(prompts): prompt {i} must be a non-empty str, got {p!r}")
+            raise ValueError(
+                f"run_many(prompts): prompt {i} must be a non-empty str, got {safe_repr(p)}"
+            )
     return items
 
 
@@ -67,6 +105,7 @@ async def _drive(
     client: Client,
     send: MemoryObjectSendStream[RunResult],
     seed: int | None,
+    ids: list[str | int] | None,
     progress: Progress | None,
     options: dict[str, Any],
 ) -> None:
@@ -79,10 +118,11 @@ async def _drive(
         client, policy, stop, limiter=anyio.CapacityLimiter(cap) if cap else None, **options
     )
     seeded = accepts_seed(client)
-    # One seed per prompt, drawn in input order: the batch replays from its own seed.
-    draw = random.Random(seed).getrandbits if seed is not None else lambda bits: None
-    seeds: list[int | None] = [draw(63) for _ in prompts]
+    seeds = _seeds(seed, ids, len(prompts))
     done = 0
+
+    def ident(i: int) -> str | int | None:
+        return None if ids is None else ids[i]
 
     async def one(i: int) -> None:
         nonlocal done
@@ -90,10 +130,10 @@ async def _drive(
         state.calls = calls
         try:
             result, history = await walk(step, prompts[i], state, _seed(seeds[i]))
-            outcome = RunResult(i, prompts[i], result, history)
+            outcome = RunResult(i, prompts[i], result, history, None, ident(i))
         except Exception as exc:
             partial = exc.history if isinstance(exc, MoaError) else None
-            outcome = RunResult(i, prompts[i], None, partial, exc)
+            outcome = RunResult(i, prompts[i], None, partial, exc, ident(i))
         done += 1
         if progress is not None:
             progress(done, len(prompts), outcome)
@@ -154,13 +194,17 @@ async def run_many(
     hedge_after: float | None = None,
     progress: Progress | None = None,
     cache: Cache | None = None,
+    ids: Iterable[str | int] | None = None,
 ) -> list[RunResult]:
     """Run ``pipeline`` on every prompt concurrently; the results come back in input order.
 
     ``max_concurrency`` caps the calls in flight across the whole batch; ``limits`` are
     shared by every run. A run that fails does not stop the batch: its ``RunResult`` carries
     the error. ``progress(done, total, result)`` is called as each run finishes. With ``seed``
-    each prompt gets its own seed drawn from it, so the batch replays. ``cache`` is shared by
+    each prompt gets its own seed drawn from it, so the batch replays. ``ids`` (one str or int
+    per prompt, unique) name the prompts in their results; with ``seed``, each prompt's seed
+    then comes from its id (:func:`moa.row_seed`), not its position, so any split of the batch
+    (resumed, or across Ray workers) gives every prompt the same seed. ``cache`` is shared by
     every run, as in :func:`moa.run`.
     """
     results: dict[int, RunResult] = {}
@@ -176,6 +220,7 @@ async def run_many(
         hedge_after=hedge_after,
         progress=progress,
         cache=cache,
+        ids=ids,
     ) as stream:
         async for r in stream:
             results[r.index] = r
@@ -196,6 +241,7 @@ async def as_completed(
     hedge_after: float | None = None,
     progress: Progress | None = None,
     cache: Cache | None = None,
+    ids: Iterable[str | int] | None = None,
 ) -> AsyncIterator[AsyncIterator[RunResult]]:
     """``run_many`` as a stream in completion order::
 
@@ -207,6 +253,7 @@ async def as_completed(
     """
     step = as_step(pipeline, where="run_many(pipeline)")
     items = _prompts(prompts)
+    names = _ids(ids, len(items))
     _check_batch(
         client, seed, max_concurrency, timeout, retry, limits, hedge_after, progress, cache
     )
@@ -221,7 +268,7 @@ async def as_completed(
                 "hedge_after": hedge_after,
                 "cache": cache,
             }
-            tg.start_soon(_drive, step, items, client, send, seed, progress, options)
+            tg.start_soon(_drive, step, items, client, send, seed, names, progress, options)
             try:
                 yield receive
             finally:

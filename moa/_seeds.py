@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._llm_steps import Request
 
-__all__ = ("SEED_BITS", "accepts_seed", "call_seed")
+__all__ = ("SEED_BITS", "accepts_seed", "call_seed", "row_seed")
 
 #: Call seeds are below 2**31: every backend takes them (llama.cpp's are 32-bit unsigned,
 #: some servers parse a signed 32-bit int).
@@ -74,3 +74,11 @@ def accepts_seed(fn: Callable[..., Any]) -> bool:
     except TypeError:  # not weakly referenceable: asked again next time
         pass
     return answer
+
+
+def row_seed(seed: int, ident: str | int) -> int:
+    """The run seed of the prompt with id ``ident`` in a batch seeded with ``seed``: from the
+    id, not the prompt's position, so a batch gives each prompt the same seed however it is
+    split (across Ray workers, or resumed)."""
+    text = f"moa-row-seed/1/{seed}/{json.dumps(ident)}".encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big") >> 1

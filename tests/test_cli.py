@@ -538,7 +538,7 @@ def test_batch_writes_a_line_per_prompt(client, capsys, tmp_path, prompts, price
     by_id = {e["id"]: e for e in lines}
     assert len(lines) == 4 and set(by_id) == {0, "b", 2, 3}
     assert by_id["b"]["prompt"] == "second?" and by_id[2]["prompt"] == "third?"
-    # the same seeds, results and histories as run_many with the same seed
+    # the same seeds, results and histories as run_many with the same seed and ids
     results = anyio.run(
         functools.partial(
             moa.run_many,
@@ -546,6 +546,7 @@ def test_batch_writes_a_line_per_prompt(client, capsys, tmp_path, prompts, price
             ["first?", "second?", "third?", "fourth?"],
             ScriptedClient(),
             seed=5,
+            ids=[0, "b", 2, 3],
         )
     )
     for e, r in zip([by_id[0], by_id["b"], by_id[2], by_id[3]], results):

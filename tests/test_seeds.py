@@ -172,3 +172,20 @@ async def test_route_passes_the_seed_only_to_clients_that_take_one():
     _, history = await moa.run(Propose(["s", "p"]), "q", client, seed=4)
     assert seeded.seeds == [history.calls[0].seed] and len(plain.calls) == 1
     assert accepts_seed(client) and accepts_seed(client.stream)
+
+
+async def test_a_batch_with_ids_seeds_each_prompt_from_its_id_not_its_place():
+    from moa import row_seed
+
+    prompts, ids = ["a?", "b?", "c?"], ["x", 7, "z"]
+    whole = await moa.run_many(Propose(["m", "m"]), prompts, SeededClient(), seed=3, ids=ids)
+    part = await moa.run_many(
+        Propose(["m", "m"]), prompts[::-1], SeededClient(), seed=3, ids=ids[::-1]
+    )
+    assert [r.history.seed for r in whole] == [row_seed(3, i) for i in ids]
+    assert [r.id for r in whole] == ids
+    assert [(r.result, r.history) for r in whole] == [(r.result, r.history) for r in part[::-1]]
+    with pytest.raises(ValueError, match="given twice"):
+        await moa.run_many(Propose(["m"]), ["a?", "b?"], SeededClient(), ids=[1, 1])
+    with pytest.raises(ValueError, match="2 ids for 3 prompts"):
+        await moa.run_many(Propose(["m"]), prompts, SeededClient(), ids=[1, 2])

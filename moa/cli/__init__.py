@@ -169,9 +169,9 @@ def _batch_parser(sub: Any) -> None:
         '{"prompt": ..., "id": ...}, a line; the id defaults to the 0-based index '
         "among the prompts) and appends one result line per prompt to OUT as it "
         "finishes. Rerun the same command to resume: ids OUT holds a success for "
-        "are skipped, failed ones run again. With --seed S prompt i gets the i-th "
-        "seed drawn from S, as moa.run_many(prompts, seed=S). Exit status 1 when "
-        "any prompt failed.",
+        "are skipped, failed ones run again. With --seed S each prompt's seed comes "
+        "from S and its id, as moa.run_many(prompts, ids=ids, seed=S). Exit status 1 "
+        "when any prompt failed.",
     )
     b.add_argument("input", metavar="INPUT.jsonl", help="the prompts ('-': stdin)")
     b.add_argument(

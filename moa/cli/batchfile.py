@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import json
 import os
-import random
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import IO, Any
 from .._client import unicode_error
 from .._cost import Prices, cost
 from .._history import History
+from .._seeds import row_seed
 from .common import UsageError, dumps, loads, short
 from .options import saved_prices
 
@@ -97,9 +97,8 @@ def _item(raw: str, where: str, position: int) -> Item:
 
 def items(path: str, seed: int | None) -> Iterator[Item]:
     """The prompts of the input file (``-``: stdin), validated as they are read, each with
-    the seed ``moa.run_many(prompts, seed=seed)`` gives it: drawn from ``seed`` in input
-    order, so a prompt keeps its seed when a resumed batch skips the ones before it."""
-    draw = random.Random(seed) if seed is not None else None
+    the seed ``moa.run_many(prompts, ids=ids, seed=seed)`` gives it: from ``seed`` and its id,
+    so a prompt keeps its seed however the batch is resumed, reordered or split."""
     seen: dict[str, int] = {}
     with _open(path) as stream:
         for lineno, raw in _lines(stream, path):
@@ -113,8 +112,8 @@ def items(path: str, seed: int | None) -> Iterator[Item]:
                     f"{seen[key]}; ids must be unique, as a resumed batch skips the ids done"
                 )
             seen[key] = item.line = lineno
-            if draw is not None:
-                item.seed = draw.getrandbits(63)
+            if seed is not None:
+                item.seed = row_seed(seed, item.id)
             yield item
     if not seen:
         raise UsageError(f"{path}: no prompts")
