@@ -2,14 +2,16 @@
 
 Ray Data's ``map_batches`` over an actor pool: each worker builds its client once (clients hold
 connections and keys, so they are made where they run, from ``client_factory``) and runs each
-block of rows through :func:`moa.run_many` under its own cap. ``import moa`` never imports Ray;
-this module does.
+block of rows through :func:`moa.run_many` under its own cap, on one event loop that lives as
+long as the worker (so a client's connection pool outlives a block). ``import moa`` never
+imports Ray; this module does.
 
 What is guaranteed: the same results and histories as ``moa.run_many(prompts, ids=ids,
 seed=seed)`` on one machine, however Ray splits the rows (each row's seed comes from the run
-seed and its id); every input row is in the output exactly once, a failed run as a row with
-``ok=False`` and its error; when a worker dies mid-block, Ray runs the block again on another
-worker, so a call may be made twice (at-least-once calls) but no row is lost or repeated.
+seed and its id); every input row is in the output exactly once, a failed run (or a row
+without a usable prompt or id) as a row with ``ok=False`` and its error; when a worker dies
+mid-block, Ray starts another and runs the block again, so a call may be made twice
+(at-least-once calls) but no row is lost or repeated.
 """
 
 from __future__ import annotations
@@ -17,15 +19,16 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
-import anyio
+import anyio.from_thread
 
+from ._batch import RunResult, run_many
 from ._bounds import safe_repr
 from ._cache import Cache
-from ._client import Client
+from ._client import Client, unicode_error
 from ._cost import DEFAULT_PRICES, Prices, cost
-from ._batch import run_many
 from ._limits import Limits, ModelLimit
 from ._pipeline import Step, StepLike, as_step
 from ._retry import Retry
@@ -34,7 +37,7 @@ from .clients._extras import require
 if TYPE_CHECKING:
     import ray.data
 
-__all__ = ("run_dataset", "split_limits", "OUTPUT_COLUMNS")
+__all__ = ("OUTPUT_COLUMNS", "run_dataset", "split_limits")
 
 #: The columns ``run_dataset`` adds to each row.
 OUTPUT_COLUMNS = ("result", "ok", "error", "history", "input_tokens", "output_tokens", "cost")
@@ -42,8 +45,9 @@ OUTPUT_COLUMNS = ("result", "ok", "error", "history", "input_tokens", "output_to
 
 def split_limits(limits: Limits | None, workers: int) -> Limits | None:
     """Each worker's share of ``limits``: a provider's RPM, TPM and calls in flight are one
-    budget for the whole cluster, split evenly among ``workers`` (rounded down, at least 1 a
-    minute and one call in flight)."""
+    budget for the whole cluster, split evenly among ``workers`` (at least one call in flight
+    and one request or token a minute each). The workers together never exceed the budget; a
+    worker left without rows leaves its share unused."""
     if limits is None:
         return None
 
@@ -57,53 +61,112 @@ def split_limits(limits: Limits | None, workers: int) -> Limits | None:
         )
 
     per_model = {m: share(lim) for m, lim in limits.per_model.items()}
-    return Limits({m: lim for m, lim in per_model.items() if lim is not None},
-                  default=share(limits.default))
+    return Limits(
+        {m: lim for m, lim in per_model.items() if lim is not None}, default=share(limits.default)
+    )
 
 
 class _Worker:
-    """One Ray actor: its client, made once from the factory, and the pipeline's options;
-    each call runs one block of rows through ``run_many``."""
+    """One Ray actor: an event loop in a thread of its own, the client made there once from
+    the factory, and the pipeline's options; each call runs one block through ``run_many``."""
 
-    def __init__(self, pipeline: Step, client_factory: Callable[[], Client],
-                 options: dict[str, Any]) -> None:
+    def __init__(
+        self, pipeline: Step, client_factory: Callable[[], Client], options: dict[str, Any]
+    ) -> None:
         self.pipeline = pipeline
-        self.client = client_factory()
         self.options = dict(options)
         cache = self.options.pop("cache_spec")
-        self.prompt_column = self.options.pop("prompt_column")
-        self.id_column = self.options.pop("id_column")
+        self.prompt_column: str = self.options.pop("prompt_column")
+        self.id_column: str = self.options.pop("id_column")
         self.prices: Prices = self.options.pop("prices")
         self.cache = Cache(cache[0], mode=cache[1], namespace=cache[2]) if cache else None
+        self._loop: AbstractContextManager[anyio.from_thread.BlockingPortal] = (
+            anyio.from_thread.start_blocking_portal()
+        )
+        self.portal = self._loop.__enter__()
+        # Made on the loop's thread: a client may bind a connection pool to its loop.
+        self.client = self.portal.call(_call, client_factory)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        prompts = [str(p) for p in batch[self.prompt_column]]
-        ids = [_plain(i) for i in batch[self.id_column]]
-        results = anyio.run(self._run, prompts, ids)
-        out = {name: list(values) for name, values in batch.items()}
-        out["result"] = [r.result for r in results]
-        out["ok"] = [r.ok for r in results]
-        out["error"] = [None if r.ok else f"{type(r.error).__name__}: {r.error}" for r in results]
-        out["history"] = [None if r.history is None else json.dumps(r.history.to_dict())
-                          for r in results]
-        out["input_tokens"] = [r.history.input_tokens if r.history else None for r in results]
-        out["output_tokens"] = [r.history.output_tokens if r.history else None for r in results]
-        out["cost"] = [cost(r.history, self.prices).total if r.history else None
-                       for r in results]
+        rows = [
+            _row(prompt, ident)
+            for prompt, ident in zip(batch[self.prompt_column], batch[self.id_column], strict=True)
+        ]
+        _refuse_repeats(rows)
+        runnable = [(i, row) for i, row in enumerate(rows) if isinstance(row, tuple)]
+        prompts = [row[0] for _, row in runnable]
+        ids = [row[1] for _, row in runnable]
+        results = self.portal.call(self._run, prompts, ids) if runnable else []
+        # A refused row keeps its reason; the others get their RunResult, in row order.
+        outcome: list[RunResult | str] = [row if isinstance(row, str) else "" for row in rows]
+        for (i, _), result in zip(runnable, results, strict=True):
+            outcome[i] = result
+        out = dict(batch)
+        out.update(self._columns(outcome))
         return out
 
-    async def _run(self, prompts: list[str], ids: list[str | int]) -> list[Any]:
-        return await run_many(self.pipeline, prompts, self.client, ids=ids, cache=self.cache,
-                              **self.options)
+    async def _run(self, prompts: list[str], ids: list[str | int]) -> list[RunResult]:
+        return await run_many(
+            self.pipeline, prompts, self.client, ids=ids, cache=self.cache, **self.options
+        )
+
+    def _columns(self, outcome: list[RunResult | str]) -> dict[str, list[Any]]:
+        """The output columns: a RunResult's, or a refused row's (its reason, no run)."""
+        cols: dict[str, list[Any]] = {name: [] for name in OUTPUT_COLUMNS}
+        for r in outcome:
+            history = None if isinstance(r, str) else r.history
+            if isinstance(r, str):
+                error: str | None = r
+            elif r.error is not None:
+                error = str(r.error) or type(r.error).__name__
+            else:
+                error = None
+            cols["result"].append(None if isinstance(r, str) else r.result)
+            cols["ok"].append(error is None)
+            cols["error"].append(error)
+            cols["history"].append(None if history is None else json.dumps(history.to_dict()))
+            cols["input_tokens"].append(None if history is None else history.input_tokens)
+            cols["output_tokens"].append(None if history is None else history.output_tokens)
+            cols["cost"].append(None if history is None else cost(history, self.prices).total)
+        return cols
+
+    def __del__(self) -> None:
+        loop = getattr(self, "_loop", None)
+        if loop is not None:
+            loop.__exit__(None, None, None)
 
 
-def _plain(value: Any) -> str | int:
-    """A row's id as moa takes it: numpy's integers are ints."""
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise TypeError(f"run_dataset: an id must be a str or an int, got {safe_repr(value)}")
-    return value
+def _call(factory: Callable[[], Client]) -> Client:
+    client = factory()
+    if not callable(client):
+        raise TypeError(
+            f"run_dataset(client_factory): the factory must return a client (an async "
+            f"callable), got {safe_repr(client)}"
+        )
+    return client
+
+
+def _row(prompt: Any, ident: Any) -> tuple[str, str | int] | str:
+    """A row's (prompt, id) as ``run_many`` takes them, or why it cannot run."""
+    if hasattr(ident, "item") and not isinstance(ident, (str, bytes)):
+        ident = ident.item()  # numpy's scalars are Python's ints and strs
+    if isinstance(ident, bool) or not isinstance(ident, (str, int)):
+        return f"the id must be a str or an int, got {safe_repr(ident)}"
+    if not isinstance(prompt, str) or not prompt.strip():
+        return f"the prompt must be a non-empty str, got {safe_repr(prompt)}"
+    if (bad := unicode_error(prompt)) is not None:
+        return f"the prompt is not valid Unicode: {bad}"
+    return str(prompt), ident
+
+
+def _refuse_repeats(rows: list[tuple[str, str | int] | str]) -> None:
+    """An id seen twice in a block: the later rows are refused (ids name rows, one each)."""
+    seen: set[str | int] = set()
+    for i, row in enumerate(rows):
+        if isinstance(row, tuple):
+            if row[1] in seen:
+                rows[i] = f"id {safe_repr(row[1])} is given twice; ids name rows, one each"
+            seen.add(row[1])
 
 
 def run_dataset(
@@ -121,56 +184,77 @@ def run_dataset(
     timeout: float | None = None,
     retry: Retry | None = None,
     prices: Mapping[str, Any] | None = None,
-    batch_size: int = 64,
-    num_cpus: float = 0.5,
+    batch_size: int = 256,
+    num_cpus: float = 0.25,
 ) -> ray.data.Dataset:
     """``pipeline`` on every row of ``dataset``, lazily: a Dataset with the input columns and
-    :data:`OUTPUT_COLUMNS` (``history`` is the JSON of ``History.to_dict()``; ``cost`` in US
-    dollars, None where unknown).
+    :data:`OUTPUT_COLUMNS` (``error`` is the error's message, as ``moa batch`` writes it, None
+    when ``ok``; ``history`` is the JSON of
+    ``History.to_dict()``; ``cost`` in US dollars at ``prices`` over moa's defaults).
 
-    ``concurrency`` workers (Ray actors of ``num_cpus`` each: fractional, so Ray Data's own
-    tasks are not starved) each run blocks of ``batch_size`` rows with at most
-    ``max_concurrency`` calls in flight; ``client_factory()`` makes each worker's client.
-    ``limits`` are the cluster's budget, split evenly among the workers
-    (:func:`split_limits`). ``cache`` is a :class:`~moa.Cache` or its path, opened by every
-    worker (an SQLite file: the workers must share a filesystem). With ``seed``, each row's
-    seed comes from it and the row's id, so the results equal ``moa.run_many`` over the same
-    prompts and ids.
+    ``concurrency`` workers (Ray actors of ``num_cpus`` CPUs each: a fraction, as they mostly
+    wait on the network and Ray Data's own tasks need CPUs too) each run blocks of
+    ``batch_size`` rows with at most ``max_concurrency`` calls in flight; ``client_factory()``
+    makes each worker's client, in the worker. ``limits`` are the cluster's budget, split
+    evenly among the workers (:func:`split_limits`). ``cache`` is a :class:`~moa.Cache` or its
+    path, opened by every worker (one SQLite file: the workers must share a filesystem). Ids
+    must be unique str or int values; with ``seed``, each row's seed comes from it and the
+    row's id, so the results equal ``moa.run_many`` over the same prompts and ids.
     """
-    require("ray", "ray", "moa.ray.run_dataset")
+    data = require("ray.data", "ray", "moa.ray.run_dataset")
     step = as_step(pipeline, where="run_dataset(pipeline)")
     if not callable(client_factory):
-        raise TypeError("run_dataset(client_factory): a function that makes a client, called "
-                        f"once in each worker; got {safe_repr(client_factory)}")
-    for name, value in (("concurrency", concurrency), ("batch_size", batch_size),
-                        ("max_concurrency", max_concurrency)):
+        raise TypeError(
+            "run_dataset(client_factory): a function that makes a client, called once in "
+            f"each worker; got {safe_repr(client_factory)}"
+        )
+    for name, value in (
+        ("concurrency", concurrency),
+        ("batch_size", batch_size),
+        ("max_concurrency", max_concurrency),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"run_dataset({name}=...): {name} must be an int >= 1, got "
-                             f"{safe_repr(value)}")
-    missing = {prompt_column, id_column} - set(dataset.schema().names)
-    if missing:
-        raise ValueError(f"run_dataset: the dataset has no column {sorted(missing)!r}; name "
-                         f"the prompt and id columns with prompt_column= and id_column=")
+            raise ValueError(
+                f"run_dataset({name}=...): {name} must be an int >= 1, got {safe_repr(value)}"
+            )
+    if isinstance(num_cpus, bool) or not isinstance(num_cpus, (int, float)) or num_cpus < 0:
+        raise ValueError(
+            f"run_dataset(num_cpus=...): a number of CPUs >= 0, got {safe_repr(num_cpus)}"
+        )
+    schema = dataset.schema()
+    if schema is not None:
+        missing = sorted({prompt_column, id_column} - set(schema.names))
+        if missing:
+            raise ValueError(
+                f"run_dataset: the dataset has no column {', '.join(map(repr, missing))}; "
+                "name the prompt and id columns with prompt_column= and id_column="
+            )
     options = {
-        "seed": seed, "max_concurrency": max_concurrency, "timeout": timeout, "retry": retry,
-        "limits": split_limits(limits, concurrency), "cache_spec": _cache_spec(cache),
-        "prompt_column": prompt_column, "id_column": id_column,
+        "seed": seed,
+        "max_concurrency": max_concurrency,
+        "timeout": timeout,
+        "retry": retry,
+        "limits": split_limits(limits, concurrency),
+        "cache_spec": _cache_spec(cache),
+        "prompt_column": prompt_column,
+        "id_column": id_column,
         "prices": DEFAULT_PRICES if prices is None else DEFAULT_PRICES | Prices(prices),
     }
+    # A worker that dies is restarted and its block run again: Ray Data's actor pools default
+    # to max_restarts=-1 and max_task_retries=-1, which the worker-kill test relies on.
     return dataset.map_batches(
         _Worker,
         fn_constructor_args=(step, client_factory, options),
         batch_size=batch_size,
         batch_format="numpy",
-        concurrency=concurrency,
+        compute=data.ActorPoolStrategy(size=concurrency),
         num_cpus=num_cpus,
-        # A worker that dies (a killed process) is replaced, and its block runs again.
-        max_restarts=-1,
-        max_task_retries=-1,
+        udf_modifying_row_count=False,
     )
 
 
 def _cache_spec(cache: Cache | str | os.PathLike[str] | None) -> tuple[str, str, str] | None:
+    """What a worker needs to open ``cache`` itself (an open SQLite file is not shipped)."""
     if cache is None:
         return None
     if isinstance(cache, Cache):
@@ -178,4 +262,3 @@ def _cache_spec(cache: Cache | str | os.PathLike[str] | None) -> tuple[str, str,
     if isinstance(cache, (str, os.PathLike)):
         return os.path.abspath(os.fspath(cache)), "rw", ""
     raise TypeError(f"run_dataset(cache=...): a moa.Cache or a path, not {safe_repr(cache)}")
-

@@ -116,3 +116,29 @@ def llama_server(model_path, tmp_path_factory):
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray cluster of 2 CPUs for the session (the tests marked ``ray``; skips, or fails
+    under CI, without Ray)."""
+    _need("ray", "pip install 'moa-dsl[ray]'")
+    import logging
+
+    import ray
+
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+        # The workers import the clients the tests define here, as the driver does.
+        runtime_env={"env_vars": {"PYTHONPATH": os.path.dirname(__file__)}},
+    )
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

@@ -78,7 +78,7 @@ def _run_options(p: argparse.ArgumentParser) -> None:
         "--max-concurrency",
         type=_positive,
         default=None,
-        help="calls in flight at once (in batch: per prompt)",
+        help="calls in flight at once (in batch: per prompt; with --ray: per worker, default 64)",
     )
     p.add_argument("--timeout", type=_seconds, default=None, help="seconds per call attempt")
     p.add_argument(
@@ -173,16 +173,40 @@ def _batch_parser(sub: Any) -> None:
         "from S and its id, as moa.run_many(prompts, ids=ids, seed=S). Exit status 1 "
         "when any prompt failed.",
     )
-    b.add_argument("input", metavar="INPUT.jsonl", help="the prompts ('-': stdin)")
+    b.add_argument(
+        "input",
+        metavar="INPUT",
+        help="the prompts: JSON Lines ('-': stdin), or Parquet (a .parquet file or folder "
+        "with a prompt column and an optional id column)",
+    )
     b.add_argument(
         "-o",
         "--output",
-        metavar="OUT.jsonl",
+        metavar="OUT",
         required=True,
-        help="where the results go (appended; read first to resume)",
+        help="where the results go, read first to resume: JSON Lines (appended), or "
+        "OUT.parquet, a folder of Parquet parts",
     )
     b.add_argument(
-        "--concurrency", type=_positive, default=4, help="prompts run at once (default: 4)"
+        "--concurrency",
+        type=_positive,
+        default=None,
+        help="prompts run at once (default: 4; not with --ray)",
+    )
+    b.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="run on a Ray cluster (moa-dsl[ray]): the one at ADDRESS ('auto': the one this "
+        "machine belongs to), or a local one started for this batch when none is given",
+    )
+    b.add_argument(
+        "--workers",
+        type=_positive,
+        default=None,
+        help="Ray workers, each running --max-concurrency calls at once (default: 2)",
     )
     _run_options(b)
     b.set_defaults(handler=batch_command)

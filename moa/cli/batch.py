@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import anyio
 
@@ -23,7 +23,17 @@ from .._pipeline import Step
 from .._run import run
 from ..errors import MoaError
 from . import progress, providers
-from .batchfile import Done, Item, items, read_done, result_line
+from .batchfile import (
+    Done,
+    Item,
+    Sink,
+    error_text,
+    is_parquet,
+    items,
+    open_sink,
+    read_done,
+    result_record,
+)
 from .common import (
     UsageError,
     check_writable,
@@ -106,7 +116,7 @@ async def _drive_batch(
     client: Any,
     concurrency: int,
     run_options: dict[str, Any],
-    report: Callable[[Item, str | None, History | None, BaseException | None], None],
+    report: Callable[[Item, str | None, History | None, str | None], None],
 ) -> None:
     """Run every item, at most ``concurrency`` at a time, reporting each as it finishes; the
     items are taken one at a time, as slots free."""
@@ -120,7 +130,7 @@ async def _drive_batch(
                 )
             except Exception as exc:  # the batch goes on; the error is that prompt's result
                 hist = exc.history if isinstance(exc, MoaError) else None
-                report(item, None, hist, exc)
+                report(item, None, hist, error_text(exc))
             else:
                 report(item, result, history, None)
         finally:
@@ -150,12 +160,22 @@ def batch_command(args: argparse.Namespace) -> int:
     parsed = parse_expression(args.pipeline) if args.pipeline is not None else None
     agent = model_option(args)
     load_prices(args.prices)  # a bad price file is a usage error before anything runs
-    check_writable("-o", args.output)
     out = Path(args.output)
+    parquet = is_parquet(out)
+    check_writable("-o", None if parquet else args.output)
+    if parquet and not out.parent.resolve().is_dir():
+        raise UsageError(f"-o {out}: folder {str(out.parent)!r} does not exist")
+    if args.ray is None and args.workers is not None:
+        raise UsageError("--workers is the number of Ray workers: it needs --ray")
+    if args.ray is not None and args.concurrency is not None:
+        raise UsageError(
+            "--concurrency is prompts in flight on this machine; with --ray, use --workers "
+            "and --max-concurrency (calls in flight in each worker)"
+        )
     done = read_done(out)
     # A file is read twice: once to check every line and count what is left before any call
     # is made, then again as the prompts run. Standard input is read once, checked as it goes.
-    total = _count_todo(args.input, args.seed, done, out) if args.input != "-" else None
+    total = _count_todo(args.input, args.seed, done, out, parquet) if args.input != "-" else None
     if not args.quiet and (done.ids or done.failed):
         print(
             f"moa: resuming {out}: {len(done.ids)} prompts already done"
@@ -166,10 +186,7 @@ def batch_command(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"batch: nothing to run, all prompts are done in {out}", file=sys.stderr)
         return 0
-    try:
-        sink = out.open("a", encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"-o {out}: {exc}") from None
+    sink = open_sink(out)
     cache = None
     try:
         cache = open_cache(args.cache, cache_namespace(args))
@@ -180,20 +197,45 @@ def batch_command(args: argparse.Namespace) -> int:
             cache.close()
         raise
     pipeline = build_pipeline(args, parsed, as_agent(agent, model))
-    todo = (item for item in items(args.input, args.seed) if not done.check(item, out))
+    todo: Iterator[Item] = (
+        item for item in items(args.input, args.seed) if not done.check(item, out)
+    )
+    if parquet:
+        todo = _one_id_type(todo, out)
     try:
-        with sink:
+        if args.ray is not None:
+            from .batchray import run_on_ray
+
+            failed = run_on_ray(args, pipeline, model, cache, todo, total, sink, len(done.ids))
+        else:
             failed = _run_batch(args, pipeline, client, cache, todo, total, sink, len(done.ids))
     finally:
+        sink.close()
         if cache is not None:
             cache.close()
     return 1 if failed else 0
 
 
-def _count_todo(path: str, seed: int | None, done: Done, out: Path) -> int:
+def _count_todo(path: str, seed: int | None, done: Done, out: Path, parquet: bool) -> int:
     """How many prompts of ``path`` OUT does not hold a success for; every line is checked
     (and an id whose prompt changed refused) before anything runs."""
-    return sum(not done.check(item, out) for item in items(path, seed))
+    todo = (item for item in items(path, seed) if not done.check(item, out))
+    return sum(1 for _ in (_one_id_type(todo, out) if parquet else todo))
+
+
+def _one_id_type(todo: Iterable[Item], out: Path) -> Iterator[Item]:
+    """``todo``, refusing an id whose type differs from the first's: a Parquet column holds
+    one type (and a moa batch's ids are all positions unless the input names them)."""
+    first: type | None = None
+    for item in todo:
+        first = first or type(item.id)
+        if type(item.id) is not first:
+            raise UsageError(
+                f"-o {out}: Parquet needs every id of one type, and id {item.id!r} (line "
+                f"{item.line}) is not a{'n' if first is int else ''} {first.__name__}; give "
+                "every prompt an id of one type, or write JSON Lines"
+            )
+        yield item
 
 
 def _run_batch(
@@ -203,37 +245,62 @@ def _run_batch(
     cache: Cache | None,
     todo: Iterable[Item],
     total: int | None,
-    sink: TextIO,
+    sink: Sink,
     skipped: int,
 ) -> int:
-    """Runs ``todo``, each result a line of ``sink`` as it finishes; how many failed."""
-    prices = prices_for(args, pipeline)
+    """Runs ``todo``, each result written to ``sink`` as it finishes; how many failed."""
     run_options = {"max_concurrency": args.max_concurrency, "timeout": args.timeout, "cache": cache}
-    spent = _Spent()
-    bar = _BatchBar(total, args.quiet)
-    start = time.monotonic()
+    with Report(args, pipeline, sink, total, skipped) as report:
+        concurrency = args.concurrency or DEFAULT_CONCURRENCY
+        anyio.run(_drive_batch, pipeline, todo, client, concurrency, run_options, report)
+    return report.bar.failed
 
-    def report(
-        item: Item, result: str | None, history: History | None, error: BaseException | None
+
+#: ``--concurrency``'s default: prompts run at once.
+DEFAULT_CONCURRENCY = 4
+
+
+class Report:
+    """Each finished prompt: its record written to the sink, the running totals and the
+    progress moved on; on leaving, the summary line."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        pipeline: Step,
+        sink: Sink,
+        total: int | None,
+        skipped: int,
     ) -> None:
-        # One write per line, flushed: an interruption loses only the prompts in flight.
-        sink.write(result_line(item, result, history, error, prices) + "\n")
-        sink.flush()
-        if history is not None:
-            spent.add(history, prices)
-        bar.finished(error is None)
+        self.args, self.sink, self.skipped = args, sink, skipped
+        self.prices = prices_for(args, pipeline)
+        self.spent = _Spent()
+        self.bar = _BatchBar(total, args.quiet)
+        self.start = time.monotonic()
 
-    with bar:
-        anyio.run(_drive_batch, pipeline, todo, client, args.concurrency, run_options, report)
-    if not args.quiet:
-        print(
-            f"batch: {bar.done - bar.failed} done, {bar.failed} failed, {skipped} skipped "
-            f"(already in {args.output})   tokens: {tokens(spent.input)} in, "
-            f"{tokens(spent.output)} out   cost: {spent.cost}   wall time: "
-            f"{time.monotonic() - start:.2f} s",
-            file=sys.stderr,
-        )
-    return bar.failed
+    def __call__(
+        self, item: Item, result: str | None, history: History | None, error: str | None
+    ) -> None:
+        self.sink.write(result_record(item, result, history, error, self.prices))
+        if history is not None:
+            self.spent.add(history, self.prices)
+        self.bar.finished(error is None)
+
+    def __enter__(self) -> Report:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(*exc)
+        if exc[0] is None and not self.args.quiet:
+            spent, bar = self.spent, self.bar
+            print(
+                f"batch: {bar.done - bar.failed} done, {bar.failed} failed, {self.skipped} "
+                f"skipped (already in {self.args.output})   tokens: {tokens(spent.input)} in, "
+                f"{tokens(spent.output)} out   cost: {spent.cost}   wall time: "
+                f"{time.monotonic() - self.start:.2f} s",
+                file=sys.stderr,
+            )
 
 
 class _Spent:

@@ -1,23 +1,32 @@
-"""The ``moa batch`` file format, read and written as it streams: no file is held whole.
+"""The ``moa batch`` file formats, read and written as they stream: no file is held whole.
 
 Input, JSON Lines: each line a JSON string (the prompt) or ``{"prompt": ..., "id": ...}``; the
 id defaults to the prompt's 0-based position among the prompts; ids are unique. Output, JSON
 Lines: one object per prompt as it finishes, with the id, the prompt, the result or error, the
 seed, calls, tokens, cost, the prices it was costed at and the whole history. Lines are split
 at ``\\n`` only, so prompts and answers may hold U+2028 and friends.
+
+Parquet (with pyarrow, which ``moa-dsl[ray]`` installs): an input ``.parquet`` file or folder
+with a ``prompt`` column and an optional ``id`` column; an output ``OUT.parquet`` is a folder of
+part files (``pandas.read_parquet`` and ``ray.data.read_parquet`` read it whole) with the
+JSON Lines fields as columns, ``prices`` and ``history`` as JSON text. A part is written
+(atomically) every 1,000 results or 10 seconds and when the batch ends, so a killed batch
+loses at most the results since the last part; they run again on resume.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from .._client import unicode_error
 from .._cost import Prices, cost
@@ -26,7 +35,18 @@ from .._seeds import row_seed
 from .common import UsageError, dumps, loads, short
 from .options import saved_prices
 
-__all__ = ("Done", "Item", "items", "read_done", "result_line")
+__all__ = (
+    "Done",
+    "Item",
+    "Sink",
+    "error_text",
+    "is_parquet",
+    "items",
+    "open_sink",
+    "read_done",
+    "result_line",
+    "result_record",
+)
 
 
 @dataclass(slots=True)
@@ -60,17 +80,20 @@ def _open(path: str) -> contextlib.AbstractContextManager[IO[bytes]]:
         raise UsageError(f"{path}: {exc}") from None
 
 
-def _item(raw: str, where: str, position: int) -> Item:
-    """The prompt one input line gives (its id defaulting to ``position``); UsageError for a
-    line that is not one."""
+def _json_line(raw: str, where: str) -> Any:
     try:
-        value = loads(raw)
+        return loads(raw)
     except ValueError as exc:
         reason = exc.msg if isinstance(exc, json.JSONDecodeError) else short(str(exc), 80)
         raise UsageError(
             f"{where}: not JSON ({reason}); each line must be "
             '{"prompt": "...", "id": ...} or a JSON string'
         ) from None
+
+
+def _item(value: Any, raw: str, where: str, position: int) -> Item:
+    """The prompt one input row gives (its id defaulting to ``position``); UsageError for a
+    row that is not one. ``raw`` is the row as written, for the message."""
     if isinstance(value, str):
         prompt, ident = value, position
     elif isinstance(value, dict) and "prompt" in value:
@@ -100,23 +123,66 @@ def items(path: str, seed: int | None) -> Iterator[Item]:
     the seed ``moa.run_many(prompts, ids=ids, seed=seed)`` gives it: from ``seed`` and its id,
     so a prompt keeps its seed however the batch is resumed, reordered or split."""
     seen: dict[str, int] = {}
-    with _open(path) as stream:
-        for lineno, raw in _lines(stream, path):
-            if not raw.strip():
-                continue
-            item = _item(raw, f"{path} line {lineno}", len(seen))
-            key = json.dumps(item.id)
-            if key in seen:
-                raise UsageError(
-                    f"{path} line {lineno}: id {item.id!r} is already used on line "
-                    f"{seen[key]}; ids must be unique, as a resumed batch skips the ids done"
-                )
-            seen[key] = item.line = lineno
-            if seed is not None:
-                item.seed = row_seed(seed, item.id)
-            yield item
+    kind = "row" if is_parquet(path) else "line"
+    for lineno, value, raw in _rows(path):
+        item = _item(value, raw, f"{path} {kind} {lineno}", len(seen))
+        key = json.dumps(item.id)
+        if key in seen:
+            raise UsageError(
+                f"{path} {kind} {lineno}: id {item.id!r} is already used on {kind} "
+                f"{seen[key]}; ids must be unique, as a resumed batch skips the ids done"
+            )
+        seen[key] = item.line = lineno
+        if seed is not None:
+            item.seed = row_seed(seed, item.id)
+        yield item
     if not seen:
         raise UsageError(f"{path}: no prompts")
+
+
+def is_parquet(path: str | Path) -> bool:
+    """Whether a batch file is Parquet: a ``.parquet`` name, or an input folder."""
+    return str(path).endswith(".parquet") or (str(path) != "-" and os.path.isdir(path))
+
+
+def _rows(path: str) -> Iterator[tuple[int, Any, str]]:
+    """(line or row number, value, the row as written) of the input, as it is read."""
+    if is_parquet(path):
+        yield from _parquet_rows(path)
+        return
+    with _open(path) as stream:
+        for lineno, raw in _lines(stream, path):
+            if raw.strip():
+                yield lineno, _json_line(raw, f"{path} line {lineno}"), raw
+
+
+def _parquet_rows(path: str) -> Iterator[tuple[int, Any, str]]:
+    pa_dataset = _pyarrow("dataset")
+    try:
+        data = pa_dataset.dataset(path, format="parquet")
+        names = set(data.schema.names)
+        if "prompt" not in names:
+            raise UsageError(f"{path}: no 'prompt' column (it has {sorted(names)})")
+        batches = data.to_batches(columns=[c for c in ("prompt", "id") if c in names])
+        row = 0
+        for batch in batches:
+            for value in batch.to_pylist():
+                row += 1
+                if "id" in value and value["id"] is None:
+                    del value["id"]  # a missing id is the row's position, as in JSON Lines
+                yield row, value, short(repr(value), 60)
+    except (OSError, ValueError) as exc:  # pyarrow's errors are OSError and ValueError kinds
+        raise UsageError(f"{path}: not a Parquet input: {short(str(exc), 200)}") from None
+
+
+def _pyarrow(module: str) -> Any:
+    """``pyarrow.<module>``, or the install command."""
+    try:
+        return importlib.import_module(f"pyarrow.{module}")
+    except ImportError:
+        raise UsageError(
+            "Parquet files need pyarrow: pip install pyarrow (moa-dsl[ray] has it)"
+        ) from None
 
 
 def digest(prompt: str) -> bytes:
@@ -147,9 +213,11 @@ class Done:
 
 
 def read_done(path: Path) -> Done:
-    """What OUT holds, read line by line. OUT is rewritten (as it streams, into a file beside
+    """What OUT holds (a Parquet OUT: see :func:`_read_done_parquet`), read line by line. OUT is rewritten (as it streams, into a file beside
     it) without its failed lines, without a last line cut off by a kill, and ending in a
     newline, so the next result starts a line of its own."""
+    if is_parquet(path):
+        return _read_done_parquet(path)
     done = Done({})
     if not path.exists():
         return done
@@ -205,6 +273,35 @@ def _ends_with_newline(path: Path) -> bool:
         return f.read(1) == b"\n"
 
 
+def result_record(
+    item: Item,
+    result: str | None,
+    history: History | None,
+    error: str | None,
+    prices: Prices,
+) -> dict[str, Any]:
+    """The output record of one finished prompt; ``error`` is its text, None on success."""
+    c = cost(history, prices) if history is not None else None
+    return {
+        "id": item.id,
+        "prompt": item.prompt,
+        "result": result,
+        "error": error,
+        "seed": history.seed if history is not None else item.seed,
+        "calls": history.total_calls if history is not None else 0,
+        "input_tokens": history.input_tokens if history is not None else None,
+        "output_tokens": history.output_tokens if history is not None else None,
+        "cost": None if c is None else c.total,
+        "prices": None if history is None else saved_prices(prices, history),
+        "history": None if history is None else history.to_dict(),
+    }
+
+
+def error_text(error: BaseException) -> str:
+    """How a failed prompt's error is written: its message (its type when it has none)."""
+    return str(error) or type(error).__name__
+
+
 def result_line(
     item: Item,
     result: str | None,
@@ -213,19 +310,140 @@ def result_line(
     prices: Prices,
 ) -> str:
     """The output line of one finished prompt (without its newline)."""
-    c = cost(history, prices) if history is not None else None
-    return dumps(
-        {
-            "id": item.id,
-            "prompt": item.prompt,
-            "result": result,
-            "error": None if error is None else (str(error) or type(error).__name__),
-            "seed": history.seed if history is not None else item.seed,
-            "calls": history.total_calls if history is not None else 0,
-            "input_tokens": history.input_tokens if history is not None else None,
-            "output_tokens": history.output_tokens if history is not None else None,
-            "cost": None if c is None else c.total,
-            "prices": None if history is None else saved_prices(prices, history),
-            "history": None if history is None else history.to_dict(),
-        }
-    )
+    text = None if error is None else error_text(error)
+    return dumps(result_record(item, result, history, text, prices))
+
+
+class Sink(Protocol):
+    """Where a batch's records go as they finish."""
+
+    def write(self, record: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class JsonlSink:
+    """OUT as JSON Lines: a line per record, flushed, so a kill loses only what was running."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            self.file = path.open("a", encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"-o {path}: {exc}") from None
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.file.write(dumps(record) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+#: A Parquet OUT's columns, in order; ``prices`` and ``history`` hold JSON text.
+PARQUET_COLUMNS = (
+    "id", "prompt", "result", "error", "seed", "calls", "input_tokens", "output_tokens", "cost",
+    "prices", "history",
+)  # fmt: skip
+
+
+class ParquetSink:
+    """OUT as a folder of Parquet parts, each written whole (to a temporary name, then renamed)
+    every ``rows`` records or ``seconds`` seconds and on close."""
+
+    def __init__(self, path: Path, rows: int = 1000, seconds: float = 10.0) -> None:
+        self.pa = _pyarrow("lib")
+        self.pq = _pyarrow("parquet")
+        self.path, self.rows, self.seconds = path, rows, seconds
+        try:
+            path.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"-o {path}: {exc}") from None
+        parts = sorted(path.glob("part-*.parquet"), key=_part_number)
+        self.part = 1 + (_part_number(parts[-1]) if parts else -1)
+        # Every part has one schema (a part of failures alone would otherwise type its result
+        # column as null); the id's type is the one OUT already holds, else the first id's.
+        self.id_type = self.pq.read_schema(parts[-1]).field("id").type if parts else None
+        self.buffer: list[dict[str, Any]] = []
+        self.since = time.monotonic()
+
+    def write(self, record: dict[str, Any]) -> None:
+        row = dict(record)
+        for name in ("prices", "history"):
+            row[name] = None if row[name] is None else dumps(row[name])
+        self.buffer.append(row)
+        if len(self.buffer) >= self.rows or time.monotonic() - self.since >= self.seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        self.since = time.monotonic()
+        if not self.buffer:
+            return
+        pa = self.pa
+        if self.id_type is None:
+            self.id_type = pa.int64() if isinstance(self.buffer[0]["id"], int) else pa.string()
+        text, whole = pa.string(), pa.int64()
+        types = (self.id_type, text, text, text, whole, whole, whole, whole, pa.float64())
+        schema = pa.schema(list(zip(PARQUET_COLUMNS, (*types, text, text), strict=True)))
+        try:
+            table = pa.Table.from_pylist(self.buffer, schema=schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise UsageError(
+                f"-o {self.path}: Parquet needs every id of one type (all strings or all "
+                f"integers): {short(str(exc), 120)}"
+            ) from None
+        final = self.path / f"part-{self.part:06d}.parquet"
+        tmp = final.with_suffix(".tmp")
+        self.pq.write_table(table, tmp)
+        os.replace(tmp, final)
+        self.part += 1
+        self.buffer.clear()
+
+    def close(self) -> None:
+        self.flush()
+
+
+def open_sink(path: Path) -> Sink:
+    return ParquetSink(path) if is_parquet(path) else JsonlSink(path)
+
+
+def _part_number(part: Path) -> int:
+    digits = part.stem.removeprefix("part-")
+    return int(digits) if digits.isdigit() else -1
+
+
+def _read_done_parquet(path: Path) -> Done:
+    """What a Parquet OUT holds; a part holding failures is rewritten without them, and
+    temporary files a kill left are removed."""
+    done = Done({})
+    if not path.exists():
+        return done
+    if not path.is_dir():
+        raise UsageError(f"-o {path}: a Parquet output is a folder of parts, and this is a file")
+    pq = _pyarrow("parquet")
+    compute = _pyarrow("compute")
+    for tmp in path.glob("part-*.tmp"):
+        tmp.unlink()
+    for part in sorted(path.glob("part-*.parquet")):
+        try:
+            table = pq.read_table(part)
+        except (OSError, ValueError) as exc:
+            raise UsageError(
+                f"-o {part} is not a moa batch part ({short(str(exc), 120)}); remove it, or "
+                "write to another folder"
+            ) from None
+        missing = {"id", "prompt", "error"} - set(table.column_names)
+        if missing:
+            raise UsageError(f"-o {part} is not a moa batch part (no {sorted(missing)} column)")
+        failed = table.column("error").is_valid()
+        n_failed = compute.sum(failed).as_py() or 0
+        if n_failed:
+            table = table.filter(compute.invert(failed))
+            done.failed += n_failed
+            tmp = part.with_suffix(".tmp")
+            pq.write_table(table, tmp)
+            os.replace(tmp, part)
+        for ident, prompt in zip(
+            table.column("id").to_pylist(), table.column("prompt").to_pylist(), strict=True
+        ):
+            done.ids[json.dumps(ident)] = (digest(prompt), short(prompt, 40))
+    return done

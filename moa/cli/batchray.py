@@ -1,0 +1,122 @@
+"""``moa batch --ray``: the same batch on a Ray cluster, through :func:`moa.ray.run_dataset`.
+
+This machine (the driver) reads and checks the input, skips what OUT already holds, and writes
+each result to OUT as Ray hands it back, in the same format as a batch run here, so a batch
+resumes the same way and a seeded one gives the same results. The driver holds the prompts
+left to run (not their results); the workers make their own clients."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from collections.abc import Iterable
+from functools import partial
+from typing import Any, cast
+
+from .._cache import Cache
+from .._history import History
+from .._pipeline import Step
+from ..clients._extras import MissingExtraError
+from .batch import Report
+from .batchfile import Item, Sink
+from .common import UsageError
+
+__all__ = ("run_on_ray",)
+
+#: ``--workers``' default, and ``--max-concurrency``'s with ``--ray``: calls in flight a worker.
+DEFAULT_WORKERS = 2
+DEFAULT_WORKER_CALLS = 64
+
+
+def run_on_ray(
+    args: argparse.Namespace,
+    pipeline: Step,
+    model: str,
+    cache: Cache | None,
+    todo: Iterable[Item],
+    total: int | None,
+    sink: Sink,
+    skipped: int,
+) -> int:
+    """Runs ``todo`` on Ray, each result written to ``sink`` as it comes back; how many
+    failed."""
+    try:
+        import ray
+        import ray.data
+
+        from ..ray import run_dataset
+    except ImportError:
+        raise MissingExtraError(
+            "moa batch --ray needs Ray, which is not installed: pip install 'moa-dsl[ray]'"
+        ) from None
+    workers = args.workers or DEFAULT_WORKERS
+    by_id = {json.dumps(item.id): item for item in todo}
+    report = Report(args, pipeline, sink, len(by_id) if total is None else total, skipped)
+    if not by_id:
+        with report:
+            return 0
+    started = _connect(ray, args.ray)
+    try:
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        rows = [{"id": item.id, "prompt": item.prompt} for item in by_id.values()]
+        results = run_dataset(
+            pipeline,
+            ray.data.from_items(rows),
+            partial(worker_client, args.provider, args.base_url, args.model, workers),
+            seed=args.seed,
+            max_concurrency=args.max_concurrency or DEFAULT_WORKER_CALLS,
+            concurrency=workers,
+            cache=cache,
+            timeout=args.timeout,
+            prices=report.prices,
+        )
+        with report:
+            for batch in results.iter_batches(batch_format="pyarrow", batch_size=None):
+                for row in cast("Any", batch).to_pylist():
+                    _write(report, by_id, row)
+    finally:
+        if started:
+            ray.shutdown()
+    return report.bar.failed
+
+
+def _connect(ray: Any, address: str) -> bool:
+    """Joins the cluster at ``address`` or starts a local one; whether it started one (then
+    it is shut down after the batch). A Ray already initialised in this process is used."""
+    if ray.is_initialized():
+        return False
+    options: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
+    try:
+        if address:
+            ray.init(address=address, **options)
+        else:
+            ray.init(include_dashboard=False, **options)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = f"the Ray cluster at {address!r}" if address else "a local Ray cluster"
+        raise UsageError(f"--ray: cannot reach {where}: {exc}") from None
+    return True
+
+
+def _write(report: Report, by_id: dict[str, Item], row: dict[str, Any]) -> None:
+    item = by_id[json.dumps(row["id"])]
+    text = row["history"]
+    history = None if text is None else History.from_dict(json.loads(text))
+    report(item, row["result"], history, None if row["ok"] else row["error"])
+
+
+def worker_client(provider: str, base_url: str | None, model: str | None, workers: int) -> Any:
+    """A Ray worker's client, made in the worker from the command's options (an API key is
+    read from the worker's environment). The embedded model gets an equal share of this
+    machine's cores per worker (``$MOA_THREADS`` overrides), as every worker of a local
+    cluster loads its own copy and llama.cpp threads that outnumber the cores spin."""
+    from .providers import make_client
+
+    if provider == "local" and not base_url and "MOA_THREADS" not in os.environ:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            cores = os.cpu_count() or 1
+        os.environ["MOA_THREADS"] = str(max(1, cores // workers))
+    return make_client(provider, base_url, model)[0]

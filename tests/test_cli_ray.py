@@ -1,0 +1,170 @@
+"""``moa batch`` with Parquet files (in and out, resumable) and ``--ray`` (the same batch on a
+local Ray cluster, with the same results as on this machine, on the real model)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import _need
+from scripted import ScriptedClient
+
+import moa.cli as cli
+from moa import History
+from moa.cli import main
+
+PIPE = "Propose(['m', 'n']) | Shuffle() | Aggregate('m')"
+
+
+@pytest.fixture
+def pyarrow():
+    _need("pyarrow", "pip install pyarrow (moa-dsl[ray] has it)")
+    import pyarrow
+    import pyarrow.parquet
+
+    return pyarrow
+
+
+@pytest.fixture
+def client(monkeypatch):
+    c = ScriptedClient(permanent={"bad"})
+    monkeypatch.setattr(cli.providers, "make_client", lambda provider, base_url, model: (c, "m"))
+    return c
+
+
+def _write_parquet(pa, path: Path, rows: list[dict]) -> None:
+    pa.parquet.write_table(pa.Table.from_pylist(rows), path)
+
+
+def _read_parquet(pa, path: Path) -> dict:
+    table = pa.parquet.read_table(path)
+    out = {}
+    for row in table.to_pylist():
+        assert row["id"] not in out, "an id written twice"
+        out[row["id"]] = row
+    return out
+
+
+def _read_jsonl(path: Path) -> dict:
+    return {json.loads(line)["id"]: json.loads(line) for line in path.read_text().splitlines()}
+
+
+def test_parquet_in_and_out_gives_the_json_lines_results(pyarrow, client, tmp_path):
+    rows = [{"id": f"r{i}", "prompt": f"question {i}?"} for i in range(30)]
+    _write_parquet(pyarrow, tmp_path / "in.parquet", rows)
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = ["--pipeline", PIPE, "--seed", "3", "-q"]
+    assert (
+        main(["batch", str(tmp_path / "in.parquet"), "-o", str(tmp_path / "out.parquet"), *common])
+        == 0
+    )
+    assert (
+        main(["batch", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"), *common]) == 0
+    )
+    parquet = _read_parquet(pyarrow, tmp_path / "out.parquet")
+    jsonl = _read_jsonl(tmp_path / "out.jsonl")
+    assert set(parquet) == set(jsonl) == {r["id"] for r in rows}
+    for ident, line in jsonl.items():
+        row = parquet[ident]
+        assert (row["result"], row["seed"], row["calls"]) == (
+            line["result"],
+            line["seed"],
+            line["calls"],
+        )
+        assert History.from_dict(json.loads(row["history"])) == History.from_dict(line["history"])
+        assert json.loads(row["prices"]) == line["prices"]
+
+
+def test_a_parquet_output_resumes_running_only_what_failed_or_is_missing(
+    pyarrow, client, monkeypatch, tmp_path
+):
+    rows = [{"prompt": f"question {i}?"} for i in range(6)]  # ids: positions, as in JSON Lines
+    src, out = tmp_path / "in.parquet", tmp_path / "out.parquet"
+    _write_parquet(pyarrow, src, rows)
+    failing = "Propose(['bad']) | Aggregate('m')"  # every run fails: all recorded
+    assert main(["batch", str(src), "-o", str(out), "--pipeline", failing, "-q"]) == 1
+    assert sorted(_read_parquet(pyarrow, out)) == list(range(6))
+    assert all(r["error"] for r in _read_parquet(pyarrow, out).values())
+    # A part left half-written by a kill is a temporary file: ignored and removed.
+    (out / "part-000099.tmp").write_bytes(b"PAR1 cut off")
+    assert main(["batch", str(src), "-o", str(out), "--pipeline", PIPE, "-q"]) == 0
+    done = _read_parquet(pyarrow, out)
+    assert sorted(done) == list(range(6)) and not any(r["error"] for r in done.values())
+    assert not list(out.glob("*.tmp"))
+    calls = len(client.calls)
+    assert main(["batch", str(src), "-o", str(out), "--pipeline", PIPE]) == 0
+    assert len(client.calls) == calls  # nothing left to run
+
+
+def test_parquet_mistakes_are_usage_errors_before_any_call(pyarrow, client, capsys, tmp_path):
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text('{"prompt": "a?", "id": 1}\n{"prompt": "b?", "id": "two"}\n')
+    assert main(["batch", str(mixed), "-o", str(tmp_path / "o.parquet"), "--pipeline", PIPE]) == 2
+    assert "Parquet needs every id of one type" in capsys.readouterr().err
+    _write_parquet(pyarrow, tmp_path / "noprompt.parquet", [{"text": "a?"}])
+    assert (
+        main(
+            [
+                "batch",
+                str(tmp_path / "noprompt.parquet"),
+                "-o",
+                str(tmp_path / "o.jsonl"),
+                "--pipeline",
+                PIPE,
+            ]
+        )
+        == 2
+    )
+    assert "no 'prompt' column" in capsys.readouterr().err
+    (tmp_path / "file.parquet").write_text("not a folder")
+    assert (
+        main(["batch", str(mixed), "-o", str(tmp_path / "file.parquet"), "--pipeline", PIPE]) == 2
+    )
+    assert "folder of parts" in capsys.readouterr().err
+    assert client.calls == []
+
+
+def test_ray_options_are_checked_before_any_call(client, capsys, tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text('"a?"\n')
+    out = str(tmp_path / "o.jsonl")
+    assert main(["batch", str(src), "-o", out, "--pipeline", PIPE, "--workers", "2"]) == 2
+    assert "--workers is the number of Ray workers: it needs --ray" in capsys.readouterr().err
+    assert (
+        main(["batch", str(src), "-o", out, "--pipeline", PIPE, "--ray", "--concurrency", "2"]) == 2
+    )
+    assert "with --ray, use --workers" in capsys.readouterr().err
+    assert client.calls == []
+
+
+@pytest.mark.ray
+@pytest.mark.local
+def test_a_seeded_batch_on_ray_equals_the_same_batch_here_and_resumes(
+    ray_cluster, model_path, tmp_path
+):
+    src = tmp_path / "in.jsonl"
+    questions = ["Name a color.", "Name an animal.", "Name a planet."]
+    src.write_text("".join(json.dumps(q) + "\n" for q in questions))
+    args = [
+        "--pipeline",
+        "Propose(['m'] * 2, max_tokens=12) | Aggregate('m', max_tokens=12)",
+        "--seed",
+        "1",
+        "-q",
+    ]
+    here, on_ray = tmp_path / "here.jsonl", tmp_path / "ray.jsonl"
+    assert main(["batch", str(src), "-o", str(here), *args]) == 0
+    assert main(["batch", str(src), "-o", str(on_ray), "--ray", "--workers", "2", *args]) == 0
+
+    def results(path):
+        return {
+            ident: (doc["result"], doc["seed"], History.from_dict(doc["history"]))
+            for ident, doc in _read_jsonl(path).items()
+        }
+
+    assert results(on_ray) == results(here) and len(results(here)) == 3
+    # As if killed after its first result: keep one line, then resume on Ray.
+    on_ray.write_text(on_ray.read_text().splitlines()[0] + "\n")
+    assert main(["batch", str(src), "-o", str(on_ray), "--ray", *args]) == 0
+    assert results(on_ray) == results(here)

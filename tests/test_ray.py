@@ -1,0 +1,199 @@
+"""``moa.ray.run_dataset`` on a local Ray cluster (the tests marked ``ray``): the same results as
+``run_many``, however Ray splits the rows; every row exactly once when a worker dies; failed
+and unusable rows kept as ``ok=False``; limits split among workers. ``moa batch --ray`` on the
+real model is in test_cli_ray.py."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+
+import anyio
+import pytest
+
+import moa
+from moa import Aggregate, Dropout, History, Limits, ModelLimit, Propose, Shuffle
+from moa.ray import OUTPUT_COLUMNS, split_limits
+
+PIPELINE = Propose(["a", "b", "c"], temp=0.7) | Shuffle() | Dropout(0.4) | Aggregate("j")
+
+
+async def seeded_client(
+    *, model: str, messages: list[dict[str, str]], temp: float, max_tokens: int, seed=None
+):
+    """A client whose reply is a function of the model, the messages and the call's seed, so
+    a row given another seed (or another call's) answers differently."""
+    await anyio.sleep(0.001)
+    digest = hashlib.sha256(repr((model, messages, seed)).encode()).hexdigest()
+    if "fail" in messages[-1]["content"] and model == "j":
+        raise moa.ProviderError("scripted refusal", model=model, retryable=False, status=400)
+    return f"{model} says {digest[:8]}", len(messages), 3
+
+
+def make_seeded():
+    return seeded_client
+
+
+def dying_client(marker: str, pids: str, victim: str):
+    """``seeded_client``, but the first worker to see ``victim`` kills its own process mid-call
+    (``os.kill`` of the actor's PID, as an OOM killer or a lost node would), once."""
+    Path(pids, str(os.getpid())).touch()
+
+    async def client(*, model, messages, temp, max_tokens, seed=None):
+        if victim in messages[-1]["content"] and not os.path.exists(marker):
+            Path(marker).touch()
+            await anyio.sleep(0.05)  # the rest of the block is in flight
+            os.kill(os.getpid(), signal.SIGKILL)
+        return await seeded_client(
+            model=model, messages=messages, temp=temp, max_tokens=max_tokens, seed=seed
+        )
+
+    return client
+
+
+def rows(n: int) -> list[dict]:
+    return [{"id": f"q{i:03d}", "prompt": f"question {i}?"} for i in range(n)]
+
+
+def by_id(out: list[dict]) -> dict:
+    ids = [r["id"] for r in out]
+    assert len(ids) == len(set(ids)), "a row came back twice"
+    return {r["id"]: r for r in out}
+
+
+def expected(data: list[dict], seed: int):
+    results = anyio.run(
+        partial(
+            moa.run_many,
+            PIPELINE,
+            [r["prompt"] for r in data],
+            seeded_client,
+            seed=seed,
+            ids=[r["id"] for r in data],
+        )
+    )
+    return {r.id: r for r in results}
+
+
+@pytest.mark.ray
+def test_the_results_and_histories_are_run_manys_however_ray_splits_the_rows(ray_cluster):
+    from moa.ray import run_dataset
+
+    data = rows(60)
+    want = expected(data, seed=11)
+    for blocks, batch_size, workers in ((7, 8, 2), (1, 60, 1)):
+        dataset = ray_cluster.data.from_items(data).repartition(blocks)
+        out = by_id(
+            run_dataset(
+                PIPELINE,
+                dataset,
+                make_seeded,
+                seed=11,
+                batch_size=batch_size,
+                concurrency=workers,
+            ).take_all()
+        )
+        assert set(out) == set(want)
+        for ident, r in want.items():
+            row = out[ident]
+            assert set(OUTPUT_COLUMNS) <= set(row)
+            assert row["ok"] and row["error"] is None
+            assert row["result"] == r.result
+            assert History.from_dict(json.loads(row["history"])) == r.history
+            assert row["input_tokens"] == r.history.input_tokens
+            assert row["output_tokens"] == r.history.output_tokens
+            assert row["prompt"] == r.prompt  # the input columns are kept
+    # The seed reaches the rows: another seed gives other answers.
+    other = expected(data, seed=12)
+    assert sum(other[i].result != want[i].result for i in want) > 50
+
+
+@pytest.mark.ray
+def test_a_failed_or_unusable_row_is_a_row_with_ok_false_never_a_lost_one(ray_cluster):
+    from moa.ray import run_dataset
+
+    data = rows(20) + [
+        {"id": "f1", "prompt": "please fail"},
+        {"id": "e1", "prompt": "   "},
+        {"id": "n1", "prompt": None},
+        {"id": "q000", "prompt": "a second row with a used id"},
+    ]
+    dataset = ray_cluster.data.from_items(data).repartition(1)
+    out = run_dataset(PIPELINE, dataset, make_seeded, seed=1, concurrency=1).take_all()
+    assert len(out) == len(data)
+    failed = {(r["id"], r["prompt"]): r for r in out if not r["ok"]}
+    assert set(failed) == {
+        ("f1", "please fail"),
+        ("e1", "   "),
+        ("n1", None),
+        ("q000", "a second row with a used id"),
+    }
+    assert "scripted refusal" in failed["f1", "please fail"]["error"]
+    assert failed["f1", "please fail"]["history"] is not None  # what ran before the failure
+    assert "non-empty str" in failed["e1", "   "]["error"]
+    assert "given twice" in failed["q000", "a second row with a used id"]["error"]
+    assert all(r["result"] is None for r in failed.values())
+    assert sum(r["ok"] for r in out) == 20
+
+
+@pytest.mark.ray
+def test_a_worker_killed_mid_block_costs_a_retry_of_its_block_not_the_batch(ray_cluster, tmp_path):
+    from moa.ray import run_dataset
+
+    data = rows(80)
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    marker = tmp_path / "killed"
+    factory = partial(dying_client, str(marker), str(pids), "question 37?")
+    dataset = ray_cluster.data.from_items(data).repartition(8)
+    out = by_id(
+        run_dataset(
+            PIPELINE, dataset, factory, seed=5, batch_size=10, concurrency=2, num_cpus=0.25
+        ).take_all()
+    )
+    assert marker.exists(), "no worker was killed: the test proved nothing"
+    assert len(list(pids.iterdir())) >= 3, "no worker was started in place of the killed one"
+    want = expected(data, seed=5)
+    assert set(out) == set(want)  # every id exactly once (by_id refuses repeats)
+    assert all(out[i]["ok"] and out[i]["result"] == want[i].result for i in want)
+
+
+def test_limits_are_split_evenly_among_the_workers():
+    limits = Limits(
+        {"a": ModelLimit(concurrency=9, rpm=600, tpm=10_000), "b": ModelLimit(rpm=1)},
+        default=ModelLimit(concurrency=2),
+    )
+    half = split_limits(limits, 2)
+    assert half.per_model["a"] == ModelLimit(concurrency=4, rpm=300, tpm=5_000)
+    assert half.per_model["b"] == ModelLimit(rpm=1)  # at least one a minute
+    assert half.default == ModelLimit(concurrency=1)
+    assert split_limits(None, 3) is None
+    whole = split_limits(limits, 1)
+    assert (whole.per_model, whole.default) == (limits.per_model, limits.default)
+
+
+@pytest.mark.ray
+def test_bad_arguments_are_refused_before_anything_runs(ray_cluster):
+    from moa.ray import run_dataset
+
+    dataset = ray_cluster.data.from_items(rows(2))
+    with pytest.raises(ValueError, match="no column 'text'"):
+        run_dataset(PIPELINE, dataset, make_seeded, prompt_column="text")
+    with pytest.raises(TypeError, match="client_factory"):
+        run_dataset(PIPELINE, dataset, 42)
+    with pytest.raises(ValueError, match="concurrency must be an int >= 1"):
+        run_dataset(PIPELINE, dataset, make_seeded, concurrency=0)
+    with pytest.raises(TypeError, match="run_dataset"):
+        run_dataset("Propose(['a'])", dataset, make_seeded)
+
+
+def test_import_moa_never_imports_ray():
+    code = "import sys, moa, moa.clients, moa.recipes; print('ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
