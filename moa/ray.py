@@ -87,10 +87,15 @@ class _Worker:
         # Made on the loop's thread: a client may bind a connection pool to its loop.
         self.client = self.portal.call(_call, client_factory)
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, batch: Any) -> Any:
+        """One block (a ``pyarrow.Table``): its rows run, its columns and ours returned."""
         rows = [
             _row(prompt, ident)
-            for prompt, ident in zip(batch[self.prompt_column], batch[self.id_column], strict=True)
+            for prompt, ident in zip(
+                batch.column(self.prompt_column).to_pylist(),
+                batch.column(self.id_column).to_pylist(),
+                strict=True,
+            )
         ]
         _refuse_repeats(rows)
         runnable = [(i, row) for i, row in enumerate(rows) if isinstance(row, tuple)]
@@ -101,9 +106,20 @@ class _Worker:
         outcome: list[RunResult | str] = [row if isinstance(row, str) else "" for row in rows]
         for (i, _), result in zip(runnable, results, strict=True):
             outcome[i] = result
-        out = dict(batch)
-        out.update(self._columns(outcome))
-        return out
+        pa = require("pyarrow", "ray", "moa.ray.run_dataset")
+        # Typed columns: a block whose every row failed must not type `result` as null.
+        types = {
+            "result": pa.string(),
+            "ok": pa.bool_(),
+            "error": pa.string(),
+            "history": pa.string(),
+            "input_tokens": pa.int64(),
+            "output_tokens": pa.int64(),
+            "cost": pa.float64(),
+        }
+        for name, values in self._columns(outcome).items():
+            batch = batch.append_column(name, pa.array(values, type=types[name]))
+        return batch
 
     async def _run(self, prompts: list[str], ids: list[str | int]) -> list[RunResult]:
         return await run_many(
@@ -229,6 +245,12 @@ def run_dataset(
                 f"run_dataset: the dataset has no column {', '.join(map(repr, missing))}; "
                 "name the prompt and id columns with prompt_column= and id_column="
             )
+        taken = [name for name in OUTPUT_COLUMNS if name in schema.names]
+        if taken:
+            raise ValueError(
+                f"run_dataset: the dataset already has column {', '.join(map(repr, taken))}, "
+                f"which run_dataset adds; rename or drop it first"
+            )
     options = {
         "seed": seed,
         "max_concurrency": max_concurrency,
@@ -246,7 +268,7 @@ def run_dataset(
         _Worker,
         fn_constructor_args=(step, client_factory, options),
         batch_size=batch_size,
-        batch_format="numpy",
+        batch_format="pyarrow",
         compute=data.ActorPoolStrategy(size=concurrency),
         num_cpus=num_cpus,
         udf_modifying_row_count=False,

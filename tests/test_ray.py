@@ -185,6 +185,8 @@ def test_bad_arguments_are_refused_before_anything_runs(ray_cluster):
     dataset = ray_cluster.data.from_items(rows(2))
     with pytest.raises(ValueError, match="no column 'text'"):
         run_dataset(PIPELINE, dataset, make_seeded, prompt_column="text")
+    with pytest.raises(ValueError, match="already has column 'result'"):
+        run_dataset(PIPELINE, dataset.add_column("result", lambda df: df["prompt"]), make_seeded)
     with pytest.raises(TypeError, match="client_factory"):
         run_dataset(PIPELINE, dataset, 42)
     with pytest.raises(ValueError, match="concurrency must be an int >= 1"):

@@ -59,7 +59,9 @@ def run_on_ray(
             return 0
     started = _connect(ray, args.ray)
     try:
+        # moa prints its own progress: Ray Data's bars and INFO lines would interleave with it.
         ray.data.DataContext.get_current().enable_progress_bars = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
         rows = [{"id": item.id, "prompt": item.prompt} for item in by_id.values()]
         results = run_dataset(
             pipeline,
