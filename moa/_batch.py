@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -120,9 +120,7 @@ async def _drive(
     seeded = accepts_seed(client)
     seeds = _seeds(seed, ids, len(prompts))
     done = 0
-
-    def ident(i: int) -> str | int | None:
-        return None if ids is None else ids[i]
+    idents: Sequence[str | int | None] = ids if ids is not None else [None] * len(prompts)
 
     async def one(i: int) -> None:
         nonlocal done
@@ -130,10 +128,10 @@ async def _drive(
         state.calls = calls
         try:
             result, history = await walk(step, prompts[i], state, _seed(seeds[i]))
-            outcome = RunResult(i, prompts[i], result, history, None, ident(i))
+            outcome = RunResult(i, prompts[i], result, history, None, idents[i])
         except Exception as exc:
             partial = exc.history if isinstance(exc, MoaError) else None
-            outcome = RunResult(i, prompts[i], None, partial, exc, ident(i))
+            outcome = RunResult(i, prompts[i], None, partial, exc, idents[i])
         done += 1
         if progress is not None:
             progress(done, len(prompts), outcome)

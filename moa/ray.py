@@ -219,38 +219,8 @@ def run_dataset(
     """
     data = require("ray.data", "ray", "moa.ray.run_dataset")
     step = as_step(pipeline, where="run_dataset(pipeline)")
-    if not callable(client_factory):
-        raise TypeError(
-            "run_dataset(client_factory): a function that makes a client, called once in "
-            f"each worker; got {safe_repr(client_factory)}"
-        )
-    for name, value in (
-        ("concurrency", concurrency),
-        ("batch_size", batch_size),
-        ("max_concurrency", max_concurrency),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(
-                f"run_dataset({name}=...): {name} must be an int >= 1, got {safe_repr(value)}"
-            )
-    if isinstance(num_cpus, bool) or not isinstance(num_cpus, (int, float)) or num_cpus < 0:
-        raise ValueError(
-            f"run_dataset(num_cpus=...): a number of CPUs >= 0, got {safe_repr(num_cpus)}"
-        )
-    schema = dataset.schema()
-    if schema is not None:
-        missing = sorted({prompt_column, id_column} - set(schema.names))
-        if missing:
-            raise ValueError(
-                f"run_dataset: the dataset has no column {', '.join(map(repr, missing))}; "
-                "name the prompt and id columns with prompt_column= and id_column="
-            )
-        taken = [name for name in OUTPUT_COLUMNS if name in schema.names]
-        if taken:
-            raise ValueError(
-                f"run_dataset: the dataset already has column {', '.join(map(repr, taken))}, "
-                f"which run_dataset adds; rename or drop it first"
-            )
+    _check_arguments(client_factory, concurrency, batch_size, max_concurrency, num_cpus)
+    _check_columns(dataset, prompt_column, id_column)
     options = {
         "seed": seed,
         "max_concurrency": max_concurrency,
@@ -273,6 +243,53 @@ def run_dataset(
         num_cpus=num_cpus,
         udf_modifying_row_count=False,
     )
+
+
+def _check_arguments(
+    client_factory: object,
+    concurrency: object,
+    batch_size: object,
+    max_concurrency: object,
+    num_cpus: object,
+) -> None:
+    """run_dataset's numbers and factory, refused where they enter."""
+    if not callable(client_factory):
+        raise TypeError(
+            "run_dataset(client_factory): a function that makes a client, called once in "
+            f"each worker; got {safe_repr(client_factory)}"
+        )
+    for name, value in (
+        ("concurrency", concurrency),
+        ("batch_size", batch_size),
+        ("max_concurrency", max_concurrency),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(
+                f"run_dataset({name}=...): {name} must be an int >= 1, got {safe_repr(value)}"
+            )
+    if isinstance(num_cpus, bool) or not isinstance(num_cpus, (int, float)) or num_cpus < 0:
+        raise ValueError(
+            f"run_dataset(num_cpus=...): a number of CPUs >= 0, got {safe_repr(num_cpus)}"
+        )
+
+
+def _check_columns(dataset: ray.data.Dataset, prompt_column: str, id_column: str) -> None:
+    """The prompt and id columns there, no output column there already (when the schema is
+    known without running the dataset)."""
+    schema = dataset.schema()
+    if schema is not None:
+        missing = sorted({prompt_column, id_column} - set(schema.names))
+        if missing:
+            raise ValueError(
+                f"run_dataset: the dataset has no column {', '.join(map(repr, missing))}; "
+                "name the prompt and id columns with prompt_column= and id_column="
+            )
+        taken = [name for name in OUTPUT_COLUMNS if name in schema.names]
+        if taken:
+            raise ValueError(
+                f"run_dataset: the dataset already has column {', '.join(map(repr, taken))}, "
+                f"which run_dataset adds; rename or drop it first"
+            )
 
 
 def _cache_spec(cache: Cache | str | os.PathLike[str] | None) -> tuple[str, str, str] | None:

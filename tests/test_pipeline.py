@@ -24,7 +24,7 @@ P = ["a", "b", "c"]
 
 
 def test_public_surface_is_exactly_all():
-    subpackages = {"errors", "recipes", "clients", "cli", "testing"}
+    subpackages = {"errors", "recipes", "clients", "cli", "testing", "ray"}
     public = {n for n in dir(moa) if not n.startswith("_")} - subpackages
     assert public == set(moa.__all__)
     assert isinstance(moa.__all__, tuple)

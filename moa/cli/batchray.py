@@ -19,9 +19,9 @@ from .._cache import Cache
 from .._history import History
 from .._pipeline import Step
 from ..clients._extras import MissingExtraError
-from .batch import Report
 from .batchfile import Item, Sink
 from .common import UsageError
+from .report import Report
 
 __all__ = ("run_on_ray",)
 
