@@ -45,24 +45,35 @@ OUTPUT_COLUMNS = ("result", "ok", "error", "history", "input_tokens", "output_to
 
 def split_limits(limits: Limits | None, workers: int) -> Limits | None:
     """Each worker's share of ``limits``: a provider's RPM, TPM and calls in flight are one
-    budget for the whole cluster, split evenly among ``workers`` (at least one call in flight
-    and one request or token a minute each). The workers together never exceed the budget; a
-    worker left without rows leaves its share unused."""
+    budget for the whole cluster, split evenly among ``workers``. Calls in flight are split
+    whole (a remainder is left unused); rates are split exactly, so the workers' sustained
+    rate together is the budget (each worker's bucket starts full, as one process's does,
+    holding at least one request). A worker left without rows leaves its share unused.
+
+    Raises ValueError when a model's ``concurrency`` is below ``workers``: some worker would
+    get no call at all."""
     if limits is None:
         return None
 
-    def share(limit: ModelLimit | None) -> ModelLimit | None:
+    def share(model: str, limit: ModelLimit | None) -> ModelLimit | None:
         if limit is None:
             return None
+        if limit.concurrency is not None and limit.concurrency < workers:
+            raise ValueError(
+                f"split_limits: {model} allows {limit.concurrency} calls in flight, fewer than "
+                f"the {workers} workers sharing it; each worker needs at least one, so use at "
+                f"most {limit.concurrency} workers or raise the limit"
+            )
         return ModelLimit(
-            concurrency=None if limit.concurrency is None else max(1, limit.concurrency // workers),
-            rpm=None if limit.rpm is None else max(1.0, limit.rpm / workers),
-            tpm=None if limit.tpm is None else max(1.0, limit.tpm / workers),
+            concurrency=None if limit.concurrency is None else limit.concurrency // workers,
+            rpm=None if limit.rpm is None else limit.rpm / workers,
+            tpm=None if limit.tpm is None else limit.tpm / workers,
         )
 
-    per_model = {m: share(lim) for m, lim in limits.per_model.items()}
+    per_model = {m: share(repr(m), lim) for m, lim in limits.per_model.items()}
     return Limits(
-        {m: lim for m, lim in per_model.items() if lim is not None}, default=share(limits.default)
+        {m: lim for m, lim in per_model.items() if lim is not None},
+        default=share("the default limit", limits.default),
     )
 
 

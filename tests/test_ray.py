@@ -171,9 +171,13 @@ def test_limits_are_split_evenly_among_the_workers():
     )
     half = split_limits(limits, 2)
     assert half.per_model["a"] == ModelLimit(concurrency=4, rpm=300, tpm=5_000)
-    assert half.per_model["b"] == ModelLimit(rpm=1)  # at least one a minute
+    assert half.per_model["b"] == ModelLimit(rpm=0.5)  # rates split exactly: never over budget
     assert half.default == ModelLimit(concurrency=1)
     assert split_limits(None, 3) is None
+    with pytest.raises(ValueError, match="'a' allows 9 calls in flight, fewer than the 10"):
+        split_limits(limits, 10)
+    with pytest.raises(ValueError, match="the default limit allows 2 calls in flight"):
+        split_limits(Limits(default=ModelLimit(concurrency=2)), 3)
     whole = split_limits(limits, 1)
     assert (whole.per_model, whole.default) == (limits.per_model, limits.default)
 
