@@ -11,7 +11,9 @@ seed=seed)`` on one machine, however Ray splits the rows (each row's seed comes 
 seed and its id); every input row is in the output exactly once, a failed run (or a row
 without a usable prompt or id) as a row with ``ok=False`` and its error; when a worker dies
 mid-block, Ray starts another and runs the block again, so a call may be made twice
-(at-least-once calls) but no row is lost or repeated.
+(at-least-once calls) but no row is lost or repeated. Ids should be unique: a repeated id is
+not detected (that would take a pass over the whole dataset), its row runs on its own with the
+id's seed, wherever Ray puts it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from ._cost import DEFAULT_PRICES, Prices, cost
 from ._limits import Limits, ModelLimit
 from ._pipeline import Step, StepLike, as_step
 from ._retry import Retry
+from ._run import check_options
 from .clients._extras import require
 
 if TYPE_CHECKING:
@@ -100,6 +103,7 @@ class _Worker:
 
     def __call__(self, batch: Any) -> Any:
         """One block (a ``pyarrow.Table``): its rows run, its columns and ours returned."""
+        _refuse_taken(batch.column_names)  # when the schema was not known up front
         rows = [
             _row(prompt, ident)
             for prompt, ident in zip(
@@ -108,15 +112,13 @@ class _Worker:
                 strict=True,
             )
         ]
-        _refuse_repeats(rows)
-        runnable = [(i, row) for i, row in enumerate(rows) if isinstance(row, tuple)]
-        prompts = [row[0] for _, row in runnable]
-        ids = [row[1] for _, row in runnable]
-        results = self.portal.call(self._run, prompts, ids) if runnable else []
         # A refused row keeps its reason; the others get their RunResult, in row order.
         outcome: list[RunResult | str] = [row if isinstance(row, str) else "" for row in rows]
-        for (i, _), result in zip(runnable, results, strict=True):
-            outcome[i] = result
+        for part in _rounds(rows):
+            prompts = [row[0] for _, row in part]
+            results = self.portal.call(self._run, prompts, [row[1] for _, row in part])
+            for (i, _), result in zip(part, results, strict=True):
+                outcome[i] = result
         pa = require("pyarrow", "ray", "moa.ray.run_dataset")
         # Typed columns: a block whose every row failed must not type `result` as null.
         types = {
@@ -159,8 +161,21 @@ class _Worker:
 
     def __del__(self) -> None:
         loop = getattr(self, "_loop", None)
-        if loop is not None:
+        if loop is None:
+            return
+        try:  # the client's connections and the cache file, closed before the loop ends
+            if hasattr(self, "client"):
+                self.portal.call(_close, self.client)
+            if self.cache is not None:
+                self.cache.close()
+        finally:
             loop.__exit__(None, None, None)
+
+
+async def _close(client: Client) -> None:
+    aclose = getattr(client, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 def _call(factory: Callable[[], Client]) -> Client:
@@ -186,14 +201,21 @@ def _row(prompt: Any, ident: Any) -> tuple[str, str | int] | str:
     return str(prompt), ident
 
 
-def _refuse_repeats(rows: list[tuple[str, str | int] | str]) -> None:
-    """An id seen twice in a block: the later rows are refused (ids name rows, one each)."""
-    seen: set[str | int] = set()
+def _rounds(
+    rows: list[tuple[str, str | int] | str],
+) -> list[list[tuple[int, tuple[str, str | int]]]]:
+    """The runnable rows (with their places) in rounds of distinct ids, as ``run_many`` names
+    each prompt by its id once: a repeated id runs in a later round with the id's seed, as it
+    would in another block, so the output does not depend on how Ray splits the rows."""
+    rounds: list[list[tuple[int, tuple[str, str | int]]]] = []
+    seen: dict[str | int, int] = {}
     for i, row in enumerate(rows):
         if isinstance(row, tuple):
-            if row[1] in seen:
-                rows[i] = f"id {safe_repr(row[1])} is given twice; ids name rows, one each"
-            seen.add(row[1])
+            k = seen[row[1]] = seen.get(row[1], -1) + 1
+            if k == len(rounds):
+                rounds.append([])
+            rounds[k].append((i, row))
+    return rounds
 
 
 def run_dataset(
@@ -225,12 +247,16 @@ def run_dataset(
     makes each worker's client, in the worker. ``limits`` are the cluster's budget, split
     evenly among the workers (:func:`split_limits`). ``cache`` is a :class:`~moa.Cache` or its
     path, opened by every worker (one SQLite file: the workers must share a filesystem). Ids
-    must be unique str or int values; with ``seed``, each row's seed comes from it and the
-    row's id, so the results equal ``moa.run_many`` over the same prompts and ids.
+    are str or int values and should be unique (a repeat is not detected: see the module's
+    docstring); with ``seed``, each row's seed comes from it and the row's id, so the results
+    equal ``moa.run_many`` over the same prompts and ids. The options and, when known without
+    running the dataset, the columns are checked here; nothing runs until the output is read.
     """
     data = require("ray.data", "ray", "moa.ray.run_dataset")
     step = as_step(pipeline, where="run_dataset(pipeline)")
     _check_arguments(client_factory, concurrency, batch_size, max_concurrency, num_cpus)
+    # run_many's own checks, here rather than in a worker, where they would fail every block.
+    check_options(client_factory, seed, max_concurrency, timeout, retry, limits, None)
     _check_columns(dataset, prompt_column, id_column)
     options = {
         "seed": seed,
@@ -287,7 +313,7 @@ def _check_arguments(
 def _check_columns(dataset: ray.data.Dataset, prompt_column: str, id_column: str) -> None:
     """The prompt and id columns there, no output column there already (when the schema is
     known without running the dataset)."""
-    schema = dataset.schema()
+    schema = dataset.schema(fetch_if_missing=False)  # never run the upstream to find out
     if schema is not None:
         missing = sorted({prompt_column, id_column} - set(schema.names))
         if missing:
@@ -295,12 +321,16 @@ def _check_columns(dataset: ray.data.Dataset, prompt_column: str, id_column: str
                 f"run_dataset: the dataset has no column {', '.join(map(repr, missing))}; "
                 "name the prompt and id columns with prompt_column= and id_column="
             )
-        taken = [name for name in OUTPUT_COLUMNS if name in schema.names]
-        if taken:
-            raise ValueError(
-                f"run_dataset: the dataset already has column {', '.join(map(repr, taken))}, "
-                f"which run_dataset adds; rename or drop it first"
-            )
+        _refuse_taken(schema.names)
+
+
+def _refuse_taken(names: list[str]) -> None:
+    taken = [name for name in OUTPUT_COLUMNS if name in names]
+    if taken:
+        raise ValueError(
+            f"run_dataset: the dataset already has column {', '.join(map(repr, taken))}, "
+            f"which run_dataset adds; rename or drop it first"
+        )
 
 
 def _cache_spec(cache: Cache | str | os.PathLike[str] | None) -> tuple[str, str, str] | None:

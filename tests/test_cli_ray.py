@@ -4,6 +4,7 @@ local Ray cluster, with the same results as on this machine, on the real model).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -123,6 +124,49 @@ def test_parquet_mistakes_are_usage_errors_before_any_call(pyarrow, client, caps
     )
     assert "folder of parts" in capsys.readouterr().err
     assert client.calls == []
+
+
+def test_ids_a_column_cannot_hold_are_refused_before_any_call(pyarrow, client, capsys, tmp_path):
+    mixed = tmp_path / "mixed.jsonl"  # a bare string's id is its position: an int
+    mixed.write_text('"a?"\n{"prompt": "b?", "id": "two"}\n')
+    out = str(tmp_path / "o.jsonl")
+    assert main(["batch", str(mixed), "-o", out, "--pipeline", PIPE, "--ray"]) == 2
+    assert "--ray needs every id of one type" in capsys.readouterr().err
+    # A Parquet OUT that holds int ids, resumed with str ids.
+    out_pq = str(tmp_path / "o.parquet")
+    ints = tmp_path / "ints.jsonl"
+    ints.write_text('"a?"\n')
+    assert main(["batch", str(ints), "-o", out_pq, "--pipeline", PIPE, "-q"]) == 0
+    calls = len(client.calls)
+    named = tmp_path / "named.jsonl"
+    named.write_text('{"prompt": "b?", "id": "b"}\n')
+    assert main(["batch", str(named), "-o", out_pq, "--pipeline", PIPE]) == 2
+    assert f"like the ids already in -o {out_pq}" in capsys.readouterr().err
+    huge = tmp_path / "huge.jsonl"
+    huge.write_text(f'{{"prompt": "c?", "id": {2**63}}}\n')
+    assert main(["batch", str(huge), "-o", out_pq, "--pipeline", PIPE]) == 2
+    assert "past that; use a string id" in capsys.readouterr().err
+    assert len(client.calls) == calls
+
+
+@pytest.mark.ray
+def test_a_worker_that_cannot_start_is_one_line_not_a_ray_traceback(
+    ray_cluster, monkeypatch, capsys, tmp_path
+):
+    # The cluster's workers were started without the key this process is given now, as on
+    # a cluster whose nodes lack it.
+    if "OPENAI_API_KEY" in os.environ:
+        pytest.skip("the Ray workers have OPENAI_API_KEY")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-driver-only")
+    src = tmp_path / "in.jsonl"
+    src.write_text('"a?"\n')
+    out = tmp_path / "o.jsonl"
+    argv = ["batch", str(src), "-o", str(out), "--pipeline", PIPE, "--ray", "--provider", "openai"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--ray: a worker failed" in err and "needs OPENAI_API_KEY" in err
+    assert len(err.strip().splitlines()) <= 2, err
+    assert "sk-driver-only" not in err
 
 
 def test_ray_options_are_checked_before_any_call(client, capsys, tmp_path):

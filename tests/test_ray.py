@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from functools import partial
 from pathlib import Path
 
@@ -128,18 +129,29 @@ def test_a_failed_or_unusable_row_is_a_row_with_ok_false_never_a_lost_one(ray_cl
     out = run_dataset(PIPELINE, dataset, make_seeded, seed=1, concurrency=1).take_all()
     assert len(out) == len(data)
     failed = {(r["id"], r["prompt"]): r for r in out if not r["ok"]}
-    assert set(failed) == {
-        ("f1", "please fail"),
-        ("e1", "   "),
-        ("n1", None),
-        ("q000", "a second row with a used id"),
-    }
+    assert set(failed) == {("f1", "please fail"), ("e1", "   "), ("n1", None)}
     assert "scripted refusal" in failed["f1", "please fail"]["error"]
     assert failed["f1", "please fail"]["history"] is not None  # what ran before the failure
     assert "non-empty str" in failed["e1", "   "]["error"]
-    assert "given twice" in failed["q000", "a second row with a used id"]["error"]
     assert all(r["result"] is None for r in failed.values())
-    assert sum(r["ok"] for r in out) == 20
+    assert sum(r["ok"] for r in out) == 21
+
+
+@pytest.mark.ray
+def test_a_repeated_id_runs_on_its_own_the_same_in_one_block_or_two(ray_cluster):
+    from moa.ray import run_dataset
+
+    data = [*rows(3), {"id": "q001", "prompt": "another prompt, the same id"}]
+    want = {
+        (r["id"], r["prompt"]): expected([r], seed=4)[r["id"]].result for r in data
+    }  # each row alone, with its id's seed
+    for blocks, batch_size in ((1, 4), (2, 2)):
+        dataset = ray_cluster.data.from_items(data).repartition(blocks)
+        out = run_dataset(
+            PIPELINE, dataset, make_seeded, seed=4, concurrency=1, batch_size=batch_size
+        ).take_all()
+        assert len(out) == 4 and all(r["ok"] for r in out)
+        assert {(r["id"], r["prompt"]): r["result"] for r in out} == want
 
 
 @pytest.mark.ray
@@ -189,12 +201,22 @@ def test_bad_arguments_are_refused_before_anything_runs(ray_cluster):
     dataset = ray_cluster.data.from_items(rows(2))
     with pytest.raises(ValueError, match="no column 'text'"):
         run_dataset(PIPELINE, dataset, make_seeded, prompt_column="text")
-    with pytest.raises(ValueError, match="already has column 'result'"):
-        run_dataset(PIPELINE, dataset.add_column("result", lambda df: df["prompt"]), make_seeded)
+    with pytest.raises(ValueError, match="already has column 'ok'"):
+        run_dataset(PIPELINE, ray_cluster.data.from_items([{**rows(1)[0], "ok": 1}]), make_seeded)
+    # A schema known only by running the upstream: refused when the first block is read.
+    late = dataset.add_column("result", lambda df: df["prompt"])
+    with pytest.raises(Exception, match="already has column 'result'"):
+        run_dataset(PIPELINE, late, make_seeded).take_all()
     with pytest.raises(TypeError, match="client_factory"):
         run_dataset(PIPELINE, dataset, 42)
     with pytest.raises(ValueError, match="concurrency must be an int >= 1"):
         run_dataset(PIPELINE, dataset, make_seeded, concurrency=0)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        run_dataset(PIPELINE, dataset, make_seeded, seed="7")
+    with pytest.raises(ValueError, match="timeout"):
+        run_dataset(PIPELINE, dataset, make_seeded, timeout=-1)
+    with pytest.raises(TypeError, match="limits"):
+        run_dataset(PIPELINE, dataset, make_seeded, limits={"m": 1})
     with pytest.raises(TypeError, match="run_dataset"):
         run_dataset("Propose(['a'])", dataset, make_seeded)
 
@@ -203,3 +225,21 @@ def test_import_moa_never_imports_ray():
     code = "import sys, moa, moa.clients, moa.recipes; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _touch_per_batch(batch, folder):
+    Path(folder, f"{os.getpid()}-{len(batch['id'])}-{time.time_ns()}").touch()
+    return batch
+
+
+@pytest.mark.ray
+def test_run_dataset_runs_nothing_until_the_output_is_read(ray_cluster, tmp_path):
+    from moa.ray import run_dataset
+
+    upstream = ray_cluster.data.from_items(rows(8)).map_batches(
+        partial(_touch_per_batch, folder=str(tmp_path))
+    )
+    out = run_dataset(PIPELINE, upstream, make_seeded, seed=1)
+    assert list(tmp_path.iterdir()) == []  # no upstream block ran (an LLM stage would pay)
+    assert len(out.take_all()) == 8
+    assert list(tmp_path.iterdir())

@@ -114,7 +114,8 @@ def batch_command(args: argparse.Namespace) -> int:
     done = read_done(out)
     # A file is read twice: once to check every line and count what is left before any call
     # is made, then again as the prompts run. Standard input is read once, checked as it goes.
-    total = _count_todo(args.input, args.seed, done, out, parquet) if args.input != "-" else None
+    typed = "Parquet" if parquet else "--ray" if args.ray is not None else None
+    total = _count_todo(args.input, args.seed, done, out, typed) if args.input != "-" else None
     if not args.quiet and (done.ids or done.failed):
         print(
             f"moa: resuming {out}: {len(done.ids)} prompts already done"
@@ -139,12 +140,13 @@ def batch_command(args: argparse.Namespace) -> int:
     todo: Iterator[Item] = (
         item for item in items(args.input, args.seed) if not done.check(item, out)
     )
-    if parquet:
-        todo = _one_id_type(todo, out)
+    if parquet or args.ray is not None:
+        todo = _one_id_type(todo, out, done.id_type, "Parquet" if parquet else "--ray")
     try:
         if args.ray is not None:
             from .batchray import run_on_ray
 
+            anyio.run(close_client, client)  # it only checked the options: workers make theirs
             failed = run_on_ray(args, pipeline, model, cache, todo, total, sink, len(done.ids))
         else:
             failed = _run_batch(args, pipeline, client, cache, todo, total, sink, len(done.ids))
@@ -155,24 +157,35 @@ def batch_command(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _count_todo(path: str, seed: int | None, done: Done, out: Path, parquet: bool) -> int:
+def _count_todo(path: str, seed: int | None, done: Done, out: Path, typed: str | None) -> int:
     """How many prompts of ``path`` OUT does not hold a success for; every line is checked
-    (and an id whose prompt changed refused) before anything runs."""
+    (and an id whose prompt changed refused, and with ``typed``, ids of two types) before
+    anything runs."""
     todo = (item for item in items(path, seed) if not done.check(item, out))
-    return sum(1 for _ in (_one_id_type(todo, out) if parquet else todo))
+    return sum(1 for _ in (_one_id_type(todo, out, done.id_type, typed) if typed else todo))
 
 
-def _one_id_type(todo: Iterable[Item], out: Path) -> Iterator[Item]:
-    """``todo``, refusing an id whose type differs from the first's: a Parquet column holds
-    one type (and a moa batch's ids are all positions unless the input names them)."""
-    first: type | None = None
+#: An Arrow int64 column's range (Parquet and Ray hold ids in one).
+_INT64 = range(-(2**63), 2**63)
+
+
+def _one_id_type(todo: Iterable[Item], out: Path, first: type | None, need: str) -> Iterator[Item]:
+    """``todo``, refusing an id whose type differs from the first's (or from the ids OUT
+    already holds) and an int past int64: a Parquet or Ray column holds one type (and a moa
+    batch's ids are all positions unless the input names them)."""
+    held = f" like the ids already in -o {out}" if first is not None else ""
     for item in todo:
         first = first or type(item.id)
         if type(item.id) is not first:
             raise UsageError(
-                f"-o {out}: Parquet needs every id of one type, and id {item.id!r} (line "
-                f"{item.line}) is not a{'n' if first is int else ''} {first.__name__}; give "
-                "every prompt an id of one type, or write JSON Lines"
+                f"{need} needs every id of one type, and id {item.id!r} (line {item.line}) "
+                f"is not a{'n' if first is int else ''} {first.__name__}{held}; give every "
+                "prompt an id of one type, or write JSON Lines without --ray"
+            )
+        if isinstance(item.id, int) and item.id not in _INT64:
+            raise UsageError(
+                f"{need} holds integer ids in 64 bits, and id {item.id} (line {item.line}) is "
+                "past that; use a string id"
             )
         yield item
 

@@ -197,6 +197,7 @@ class Done:
 
     ids: dict[str, tuple[bytes, str]]  # the prompt's digest, and its start for messages
     failed: int = 0
+    id_type: type | None = None  # a Parquet OUT's id column: int or str
 
     def check(self, item: Item, out: Path) -> bool:
         """Whether ``item`` is done; UsageError when OUT holds its id for another prompt."""
@@ -434,6 +435,7 @@ def _read_done_parquet(path: Path) -> Done:
         missing = {"id", "prompt", "error"} - set(table.column_names)
         if missing:
             raise UsageError(f"-o {part} is not a moa batch part (no {sorted(missing)} column)")
+        done.id_type = int if str(table.schema.field("id").type).startswith("int") else str
         failed = table.column("error").is_valid()
         n_failed = compute.sum(failed).as_py() or 0
         if n_failed:

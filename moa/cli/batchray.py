@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable
 from functools import partial
 from typing import Any, cast
@@ -20,7 +21,7 @@ from .._history import History
 from .._pipeline import Step
 from ..clients._extras import MissingExtraError
 from .batchfile import Item, Sink
-from .common import UsageError
+from .common import UsageError, short
 from .report import Report
 
 __all__ = ("run_on_ray",)
@@ -74,14 +75,30 @@ def run_on_ray(
             timeout=args.timeout,
             prices=report.prices,
         )
-        with report:
-            for batch in results.iter_batches(batch_format="pyarrow", batch_size=None):
-                for row in cast("Any", batch).to_pylist():
-                    _write(report, by_id, row)
+        _collect(ray, results, report, by_id, args.output)
     finally:
         if started:
             ray.shutdown()
     return report.bar.failed
+
+
+def _collect(ray: Any, results: Any, report: Report, by_id: dict[str, Item], output: str) -> None:
+    """Each row Ray hands back, written as it comes; a worker's failure as one line."""
+    with report:
+        try:
+            for batch in results.iter_batches(batch_format="pyarrow", batch_size=None):
+                for row in cast("Any", batch).to_pylist():
+                    _write(report, by_id, row)
+        except ray.exceptions.RayError as exc:
+            raise UsageError(
+                f"--ray: a worker failed, and the batch stopped ({_cause(exc)}); the "
+                f"{report.bar.done} results that came back are in {output}, and a "
+                "rerun resumes after them"
+            ) from None
+        # Ray hands back every row it was given; should one not come back, it is written
+        # as failed (it runs again on the next run), never dropped without a word.
+        for item in by_id.values():
+            report(item, None, None, "no result came back from Ray for this prompt")
 
 
 def _connect(ray: Any, address: str) -> bool:
@@ -101,8 +118,15 @@ def _connect(ray: Any, address: str) -> bool:
     return True
 
 
+def _cause(exc: BaseException) -> str:
+    """The worker's own error, from the last line of Ray's report of it (Ray keeps the
+    original only as text), cut to one line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return short(re.sub(r"\x1b\[[0-9;]*m", "", lines[-1]), 300) if lines else type(exc).__name__
+
+
 def _write(report: Report, by_id: dict[str, Item], row: dict[str, Any]) -> None:
-    item = by_id[json.dumps(row["id"])]
+    item = by_id.pop(json.dumps(row["id"]))
     text = row["history"]
     history = None if text is None else History.from_dict(json.loads(text))
     report(item, row["result"], history, None if row["ok"] else row["error"])
