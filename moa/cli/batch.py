@@ -147,7 +147,7 @@ def batch_command(args: argparse.Namespace) -> int:
             from .batchray import run_on_ray
 
             anyio.run(close_client, client)  # it only checked the options: workers make theirs
-            failed = run_on_ray(args, pipeline, model, cache, todo, total, sink, len(done.ids))
+            failed = run_on_ray(args, pipeline, cache, todo, total, sink, len(done.ids))
         else:
             failed = _run_batch(args, pipeline, client, cache, todo, total, sink, len(done.ids))
     finally:

@@ -34,7 +34,6 @@ DEFAULT_WORKER_CALLS = 64
 def run_on_ray(
     args: argparse.Namespace,
     pipeline: Step,
-    model: str,
     cache: Cache | None,
     todo: Iterable[Item],
     total: int | None,
