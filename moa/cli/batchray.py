@@ -125,7 +125,9 @@ def _cause(exc: BaseException) -> str:
 
 
 def _write(report: Report, by_id: dict[str, Item], row: dict[str, Any]) -> None:
-    item = by_id.pop(json.dumps(row["id"]))
+    item = by_id.pop(json.dumps(row["id"]), None)
+    if item is None:  # a row Ray handed back twice (a rerun block): written once already
+        return
     text = row["history"]
     history = None if text is None else History.from_dict(json.loads(text))
     report(item, row["result"], history, None if row["ok"] else row["error"])
