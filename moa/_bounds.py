@@ -6,6 +6,8 @@ table lists them beside the parser's own.
 
 from __future__ import annotations
 
+import math
+
 #: Levels of Pipeline/Parallel nesting (``a | (b & (c | ...))``); deeper would overflow the
 #: stack in ``repr``, ``hash`` and ``run``, and no pipeline needs it.
 MAX_NESTING = 32
@@ -42,6 +44,18 @@ def check_int(
     if value > high:
         raise ValueError(
             f"{owner}({name}=...): {name} must be an int <= {high:,}, got {shown(value)}"
+        )
+
+
+def check_seconds(owner: str, name: str, value: object) -> None:
+    """Raise ValueError unless ``value`` is None or a finite number of seconds > 0 (not a
+    bool), in a message that names the argument and states the rule."""
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf
+    ):
+        raise ValueError(
+            f"{owner}({name}=...): {name} must be a number of seconds > 0 or None, "
+            f"got {safe_repr(value)}"
         )
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from ._bounds import safe_repr
+from ._bounds import check_seconds, safe_repr
 from ._cache import Cache
 from ._calls import compose
 from ._client import Client, unicode_error
@@ -114,16 +114,8 @@ def check_options(
             "run(max_concurrency=...): max_concurrency must be an int >= 1 or None, "
             f"got {safe_repr(max_concurrency)}"
         )
-    for name, value in (("timeout", timeout), ("hedge_after", hedge_after)):
-        if value is not None and (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not 0 < value < math.inf
-        ):
-            raise ValueError(
-                f"run({name}=...): {name} must be a number of seconds > 0 or "
-                f"None, got {safe_repr(value)}"
-            )
+    check_seconds("run", "timeout", timeout)
+    check_seconds("run", "hedge_after", hedge_after)
     if retry is not None and not isinstance(retry, Retry):
         raise TypeError(
             f"run(retry=...): retry must be a moa.Retry policy or None, not {_describe(retry)}"

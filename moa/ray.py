@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import anyio.from_thread
 
 from ._batch import RunResult, run_many
-from ._bounds import safe_repr
+from ._bounds import check_int, safe_repr
 from ._cache import Cache
 from ._client import Client, unicode_error
 from ._cost import DEFAULT_PRICES, Prices, cost
@@ -300,10 +301,7 @@ def _check_arguments(
         ("batch_size", batch_size),
         ("max_concurrency", max_concurrency),
     ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(
-                f"run_dataset({name}=...): {name} must be an int >= 1, got {safe_repr(value)}"
-            )
+        check_int("run_dataset", name, value, 1, sys.maxsize)
     if isinstance(num_cpus, bool) or not isinstance(num_cpus, (int, float)) or num_cpus < 0:
         raise ValueError(
             f"run_dataset(num_cpus=...): a number of CPUs >= 0, got {safe_repr(num_cpus)}"

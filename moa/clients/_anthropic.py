@@ -8,9 +8,10 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
+from .._bounds import check_seconds
 from .._client import Usage
 from ..errors import MoaError, ProviderError
-from ._common import PerLoop, check_defaults, check_timeout, token_count
+from ._common import PerLoop, check_defaults, token_count
 from ._errors import provider_error, redact, url_passwords
 from ._extras import require
 from ._replies import MESSAGE, MESSAGE_EVENT, field, is_object, malformed, shown
@@ -417,7 +418,7 @@ def _check_arguments(
                 f"anthropic_client({name}=...): {name} must be a str or None, "
                 f"not {type(value).__name__}"
             )
-    check_timeout("anthropic_client", timeout)
+    check_seconds("anthropic_client", "timeout", timeout)
     if not isinstance(send_temperature, bool):
         raise TypeError(
             f"anthropic_client(send_temperature=...): send_temperature must be a "

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import sys
 import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ("PerLoop", "check_defaults", "check_timeout", "token_count")
+__all__ = ("PerLoop", "check_defaults", "token_count")
 
 
 def token_count(value: Any) -> int | None:
@@ -24,19 +23,6 @@ def check_defaults(factory: str, defaults: dict[str, Any], reserved: frozenset[s
         raise TypeError(
             f"{factory}({clash[0]}=...): {clash[0]} is set by each call (from the "
             f"step's model, messages, temp and max_tokens), not by the client"
-        )
-
-
-def check_timeout(factory: str, timeout: object) -> None:
-    """Refuse a timeout that is not a number of seconds > 0 (None is no timeout of ours)."""
-    if timeout is not None and (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, (int, float))
-        or not 0 < timeout < math.inf
-    ):
-        raise ValueError(
-            f"{factory}(timeout=...): timeout must be a number of seconds > 0 or "
-            f"None, got {timeout!r}"
         )
 
 

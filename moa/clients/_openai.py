@@ -13,9 +13,10 @@ from typing import Any
 
 import anyio
 
+from .._bounds import check_seconds
 from .._client import Usage
 from ..errors import MoaError, ProviderError
-from ._common import PerLoop, check_defaults, check_timeout, token_count
+from ._common import PerLoop, check_defaults, token_count
 from ._errors import provider_error, redact, url_passwords
 from ._extras import require
 from ._replies import CHAT_CHUNK, chat_text, field, malformed, shown
@@ -387,7 +388,7 @@ def openai_client(
                 f"openai_client({name}=...): {name} must be a str or None, "
                 f"not {type(value).__name__}"
             )
-    check_timeout("openai_client", timeout)
+    check_seconds("openai_client", "timeout", timeout)
     check_defaults("openai_client", defaults, _RESERVED)
     key = api_key or os.environ.get("OPENAI_API_KEY")
     if not key:
