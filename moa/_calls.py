@@ -118,6 +118,21 @@ def copies(messages: tuple[Message, ...]) -> list[dict[str, str]]:
         return [dict(m) for m in messages]
 
 
+def _send(client: Client, req: Request, msgs: list[dict[str, str]]) -> Awaitable[Any]:
+    """The client's call for ``req``, not yet awaited (so no frame of ours stays on the stack):
+    the seed is passed only when the request has one, which it has only for a client that
+    takes a ``seed`` keyword (``accepts_seed``)."""
+    if req.seed is None:
+        return client(model=req.model, messages=msgs, temp=req.temp, max_tokens=req.max_tokens)
+    return client(
+        model=req.model,
+        messages=msgs,  # type: ignore[call-arg]  # it takes a seed: accepts_seed
+        temp=req.temp,
+        max_tokens=req.max_tokens,
+        seed=req.seed,
+    )
+
+
 def _fatal(exc: BaseException) -> BaseException | None:
     # A client of the wrong shape is a bug to fix, not a failure for min_success to absorb.
     return exc if isinstance(exc, ClientOutputError) else None
@@ -132,19 +147,7 @@ def client_attempt(client: Client) -> Attempt:
         msgs = copies(req.messages)
         if tap is not None and tap.sent is not None:
             tap.sent()
-        if req.seed is None:
-            out = await client(
-                model=req.model, messages=msgs, temp=req.temp, max_tokens=req.max_tokens
-            )
-        else:
-            out = await client(
-                model=req.model,
-                messages=msgs,  # type: ignore[call-arg]  # it takes a seed: accepts_seed
-                temp=req.temp,
-                max_tokens=req.max_tokens,
-                seed=req.seed,
-            )
-        return check_output(req.model, out)
+        return check_output(req.model, await _send(client, req, msgs))
 
     return attempt
 
@@ -391,20 +394,7 @@ def retrying_client(
         start = monotonic()
         msgs = copies(req.messages)
         try:
-            text, tin, tout = check_output(
-                req.model,
-                await (
-                    client(model=req.model, messages=msgs, temp=req.temp, max_tokens=req.max_tokens)
-                    if req.seed is None
-                    else client(
-                        model=req.model,
-                        messages=msgs,  # type: ignore[call-arg]  # it takes a seed  # it takes a seed: accepts_seed
-                        temp=req.temp,
-                        max_tokens=req.max_tokens,
-                        seed=req.seed,
-                    )
-                ),
-            )
+            text, tin, tout = check_output(req.model, await _send(client, req, msgs))
             return record(req, text, tin, tout, 1, None, monotonic() - start), None
         except (KeyboardInterrupt, SystemExit) as exc:
             return _interrupted(interrupt, req, exc, start)
