@@ -16,6 +16,7 @@ __all__ = (
     "StreamingClient",
     "Usage",
     "check_output",
+    "close_client",
     "error_text",
     "unicode_error",
 )
@@ -89,3 +90,11 @@ def unicode_error(text: str) -> str | None:
             f"(invalid UTF-8 in the input?)"
         )
     return None
+
+
+async def close_client(client: object) -> None:
+    """Close a client that holds connections (its ``aclose``, as the HTTP clients have), so
+    none is left open when its event loop ends; a plain function needs nothing."""
+    aclose = getattr(client, "aclose", None)
+    if aclose is not None:
+        await aclose()

@@ -30,7 +30,7 @@ import anyio.from_thread
 from ._batch import RunResult, run_many
 from ._bounds import check_int, safe_repr
 from ._cache import Cache
-from ._client import Client, unicode_error
+from ._client import Client, close_client, unicode_error
 from ._cost import DEFAULT_PRICES, Prices, cost
 from ._limits import Limits, ModelLimit
 from ._pipeline import Step, StepLike, as_step
@@ -166,17 +166,11 @@ class _Worker:
             return
         try:  # the client's connections and the cache file, closed before the loop ends
             if hasattr(self, "client"):
-                self.portal.call(_close, self.client)
+                self.portal.call(close_client, self.client)
             if self.cache is not None:
                 self.cache.close()
         finally:
             loop.__exit__(None, None, None)
-
-
-async def _close(client: Client) -> None:
-    aclose = getattr(client, "aclose", None)
-    if aclose is not None:
-        await aclose()
 
 
 def _call(factory: Callable[[], Client]) -> Client:

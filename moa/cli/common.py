@@ -1,5 +1,5 @@
-"""What every command shares: the usage error, closing a client, short text, and JSON Lines
-read and written safely."""
+"""What every command shares: the usage error, closing a client (the core's, re-exported),
+short text, and JSON Lines read and written safely."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import os
 from typing import Any
 
-from .._client import unicode_error
+from .._client import close_client, unicode_error
 
 __all__ = (
     "UsageError",
@@ -23,13 +23,6 @@ __all__ = (
 
 class UsageError(Exception):
     """A command-line mistake: printed as one line, exit status 2."""
-
-
-async def close_client(client: Any) -> None:
-    # The HTTP clients hold connections: close them so none is left open when the loop ends.
-    aclose = getattr(client, "aclose", None)
-    if aclose is not None:
-        await aclose()
 
 
 def short(text: str, width: int) -> str:
