@@ -17,7 +17,7 @@ The contenders, for one model M (default: the embedded SmolLM2-135M-Instruct, la
   single sample                 Propose([M], temp=0.7)
   self-moa                      Propose([M] * 3, temp=0.7) | Aggregate(M)
   self-moa + shuffle            Propose([M] * 3, temp=0.7) | Shuffle() | Aggregate(M)
-  vote (programmatic)           Propose([M] * 3, temp=0.7) | Vote(extract=<the task's answer>)
+  vote (programmatic)           Propose([M] * 3, temp=0.7) | Majority(<the task's answer>)
   pick (position-robust judge)  Propose([M] * 3, temp=0.7) | Pick(M, times=3)
   self-moa-seq                  Propose([M] * 6, temp=0.7) | AggregateSeq(M, window=3, reserved=1)
 
@@ -266,7 +266,7 @@ def text_answer(reply: str, question: str = "") -> str | None:
 
 
 def extractor(task: Task) -> Callable[[str], str | None]:
-    """The answer extractor for ``Vote(extract=...)`` on this task: the last number for
+    """The answer extractor for ``Majority(...)`` on this task: the last number for
     number tasks; the first word of the normalised reply for exact tasks; the first content
     word that is not in the question (:func:`text_answer`) for contains tasks."""
     if task.match == "number":
@@ -358,7 +358,7 @@ def missing_step(key: str) -> str | None:
     """Why this moa cannot build the contender, or None when it can."""
     if key == "vote":
         try:
-            moa.Vote(extract=r"\d+")
+            moa.Majority(r"\d+")
         except TypeError:
             return "moa.Vote takes no extract= here (the programmatic vote is not in this moa)"
     if key == "pick" and not hasattr(moa, "Pick"):
@@ -461,8 +461,8 @@ def contenders(s: Settings) -> list[Contender]:
             "vote",
             "vote (programmatic)",
             False,
-            f"{shown(proposers, s.temp)} | Vote(extract=extractor(task))",
-            lambda t: propose(proposers, s.temp) | moa.Vote(extract=extractor(t)),
+            f"{shown(proposers, s.temp)} | Majority(extractor(task))",
+            lambda t: propose(proposers, s.temp) | moa.Majority(extractor(t)),
             k,
         )
     )
@@ -509,7 +509,7 @@ def contenders(s: Settings) -> list[Contender]:
                 False,
                 f"moa.recipes.persona_vote({m0!r}, extractor(task), max_tokens={s.max_tokens}): "
                 f"Propose({len(personas)} greedy personas + 3 samples at temp 0.3) | "
-                f"Vote(extract=extractor(task))",
+                f"Majority(extractor(task))",
                 lambda t: moa.recipes.persona_vote(m0, extractor(t), max_tokens=s.max_tokens),
                 voters,
             )
@@ -688,14 +688,14 @@ def follow_rates(answers: list[Answer], order: str = "shown") -> dict[str, int]:
 
 def judge_positions(answers: list[Answer]) -> Counter[str]:
     """Which shown position each judge call of a Pick step named (1-based, read as Pick reads
-    it, with :func:`moa.parse_pick`), or "-" when the reply picked nothing."""
+    it, with :func:`moa.steps.parse_pick`), or "-" when the reply picked nothing."""
     picked: Counter[str] = Counter()
     for a in answers:
         if a.history is None or not a.history.steps[-1].step.startswith("Pick("):
             continue
         n = len(a.history.steps[-1].inputs)
         for call in a.history.steps[-1].calls:
-            named = moa.parse_pick(call.text or "", n) if call.ok else None
+            named = moa.steps.parse_pick(call.text or "", n) if call.ok else None
             picked["-" if named is None else str(named + 1)] += 1
     return picked
 

@@ -4,6 +4,7 @@
 ``await run(pipeline, prompt, client)`` runs it on anyio.
 """
 
+from . import steps as steps  # the custom-step API, after what it re-exports
 from ._agent import Agent as Agent
 from ._batch import RunResult as RunResult
 from ._batch import as_completed as as_completed
@@ -12,6 +13,7 @@ from ._cache import Cache as Cache
 from ._client import Client as Client
 from ._client import StreamingClient as StreamingClient
 from ._client import Usage as Usage
+from ._contract import LLMStep as LLMStep
 from ._cost import DEFAULT_PRICES as DEFAULT_PRICES
 from ._cost import Cost as Cost
 from ._cost import Price as Price
@@ -32,18 +34,13 @@ from ._limits import Limits as Limits
 from ._limits import ModelLimit as ModelLimit
 from ._llm_steps import Aggregate as Aggregate
 from ._llm_steps import AggregateSeq as AggregateSeq
-from ._llm_steps import LLMStep as LLMStep
 from ._llm_steps import Pick as Pick
 from ._llm_steps import Propose as Propose
 from ._llm_steps import Rank as Rank
 from ._llm_steps import Refine as Refine
-from ._llm_steps import Request as Request
 from ._llm_steps import Synthesize as Synthesize
 from ._llm_steps import Vote as Vote
-from ._llm_steps import messages as messages
-from ._llm_steps import numbered as numbered
-from ._llm_steps import parse_pick as parse_pick
-from ._llm_steps import parse_ranking as parse_ranking
+from ._options import RunOptions as RunOptions
 from ._parse import PipelineSyntaxError as PipelineSyntaxError
 from ._parse import parse_pipeline as parse_pipeline
 from ._pipeline import Parallel as Parallel
@@ -56,6 +53,7 @@ from ._run import run as run
 from ._run import run_stream as run_stream
 from ._run import run_sync as run_sync
 from ._seeds import row_seed as row_seed
+from ._select import Majority as Majority
 from ._transforms import Dropout as Dropout
 from ._transforms import Filter as Filter
 from ._transforms import Map as Map
@@ -63,6 +61,7 @@ from ._transforms import Sample as Sample
 from ._transforms import Shuffle as Shuffle
 from ._transforms import Take as Take
 from ._transforms import Transform as Transform
+from .errors import BatchStoppedError as BatchStoppedError
 from .errors import CacheError as CacheError
 from .errors import CacheMissError as CacheMissError
 from .errors import ClientOutputError as ClientOutputError
@@ -75,11 +74,30 @@ from .errors import StreamInterruptedError as StreamInterruptedError
 
 __version__ = "0.1.0"
 
+#: Names that moved to :mod:`moa.steps` (the custom-step API); ``moa.<name>`` still works until
+#: the next release, with a DeprecationWarning.
+_MOVED = ("Request", "messages", "numbered", "parse_pick", "parse_ranking")
+
+
+def __getattr__(name: str) -> object:
+    if name in _MOVED:
+        import warnings
+
+        warnings.warn(
+            f"moa.{name} is moa.steps.{name} now; moa.{name} goes in the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(steps, name)
+    raise AttributeError(f"module 'moa' has no attribute {name!r}")
+
+
 __all__ = (
     "DEFAULT_PRICES",
     "Agent",
     "Aggregate",
     "AggregateSeq",
+    "BatchStoppedError",
     "Cache",
     "CacheError",
     "CacheMissError",
@@ -96,6 +114,7 @@ __all__ = (
     "History",
     "LLMStep",
     "Limits",
+    "Majority",
     "Map",
     "MoaError",
     "ModelLimit",
@@ -109,10 +128,10 @@ __all__ = (
     "ProviderError",
     "Rank",
     "Refine",
-    "Request",
     "Retry",
     "RetryAfterTooLongError",
     "RunFinished",
+    "RunOptions",
     "RunResult",
     "Sample",
     "Shuffle",
@@ -131,12 +150,8 @@ __all__ = (
     "Vote",
     "as_completed",
     "cost",
-    "messages",
-    "numbered",
     "parallel",
-    "parse_pick",
     "parse_pipeline",
-    "parse_ranking",
     "pipeline",
     "row_seed",
     "run",

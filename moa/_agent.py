@@ -7,12 +7,17 @@ are the only source of diversity there is. A bare string is the shorthand for ``
 
 from __future__ import annotations
 
-import sys
 from dataclasses import KW_ONLY, dataclass
 
-from ._bounds import MAX_COUNT, check_int, safe_repr
+from ._bounds import MAX_COUNT, MAX_TEMP, check_int, check_number, describe, safe_repr
 
-__all__ = ("Agent", "AgentLike", "agent_of")
+__all__ = ("Agent", "AgentLike", "agent_of", "plain_text")
+
+
+def plain_text(text: str) -> str:
+    """``text`` as a plain str: a str subclass (whose ``__repr__`` may say anything) stored in
+    a value would make that value's repr lie about what it holds."""
+    return text if type(text) is str else str.__str__(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,28 +42,28 @@ class Agent:
     name: str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.model, str) or not self.model:
+        if not isinstance(self.model, str):
             raise TypeError(
-                f"Agent(model): model must be a non-empty model name, not {safe_repr(self.model)}"
+                f"Agent(model): model must be a model name (str), not {describe(self.model)}"
             )
-        temp = self.temp
-        if temp is not None and (
-            isinstance(temp, bool)
-            or not isinstance(temp, (int, float))
-            or not 0 <= temp <= sys.float_info.max
-        ):
-            raise ValueError(
-                f"Agent(temp=...): temp must be a finite number >= 0 or None for "
-                f"the step's, got {safe_repr(temp)}"
-            )
+        if not self.model:
+            raise ValueError("Agent(model): model must be a non-empty model name, got ''")
+        check_number("Agent", "temp", self.temp, high=MAX_TEMP, none=True)
         check_int("Agent", "max_tokens", self.max_tokens, 1, MAX_COUNT, none=True)
+        object.__setattr__(self, "model", plain_text(self.model))
         for field in ("system", "name"):
             value = getattr(self, field)
-            if value is not None and (not isinstance(value, str) or not value.strip()):
-                raise ValueError(
-                    f"Agent({field}=...): {field} must be a non-empty str or None, "
-                    f"got {safe_repr(value)}"
+            if value is None:
+                continue
+            if not isinstance(value, str):
+                raise TypeError(
+                    f"Agent({field}=...): {field} must be a str or None, not {describe(value)}"
                 )
+            if not value.strip():
+                raise ValueError(
+                    f"Agent({field}=...): {field} must be a non-empty str or None, got {safe_repr(value)}"
+                )
+            object.__setattr__(self, field, plain_text(value))
 
     def __repr__(self) -> str:
         shown = [repr(self.model)]
@@ -94,7 +99,7 @@ def agent_of(step: str, value: object, where: str) -> AgentLike:
     if isinstance(value, Agent):
         return value.model if value.plain else value
     if isinstance(value, str) and value:
-        return value
+        return plain_text(value)
     raise TypeError(
         f"{step}({where}): every agent must be a non-empty model name, not "
         f"{safe_repr(value)} ({type(value).__name__}): give a str or a "

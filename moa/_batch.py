@@ -1,31 +1,33 @@
 """Many prompts through one pipeline: ``run_many`` (results in input order) and
-``as_completed`` (results as they finish), sharing one cap on calls in flight and one set of
-per-model limits. A run that fails is reported in its own result; the batch goes on."""
+``as_completed`` (results as they finish), sharing one call stack: one cap on calls in flight,
+one set of per-model limits, one cache. A run that fails is reported in its own result; the
+batch goes on. The prompts are taken as runs start, so a generator of a million prompts is
+read as the batch goes, never held whole."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+import sys
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Unpack
 
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
-from ._bounds import safe_repr
-from ._cache import Cache
+from ._bounds import check_int, describe, error_text
 from ._calls import compose
 from ._client import Client
-from ._executor import Walk, walk
+from ._executor import Stop, Walk, walk
 from ._history import History
-from ._limits import Limits
-from ._pipeline import Step, StepLike, _describe, as_step
-from ._retry import DEFAULT_RETRY, Retry
-from ._run import _seed, check_options, unwrapped
-from ._seeds import accepts_seed, row_seed
-from .errors import MoaError
+from ._options import RunKwargs, RunOptions
+from ._pipeline import Step, StepLike, as_step
+from ._run import ErrorAfter, check_client, check_prompt, draw_seed, unwrapped
+from ._seeds import accepts_seed, check_id, row_seed
+from .errors import BatchStoppedError, MoaError
 
 __all__ = ("RunResult", "as_completed", "run_many")
 
@@ -33,7 +35,9 @@ __all__ = ("RunResult", "as_completed", "run_many")
 @dataclass(frozen=True, slots=True)
 class RunResult:
     """One prompt's outcome in a batch: its ``result`` and ``history``, or the ``error`` that
-    ended it (``history`` then holds what ran before, when the error carried it)."""
+    ended it (``history`` then holds what ran before, when the error carried it). ``index``
+    is its position in the input, ``id`` the id it was given, ``seed`` the run's seed (its
+    history's, and known for a run that failed before writing any)."""
 
     index: int
     prompt: str
@@ -41,188 +45,223 @@ class RunResult:
     history: History | None
     error: BaseException | None = field(default=None, compare=False)
     id: str | int | None = None
+    seed: int | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
 
-Progress = Callable[[int, int, RunResult], Any]
+Progress = Callable[[int, "int | None", RunResult], Any]
 
 
-def _seeds(seed: int | None, ids: list[str | int] | None, n: int) -> list[int | None]:
-    """Each prompt's run seed: with ids, from the batch seed and the prompt's id (the same
-    however the batch is split); without, drawn from the batch seed in input order."""
-    if seed is None:
-        return [None] * n
-    if ids is not None:
-        return [row_seed(seed, ident) for ident in ids]
-    draw = random.Random(seed)
-    return [draw.getrandbits(63) for _ in range(n)]
+@dataclass(frozen=True, slots=True)
+class _Item:
+    """One prompt as the batch runs it."""
+
+    index: int
+    prompt: str
+    id: str | int | None
+    seed: int
 
 
-def _ids(ids: Iterable[str | int] | None, n: int) -> list[str | int] | None:
-    if ids is None:
-        return None
-    if isinstance(ids, (str, bytes)):
-        raise TypeError("run_many(ids=...): ids must be a list of ids, one per prompt, not a str")
-    out = list(ids)
-    if len(out) != n:
-        raise ValueError(f"run_many(ids=...): {len(out)} ids for {n} prompts: one id a prompt")
-    seen: set[str | int] = set()
-    for i, ident in enumerate(out):
-        if isinstance(ident, bool) or not isinstance(ident, (str, int)):
-            raise TypeError(
-                f"run_many(ids=...): id {i} must be a str or an int, got {safe_repr(ident)}"
-            )
-        if ident in seen:
-            raise ValueError(
-                f"run_many(ids=...): id {safe_repr(ident)} is given twice; ids "
-                f"name prompts, one each"
-            )
-        seen.add(ident)
-    return out
+def _feed(
+    prompts: Iterable[str], ids: Iterable[str | int] | None, seed: int | None
+) -> Iterator[_Item]:
+    """The prompts with their ids and seeds, checked as they are taken. With ids and a seed,
+    each prompt's seed comes from the seed and its id (the same however the batch is split);
+    with a seed alone, drawn from it in input order; without, drawn at random."""
+    draw = random.Random(seed) if seed is not None and ids is None else None
+    names: Iterator[str | int | None] = iter(ids) if ids is not None else _forever_none()
+    seen: set[str] = set()
+    index = -1
+    for index, prompt in enumerate(prompts):
+        check_prompt(f"run_many(prompts[{index}])", prompt)
+        ident = next(names, _MISSING)
+        if ident is _MISSING:
+            raise ValueError(f"run_many(ids=...): fewer ids than prompts (none for prompt {index})")
+        if ident is not None:
+            check_id("run_many", f"ids[{index}]", ident)
+            key = json.dumps(ident)
+            if key in seen:
+                raise ValueError(
+                    f"run_many(ids=...): id {ident!r} is given twice; ids name prompts, one each"
+                )
+            seen.add(key)
+        run_seed = (
+            row_seed(seed, ident)
+            if seed is not None and ident is not None
+            else draw.getrandbits(63)
+            if draw is not None
+            else draw_seed(None)
+        )
+        yield _Item(index, prompt, ident, run_seed)
+    if ids is not None and next(names, _MISSING) is not _MISSING:
+        raise ValueError(f"run_many(ids=...): more ids than the {index + 1} prompts")
 
 
-def _prompts(prompts: Iterable[str]) -> list[str]:
-    if isinstance(prompts, str):
+_MISSING: Any = object()
+
+
+def _forever_none() -> Iterator[None]:
+    while True:
+        yield None
+
+
+def _checked_upfront(
+    prompts: Iterable[str], ids: Iterable[str | int] | None, seed: int | None
+) -> tuple[Iterator[_Item], int | None]:
+    """The feed, and the number of prompts when known. Prompts given as a list (or tuple) and
+    ids as one are checked whole here, before any run starts; an iterator is checked as it
+    is read."""
+    if isinstance(prompts, (str, bytes)):
         raise TypeError(
             "run_many(prompts): prompts must be a list of prompts, not a bare str; "
             "did you mean [prompt]?"
         )
-    items = list(prompts)
-    for i, p in enumerate(items):
-        if not isinstance(p, str) or not p.strip():
-            raise ValueError(
-                f"run_many(prompts): prompt {i} must be a non-empty str, got {safe_repr(p)}"
-            )
-    return items
+    if isinstance(ids, (str, bytes)):
+        raise TypeError("run_many(ids=...): ids must be a list of ids, one per prompt, not a str")
+    if not isinstance(prompts, Sequence):
+        return _feed(prompts, ids, seed), None
+    if ids is not None and not isinstance(ids, Sequence):
+        ids = list(ids)
+    if ids is not None and len(ids) != len(prompts):
+        raise ValueError(
+            f"run_many(ids=...): {len(ids)} ids for {len(prompts)} prompts: one id a prompt"
+        )
+    items = list(_feed(prompts, ids, seed))
+    return iter(items), len(items)
+
+
+class _Batch:
+    """A batch as it runs: its one call stack, the stop that cancels every run, its counts."""
+
+    def __init__(self, step: Step, client: Client, options: RunOptions) -> None:
+        self.step = step
+        self.options = options
+        self.stop = Stop()
+        self.calls = compose(client, options, self.stop)
+        self.seeded = accepts_seed(client)
+        self.finished = 0
+
+    async def run(self, item: _Item) -> RunResult:
+        state = Walk(
+            item.prompt, item.seed, self.calls, self.stop, self.options.on_event, self.seeded
+        )
+        try:
+            result, history = await walk(self.step, state)
+            return RunResult(item.index, item.prompt, result, history, None, item.id, item.seed)
+        except Exception as exc:
+            partial = exc.history if isinstance(exc, MoaError) else None
+            return RunResult(item.index, item.prompt, None, partial, exc, item.id, item.seed)
 
 
 async def _drive(
-    step: Step,
-    prompts: list[str],
-    client: Client,
-    send: MemoryObjectSendStream[RunResult],
-    seed: int | None,
-    ids: list[str | int] | None,
+    batch: _Batch,
+    feed: Iterator[_Item],
+    total: int | None,
+    max_runs: int | None,
     progress: Progress | None,
-    options: dict[str, Any],
+    send: MemoryObjectSendStream[RunResult],
+    out: ErrorAfter[RunResult],
 ) -> None:
-    """Every prompt's run, each result sent as it finishes; ``options`` are ``run``'s. The
-    runs share one call stack, composed once: one cap, one ``Limits``, one cache."""
-    cap = options.pop("max_concurrency")
-    policy = options.pop("retry") or DEFAULT_RETRY
-    stop = _Stop()
-    calls = compose(
-        client, policy, stop, limiter=anyio.CapacityLimiter(cap) if cap else None, **options
-    )
-    seeded = accepts_seed(client)
-    seeds = _seeds(seed, ids, len(prompts))
-    done = 0
-    idents: Sequence[str | int | None] = ids if ids is not None else [None] * len(prompts)
+    """Every prompt's run, each result sent as it finishes. At most ``max_runs`` run at once,
+    the next prompt taken as one ends (each running run keeps at least one call busy, so a
+    cap on calls stays full while memory stays flat). When the prompts or ``progress`` raise,
+    no new run starts, the runs in flight finish and are sent, and the batch then raises
+    :class:`~moa.errors.BatchStoppedError` from that error."""
+    slots = anyio.Semaphore(max_runs) if max_runs else None
+    failure: list[BaseException] = []
 
-    async def one(i: int) -> None:
-        nonlocal done
-        state = Walk(prompts[i], None, seeded)
-        state.calls = calls
+    async def one(item: _Item) -> None:
         try:
-            result, history = await walk(step, prompts[i], state, _seed(seeds[i]))
-            outcome = RunResult(i, prompts[i], result, history, None, idents[i])
-        except Exception as exc:
-            partial = exc.history if isinstance(exc, MoaError) else None
-            outcome = RunResult(i, prompts[i], None, partial, exc, idents[i])
-        done += 1
-        if progress is not None:
-            progress(done, len(prompts), outcome)
-        await send.send(outcome)
-
-    # With a cap on calls, runs start as earlier ones finish, at most `cap` at a time: every
-    # running run keeps at least one call busy, so the cap stays full while memory stays flat
-    # (starting 10,000 runs at once kept 30,000 calls queued on the limiter).
-    # A semaphore, not a CapacityLimiter: the launcher takes the slot, the run gives it back.
-    runs = anyio.Semaphore(cap) if cap else None
-
-    async def slot(i: int) -> None:
-        try:
-            await one(i)
+            outcome = await batch.run(item)
+            batch.finished += 1
+            if progress is not None and not failure:
+                try:
+                    progress(batch.finished, total, outcome)
+                except Exception as exc:
+                    failure.append(exc)
+            await send.send(outcome)
         finally:
-            assert runs is not None
-            runs.release()
+            if slots is not None:
+                slots.release()
 
     async with send, anyio.create_task_group() as tg:
-        stop.scope = tg.cancel_scope
-        for i in range(len(prompts)):
-            if runs is None:
-                tg.start_soon(one, i)
-            else:
-                await runs.acquire()
-                tg.start_soon(slot, i)
-    if stop.interrupt is not None:
-        raise stop.interrupt
+        batch.stop.scope = tg.cancel_scope
+        while not failure:
+            if slots is not None:
+                await slots.acquire()
+            try:
+                item = next(feed)
+            except StopIteration:
+                break
+            except Exception as exc:  # a bad prompt in an iterator, a file's bad line
+                failure.append(exc)
+                break
+            tg.start_soon(one, item)
+    if batch.stop.interrupt is not None:
+        raise batch.stop.interrupt
+    if failure:
+        out.error = _stopped(failure[0], batch.finished, total)
 
 
-class _Stop:
-    """A batch's answer to a KeyboardInterrupt or SystemExit a client raised: every run is
-    cancelled, and the batch raises it once they have all stopped."""
-
-    __slots__ = ("interrupt", "scope")
-
-    def __init__(self) -> None:
-        self.interrupt: BaseException | None = None
-        self.scope: anyio.CancelScope | None = None
-
-    def __call__(self, exc: BaseException) -> None:
-        if self.interrupt is None:
-            self.interrupt = exc
-        if self.scope is not None:
-            self.scope.cancel()
+def _stopped(cause: BaseException, finished: int, total: int | None) -> BatchStoppedError:
+    of = f" of {total}" if total is not None else ""
+    error = BatchStoppedError(
+        f"the batch stopped after {finished}{of} prompts, as {error_text(cause)}"
+    )
+    error.__cause__ = cause
+    return error
 
 
 async def run_many(
     pipeline: StepLike,
     prompts: Iterable[str],
     client: Client,
+    options: RunOptions | None = None,
     *,
-    seed: int | None = None,
-    max_concurrency: int | None = None,
-    timeout: float | None = None,
-    retry: Retry | None = None,
-    limits: Limits | None = None,
-    hedge_after: float | None = None,
-    progress: Progress | None = None,
-    cache: Cache | None = None,
     ids: Iterable[str | int] | None = None,
+    max_runs: int | None = None,
+    progress: Progress | None = None,
+    **kwargs: Unpack[RunKwargs],
 ) -> list[RunResult]:
     """Run ``pipeline`` on every prompt concurrently; the results come back in input order.
 
-    ``max_concurrency`` caps the calls in flight across the whole batch; ``limits`` are
-    shared by every run. A run that fails does not stop the batch: its ``RunResult`` carries
-    the error. ``progress(done, total, result)`` is called as each run finishes. With ``seed``
-    each prompt gets its own seed drawn from it, so the batch replays. ``ids`` (one str or int
-    per prompt, unique) name the prompts in their results; with ``seed``, each prompt's seed
-    then comes from its id (:func:`moa.row_seed`), not its position, so any split of the batch
-    (resumed, or across Ray workers) gives every prompt the same seed. ``cache`` is shared by
-    every run, as in :func:`moa.run`.
+    The run options (a :class:`~moa.RunOptions`, keywords, or both) are ``run``'s and hold
+    for the whole batch: ``max_concurrency`` caps the calls in flight across every prompt,
+    ``limits`` and ``cache`` are shared, ``on_event`` hears every run's events. ``max_runs``
+    caps the prompts running at once (default: ``max_concurrency``, else no cap). A run that
+    fails does not stop the batch: its ``RunResult`` carries the error.
+    ``progress(done, total, result)`` is called as each run finishes (``total`` is None for
+    prompts given as an iterator). With ``seed`` each prompt gets its own seed drawn from it,
+    so the batch replays. ``ids`` (one str or int per prompt, unique) name the prompts in
+    their results; with ``seed``, each prompt's seed then comes from its id
+    (:func:`moa.row_seed`), not its position, so any split of the batch (resumed, or across
+    Ray workers) gives every prompt the same seed. Prompts (and ids) given as lists are
+    checked before anything runs; an iterator is read as runs start. When it (or
+    ``progress``) raises, the runs in flight finish and :class:`~moa.errors.BatchStoppedError`
+    is raised from that error, its ``results`` holding every finished run in input order.
     """
-    results: dict[int, RunResult] = {}
-    async with as_completed(
-        pipeline,
-        prompts,
-        client,
-        seed=seed,
-        max_concurrency=max_concurrency,
-        timeout=timeout,
-        retry=retry,
-        limits=limits,
-        hedge_after=hedge_after,
-        progress=progress,
-        cache=cache,
-        ids=ids,
-    ) as stream:
-        async for r in stream:
-            results[r.index] = r
-    return [results[i] for i in range(len(results))]
+    results: list[RunResult] = []
+    try:
+        async with as_completed(
+            pipeline,
+            prompts,
+            client,
+            options,
+            ids=ids,
+            max_runs=max_runs,
+            progress=progress,
+            **kwargs,
+        ) as stream:
+            async for r in stream:
+                results.append(r)
+    except BatchStoppedError as exc:
+        exc.results = tuple(sorted(results, key=lambda r: r.index))
+        raise
+    results.sort(key=lambda r: r.index)
+    return results
 
 
 @asynccontextmanager
@@ -230,16 +269,12 @@ async def as_completed(
     pipeline: StepLike,
     prompts: Iterable[str],
     client: Client,
+    options: RunOptions | None = None,
     *,
-    seed: int | None = None,
-    max_concurrency: int | None = None,
-    timeout: float | None = None,
-    retry: Retry | None = None,
-    limits: Limits | None = None,
-    hedge_after: float | None = None,
-    progress: Progress | None = None,
-    cache: Cache | None = None,
     ids: Iterable[str | int] | None = None,
+    max_runs: int | None = None,
+    progress: Progress | None = None,
+    **kwargs: Unpack[RunKwargs],
 ) -> AsyncIterator[AsyncIterator[RunResult]]:
     """``run_many`` as a stream in completion order::
 
@@ -247,46 +282,28 @@ async def as_completed(
             async for r in results:
                 ...
 
-    Leaving the block early cancels the runs still going.
+    Leaving the block early cancels the runs still going. When the prompts (or
+    ``progress``) raise, the runs in flight finish and are yielded, then iterating raises
+    :class:`~moa.errors.BatchStoppedError` from that error.
     """
     step = as_step(pipeline, where="run_many(pipeline)")
-    items = _prompts(prompts)
-    names = _ids(ids, len(items))
-    _check_batch(
-        client, seed, max_concurrency, timeout, retry, limits, hedge_after, progress, cache
-    )
-    send, receive = anyio.create_memory_object_stream[RunResult](math.inf)
-    with unwrapped():
-        async with receive, anyio.create_task_group() as tg:
-            options = {
-                "max_concurrency": max_concurrency,
-                "retry": retry,
-                "timeout": timeout,
-                "limits": limits,
-                "hedge_after": hedge_after,
-                "cache": cache,
-            }
-            tg.start_soon(_drive, step, items, client, send, seed, names, progress, options)
-            try:
-                yield receive
-            finally:
-                tg.cancel_scope.cancel()
-
-
-def _check_batch(
-    client: object,
-    seed: object,
-    max_concurrency: object,
-    timeout: object,
-    retry: object,
-    limits: object,
-    hedge_after: object,
-    progress: object,
-    cache: object = None,
-) -> None:
-    check_options(client, seed, max_concurrency, timeout, retry, limits, hedge_after, cache)
+    opts = RunOptions.of("run_many", options, dict(kwargs))
+    check_client("run_many", client)
+    check_int("run_many", "max_runs", max_runs, 1, sys.maxsize, none=True)
     if progress is not None and not callable(progress):
         raise TypeError(
             f"run_many(progress=...): progress must be a callable "
-            f"progress(done, total, result) or None, not {_describe(progress)}"
+            f"progress(done, total, result) or None, not {describe(progress)}"
         )
+    feed, total = _checked_upfront(prompts, ids, opts.seed)
+    send, receive = anyio.create_memory_object_stream[RunResult](math.inf)
+    out = ErrorAfter(receive)
+    batch = _Batch(step, client, opts)
+    with unwrapped():
+        async with receive, anyio.create_task_group() as tg:
+            runs = max_runs if max_runs is not None else opts.max_concurrency
+            tg.start_soon(_drive, batch, feed, total, runs, progress, send, out)
+            try:
+                yield out
+            finally:
+                tg.cancel_scope.cancel()

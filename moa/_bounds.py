@@ -1,12 +1,21 @@
-"""The sizes moa accepts, each checked where the value enters (a step's constructor, a
-client's reply, a request a step builds), so an unbounded input is refused with an error that
-names the limit instead of exhausting memory or the stack at run time. The README's limits
-table lists them beside the parser's own.
+"""The sizes moa accepts and the one rule for bad arguments.
+
+Sizes: each is checked where the value enters (a step's constructor, a client's reply, a
+request a step builds), so an unbounded input is refused with an error that names the limit
+instead of exhausting memory or the stack at run time. The README's limits table lists them
+beside the parser's own (:mod:`moa._parse`).
+
+The rule for bad arguments, everywhere: a value of the wrong type raises ``TypeError``, a value
+of the right type that breaks a rule raises ``ValueError``; both name the argument as
+``owner(name=...)`` and state the rule. The text helpers here (:func:`safe_repr`,
+:func:`describe`, :func:`error_text`) are the only ways moa turns a value or an exception into
+the text of a message.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 
 #: Levels of Pipeline/Parallel nesting (``a | (b & (c | ...))``); deeper would overflow the
 #: stack in ``repr``, ``hash`` and ``run``, and no pipeline needs it.
@@ -18,6 +27,9 @@ MAX_STEPS = 10_000
 MAX_CALLS = 1_000
 #: A count argument (``Take(n)``, ``Sample(n)``, ``Rank(n=...)``).
 MAX_COUNT = 1_000_000
+#: A sampling temperature: providers take 0 to 2; above 100 is no temperature at all (and an
+#: int that large would print as more digits than an expression may hold).
+MAX_TEMP = 100
 #: Characters in one reply from a client; a longer one fails that call (not retried).
 MAX_REPLY_CHARS = 1_000_000
 #: Characters in one request's messages (an aggregator reading every response); a larger
@@ -25,38 +37,11 @@ MAX_REPLY_CHARS = 1_000_000
 MAX_REQUEST_CHARS = 4_000_000
 
 
+# -- text ----------------------------------------------------------------------------------------
 def shown(n: int) -> str:
     """An int for an error message: a huge one (whose ``str`` Python refuses past 4,300
     digits, or that would flood the message) by its size."""
     return str(n) if -(10**20) < n < 10**20 else f"an integer of {n.bit_length():,} bits"
-
-
-def check_int(
-    owner: str, name: str, value: object, low: int, high: int, none: bool = False
-) -> None:
-    """Raise ValueError unless ``value`` is an int (not a bool) from ``low`` to ``high`` (or
-    None, when ``none``), in a message that names the argument and states the rule."""
-    if value is None and none:
-        return
-    rule = f"an int >= {low}{' or None' if none else ''}"
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{owner}({name}=...): {name} must be {rule}, got {safe_repr(value)}")
-    if value > high:
-        raise ValueError(
-            f"{owner}({name}=...): {name} must be an int <= {high:,}, got {shown(value)}"
-        )
-
-
-def check_seconds(owner: str, name: str, value: object) -> None:
-    """Raise ValueError unless ``value`` is None or a finite number of seconds > 0 (not a
-    bool), in a message that names the argument and states the rule."""
-    if value is not None and (
-        isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf
-    ):
-        raise ValueError(
-            f"{owner}({name}=...): {name} must be a number of seconds > 0 or None, "
-            f"got {safe_repr(value)}"
-        )
 
 
 def safe_repr(value: object) -> str:
@@ -66,3 +51,92 @@ def safe_repr(value: object) -> str:
     except Exception:  # a user's object whose __repr__ fails must not replace the real error
         return f"a {type(value).__name__} (its repr fails)"
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def describe(value: object) -> str:
+    """A value and its type, for a message about a value of the wrong type: ``'3' (str)``."""
+    return f"{safe_repr(value)} ({type(value).__name__})"
+
+
+def error_text(exc: BaseException) -> str:
+    """How an exception is written into history, a batch's output and a message: its type
+    and its text (``TimeoutError`` alone when it has none). An exception whose ``__str__``
+    raises is named by its type: reporting a failure must never fail."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = "(its message cannot be shown: str() raised)"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# -- checks --------------------------------------------------------------------------------------
+def check_type(
+    owner: str, name: str, value: object, kinds: type | tuple[type, ...], rule: str
+) -> None:
+    """TypeError unless ``value`` is an instance of ``kinds`` (a bool is never a number)."""
+    if isinstance(value, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,)):
+        raise TypeError(f"{owner}({name}=...): {name} must be {rule}, not {describe(value)}")
+    if not isinstance(value, kinds):
+        raise TypeError(f"{owner}({name}=...): {name} must be {rule}, not {describe(value)}")
+
+
+def check_int(
+    owner: str, name: str, value: object, low: int, high: int, none: bool = False
+) -> None:
+    """An int from ``low`` to ``high`` (or None, when ``none``): TypeError for another type,
+    ValueError out of range, each naming the argument and stating the rule."""
+    if value is None and none:
+        return
+    rule = f"an int >= {low}{' or None' if none else ''}"
+    check_type(owner, name, value, int, rule)
+    assert isinstance(value, int)
+    if value < low:
+        raise ValueError(f"{owner}({name}=...): {name} must be {rule}, got {shown(value)}")
+    if value > high:
+        raise ValueError(
+            f"{owner}({name}=...): {name} must be an int <= {high:,}, got {shown(value)}"
+        )
+
+
+def check_number(
+    owner: str, name: str, value: object, *, low: float = 0.0, above: bool = False,
+    high: float | None = None, none: bool = False, unit: str = "a finite number",
+) -> None:  # fmt: skip
+    """A finite real number >= ``low`` (> ``low`` when ``above``) and <= ``high``, or None when
+    ``none``: TypeError for another type, ValueError for NaN, an infinity or one out of range.
+    An int too large to be a float is out of range too (its repr may be refused)."""
+    if value is None and none:
+        return
+    bound = f"{'>' if above else '>='} {low:g}" + (f" and <= {high:g}" if high is not None else "")
+    rule = f"{unit} {bound}" + (" or None" if none else "")
+    check_type(owner, name, value, (int, float), rule)
+    assert isinstance(value, (int, float))
+    top = sys.float_info.max if high is None else high
+    ok = (value > low if above else value >= low) and value <= top
+    if not ok or (isinstance(value, float) and not math.isfinite(value)):
+        raise ValueError(f"{owner}({name}=...): {name} must be {rule}, got {safe_repr(value)}")
+
+
+#: The seeds moa takes: 64-bit signed integers (a run's drawn seed is 63 bits). Integer ids of
+#: a batch are held to the same range (a Parquet or Ray column holds them in 64 bits).
+SEED_RANGE = range(-(2**63), 2**63)
+
+
+def check_seed(owner: str, name: str, value: object, none: bool = True) -> None:
+    """An int in :data:`SEED_RANGE` (or None): TypeError for another type, ValueError out of
+    range."""
+    if value is None and none:
+        return
+    check_type(owner, name, value, int, "an int" + (" or None" if none else ""))
+    assert isinstance(value, int)
+    if value not in SEED_RANGE:
+        raise ValueError(
+            f"{owner}({name}=...): {name} must be a 64-bit integer (-2**63 to 2**63 - 1), "
+            f"got {shown(value)}"
+        )
+
+
+def check_seconds(owner: str, name: str, value: object) -> None:
+    """None or a finite number of seconds > 0 (TypeError for another type, ValueError out of
+    range), in a message that names the argument and states the rule."""
+    check_number(owner, name, value, above=True, none=True, unit="a finite number of seconds")

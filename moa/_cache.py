@@ -27,9 +27,13 @@ import time
 import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
+from ._client import Reply
 from .errors import CacheError
+
+if TYPE_CHECKING:
+    from ._contract import Identity
 
 __all__ = ("Cache",)
 
@@ -45,22 +49,24 @@ _SCHEMA = (
 )
 
 
-def _key(
-    namespace: str,
-    model: str,
-    messages: Sequence[Mapping[str, str]],
-    temp: float,
-    max_tokens: int,
-    index: int | Sequence[int],
-) -> bytes:
-    """The sha256 digest that names one request; equal inputs give equal keys in any process."""
-    pairs = [[m["role"], m["content"]] for m in messages]
+def _key(namespace: str, identity: Identity, index: int | Sequence[int]) -> bytes:
+    """The sha256 digest that names one request (its :attr:`~moa.steps.Request.identity`)
+    and sample; equal inputs give equal keys in any process."""
+    model, pairs, temp, max_tokens = identity
     sample = [int(index)] if isinstance(index, int) else [int(i) for i in index]
     canonical = json.dumps(
-        [_KEY_FORMAT, namespace, model, pairs, repr(float(temp)), int(max_tokens), sample],
+        [_KEY_FORMAT, namespace, model, pairs, repr(temp), int(max_tokens), sample],
         separators=(",", ":"),
     )
     return hashlib.sha256(canonical.encode("ascii")).digest()
+
+
+def _identity(
+    model: str, messages: Sequence[Mapping[str, str]], temp: float, max_tokens: int
+) -> Identity:
+    # As Request.identity makes it; for the get/put spelled out field by field.
+    pairs = tuple((m["role"], m["content"]) for m in messages)
+    return (model, pairs, float(temp) + 0.0, max_tokens)
 
 
 class Cache:
@@ -240,20 +246,11 @@ class Cache:
         temp: float,
         max_tokens: int,
         index: int | Sequence[int],
-    ) -> tuple[str, int | None, int | None] | None:
+    ) -> Reply | None:
         """The stored ``(text, input_tokens, output_tokens)`` for this request, or None on a miss
         (always None in record mode). ``index`` names the sample: an int, or a sequence of
         ints (the executor passes the step's path and the position among identical requests)."""
-        if self.mode == "record":  # never serve: no need to look
-            self._check_open()
-            return None
-        key = _key(self.namespace, model, messages, temp, max_tokens, index)
-        sql = "SELECT text, input_tokens, output_tokens FROM entries WHERE key = ?"
-        rows = self._execute(sql, (key,))
-        if not rows:
-            return None
-        text, input_tokens, output_tokens = rows[0]
-        return text, input_tokens, output_tokens
+        return self.lookup(_identity(model, messages, temp, max_tokens), index)
 
     def put(
         self,
@@ -267,10 +264,28 @@ class Cache:
         output_tokens: int | None,
     ) -> None:
         """Store the answer to this request, replacing any earlier one."""
-        key = _key(self.namespace, model, messages, temp, max_tokens, index)
+        identity = _identity(model, messages, temp, max_tokens)
+        self.store(identity, index, Reply(text, input_tokens, output_tokens))
+
+    def lookup(self, identity: Identity, index: int | Sequence[int]) -> Reply | None:
+        """:meth:`get` for a request's identity (``Request.identity``)."""
+        if self.mode == "record":  # never serve: no need to look
+            self._check_open()
+            return None
+        key = _key(self.namespace, identity, index)
+        sql = "SELECT text, input_tokens, output_tokens FROM entries WHERE key = ?"
+        rows = self._execute(sql, (key,))
+        if not rows:
+            return None
+        text, input_tokens, output_tokens = rows[0]
+        return Reply(text, input_tokens, output_tokens)
+
+    def store(self, identity: Identity, index: int | Sequence[int], reply: Reply) -> None:
+        """:meth:`put` for a request's identity (``Request.identity``)."""
+        key = _key(self.namespace, identity, index)
         self._execute(
             "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?)",
-            (key, model, text, input_tokens, output_tokens, time.time()),
+            (key, identity[0], reply.text, reply.input_tokens, reply.output_tokens, time.time()),
         )
 
     def __len__(self) -> int:

@@ -3,9 +3,10 @@ reply it must return, and how moa checks that reply."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ._bounds import MAX_REPLY_CHARS, safe_repr
 from .errors import ClientOutputError, ProviderError
@@ -17,12 +18,18 @@ __all__ = (
     "Usage",
     "check_output",
     "close_client",
-    "error_text",
     "unicode_error",
+    "utf8_text",
 )
 
-#: What a client returns: the text, then input and output tokens (None: not reported).
-Reply = tuple[str, int | None, int | None]
+
+class Reply(NamedTuple):
+    """What a client returns: the text, then input and output tokens (None: not reported).
+    A client may return a plain 3-tuple; moa reads it as a Reply."""
+
+    text: str
+    input_tokens: int | None
+    output_tokens: int | None
 
 
 class Client(Protocol):
@@ -53,11 +60,7 @@ class StreamingClient(Client, Protocol):
     ) -> AsyncIterator[str | Usage]: ...
 
 
-def error_text(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
-def check_output(model: str, out: Any) -> tuple[str, int | None, int | None]:
+def check_output(model: str, out: Any) -> Reply:
     # A tuple subclass (a namedtuple) or a list of three is the shape too.
     if not isinstance(out, (tuple, list)) or len(out) != 3:
         raise ClientOutputError(model, out, "expected a tuple of 3 items")
@@ -76,7 +79,7 @@ def check_output(model: str, out: Any) -> tuple[str, int | None, int | None]:
             raise ClientOutputError(
                 model, out, f"{name} must be an int >= 0 or None, got {safe_repr(n)}"
             )
-    return text, tin, tout
+    return out if type(out) is Reply else Reply(text, tin, tout)
 
 
 def unicode_error(text: str) -> str | None:
@@ -90,6 +93,15 @@ def unicode_error(text: str) -> str | None:
             f"(invalid UTF-8 in the input?)"
         )
     return None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def utf8_text(text: str) -> str:
+    """``text`` as UTF-8 can hold it: each lone surrogate (which no UTF-8 file or Arrow
+    column can store) replaced by U+FFFD; any other text as it is."""
+    return text if unicode_error(text) is None else _SURROGATE.sub("\ufffd", text)
 
 
 async def close_client(client: object) -> None:

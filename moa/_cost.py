@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar, Protocol
 
-from ._bounds import safe_repr
-from ._pipeline import _describe
+from ._bounds import describe, safe_repr
 
 __all__ = ("DEFAULT_PRICES", "PRICES_AS_OF", "Cost", "Price", "Prices", "cost")
 
@@ -37,7 +36,7 @@ class Price:
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise TypeError(
                     f"Price({name}=...): a price must be a number of dollars per "
-                    f"million tokens, not {_describe(value)}"
+                    f"million tokens, not {describe(value)}"
                 )
             if not math.isfinite(value) or value < 0:
                 raise ValueError(
@@ -50,7 +49,7 @@ class Price:
 
 def _as_price(where: str, model: object, value: object) -> Price:
     if not isinstance(model, str) or not model:
-        raise TypeError(f"{where}: model names must be non-empty str, not {_describe(model)}")
+        raise TypeError(f"{where}: model names must be non-empty str, not {describe(model)}")
     if isinstance(value, Price):
         return value
     if isinstance(value, (tuple, list)) and len(value) == 2:
@@ -60,7 +59,7 @@ def _as_price(where: str, model: object, value: object) -> Price:
             raise type(exc)(f"{where}: the price of {safe_repr(model)}: {exc}") from exc
     raise TypeError(
         f"{where}: the price of {safe_repr(model)} must be a moa.Price or an (input, output) "
-        f"pair of dollars per million tokens, not {_describe(value)}"
+        f"pair of dollars per million tokens, not {describe(value)}"
     )
 
 
@@ -81,7 +80,7 @@ class Prices(Mapping[str, Price]):
         if not isinstance(table, Mapping):
             raise TypeError(
                 f"Prices(table): table must be a mapping of model name to Price or "
-                f"(input, output), not {_describe(table)}"
+                f"(input, output), not {describe(table)}"
             )
         self._table: dict[str, Price] = {
             model: _as_price("Prices", model, value) for model, value in table.items()
@@ -130,7 +129,7 @@ class Prices(Mapping[str, Price]):
         if not isinstance(table, Mapping):
             raise TypeError(
                 f"Prices | ...: the right side must be a Prices or a mapping of model "
-                f"name to Price or (input, output), not {_describe(table)}"
+                f"name to Price or (input, output), not {describe(table)}"
             )
         return Prices({**self._table, **Prices(table)._table})
 
@@ -374,7 +373,7 @@ def cost(history: Calls, prices: Mapping[str, Price | tuple[float, float]] | Non
     """
     calls = getattr(history, "calls", None)
     if not isinstance(calls, tuple):
-        raise TypeError(f"cost(history): history must be a moa.History, not {_describe(history)}")
+        raise TypeError(f"cost(history): history must be a moa.History, not {describe(history)}")
     if prices is None:
         table = DEFAULT_PRICES
     elif isinstance(prices, Prices):
@@ -384,7 +383,7 @@ def cost(history: Calls, prices: Mapping[str, Price | tuple[float, float]] | Non
     else:
         raise TypeError(
             f"cost(prices=...): prices must be a moa.Prices, a mapping of model name "
-            f"to Price or (input, output), or None, not {_describe(prices)}"
+            f"to Price or (input, output), or None, not {describe(prices)}"
         )
     known = 0.0
     by_model: dict[str, float | None] = {}

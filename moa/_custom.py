@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, overload
 
-from ._pipeline import Step, _describe
+from ._bounds import describe
+from ._pipeline import Step, source
 from ._transforms import Transform
 
 __all__ = ("FunctionTransform", "TransformFactory", "transform")
@@ -24,14 +25,6 @@ __all__ = ("FunctionTransform", "TransformFactory", "transform")
 TransformFunction = Callable[..., list[str]]
 _EMPTY = inspect.Parameter.empty
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-
-
-def _source(value: Any) -> str:
-    """An argument as it was written: a function by its name, anything else by its repr."""
-    if callable(value) and not isinstance(value, Step):
-        name = getattr(value, "__name__", None)
-        return name if isinstance(name, str) else repr(value)
-    return repr(value)
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -64,16 +57,16 @@ class FunctionTransform(Transform):
                 value = next(args)
                 # A defaulted argument at its default is left out, as a dataclass step's is.
                 if p.default is _EMPTY or spread:
-                    shown.append(_source(value))
+                    shown.append(source(value))
                 elif value != p.default:
-                    shown.append(f"{p.name}={_source(value)}")
+                    shown.append(f"{p.name}={source(value)}")
             elif p.kind is inspect.Parameter.VAR_POSITIONAL:
-                shown.extend(_source(v) for v in args)
+                shown.extend(source(v) for v in args)
             elif p.kind is inspect.Parameter.KEYWORD_ONLY:
                 value = kwargs.pop(p.name)
                 if p.default is _EMPTY or value != p.default:
-                    shown.append(f"{p.name}={_source(value)}")
-        shown.extend(f"{k}={_source(v)}" for k, v in kwargs.items())
+                    shown.append(f"{p.name}={source(value)}")
+        shown.extend(f"{k}={source(v)}" for k, v in kwargs.items())
         return f"{name}({', '.join(shown)})"
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -138,7 +131,7 @@ def _check_function(fn: object) -> inspect.Signature:
         or not isinstance(getattr(fn, "__name__", None), str)
     ):
         raise TypeError(
-            f"@transform decorates a named function fn(responses, rng, ...), not {_describe(fn)}"
+            f"@transform decorates a named function fn(responses, rng, ...), not {describe(fn)}"
         )
     if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
         raise TypeError(

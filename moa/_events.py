@@ -28,7 +28,7 @@ __all__ = (
 class StepStarted:
     """An LLM step is starting round ``round`` of its calls, ``calls`` of them (a transform or
     a Parallel sends none). Most steps have one round; a step that makes no call (such as
-    ``Vote(extract=...)``) reports ``calls=0`` once; a multi-round step (``AggregateSeq``)
+    ``Majority(...)``) reports ``calls=0`` once; a multi-round step (``AggregateSeq``)
     reports each round, numbered from 1."""
 
     path: tuple[int, ...]

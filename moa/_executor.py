@@ -3,15 +3,15 @@
 Pipelines run their steps in order, Parallels their branches concurrently (each on its own
 generator seeded from the run's), transforms apply at once, and an LLM step runs in rounds:
 it asks for requests, the walk has the run's composed call stack (:mod:`moa._calls`) make
-them concurrently, checks them against the step's ``required``/``enough``, and hands the
-replies back. History is assembled in pipeline order, so it never depends on which call
-finished first. What wraps each call (retries, limits, cache, events...) is the stack's
-business; the walk only asks for calls.
+them (:mod:`moa._round`), checks them against the step's ``required``/``enough``, and hands
+the replies back. Work a step yields as :class:`~moa.steps.OffLoop` runs off the event loop.
+History is assembled in pipeline order, so it never depends on which call finished first.
+What wraps each call (retries, limits, cache, events...) is the stack's business; the walk
+only asks for calls.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from dataclasses import dataclass
 from time import monotonic
@@ -19,41 +19,66 @@ from typing import Any
 
 import anyio
 
-from ._bounds import MAX_CALLS, MAX_REQUEST_CHARS
-from ._calls import Calls, Outcome, Site, record
+from ._bounds import MAX_CALLS, MAX_REQUEST_CHARS, describe
+from ._calls import Calls
+from ._contract import Identity, LLMStep, OffLoop, Request
 from ._events import EventHandler, StepFinished, StepStarted
 from ._history import CallRecord, History, StepRecord
-from ._llm_steps import LLMStep, Request
-from ._pipeline import Parallel, Pipeline, Step, _describe, step_text
-from ._seeds import call_seed
+from ._offload import run_off_loop
+from ._pipeline import Parallel, Pipeline, Step, step_text
+from ._round import call_round
 from ._transforms import Transform
 from .errors import EmptyInputError, MoaError, StepFailedError
 
-__all__ = ("Walk", "walk")
+__all__ = ("Stop", "Walk", "rng_for", "walk")
 
 
-class Walk:
-    """One run as the walk sees it: the prompt, the composed calls, the step events' handler,
-    whether calls carry seeds, and the KeyboardInterrupt a client raised."""
+class Stop:
+    """A run's (or a batch's) answer to a KeyboardInterrupt or SystemExit a client raised:
+    ``scope`` (the run's or the batch's) is cancelled, so every call stops, and the entry point
+    raises the interrupt once they have."""
 
-    __slots__ = ("calls", "interrupt", "on_event", "prompt", "scope", "seed", "seeded")
+    __slots__ = ("interrupt", "scope")
 
-    def __init__(self, prompt: str, on_event: EventHandler | None, seeded: bool) -> None:
-        self.prompt = prompt
-        self.on_event = on_event
-        self.seeded = seeded
-        self.seed = 0
-        self.calls: Calls  # set by whoever composes the stack, with self.stop as its interrupt
-        self.scope: anyio.CancelScope | None = None
+    def __init__(self) -> None:
         self.interrupt: BaseException | None = None
+        self.scope: anyio.CancelScope | None = None
 
-    def stop(self, exc: BaseException) -> None:
-        """A client raised KeyboardInterrupt or SystemExit: cancel the whole run, so every call
-        stops, and raise it when the run has unwound."""
+    def __call__(self, exc: BaseException) -> None:
         if self.interrupt is None:
             self.interrupt = exc
         if self.scope is not None:
             self.scope.cancel()
+
+
+class Walk:
+    """One run as the walk sees it: the prompt and the run's seed, the composed calls and the
+    Stop they report interrupts to, the step events' handler, and whether calls carry
+    sampling seeds (the client takes one)."""
+
+    __slots__ = ("calls", "on_event", "prompt", "seed", "seeded", "stop")
+
+    def __init__(
+        self,
+        prompt: str,
+        seed: int,
+        calls: Calls,
+        stop: Stop,
+        on_event: EventHandler | None = None,
+        seeded: bool = False,
+    ) -> None:
+        self.prompt = prompt
+        self.seed = seed
+        self.calls = calls
+        self.stop = stop
+        self.on_event = on_event
+        self.seeded = seeded
+
+
+def rng_for(seed: int) -> random.Random:
+    """The run's generator. ``random.Random`` seeds from ``abs(seed)``, so a negative seed is
+    told apart by seeding from its text: ``seed=-7`` and ``seed=7`` draw differently."""
+    return random.Random(seed if seed >= 0 else f"moa-negative-seed/{seed}")
 
 
 @dataclass(slots=True)
@@ -66,30 +91,30 @@ class _Branch:
     emptied_by: str | None = None
 
 
-async def walk(step: Step, prompt: str, run: Walk, seed: int) -> tuple[str, History]:
-    """Run ``step`` on ``prompt``: the result and the history. A MoaError leaves with the
-    history so far; a client's KeyboardInterrupt leaves as itself once every call stopped."""
-    run.seed = seed
-    root = _Branch(random.Random(seed), [])
+async def walk(step: Step, run: Walk) -> tuple[str, History]:
+    """Run ``step`` on the run's prompt: the result and the history. A MoaError leaves with
+    the history so far; a client's KeyboardInterrupt leaves as itself once every call stopped
+    (the caller's cancel scope, ``run.stop.scope``, ends the rest)."""
+    root = _Branch(rng_for(run.seed), [])
     start = monotonic()
     path = () if isinstance(step, Pipeline) else (0,)
-    outputs: list[str] = []
     try:
-        with anyio.CancelScope() as run.scope:
-            outputs = await _exec(run, step, [], root, path)
+        outputs = await _exec(run, step, [], root, path)
     except MoaError as exc:  # a failed step, a broken cache: the user keeps what ran
-        if run.interrupt is not None:
-            raise run.interrupt from None
-        exc.history = History(prompt, seed, tuple(root.records), (), monotonic() - start)
+        if run.stop.interrupt is not None:
+            raise run.stop.interrupt from None
+        exc.history = History(run.prompt, run.seed, tuple(root.records), (), monotonic() - start)
         raise
     except BaseExceptionGroup as group:
         interrupt = interrupt_of(group)
         if interrupt is None:
             raise
         raise interrupt from None
-    if run.interrupt is not None:
-        raise run.interrupt
-    history = History(prompt, seed, tuple(root.records), tuple(outputs), monotonic() - start)
+    if run.stop.interrupt is not None:
+        raise run.stop.interrupt
+    history = History(
+        run.prompt, run.seed, tuple(root.records), tuple(outputs), monotonic() - start
+    )
     return (outputs[0] if outputs else ""), history
 
 
@@ -120,7 +145,7 @@ async def _exec(
     if isinstance(step, Parallel):
         return await _exec_parallel(run, step, responses, br, path)
     raise TypeError(
-        f"moa cannot run {_describe(step)}: a step must derive from Transform, "
+        f"moa cannot run {describe(step)}: a step must derive from Transform, "
         f"LLMStep, Pipeline or Parallel"
     )
 
@@ -135,7 +160,7 @@ def _exec_transform(
         exc.add_note(f"in step {step!r} at path {path}")
         raise
     if type(out) is not list or not all(type(r) is str for r in out):
-        raise TypeError(f"{step!r}.apply must return a list of str, returned {_describe(out)}")
+        raise TypeError(f"{step!r}.apply must return a list of str, returned {describe(out)}")
     notes: tuple[str, ...] = ()
     if responses and not out:
         br.emptied_by = f"{step!r} at path {path}"
@@ -144,14 +169,13 @@ def _exec_transform(
         run,
         br,
         StepRecord(
-            step_text(step),
-            path,
-            "transform",
-            tuple(responses),
-            tuple(out),
-            (),
-            notes,
-            monotonic() - start,
+            step=step_text(step),
+            path=path,
+            kind="transform",
+            inputs=tuple(responses),
+            outputs=tuple(out),
+            notes=notes,
+            duration=monotonic() - start,
         ),
     )
     return out
@@ -162,9 +186,10 @@ async def _exec_parallel(
 ) -> list[str]:
     start = monotonic()
     # Each branch gets its own generator, seeded from the parent in branch order, so the
-    # draws do not depend on how the branches interleave.
+    # draws do not depend on how the branches interleave; 63 bits, as a run's seed is, so a
+    # branch run alone with its seed draws the same.
     subs = [
-        _Branch(random.Random(br.rng.getrandbits(64)), [], br.emptied_by) for _ in step.branches
+        _Branch(random.Random(br.rng.getrandbits(63)), [], br.emptied_by) for _ in step.branches
     ]
     outs: list[list[str]] = [[] for _ in subs]
     failures: list[BaseException | None] = [None] * len(subs)
@@ -193,14 +218,12 @@ async def _exec_parallel(
         run,
         br,
         StepRecord(
-            step_text(step),
-            path,
-            "parallel",
-            tuple(responses),
-            tuple(out),
-            (),
-            (),
-            monotonic() - start,
+            step=step_text(step),
+            path=path,
+            kind="parallel",
+            inputs=tuple(responses),
+            outputs=tuple(out),
+            duration=monotonic() - start,
         ),
     )
     return out
@@ -242,7 +265,7 @@ class _StepRun:
         self.start = monotonic()
         self.plan: Any = None
         self.calls: list[CallRecord] = []
-        self.seen: dict[tuple[Any, ...], int] = {}
+        self.seen: dict[Identity, int] = {}
         self.failed = self.cancelled = self.rounds = 0
         self.notes: list[str] = []
 
@@ -250,7 +273,7 @@ class _StepRun:
         step, on_event = self.step, self.walk.on_event
         if step.needs_responses and not self.responses:
             self.empty()
-        requests, returned = self.first_round()
+        requests, returned = await self.first_round()
         if requests is None and on_event is not None:  # a step that makes no call
             on_event(StepStarted(self.path, step_text(step), 0))
         while requests is not None:
@@ -259,7 +282,7 @@ class _StepRun:
                 on_event(StepStarted(self.path, step_text(step), len(requests), self.rounds))
             replies = await self.round(requests)
             if self.plan is not None:
-                requests, returned = _advance(step, self.path, self.plan, replies)
+                requests, returned = await self.advance(replies)
                 continue
             try:
                 returned = step.combine(self.walk.prompt, list(self.responses), replies)
@@ -279,11 +302,13 @@ class _StepRun:
         _record(
             self.walk,
             br,
-            StepRecord(repr(step), self.path, "llm", (), (), (), ("received no responses",), 0.0),
+            StepRecord(
+                step=repr(step), path=self.path, kind="llm", notes=("received no responses",)
+            ),
         )
         raise EmptyInputError(f"{step!r} received no responses: {cause}", step=repr(step))
 
-    def first_round(self) -> tuple[list[Request] | None, Any]:
+    async def first_round(self) -> tuple[list[Request] | None, Any]:
         # A step with the default plan (one round: requests, then combine) is driven without
         # a generator: most steps are, and it is on every run's path.
         step = self.step
@@ -296,14 +321,59 @@ class _StepRun:
             exc.add_note(f"in step {step!r} at path {self.path}")
             raise
         if self.plan is not None:
-            return _advance(step, self.path, self.plan, None)
+            return await self.advance(None)
         _check_requests(step, requests)
         return requests, None
 
+    async def advance(self, sent: Any) -> tuple[list[Request] | None, Any]:
+        """The plan's next round of requests, or (None, what it returned) when it is done;
+        work it hands over off the loop is done on the way."""
+        while True:
+            try:
+                item = self.plan.send(sent)
+            except StopIteration as stop:
+                return None, stop.value
+            except Exception as exc:
+                exc.add_note(f"in step {self.step!r} at path {self.path}")
+                raise
+            if not isinstance(item, OffLoop):
+                break
+            sent = await self.off_loop(item)
+        try:
+            _check_requests(self.step, item)
+        except (TypeError, StepFailedError):
+            self.plan.close()
+            raise
+        return item, None
+
+    async def off_loop(self, work: OffLoop) -> Any:
+        try:
+            return await run_off_loop(work)
+        except TimeoutError:
+            self.give_up()
+            raise StepFailedError(
+                f"{self.step!r}: its work off the event loop ran past {work.seconds:g} s and "
+                "was stopped (a regex that backtracks without end?)",
+                step=repr(self.step),
+            ) from None
+        except Exception as exc:
+            self.plan.close()
+            exc.add_note(f"in step {self.step!r} at path {self.path}")
+            raise
+
     async def round(self, requests: list[Request]) -> list[str | None]:
         """One round's calls, tallied; the replies, or StepFailedError when too few answered."""
+        run = self.walk
         records, fatal = (
-            await _round(self.walk, self.step, self.path, requests, len(self.calls), self.seen)
+            await call_round(
+                run.calls,
+                self.step,
+                self.path,
+                requests,
+                len(self.calls),
+                self.seen,
+                run.seed if run.seeded else None,
+            )
             if requests
             else ([], None)
         )
@@ -358,14 +428,12 @@ class _StepRun:
             self.walk,
             self.br,
             StepRecord(
-                step_text(self.step),
-                self.path,
-                "llm",
-                tuple(self.responses),
-                (),
-                tuple(self.calls),
-                (),
-                monotonic() - self.start,
+                step=step_text(self.step),
+                path=self.path,
+                kind="llm",
+                inputs=tuple(self.responses),
+                calls=tuple(self.calls),
+                duration=monotonic() - self.start,
             ),
         )
 
@@ -374,13 +442,13 @@ class _StepRun:
         if type(returned) is not tuple or len(returned) != 2:
             raise TypeError(
                 f"{step!r} must return (responses, notes) when its calls are done, "
-                f"returned {_describe(returned)}"
+                f"returned {describe(returned)}"
             )
         out, notes = returned
         if type(out) is not list or not all(type(r) is str for r in out):
             raise TypeError(
                 f"{step!r}.combine must return a list of str as its responses, "
-                f"returned {_describe(out)}"
+                f"returned {describe(out)}"
             )
         notes = list(notes)
         if self.failed:
@@ -398,14 +466,14 @@ class _StepRun:
             self.walk,
             self.br,
             StepRecord(
-                step_text(step),
-                self.path,
-                "llm",
-                tuple(self.responses),
-                tuple(out),
-                tuple(calls),
-                tuple(notes),
-                monotonic() - self.start,
+                step=step_text(step),
+                path=self.path,
+                kind="llm",
+                inputs=tuple(self.responses),
+                outputs=tuple(out),
+                calls=tuple(calls),
+                notes=tuple(notes),
+                duration=monotonic() - self.start,
             ),
         )
         return out
@@ -414,8 +482,8 @@ class _StepRun:
 def _check_requests(step: LLMStep, requests: object) -> None:
     if type(requests) is not list or not all(type(r) is Request for r in requests):
         raise TypeError(
-            f"{step!r} must ask for a list of moa.Request in each round, "
-            f"asked for {_describe(requests)}"
+            f"{step!r} must ask for a list of moa.steps.Request in each round, "
+            f"asked for {describe(requests)}"
         )
     if len(requests) > MAX_CALLS:
         raise StepFailedError(
@@ -434,25 +502,6 @@ def _check_requests(step: LLMStep, requests: object) -> None:
             )
 
 
-def _advance(
-    step: LLMStep, path: tuple[int, ...], plan: Any, replies: list[str | None] | None
-) -> tuple[list[Request] | None, Any]:
-    """The plan's next round of requests, or (None, what it returned) when it is done."""
-    try:
-        requests = plan.send(replies)
-    except StopIteration as stop:
-        return None, stop.value
-    except Exception as exc:
-        exc.add_note(f"in step {step!r} at path {path}")
-        raise
-    try:
-        _check_requests(step, requests)
-    except (TypeError, StepFailedError):
-        plan.close()
-        raise
-    return requests, None
-
-
 def _grouped_errors(records: list[CallRecord]) -> str:
     """The failed calls' errors, each distinct (model, error) once with how many calls had it:
     six calls to an unreachable server are one line, not the same error six times."""
@@ -464,147 +513,3 @@ def _grouped_errors(records: list[CallRecord]) -> str:
         f"{n} of {len(records)} calls to {model}: {error}" if n > 1 else f"{model}: {error}"
         for (model, error), n in counts.items()
     )
-
-
-# -- one round of calls --------------------------------------------------------------------------
-def _sample_indices(requests: list[Request], seen: dict[tuple[Any, ...], int]) -> list[int]:
-    # The n-th of several identical requests in a step is sample n: six identical Self-MoA
-    # calls are six samples, not one answer six times. ``seen`` carries the count across a
-    # step's rounds.
-    out = []
-    for req in requests:
-        key = (req.model, tuple(tuple(m.items()) for m in req.messages), req.temp, req.max_tokens)
-        out.append(seen.get(key, 0))
-        seen[key] = out[-1] + 1
-    return out
-
-
-def _sites(
-    run: Walk,
-    path: tuple[int, ...],
-    requests: list[Request],
-    offset: int,
-    seen: dict[tuple[Any, ...], int],
-) -> tuple[list[Request], list[Site]]:
-    """Where each call sits, with its sample index, and the requests with their seeds when
-    the client takes one."""
-    samples = _sample_indices(requests, seen)
-    if run.seeded:
-        requests = [
-            dataclasses.replace(r, seed=call_seed(run.seed, path, r, n))
-            for r, n in zip(requests, samples, strict=False)
-        ]
-    return requests, [(path, offset + i, n) for i, n in enumerate(samples)]
-
-
-async def _round(
-    run: Walk,
-    step: LLMStep,
-    path: tuple[int, ...],
-    requests: list[Request],
-    offset: int,
-    seen: dict[tuple[Any, ...], int],
-) -> tuple[list[CallRecord], BaseException | None]:
-    """One round of a step's calls: those answered at once first (a cache's), then the rest
-    concurrently (until the quorum, if the step has one). Records come back in request
-    order, with the first error the step must raise."""
-    calls = run.calls
-    n = len(requests)
-    enough = step.enough(n)
-    if not (run.seeded or calls.wants_sample):
-        if calls.try_now is None and enough is None:  # every plain run's round: the short way
-            return await _plain_round(calls, path, requests, offset)
-        sites: list[Site] = [(path, offset + i, None) for i in range(n)]
-    else:
-        requests, sites = _sites(run, path, requests, offset, seen)
-    results: list[Outcome | None] = [None] * n
-    if calls.try_now is not None:
-        for i in range(n):
-            results[i] = out = calls.try_now(requests[i], sites[i], step)
-            if out is not None and out[1] is not None:  # it cannot be made at all: none is
-                return [], out[1]
-    todo = [i for i in range(n) if results[i] is None]
-    if enough is not None:
-        enough -= n - len(todo)  # answers served at once count towards the quorum
-    if len(todo) == 1 and (enough is None or enough > 0):
-        results[todo[0]] = await calls.call(requests[todo[0]], sites[todo[0]])
-    elif todo and enough is None:
-
-        async def one(i: int) -> None:
-            results[i] = await calls.call(requests[i], sites[i])
-
-        async with anyio.create_task_group() as tg:
-            for i in todo:
-                tg.start_soon(one, i)
-    elif todo:
-        assert enough is not None
-        await _quorum(calls, requests, sites, todo, results, enough)
-    done = [r for r in results if r is not None]
-    return [r for r, _ in done], next((e for _, e in done if e is not None), None)
-
-
-async def _plain_round(
-    calls: Calls, path: tuple[int, ...], requests: list[Request], offset: int
-) -> tuple[list[CallRecord], BaseException | None]:
-    call = calls.call
-    results: list[Outcome | None] = [None] * len(requests)
-    if len(requests) > 1:
-
-        async def one(i: int) -> None:
-            results[i] = await call(requests[i], (path, offset + i, None))
-
-        # The first call is made in this task, the others each in a task of their own: one
-        # task fewer a round, and a one-call round (an aggregator) makes none.
-        async with anyio.create_task_group() as tg:
-            for i in range(1, len(requests)):
-                tg.start_soon(one, i)
-            results[0] = await call(requests[0], (path, offset, None))
-    else:
-        results[0] = await call(requests[0], (path, offset, None))
-    done = [r for r in results if r is not None]  # all of them: every call was awaited
-    return [r for r, _ in done], next((e for _, e in done if e is not None), None)
-
-
-async def _quorum(
-    calls: Calls,
-    requests: list[Request],
-    sites: list[Site],
-    todo: list[int],
-    results: list[Outcome | None],
-    enough: int,
-) -> None:
-    """Runs the calls ``todo`` until ``enough`` of them have answered; the rest are cancelled
-    and recorded as cancelled (as never sent, ``attempts=0``, when answers served at once had
-    met the quorum already)."""
-    starts = [0.0] * len(requests)
-    answered = 0
-
-    async def one(i: int, scope: anyio.CancelScope) -> None:
-        nonlocal answered
-        starts[i] = monotonic()
-        results[i] = out = await calls.call(requests[i], sites[i])
-        if out[0].ok:
-            answered += 1
-            if answered >= enough:
-                scope.cancel()
-
-    if enough > 0:
-        async with anyio.create_task_group() as tg:
-            for i in todo:
-                tg.start_soon(one, i, tg.cancel_scope)
-    now = monotonic()
-    for i in todo:
-        if results[i] is None:
-            rec = record(
-                requests[i],
-                None,
-                None,
-                None,
-                1 if enough > 0 else 0,
-                None,
-                now - starts[i] if starts[i] else 0.0,
-                True,
-            )
-            results[i] = (rec, None)
-            if calls.finished is not None:
-                calls.finished(sites[i], rec)

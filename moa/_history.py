@@ -72,7 +72,7 @@ _STEP_KEYS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CallRecord:
     """One model call, after its retries. ``text`` is None and ``error`` says why when it failed.
 
@@ -90,10 +90,10 @@ class CallRecord:
     messages: tuple[Mapping[str, str], ...]
     temp: float
     max_tokens: int
-    text: str | None
-    input_tokens: int | None
-    output_tokens: int | None
-    attempts: int
+    text: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    attempts: int = 1
     error: str | None = None
     latency: float = field(default=0.0, compare=False)
     cancelled: bool = False
@@ -154,28 +154,28 @@ class CallRecord:
                 )
             )
         return cls(
-            _get(d, "model", str, where),
-            tuple(msgs),
-            _get(d, "temp", _NUMBER, where),
-            _get(d, "max_tokens", int, where),
-            _get(d, "text", str, where, optional=True),
-            _get(d, "input_tokens", int, where, optional=True),
-            _get(d, "output_tokens", int, where, optional=True),
-            _get(d, "attempts", int, where),
-            _get(d, "error", str, where, None, optional=True),
-            _get(d, "latency", _NUMBER, where, 0.0),
-            _get(d, "cancelled", bool, where, False),
-            tuple(
+            model=_get(d, "model", str, where),
+            messages=tuple(msgs),
+            temp=_get(d, "temp", _NUMBER, where),
+            max_tokens=_get(d, "max_tokens", int, where),
+            text=_get(d, "text", str, where, optional=True),
+            input_tokens=_get(d, "input_tokens", int, where, optional=True),
+            output_tokens=_get(d, "output_tokens", int, where, optional=True),
+            attempts=_get(d, "attempts", int, where),
+            error=_get(d, "error", str, where, None, optional=True),
+            latency=_get(d, "latency", _NUMBER, where, 0.0),
+            cancelled=_get(d, "cancelled", bool, where, False),
+            hedges=tuple(
                 cls.from_dict(h, f"{where}.hedges[{i}]")
                 for i, h in enumerate(_get(d, "hedges", list, where, []))
             ),
-            _get(d, "cached", bool, where, False),
-            _get(d, "agent", str, where, None, optional=True),
-            _get(d, "seed", int, where, None, optional=True),
+            cached=_get(d, "cached", bool, where, False),
+            agent=_get(d, "agent", str, where, None, optional=True),
+            seed=_get(d, "seed", int, where, None, optional=True),
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StepRecord:
     """One step as it ran: the expression that built it, where it sits, what it produced.
 
@@ -188,8 +188,8 @@ class StepRecord:
     step: str
     path: tuple[int, ...]
     kind: str
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
     calls: tuple[CallRecord, ...] = ()
     notes: tuple[str, ...] = ()
     duration: float = field(default=0.0, compare=False)
@@ -231,17 +231,17 @@ class StepRecord:
         if not all(type(p) is int for p in path):
             raise ValueError(f"not a moa history: {where}.path must be a list of int")
         return cls(
-            _get(d, "step", str, where),
-            tuple(path),
-            _get(d, "kind", str, where),
-            _strings(d, "inputs", where),
-            _strings(d, "outputs", where),
-            tuple(
+            step=_get(d, "step", str, where),
+            path=tuple(path),
+            kind=_get(d, "kind", str, where),
+            inputs=_strings(d, "inputs", where),
+            outputs=_strings(d, "outputs", where),
+            calls=tuple(
                 CallRecord.from_dict(c, f"{where}.calls[{i}]")
                 for i, c in enumerate(_get(d, "calls", list, where))
             ),
-            _strings(d, "notes", where) if "notes" in d else (),
-            _get(d, "duration", _NUMBER, where, 0.0),
+            notes=_strings(d, "notes", where) if "notes" in d else (),
+            duration=_get(d, "duration", _NUMBER, where, 0.0),
         )
 
 

@@ -1,43 +1,39 @@
-"""LLM steps: Propose, Synthesize, Aggregate, Refine, Rank, Vote, and the base for your own.
+"""LLM steps: Propose, Synthesize, Aggregate, Refine, Rank, Vote, Pick, AggregateSeq, and the
+base for your own.
 
 A step only describes its calls (:meth:`LLMStep.requests`) and how the replies become the new
 responses (:meth:`LLMStep.combine`); the executor makes the calls, with concurrency, limits,
 timeouts, retries and history. Message layout: the step's instruction is the system message,
-the numbered responses and the user's question form the user message.
+the numbered responses and the user's question form the user message. What a step hands the
+executor (:class:`~moa.steps.Request` and its messages) lives in :mod:`moa._request`; how a
+judge's reply is read, in :mod:`moa._judging`.
 """
 
 from __future__ import annotations
 
 import random
-import re
-import sys
+import warnings
 from collections import Counter
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from types import MappingProxyType
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from ._agent import AgentLike, agent_of
-from ._bounds import MAX_CALLS, MAX_COUNT, check_int, safe_repr
-from ._pipeline import Step, _describe
+from ._agent import AgentLike, agent_of, plain_text
+from ._bounds import MAX_CALLS, MAX_COUNT, MAX_TEMP, check_int, check_number, describe, safe_repr
+from ._contract import LLMStep, Message, Plan, Request, ask, messages, numbered, with_responses
+from ._judging import parse_pick, parse_ranking
 
 __all__ = (
     "DEFAULT_MAX_TOKENS",
     "DEFAULT_TEMP",
     "Aggregate",
     "AggregateSeq",
-    "LLMStep",
     "Pick",
     "Propose",
     "Rank",
     "Refine",
-    "Request",
     "Synthesize",
     "Vote",
-    "messages",
-    "numbered",
-    "parse_pick",
-    "parse_ranking",
 )
 
 DEFAULT_TEMP = 0.7
@@ -72,75 +68,6 @@ VOTE_PROMPT = (
     "restated clearly."
 )
 
-Message = Mapping[str, str]
-
-
-@dataclass(frozen=True, slots=True)
-class Request:
-    """One call an LLM step asks for. ``messages`` are read-only mappings of role and content.
-    ``final``: this call's reply is the step's output as written (an aggregator's answer, not
-    a judge's verdict), so :func:`moa.run_stream` may stream it when the step ends the
-    pipeline. ``agent``: the label of the :class:`~moa.Agent` that asked (None for a bare
-    model name), shown in history. ``seed``: the sampling seed the executor gives the call (a
-    step leaves it None)."""
-
-    model: str
-    messages: tuple[Message, ...]
-    temp: float
-    max_tokens: int
-    final: bool = False
-    agent: str | None = None
-    seed: int | None = None
-
-
-#: A step's calls as rounds (:meth:`LLMStep.plan`): yields each round's requests, is sent that
-#: round's replies, and returns the step's responses and notes.
-Plan = Generator[list[Request], list[str | None], tuple[list[str], list[str]]]
-
-
-def messages(*pairs: tuple[str, str]) -> tuple[Message, ...]:
-    """Read-only ``{"role", "content"}`` messages from ``(role, content)`` pairs."""
-    return tuple(MappingProxyType({"role": role, "content": content}) for role, content in pairs)
-
-
-def numbered(responses: Sequence[str]) -> str:
-    """The responses as the user message shows them: ``Response 1:`` and its text, and so on."""
-    return "\n\n".join(f"Response {i}:\n{text}" for i, text in enumerate(responses, 1))
-
-
-def _with_responses(instruction: str, prompt: str, responses: Sequence[str]) -> tuple[Message, ...]:
-    # Responses first and the question last: small models answer what they read last.
-    return messages(
-        ("system", instruction),
-        ("user", f"{numbered(responses)}\n\nQuestion:\n{prompt}"),
-    )
-
-
-def ask(
-    agent: AgentLike, msgs: tuple[Message, ...], temp: float, max_tokens: int, final: bool = False
-) -> Request:
-    """The request ``agent`` makes with the step's messages and settings: an :class:`Agent`'s
-    own ``temp`` and ``max_tokens`` replace the step's, and its ``system`` persona goes first
-    in the system message (a system message of its own when the step has none)."""
-    if isinstance(agent, str):
-        return Request(agent, msgs, temp, max_tokens, final)
-    if agent.system is not None:
-        if msgs and msgs[0]["role"] == "system":
-            msgs = messages(
-                ("system", f"{agent.system}\n\n{msgs[0]['content']}"),
-                *((m["role"], m["content"]) for m in msgs[1:]),
-            )
-        else:
-            msgs = messages(("system", agent.system), *((m["role"], m["content"]) for m in msgs))
-    return Request(
-        agent.model,
-        msgs,
-        temp if agent.temp is None else agent.temp,
-        max_tokens if agent.max_tokens is None else agent.max_tokens,
-        final,
-        agent.label,
-    )
-
 
 # -- validation, at construction ----------------------------------------------------------------
 def _check_agent(step: str, agent: object) -> AgentLike:
@@ -162,7 +89,7 @@ def _agents(step: str, agents: object) -> tuple[AgentLike, ...]:
         )
     if not isinstance(agents, (list, tuple)):
         raise TypeError(
-            f"{step}(agents): agents must be a list of model names, not {_describe(agents)}"
+            f"{step}(agents): agents must be a list of model names, not {describe(agents)}"
         )
     if not agents:
         raise ValueError(f"{step}(agents): agents must name at least one model, got []")
@@ -173,23 +100,25 @@ def _agents(step: str, agents: object) -> tuple[AgentLike, ...]:
     return tuple(agent_of(step, a, "agents") for a in agents)
 
 
-def _check_sampling(step: str, temp: object, max_tokens: object, prompt: object) -> None:
-    # Compared with the largest float, an int too large to be a float (whose repr Python
-    # may refuse) is out of range too.
-    if (
-        isinstance(temp, bool)
-        or not isinstance(temp, (int, float))
-        or not 0 <= temp <= sys.float_info.max
-    ):
-        raise ValueError(
-            f"{step}(temp=...): temp must be a finite number >= 0, got {safe_repr(temp)}"
-        )
-    check_int(step, "max_tokens", max_tokens, 1, MAX_COUNT)
-    if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()):
-        raise ValueError(
-            f"{step}(prompt=...): prompt must be a non-empty str or None for the "
-            f"default, got {safe_repr(prompt)}"
-        )
+def _check_sampling(step: Any) -> None:
+    """A step's ``temp``, ``max_tokens`` and (where it has one) ``prompt``, checked; the prompt
+    kept as a plain str, so the step's repr shows what it holds."""
+    name = type(step).__name__
+    check_number(name, "temp", step.temp, high=MAX_TEMP)
+    check_int(name, "max_tokens", step.max_tokens, 1, MAX_COUNT)
+    prompt = getattr(step, "prompt", None)
+    if prompt is not None:
+        if not isinstance(prompt, str):
+            raise TypeError(
+                f"{name}(prompt=...): prompt must be a non-empty str or None for the "
+                f"default, not {describe(prompt)}"
+            )
+        if not prompt.strip():
+            raise ValueError(
+                f"{name}(prompt=...): prompt must be a non-empty str or None for the "
+                f"default, got {safe_repr(prompt)}"
+            )
+        object.__setattr__(step, "prompt", plain_text(prompt))
 
 
 def _check_min_success(step: str, min_success: object, most: int | None) -> None:
@@ -214,61 +143,6 @@ def _check_quorum(step: str, quorum: object, min_success: int, most: int | None)
             f"{step}(quorum=...): quorum={quorum} is below min_success="
             f"{min_success}, so the step would stop before it could succeed"
         )
-
-
-class LLMStep(Step):
-    """A step that calls models; the base of the built-in LLM steps and of your own.
-
-    A subclass only describes: :meth:`requests` says which calls to make from the user's prompt
-    and the current responses, :meth:`combine` turns the replies into the new responses. The
-    executor makes the calls (concurrently, under ``max_concurrency``, with ``timeout`` and the
-    retry policy) and writes them to history. Write a subclass as a
-    ``@dataclass(frozen=True, slots=True, repr=False)`` whose fields are its arguments; set
-    ``_positional`` to how many of them its repr shows positionally. Both methods must be pure
-    functions of their arguments (no model calls, no randomness), so runs replay from a seed.
-
-    ``needs_responses``: the step has nothing to work on without current responses, and the
-    executor raises :class:`~moa.errors.EmptyInputError` rather than call with none. Set it
-    to False for a step that starts from the prompt alone, as ``Propose`` does.
-    """
-
-    __slots__ = ()
-    needs_responses: ClassVar[bool] = True
-
-    def requests(self, prompt: str, responses: list[str]) -> list[Request]:
-        """The calls to make, in the order their replies are passed to :meth:`combine`.
-        Build each one's messages with :func:`moa.messages` (and :func:`moa.numbered`)."""
-        raise NotImplementedError
-
-    def required(self, n_requests: int) -> int:
-        """How many of the calls must succeed for the step to succeed (default: all). When
-        fewer do, the executor raises :class:`~moa.errors.StepFailedError`."""
-        return n_requests
-
-    def enough(self, n_requests: int) -> int | None:
-        """After this many successful calls the step stops waiting: the calls still running are
-        cancelled and recorded as cancelled (default: None, wait for all)."""
-        return None
-
-    def combine(
-        self, prompt: str, responses: list[str], replies: list[str | None]
-    ) -> tuple[list[str], list[str]]:
-        """The new responses (a list of str) and notes for history (a list of str), from the
-        replies in request order; a reply is None where its call failed."""
-        raise NotImplementedError
-
-    def plan(self, prompt: str, responses: list[str], rng: random.Random) -> Plan:
-        """The step's calls as rounds: a generator that yields each round's requests, is sent
-        that round's replies (None where a call failed or was cancelled), and returns
-        ``(responses, notes)``. The default is one round, :meth:`requests` then :meth:`combine`.
-
-        Override it for a step whose later calls depend on earlier replies (Self-MoA-Seq), that
-        needs randomness (``rng`` is the run's seeded generator: use it and nothing else, so a
-        seed replays the run), or that makes no call at all. Each round is checked against
-        :meth:`required` and :meth:`enough` for its own number of requests.
-        """
-        replies = yield self.requests(prompt, responses)
-        return self.combine(prompt, responses, replies)
 
 
 class _MultiAgent(LLMStep):
@@ -307,7 +181,7 @@ class Propose(_MultiAgent):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "agents", _agents("Propose", self.agents))
-        _check_sampling("Propose", self.temp, self.max_tokens, None)
+        _check_sampling(self)
         _check_min_success("Propose", self.min_success, len(self.agents))
         _check_quorum("Propose", self.quorum, self.min_success, len(self.agents))
 
@@ -331,12 +205,12 @@ class Synthesize(_MultiAgent):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "agents", _agents("Synthesize", self.agents))
-        _check_sampling("Synthesize", self.temp, self.max_tokens, self.prompt)
+        _check_sampling(self)
         _check_min_success("Synthesize", self.min_success, len(self.agents))
         _check_quorum("Synthesize", self.quorum, self.min_success, len(self.agents))
 
     def requests(self, prompt: str, responses: list[str]) -> list[Request]:
-        msgs = _with_responses(self.prompt or SYNTHESIZE_PROMPT, prompt, responses)
+        msgs = with_responses(self.prompt or SYNTHESIZE_PROMPT, prompt, responses)
         return [ask(a, msgs, self.temp, self.max_tokens) for a in self.agents]
 
 
@@ -355,7 +229,7 @@ class Refine(_MultiAgent):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "agents", _agents("Refine", self.agents))
-        _check_sampling("Refine", self.temp, self.max_tokens, self.prompt)
+        _check_sampling(self)
         _check_min_success("Refine", self.min_success, None)
         _check_quorum("Refine", self.quorum, self.min_success, None)
 
@@ -399,7 +273,7 @@ class _Judge(LLMStep):
     _reply_is_output: ClassVar[bool] = True
 
     def requests(self, prompt: str, responses: list[str]) -> list[Request]:
-        msgs = _with_responses(self._instruction(), prompt, responses)
+        msgs = with_responses(self._instruction(), prompt, responses)
         assert self.agent is not None  # a step without a judge never asks for its call
         return [ask(self.agent, msgs, self.temp, self.max_tokens, self._reply_is_output)]
 
@@ -416,7 +290,7 @@ class Aggregate(_Judge):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "agent", _check_agent("Aggregate", self.agent))
-        _check_sampling("Aggregate", self.temp, self.max_tokens, self.prompt)
+        _check_sampling(self)
 
     def _instruction(self) -> str:
         return self.prompt or AGGREGATE_PROMPT
@@ -429,109 +303,45 @@ class Aggregate(_Judge):
 
 @dataclass(frozen=True, slots=True, repr=False)
 class Vote(_Judge):
-    """The consensus among the responses, as the single output.
+    """A judge model finds the answer most responses agree on and restates it; its reply is
+    the single output.
 
-    ``Vote(agent)``: a judge model finds the answer most responses agree on and restates it;
-    its reply is the output. ``Vote(extract=...)``: no model call; each response's answer is
-    extracted (``extract`` is a regex: the last non-empty match is the answer, or with groups
-    the first group that took part; or a function ``str -> str | None``; "" counts as no
-    answer), the most common answer wins (a tie is broken with
-    the run's seeded RNG) and the first response giving it is the output, verbatim. Responses
-    with no answer do not vote; when none has one, the first response is kept and a note
-    says so.
+    The model-free vote, each response's answer extracted and counted, is
+    :class:`~moa.Majority`: ``Majority(r"-?\\d+")``. ``Vote(extract=...)``, its old spelling,
+    still builds one (with a DeprecationWarning) until the next release.
     """
 
-    agent: AgentLike | None = None
+    agent: AgentLike
     prompt: str | None = None
     temp: float = DEFAULT_TEMP
     max_tokens: int = DEFAULT_MAX_TOKENS
-    extract: str | Callable[[str], str | None] | None = None
     _positional: ClassVar[int] = 1
 
-    def __post_init__(self) -> None:
-        if self.extract is None:
-            if self.agent is None:
-                raise TypeError(
-                    "Vote(...) needs a judge model, Vote('judge'), or an answer "
-                    "extractor, Vote(extract=r'\\d+') (a regex or a function)"
-                )
-            object.__setattr__(self, "agent", _check_agent("Vote", self.agent))
-        else:
-            if self.agent is not None:
-                raise TypeError(
-                    "Vote(agent, extract=...): give a judge model or an extractor, "
-                    "not both; Vote(extract=...) makes no model call"
-                )
-            if self.prompt is not None:
-                raise TypeError(
-                    "Vote(extract=..., prompt=...): prompt is the judge's "
-                    "instruction, and Vote(extract=...) has no judge"
-                )
-            if isinstance(self.extract, str):
-                try:
-                    re.compile(self.extract)
-                except (re.error, OverflowError, RecursionError) as exc:
-                    # a{4294967296} overflows the compiler; 2,000 nested groups recurse
-                    raise ValueError(
-                        f"Vote(extract=...): {safe_repr(self.extract)} is not a valid regex: {exc}"
-                    ) from None
-            elif not callable(self.extract):
-                raise TypeError(
-                    f"Vote(extract=...): extract must be a regex str or a function "
-                    f"str -> str | None, not {_describe(self.extract)}"
-                )
-        _check_sampling("Vote", self.temp, self.max_tokens, self.prompt)
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        if "extract" not in kwargs:
+            return object.__new__(cls)
+        extra = sorted(set(kwargs) - {"extract"})
+        if args or extra:
+            raise TypeError(
+                "Vote(extract=...) is the model-free vote, Majority(extract=...): it takes no "
+                f"judge and no {', '.join(extra) or 'agent'}; for a judge use Vote('judge')"
+            )
+        warnings.warn(
+            "Vote(extract=...) is now Majority(extract=...); the old spelling goes in the "
+            "next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        from ._select import Majority
 
-    def __repr__(self) -> str:
-        shown = Step.__repr__(self)
-        return shown.replace("Vote(None, ", "Vote(", 1) if self.agent is None else shown
+        return Majority(kwargs["extract"])
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "agent", _check_agent("Vote", self.agent))
+        _check_sampling(self)
 
     def _instruction(self) -> str:
         return self.prompt or VOTE_PROMPT
-
-    def _answer(self, text: str) -> str | None:
-        if callable(self.extract):
-            answer = self.extract(text)
-            if answer is not None and not isinstance(answer, str):
-                raise TypeError(
-                    f"{self!r}: extract must return a str or None, returned {_describe(answer)}"
-                )
-            return answer or None  # "" is no answer
-        # The last match that found something: a pattern that can match "" (r"\d*") matches
-        # emptily everywhere, and an empty answer is no answer. With groups, the answer is the
-        # first group that took part (r"answer: (\d+)|(\d+)$" reads either).
-        assert isinstance(self.extract, str)
-        for match in reversed(list(re.finditer(self.extract, text))):
-            answer = (
-                next((g for g in match.groups() if g), None) if match.re.groups else match.group()
-            )
-            if answer:
-                return answer
-        return None
-
-    def plan(self, prompt: str, responses: list[str], rng: random.Random) -> Plan:
-        if self.extract is None:
-            return (yield from LLMStep.plan(self, prompt, responses, rng))
-        answers = [self._answer(r) for r in responses]
-        counts = Counter(a for a in answers if a is not None)
-        if not counts:
-            return [responses[0]], [
-                f"Vote: no answer could be extracted from any of the "
-                f"{len(responses)} responses; kept the first"
-            ]
-        top = max(counts.values())
-        tied = sorted(a for a, c in counts.items() if c == top)
-        winner = tied[0] if len(tied) == 1 else rng.choice(tied)
-        note = (
-            f"Vote: {winner!r} from {top} of {len(responses)} responses"
-            + (
-                f" (a tie with {', '.join(repr(t) for t in tied if t != winner)}, broken at random)"
-                if len(tied) > 1
-                else ""
-            )
-            + (f"; {answers.count(None)} had no answer" if None in answers else "")
-        )
-        return [responses[answers.index(winner)]], [note]
 
     def combine(
         self, prompt: str, responses: list[str], replies: list[str | None]
@@ -565,7 +375,7 @@ class Pick(LLMStep):
     def __post_init__(self) -> None:
         object.__setattr__(self, "agent", _check_agent("Pick", self.agent))
         check_int("Pick", "times", self.times, 1, MAX_CALLS)
-        _check_sampling("Pick", self.temp, self.max_tokens, self.prompt)
+        _check_sampling(self)
         _check_min_success("Pick", self.min_success, self.times)
 
     def required(self, n_requests: int) -> int:
@@ -641,7 +451,7 @@ class AggregateSeq(LLMStep):
                 f"AggregateSeq(window={self.window}, reserved={self.reserved}): "
                 f"reserved must be below window, so each round reads a new response"
             )
-        _check_sampling("AggregateSeq", self.temp, self.max_tokens, self.prompt)
+        _check_sampling(self)
 
     def plan(self, prompt: str, responses: list[str], rng: random.Random) -> Plan:
         instruction = self.prompt or AGGREGATE_PROMPT
@@ -661,7 +471,7 @@ class AggregateSeq(LLMStep):
             replies = yield [
                 ask(
                     self.agent,
-                    _with_responses(instruction, prompt, kept + batch),
+                    with_responses(instruction, prompt, kept + batch),
                     self.temp,
                     self.max_tokens,
                     last,
@@ -692,7 +502,7 @@ class Rank(_Judge):
     def __post_init__(self) -> None:
         object.__setattr__(self, "agent", _check_agent("Rank", self.agent))
         check_int("Rank", "n", self.n, 1, MAX_COUNT)
-        _check_sampling("Rank", self.temp, self.max_tokens, self.prompt)
+        _check_sampling(self)
 
     _reply_is_output: ClassVar[bool] = False
 
@@ -719,14 +529,6 @@ class Rank(_Judge):
         return [responses[i] for i in order], notes
 
 
-# A number counts only standing alone: not inside a name such as "llama-3.3-70b" or "gpt4".
-_ALONE = r"(?<![\w.\-])\d+(?![\w\-]|\.\d)"
-_REFERENCE = re.compile(r"(?:\bresponses?\s*#?\s*|#|\[)\s*(\d+)(?![\w\-]|\.\d)", re.IGNORECASE)
-_NUMBER_RUN = re.compile(
-    rf"{_ALONE}(?:\s*(?:[,;>/]|\band\b|\bthen\b|\s)\s*{_ALONE})*", re.IGNORECASE
-)
-
-
 def _pick_messages(instruction: str, prompt: str, responses: Sequence[str]) -> tuple[Message, ...]:
     # The ask comes last, after the question: a small judge answers whatever it read last, and
     # with the question last it answers the question instead of naming a response.
@@ -738,45 +540,3 @@ def _pick_messages(instruction: str, prompt: str, responses: Sequence[str]) -> t
             f"question best? Reply with its number (1-{len(responses)}) only.",
         ),
     )
-
-
-_BARE_NUMBER = re.compile(r"\W*(?:response\s*)?#?\s*\(?(\d+)\)?\W*", re.IGNORECASE)
-
-
-def parse_pick(text: str, count: int) -> int | None:
-    """The 0-based index of the response a judge's reply picks among ``count``, or None.
-
-    Only an explicit pick counts: a reply that is just a number ("2", "2.", "(2)", "#2",
-    "Response 2"), or the first explicit reference in a longer reply ("Response 3 is best",
-    "[3]"). A bare number inside prose is not a pick: "1 + 6 = 7" names no response.
-    """
-    bare = _BARE_NUMBER.fullmatch(text.strip())
-    found = [bare.group(1)] if bare else _REFERENCE.findall(text)
-    valid = _valid(found, count)
-    return valid[0] if valid else None
-
-
-def parse_ranking(text: str, count: int) -> list[int]:
-    """The 0-based indices, best first, that a judge's reply ranks among ``count`` responses.
-
-    Two readings compete: the explicit references ("Response 3", "#3", "[3]") in order, and
-    the longest run of numbers joined by commas, ``>``, "and" or spaces; the one naming more
-    responses wins, the references on a tie. So "I compared 5 responses: 3, 1" reads as 3
-    then 1, and "2 > 1 > 3. Response 2 wins" as 2, 1, 3. Numbers outside 1..count and
-    repeats are ignored. An empty list means nothing could be read.
-    """
-    refs = _valid(_REFERENCE.findall(text), count)
-    runs = [_valid(re.findall(_ALONE, m.group()), count) for m in _NUMBER_RUN.finditer(text)]
-    longest = max(runs, key=len, default=[])
-    return refs if len(refs) >= len(longest) else longest
-
-
-def _valid(digits: list[str], count: int) -> list[int]:
-    """1-based numbers to 0-based indices, dropping those out of range and repeats."""
-    seen: list[int] = []
-    for d in digits:
-        # int() of a huge digit string is slow or refused; no index is that long anyway.
-        i = int(d) if len(d) <= 9 else 0
-        if 1 <= i <= count and i - 1 not in seen:
-            seen.append(i - 1)
-    return seen

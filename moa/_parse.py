@@ -10,6 +10,7 @@ Nothing else is evaluated; the only code that runs is the whitelisted steps' own
 from __future__ import annotations
 
 import ast
+import dataclasses
 import difflib
 import operator
 import re
@@ -18,14 +19,16 @@ from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
 from ._agent import Agent
+from ._contract import LLMStep
 from ._llm_steps import Aggregate, AggregateSeq, Pick, Propose, Rank, Refine, Synthesize, Vote
 from ._pipeline import Parallel, Pipeline, Step
+from ._select import Majority
 from ._transforms import Dropout, Sample, Shuffle, Take
 from .errors import MoaError
 
 _T = TypeVar("_T")
 
-__all__ = ("PipelineSyntaxError", "parse_pipeline")
+__all__ = ("PipelineSyntaxError", "parse_pipeline", "parse_runnable", "starved_step")
 
 #: The names an expression may call.
 STEPS: dict[str, type] = {
@@ -39,6 +42,7 @@ STEPS: dict[str, type] = {
         Rank,
         Vote,
         Pick,
+        Majority,
         Shuffle,
         Dropout,
         Sample,
@@ -52,18 +56,18 @@ VALUES: dict[str, type] = {"Agent": Agent}
 #: Steps that exist but take a function, which the command line cannot give.
 FUNCTION_STEPS = ("Filter", "Map")
 
-MAX_CHARS = 10_000  # length of the whole expression
-MAX_NESTING = 50  # bracket nesting in the raw text
-MAX_DEPTH = 50  # AST nesting (a chain of | or & counts once)
-MAX_STEPS = 200  # steps in the result, repetitions expanded; also step calls written
-MAX_REPEAT = 100  # n in step * n
-MAX_ITEMS = 1_000  # items in one list or tuple literal
-MAX_STRING = 10_000  # characters in one string literal
-MAX_INT_DIGITS = 18  # decimal digits in one integer literal
-MAX_OPERATORS = 1_000  # operator characters (| & * - . ...) in the raw text
-MAX_MESSAGE = 500  # characters of an error's reason
+EXPR_MAX_CHARS = 10_000  # length of the whole expression
+EXPR_MAX_BRACKETS = 50  # bracket nesting in the raw text
+EXPR_MAX_DEPTH = 50  # AST nesting (a chain of | or & counts once)
+EXPR_MAX_STEPS = 200  # steps in the result, repetitions expanded; also step calls written
+EXPR_MAX_REPEAT = 100  # n in step * n
+EXPR_MAX_ITEMS = 1_000  # items in one list or tuple literal
+EXPR_MAX_STRING = 10_000  # characters in one string literal
+EXPR_MAX_INT_DIGITS = 18  # decimal digits in one integer literal
+EXPR_MAX_OPERATORS = 1_000  # operator characters (| & * - . ...) in the raw text
+EXPR_MAX_MESSAGE = 500  # characters of an error's reason
 
-_TOO_LARGE = f"number is too large: an integer has at most {MAX_INT_DIGITS} decimal digits"
+_TOO_LARGE = f"number is too large: an integer has at most {EXPR_MAX_INT_DIGITS} decimal digits"
 
 _OPERATORS = {
     ast.BitOr: "|",
@@ -115,7 +119,7 @@ _OPERATOR_CHARS = frozenset("|&*+-/%@^~<>.")
 _NEWLINE = re.compile(r"\r\n|\r|\n")  # line breaks as Python's tokenizer counts them
 #: What a step's constructor or operator raises when it rejects its arguments. OverflowError
 #: and RecursionError are there too: a huge or deeply nested literal (a regex for
-#: ``Vote(extract=...)``) can overflow a constructor's own parsing, and the user's argument is
+#: ``Majority(...)``) can overflow a constructor's own parsing, and the user's argument is
 #: still what is at fault.
 _REJECTIONS = (TypeError, ValueError, MoaError, OverflowError, RecursionError)
 
@@ -165,15 +169,65 @@ def parse_pipeline(text: str) -> Step:
     """
     if not isinstance(text, str):
         raise TypeError(f"parse_pipeline takes a str, not {type(text).__name__}")
-    if len(text) > MAX_CHARS:
+    if len(text) > EXPR_MAX_CHARS:
         raise PipelineSyntaxError(
-            f"expression is too long: {len(text)} characters, at most {MAX_CHARS}",
-            text[:MAX_CHARS],
-            MAX_CHARS,
+            f"expression is too long: {len(text)} characters, at most {EXPR_MAX_CHARS}",
+            text[:EXPR_MAX_CHARS],
+            EXPR_MAX_CHARS,
         )
     _check_characters(text)
     _check_nesting(text)
     return _Parser(text).parse(Step)
+
+
+def parse_runnable(text: str) -> Step:
+    """:func:`parse_pipeline` for a pipeline that runs from the start (``moa run
+    --pipeline``): one whose first LLM step needs responses that no step before it makes
+    (``Aggregate('m')`` alone) is refused here, pointing at that step, rather than failing
+    when it runs. (A sub-pipeline meant to be nested may start anywhere: parse it with
+    :func:`parse_pipeline`.)"""
+    step = parse_pipeline(text)
+    starved = starved_step(step)
+    if starved is not None:
+        name = type(starved).__name__
+        raise PipelineSyntaxError(
+            f"{name} has no responses to work on: a run starts with none, and no step before "
+            f"it makes any; start the pipeline with Propose([...])",
+            text,
+            max(0, text.find(name)),
+            len(name),
+        )
+    return step
+
+
+def starved_step(step: Step) -> LLMStep | None:
+    """The first LLM step that would get no responses when ``step`` runs from none (the
+    start of a run): one that needs responses with no Propose-like step before it. None when
+    every step gets some. (A transform can still empty them at run time; this is what the
+    pipeline's shape alone says.)"""
+
+    def walk(s: Step, have: bool) -> tuple[bool, LLMStep | None]:
+        if isinstance(s, Pipeline):
+            for sub in s.steps:
+                have, found = walk(sub, have)
+                if found is not None:
+                    return have, found
+            return have, None
+        if isinstance(s, Parallel):
+            out = False
+            for branch in s.branches:
+                got, found = walk(branch, have)
+                if found is not None:
+                    return have, found
+                out = out or got
+            return out, None
+        if isinstance(s, LLMStep):
+            if s.needs_responses and not have:
+                return have, s
+            return True, None
+        return have, None  # a transform keeps what it was given, or none
+
+    return walk(step, False)[1]
 
 
 def parse_agent(text: str) -> Agent:
@@ -181,15 +235,25 @@ def parse_agent(text: str) -> Agent:
     line's ``--model "Agent('m', temp=0)"``)."""
     if not isinstance(text, str):
         raise TypeError(f"parse_agent(text): text must be a str, not {type(text).__name__}")
-    if len(text) > MAX_CHARS:
+    if len(text) > EXPR_MAX_CHARS:
         raise PipelineSyntaxError(
-            f"expression is too long: {len(text)} characters, at most {MAX_CHARS}",
-            text[:MAX_CHARS],
-            MAX_CHARS,
+            f"expression is too long: {len(text)} characters, at most {EXPR_MAX_CHARS}",
+            text[:EXPR_MAX_CHARS],
+            EXPR_MAX_CHARS,
         )
     _check_characters(text)
     _check_nesting(text)
     return _Parser(text).parse(Agent)
+
+
+def _keywords(cls: type) -> frozenset[str] | None:
+    """The keyword arguments a step or Agent takes (None: not known, let it say)."""
+    if not dataclasses.is_dataclass(cls):
+        return None
+    names = {f.name for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_")}
+    if cls is Vote:
+        names.add("extract")  # its old spelling of Majority(extract=...)
+    return frozenset(names)
 
 
 def _check_characters(text: str) -> None:
@@ -230,18 +294,20 @@ def _check_nesting(text: str) -> None:
             continue
         if ch in _OPERATOR_CHARS:
             operators += 1
-            if operators > MAX_OPERATORS:
+            if operators > EXPR_MAX_OPERATORS:
                 raise PipelineSyntaxError(
-                    f"expression has too many operators: more than {MAX_OPERATORS} "
+                    f"expression has too many operators: more than {EXPR_MAX_OPERATORS} "
                     f"(| & * - . and the like)",
                     text,
                     i,
                 )
         elif ch in "([{":
             opened.append(i)
-            if len(opened) > MAX_NESTING:
+            if len(opened) > EXPR_MAX_BRACKETS:
                 raise PipelineSyntaxError(
-                    f"expression is nested too deeply: more than {MAX_NESTING} brackets", text, i
+                    f"expression is nested too deeply: more than {EXPR_MAX_BRACKETS} brackets",
+                    text,
+                    i,
                 )
         elif ch in ")]}":
             if not opened:
@@ -302,8 +368,8 @@ class _Parser:
         return self.line_starts[index] + max(0, min(col, len(line)))
 
     def fail(self, message: str, node: ast.AST) -> NoReturn:
-        if len(message) > MAX_MESSAGE:  # a constructor's message may quote a huge argument
-            message = message[: MAX_MESSAGE - 20] + " ... (message cut)"
+        if len(message) > EXPR_MAX_MESSAGE:  # a constructor's message may quote a huge argument
+            message = message[: EXPR_MAX_MESSAGE - 20] + " ... (message cut)"
         start = self._offset(getattr(node, "lineno", 1), getattr(node, "col_offset", 0))
         end_line = getattr(node, "end_lineno", None)
         end_col = getattr(node, "end_col_offset", None)
@@ -369,13 +435,15 @@ class _Parser:
 
     # -- evaluation -----------------------------------------------------------------------
     def value(self, node: ast.expr, depth: int) -> Any:
-        if depth > MAX_DEPTH:
-            self.fail(f"expression is nested too deeply: more than {MAX_DEPTH} levels", node)
+        if depth > EXPR_MAX_DEPTH:
+            self.fail(f"expression is nested too deeply: more than {EXPR_MAX_DEPTH} levels", node)
         if isinstance(node, ast.Constant):
             return self.constant(node)
         if isinstance(node, (ast.List, ast.Tuple)):
-            if len(node.elts) > MAX_ITEMS:
-                self.fail(f"list is too long: {len(node.elts)} items, at most {MAX_ITEMS}", node)
+            if len(node.elts) > EXPR_MAX_ITEMS:
+                self.fail(
+                    f"list is too long: {len(node.elts)} items, at most {EXPR_MAX_ITEMS}", node
+                )
             items = [self.value(e, depth + 1) for e in node.elts]
             return items if isinstance(node, ast.List) else tuple(items)
         if isinstance(node, ast.UnaryOp):
@@ -398,15 +466,15 @@ class _Parser:
 
     def constant(self, node: ast.Constant) -> Any:
         value = node.value
-        if type(value) is int and abs(value) >= 10**MAX_INT_DIGITS:
+        if type(value) is int and abs(value) >= 10**EXPR_MAX_INT_DIGITS:
             # Checked before anything formats it: str() of an int past 4300 digits raises.
             self.fail(_TOO_LARGE, node)
         if value is None or type(value) in (bool, int, float):
             return value
         if type(value) is str:
-            if len(value) > MAX_STRING:
+            if len(value) > EXPR_MAX_STRING:
                 self.fail(
-                    f"string is too long: {len(value)} characters, at most {MAX_STRING}", node
+                    f"string is too long: {len(value)} characters, at most {EXPR_MAX_STRING}", node
                 )
             surrogate = _SURROGATE.search(value)  # written as an escape, '\\ud800'
             if surrogate:
@@ -454,23 +522,32 @@ class _Parser:
         cls = self.name(func.id, func, called=True)
         if cls is Agent:
             self.agents += 1
-            if self.agents > MAX_ITEMS:
-                self.fail(f"too many agents: more than {MAX_ITEMS}", node)
+            if self.agents > EXPR_MAX_ITEMS:
+                self.fail(f"too many agents: more than {EXPR_MAX_ITEMS}", node)
         else:
             self.calls += 1
-            if self.calls > MAX_STEPS:
-                self.fail(f"too many steps: more than {MAX_STEPS}", node)
+            if self.calls > EXPR_MAX_STEPS:
+                self.fail(f"too many steps: more than {EXPR_MAX_STEPS}", node)
         args = []
         for a in node.args:
             if isinstance(a, ast.Starred):
                 self.fail("starred arguments (*args) are not allowed", a)
             args.append(self.value(a, depth + 1))
         kwargs = {}
+        known = _keywords(cls)
         for k in node.keywords:
             if k.arg is None:
                 self.fail("keyword unpacking (**kwargs) is not allowed", k)
             if k.arg in kwargs:  # the parser rejects this already; keep the guard
                 self.fail(f"keyword argument {k.arg!r} repeated", k)
+            if known is not None and k.arg not in known:
+                close = difflib.get_close_matches(k.arg, sorted(known), n=1)
+                hint = (
+                    f": did you mean {close[0]}=?"
+                    if close
+                    else f"; it takes {', '.join(sorted(known))}"
+                )
+                self.fail(f"{cls.__name__} has no argument {k.arg!r}{hint}", k)
             kwargs[k.arg] = self.value(k.value, depth + 1)
         if cls in (Pipeline, Parallel):
             for a, v in zip(node.args, args, strict=False):
@@ -536,8 +613,8 @@ class _Parser:
                 )
             if n < 0:
                 self.fail(f"a step repeats n >= 0 times, got {n}", count_node)
-            if n > MAX_REPEAT:
-                self.fail(f"too many repetitions: {n}, at most {MAX_REPEAT}", count_node)
+            if n > EXPR_MAX_REPEAT:
+                self.fail(f"too many repetitions: {n}, at most {EXPR_MAX_REPEAT}", count_node)
             self.check_size(_count(step) * n, node)
             return self.build(node, operator.mul, step, n)
         op = "|" if isinstance(node.op, ast.BitOr) else "&"
@@ -565,13 +642,15 @@ class _Parser:
             )
         if n < 0:
             self.fail(f"a list repeats n >= 0 times, got {n}", node)
-        if len(items) * n > MAX_ITEMS:
-            self.fail(f"list is too long: {len(items)} * {n} items, at most {MAX_ITEMS}", node)
+        if len(items) * n > EXPR_MAX_ITEMS:
+            self.fail(f"list is too long: {len(items)} * {n} items, at most {EXPR_MAX_ITEMS}", node)
         return items * n if items else []  # [] * n overflows for an n past sys.maxsize
 
     def check_size(self, steps: int, node: ast.AST) -> None:
-        if steps > MAX_STEPS:
-            self.fail(f"too many steps: this part would make {steps}, at most {MAX_STEPS}", node)
+        if steps > EXPR_MAX_STEPS:
+            self.fail(
+                f"too many steps: this part would make {steps}, at most {EXPR_MAX_STEPS}", node
+            )
 
 
 def _steps(value: Any) -> list[Step]:

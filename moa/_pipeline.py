@@ -12,27 +12,30 @@ import dataclasses
 from collections.abc import Iterator
 from typing import Any, ClassVar, Union
 
-from ._bounds import MAX_NESTING, MAX_STEPS, safe_repr, shown
+from ._bounds import MAX_NESTING, MAX_STEPS, describe, shown
 
-__all__ = ("Parallel", "Pipeline", "Step", "as_step", "parallel", "pipeline", "step_text")
+__all__ = (
+    "Parallel",
+    "Pipeline",
+    "Step",
+    "as_step",
+    "parallel",
+    "pipeline",
+    "source",
+    "step_text",
+)
 
 #: What ``|`` and ``run`` accept where a step is expected: a step, or a list of them (seed style).
 StepLike = Union["Step", list[Any], tuple[Any, ...]]
 
 
-def _show(value: Any) -> str:
-    """The source text of one constructor argument."""
-    if isinstance(value, tuple):
-        return repr(list(value))
+def source(value: Any) -> str:
+    """One constructor argument as the building expression writes it: a function by its name,
+    anything else by its repr."""
     if callable(value) and not isinstance(value, Step):
-        # A function prints as its name, as it was written in the building expression.
         name = getattr(value, "__qualname__", None) or getattr(value, "__name__", None)
         return name if isinstance(name, str) else repr(value)
     return repr(value)
-
-
-def _describe(value: Any) -> str:
-    return f"{safe_repr(value)} ({type(value).__name__})"
 
 
 def as_step(value: Any, *, where: str = "a pipeline") -> Step:
@@ -41,9 +44,7 @@ def as_step(value: Any, *, where: str = "a pipeline") -> Step:
         return value
     if isinstance(value, (list, tuple)):
         return Pipeline(*value)
-    raise TypeError(
-        f"{where} must be a step, a pipeline or a list of steps, not {_describe(value)}"
-    )
+    raise TypeError(f"{where} must be a step, a pipeline or a list of steps, not {describe(value)}")
 
 
 class Step:
@@ -72,7 +73,7 @@ class Step:
     def repeat(self, n: int) -> Step:
         """``self`` run ``n`` times in sequence (``self * n``); ``n == 0`` is the identity."""
         if isinstance(n, bool) or not isinstance(n, int):
-            raise TypeError(f"a step repeats a whole number of times, not {_describe(n)}")
+            raise TypeError(f"a step repeats a whole number of times, not {describe(n)}")
         if not 0 <= n <= MAX_STEPS:
             raise ValueError(f"a step repeats 0 to {MAX_STEPS:,} times, got {shown(n)}")
         return Pipeline(*([self] * n))
@@ -98,11 +99,14 @@ class Step:
     # -- value behaviour for dataclass steps --------------------------------------------------
     def __repr__(self) -> str:
         fields = dataclasses.fields(self)  # type: ignore[arg-type]  # subclasses are dataclasses
-        args = [_show(getattr(self, f.name)) for f in fields[: self._positional]]
-        for f in fields[self._positional :]:
-            value = getattr(self, f.name)
-            if f.default is dataclasses.MISSING or value != f.default:
-                args.append(f"{f.name}={_show(value)}")
+        # A tuple field (a step's agents) was given, and is shown, as a list.
+        shown = [
+            source(list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields
+        ]
+        args = shown[: self._positional]
+        for f, text in zip(fields[self._positional :], shown[self._positional :], strict=True):
+            if f.default is dataclasses.MISSING or getattr(self, f.name) != f.default:
+                args.append(f"{f.name}={text}")
         return f"{type(self).__name__}({', '.join(args)})"
 
 

@@ -1,6 +1,7 @@
-"""The ways to run a pipeline: ``run``, ``run_stream`` and ``run_sync``. Each checks its
-options, composes the run's call stack (:mod:`moa._calls`) and has the walk
-(:mod:`moa._executor`) go through the pipeline."""
+"""The ways to run a pipeline on one prompt: ``run``, ``run_stream`` and ``run_sync``. Each
+takes the run's options as one :class:`~moa.RunOptions` (or as keywords), composes the run's
+call stack (:mod:`moa._calls`) and has the walk (:mod:`moa._executor`) go through the
+pipeline."""
 
 from __future__ import annotations
 
@@ -9,179 +10,118 @@ import math
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any
+from typing import Any, Generic, TypeVar, Unpack
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from ._bounds import check_seconds, safe_repr
-from ._cache import Cache
+from ._bounds import describe, safe_repr
 from ._calls import compose
 from ._client import Client, unicode_error
+from ._contract import LLMStep
 from ._events import Event, EventHandler, RunFinished
-from ._executor import Walk, walk
+from ._executor import Stop, Walk, walk
 from ._history import History
-from ._limits import Limits
-from ._llm_steps import LLMStep
-from ._pipeline import Pipeline, Step, StepLike, _describe, as_step
-from ._retry import DEFAULT_RETRY, Retry
+from ._options import RunKwargs, RunOptions
+from ._pipeline import Pipeline, Step, StepLike, as_step
 from ._seeds import accepts_seed
 
-__all__ = ("check_options", "run", "run_stream", "run_sync", "start", "unwrapped")
+__all__ = (
+    "ErrorAfter",
+    "check_client",
+    "check_prompt",
+    "draw_seed",
+    "run",
+    "run_stream",
+    "run_sync",
+    "unwrapped",
+    "walk_stopped",
+)
+
+T = TypeVar("T")
 
 
-def start(
-    client: Client,
-    prompt: str,
-    policy: Retry,
-    *,
-    limiter: anyio.CapacityLimiter | None = None,
-    timeout: float | None = None,
-    limits: Limits | None = None,
-    hedge_after: float | None = None,
-    cache: Cache | None = None,
-    on_event: EventHandler | None = None,
-    stream_path: tuple[int, ...] | None = None,
-) -> Walk:
-    """A run of ``prompt`` ready to walk: its call stack composed from these options."""
-    state = Walk(prompt, on_event, accepts_seed(client))
-    state.calls = compose(
-        client,
-        policy,
-        state.stop,
-        limiter=limiter,
-        timeout=timeout,
-        limits=limits,
-        hedge_after=hedge_after,
-        cache=cache,
-        on_event=on_event,
-        stream_path=stream_path,
-    )
-    return state
-
-
-def _seed(seed: int | None) -> int:
-    # Without a seed one is drawn, and recorded in history: any run can be replayed.
+def draw_seed(seed: int | None) -> int:
+    """The run's seed: ``seed``, or one drawn when None, and recorded in history: any run can
+    be replayed."""
     return secrets.randbits(63) if seed is None else seed
 
 
-def _check_run_args(
-    prompt: object,
-    client: object,
-    seed: object,
-    max_concurrency: object,
-    timeout: object,
-    retry: object,
-    limits: object = None,
-    hedge_after: object = None,
-    cache: object = None,
-    on_event: object = None,
-) -> None:
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError(f"run(prompt): prompt must be a non-empty str, got {safe_repr(prompt)}")
-    where = unicode_error(prompt)
-    if where is not None:
-        raise ValueError(f"run(prompt): prompt must be valid Unicode text, but {where}")
-    check_options(
-        client, seed, max_concurrency, timeout, retry, limits, hedge_after, cache, on_event
-    )
+def check_prompt(where: str, prompt: object) -> str:
+    """A prompt as an entry point takes it: a str (TypeError otherwise) that is not blank and
+    is valid Unicode (ValueError otherwise)."""
+    if not isinstance(prompt, str):
+        raise TypeError(f"{where}(prompt): prompt must be a str, not {describe(prompt)}")
+    if not prompt.strip():
+        raise ValueError(
+            f"{where}(prompt): prompt must be a non-empty str, got {safe_repr(prompt)}"
+        )
+    where_bad = unicode_error(prompt)
+    if where_bad is not None:
+        raise ValueError(f"{where}(prompt): prompt must be valid Unicode text, but {where_bad}")
+    return prompt
 
 
-def check_options(
-    client: object,
-    seed: object,
-    max_concurrency: object,
-    timeout: object,
-    retry: object,
-    limits: object,
-    hedge_after: object,
-    cache: object = None,
-    on_event: object = None,
-) -> None:
+def check_client(where: str, client: object) -> None:
     if not callable(client):
         raise TypeError(
-            "run(client): client must be an async callable "
-            f"client(model, messages, temp, max_tokens), not {_describe(client)}"
+            f"{where}(client): client must be an async callable "
+            f"client(model, messages, temp, max_tokens), not {describe(client)}"
         )
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise TypeError(f"run(seed=...): seed must be an int or None, not {_describe(seed)}")
-    if max_concurrency is not None and (
-        isinstance(max_concurrency, bool)
-        or not isinstance(max_concurrency, int)
-        or max_concurrency < 1
-    ):
-        raise ValueError(
-            "run(max_concurrency=...): max_concurrency must be an int >= 1 or None, "
-            f"got {safe_repr(max_concurrency)}"
-        )
-    check_seconds("run", "timeout", timeout)
-    check_seconds("run", "hedge_after", hedge_after)
-    if retry is not None and not isinstance(retry, Retry):
-        raise TypeError(
-            f"run(retry=...): retry must be a moa.Retry policy or None, not {_describe(retry)}"
-        )
-    if limits is not None and not isinstance(limits, Limits):
-        raise TypeError(
-            f"run(limits=...): limits must be a moa.Limits or None, not {_describe(limits)}"
-        )
-    if cache is not None and not isinstance(cache, Cache):
-        raise TypeError(
-            f"run(cache=...): cache must be a moa.Cache or None, not {_describe(cache)}"
-        )
-    if on_event is not None and not callable(on_event):
-        raise TypeError(
-            f"run(on_event=...): on_event must be a callable on_event(event) or None, "
-            f"not {_describe(on_event)}"
-        )
+
+
+async def walk_stopped(step: Step, state: Walk) -> tuple[str, History]:
+    """``walk`` inside the cancel scope its Stop cancels when a client raises
+    KeyboardInterrupt or SystemExit; that interrupt is raised once every call has stopped."""
+    with anyio.CancelScope() as state.stop.scope:
+        return await walk(step, state)
+    assert state.stop.interrupt is not None  # only a Stop cancels this scope
+    raise state.stop.interrupt
+
+
+def _prepared(
+    where: str,
+    pipeline: StepLike,
+    prompt: str,
+    client: Client,
+    options: RunOptions | None,
+    kwargs: dict[str, Any],
+) -> tuple[Step, RunOptions]:
+    step = as_step(pipeline, where=f"{where}(pipeline)")
+    opts = RunOptions.of(where, options, kwargs)
+    check_prompt(where, prompt)
+    check_client(where, client)
+    return step, opts
 
 
 async def run(
     pipeline: StepLike,
     prompt: str,
     client: Client,
-    *,
-    seed: int | None = None,
-    max_concurrency: int | None = None,
-    timeout: float | None = None,
-    retry: Retry | None = None,
-    limits: Limits | None = None,
-    hedge_after: float | None = None,
-    cache: Cache | None = None,
-    on_event: EventHandler | None = None,
+    options: RunOptions | None = None,
+    **kwargs: Unpack[RunKwargs],
 ) -> tuple[str, History]:
     """Run ``pipeline`` on ``prompt``; return the final response and the run's history.
 
     The final response is the first of the last step's outputs (all of them are in
-    ``history.outputs``), or ``""`` when a transform left none. ``seed`` seeds every random
-    step (drawn and recorded in history when None); ``max_concurrency`` caps calls in flight;
-    ``timeout`` bounds each call attempt in seconds; ``retry`` is the policy for failed calls;
-    ``limits`` holds per-model limits (shared by every run given the same object);
-    ``hedge_after`` starts a duplicate of a call unanswered after that many seconds, and the
-    first answer wins. ``cache`` (a :class:`~moa.Cache`) serves answers it holds and stores new
-    ones; ``on_event(event)`` is called as steps start and calls finish or retry
-    (:class:`~moa.StepStarted`, :class:`~moa.CallRetrying`, :class:`~moa.CallFinished`,
-    :class:`~moa.StepFinished`), for progress displays; it must be quick and must not raise
-    (an exception from it ends the run, inside an ``ExceptionGroup`` when it came from one of
-    several concurrent calls). A step that fails raises a
-    :class:`~moa.errors.StepFailedError` carrying the history so far.
+    ``history.outputs``), or ``""`` when a transform left none. The options are a
+    :class:`~moa.RunOptions` (``options=``), keywords of the same names (``seed=7,
+    timeout=30``), or both, the keywords replacing those fields; :class:`~moa.RunOptions`
+    says what each does. An ``on_event`` that raises ends the run (inside an
+    ``ExceptionGroup`` when it came from one of several concurrent calls). A step that fails
+    raises a :class:`~moa.errors.StepFailedError` carrying the history so far.
     """
-    step = as_step(pipeline, where="run(pipeline)")
-    _check_run_args(
-        prompt, client, seed, max_concurrency, timeout, retry, limits, hedge_after, cache, on_event
-    )
-    limiter = anyio.CapacityLimiter(max_concurrency) if max_concurrency else None
-    state = start(
-        client,
+    step, opts = _prepared("run", pipeline, prompt, client, options, dict(kwargs))
+    stop = Stop()
+    state = Walk(
         prompt,
-        retry or DEFAULT_RETRY,
-        limiter=limiter,
-        timeout=timeout,
-        limits=limits,
-        hedge_after=hedge_after,
-        cache=cache,
-        on_event=on_event,
+        draw_seed(opts.seed),
+        compose(client, opts, stop),
+        stop,
+        opts.on_event,
+        accepts_seed(client),
     )
-    return await walk(step, prompt, state, _seed(seed))
+    return await walk_stopped(step, state)
 
 
 def _stream_path(step: Step) -> tuple[int, ...] | None:
@@ -195,29 +135,38 @@ def _stream_path(step: Step) -> tuple[int, ...] | None:
     return path if isinstance(last, LLMStep) else None
 
 
-class _Events:
-    """The event stream ``run_stream`` yields: ends when the run ends, raising its error."""
+class ErrorAfter(Generic[T]):
+    """A memory stream read to its end, then the error that ended what fed it (if any):
+    ``run_stream``'s events and ``as_completed``'s results."""
 
     __slots__ = ("_receive", "error")
 
-    def __init__(self, receive: MemoryObjectReceiveStream[Event]) -> None:
+    def __init__(self, receive: MemoryObjectReceiveStream[T]) -> None:
         self._receive = receive
         self.error: BaseException | None = None
 
-    def __aiter__(self) -> _Events:
+    def __aiter__(self) -> ErrorAfter[T]:
         return self
 
-    async def __anext__(self) -> Event:
+    async def __anext__(self) -> T:
         try:
             return await self._receive.receive()
         except anyio.EndOfStream:
             pass
-        # Raised outside the except block: the run's error comes out as itself, its own cause
-        # kept and no EndOfStream attached.
+        # Raised outside the except block: the error comes out as itself, its own cause kept
+        # and no EndOfStream attached.
         if self.error is not None:
             error, self.error = self.error, None
             raise error
         raise StopAsyncIteration
+
+
+def _both(first: EventHandler, second: EventHandler) -> EventHandler:
+    def handler(event: Event) -> None:
+        first(event)
+        second(event)
+
+    return handler
 
 
 @asynccontextmanager
@@ -225,14 +174,8 @@ async def run_stream(
     pipeline: StepLike,
     prompt: str,
     client: Client,
-    *,
-    seed: int | None = None,
-    max_concurrency: int | None = None,
-    timeout: float | None = None,
-    retry: Retry | None = None,
-    limits: Limits | None = None,
-    hedge_after: float | None = None,
-    cache: Cache | None = None,
+    options: RunOptions | None = None,
+    **kwargs: Unpack[RunKwargs],
 ) -> AsyncIterator[AsyncIterator[Event]]:
     """``run`` as a stream of events, for showing an answer while it is written::
 
@@ -245,39 +188,29 @@ async def run_stream(
 
     Events: :class:`~moa.StepStarted`, :class:`~moa.CallRetrying`, :class:`~moa.CallFinished`,
     :class:`~moa.StepFinished`, the :class:`~moa.TextChunk` pieces of the final answer as
-    they arrive, and last :class:`~moa.RunFinished` with the result and the full history.
-    Chunks come from the pipeline's last step when it is an LLM step whose reply is its output
-    (Aggregate, Vote with a judge, the last round of AggregateSeq), through the client's
-    ``stream`` when it has one. Such a call is retried only before its first chunk; a failure
-    after it is recorded as a :class:`~moa.errors.StreamInterruptedError`, never retried into
-    duplicated text; ``hedge_after`` does not apply to that call (two racing streams would
-    both write the answer), only to the others. When the run fails, iterating raises its error
-    after the events so far. Options are ``run``'s; leaving the block early cancels the run.
+    they arrive, and last :class:`~moa.RunFinished` with the result and the full history
+    (an ``on_event`` option gets each of them too, as it happens). Chunks come from the
+    pipeline's last step when it is an LLM step whose reply is its output (Aggregate, Vote,
+    the last round of AggregateSeq), through the client's ``stream`` when it has one. Such a
+    call is retried only before its first chunk; a failure after it is recorded as a
+    :class:`~moa.errors.StreamInterruptedError`, never retried into duplicated text;
+    ``hedge_after`` does not apply to that call (two racing streams would both write the
+    answer), only to the others. When the run fails, iterating raises its error after the
+    events so far. Options are ``run``'s; leaving the block early cancels the run.
     """
-    step = as_step(pipeline, where="run_stream(pipeline)")
-    _check_run_args(
-        prompt, client, seed, max_concurrency, timeout, retry, limits, hedge_after, cache
-    )
+    step, opts = _prepared("run_stream", pipeline, prompt, client, options, dict(kwargs))
     send, receive = anyio.create_memory_object_stream[Event](math.inf)
-    events = _Events(receive)
-    limiter = anyio.CapacityLimiter(max_concurrency) if max_concurrency else None
-    state = start(
-        client,
-        prompt,
-        retry or DEFAULT_RETRY,
-        limiter=limiter,
-        timeout=timeout,
-        limits=limits,
-        hedge_after=hedge_after,
-        cache=cache,
-        on_event=send.send_nowait,
-        stream_path=_stream_path(step),
-    )
+    events = ErrorAfter(receive)
+    handler = send.send_nowait if opts.on_event is None else _both(opts.on_event, send.send_nowait)
+    opts = opts.replace(on_event=handler)
+    stop = Stop()
+    calls = compose(client, opts, stop, stream_path=_stream_path(step))
+    state = Walk(prompt, draw_seed(opts.seed), calls, stop, handler, accepts_seed(client))
 
     async def drive() -> None:
         with send:
             try:
-                result, history = await walk(step, prompt, state, _seed(seed))
+                result, history = await walk_stopped(step, state)
             except Exception as exc:
                 events.error = exc
             else:
@@ -310,9 +243,12 @@ def run_sync(
     pipeline: StepLike,
     prompt: str,
     client: Client,
+    options: RunOptions | None = None,
     *,
     backend: str = "asyncio",
-    **options: Any,
+    **kwargs: Unpack[RunKwargs],
 ) -> tuple[str, History]:
     """``run`` for scripts: starts an event loop (``backend`` "asyncio" or "trio") and runs."""
-    return anyio.run(functools.partial(run, pipeline, prompt, client, **options), backend=backend)
+    return anyio.run(
+        functools.partial(run, pipeline, prompt, client, options, **kwargs), backend=backend
+    )

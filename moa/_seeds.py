@@ -18,32 +18,42 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from ._llm_steps import Request
+from ._bounds import SEED_RANGE, check_seed, check_type, shown
 
-__all__ = ("SEED_BITS", "accepts_seed", "call_seed", "row_seed")
+if TYPE_CHECKING:
+    from ._contract import Identity
+
+__all__ = ("SEED_BITS", "accepts_seed", "call_seed", "check_id", "row_seed")
 
 #: Call seeds are below 2**31: every backend takes them (llama.cpp's are 32-bit unsigned,
 #: some servers parse a signed 32-bit int).
 SEED_BITS = 31
 
+
+def check_id(owner: str, name: str, ident: object) -> None:
+    """A prompt's id: a str, or an int in 64 bits (TypeError for another type, ValueError
+    for an int out of range)."""
+    if isinstance(ident, str):
+        return
+    check_type(owner, name, ident, int, "a str or an int")
+    assert isinstance(ident, int)
+    if ident not in SEED_RANGE:
+        raise ValueError(
+            f"{owner}({name}=...): an int id must fit in 64 bits (-2**63 to 2**63 - 1), "
+            f"got {shown(ident)}; use a str id"
+        )
+
+
 _known: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
 
-def call_seed(run_seed: int, path: tuple[int, ...], request: Request, sample: int) -> int:
-    """The sampling seed of sample ``sample`` of ``request`` in the step at ``path``."""
+def call_seed(run_seed: int, path: tuple[int, ...], identity: Identity, sample: int) -> int:
+    """The sampling seed of sample ``sample`` of the request whose identity
+    (:attr:`~moa.steps.Request.identity`) is ``identity``, in the step at ``path``."""
+    model, pairs, temp, max_tokens = identity
     h = hashlib.blake2b(digest_size=8)
     h.update(f"moa-call-seed/1/{run_seed}/{'.'.join(map(str, path))}/{sample}/".encode())
-    h.update(
-        json.dumps(
-            [
-                request.model,
-                [[m["role"], m["content"]] for m in request.messages],
-                repr(float(request.temp)),
-                request.max_tokens,
-            ]
-        ).encode()
-    )
+    h.update(json.dumps([model, pairs, repr(temp), max_tokens]).encode())
     return int.from_bytes(h.digest(), "big") >> (64 - SEED_BITS)
 
 
@@ -79,6 +89,9 @@ def accepts_seed(fn: Callable[..., Any]) -> bool:
 def row_seed(seed: int, ident: str | int) -> int:
     """The run seed of the prompt with id ``ident`` in a batch seeded with ``seed``: from the
     id, not the prompt's position, so a batch gives each prompt the same seed however it is
-    split (across Ray workers, or resumed)."""
+    split (across Ray workers, or resumed). Both are checked: a 64-bit ``seed``; an id that
+    is a str or a 64-bit int."""
+    check_seed("row_seed", "seed", seed, none=False)
+    check_id("row_seed", "ident", ident)
     text = f"moa-row-seed/1/{seed}/{json.dumps(ident)}".encode()
     return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big") >> 1

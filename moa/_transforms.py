@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ._bounds import MAX_COUNT, shown
-from ._pipeline import Step, _describe
+from ._bounds import MAX_COUNT, describe, shown
+from ._pipeline import Step
 
 __all__ = ("Dropout", "Filter", "Map", "Sample", "Shuffle", "Take", "Transform")
 
@@ -35,7 +35,7 @@ class Transform(Step):
 
 def _check_count(step: str, n: object) -> None:
     if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"{step}(n): n must be an int >= 0, not {_describe(n)}")
+        raise TypeError(f"{step}(n): n must be an int >= 0, not {describe(n)}")
     if n < 0:
         raise ValueError(f"{step}(n): n must be >= 0, got {shown(n)}")
     if n > MAX_COUNT:
@@ -46,7 +46,7 @@ def _check_callable(step: str, fn: object, returns: str) -> None:
     if not callable(fn):
         raise TypeError(
             f"{step}(fn): fn must be a callable taking a str and returning {returns}, "
-            f"not {_describe(fn)}"
+            f"not {describe(fn)}"
         )
 
 
@@ -68,7 +68,7 @@ class Dropout(Transform):
 
     def __post_init__(self) -> None:
         if isinstance(self.rate, bool) or not isinstance(self.rate, (int, float)):
-            raise TypeError(f"Dropout(rate): rate must be a number, not {_describe(self.rate)}")
+            raise TypeError(f"Dropout(rate): rate must be a number, not {describe(self.rate)}")
         if not 0 <= self.rate <= 1:
             raise ValueError(f"Dropout(rate): rate must be between 0 and 1, got {self.rate}")
 
@@ -137,5 +137,5 @@ class Map(Transform):
         out = [self.fn(r) for r in responses]
         for value in out:
             if not isinstance(value, str):
-                raise TypeError(f"{self!r}: fn must return a str, returned {_describe(value)}")
+                raise TypeError(f"{self!r}: fn must return a str, returned {describe(value)}")
         return out

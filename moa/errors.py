@@ -8,6 +8,7 @@ if TYPE_CHECKING:
     from ._history import History
 
 __all__ = (
+    "BatchStoppedError",
     "CacheError",
     "CacheMissError",
     "ClientOutputError",
@@ -117,3 +118,14 @@ class StreamInterruptedError(MoaError):
     retried: a retry would deliver the same text twice."""
 
     retryable = False
+
+
+class BatchStoppedError(MoaError):
+    """A batch stopped before every prompt ran, because its prompts (an iterator, or a file's
+    line) or its ``progress`` callback raised: that error is the ``__cause__``. The runs in
+    flight finished first. ``results``: from ``run_many``, every finished run in input order
+    (``as_completed`` already yielded them; its ``results`` is empty)."""
+
+    def __init__(self, message: str, results: tuple[Any, ...] = ()) -> None:
+        super().__init__(message)
+        self.results = results

@@ -21,21 +21,22 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio.from_thread
 
 from ._batch import RunResult, run_many
-from ._bounds import check_int, safe_repr
+from ._bounds import check_int, check_number, describe, error_text, safe_repr
 from ._cache import Cache
-from ._client import Client, close_client, unicode_error
+from ._client import Client, close_client, unicode_error, utf8_text
 from ._cost import DEFAULT_PRICES, Prices, cost
 from ._limits import Limits, ModelLimit
+from ._options import RunOptions
 from ._pipeline import Step, StepLike, as_step
-from ._retry import Retry
-from ._run import check_options
 from .clients._extras import require
 
 if TYPE_CHECKING:
@@ -83,18 +84,17 @@ def split_limits(limits: Limits | None, workers: int) -> Limits | None:
 
 class _Worker:
     """One Ray actor: an event loop in a thread of its own, the client made there once from
-    the factory, and the pipeline's options; each call runs one block through ``run_many``."""
+    the factory, and the run options; each call runs one block through ``run_many``."""
 
     def __init__(
-        self, pipeline: Step, client_factory: Callable[[], Client], options: dict[str, Any]
+        self, pipeline: Step, client_factory: Callable[[], Client], spec: _WorkerSpec
     ) -> None:
         self.pipeline = pipeline
-        self.options = dict(options)
-        cache = self.options.pop("cache_spec")
-        self.prompt_column: str = self.options.pop("prompt_column")
-        self.id_column: str = self.options.pop("id_column")
-        self.prices: Prices = self.options.pop("prices")
-        self.cache = Cache(cache[0], mode=cache[1], namespace=cache[2]) if cache else None
+        self.spec = spec
+        cache = spec.cache
+        self.options = spec.options.replace(
+            cache=Cache(cache[0], mode=cache[1], namespace=cache[2]) if cache else None
+        )
         self._loop: AbstractContextManager[anyio.from_thread.BlockingPortal] = (
             anyio.from_thread.start_blocking_portal()
         )
@@ -108,8 +108,8 @@ class _Worker:
         rows = [
             _row(prompt, ident)
             for prompt, ident in zip(
-                batch.column(self.prompt_column).to_pylist(),
-                batch.column(self.id_column).to_pylist(),
+                batch.column(self.spec.prompt_column).to_pylist(),
+                batch.column(self.spec.id_column).to_pylist(),
                 strict=True,
             )
         ]
@@ -136,41 +136,51 @@ class _Worker:
         return batch
 
     async def _run(self, prompts: list[str], ids: list[str | int]) -> list[RunResult]:
-        return await run_many(
-            self.pipeline, prompts, self.client, ids=ids, cache=self.cache, **self.options
-        )
+        return await run_many(self.pipeline, prompts, self.client, self.options, ids=ids)
 
     def _columns(self, outcome: list[RunResult | str]) -> dict[str, list[Any]]:
-        """The output columns: a RunResult's, or a refused row's (its reason, no run)."""
+        """The output columns: a RunResult's, or a refused row's (its reason, no run). Text
+        is stored as UTF-8, so a lone surrogate in a reply is U+FFFD in ``result`` (the
+        ``history`` JSON keeps it exactly, escaped)."""
         cols: dict[str, list[Any]] = {name: [] for name in OUTPUT_COLUMNS}
         for r in outcome:
             history = None if isinstance(r, str) else r.history
             if isinstance(r, str):
                 error: str | None = r
             elif r.error is not None:
-                error = str(r.error) or type(r.error).__name__
+                error = error_text(r.error)
             else:
                 error = None
-            cols["result"].append(None if isinstance(r, str) else r.result)
+            result = None if isinstance(r, str) or r.result is None else utf8_text(r.result)
+            cols["result"].append(result)
             cols["ok"].append(error is None)
-            cols["error"].append(error)
+            cols["error"].append(None if error is None else utf8_text(error))
             cols["history"].append(None if history is None else json.dumps(history.to_dict()))
             cols["input_tokens"].append(None if history is None else history.input_tokens)
             cols["output_tokens"].append(None if history is None else history.output_tokens)
-            cols["cost"].append(None if history is None else cost(history, self.prices).total)
+            cols["cost"].append(None if history is None else cost(history, self.spec.prices).total)
         return cols
 
     def __del__(self) -> None:
+        # Called when Ray ends the actor, maybe after its loop has stopped: nothing here may
+        # wait on the loop, or the worker outlives ray.shutdown().
+        portal = getattr(self, "portal", None)
         loop = getattr(self, "_loop", None)
-        if loop is None:
+        if portal is None or loop is None:
             return
         try:  # the client's connections and the cache file, closed before the loop ends
             if hasattr(self, "client"):
-                self.portal.call(close_client, self.client)
-            if self.cache is not None:
-                self.cache.close()
+                future = portal.start_task_soon(close_client, self.client)
+                future.result(timeout=5)
+        except Exception:  # a loop already gone: the process is ending anyway
+            pass
         finally:
-            loop.__exit__(None, None, None)
+            if self.options.cache is not None:
+                self.options.cache.close()
+            try:
+                loop.__exit__(None, None, None)
+            except Exception:
+                pass
 
 
 def _call(factory: Callable[[], Client]) -> Client:
@@ -217,89 +227,107 @@ def run_dataset(
     pipeline: StepLike,
     dataset: ray.data.Dataset,
     client_factory: Callable[[], Client],
+    options: RunOptions | None = None,
     *,
     prompt_column: str = "prompt",
     id_column: str = "id",
-    seed: int | None = None,
-    max_concurrency: int = 64,
-    concurrency: int = 2,
-    limits: Limits | None = None,
+    workers: int = 2,
     cache: Cache | str | os.PathLike[str] | None = None,
-    timeout: float | None = None,
-    retry: Retry | None = None,
     prices: Mapping[str, Any] | None = None,
     batch_size: int = 256,
     num_cpus: float = 0.25,
+    concurrency: int | None = None,
+    **kwargs: Any,
 ) -> ray.data.Dataset:
     """``pipeline`` on every row of ``dataset``, lazily: a Dataset with the input columns and
-    :data:`OUTPUT_COLUMNS` (``error`` is the error's message, as ``moa batch`` writes it, None
-    when ``ok``; ``history`` is the JSON of
-    ``History.to_dict()``; ``cost`` in US dollars at ``prices`` over moa's defaults).
+    :data:`OUTPUT_COLUMNS` (``error`` is the error's text, as ``moa batch`` writes it, None
+    when ``ok``; ``history`` is the JSON of ``History.to_dict()``; ``cost`` in US dollars at
+    ``prices`` over moa's defaults).
 
-    ``concurrency`` workers (Ray actors of ``num_cpus`` CPUs each: a fraction, as they mostly
-    wait on the network and Ray Data's own tasks need CPUs too) each run blocks of
-    ``batch_size`` rows with at most ``max_concurrency`` calls in flight; ``client_factory()``
-    makes each worker's client, in the worker. ``limits`` are the cluster's budget, split
-    evenly among the workers (:func:`split_limits`). ``cache`` is a :class:`~moa.Cache` or its
-    path, opened by every worker (one SQLite file: the workers must share a filesystem). Ids
-    are str or int values and should be unique (a repeat is not detected: see the module's
-    docstring); with ``seed``, each row's seed comes from it and the row's id, so the results
-    equal ``moa.run_many`` over the same prompts and ids. The options and, when known without
-    running the dataset, the columns are checked here; nothing runs until the output is read.
+    The run options (a :class:`~moa.RunOptions`, keywords, or both) are ``run``'s, for each
+    worker: ``max_concurrency`` caps the calls in flight in one worker (default 64);
+    ``limits`` are the cluster's budget, split evenly among the workers
+    (:func:`split_limits`); ``on_event`` is refused (the runs happen in other processes: read
+    the output's ``history``). ``workers`` Ray actors (of ``num_cpus`` CPUs each: a
+    fraction, as they mostly wait on the network and Ray Data's own tasks need CPUs too)
+    each run blocks of ``batch_size`` rows; ``client_factory()`` makes each worker's client,
+    in the worker. ``cache`` is a :class:`~moa.Cache` or its path, opened by every worker
+    (one SQLite file: the workers must share a filesystem). Ids are str or 64-bit int values
+    and should be unique (a repeat is not detected: see the module's docstring); with
+    ``seed``, each row's seed comes from it and the row's id, so the results equal
+    ``moa.run_many`` over the same prompts and ids. The options and, when known without
+    running the dataset, the columns are checked here; nothing runs until the output is
+    read. ``concurrency`` is the old name of ``workers`` (deprecated).
     """
     data = require("ray.data", "ray", "moa.ray.run_dataset")
     step = as_step(pipeline, where="run_dataset(pipeline)")
-    _check_arguments(client_factory, concurrency, batch_size, max_concurrency, num_cpus)
-    # run_many's own checks, here rather than in a worker, where they would fail every block.
-    check_options(client_factory, seed, max_concurrency, timeout, retry, limits, None)
+    if concurrency is not None:
+        warnings.warn(
+            "run_dataset(concurrency=...) is workers=... now; the old name goes in the next "
+            "release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        workers = concurrency
+    kwargs.setdefault("max_concurrency", DEFAULT_WORKER_CALLS)
+    if "cache" in kwargs or (options is not None and options.cache is not None):
+        raise TypeError("run_dataset(cache=...): give the cache as run_dataset's own cache=")
+    opts = RunOptions.of("run_dataset", options, kwargs)
+    if opts.on_event is not None:
+        raise TypeError(
+            "run_dataset(on_event=...): the runs happen in Ray's worker processes, where "
+            "events cannot reach you; read each row's history in the output instead"
+        )
+    _check_arguments(client_factory, workers, batch_size, num_cpus)
     _check_columns(dataset, prompt_column, id_column)
-    options = {
-        "seed": seed,
-        "max_concurrency": max_concurrency,
-        "timeout": timeout,
-        "retry": retry,
-        "limits": split_limits(limits, concurrency),
-        "cache_spec": _cache_spec(cache),
-        "prompt_column": prompt_column,
-        "id_column": id_column,
-        "prices": DEFAULT_PRICES if prices is None else DEFAULT_PRICES | Prices(prices),
-    }
+    worker = _WorkerSpec(
+        options=opts.replace(limits=split_limits(opts.limits, workers)),
+        cache=_cache_spec(cache),
+        prompt_column=prompt_column,
+        id_column=id_column,
+        prices=DEFAULT_PRICES if prices is None else DEFAULT_PRICES | Prices(prices),
+    )
     # A worker that dies is restarted and its block run again: Ray Data's actor pools default
     # to max_restarts=-1 and max_task_retries=-1, which the worker-kill test relies on.
     return dataset.map_batches(
         _Worker,
-        fn_constructor_args=(step, client_factory, options),
+        fn_constructor_args=(step, client_factory, worker),
         batch_size=batch_size,
         batch_format="pyarrow",
-        compute=data.ActorPoolStrategy(size=concurrency),
+        compute=data.ActorPoolStrategy(size=workers),
         num_cpus=num_cpus,
         udf_modifying_row_count=False,
     )
 
 
+#: Calls in flight in one worker, unless ``max_concurrency`` says otherwise.
+DEFAULT_WORKER_CALLS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class _WorkerSpec:
+    """What each worker is handed: the run options (limits already split), how to open the
+    cache, the columns, the prices."""
+
+    options: RunOptions
+    cache: tuple[str, str, str] | None
+    prompt_column: str
+    id_column: str
+    prices: Prices
+
+
 def _check_arguments(
-    client_factory: object,
-    concurrency: object,
-    batch_size: object,
-    max_concurrency: object,
-    num_cpus: object,
+    client_factory: object, workers: object, batch_size: object, num_cpus: object
 ) -> None:
-    """run_dataset's numbers and factory, refused where they enter."""
+    """run_dataset's own numbers and factory, refused where they enter."""
     if not callable(client_factory):
         raise TypeError(
             "run_dataset(client_factory): a function that makes a client, called once in "
-            f"each worker; got {safe_repr(client_factory)}"
+            f"each worker; got {describe(client_factory)}"
         )
-    for name, value in (
-        ("concurrency", concurrency),
-        ("batch_size", batch_size),
-        ("max_concurrency", max_concurrency),
-    ):
-        check_int("run_dataset", name, value, 1, sys.maxsize)
-    if isinstance(num_cpus, bool) or not isinstance(num_cpus, (int, float)) or num_cpus < 0:
-        raise ValueError(
-            f"run_dataset(num_cpus=...): a number of CPUs >= 0, got {safe_repr(num_cpus)}"
-        )
+    check_int("run_dataset", "workers", workers, 1, sys.maxsize)
+    check_int("run_dataset", "batch_size", batch_size, 1, sys.maxsize)
+    check_number("run_dataset", "num_cpus", num_cpus, unit="a number of CPUs")
 
 
 def _check_columns(dataset: ray.data.Dataset, prompt_column: str, id_column: str) -> None:

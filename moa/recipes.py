@@ -21,7 +21,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 from ._agent import Agent, AgentLike, agent_of
-from ._bounds import safe_repr
+from ._bounds import MAX_CALLS, check_int, describe, safe_repr
 from ._llm_steps import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_TEMP,
@@ -29,9 +29,9 @@ from ._llm_steps import (
     AggregateSeq,
     Propose,
     Synthesize,
-    Vote,
 )
-from ._pipeline import Step, _describe
+from ._pipeline import Step
+from ._select import Majority
 from ._transforms import Dropout, Shuffle
 
 __all__ = (
@@ -76,7 +76,7 @@ def _models(recipe: str, arg: str, value: object) -> tuple[AgentLike, ...]:
     if not isinstance(value, (list, tuple)):
         raise TypeError(
             f"{recipe}({arg}=...): {arg} must be a list of model names or agents, "
-            f"not {_describe(value)}"
+            f"not {describe(value)}"
         )
     if not value:
         raise ValueError(f"{recipe}({arg}=...): {arg} must name at least one model, got []")
@@ -84,7 +84,7 @@ def _models(recipe: str, arg: str, value: object) -> tuple[AgentLike, ...]:
         if not isinstance(m, Agent) and (not isinstance(m, str) or not m):
             raise TypeError(
                 f"{recipe}({arg}=...): every model must be a non-empty name or a "
-                f"moa.Agent, not {_describe(m)}"
+                f"moa.Agent, not {describe(m)}"
             )
     return tuple(agent_of(recipe, m, f"{arg}=...") for m in value)
 
@@ -92,13 +92,12 @@ def _models(recipe: str, arg: str, value: object) -> tuple[AgentLike, ...]:
 def _model(recipe: str, arg: str, value: object) -> AgentLike:
     if isinstance(value, (list, tuple)):
         raise TypeError(
-            f"{recipe}({arg}=...): {arg} is one model name or agent, not a list "
-            f"({_describe(value)})"
+            f"{recipe}({arg}=...): {arg} is one model name or agent, not a list ({describe(value)})"
         )
     if not isinstance(value, Agent) and (not isinstance(value, str) or not value):
         raise TypeError(
             f"{recipe}({arg}=...): {arg} must be a non-empty model name or a "
-            f"moa.Agent, not {_describe(value)}"
+            f"moa.Agent, not {describe(value)}"
         )
     return agent_of(recipe, value, f"{arg}=...")
 
@@ -166,10 +165,7 @@ def self_moa(
     """Self-MoA, Li et al. (2025, arXiv:2502.00674): one strong model sampled ``n`` times at
     ``temp``, then aggregated by itself; it can beat mixtures of different models."""
     m = _model("self_moa", "model", model)
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"self_moa(n=...): n must be an int >= 1, not {_describe(n)}")
-    if n < 1:
-        raise ValueError(f"self_moa(n=...): n must be >= 1 samples, got {n}")
+    check_int("self_moa", "n", n, 1, MAX_CALLS)  # before [m] * n is built
     return _build(
         "self_moa", lambda: Propose([m] * n, temp=temp, max_tokens=max_tokens) | Aggregate(m)
     )
@@ -188,10 +184,7 @@ def self_moa_seq(
     by itself in rounds over a sliding ``window`` that keeps ``reserved`` syntheses, for more
     samples than fit in one context."""
     m = _model("self_moa_seq", "model", model)
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"self_moa_seq(n=...): n must be an int >= 1, not {_describe(n)}")
-    if n < 1:
-        raise ValueError(f"self_moa_seq(n=...): n must be >= 1 samples, got {n}")
+    check_int("self_moa_seq", "n", n, 1, MAX_CALLS)  # before [m] * n is built
     return _build(
         "self_moa_seq",
         lambda: (
@@ -252,7 +245,7 @@ def persona_vote(
 ) -> Step:
     """Prompt ensembling with one model: a greedy answer (temperature 0) under each of
     ``personas``, plus ``samples`` answers at ``sample_temp``, and the most common extracted
-    answer wins (``Vote(extract=extract)``; the default reads the last number, so pass an
+    answer wins (``Majority(extract)``; the default reads the last number, so pass an
     extractor for answers that are not numbers). Diversity comes from the prompts, not from
     sampling noise, so each voter is about as good as a greedy call and their errors differ.
 
@@ -266,15 +259,14 @@ def persona_vote(
     gain; ``benchmarks/README.md`` has both tables.
     """
     who = _model("persona_vote", "model", model)
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
-        raise ValueError(
-            f"persona_vote(samples=...): samples must be an int >= 0, got {safe_repr(samples)}"
-        )
-    if isinstance(personas, str) or not isinstance(personas, (list, tuple)) or not personas:
+    check_int("persona_vote", "samples", samples, 0, MAX_CALLS)  # before [...] * samples
+    if isinstance(personas, str) or not isinstance(personas, (list, tuple)):
         raise TypeError(
-            "persona_vote(personas=...): personas must be a non-empty list of "
-            "system prompts (str, or None for none)"
+            "persona_vote(personas=...): personas must be a list of system prompts (str, or "
+            f"None for none), not {describe(personas)}"
         )
+    if not personas:
+        raise ValueError("persona_vote(personas=...): personas must name at least one, got []")
     base = who if isinstance(who, Agent) else Agent(who)
 
     def voter(temp: float, system: str | None) -> Agent:
@@ -287,6 +279,6 @@ def persona_vote(
                 [voter(0, p) for p in personas] + [voter(sample_temp, base.system)] * samples,
                 max_tokens=max_tokens,
             )
-            | Vote(extract=extract)
+            | Majority(extract)
         ),
     )

@@ -217,7 +217,7 @@ def test_two_processes_share_one_cache_file(tmp_path):
 
 async def test_a_broken_cache_is_raised_not_recorded_as_a_call(tmp_path):
     class Broken(Cache):
-        def put(self, *args, **kwargs):
+        def store(self, *args, **kwargs):
             raise CacheError("disk is gone")
 
     with Broken(tmp_path / "c.sqlite") as cache:
@@ -329,7 +329,7 @@ async def test_a_namespace_keeps_clients_apart(tmp_path):
 
 async def test_a_cache_error_keeps_the_history_and_the_answers(tmp_path):
     class Broken(Cache):
-        def put(self, *args, **kwargs):
+        def store(self, *args, **kwargs):
             raise CacheError("disk is gone")
 
     with Broken(tmp_path / "c.sqlite") as cache:
@@ -341,7 +341,7 @@ async def test_a_cache_error_keeps_the_history_and_the_answers(tmp_path):
                 cache=cache,
             )
     steps = info.value.history.steps
-    assert [s.step for s in steps] == ["Propose(['a'])"]  # the first put already failed
+    assert [s.step for s in steps] == ["Propose(['a'])"]  # the first store already failed
     assert [c.text for c in steps[0].calls] == ["a's paid answer"]
 
 

@@ -266,7 +266,7 @@ def test_run_rich_progress_goes_to_stderr_never_stdout(client, capsys, monkeypat
 def test_run_progress_counts_retries(monkeypatch, capsys):
     _use(monkeypatch, ScriptedClient(transient={"n": 1}))
     monkeypatch.setattr(
-        moa._run, "DEFAULT_RETRY", moa.Retry(attempts=3, initial=0, max_wait=0, jitter=0)
+        cli.options, "RETRY", moa.Retry(attempts=3, initial=0, max_wait=0, jitter=0)
     )
     assert main(["run", "hi", "--pipeline", PIPE]) == 0
     assert "2/2 calls, 0 failed, 1 retried" in capsys.readouterr().err
@@ -618,8 +618,10 @@ def test_batch_retries_failed_prompts_on_rerun(monkeypatch, capsys, tmp_path, pr
     assert main(["batch", prompts, "-o", str(out), "--pipeline", PIPE]) == 0
     assert len(c.calls) == 3
     assert "1 failed before and run again" in capsys.readouterr().err
-    lines = _out(out)
-    assert len(lines) == 4 and all(e["error"] is None for e in lines)
+    lines = _out(out)  # OUT is only appended to: the failure stays, its answer comes after it
+    assert [e["id"] for e in lines if e["error"] is not None] == [2]
+    last = {e["id"]: e for e in lines}
+    assert len(last) == 4 and all(e["error"] is None for e in last.values())
 
 
 def test_batch_rejects_a_bad_line_naming_it(client, capsys, tmp_path):

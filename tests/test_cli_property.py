@@ -51,7 +51,7 @@ expressions = st.one_of(
         [
             "Propose(['m'])",
             "Propose(['m', 'n']) | Aggregate('m')",
-            "Propose(['m']*3) | Vote(extract=r'\\d+')",
+            "Propose(['m']*3) | Majority(r'\\d+')",
             "Propose(['m']) | Pick('m', times=2)",
             "Propose(['m']) | Take(0)",
             "Take(1)",

@@ -39,10 +39,13 @@ def _write_parquet(pa, path: Path, rows: list[dict]) -> None:
 
 
 def _read_parquet(pa, path: Path) -> dict:
+    """Each id's last row (OUT is only appended to: a failure, then its answer), checking that
+    no success is ever followed by another row of its id."""
     table = pa.parquet.read_table(path)
     out = {}
     for row in table.to_pylist():
-        assert row["id"] not in out, "an id written twice"
+        earlier = out.get(row["id"])
+        assert earlier is None or earlier["error"] is not None, "an id answered twice"
         out[row["id"]] = row
     return out
 
@@ -83,10 +86,12 @@ def test_a_parquet_output_resumes_running_only_what_failed_or_is_missing(
     rows = [{"prompt": f"question {i}?"} for i in range(6)]  # ids: positions, as in JSON Lines
     src, out = tmp_path / "in.parquet", tmp_path / "out.parquet"
     _write_parquet(pyarrow, src, rows)
-    failing = "Propose(['bad']) | Aggregate('m')"  # every run fails: all recorded
-    assert main(["batch", str(src), "-o", str(out), "--pipeline", failing, "-q"]) == 1
+    everything_fails = ScriptedClient(permanent={"m", "n"})
+    monkeypatch.setattr(cli.providers, "make_client", lambda *args: (everything_fails, "m"))
+    assert main(["batch", str(src), "-o", str(out), "--pipeline", PIPE, "-q"]) == 1
     assert sorted(_read_parquet(pyarrow, out)) == list(range(6))
     assert all(r["error"] for r in _read_parquet(pyarrow, out).values())
+    monkeypatch.setattr(cli.providers, "make_client", lambda *args: (client, "m"))
     # A part left half-written by a kill is a temporary file: ignored and removed.
     (out / "part-000099.tmp").write_bytes(b"PAR1 cut off")
     assert main(["batch", str(src), "-o", str(out), "--pipeline", PIPE, "-q"]) == 0
@@ -145,7 +150,7 @@ def test_ids_a_column_cannot_hold_are_refused_before_any_call(pyarrow, client, c
     huge = tmp_path / "huge.jsonl"
     huge.write_text(f'{{"prompt": "c?", "id": {2**63}}}\n')
     assert main(["batch", str(huge), "-o", out_pq, "--pipeline", PIPE]) == 2
-    assert "past that; use a string id" in capsys.readouterr().err
+    assert "the id must be a string or an integer of 64 bits" in capsys.readouterr().err
     assert len(client.calls) == calls
 
 

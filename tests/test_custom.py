@@ -17,14 +17,12 @@ from moa import (
     Parallel,
     Pipeline,
     Propose,
-    Request,
     Shuffle,
     Take,
     Transform,
-    messages,
-    numbered,
     transform,
 )
+from moa.steps import Request, messages, numbered
 
 
 @transform

@@ -129,15 +129,16 @@ def test_the_readme_limits_table_states_every_limit_as_the_code_has_it():
     has("a count", _bounds.MAX_COUNT)
     has("characters in one reply", _bounds.MAX_REPLY_CHARS)
     has("characters in one request", _bounds.MAX_REQUEST_CHARS)
-    has("expression length", _parse.MAX_CHARS)
-    has("steps in an expression", _parse.MAX_STEPS)
-    has("`step * n`", _parse.MAX_REPEAT)
-    has("bracket nesting", _parse.MAX_NESTING)
-    has("bracket nesting", _parse.MAX_DEPTH)
-    has("items in one list", _parse.MAX_ITEMS)
-    has("characters in one string", _parse.MAX_STRING)
-    has("digits in one integer", _parse.MAX_INT_DIGITS)
-    has("operator characters", _parse.MAX_OPERATORS)
+    has("a sampling temperature", _bounds.MAX_TEMP)
+    has("expression length", _parse.EXPR_MAX_CHARS)
+    has("steps in an expression", _parse.EXPR_MAX_STEPS)
+    has("`step * n`", _parse.EXPR_MAX_REPEAT)
+    has("bracket nesting", _parse.EXPR_MAX_BRACKETS)
+    has("bracket nesting", _parse.EXPR_MAX_DEPTH)
+    has("items in one list", _parse.EXPR_MAX_ITEMS)
+    has("characters in one string", _parse.EXPR_MAX_STRING)
+    has("digits in one integer", _parse.EXPR_MAX_INT_DIGITS)
+    has("operator characters", _parse.EXPR_MAX_OPERATORS)
     from moa import Retry
 
     has("a provider's Retry-After", int(Retry().max_retry_after))
@@ -149,4 +150,5 @@ def test_the_readme_limits_table_states_every_limit_as_the_code_has_it():
         "MAX_COUNT",
         "MAX_REPLY_CHARS",
         "MAX_REQUEST_CHARS",
+        "MAX_TEMP",
     }

@@ -240,7 +240,7 @@ async def test_global_random_is_never_touched():
         ({"client": "openai"}, TypeError, "client must be an async callable"),
         ({"seed": "1"}, TypeError, "seed must be an int or None"),
         ({"max_concurrency": 0}, ValueError, "max_concurrency must be an int >= 1"),
-        ({"timeout": 0}, ValueError, "timeout must be a number of seconds > 0"),
+        ({"timeout": 0}, ValueError, "timeout must be a finite number of seconds > 0"),
         ({"retry": 3}, TypeError, "retry must be a moa.Retry policy"),
         ({"pipeline": "Propose"}, TypeError, r"run\(pipeline\) must be a step"),
     ],
@@ -299,7 +299,7 @@ async def test_a_custom_llm_step_returning_non_str_is_an_error_naming_it():
         needs_responses = False
 
         def requests(self, prompt, responses):
-            return [moa.Request("a", moa.messages(("user", prompt)), 0.0, 10)]
+            return [moa.steps.Request("a", moa.steps.messages(("user", prompt)), 0.0, 10)]
 
         def combine(self, prompt, responses, replies):
             return [None], []

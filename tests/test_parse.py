@@ -44,7 +44,7 @@ EXAMPLES = [
     Propose(["a"]) | (Synthesize(["a", "b"]) | Shuffle()) * 3 | Aggregate("a"),
     (Take(1) & Take(2)) * 2,
     Propose(["é", "模型", "a\\b"], temp=-0.0) | Aggregate("ü", max_tokens=1),
-    Synthesize(["a"], temp=1e308, max_tokens=1) | Vote("b", temp=5e-324),
+    Synthesize(["a"], temp=100.0, max_tokens=1) | Vote("b", temp=5e-324),
     Dropout(0) | Dropout(1) | Dropout(0.5),
     self_moa(),
     moa_lite(),
@@ -279,9 +279,10 @@ def test_unknown_step_suggests(text, suggestion):
         ("Take(1) | Take(1, 2)", "takes", 10),
         (
             "Take(1) | Aggregate('a', temperature=1)",
-            "unexpected keyword argument 'temperature'",
-            10,
+            "Aggregate has no argument 'temperature'",
+            25,
         ),
+        ("Propose(['a'], max_token=5)", "no argument 'max_token': did you mean max_tokens=?", 15),
         ("Propose(['é']) | Aggregate('a', prompt='  ')", "prompt must be a non-empty str", 17),
     ],
 )
@@ -376,7 +377,7 @@ def test_deep_unary_minus_is_refused():
 
 def test_huge_literals(monkeypatch):
     check("Aggregate('" + "a" * 20_000 + "')", "too long")
-    monkeypatch.setattr(moa._parse, "MAX_STRING", 100)  # below the text limit, to reach it
+    monkeypatch.setattr(moa._parse, "EXPR_MAX_STRING", 100)  # below the text limit, to reach it
     check("Aggregate('a', prompt='" + "x" * 101 + "')", "string is too long: 101 characters", 22)
     check("Propose([" + ",".join(["'m'"] * 1001) + "])", "list is too long: 1001 items")
     check("Propose([" + ",".join(["1"] * 4000) + "])", "list is too long")
@@ -502,7 +503,7 @@ def test_every_rejection_by_a_step_points_at_it(monkeypatch):
     monkeypatch.setitem(moa._parse.STEPS, "Take", refuse)
     check("Shuffle() | Take(1)", "refused", 12)
     # A regex too large for re.compile: OverflowError from Vote's own check.
-    check("Vote(extract='a{4294967296}')", "Vote", 0)
+    check("Majority('a{4294967296}')", "Majority", 0)
 
 
 @pytest.mark.parametrize(

@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 
 import moa.testing as mt
 from moa import Dropout, PipelineSyntaxError, Sample, Shuffle, Step, Take, parse_pipeline
-from moa._parse import FUNCTION_STEPS, MAX_CHARS, STEPS
+from moa._parse import EXPR_MAX_CHARS, FUNCTION_STEPS, STEPS
 
-# Every example must finish fast; the parser's limits (MAX_CHARS and the rest) bound its memory.
+# Every example must finish fast; the parser's limits (EXPR_MAX_CHARS and the rest) bound its memory.
 # A few hundred examples each: this file runs on every push, in well under 20 s on a slow machine.
 FAST = settings(
     max_examples=300,
@@ -43,7 +43,7 @@ def outcome(text: str) -> Step | PipelineSyntaxError:
         return e
     assert isinstance(result, Step), result
     shown = repr(result)
-    if len(shown) <= MAX_CHARS:  # what parses once parses again from its repr
+    if len(shown) <= EXPR_MAX_CHARS:  # what parses once parses again from its repr
         assert parse_pipeline(shown) == result
     return result
 
@@ -347,7 +347,7 @@ def test_deep_parallel_of_pipelines_is_a_step_or_refused(depth, op, grouped):
             f"({text} | Take(1)) & (Shuffle() | Take(2))" if grouped else f"Take(1) {op} ({text})"
         )
     result = outcome(text)
-    if len(text) <= MAX_CHARS and depth <= 10:
+    if len(text) <= EXPR_MAX_CHARS and depth <= 10:
         assert isinstance(result, Step)
 
 
@@ -383,15 +383,15 @@ CHAINS = [
     st.booleans(),
 )
 def test_long_chains_are_a_step_or_refused(link, size, core, after):
-    chain = link * (min(size, MAX_CHARS + 10) // len(link) + 1)  # about size characters
+    chain = link * (min(size, EXPR_MAX_CHARS + 10) // len(link) + 1)  # about size characters
     outcome(core + chain if after else chain + core)
 
 
 def test_the_longest_chains_are_refused():
     for link in CHAINS:
-        chain = link * (MAX_CHARS // len(link))
-        assert isinstance(outcome("Take(1)" + chain[: MAX_CHARS - 7]), PipelineSyntaxError)
-        assert isinstance(outcome(chain[: MAX_CHARS - 7] + "Take(1)"), PipelineSyntaxError)
+        chain = link * (EXPR_MAX_CHARS // len(link))
+        assert isinstance(outcome("Take(1)" + chain[: EXPR_MAX_CHARS - 7]), PipelineSyntaxError)
+        assert isinstance(outcome(chain[: EXPR_MAX_CHARS - 7] + "Take(1)"), PipelineSyntaxError)
 
 
 # -- (d) mutations of valid pipelines -----------------------------------------------------------

@@ -24,7 +24,7 @@ P = ["a", "b", "c"]
 
 
 def test_public_surface_is_exactly_all():
-    subpackages = {"errors", "recipes", "clients", "cli", "testing", "ray"}
+    subpackages = {"errors", "recipes", "clients", "cli", "testing", "ray", "steps"}
     public = {n for n in dir(moa) if not n.startswith("_")} - subpackages
     assert public == set(moa.__all__)
     assert isinstance(moa.__all__, tuple)
@@ -178,7 +178,7 @@ def test_foreign_operand_is_a_type_error_naming_it(operand):
             r"temp must be a finite number >= 0",
         ),
         (lambda: Propose(["a"], max_tokens=0), ValueError, r"max_tokens must be an int >= 1"),
-        (lambda: Aggregate("a", max_tokens=1.5), ValueError, r"max_tokens must be an int >= 1"),
+        (lambda: Aggregate("a", max_tokens=1.5), TypeError, r"max_tokens must be an int >= 1"),
         (lambda: Aggregate("a", prompt=""), ValueError, r"prompt must be a non-empty str"),
         (lambda: Filter("x"), TypeError, r"Filter\(fn\): fn must be a callable"),
         (lambda: Map(None), TypeError, r"Map\(fn\): fn must be a callable"),

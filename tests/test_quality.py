@@ -123,7 +123,7 @@ def test_exact_score():
     assert not q.score("no", yes)
 
 
-# -- the answer extractor for Vote(extract=...) ------------------------------------------------
+# -- the answer extractor for Majority(...) ------------------------------------------------
 def test_extractor_numbers_are_canonical():
     get = q.extractor(num("12"))
     assert get("7 + 5 = 12") == get("The answer is 12.0") == get("12") == "12"

@@ -3,7 +3,7 @@ each about as often as a fair draw reaches it.
 
 README promises Shuffle's "random order", Sample's "a random subset", Dropout's per-response
 rate and its fallback ("one chosen at random is kept"), Pick's random order and its rotations,
-and ties broken at random by Pick and Vote(extract=...). The laws (permutation, sub_multiset,
+and ties broken at random by Pick and Majority(...). The laws (permutation, sub_multiset,
 ...) hold just as well for a Shuffle that returns its input, so these tests count outcomes.
 
 How a test decides: the step runs on the seeds 0 .. SEEDS - 1, each with
@@ -32,7 +32,8 @@ from math import comb, exp, lgamma, log, log1p
 import pytest
 
 import moa
-from moa import Dropout, Pick, Propose, Sample, Shuffle, Transform, Vote
+from moa import Dropout, Majority, Pick, Propose, Sample, Shuffle, Transform
+from moa.steps import OffLoop
 from moa.testing import ScriptedClient
 
 #: Seeds per test: 0 .. SEEDS - 1.
@@ -114,7 +115,7 @@ def shown(messages) -> tuple[str, ...]:
     return tuple(re.findall(r"Response \d+:\n(.*?)(?:\n\n|$)", user, re.S))
 
 
-def judge_picks_first(request: moa.Request) -> str:
+def judge_picks_first(request: moa.steps.Request) -> str:
     """A judge with a pure position bias: it picks whichever response it is shown first."""
     return "1"
 
@@ -134,6 +135,9 @@ def outcome(step, xs, seed):
         except StopIteration as done:
             out, notes = done.value
             return out, notes, rounds
+        if isinstance(requests, OffLoop):  # the executor does it off the loop; here, inline
+            replies = requests.fn(*requests.args)
+            continue
         rounds.append(requests)
         replies = [judge_picks_first(r) for r in requests]
 
@@ -232,13 +236,13 @@ def test_pick_breaks_a_tie_uniformly_at_random():
     assert_frequencies(wins, uniform((x,) for x in XS[:3]))
 
 
-# -- Vote(extract=...) ----------------------------------------------------------------------------
+# -- Majority(...) ----------------------------------------------------------------------------
 def test_vote_breaks_a_tie_uniformly_at_random_among_the_tied_answers_only():
     # Answers 1, 2, 2, 1, 3: "1" and "2" tie with two votes each; the winner is the first
     # response giving it. 2 cells, each p = 1/2: a count must lie in [861, 1139]; "3" never.
     xs = ("a: 1", "b: 2", "c: 2", "d: 1", "e: 3")
     assert_frequencies(
-        outputs_over_seeds(Vote(extract=r"\d"), xs), {("a: 1",): 1 / 2, ("b: 2",): 1 / 2}
+        outputs_over_seeds(Majority(r"\d"), xs), {("a: 1",): 1 / 2, ("b: 2",): 1 / 2}
     )
 
 
@@ -252,7 +256,7 @@ def test_vote_breaks_a_tie_uniformly_at_random_among_the_tied_answers_only():
         (Dropout(1), XS),
         (Pick("judge", times=4), XS),
         (Pick("judge", times=3), XS[:3]),
-        (Vote(extract=r"\d"), ("a: 1", "b: 2", "c: 2", "d: 1", "e: 3")),
+        (Majority(r"\d"), ("a: 1", "b: 2", "c: 2", "d: 1", "e: 3")),
     ],
     ids=repr,
 )

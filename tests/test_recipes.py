@@ -8,7 +8,17 @@ from scripted import ScriptedClient
 
 import moa
 import moa.recipes
-from moa import Aggregate, Dropout, Pipeline, Propose, Refine, Shuffle, Synthesize, run_sync
+from moa import (
+    Aggregate,
+    Dropout,
+    Majority,
+    Pipeline,
+    Propose,
+    Refine,
+    Shuffle,
+    Synthesize,
+    run_sync,
+)
 from moa.recipes import PROPOSERS, moa_lite, robust_moa, self_moa, together_moa
 
 # The seed README's pipelines, written out by hand.
@@ -126,7 +136,7 @@ def test_self_moa_n_is_checked():
     assert self_moa(n=1) == Propose(["gpt-5-nano-2025-08-07"], temp=0.7) | Aggregate(
         "gpt-5-nano-2025-08-07"
     )
-    with pytest.raises(ValueError, match=r"self_moa\(n=\.\.\.\): n must be >= 1.*got 0"):
+    with pytest.raises(ValueError, match=r"self_moa\(n=\.\.\.\): n must be an int >= 1, got 0"):
         self_moa(n=0)
     with pytest.raises(ValueError, match="got -2"):
         self_moa(n=-2)
@@ -197,17 +207,17 @@ def test_self_moa_seq_is_samples_then_windowed_aggregation():
     )
     with pytest.raises(ValueError, match=r"self_moa_seq: AggregateSeq\(window=3, reserved=3\)"):
         self_moa_seq(window=3, reserved=3)
-    with pytest.raises(ValueError, match=r"self_moa_seq\(n=...\): n must be >= 1"):
+    with pytest.raises(ValueError, match=r"self_moa_seq\(n=...\): n must be an int >= 1"):
         self_moa_seq(n=0)
 
 
 def test_persona_vote_is_greedy_personas_and_samples_then_a_vote():
-    from moa import Agent, Vote
+    from moa import Agent
     from moa.recipes import VOTE_PERSONAS, persona_vote
 
     pipe = persona_vote("m", r"\d+", samples=2)
     propose, vote = pipe.steps
-    assert vote == Vote(extract=r"\d+")
+    assert vote == Majority(r"\d+")
     agents = propose.agents
     assert len(agents) == len(VOTE_PERSONAS) + 2
     assert agents[0] == Agent("m", temp=0)
@@ -218,5 +228,5 @@ def test_persona_vote_is_greedy_personas_and_samples_then_a_vote():
     assert [a.name for a in named.steps[0].agents] == ["tiny", "tiny"]
     with pytest.raises(ValueError, match="samples must be an int >= 0"):
         persona_vote("m", samples=-1)
-    with pytest.raises(TypeError, match="personas must be a non-empty list"):
+    with pytest.raises(TypeError, match="personas must be a list of system prompts"):
         persona_vote("m", personas="Be brief.")

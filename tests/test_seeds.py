@@ -31,20 +31,26 @@ class SeededClient(ScriptedClient):
         return f"{text} seed={seed}", tin, tout
 
 
-REQ = moa.Request("m", moa.messages(("user", "q")), 0.7, 10)
+REQ = moa.steps.Request("m", moa.steps.messages(("user", "q")), 0.7, 10)
 
 
 def test_call_seeds_are_a_function_of_run_seed_path_request_and_sample():
-    seed = call_seed(7, (0,), REQ, 0)
-    assert seed == call_seed(7, (0,), moa.Request("m", moa.messages(("user", "q")), 0.7, 10), 0)
+    seed = call_seed(7, (0,), REQ.identity, 0)
+    assert seed == call_seed(
+        7, (0,), moa.steps.Request("m", moa.steps.messages(("user", "q")), 0.7, 10).identity, 0
+    )
     assert 0 <= seed < 2**SEED_BITS
     others = {
-        call_seed(8, (0,), REQ, 0),
-        call_seed(7, (1,), REQ, 0),
-        call_seed(7, (0,), REQ, 1),
-        call_seed(7, (0, 0), REQ, 0),
-        call_seed(7, (0,), moa.Request("m", moa.messages(("user", "r")), 0.7, 10), 0),
-        call_seed(7, (0,), moa.Request("m", moa.messages(("user", "q")), 0.0, 10), 0),
+        call_seed(8, (0,), REQ.identity, 0),
+        call_seed(7, (1,), REQ.identity, 0),
+        call_seed(7, (0,), REQ.identity, 1),
+        call_seed(7, (0, 0), REQ.identity, 0),
+        call_seed(
+            7, (0,), moa.steps.Request("m", moa.steps.messages(("user", "r")), 0.7, 10).identity, 0
+        ),
+        call_seed(
+            7, (0,), moa.steps.Request("m", moa.steps.messages(("user", "q")), 0.0, 10).identity, 0
+        ),
     }
     assert seed not in others and len(others) == 6
 
@@ -79,12 +85,12 @@ async def test_a_client_that_takes_a_seed_gets_one_per_call_and_history_records_
     assert sorted(seeds) == sorted(client.seeds) and None not in seeds
     # Self-MoA's identical requests are different samples: different seeds.
     assert len(set(seeds)) == 4
-    asked = [moa.Request(c.model, c.messages, c.temp, c.max_tokens) for c in history.calls]
+    asked = [moa.steps.Request(c.model, c.messages, c.temp, c.max_tokens) for c in history.calls]
     assert seeds == [
-        call_seed(5, (0,), asked[0], 0),
-        call_seed(5, (0,), asked[1], 1),
-        call_seed(5, (0,), asked[2], 0),
-        call_seed(5, (1,), asked[3], 0),
+        call_seed(5, (0,), asked[0].identity, 0),
+        call_seed(5, (0,), asked[1].identity, 1),
+        call_seed(5, (0,), asked[2].identity, 0),
+        call_seed(5, (1,), asked[3].identity, 0),
     ]
     again = await moa.run(Propose(["a", "a", "b"]) | Aggregate("j"), "q", SeededClient(), seed=5)
     assert again == (result, history)

@@ -8,7 +8,17 @@ import re
 import pytest
 from conftest import FAST
 
-from moa import AggregateSeq, Cache, Pick, Propose, StepFailedError, Vote, parse_pipeline, run
+from moa import (
+    AggregateSeq,
+    Cache,
+    Majority,
+    Pick,
+    Propose,
+    StepFailedError,
+    Vote,
+    parse_pipeline,
+    run,
+)
 from moa.testing import ScriptedClient
 
 pytestmark = pytest.mark.anyio
@@ -34,29 +44,29 @@ def shown(messages):
     return re.findall(r"Response \d+:\n(.*?)(?:\n\n|$)", user.split("\n\nQuestion:")[0], re.S)
 
 
-# -- Vote(extract=...) ---------------------------------------------------------------------------
+# -- Majority(...) ---------------------------------------------------------------------------
 async def test_vote_extract_keeps_the_most_common_answer_verbatim_without_a_call():
     answers = fixed("It is 42.", "I think 41", "The answer: 42, surely", "no idea")
     client = client_for(answers)
-    pipe = Propose(list(answers)) | Vote(extract=r"-?\d+")
+    pipe = Propose(list(answers)) | Majority(r"-?\d+")
     result, history = await run(pipe, "q", client, seed=1)
     assert result == "It is 42."  # the first response that gave the winning answer
     assert len(client.calls) == 4 and history.steps[1].calls == ()
-    assert history.steps[1].notes == ("Vote: '42' from 2 of 4 responses; 1 had no answer",)
+    assert history.steps[1].notes == ("Majority: '42' from 2 of 4 responses; 1 had no answer",)
 
 
 async def test_vote_extract_uses_the_last_match_or_the_first_group():
     answers = fixed("3 + 4 = 7", "so 7", "Answer: (8)")
     for extract, want in ((r"\d+", "3 + 4 = 7"), (r"Answer: \((\d)\)", "Answer: (8)")):
         result, _ = await run(
-            Propose(list(answers)) | Vote(extract=extract), "q", client_for(answers), seed=1
+            Propose(list(answers)) | Majority(extract), "q", client_for(answers), seed=1
         )
         assert result == want
 
 
 async def test_vote_extract_function_and_ties_broken_by_the_seeded_rng():
     answers = fixed("Paris", "paris.", "Lyon", "LYON")
-    pipe = Propose(list(answers)) | Vote(extract=lambda t: t.strip(".").lower())
+    pipe = Propose(list(answers)) | Majority(lambda t: t.strip(".").lower())
     winners = set()
     for seed in range(30):
         result, history = await run(pipe, "q", client_for(answers), seed=seed)
@@ -70,7 +80,7 @@ async def test_vote_extract_function_and_ties_broken_by_the_seeded_rng():
 async def test_vote_extract_with_no_answer_anywhere_keeps_the_first_and_says_so():
     answers = fixed("none", "nothing")
     result, history = await run(
-        Propose(list(answers)) | Vote(extract=r"\d+"), "q", client_for(answers), seed=1
+        Propose(list(answers)) | Majority(r"\d+"), "q", client_for(answers), seed=1
     )
     assert result == "none"
     assert "no answer could be extracted" in history.steps[1].notes[0]
@@ -78,17 +88,17 @@ async def test_vote_extract_with_no_answer_anywhere_keeps_the_first_and_says_so(
 
 async def test_vote_extract_function_returning_a_non_str_is_an_error():
     with pytest.raises(TypeError, match=r"extract must return a str or None, returned 3"):
-        await run(Propose(["a"]) | Vote(extract=lambda t: 3), "q", ScriptedClient(), seed=1)
+        await run(Propose(["a"]) | Majority(lambda t: 3), "q", ScriptedClient(), seed=1)
 
 
 @pytest.mark.parametrize(
     "make, error",
     [
-        (lambda: Vote(), r"needs a judge model, Vote\('judge'\), or an answer extractor"),
-        (lambda: Vote("j", extract=r"\d"), "not both"),
-        (lambda: Vote(extract=r"\d", prompt="p"), "has no judge"),
-        (lambda: Vote(extract="(unclosed"), r"'\(unclosed' is not a valid regex"),
-        (lambda: Vote(extract=3), "extract must be a regex str or a function"),
+        (lambda: Vote(), r"missing 1 required positional argument: 'agent'"),
+        (lambda: Vote("j", extract=r"\d"), r"takes no judge.*for a judge use Vote\('judge'\)"),
+        (lambda: Vote(extract=r"\d", prompt="p"), "takes no judge and no prompt"),
+        (lambda: Majority("(unclosed"), r"'\(unclosed' is not a valid regex"),
+        (lambda: Majority(3), "extract must be a regex str, a function"),
         (lambda: Pick("j", times=0), r"times must be an int >= 1, got 0"),
         (lambda: Pick(["j"]), "takes one model name, not a list"),
         (lambda: Pick("j", times=2, min_success=3), "min_success"),
@@ -102,17 +112,24 @@ def test_bad_arguments_fail_at_construction(make, error):
         make()
 
 
+def test_vote_extract_is_the_old_spelling_of_majority_and_warns():
+    with pytest.warns(DeprecationWarning, match=r"Vote\(extract=...\) is now Majority"):
+        old = Vote(extract=r"\d+")
+    assert old == Majority(r"\d+") and repr(old) == "Majority('\\\\d+')"
+    with pytest.warns(DeprecationWarning):
+        assert parse_pipeline("Vote(extract='x')") == Majority("x")
+
+
 def test_reprs_build_the_same_steps():
     for step in (
         Vote("j"),
-        Vote(extract=r"\d+"),
-        Vote(extract=r"x", temp=0.2),
+        Majority(r"\d+"),
         Pick("j"),
         Pick("j", times=5, temp=0.0),
         AggregateSeq("m", window=3, reserved=2),
     ):
         assert parse_pipeline(repr(step)) == step
-    assert repr(Vote(extract=r"\d+")) == "Vote(extract='\\\\d+')"
+    assert repr(Majority(r"\d+")) == "Majority('\\\\d+')"
 
 
 # -- Pick ----------------------------------------------------------------------------------------
@@ -344,7 +361,7 @@ async def test_aggregate_seq_rounds_replay_from_the_cache(tmp_path):
     ],
 )
 def test_parse_pick_reads_only_an_explicit_pick(reply, pick):
-    from moa import parse_pick
+    from moa.steps import parse_pick
 
     assert parse_pick(reply, 3) == pick
 
@@ -379,12 +396,12 @@ async def test_vote_extract_ignores_empty_matches_and_reads_any_group():
         (lambda t: "" if t == "nothing" else t[-2:], "answer: 42"),
     ):
         result, history = await run(
-            Propose(list(answers)) | Vote(extract=extract), "q", client_for(answers), seed=1
+            Propose(list(answers)) | Majority(extract), "q", client_for(answers), seed=1
         )
         assert result == want, extract
         assert "'42' from 2 of 4" in history.steps[1].notes[0]
     # a group that did not take part in the last match does not hide an earlier answer
     _, history = await run(
-        Propose(["p0"]) | Vote(extract=r"x|(\d+)"), "q", client_for({"p0": "7 then x"}), seed=1
+        Propose(["p0"]) | Majority(r"x|(\d+)"), "q", client_for({"p0": "7 then x"}), seed=1
     )
-    assert history.steps[1].notes == ("Vote: '7' from 1 of 1 responses",)
+    assert history.steps[1].notes == ("Majority: '7' from 1 of 1 responses",)

@@ -299,4 +299,4 @@ def test_seed_style_lookups_on_records():
     ],
 )
 def test_parse_ranking(reply, count, order):
-    assert moa.parse_ranking(reply, count) == order
+    assert moa.steps.parse_ranking(reply, count) == order

@@ -257,9 +257,7 @@ async def test_an_empty_pipeline_streams_nothing_and_ends():
 
 async def test_step_started_once_per_round_and_for_a_step_without_calls():
     pipe = (
-        Propose([f"p{i}" for i in range(5)])
-        | AggregateSeq("agg", window=3)
-        | moa.Vote(extract=r"\w+")
+        Propose([f"p{i}" for i in range(5)]) | AggregateSeq("agg", window=3) | moa.Majority(r"\w+")
     )
     events, _ = await collect(pipe, ScriptedClient(), seed=1)
     started = [(e.path, e.calls, e.round) for e in events if isinstance(e, StepStarted)]

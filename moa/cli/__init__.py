@@ -16,9 +16,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .._bounds import SEED_RANGE
 from ..errors import MoaError
 from .batch import batch_command
-from .common import UsageError
+from .common import UsageError, short
 from .options import RECIPES, with_max_tokens
 from .providers import PROVIDERS, make_client
 from .run import DEMO_PROMPT, demo, run_command
@@ -28,17 +29,53 @@ __all__ = ("PROVIDERS", "UsageError", "build_parser", "main", "make_client", "wi
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
 
 
 def _seconds(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text}")
     return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number, got {short(text, 40)!r}"
+        ) from None
+    if value not in SEED_RANGE:
+        raise argparse.ArgumentTypeError("must be a 64-bit integer (-2**63 to 2**63 - 1)")
+    return value
+
+
+def _provider_options(p: argparse.ArgumentParser) -> None:
+    """Where the models run: what demo, run and batch share."""
+    p.add_argument(
+        "--provider",
+        choices=sorted(PROVIDERS),
+        default="local",
+        help="where the models run (default: local, the embedded SmolLM2-135M)",
+    )
+    p.add_argument(
+        "--base-url", help="an OpenAI-compatible endpoint (vLLM, Ollama, llama.cpp server)"
+    )
+    p.add_argument("--model", help="the model name (default: the provider's)")
+    p.add_argument(
+        "--seed", type=_seed, default=None, help="seed for the random steps (replays a run)"
+    )
+    p.add_argument("--timeout", type=_seconds, default=None, help="seconds per call attempt")
 
 
 def _run_options(p: argparse.ArgumentParser) -> None:
@@ -55,16 +92,7 @@ def _run_options(p: argparse.ArgumentParser) -> None:
         help="a ready-made pipeline from moa.recipes; with --model, or on the "
         "local model, every model in it is that one",
     )
-    p.add_argument(
-        "--provider",
-        choices=sorted(PROVIDERS),
-        default="local",
-        help="where the models run (default: local, the embedded SmolLM2-135M)",
-    )
-    p.add_argument(
-        "--base-url", help="an OpenAI-compatible endpoint (vLLM, Ollama, llama.cpp server)"
-    )
-    p.add_argument("--model", help="the model name (default: the provider's)")
+    _provider_options(p)
     p.add_argument(
         "--max-tokens",
         type=_positive,
@@ -72,15 +100,12 @@ def _run_options(p: argparse.ArgumentParser) -> None:
         help="set max_tokens of every LLM step of the pipeline",
     )
     p.add_argument(
-        "--seed", type=int, default=None, help="seed for the random steps (replays a run)"
-    )
-    p.add_argument(
         "--max-concurrency",
         type=_positive,
         default=None,
-        help="calls in flight at once (in batch: per prompt; with --ray: per worker, default 64)",
+        help="calls in flight at once: for the run, or across the whole batch (with --ray: "
+        "in each worker, default 64)",
     )
-    p.add_argument("--timeout", type=_seconds, default=None, help="seconds per call attempt")
     p.add_argument(
         "--cache",
         metavar="FILE",
@@ -116,20 +141,9 @@ def _demo_parser(sub: Any) -> None:
     d.add_argument(
         "prompt", nargs="?", default=DEMO_PROMPT, help="the question (default: %(default)r)"
     )
-    d.add_argument(
-        "--provider",
-        choices=sorted(PROVIDERS),
-        default="local",
-        help="where the model runs (default: local, the embedded SmolLM2-135M)",
-    )
-    d.add_argument(
-        "--base-url", help="an OpenAI-compatible endpoint (vLLM, Ollama, llama.cpp server)"
-    )
-    d.add_argument("--model", help="the model name (default: the provider's)")
+    _provider_options(d)
     d.add_argument("--samples", type=_positive, default=3, help="proposals to sample (default: 3)")
     d.add_argument("--max-tokens", type=_positive, default=160, help="per call (default: 160)")
-    d.add_argument("--seed", type=int, default=None, help="seed for the run's random steps")
-    d.add_argument("--timeout", type=float, default=None, help="seconds per call attempt")
     d.set_defaults(handler=demo)
 
 
@@ -149,7 +163,7 @@ def _run_parser(sub: Any) -> None:
         "--stream",
         action="store_true",
         help="print the final answer as it is generated (when the last step writes "
-        "it: Aggregate, Vote with a judge, AggregateSeq)",
+        "it: Aggregate, Vote, AggregateSeq)",
     )
     r.add_argument(
         "--json",
@@ -158,6 +172,17 @@ def _run_parser(sub: Any) -> None:
         "the run fails, for `moa trace`)",
     )
     r.set_defaults(handler=run_command)
+
+
+class _Renamed(argparse.Action):
+    """An option's old name: works as the new one, and says so on stderr."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: str | None = None) -> None:
+        print(
+            f"moa: {option} is {self.metavar} now; the old name goes in the next release",
+            file=sys.stderr,
+        )
+        setattr(namespace, self.dest, values)
 
 
 def _batch_parser(sub: Any) -> None:
@@ -188,10 +213,18 @@ def _batch_parser(sub: Any) -> None:
         "OUT.parquet, a folder of Parquet parts",
     )
     b.add_argument(
-        "--concurrency",
+        "--max-runs",
         type=_positive,
         default=None,
         help="prompts run at once (default: 4; not with --ray)",
+    )
+    b.add_argument(
+        "--concurrency",
+        type=_positive,
+        dest="max_runs",
+        metavar="--max-runs",
+        action=_Renamed,
+        help=argparse.SUPPRESS,
     )
     b.add_argument(
         "--ray",

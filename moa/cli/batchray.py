@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import socket
 from collections.abc import Iterable
 from functools import partial
 from typing import Any, cast
@@ -20,8 +21,9 @@ from .._cache import Cache
 from .._history import History
 from .._pipeline import Step
 from ..clients._extras import MissingExtraError
-from .batchfile import Item, Sink
+from .batchfile import Item
 from .common import UsageError, short
+from .options import run_options
 from .report import Report
 
 __all__ = ("run_on_ray",)
@@ -36,12 +38,10 @@ def run_on_ray(
     pipeline: Step,
     cache: Cache | None,
     todo: Iterable[Item],
-    total: int | None,
-    sink: Sink,
-    skipped: int,
-) -> int:
-    """Runs ``todo`` on Ray, each result written to ``sink`` as it comes back; how many
-    failed."""
+    report: Report,
+) -> None:
+    """Runs ``todo`` on Ray, each result handed to ``report`` (written to OUT) as it comes
+    back."""
     try:
         import ray
         import ray.data
@@ -53,11 +53,12 @@ def run_on_ray(
         ) from None
     workers = args.workers or DEFAULT_WORKERS
     by_id = {json.dumps(item.id): item for item in todo}
-    report = Report(args, pipeline, sink, len(by_id) if total is None else total, skipped)
+    if report.bar.total is None:
+        report.bar.total = len(by_id)
     if not by_id:
         with report:
-            return 0
-    started = _connect(ray, args.ray)
+            return
+    started = _connect(ray, args.ray, args.quiet)
     try:
         # moa prints its own progress: Ray Data's bars and INFO lines would interleave with it.
         ray.data.DataContext.get_current().enable_progress_bars = False
@@ -67,18 +68,16 @@ def run_on_ray(
             pipeline,
             ray.data.from_items(rows),
             partial(worker_client, args.provider, args.base_url, args.model, workers),
-            seed=args.seed,
-            max_concurrency=args.max_concurrency or DEFAULT_WORKER_CALLS,
-            concurrency=workers,
+            run_options(args),
+            workers=workers,
             cache=cache,
-            timeout=args.timeout,
             prices=report.prices,
+            max_concurrency=args.max_concurrency or DEFAULT_WORKER_CALLS,
         )
         _collect(ray, results, report, by_id, args.output)
     finally:
         if started:
             ray.shutdown()
-    return report.bar.failed
 
 
 def _collect(ray: Any, results: Any, report: Report, by_id: dict[str, Item], output: str) -> None:
@@ -100,12 +99,18 @@ def _collect(ray: Any, results: Any, report: Report, by_id: dict[str, Item], out
             report(item, None, None, "no result came back from Ray for this prompt")
 
 
-def _connect(ray: Any, address: str) -> bool:
+def _connect(ray: Any, address: str, quiet: bool) -> bool:
     """Joins the cluster at ``address`` or starts a local one; whether it started one (then
-    it is shut down after the batch). A Ray already initialised in this process is used."""
+    it is shut down after the batch). A Ray already initialised in this process is used. An
+    address nothing answers at is refused at once (Ray itself would retry for minutes)."""
     if ray.is_initialized():
         return False
-    options: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
+    if address and address != "auto":
+        _reachable(address)
+    level = logging.ERROR if quiet else logging.WARNING
+    options: dict[str, Any] = {"logging_level": level, "log_to_driver": False}
+    if quiet:
+        logging.getLogger("ray").setLevel(logging.ERROR)
     try:
         if address:
             ray.init(address=address, **options)
@@ -117,11 +122,36 @@ def _connect(ray: Any, address: str) -> bool:
     return True
 
 
+def _reachable(address: str, seconds: float = 5.0) -> None:
+    """UsageError unless something accepts a TCP connection at ``address`` (host:port, maybe
+    after ``ray://``) within ``seconds``."""
+    hostport = address.removeprefix("ray://")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--ray {address}: give the cluster's address as HOST:PORT (or 'auto')")
+    try:
+        socket.create_connection((host, int(port)), timeout=seconds).close()
+    except OSError as exc:
+        raise UsageError(
+            f"--ray: cannot reach the Ray cluster at {address!r} ({exc.strerror or exc}); is it "
+            "running? (ray start --head prints its address)"
+        ) from None
+
+
 def _cause(exc: BaseException) -> str:
-    """The worker's own error, from the last line of Ray's report of it (Ray keeps the
-    original only as text), cut to one line."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return short(re.sub(r"\x1b\[[0-9;]*m", "", lines[-1]), 300) if lines else type(exc).__name__
+    """The worker's own error, from Ray's report of it (Ray keeps the original only as text,
+    a traceback followed by its own advice): the last line that names an exception, else the
+    last line, cut to one line."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(exc).splitlines()]
+    lines = [line for line in lines if line]
+    if not lines:
+        return type(exc).__name__
+    named = [line for line in lines if _RAISED.match(line)]
+    return short((named or lines)[-1], 300)
+
+
+#: A traceback's last line: ``SomeError: message`` (maybe a dotted name).
+_RAISED = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit)\b(?::|$)")
 
 
 def _write(report: Report, by_id: dict[str, Item], row: dict[str, Any]) -> None:

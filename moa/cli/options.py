@@ -1,5 +1,5 @@
 """What ``run`` and ``batch`` share: the pipeline they run (an expression or a recipe, with
-``--max-tokens``), the prices it is costed at, and the response cache."""
+``--max-tokens``), the run options, the prices it is costed at, and the response cache."""
 
 from __future__ import annotations
 
@@ -11,11 +11,14 @@ from typing import Any
 from .. import recipes
 from .._agent import AgentLike
 from .._cache import Cache
+from .._contract import LLMStep
 from .._cost import DEFAULT_PRICES, Cost, Prices
+from .._events import EventHandler
 from .._history import History
-from .._llm_steps import LLMStep
-from .._parse import PipelineSyntaxError, parse_pipeline
+from .._options import RunOptions
+from .._parse import PipelineSyntaxError, parse_runnable
 from .._pipeline import Parallel, Pipeline, Step
+from .._retry import DEFAULT_RETRY, Retry
 from ..errors import MoaError
 from .common import UsageError
 
@@ -30,9 +33,30 @@ __all__ = (
     "parse_expression",
     "prices_for",
     "recipe",
+    "run_options",
     "saved_prices",
     "with_max_tokens",
 )
+
+#: The retry policy of every command (a module attribute, so tests can make it wait for
+#: nothing).
+RETRY: Retry = DEFAULT_RETRY
+
+
+def run_options(
+    args: argparse.Namespace, *, cache: Cache | None = None, on_event: EventHandler | None = None
+) -> RunOptions:
+    """The run options a command's flags give (``--seed``, ``--max-concurrency``,
+    ``--timeout``), with the cache and the progress display's handler."""
+    return RunOptions(
+        seed=args.seed,
+        max_concurrency=getattr(args, "max_concurrency", None),
+        timeout=args.timeout,
+        retry=RETRY,
+        cache=cache,
+        on_event=on_event,
+    )
+
 
 #: The recipes ``--recipe`` can name.
 RECIPES = ("together_moa", "moa_lite", "self_moa", "self_moa_seq", "robust_moa", "persona_vote")
@@ -40,7 +64,7 @@ RECIPES = ("together_moa", "moa_lite", "self_moa", "self_moa_seq", "robust_moa",
 
 def parse_expression(text: str) -> Step:
     try:
-        return parse_pipeline(text)
+        return parse_runnable(text)
     except PipelineSyntaxError as exc:
         # str(exc) is the reason, the expression, and a caret under the offending token.
         raise UsageError(f"--pipeline: {exc}") from None

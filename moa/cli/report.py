@@ -1,5 +1,5 @@
 """What ``moa batch`` shows and writes for each finished prompt, whichever way it ran (in
-this process or on Ray): the record in the sink, the progress bar, the summary line."""
+this process or on Ray): the record in OUT, the progress bar, the summary line."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from .._cost import Cost, Prices, cost
 from .._history import History
 from .._pipeline import Step
 from . import progress
-from .batchfile import Item, Sink, result_record
+from .batchfile import Item
+from .batchout import Output, result_record
 from .common import tokens
 from .options import prices_for
 
@@ -20,27 +21,32 @@ __all__ = ("Report",)
 
 
 class Report:
-    """Each finished prompt: its record written to the sink, the running totals and the
-    progress moved on; on leaving, the summary line."""
+    """Each finished prompt: its record written to OUT, the running totals and the progress
+    moved on; on leaving, the summary line."""
 
     def __init__(
         self,
         args: argparse.Namespace,
         pipeline: Step,
-        sink: Sink,
+        out: Output,
         total: int | None,
         skipped: int,
     ) -> None:
-        self.args, self.sink, self.skipped = args, sink, skipped
+        self.args, self.out, self.skipped = args, out, skipped
         self.prices = prices_for(args, pipeline)
         self.spent = _Spent()
         self.bar = _BatchBar(total, args.quiet)
         self.start = time.monotonic()
 
     def __call__(
-        self, item: Item, result: str | None, history: History | None, error: str | None
+        self,
+        item: Item,
+        result: str | None,
+        history: History | None,
+        error: str | None,
+        seed: int | None = None,
     ) -> None:
-        self.sink.write(result_record(item, result, history, error, self.prices))
+        self.out.write(result_record(item, result, history, error, self.prices, seed))
         if history is not None:
             self.spent.add(history, self.prices)
         self.bar.finished(error is None)

@@ -4,10 +4,8 @@ progress and a summary on stderr, the whole run in ``--json`` for ``moa trace``.
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 import textwrap
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -18,6 +16,7 @@ from .._cost import Prices, cost
 from .._events import RunFinished, TextChunk
 from .._history import History
 from .._llm_steps import Aggregate, Propose
+from .._options import RunOptions
 from .._pipeline import Step
 from .._run import run
 from .._run import run_stream as moa_run_stream
@@ -33,6 +32,7 @@ from .options import (
     open_cache,
     parse_expression,
     prices_for,
+    run_options,
     saved_prices,
 )
 from .progress import progress_for
@@ -69,44 +69,27 @@ def _print_history(history: History, result: str, out: TextIO | None = None) -> 
 
 
 async def _run_and_close(
-    pipeline: Step,
-    prompt: str,
-    client: Any,
-    seed: int | None,
-    timeout: float | None,
-    **run_options: Any,
+    pipeline: Step, prompt: str, client: Any, options: RunOptions
 ) -> tuple[str, History, bool]:
     """``moa.run``, then close the client's connections; what ``run`` returns, and False (no
     chunk of the answer was written as it came)."""
     try:
-        result, history = await run(
-            pipeline, prompt, client, seed=seed, timeout=timeout, **run_options
-        )
+        result, history = await run(pipeline, prompt, client, options)
         return result, history, False
     finally:
         await close_client(client)
 
 
 async def _stream_and_close(
-    pipeline: Step,
-    prompt: str,
-    client: Any,
-    seed: int | None,
-    timeout: float | None,
-    *,
-    on_event: Callable[[Any], None] | None = None,
-    out: TextIO | None = None,
-    **run_options: Any,
+    pipeline: Step, prompt: str, client: Any, options: RunOptions, out: TextIO | None = None
 ) -> tuple[str, History, bool]:
-    """``moa.run_stream``: the final answer's chunks written to ``out`` as they arrive, the
-    other events to ``on_event``; then close the client's connections. Returns what ``run``
-    returns and whether any chunk was written."""
+    """``moa.run_stream``: the final answer's chunks written to ``out`` as they arrive (the
+    other events go to the options' ``on_event``); then close the client's connections.
+    Returns what ``run`` returns and whether any chunk was written."""
     out = sys.stdout if out is None else out
     wrote = False
     try:
-        async with moa_run_stream(
-            pipeline, prompt, client, seed=seed, timeout=timeout, **run_options
-        ) as events:
+        async with moa_run_stream(pipeline, prompt, client, options) as events:
             async for event in events:
                 if isinstance(event, TextChunk):
                     out.write(event.text)
@@ -114,8 +97,6 @@ async def _stream_and_close(
                     wrote = True
                 elif isinstance(event, RunFinished):
                     return event.result, event.history, wrote
-                elif on_event is not None:
-                    on_event(event)
     finally:
         await close_client(client)
     raise AssertionError("run_stream ended without RunFinished")  # pragma: no cover
@@ -133,9 +114,7 @@ def demo(args: argparse.Namespace) -> int:
     print(f"moa demo: a Self-MoA on {model} ({where})")
     print(f"pipeline: {pipeline!r}")
     print(f"prompt:   {args.prompt}")
-    result, history, _ = anyio.run(
-        _run_and_close, pipeline, args.prompt, client, args.seed, args.timeout
-    )
+    result, history, _ = anyio.run(_run_and_close, pipeline, args.prompt, client, run_options(args))
     _print_history(history, result)
     return 0
 
@@ -220,21 +199,15 @@ def run_command(args: argparse.Namespace) -> int:
     pipeline = build_pipeline(args, parsed, as_agent(agent, model))
     prices = prices_for(args, pipeline)
     display = progress_for(args, pipeline)
-    run_options: dict[str, Any] = {"max_concurrency": args.max_concurrency, "cache": cache}
-    if display.handler is not None:
-        run_options["on_event"] = display.handler
+    options = run_options(args, cache=cache, on_event=display.handler)
     try:
         with display:
             result, history, streamed = anyio.run(
-                functools.partial(
-                    _stream_and_close if args.stream else _run_and_close,
-                    pipeline,
-                    prompt,
-                    client,
-                    args.seed,
-                    args.timeout,
-                    **run_options,
-                )
+                _stream_and_close if args.stream else _run_and_close,
+                pipeline,
+                prompt,
+                client,
+                options,
             )
     except MoaError as exc:
         if args.stream:

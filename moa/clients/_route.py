@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+from .._bounds import describe
 from .._client import Usage
-from .._pipeline import _describe
 from .._seeds import accepts_seed
 from ..errors import MoaError
 
@@ -124,7 +124,7 @@ def route(clients: Mapping[str, Any], default: Any = None) -> Router:
     if not isinstance(clients, Mapping):
         raise TypeError(
             f"route(clients): clients must be a dict of model-name prefix to client, "
-            f"such as {{'gpt': openai_client()}}, not {_describe(clients)}"
+            f"such as {{'gpt': openai_client()}}, not {describe(clients)}"
         )
     for prefix, client in clients.items():
         if not isinstance(prefix, str) or not prefix:
@@ -135,12 +135,12 @@ def route(clients: Mapping[str, Any], default: Any = None) -> Router:
         if not callable(client):
             raise TypeError(
                 f"route(clients): the client for {prefix!r} must be an async callable "
-                f"client(model, messages, temp, max_tokens), not {_describe(client)}"
+                f"client(model, messages, temp, max_tokens), not {describe(client)}"
             )
     if default is not None and not callable(default):
         raise TypeError(
             f"route(default=...): default must be an async callable client or None, "
-            f"not {_describe(default)}"
+            f"not {describe(default)}"
         )
     if not clients and default is None:
         raise ValueError("route(clients): give at least one prefix or a default client")

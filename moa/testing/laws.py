@@ -32,8 +32,9 @@ from hypothesis import settings as Settings
 from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
+from .._bounds import describe
 from .._llm_steps import Propose
-from .._pipeline import Parallel, Pipeline, Step, _describe, as_step
+from .._pipeline import Parallel, Pipeline, Step, as_step
 from .._retry import Retry
 from .._run import run_sync
 from .._transforms import Map, Take, Transform
@@ -123,13 +124,13 @@ def _interpret(step: Step, xs: list[str], rng: random.Random) -> list[str]:
             xs = _interpret(sub, xs, rng)
         return xs
     if isinstance(step, Parallel):
-        rngs = [random.Random(rng.getrandbits(64)) for _ in step.branches]
+        rngs = [random.Random(rng.getrandbits(63)) for _ in step.branches]
         return [r for b, g in zip(step.branches, rngs, strict=False) for r in _interpret(b, xs, g)]
     assert isinstance(step, Transform)  # only transforms reach here (_transforms_only)
     out = step.apply(list(xs), rng)
     if type(out) is not list or not all(type(r) is str for r in out):
         raise TypeError(
-            f"{step!r}.apply must return a list of str, returned {_describe(out)} "
+            f"{step!r}.apply must return a list of str, returned {describe(out)} "
             f"for the responses {xs!r}"
         )
     return out

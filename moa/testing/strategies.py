@@ -15,8 +15,10 @@ from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
 from .._agent import Agent
+from .._bounds import MAX_TEMP
 from .._llm_steps import Aggregate, AggregateSeq, Pick, Propose, Rank, Refine, Synthesize, Vote
 from .._pipeline import Pipeline, Step
+from .._select import Majority
 from .._transforms import Dropout, Filter, Map, Sample, Shuffle, Take
 from ._scripted import HashedDelay, HashedReply, ScriptedClient
 
@@ -36,14 +38,15 @@ T = TypeVar("T")
 
 #: The built-in transform step types, in the order ``transforms(kinds=...)`` takes them.
 TRANSFORMS = (Shuffle, Dropout, Sample, Take, Filter, Map)
-#: The built-in LLM step types.
-LLM_STEPS = (Propose, Synthesize, Refine, Aggregate, Rank, Vote, Pick, AggregateSeq)
+#: The built-in LLM step types (Majority calls no model, but runs as an LLM step: it has notes
+#: and works off the event loop).
+LLM_STEPS = (Propose, Synthesize, Refine, Aggregate, Rank, Vote, Pick, AggregateSeq, Majority)
 DEFAULT_MODELS = ("alpha", "beta", "gamma")
-#: The answer extractors ``Vote(extract=...)`` is drawn with: regexes (so reprs evaluate) that
+#: The answer extractors ``Majority(...)`` is drawn with: regexes (so reprs evaluate) that
 #: find answers in the short drawn texts and in the scripted client's "<model> says <hex>",
 #: often the same answer in several responses (majorities and ties), sometimes none; one can
 #: match "" and one reads a group.
-VOTE_EXTRACTS = (r"\w+", r"[ab]", r"\d*", r"says (\w)|(\w)$")
+MAJORITY_EXTRACTS = (r"\w+", r"[ab]", r"\d*", r"says (\w)|(\w)$")
 
 
 def _strategy(value: T | SearchStrategy[T]) -> SearchStrategy[T]:
@@ -84,7 +87,7 @@ def prompts(*, max_size: int = 40) -> SearchStrategy[str]:
 
 def seeds() -> SearchStrategy[int]:
     """Seeds for ``run(..., seed=...)`` and ``random.Random``."""
-    return st.integers(0, 2**64 - 1)
+    return st.integers(0, 2**63 - 1)
 
 
 def text_functions(
@@ -157,25 +160,21 @@ def _llm_step(
 ) -> Step:
     kind = draw(st.sampled_from(kinds))
     agents = _agent(models, options)
-    # Vote reads the answers itself when it has an extractor: no model, and no prompt.
-    extract = None
-    if kind is Vote and draw(st.booleans()):
-        extract = draw(st.sampled_from(VOTE_EXTRACTS))
+    if kind is Majority:  # reads the answers itself: no model, no prompt, no sampling
+        step: Step = Majority(draw(st.sampled_from(MAJORITY_EXTRACTS)))
+        return step
     kwargs: dict[str, Any] = {}
     if options:
         if draw(st.booleans()):
-            kwargs["temp"] = draw(st.floats(min_value=0, allow_infinity=False))
+            kwargs["temp"] = draw(st.floats(min_value=0, max_value=MAX_TEMP))
         if draw(st.booleans()):
             kwargs["max_tokens"] = draw(st.integers(1, 4096))
-        if kind is not Propose and extract is None and draw(st.booleans()):
+        if kind is not Propose and draw(st.booleans()):
             kwargs["prompt"] = draw(st.text(min_size=1, max_size=20).filter(str.strip))
     if kind in (Propose, Synthesize, Refine):
         args = [draw(st.lists(agents, min_size=1, max_size=3))]
         if options and draw(st.booleans()):
             kwargs["min_success"] = draw(st.integers(1, len(args[0])))
-    elif extract is not None:
-        args = []
-        kwargs["extract"] = extract
     else:
         args = [draw(agents)]
         if kind is Rank and draw(st.booleans()):
@@ -188,8 +187,8 @@ def _llm_step(
             # Small windows, so that a few responses already take several rounds.
             kwargs["window"] = draw(st.integers(2, 4))
             kwargs["reserved"] = draw(st.integers(1, kwargs["window"] - 1))
-    step: Step = kind(*args, **kwargs)
-    return step
+    made: Step = kind(*args, **kwargs)
+    return made
 
 
 def llm_steps(
@@ -198,10 +197,10 @@ def llm_steps(
     models: str | Sequence[str] | SearchStrategy[str] = DEFAULT_MODELS,
     options: bool = False,
 ) -> SearchStrategy[Step]:
-    """Built-in LLM steps of the ``kinds`` given (default all eight) over ``models`` (a list is
+    """Built-in LLM steps of the ``kinds`` given (default all nine) over ``models`` (a list is
     sampled from): ``Rank`` with a drawn ``n``, ``Pick`` with drawn ``times``, ``AggregateSeq``
-    with a drawn ``window`` and ``reserved``, and ``Vote`` with a judge model or, as often,
-    with a regex ``extract`` and no model. With ``options``, also with drawn ``temp``,
+    with a drawn ``window`` and ``reserved``, and ``Majority`` with a drawn regex ``extract``
+    (no model). With ``options``, also with drawn ``temp``,
     ``max_tokens``, ``prompt`` and ``min_success``, and agents that are :class:`~moa.Agent`
     values with settings of their own."""
     kinds = LLM_STEPS if kinds is None else tuple(kinds)

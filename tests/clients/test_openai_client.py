@@ -143,7 +143,7 @@ def test_a_default_may_not_set_what_each_call_sets(name):
 
 
 def test_bad_arguments_are_refused_at_construction():
-    with pytest.raises(ValueError, match="timeout must be a number of seconds > 0"):
+    with pytest.raises(ValueError, match="timeout must be a finite number of seconds > 0"):
         openai_client(api_key=SECRET, timeout=0)
     with pytest.raises(TypeError, match="base_url must be a str or None"):
         openai_client(base_url=8080, api_key=SECRET)

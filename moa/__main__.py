@@ -1,0 +1,7 @@
+"""``python -m moa``: the ``moa`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,124 @@
+"""A run's options as one value: :class:`RunOptions`, checked once where it is made and handed
+whole to :func:`moa._calls.compose`.
+
+Every entry point (``run``, ``run_stream``, ``run_many``, ``as_completed``, ``run_dataset``, the
+command line) takes the same options, as ``options=RunOptions(...)`` or as keywords, or both
+(the keywords replace those fields). A new option is one field and its check here, one line
+in :class:`RunKwargs`, and the layer in ``compose`` that carries it out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+from ._bounds import check_int, check_seconds, check_seed, describe
+from ._cache import Cache
+from ._events import EventHandler
+from ._limits import Limits
+from ._retry import DEFAULT_RETRY, Retry
+
+__all__ = ("RunKwargs", "RunOptions")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunOptions:
+    """How a pipeline runs, whatever runs it.
+
+    ``seed`` seeds every random step and the model's own sampling where the client takes a
+    seed (drawn and recorded in history when None). ``max_concurrency`` caps the calls in
+    flight in one process: one run's, or one batch's across all its prompts (one Ray
+    worker's). ``timeout`` bounds each call attempt in seconds. ``retry`` is the policy for
+    failed calls. ``limits`` holds per-model limits, shared by every run given the same
+    object. ``hedge_after`` starts a duplicate of a call unanswered after that many seconds;
+    the first answer wins. ``cache`` serves answers it holds and stores new ones.
+    ``on_event(event)`` is called as steps start and calls finish or retry; it must be quick
+    and must not raise.
+    """
+
+    seed: int | None = None
+    max_concurrency: int | None = None
+    timeout: float | None = None
+    retry: Retry = DEFAULT_RETRY
+    limits: Limits | None = None
+    hedge_after: float | None = None
+    cache: Cache | None = None
+    on_event: EventHandler | None = None
+
+    def __post_init__(self) -> None:
+        check_seed("RunOptions", "seed", self.seed)
+        check_int("RunOptions", "max_concurrency", self.max_concurrency, 1, sys.maxsize, none=True)
+        check_seconds("RunOptions", "timeout", self.timeout)
+        check_seconds("RunOptions", "hedge_after", self.hedge_after)
+        if self.retry is None:  # retry=None: the default policy
+            object.__setattr__(self, "retry", DEFAULT_RETRY)
+        _instance("retry", self.retry, Retry, "a moa.Retry policy or None")
+        _instance("limits", self.limits, Limits, "a moa.Limits or None", none=True)
+        _instance("cache", self.cache, Cache, "a moa.Cache or None", none=True)
+        if self.on_event is not None and not callable(self.on_event):
+            raise TypeError(
+                "RunOptions(on_event=...): on_event must be a callable on_event(event) or "
+                f"None, not {describe(self.on_event)}"
+            )
+
+    def replace(self, **changes: Any) -> RunOptions:
+        """These options with ``changes`` made (checked as when made)."""
+        return dataclasses.replace(self, **changes) if changes else self
+
+    @classmethod
+    def of(cls, where: str, options: object, changes: dict[str, Any]) -> RunOptions:
+        """What an entry point named ``where`` runs with: ``options`` (a RunOptions, or None
+        for the defaults) with the keyword ``changes`` made. A bad option raises TypeError or
+        ValueError naming ``where``, as ``run(timeout=...)``."""
+        if options is None:
+            options = _DEFAULT
+        elif not isinstance(options, RunOptions):
+            raise TypeError(
+                f"{where}(options=...): options must be a moa.RunOptions or None, "
+                f"not {describe(options)}"
+            )
+        unknown = sorted(set(changes) - _FIELDS)
+        if unknown:
+            raise TypeError(_unknown(where, unknown[0]))
+        try:
+            return options.replace(**changes)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(str(exc).replace("RunOptions(", f"{where}(", 1)) from None
+
+
+class RunKwargs(TypedDict, total=False):
+    """:class:`RunOptions`' fields as keyword arguments of an entry point (its static types)."""
+
+    seed: int | None
+    max_concurrency: int | None
+    timeout: float | None
+    retry: Retry | None
+    limits: Limits | None
+    hedge_after: float | None
+    cache: Cache | None
+    on_event: EventHandler | None
+
+
+def _instance(name: str, value: object, kind: type, rule: str, none: bool = False) -> None:
+    if value is None and none:
+        return
+    if not isinstance(value, kind):
+        raise TypeError(f"RunOptions({name}=...): {name} must be {rule}, not {describe(value)}")
+
+
+def _unknown(where: str, name: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(_FIELDS), n=1)
+    hint = (
+        f"; did you mean {close[0]}=?"
+        if close
+        else f"; the options are {', '.join(sorted(_FIELDS))}"
+    )
+    return f"{where}() got an unexpected keyword argument {name!r}{hint}"
+
+
+_FIELDS = frozenset(f.name for f in dataclasses.fields(RunOptions))
+_DEFAULT = RunOptions()

@@ -1,0 +1,139 @@
+"""One round of an LLM step's calls: where each call sits (its site and sample index, and
+its sampling seed when the client takes one), the answers served at once (a cache's), then
+the rest made concurrently through the run's composed call stack, all of them or until a
+quorum. Records come back in request order, never in the order calls finish."""
+
+from __future__ import annotations
+
+from time import monotonic
+
+import anyio
+
+from ._attempts import record
+from ._calls import Call, Calls, Outcome, Site
+from ._contract import Identity, LLMStep, Request
+from ._history import CallRecord
+from ._seeds import call_seed
+
+__all__ = ("call_round",)
+
+
+def _sites(
+    calls: Calls,
+    path: tuple[int, ...],
+    requests: list[Request],
+    offset: int,
+    seen: dict[Identity, int],
+    seed: int | None,
+) -> tuple[list[Request], list[Site]]:
+    """Where each call sits and, with ``seed`` (the run's, given when the client takes a
+    seed), the requests with their sampling seeds. The n-th of several identical requests in
+    a step is sample n: six identical Self-MoA calls are six samples, not one answer six
+    times; ``seen`` carries the count across a step's rounds."""
+    if seed is None and not calls.wants_sample:
+        return requests, [Site(path, offset + i) for i in range(len(requests))]
+    seeded: list[Request] = []
+    sites: list[Site] = []
+    for i, req in enumerate(requests):
+        identity = req.identity
+        sample = seen.get(identity, 0)
+        seen[identity] = sample + 1
+        if seed is not None:
+            req = req.with_seed(call_seed(seed, path, identity, sample))
+        seeded.append(req)
+        sites.append(Site(path, offset + i, sample))
+    return seeded, sites
+
+
+async def call_round(
+    calls: Calls,
+    step: LLMStep,
+    path: tuple[int, ...],
+    requests: list[Request],
+    offset: int,
+    seen: dict[Identity, int],
+    seed: int | None,
+) -> tuple[list[CallRecord], BaseException | None]:
+    """One round of ``step``'s calls: the records in request order, and the first error the
+    step must raise (None when it goes on)."""
+    n = len(requests)
+    requests, sites = _sites(calls, path, requests, offset, seen, seed)
+    results: list[Outcome | None] = [None] * n
+    if calls.try_now is not None:
+        for i in range(n):
+            results[i] = out = calls.try_now(requests[i], sites[i], step)
+            if out is not None and out.fatal is not None:  # it cannot be made at all: none is
+                return [], out.fatal
+    todo = [i for i in range(n) if results[i] is None]
+    enough = step.enough(n)
+    if enough is None:
+        await _every(calls.call, requests, sites, todo, results)
+    else:  # answers served at once count towards the quorum
+        await _quorum(calls, requests, sites, todo, results, enough - (n - len(todo)))
+    done = [r for r in results if r is not None]  # all of them: every call was awaited
+    return [r.record for r in done], next((r.fatal for r in done if r.fatal is not None), None)
+
+
+async def _every(
+    call: Call,
+    requests: list[Request],
+    sites: list[Site],
+    todo: list[int],
+    results: list[Outcome | None],
+) -> None:
+    """Every call of ``todo``, concurrently: the first in this task, the others each in a task
+    of their own (one task fewer a round, and a one-call round, an aggregator's, makes none)."""
+    if not todo:
+        return
+    if len(todo) > 1:
+
+        async def one(i: int) -> None:
+            results[i] = await call(requests[i], sites[i])
+
+        async with anyio.create_task_group() as tg:
+            for i in todo[1:]:
+                tg.start_soon(one, i)
+            results[todo[0]] = await call(requests[todo[0]], sites[todo[0]])
+    else:
+        results[todo[0]] = await call(requests[todo[0]], sites[todo[0]])
+
+
+async def _quorum(
+    calls: Calls,
+    requests: list[Request],
+    sites: list[Site],
+    todo: list[int],
+    results: list[Outcome | None],
+    enough: int,
+) -> None:
+    """Runs the calls ``todo`` until ``enough`` of them have answered; the rest are cancelled
+    and recorded as cancelled (as never sent, ``attempts=0``, when answers served at once had
+    met the quorum already)."""
+    starts = [0.0] * len(requests)
+    answered = 0
+
+    async def one(i: int, scope: anyio.CancelScope) -> None:
+        nonlocal answered
+        starts[i] = monotonic()
+        results[i] = out = await calls.call(requests[i], sites[i])
+        if out.record.ok:
+            answered += 1
+            if answered >= enough:
+                scope.cancel()
+
+    if enough > 0:
+        async with anyio.create_task_group() as tg:
+            for i in todo:
+                tg.start_soon(one, i, tg.cancel_scope)
+    now = monotonic()
+    for i in todo:
+        if results[i] is None:
+            rec = record(
+                requests[i],
+                attempts=1 if enough > 0 else 0,
+                latency=now - starts[i] if starts[i] else 0.0,
+                cancelled=True,
+            )
+            results[i] = Outcome(rec)
+            if calls.finished is not None:
+                calls.finished(sites[i], rec)
