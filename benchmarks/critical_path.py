@@ -13,7 +13,7 @@ Contenders, all in ONE process and ONE event loop (anyio, backend="asyncio"), th
   moa-defaults   await moa.run(p, prompt, client, seed=1)
   moa-cap+to+rt  the same with max_concurrency=64, timeout=30, retry=moa.Retry()
   seed           mixture_llm.run([Propose, Synthesize, Synthesize, Aggregate], ...) from the
-                 seed package ``mixture-llm`` (skipped, with a note, when not installed)
+                 the package ``mixture-llm`` (skipped, with a note, when not installed)
 
 Every run is timed alone with ``time.perf_counter``; the contenders take turns round-robin,
 the order rotated each turn, so drift in the machine falls on all of them alike.

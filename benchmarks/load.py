@@ -27,7 +27,7 @@ Contenders, each size and contender in its own subprocess, the same client:
   moa-stream  async with moa.as_completed(pipeline, prompts(), client, max_concurrency=512,
               seed=1) as results: each result counted and dropped (flat memory in N), the
               prompts from a generator
-  seed        the seed has no batch API, so it is emulated: ``asyncio.gather`` of one
+  seed        mixture-llm has no batch API, so it is emulated: ``asyncio.gather`` of one
               ``mixture_llm.run(...)`` per prompt, the client wrapped in an
               ``asyncio.Semaphore(512)`` (FIFO, like moa's CapacityLimiter)
   raw-gather  no framework: the same shape by hand in plain asyncio (gather of runs, each a
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.latency * 1e3:g} ms per call (anyio.sleep); asyncio backend",
         f"moa : await moa.run_many(pipeline, prompts, client, max_concurrency={args.cap}, seed=1)",
         f"seed: asyncio.gather(*(mixture_llm.run(pipeline, p, capped) for p in prompts)), "
-        f"capped = the client under asyncio.Semaphore({args.cap}) (emulated: the seed has no "
+        f"capped = the client under asyncio.Semaphore({args.cap}) (emulated: mixture-llm has no "
         f"batch API)",
         "raw-gather, raw-pool: plain asyncio, no framework (see the docstring)",
         "each size and contender in a fresh subprocess; RSS = ru_maxrss (peak resident set); "

@@ -12,7 +12,7 @@ Contenders, all in ONE process and ONE asyncio event loop (anyio, backend="async
   anyio-baseline the same 19 calls in 4 layers with anyio task groups, the same kind of
                  messages (system + user with numbered responses), no history, no retries
   seed           mixture_llm.run([Propose, Synthesize, Synthesize, Aggregate], ...) from the
-                 seed package ``mixture-llm`` (skipped, with a note, when not installed)
+                 the package ``mixture-llm`` (skipped, with a note, when not installed)
 
 Every run is timed alone with ``time.perf_counter``; the contenders take turns round-robin
 (``--rounds`` rounds, the order rotated each round, ``--runs`` runs per contender in all) so

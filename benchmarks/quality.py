@@ -1117,7 +1117,7 @@ def main(argv: list[str] | None = None) -> int:
     # Every label the embedded model answers to runs on this machine: $0, not unknown.
     prices = moa.DEFAULT_PRICES | ({m: (0, 0) for m in models} if local else {})
     concurrency = args.concurrency or (2 if local else 16)
-    limits = None if local else moa.Limits(default=moa.ModelLimit(concurrency=concurrency))
+    limits = None if local else moa.Limits(default=moa.ModelLimit(max_concurrency=concurrency))
 
     where = (
         "the embedded model, in-process (moa.clients.local_client())"

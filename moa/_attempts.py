@@ -36,7 +36,6 @@ __all__ = (
     "Tap",
     "client_attempt",
     "copies",
-    "record",
     "stream_attempt",
     "with_cap",
     "with_hedge",
@@ -57,20 +56,6 @@ class Tap:
 
 
 Attempt = Callable[[Request, "Tap | None"], Awaitable[Reply]]
-
-
-def record(req: Request, **fields: Any) -> CallRecord:
-    """The history record of a call that asked ``req``: its request's fields, and ``fields``
-    (text, tokens, attempts, error, latency...) by name."""
-    return CallRecord(
-        model=req.model,
-        messages=req.messages,
-        temp=req.temp,
-        max_tokens=req.max_tokens,
-        agent=req.agent,
-        seed=req.seed,
-        **fields,
-    )
 
 
 def copies(messages: tuple[Message, ...]) -> list[dict[str, str]]:
@@ -303,9 +288,11 @@ async def _race(inner: Attempt, req: Request, tap: Tap, after: float) -> Reply:
 
 def _hedge_record(req: Request, racer: _Racer) -> CallRecord:
     if not racer.done:  # cancelled while running
-        return record(req, text=None, attempts=1, latency=monotonic() - racer.start, cancelled=True)
+        return CallRecord.asked(
+            req, text=None, attempts=1, latency=monotonic() - racer.start, cancelled=True
+        )
     reply, error = racer.reply, racer.error
-    return record(
+    return CallRecord.asked(
         req,
         text=None if reply is None else reply.text,
         input_tokens=None if reply is None else reply.input_tokens,

@@ -35,7 +35,6 @@ from ._attempts import (
     Attempt,
     Tap,
     client_attempt,
-    record,
     stream_attempt,
     with_cap,
     with_hedge,
@@ -89,7 +88,7 @@ def _fatal(exc: BaseException) -> BaseException | None:
 
 def _answer(req: Request, reply: Reply, attempts: int, start: float, tap: Tap | None) -> Outcome:
     return Outcome(
-        record(
+        CallRecord.asked(
             req,
             text=reply.text,
             input_tokens=reply.input_tokens,
@@ -130,7 +129,7 @@ def _interrupted(interrupt: Interrupt, req: Request, exc: BaseException, start: 
     # A KeyboardInterrupt or SystemExit from a client (a Ctrl-C inside blocking code) is the
     # run's to raise, once every call has stopped: on asyncio a task must not raise it itself.
     interrupt(exc)
-    return Outcome(record(req, error=error_text(exc), latency=monotonic() - start))
+    return Outcome(CallRecord.asked(req, error=error_text(exc), latency=monotonic() - start))
 
 
 async def _retry(
@@ -161,7 +160,7 @@ async def _retry(
     except Exception as exc:
         exc = policy.too_long(exc) or exc
         return Outcome(
-            record(
+            CallRecord.asked(
                 req,
                 attempts=attempts,
                 error=error_text(exc),
@@ -252,7 +251,7 @@ def caching(inner: Call, cache: Cache) -> tuple[Call, TryNow]:
         hit = cache.lookup(req.identity, (*site.path, site.sample))
         if hit is not None:
             return Outcome(
-                record(
+                CallRecord.asked(
                     req,
                     text=hit.text,
                     input_tokens=hit.input_tokens,
@@ -263,7 +262,7 @@ def caching(inner: Call, cache: Cache) -> tuple[Call, TryNow]:
             )
         if cache.mode == "replay":
             return Outcome(
-                record(req, attempts=0, error="not recorded"),
+                CallRecord.asked(req, attempts=0, error="not recorded"),
                 CacheMissError(
                     f"replay: {cache!r} holds no answer for call {site.call_index} of {step!r} at "
                     f"path {site.path} (model {req.model!r}, sample {site.sample}); record it "

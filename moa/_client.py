@@ -75,9 +75,9 @@ def check_output(model: str, out: Any) -> Reply:
             retryable=False,
         )
     for name, n in (("input_tokens", tin), ("output_tokens", tout)):
-        if n is not None and (type(n) is not int or n < 0):
+        if n is not None and (type(n) is not int or not 0 <= n < 2**63):
             raise ClientOutputError(
-                model, out, f"{name} must be an int >= 0 or None, got {safe_repr(n)}"
+                model, out, f"{name} must be an int >= 0 (in 64 bits) or None, got {safe_repr(n)}"
             )
     return out if type(out) is Reply else Reply(text, tin, tout)
 

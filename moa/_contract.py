@@ -9,16 +9,16 @@ key) reads one value, :attr:`Request.identity`.
 from __future__ import annotations
 
 import random
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar
 
 from ._agent import AgentLike
-from ._offload import OffLoop
 from ._pipeline import Step
 
 __all__ = (
+    "OFF_LOOP_SECONDS",
     "Identity",
     "LLMStep",
     "Message",
@@ -78,6 +78,25 @@ class Request:
             )
             object.__setattr__(self, "_identity", found)
         return found
+
+
+#: How long off-loop work may take before it is stopped: far above what any honest
+#: extraction needs (14 replies of a million characters each take about 6 s).
+OFF_LOOP_SECONDS = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class OffLoop:
+    """Work a step's plan hands the executor instead of a round of requests: ``fn(*args)``,
+    run off the event loop, its result sent back into the plan. ``process``: run it in a
+    worker process (for work that holds the GIL, such as ``re``); ``fn`` and ``args`` must then
+    pickle. Past ``seconds`` the work is stopped (a process is killed) and the step fails
+    with TimeoutError."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+    process: bool = False
+    seconds: float = OFF_LOOP_SECONDS
 
 
 #: A step's calls as rounds (:meth:`moa.LLMStep.plan`): yields each round's requests, is sent

@@ -9,11 +9,28 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 from ._cost import Cost, Prices, cost
 
 __all__ = ("CallRecord", "History", "StepRecord")
+
+
+class Asked(Protocol):
+    """What a record reads of the request a call made (a :class:`~moa.steps.Request`)."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def messages(self) -> tuple[Mapping[str, str], ...]: ...
+    @property
+    def temp(self) -> float: ...
+    @property
+    def max_tokens(self) -> int: ...
+    @property
+    def agent(self) -> str | None: ...
+    @property
+    def seed(self) -> int | None: ...
 
 
 _SEED_CALL_NAMES = {"in_tokens": "input_tokens", "out_tokens": "output_tokens", "time": "latency"}
@@ -107,20 +124,35 @@ class CallRecord:
         """The call answered: not failed, not cancelled."""
         return self.error is None and not self.cancelled
 
-    # The seed's per-call dict keys, so ``call["in_tokens"]`` keeps working.
+    # mixture-llm's per-call dict keys, so ``call["in_tokens"]`` keeps working.
     def __getitem__(self, key: str) -> Any:
         if key in self:
             return getattr(self, _SEED_CALL_NAMES.get(key, key))
         raise KeyError(key)
 
     def __contains__(self, key: object) -> bool:
-        # As the seed's dicts: "error" is there only when the call failed.
+        # As mixture-llm's dicts: "error" is there only when the call failed.
         if key == "error":
             return self.error is not None
         return isinstance(key, str) and (key in _SEED_CALL_NAMES or key in CallRecord.__slots__)
 
     def get(self, key: str, default: Any = None) -> Any:
         return self[key] if key in self else default
+
+    @classmethod
+    def asked(cls, request: Asked, **fields: Any) -> CallRecord:
+        """The record of a call that asked ``request`` (a :class:`~moa.steps.Request`): its
+        model, messages, settings, agent and seed, and ``fields`` (text, tokens, attempts,
+        error, latency...) by name."""
+        return cls(
+            model=request.model,
+            messages=request.messages,
+            temp=request.temp,
+            max_tokens=request.max_tokens,
+            agent=request.agent,
+            seed=request.seed,
+            **fields,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -280,7 +312,7 @@ def spent_tokens(calls: Iterable[CallRecord]) -> tuple[int | None, int | None]:
 class History:
     """Everything a run did, in pipeline order (never in completion order).
 
-    Iterating yields the step records, as the seed's list of step dicts did. ``seed`` is the
+    Iterating yields the step records, as mixture-llm's list of step dicts did. ``seed`` is the
     seed the run's RNG used (drawn at random when ``run`` was given none), so any run can be
     replayed.
     """

@@ -12,43 +12,43 @@ on anyio's clock and primitives: it runs on asyncio and trio alike.
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 
 import anyio
+import anyio.lowlevel
 
-from ._bounds import safe_repr
+from ._bounds import check_int, check_number, safe_repr
 
 __all__ = ("Limits", "ModelLimit")
 
 
-def _positive(owner: str, name: str, value: object, kind: type = int) -> None:
-    if value is None:
-        return
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float) if kind is float else int)
-        or not 0 < value <= sys.float_info.max
-    ):  # finite; an int past any float is not
-        raise ValueError(
-            f"{owner}({name}=...): {name} must be "
-            f"{'a number' if kind is float else 'an int'} > 0 or None, got {safe_repr(value)}"
-        )
-
-
 @dataclass(frozen=True, slots=True)
 class ModelLimit:
-    """How hard one model may be driven: ``concurrency`` calls in flight, ``rpm`` requests
-    and ``tpm`` tokens (input + output) per minute. None means no limit of that kind."""
+    """How hard one model may be driven: ``max_concurrency`` calls in flight, ``rpm``
+    requests and ``tpm`` tokens (input + output) per minute. None means no limit of that
+    kind. ``concurrency=`` is the old name of ``max_concurrency`` (deprecated)."""
 
-    concurrency: int | None = None
+    max_concurrency: int | None = None
     rpm: float | None = None
     tpm: float | None = None
+    concurrency: InitVar[int | None] = None
 
-    def __post_init__(self) -> None:
-        _positive("ModelLimit", "concurrency", self.concurrency)
-        _positive("ModelLimit", "rpm", self.rpm, float)
-        _positive("ModelLimit", "tpm", self.tpm, float)
+    def __post_init__(self, concurrency: int | None) -> None:
+        if concurrency is not None:
+            warnings.warn(
+                "ModelLimit(concurrency=...) is max_concurrency=... now; the old name goes in "
+                "the next release",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            if self.max_concurrency is not None:
+                raise TypeError("ModelLimit: give max_concurrency= (concurrency= is its old name)")
+            object.__setattr__(self, "max_concurrency", concurrency)
+        check_int("ModelLimit", "max_concurrency", self.max_concurrency, 1, sys.maxsize, none=True)
+        check_number("ModelLimit", "rpm", self.rpm, above=True, none=True)
+        check_number("ModelLimit", "tpm", self.tpm, above=True, none=True)
 
 
 class _Bucket:
@@ -95,7 +95,9 @@ class _Gate:
     __slots__ = ("limiter", "paused_until", "requests", "tokens")
 
     def __init__(self, limit: ModelLimit) -> None:
-        self.limiter = anyio.CapacityLimiter(limit.concurrency) if limit.concurrency else None
+        self.limiter = (
+            anyio.CapacityLimiter(limit.max_concurrency) if limit.max_concurrency else None
+        )
         self.requests = _Bucket(limit.rpm) if limit.rpm else None
         self.tokens = _Bucket(limit.tpm) if limit.tpm else None
         self.paused_until = 0.0
@@ -165,17 +167,35 @@ class Limits:
         self.per_model = per_model
         self.default = default
         self._gates: dict[str, _Gate | None] = {}
+        self._loop: object = None  # the event loop the gates belong to, once one is made
 
     def __repr__(self) -> str:
-        now = anyio.current_time() if self._gates else 0.0
+        try:
+            now = anyio.current_time()
+        except Exception:  # no event loop running: nothing can be paused now
+            now = float("inf")
         paused = [m for m, g in self._gates.items() if g and g.paused_until > now]
         return f"<Limits models={sorted(self.per_model)} default={self.default} paused={paused}>"
 
     def gate(self, model: str) -> _Gate | None:
-        """The model's gate, made on first use (inside the event loop), or None if unlimited."""
+        """The model's gate, made on first use (inside the event loop), or None if unlimited.
+        A Limits belongs to the event loop that first used it: its locks and clock are that
+        loop's, so another loop is refused with a RuntimeError saying what to do."""
+        self._check_loop()
         try:
             return self._gates[model]
         except KeyError:
             limit = self.per_model.get(model, self.default)
             gate = self._gates[model] = _Gate(limit) if limit is not None else None
             return gate
+
+    def _check_loop(self) -> None:
+        now = anyio.lowlevel.current_token()
+        if self._loop is None:
+            self._loop = now
+        elif self._loop != now:
+            raise RuntimeError(
+                "this moa.Limits was first used in another event loop, and its locks and "
+                "clock belong to that one; make a Limits for each event loop (to share a "
+                "provider's budget among processes, split it: moa.ray.split_limits)"
+            )

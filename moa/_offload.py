@@ -18,31 +18,14 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import IO, Any
 
 import anyio
 import anyio.to_thread
 
-__all__ = ("OFF_LOOP_SECONDS", "OffLoop", "run_off_loop")
+from ._contract import OffLoop
 
-#: How long off-loop work may take before it is stopped: far above what any honest
-#: extraction needs (14 replies of a million characters each take about 6 s).
-OFF_LOOP_SECONDS = 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class OffLoop:
-    """Work a step's plan hands the executor instead of a round of requests: ``fn(*args)``,
-    run off the event loop, its result sent back into the plan. ``process``: run it in a
-    worker process (for work that holds the GIL, such as ``re``); ``fn`` and ``args`` must then
-    pickle. Past ``seconds`` the work is stopped (a process is killed) and the step fails
-    with TimeoutError."""
-
-    fn: Callable[..., Any]
-    args: tuple[Any, ...] = ()
-    process: bool = False
-    seconds: float = OFF_LOOP_SECONDS
+__all__ = ("run_off_loop",)
 
 
 async def run_off_loop(work: OffLoop) -> Any:

@@ -23,12 +23,45 @@ from ._contract import LLMStep
 from ._llm_steps import Aggregate, AggregateSeq, Pick, Propose, Rank, Refine, Synthesize, Vote
 from ._pipeline import Parallel, Pipeline, Step
 from ._select import Majority
+from ._syntax import (
+    EXPR_MAX_BRACKETS,
+    EXPR_MAX_CHARS,
+    EXPR_MAX_DEPTH,
+    EXPR_MAX_INT_DIGITS,
+    EXPR_MAX_ITEMS,
+    EXPR_MAX_MESSAGE,
+    EXPR_MAX_OPERATORS,
+    EXPR_MAX_REPEAT,
+    EXPR_MAX_STEPS,
+    EXPR_MAX_STRING,
+    NEWLINE,
+    SURROGATE,
+    PipelineSyntaxError,
+    check_characters,
+    check_length,
+    check_nesting,
+)
 from ._transforms import Dropout, Sample, Shuffle, Take
 from .errors import MoaError
 
 _T = TypeVar("_T")
 
-__all__ = ("PipelineSyntaxError", "parse_pipeline", "parse_runnable", "starved_step")
+__all__ = (
+    "EXPR_MAX_BRACKETS",
+    "EXPR_MAX_CHARS",
+    "EXPR_MAX_DEPTH",
+    "EXPR_MAX_INT_DIGITS",
+    "EXPR_MAX_ITEMS",
+    "EXPR_MAX_OPERATORS",
+    "EXPR_MAX_REPEAT",
+    "EXPR_MAX_STEPS",
+    "EXPR_MAX_STRING",
+    "PipelineSyntaxError",
+    "parse_agent",
+    "parse_pipeline",
+    "parse_runnable",
+    "starved_step",
+)
 
 #: The names an expression may call.
 STEPS: dict[str, type] = {
@@ -55,17 +88,6 @@ STEPS: dict[str, type] = {
 VALUES: dict[str, type] = {"Agent": Agent}
 #: Steps that exist but take a function, which the command line cannot give.
 FUNCTION_STEPS = ("Filter", "Map")
-
-EXPR_MAX_CHARS = 10_000  # length of the whole expression
-EXPR_MAX_BRACKETS = 50  # bracket nesting in the raw text
-EXPR_MAX_DEPTH = 50  # AST nesting (a chain of | or & counts once)
-EXPR_MAX_STEPS = 200  # steps in the result, repetitions expanded; also step calls written
-EXPR_MAX_REPEAT = 100  # n in step * n
-EXPR_MAX_ITEMS = 1_000  # items in one list or tuple literal
-EXPR_MAX_STRING = 10_000  # characters in one string literal
-EXPR_MAX_INT_DIGITS = 18  # decimal digits in one integer literal
-EXPR_MAX_OPERATORS = 1_000  # operator characters (| & * - . ...) in the raw text
-EXPR_MAX_MESSAGE = 500  # characters of an error's reason
 
 _TOO_LARGE = f"number is too large: an integer has at most {EXPR_MAX_INT_DIGITS} decimal digits"
 
@@ -109,54 +131,11 @@ _WHAT = {
 }
 
 
-#: Characters Python's parser cannot take: lone surrogates (not valid Unicode; how a byte that is
-#: not UTF-8 arrives from the shell, decoded with surrogateescape) and the null byte.
-_BAD_CHARACTER = re.compile(r"[\ud800-\udfff\x00]")
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
-#: Characters of the operators that nest Python's syntax tree one level each: a chain
-#: ``a | a | ...``, ``- - 1`` or ``a.b.c`` is as deep as it is long.
-_OPERATOR_CHARS = frozenset("|&*+-/%@^~<>.")
-_NEWLINE = re.compile(r"\r\n|\r|\n")  # line breaks as Python's tokenizer counts them
 #: What a step's constructor or operator raises when it rejects its arguments. OverflowError
 #: and RecursionError are there too: a huge or deeply nested literal (a regex for
 #: ``Majority(...)``) can overflow a constructor's own parsing, and the user's argument is
 #: still what is at fault.
 _REJECTIONS = (TypeError, ValueError, MoaError, OverflowError, RecursionError)
-
-
-class PipelineSyntaxError(MoaError, ValueError):
-    """A pipeline expression that cannot be parsed or is not allowed.
-
-    ``offset`` is the 0-based character offset of the offending token in the text (its column,
-    for one-line text); ``message`` is the reason alone, while ``str(error)`` adds the offending
-    line with a caret underneath.
-    """
-
-    def __init__(self, message: str, text: str, offset: int, length: int = 1) -> None:
-        self.message = message
-        self.text = text
-        self.offset = max(0, min(offset, len(text)))
-        self.length = max(1, length)
-        super().__init__(self._render())
-
-    def _render(self) -> str:
-        start = max(self.text.rfind("\n", 0, self.offset), self.text.rfind("\r", 0, self.offset))
-        start += 1
-        newline = _NEWLINE.search(self.text, self.offset)
-        end = newline.start() if newline else len(self.text)
-        # A lone surrogate would make the message itself unprintable (UnicodeEncodeError on
-        # a UTF-8 terminal); U+FFFD keeps the width, so the caret still lines up.
-        line = _SURROGATE.sub("\ufffd", self.text[start:end])
-        if len(line) > 200:  # keep the pointer readable for long input: show a window
-            lo = max(0, self.offset - start - 80)
-            line, start = line[lo : lo + 160], start + lo
-        col = self.offset - start
-        pad = "".join("\t" if ch == "\t" else " " for ch in line[:col])
-        width = max(1, min(self.length, len(line) - col))
-        return f"{_SURROGATE.sub(chr(0xFFFD), self.message)}\n{line}\n{pad}{'^' * width}"
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.message, self.text, self.offset, self.length))
 
 
 def parse_pipeline(text: str) -> Step:
@@ -169,14 +148,9 @@ def parse_pipeline(text: str) -> Step:
     """
     if not isinstance(text, str):
         raise TypeError(f"parse_pipeline takes a str, not {type(text).__name__}")
-    if len(text) > EXPR_MAX_CHARS:
-        raise PipelineSyntaxError(
-            f"expression is too long: {len(text)} characters, at most {EXPR_MAX_CHARS}",
-            text[:EXPR_MAX_CHARS],
-            EXPR_MAX_CHARS,
-        )
-    _check_characters(text)
-    _check_nesting(text)
+    check_length(text)
+    check_characters(text)
+    check_nesting(text)
     return _Parser(text).parse(Step)
 
 
@@ -235,14 +209,9 @@ def parse_agent(text: str) -> Agent:
     line's ``--model "Agent('m', temp=0)"``)."""
     if not isinstance(text, str):
         raise TypeError(f"parse_agent(text): text must be a str, not {type(text).__name__}")
-    if len(text) > EXPR_MAX_CHARS:
-        raise PipelineSyntaxError(
-            f"expression is too long: {len(text)} characters, at most {EXPR_MAX_CHARS}",
-            text[:EXPR_MAX_CHARS],
-            EXPR_MAX_CHARS,
-        )
-    _check_characters(text)
-    _check_nesting(text)
+    check_length(text)
+    check_characters(text)
+    check_nesting(text)
     return _Parser(text).parse(Agent)
 
 
@@ -256,97 +225,11 @@ def _keywords(cls: type) -> frozenset[str] | None:
     return frozenset(names)
 
 
-def _check_characters(text: str) -> None:
-    """Reject a lone surrogate or a null byte, which Python's parser cannot read, at its place."""
-    bad = _BAD_CHARACTER.search(text)
-    if bad is None:
-        return
-    if bad.group() == "\x00":
-        reason = "a null byte"
-    else:
-        reason = "a lone surrogate (not valid Unicode; a byte that is not UTF-8?)"
-    raise PipelineSyntaxError(
-        f"invalid character U+{ord(bad.group()):04X}: {reason}", text, bad.start()
-    )
-
-
-def _check_nesting(text: str) -> None:
-    """Reject deeply nested or unbalanced brackets, and long operator chains, before Python's
-    parser recurses into them.
-
-    String literals and comments are skipped; an unterminated string is left for the parser to
-    report. (The parser sees the text wrapped in parentheses, so an unclosed or extra bracket
-    must be caught here, where its position is still known.)
-    """
-    opened: list[int] = []
-    operators = 0
-    i, n = 0, len(text)
-    while i < n:
-        ch = text[i]
-        if ch in "'\"":
-            i = _skip_string(text, i)
-            if i < 0:
-                return  # unterminated: the parser says so, with its position
-            continue
-        if ch == "#":  # a comment runs to the end of the line
-            newline = _NEWLINE.search(text, i)
-            i = newline.start() if newline else n
-            continue
-        if ch in _OPERATOR_CHARS:
-            operators += 1
-            if operators > EXPR_MAX_OPERATORS:
-                raise PipelineSyntaxError(
-                    f"expression has too many operators: more than {EXPR_MAX_OPERATORS} "
-                    f"(| & * - . and the like)",
-                    text,
-                    i,
-                )
-        elif ch in "([{":
-            opened.append(i)
-            if len(opened) > EXPR_MAX_BRACKETS:
-                raise PipelineSyntaxError(
-                    f"expression is nested too deeply: more than {EXPR_MAX_BRACKETS} brackets",
-                    text,
-                    i,
-                )
-        elif ch in ")]}":
-            if not opened:
-                raise PipelineSyntaxError(f"invalid syntax: unmatched {ch!r}", text, i)
-            if "([{".index(text[opened[-1]]) != ")]}".index(ch):
-                raise PipelineSyntaxError(
-                    f"invalid syntax: {ch!r} does not match {text[opened[-1]]!r} at column "
-                    f"{opened[-1]}",
-                    text,
-                    i,
-                )
-            opened.pop()
-        i += 1
-    if opened:
-        raise PipelineSyntaxError(
-            f"invalid syntax: {text[opened[-1]]!r} was never closed", text, opened[-1]
-        )
-
-
-def _skip_string(text: str, i: int) -> int:
-    """The index just past the string literal whose quote is at ``i``; -1 if it never ends."""
-    quote = text[i : i + 3] if text[i : i + 3] == text[i] * 3 else text[i]
-    i += len(quote)
-    n = len(text)
-    while i < n and not text.startswith(quote, i):
-        if text[i] in "\r\n" and len(quote) == 1:
-            return -1
-        if text[i] == "\\":  # an escaped character, or a line continued: \ then \r\n
-            i += 3 if text.startswith("\r\n", i + 1) else 2
-        else:
-            i += 1
-    return -1 if i >= n else i + len(quote)
-
-
 class _Parser:
     def __init__(self, text: str) -> None:
         self.text = text
         # Lines as Python counts them: "\r" alone ends one too.
-        breaks = list(_NEWLINE.finditer(text))
+        breaks = list(NEWLINE.finditer(text))
         self.line_starts = [0] + [b.end() for b in breaks]
         ends = [b.start() for b in breaks] + [len(text)]
         self.lines = [text[a:b] for a, b in zip(self.line_starts, ends, strict=False)]
@@ -476,7 +359,7 @@ class _Parser:
                 self.fail(
                     f"string is too long: {len(value)} characters, at most {EXPR_MAX_STRING}", node
                 )
-            surrogate = _SURROGATE.search(value)  # written as an escape, '\\ud800'
+            surrogate = SURROGATE.search(value)  # written as an escape, '\\ud800'
             if surrogate:
                 self.fail(
                     f"string holds a lone surrogate U+{ord(surrogate[0]):04X} (not valid Unicode)",

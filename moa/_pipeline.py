@@ -25,7 +25,7 @@ __all__ = (
     "step_text",
 )
 
-#: What ``|`` and ``run`` accept where a step is expected: a step, or a list of them (seed style).
+#: What ``|`` and ``run`` accept where a step is expected: a step, or a list of them (as mixture-llm takes them).
 StepLike = Union["Step", list[Any], tuple[Any, ...]]
 
 

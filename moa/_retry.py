@@ -4,7 +4,6 @@ anyio's clock."""
 from __future__ import annotations
 
 import random
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import anyio
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
-from ._bounds import MAX_CALLS, check_int, safe_repr
+from ._bounds import MAX_CALLS, check_int, check_number, safe_repr
 from .errors import RetryAfterTooLongError
 
 __all__ = ("DEFAULT_RETRY", "Retry", "retry_after")
@@ -46,16 +45,7 @@ class Retry:
     def __post_init__(self) -> None:
         check_int("Retry", "attempts", self.attempts, 1, MAX_CALLS)
         for name in ("initial", "max_wait", "jitter", "max_retry_after"):
-            value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not 0 <= value <= sys.float_info.max
-            ):
-                raise ValueError(
-                    f"Retry({name}=...): {name} must be a finite number >= 0, "
-                    f"got {safe_repr(value)}"
-                )
+            check_number("Retry", name, getattr(self, name))
         if isinstance(self.retry_on, type):
             object.__setattr__(self, "retry_on", (self.retry_on,))
         if not all(isinstance(t, type) and issubclass(t, BaseException) for t in self.retry_on):

@@ -9,7 +9,6 @@ from time import monotonic
 
 import anyio
 
-from ._attempts import record
 from ._calls import Call, Calls, Outcome, Site
 from ._contract import Identity, LLMStep, Request
 from ._history import CallRecord
@@ -128,7 +127,7 @@ async def _quorum(
     now = monotonic()
     for i in todo:
         if results[i] is None:
-            rec = record(
+            rec = CallRecord.asked(
                 requests[i],
                 attempts=1 if enough > 0 else 0,
                 latency=now - starts[i] if starts[i] else 0.0,

@@ -6,7 +6,7 @@ exactly, and a request's seed does not move when other agents are added beside i
 
 A client receives a seed only if it takes one: a ``seed`` parameter that can be given by
 keyword (``async def client(*, model, messages, temp, max_tokens, seed=None)``). A client of
-the seed's four-argument signature is never passed an argument it does not take.
+mixture-llm's four-argument signature is never passed an argument it does not take.
 """
 
 from __future__ import annotations

@@ -17,8 +17,7 @@ from typing import ClassVar
 
 from ._agent import plain_text
 from ._bounds import describe, safe_repr
-from ._contract import LLMStep, Plan
-from ._offload import OffLoop
+from ._contract import LLMStep, OffLoop, Plan
 
 __all__ = ("Extractor", "Majority", "extract_answers")
 

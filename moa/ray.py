@@ -55,22 +55,24 @@ def split_limits(limits: Limits | None, workers: int) -> Limits | None:
     rate together is the budget (each worker's bucket starts full, as one process's does,
     holding at least one request). A worker left without rows leaves its share unused.
 
-    Raises ValueError when a model's ``concurrency`` is below ``workers``: some worker would
-    get no call at all."""
+    Raises ValueError when a model's ``max_concurrency`` is below ``workers``: some worker
+    would get no call at all."""
+    check_int("split_limits", "workers", workers, 1, sys.maxsize)
     if limits is None:
         return None
 
     def share(model: str, limit: ModelLimit | None) -> ModelLimit | None:
         if limit is None:
             return None
-        if limit.concurrency is not None and limit.concurrency < workers:
+        calls = limit.max_concurrency
+        if calls is not None and calls < workers:
             raise ValueError(
-                f"split_limits: {model} allows {limit.concurrency} calls in flight, fewer than "
+                f"split_limits: {model} allows {calls} calls in flight, fewer than "
                 f"the {workers} workers sharing it; each worker needs at least one, so use at "
-                f"most {limit.concurrency} workers or raise the limit"
+                f"most {calls} workers or raise the limit"
             )
         return ModelLimit(
-            concurrency=None if limit.concurrency is None else limit.concurrency // workers,
+            max_concurrency=None if calls is None else calls // workers,
             rpm=None if limit.rpm is None else limit.rpm / workers,
             tpm=None if limit.tpm is None else limit.tpm / workers,
         )

@@ -2,7 +2,7 @@
 
 Each recipe returns an ordinary :class:`~moa.Pipeline`, so it prints as the expression that
 builds it, compares by ``==`` and composes with ``|`` like any hand-written pipeline. With its
-defaults every recipe equals the seed library's pipeline of the same name:
+defaults every recipe equals mixture-llm's pipeline of the same name:
 
 >>> from moa import Aggregate, Propose
 >>> from moa.recipes import self_moa
@@ -56,7 +56,7 @@ PROPOSERS: tuple[str, ...] = (
     "dbrx-instruct",
 )
 
-#: The seed's robust_moa proposers: four models from different providers.
+#: mixture-llm's robust_moa proposers: four models from different providers.
 ROBUST_PROPOSERS: tuple[str, ...] = (
     "gpt-5-nano-2025-08-07",
     "claude-sonnet-4-5",

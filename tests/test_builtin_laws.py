@@ -34,7 +34,7 @@ from moa.testing import (
     text_functions,
     transforms,
 )
-from moa.testing.laws import _Fed, _feed, _interpret, _Probe
+from moa.testing._case import _Fed, _feed, _interpret, _Probe
 
 counts = st.integers(0, 7)
 rates = st.floats(0, 1)

@@ -1,4 +1,4 @@
-"""examples/: every script's pipeline is the seed's and runs with the scripted client; its
+"""examples/: every script's pipeline is mixture-llm's and runs with the scripted client; its
 main() fails cleanly (one line naming what is missing, exit status 1) without its key or its
 SDK, and with both runs end to end through moa's real clients against scripted servers.
 local_moa.py's real run is in test_real_model.py."""
@@ -426,7 +426,7 @@ ENDPOINTS = {
 
 @pytest.mark.parametrize(("script", "keys", "sdks"), PROVIDER_SCRIPTS, ids=SCRIPT_IDS)
 # LiteLLM's own types trip a pydantic warning when first built, and the Anthropic SDK warns
-# that the seed's claude-sonnet-4-5 is deprecated (an error under this suite's filters).
+# that mixture-llm's claude-sonnet-4-5 is deprecated (an error under this suite's filters).
 @pytest.mark.filterwarnings("ignore:.*using the `ReadOnly` qualifier:UserWarning")
 @pytest.mark.filterwarnings("ignore:The model 'claude-sonnet-4-5' is deprecated:DeprecationWarning")
 def test_main_runs_end_to_end_through_the_real_clients(script, keys, sdks, monkeypatch, capsys):

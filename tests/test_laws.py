@@ -7,8 +7,8 @@ transforms' own laws are in ``tests/test_builtin_laws.py``, written with ``moa.t
 """
 
 import random
-from functools import partial
 
+from drawing import delay_randoms, llm_steps, pipelines, random_delays, transforms
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from scripted import ScriptedClient, default_reply
@@ -30,7 +30,6 @@ from moa import (
 )
 
 PROMPT = "What is the answer?"
-MODELS = ("alpha", "beta", "gamma")
 MOA_NAMESPACE = {name: getattr(moa, name) for name in moa.__all__}
 
 #: Laws about values: cheap, so many examples.
@@ -43,9 +42,6 @@ RUNS = settings(max_examples=75, deadline=None)
 responses = mt.responses()
 seeds = mt.seeds()
 backends = st.sampled_from(["asyncio", "trio"])
-transforms = mt.transforms
-llm_steps = partial(mt.llm_steps, models=MODELS)
-pipelines = mt.pipelines
 #: The transforms that take no function.
 FUNCTION_FREE = (Shuffle, Dropout, Sample, Take)
 
@@ -62,9 +58,6 @@ non_parallel_steps = steps.filter(lambda s: not isinstance(s, Parallel))
 #: Steps without drawn functions, for runs whose responses Hypothesis cannot replay (an unseeded
 #: run calls a drawn function on different texts each time, which Hypothesis rejects as flaky).
 function_free_steps = pipelines(transforms(kinds=FUNCTION_FREE) | llm_steps())
-#: Generators for call delays. True randomness, so the number of calls (fewer when a failing
-#: branch cancels its siblings) never changes what Hypothesis draws.
-delay_randoms = st.randoms(use_true_random=True)
 
 
 # -- running ---------------------------------------------------------------------------------
@@ -82,11 +75,6 @@ def client_for(xs, delay=0.0):
         lambda model, msgs: table[model] if model in table else default_reply(model, msgs),
         delay=delay,
     )
-
-
-def random_delays(rng):
-    """Per-call delays of up to 2 ms, so concurrent calls finish in a shuffled order."""
-    return lambda model, msgs: rng.random() * 0.002
 
 
 def run_after(xs, step, seed, *, delay=0.0, backend="asyncio"):

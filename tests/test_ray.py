@@ -97,7 +97,7 @@ def test_the_results_and_histories_are_run_manys_however_ray_splits_the_rows(ray
                 make_seeded,
                 seed=11,
                 batch_size=batch_size,
-                concurrency=workers,
+                workers=workers,
             ).take_all()
         )
         assert set(out) == set(want)
@@ -126,7 +126,7 @@ def test_a_failed_or_unusable_row_is_a_row_with_ok_false_never_a_lost_one(ray_cl
         {"id": "q000", "prompt": "a second row with a used id"},
     ]
     dataset = ray_cluster.data.from_items(data).repartition(1)
-    out = run_dataset(PIPELINE, dataset, make_seeded, seed=1, concurrency=1).take_all()
+    out = run_dataset(PIPELINE, dataset, make_seeded, seed=1, workers=1).take_all()
     assert len(out) == len(data)
     failed = {(r["id"], r["prompt"]): r for r in out if not r["ok"]}
     assert set(failed) == {("f1", "please fail"), ("e1", "   "), ("n1", None)}
@@ -148,7 +148,7 @@ def test_a_repeated_id_runs_on_its_own_the_same_in_one_block_or_two(ray_cluster)
     for blocks, batch_size in ((1, 4), (2, 2)):
         dataset = ray_cluster.data.from_items(data).repartition(blocks)
         out = run_dataset(
-            PIPELINE, dataset, make_seeded, seed=4, concurrency=1, batch_size=batch_size
+            PIPELINE, dataset, make_seeded, seed=4, workers=1, batch_size=batch_size
         ).take_all()
         assert len(out) == 4 and all(r["ok"] for r in out)
         assert {(r["id"], r["prompt"]): r["result"] for r in out} == want
@@ -166,7 +166,7 @@ def test_a_worker_killed_mid_block_costs_a_retry_of_its_block_not_the_batch(ray_
     dataset = ray_cluster.data.from_items(data).repartition(8)
     out = by_id(
         run_dataset(
-            PIPELINE, dataset, factory, seed=5, batch_size=10, concurrency=2, num_cpus=0.25
+            PIPELINE, dataset, factory, seed=5, batch_size=10, workers=2, num_cpus=0.25
         ).take_all()
     )
     assert marker.exists(), "no worker was killed: the test proved nothing"
@@ -178,18 +178,18 @@ def test_a_worker_killed_mid_block_costs_a_retry_of_its_block_not_the_batch(ray_
 
 def test_limits_are_split_evenly_among_the_workers():
     limits = Limits(
-        {"a": ModelLimit(concurrency=9, rpm=600, tpm=10_000), "b": ModelLimit(rpm=1)},
-        default=ModelLimit(concurrency=2),
+        {"a": ModelLimit(max_concurrency=9, rpm=600, tpm=10_000), "b": ModelLimit(rpm=1)},
+        default=ModelLimit(max_concurrency=2),
     )
     half = split_limits(limits, 2)
-    assert half.per_model["a"] == ModelLimit(concurrency=4, rpm=300, tpm=5_000)
+    assert half.per_model["a"] == ModelLimit(max_concurrency=4, rpm=300, tpm=5_000)
     assert half.per_model["b"] == ModelLimit(rpm=0.5)  # rates split exactly: never over budget
-    assert half.default == ModelLimit(concurrency=1)
+    assert half.default == ModelLimit(max_concurrency=1)
     assert split_limits(None, 3) is None
     with pytest.raises(ValueError, match="'a' allows 9 calls in flight, fewer than the 10"):
         split_limits(limits, 10)
     with pytest.raises(ValueError, match="the default limit allows 2 calls in flight"):
-        split_limits(Limits(default=ModelLimit(concurrency=2)), 3)
+        split_limits(Limits(default=ModelLimit(max_concurrency=2)), 3)
     whole = split_limits(limits, 1)
     assert (whole.per_model, whole.default) == (limits.per_model, limits.default)
 
@@ -209,8 +209,16 @@ def test_bad_arguments_are_refused_before_anything_runs(ray_cluster):
         run_dataset(PIPELINE, late, make_seeded).take_all()
     with pytest.raises(TypeError, match="client_factory"):
         run_dataset(PIPELINE, dataset, 42)
-    with pytest.raises(ValueError, match="concurrency must be an int >= 1"):
-        run_dataset(PIPELINE, dataset, make_seeded, concurrency=0)
+    with pytest.raises(ValueError, match="workers must be an int >= 1"):
+        run_dataset(PIPELINE, dataset, make_seeded, workers=0)
+    with pytest.raises(TypeError, match="events cannot reach you"):
+        run_dataset(PIPELINE, dataset, make_seeded, on_event=print)
+    with pytest.raises(ValueError, match="hedge_after"):
+        run_dataset(PIPELINE, dataset, make_seeded, hedge_after=0)
+    with pytest.warns(DeprecationWarning, match=r"concurrency=...\) is workers"):
+        run_dataset(PIPELINE, dataset, make_seeded, concurrency=1, hedge_after=5.0)
+    with pytest.raises(TypeError, match="did you mean max_concurrency"):
+        run_dataset(PIPELINE, dataset, make_seeded, max_concurency=3)
     with pytest.raises(TypeError, match="seed must be an int"):
         run_dataset(PIPELINE, dataset, make_seeded, seed="7")
     with pytest.raises(ValueError, match="timeout"):

@@ -1,4 +1,4 @@
-"""moa.recipes: each recipe equals the seed's pipeline by ==, round-trips through its repr,
+"""moa.recipes: each recipe equals mixture-llm's pipeline by ==, round-trips through its repr,
 checks its arguments, and runs with the scripted client."""
 
 import doctest
@@ -21,7 +21,7 @@ from moa import (
 )
 from moa.recipes import PROPOSERS, moa_lite, robust_moa, self_moa, together_moa
 
-# The seed README's pipelines, written out by hand.
+# mixture-llm's README pipelines, written out by hand.
 SEED_PROPOSERS = [
     "wizardlm-2-8x22b",
     "qwen1.5-110b-chat",

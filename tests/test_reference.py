@@ -9,10 +9,10 @@ import random
 from collections import Counter
 
 import anyio
+from drawing import MODELS, delay_randoms, llm_steps, pipelines, random_delays, transforms
 from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 from scripted import ScriptedClient
-from test_laws import MODELS, delay_randoms, llm_steps, pipelines, random_delays, transforms
 
 import moa
 from moa import (

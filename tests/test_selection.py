@@ -1,4 +1,4 @@
-"""Issue 7's steps with a scripted client: the programmatic Vote, the position-robust Pick,
+"""The selection steps with a scripted client: the model-free Majority, the position-robust Pick,
 and Self-MoA-Seq (AggregateSeq), including their rounds in history."""
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any
 
 from .._client import close_client, unicode_error
@@ -60,6 +61,14 @@ def loads(raw: str) -> Any:
         return json.loads(raw)
     except RecursionError:
         raise ValueError("nested too deeply") from None
+    except ValueError as exc:
+        if "integer string conversion" not in str(exc):
+            raise
+        # Python's own message names a limit the user never set; say what is in the line.
+        raise ValueError(
+            f"it holds a number of more than {sys.get_int_max_str_digits():,} digits (an id "
+            "is a string or a 64-bit integer, a seed a 64-bit integer)"
+        ) from None
 
 
 def check_writable(option: str, path: str | None) -> None:

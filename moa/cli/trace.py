@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +31,22 @@ class _Node:
     children: list[_Node] = field(default_factory=list)
 
     def add(self, *parts: tuple[str, str] | str) -> _Node:
-        node = _Node([p if isinstance(p, tuple) else (p, "") for p in parts])
+        node = _Node(
+            [(visible(p[0]), p[1]) if isinstance(p, tuple) else (visible(p), "") for p in parts]
+        )
         self.children.append(node)
         return node
+
+
+#: Control characters a terminal would act on (an escape sequence in a model's reply could
+#: move the cursor, recolour or retitle the terminal): all of C0 but tab and newline, DEL, C1.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def visible(text: str) -> str:
+    """``text`` with each control character shown as its escape (``\\x1b``), never sent to
+    the terminal to act on."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def _load_trace(path: str, line: int | None) -> dict[str, Any]:
@@ -122,7 +136,7 @@ def _trace_tree(doc: dict[str, Any], prices: Prices, full: bool) -> _Node:
     c = cost(history, prices)
     root = _Node(
         [
-            (short(history.prompt, 60), "bold"),
+            (visible(short(history.prompt, 60)), "bold"),
             (
                 f"  seed {history.seed}  {history.total_calls} calls "
                 f"({len(history.failed_calls)} failed)  tokens "

@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from .._bounds import check_int
 from .._client import Usage
 from ..errors import MoaError, ProviderError
 from ._extras import MissingExtraError, require
@@ -305,15 +306,8 @@ class LocalClient:
         n_threads: int | None = None,
         **llama_options: Any,
     ) -> None:
-        if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx < 64:
-            raise ValueError(f"local_client(n_ctx=...): n_ctx must be an int >= 64, got {n_ctx!r}")
-        if n_threads is not None and (
-            isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 1
-        ):
-            raise ValueError(
-                f"local_client(n_threads=...): n_threads must be an int >= 1 or "
-                f"None, got {n_threads!r}"
-            )
+        check_int("local_client", "n_ctx", n_ctx, 64, 2**31 - 1)
+        check_int("local_client", "n_threads", n_threads, 1, 4096, none=True)
         path = Path(model_path) if model_path is not None else default_model_path()
         if not path.is_file():
             raise FileNotFoundError(f"local_client(model_path=...): no model file at {str(path)!r}")

@@ -61,7 +61,7 @@ def is_reasoning_model(model: str) -> bool:
 
 
 def _default_effort(model: str) -> str | None:
-    # "minimal" is the gpt-5 family's fastest setting (the seed's choice); gpt-5.1 and later
+    # "minimal" is the gpt-5 family's fastest setting (mixture-llm's choice); gpt-5.1 and later
     # and gpt-5-chat do not accept it, and the o-series keeps the server's default.
     name = _base_name(model)
     if name.startswith("gpt-5") and not name.startswith("gpt-5.") and "chat" not in name:

@@ -1,6 +1,35 @@
 """Server-sent events for the streaming clients (openai, anthropic): the body read and parsed
 by us, every generator closed, and errors sent inside a begun stream given the HTTP status they
-stand for, so they are sorted as the same failure sent before the stream would be."""
+stand for, so they are sorted as the same failure sent before the stream would be.
+
+Why not the SDKs' own streams, or httpx-sse (tried against tests/clients, openai 3.63 and
+anthropic 2.17): each loses a tested behaviour.
+
+- Closing, under trio. ``async with`` on an SDK stream, and its ``close()``, close the HTTP
+  response but not the async generators that read it, which trio reports as a ResourceWarning
+  ("garbage collected before it had been exhausted"). ``openai.AsyncStream.__stream__`` (what
+  ``chat.completions.create(stream=True)`` returns and ``chat.completions.stream()`` wraps)
+  breaks out at "[DONE]" and leaves ``_iter_events``, ``SSEDecoder.aiter_bytes`` and
+  httpx2's ``Response.aiter_bytes`` suspended on every stream, even one read to its end.
+  ``anthropic.AsyncStream`` (``messages.create(stream=True)``, ``messages.stream()``) and its
+  ``raw_events`` leave theirs whenever the reader stops first: a break, an ``error`` event.
+  httpx-sse's ``EventSource.aiter_sse`` closes its line reader but not the ``aiter_text`` under
+  it: the same whenever the reader stops first.
+- "[DONE]". ``openai.AsyncStream`` swallows it, so a body that stops cleanly mid-reply (a
+  proxy cut it: retryable) cannot be told from a reply that ended with "[DONE]" but no
+  finish_reason, nor a bare "[DONE]" (no chat completion stream: not retryable).
+- Event names. ``anthropic.AsyncStream.__stream__`` yields each event's data typed by its
+  ``type`` field: the SSE event name is dropped and an event without one is skipped, so another
+  API's stream reads as an empty message, and a malformed event raises the SDK's TypeError or
+  AttributeError (``messages.stream()``'s accumulator) instead of a ``ProviderError``. Its
+  ``error`` event is an ``APIStatusError`` with the stream's status, 200.
+- Malformed chunks. ``chat.completions.stream()`` skips a chunk whose delta is no object, and
+  its ``get_final_completion()`` fails an assert on ``choices`` that is no list, where moa
+  raises a ``ProviderError`` that names what is wrong.
+
+The SDKs still open each stream: the request, its auth, and an error status sent before the
+body, raised as their exceptions and sorted by ``provider_error``.
+"""
 
 from __future__ import annotations
 
@@ -18,10 +47,6 @@ from ._errors import redact
 
 __all__ = ("DONE", "SSEParser", "StreamError", "check_ended", "close_shielded", "sse_events")
 
-# The SDKs open the stream (request, auth, an error status raised as their exception) but the
-# body is read here: their own SSE iterators are async generators that stop at [DONE] or are
-# left suspended without being closed, which trio reports as a ResourceWarning for every
-# stream. Here every generator is closed.
 # The HTTP status an error sent inside a begun stream stands for, by the error's type or code,
 # as OpenAI, OpenRouter and Anthropic name them. An unknown one is a server fault (500).
 _STREAM_ERROR_STATUS = {

@@ -11,7 +11,7 @@ from hypothesis import settings as Settings
 from hypothesis.strategies import SearchStrategy
 
 from .._pipeline import Step
-from .laws import describe_subject
+from ._case import describe_subject
 
 __all__ = ("check_laws",)
 

@@ -5,7 +5,6 @@ and in its middle), keys redacted, and the HTTP response closed however the iter
 Runs on asyncio and trio."""
 
 import gc
-import json
 import logging
 import time
 from contextlib import aclosing
@@ -17,7 +16,21 @@ pytest.importorskip("openai")
 pytest.importorskip("anthropic")
 httpx2 = pytest.importorskip("httpx2")
 
-from mockhttp import SECRET, MockServer, error, refused  # noqa: E402
+from mockhttp import (  # noqa: E402
+    CLAUDE,
+    SECRET,
+    USAGE_CHUNK,
+    MockServer,
+    Sent,
+    anthropic_events,
+    chunk,
+    collect,
+    data,
+    error,
+    events,
+    openai_events,
+    refused,
+)
 
 from moa import ProviderError, Usage  # noqa: E402
 from moa.clients import anthropic_client, openai_client  # noqa: E402
@@ -25,44 +38,7 @@ from moa.clients import anthropic_client, openai_client  # noqa: E402
 pytestmark = pytest.mark.anyio
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}]
-CLAUDE = "claude-opus-4-6"  # not in the SDK's deprecated list, which warns (an error here)
 ANTHROPIC_KEY = "sk-ant-api03-SECRET123456"
-
-
-class Sent:
-    """An SSE body served a piece at a time, as a server writes it. ``then`` ends it: None (the
-    body is complete), an exception (the connection breaks) or "hang" (the server stalls).
-    ``closed`` says whether the client closed the response."""
-
-    def __init__(self, *pieces, then=None):
-        self.pieces = pieces
-        self.then = then
-        self.responses = []
-
-    async def _body(self):
-        for piece in self.pieces:
-            yield piece.encode()
-            await anyio.sleep(0)
-        if self.then == "hang":
-            await anyio.sleep_forever()
-        elif self.then is not None:
-            raise self.then
-
-    def __call__(self, request):
-        response = httpx2.Response(
-            200, headers={"content-type": "text/event-stream"}, content=self._body()
-        )
-        self.responses.append(response)
-        return response
-
-    @property
-    def closed(self):
-        return bool(self.responses) and all(r.is_closed for r in self.responses)
-
-
-async def collect(stream):
-    async with aclosing(stream) as items:
-        return [item async for item in items]
 
 
 def split(items):
@@ -74,43 +50,6 @@ def split(items):
 
 
 # OpenAI: SSE bodies
-
-
-def chunk(content=None, *, finish=None, role=None):
-    delta = {"role": role} if role else {}
-    if content is not None:
-        delta["content"] = content
-    return {
-        "id": "c1",
-        "object": "chat.completion.chunk",
-        "created": 0,
-        "model": "m",
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-    }
-
-
-USAGE_CHUNK = {
-    "id": "c1",
-    "object": "chat.completion.chunk",
-    "created": 0,
-    "model": "m",
-    "choices": [],
-    "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
-}
-
-
-def data(*events, done=True):
-    lines = [f"data: {json.dumps(e)}\n\n" for e in events]
-    return lines + (["data: [DONE]\n\n"] if done else [])
-
-
-def openai_events(*texts, usage=True):
-    events = [chunk(role="assistant", content="")]
-    events += [chunk(t) for t in texts]
-    events.append(chunk(finish="stop"))
-    if usage:
-        events.append(USAGE_CHUNK)
-    return events
 
 
 def openai_for(server, **kwargs):
@@ -418,90 +357,6 @@ async def test_openai_cancelling_a_stalled_stream_closes_the_response():
 
 
 # Anthropic: SSE bodies
-
-
-def events(*pairs):
-    return [f"event: {kind}\ndata: {json.dumps(body)}\n\n" for kind, body in pairs]
-
-
-def anthropic_events(*blocks, usage=None, final=None):
-    """message_start, each block (a str is a text block, a dict a thinking block), message_delta
-    with the final usage, message_stop."""
-    start_usage = usage or {"input_tokens": 12, "output_tokens": 1}
-    pairs = [
-        (
-            "message_start",
-            {
-                "type": "message_start",
-                "message": {
-                    "id": "msg_1",
-                    "type": "message",
-                    "role": "assistant",
-                    "model": CLAUDE,
-                    "content": [],
-                    "stop_reason": None,
-                    "stop_sequence": None,
-                    "usage": start_usage,
-                },
-            },
-        ),
-        ("ping", {"type": "ping"}),
-    ]
-    for i, block in enumerate(blocks):
-        if isinstance(block, dict):
-            pairs += [
-                (
-                    "content_block_start",
-                    {
-                        "type": "content_block_start",
-                        "index": i,
-                        "content_block": {"type": "thinking", "thinking": "", "signature": ""},
-                    },
-                ),
-                (
-                    "content_block_delta",
-                    {
-                        "type": "content_block_delta",
-                        "index": i,
-                        "delta": {"type": "thinking_delta", "thinking": block["thinking"]},
-                    },
-                ),
-            ]
-        else:
-            pairs.append(
-                (
-                    "content_block_start",
-                    {
-                        "type": "content_block_start",
-                        "index": i,
-                        "content_block": {"type": "text", "text": ""},
-                    },
-                )
-            )
-            pairs += [
-                (
-                    "content_block_delta",
-                    {
-                        "type": "content_block_delta",
-                        "index": i,
-                        "delta": {"type": "text_delta", "text": piece},
-                    },
-                )
-                for piece in block.split("|")
-            ]
-        pairs.append(("content_block_stop", {"type": "content_block_stop", "index": i}))
-    pairs += [
-        (
-            "message_delta",
-            {
-                "type": "message_delta",
-                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                "usage": final or {"output_tokens": 5},
-            },
-        ),
-        ("message_stop", {"type": "message_stop"}),
-    ]
-    return events(*pairs)
 
 
 def anthropic_for(server, **kwargs):
@@ -848,6 +703,17 @@ async def test_openai_a_body_that_ends_before_the_reply_is_a_retryable_error():
     with pytest.raises(ProviderError, match="the stream ended before the reply did") as info:
         await collect(openai_stream(openai_for(MockServer(sent))))
     assert info.value.retryable and sent.closed
+
+
+async def test_openai_done_without_a_finish_reason_ends_the_reply():
+    # Some servers send no finish_reason; their [DONE] alone says the reply is whole.
+    sent = Sent(*data(chunk(role="assistant", content=""), chunk("a"), chunk("b")))
+    assert await collect(openai_stream(openai_for(MockServer(sent)))) == [
+        "a",
+        "b",
+        Usage(None, None),
+    ]
+    assert sent.closed
 
 
 async def test_anthropic_a_body_that_ends_before_the_message_is_a_retryable_error():

@@ -8,8 +8,11 @@ pytest.importorskip("openai")
 pytest.importorskip("anthropic")
 httpx2 = pytest.importorskip("httpx2")
 
-from mockhttp import SECRET, MockServer  # noqa: E402
-from test_streaming import collect  # noqa: E402
+from mockhttp import (  # noqa: E402
+    SECRET,
+    MockServer,
+    collect,
+)
 
 from moa import ProviderError, Retry  # noqa: E402
 from moa.clients import anthropic_client, openai_client  # noqa: E402

@@ -11,8 +11,17 @@ pytest.importorskip("openai")
 pytest.importorskip("anthropic")
 httpx2 = pytest.importorskip("httpx2")
 
-from mockhttp import SECRET, MockServer  # noqa: E402
-from test_streaming import Sent, anthropic_events, chunk, collect, data, events, openai_events  # noqa: E402
+from mockhttp import (  # noqa: E402
+    SECRET,
+    MockServer,
+    Sent,
+    anthropic_events,
+    chunk,
+    collect,
+    data,
+    events,
+    openai_events,
+)
 
 import moa  # noqa: E402
 from moa import Propose, ProviderError, Retry, StepFailedError, Usage  # noqa: E402
