@@ -192,6 +192,8 @@ async def _drive(
         while not failure:
             if slots is not None:
                 await slots.acquire()
+                if failure:  # it came while this waited for a slot
+                    break
             try:
                 item = next(feed)
             except StopIteration:

@@ -322,6 +322,7 @@ def _attempt_layers(options: RunOptions) -> list[Callable[[Attempt], Attempt]]:
     if options.max_concurrency is not None:
         layers.append(with_cap(anyio.CapacityLimiter(options.max_concurrency)))
     if options.limits is not None:
+        options.limits.claim()  # a Limits of another event loop is refused before any call
         layers.append(with_limits(options.limits, options.retry))
     return layers
 

@@ -90,13 +90,13 @@ class OffLoop:
     """Work a step's plan hands the executor instead of a round of requests: ``fn(*args)``,
     run off the event loop, its result sent back into the plan. ``process``: run it in a
     worker process (for work that holds the GIL, such as ``re``); ``fn`` and ``args`` must then
-    pickle. Past ``seconds`` the work is stopped (a process is killed) and the step fails
-    with TimeoutError."""
+    pickle. Past ``seconds`` (default :data:`OFF_LOOP_SECONDS`) the work is stopped (a
+    process is killed) and the step fails."""
 
     fn: Callable[..., Any]
     args: tuple[Any, ...] = ()
     process: bool = False
-    seconds: float = OFF_LOOP_SECONDS
+    seconds: float | None = None  # None: OFF_LOOP_SECONDS
 
 
 #: A step's calls as rounds (:meth:`moa.LLMStep.plan`): yields each round's requests, is sent

@@ -24,7 +24,7 @@ from ._calls import Calls
 from ._contract import Identity, LLMStep, OffLoop, Request
 from ._events import EventHandler, StepFinished, StepStarted
 from ._history import CallRecord, History, StepRecord
-from ._offload import run_off_loop
+from ._offload import run_off_loop, seconds_for
 from ._pipeline import Parallel, Pipeline, Step, step_text
 from ._round import call_round
 from ._transforms import Transform
@@ -352,8 +352,8 @@ class _StepRun:
         except TimeoutError:
             self.give_up()
             raise StepFailedError(
-                f"{self.step!r}: its work off the event loop ran past {work.seconds:g} s and "
-                "was stopped (a regex that backtracks without end?)",
+                f"{self.step!r}: its work off the event loop ran past {seconds_for(work):g} s "
+                "and was stopped (a regex that backtracks without end?)",
                 step=repr(self.step),
             ) from None
         except Exception as exc:

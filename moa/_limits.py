@@ -179,9 +179,8 @@ class Limits:
 
     def gate(self, model: str) -> _Gate | None:
         """The model's gate, made on first use (inside the event loop), or None if unlimited.
-        A Limits belongs to the event loop that first used it: its locks and clock are that
-        loop's, so another loop is refused with a RuntimeError saying what to do."""
-        self._check_loop()
+        A Limits belongs to the event loop that first used it (:meth:`claim`): its locks and
+        clock are that loop's."""
         try:
             return self._gates[model]
         except KeyError:
@@ -189,7 +188,9 @@ class Limits:
             gate = self._gates[model] = _Gate(limit) if limit is not None else None
             return gate
 
-    def _check_loop(self) -> None:
+    def claim(self) -> None:
+        """Check, at the start of a run (inside its event loop), that this Limits is this
+        loop's: the first loop to use it owns it."""
         now = anyio.lowlevel.current_token()
         if self._loop is None:
             self._loop = now

@@ -23,21 +23,28 @@ from typing import IO, Any
 import anyio
 import anyio.to_thread
 
+from . import _contract
 from ._contract import OffLoop
 
-__all__ = ("run_off_loop",)
+__all__ = ("run_off_loop", "seconds_for")
+
+
+def seconds_for(work: OffLoop) -> float:
+    """How long ``work`` may take: its own bound, else :data:`OFF_LOOP_SECONDS` (read now)."""
+    return _contract.OFF_LOOP_SECONDS if work.seconds is None else work.seconds
 
 
 async def run_off_loop(work: OffLoop) -> Any:
-    """``work.fn(*work.args)`` off the loop; TimeoutError past ``work.seconds``."""
+    """``work.fn(*work.args)`` off the loop; TimeoutError past its bound (:func:`seconds_for`)."""
+    seconds = seconds_for(work)
     if not work.process:
-        with anyio.fail_after(work.seconds):
+        with anyio.fail_after(seconds):
             return await anyio.to_thread.run_sync(
                 lambda: work.fn(*work.args), abandon_on_cancel=True
             )
     worker = _POOL.take()
     try:
-        with anyio.fail_after(work.seconds):
+        with anyio.fail_after(seconds):
             ok, value = await anyio.to_thread.run_sync(
                 worker.ask, work.fn, work.args, abandon_on_cancel=True
             )
@@ -85,9 +92,16 @@ class _Worker:
         self.process.stdout.close()
 
     def kill(self) -> None:
-        # The pipes close with the Popen object: a thread may still be reading from one.
         self.process.kill()
         self.process.wait()
+        # A thread reading the reply gets EOF now that the process is gone; the pipes' own
+        # locks make it finish before they close.
+        for pipe in (self.process.stdin, self.process.stdout):
+            if pipe is not None:
+                try:
+                    pipe.close()
+                except OSError:  # a write cut off by the kill
+                    pass
 
 
 class _Pool:

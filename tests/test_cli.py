@@ -639,7 +639,7 @@ def test_batch_rejects_a_bad_line_naming_it(client, capsys, tmp_path):
     assert client.calls == [] and not (tmp_path / "o").exists()
 
 
-def test_batch_concurrency_caps_prompts_in_flight(monkeypatch, capsys, tmp_path):
+def test_batch_max_runs_caps_prompts_in_flight(monkeypatch, capsys, tmp_path):
     c = ScriptedClient(delay=0.01)
     _use(monkeypatch, c)
     path = _write_lines(tmp_path / "in.jsonl", *(json.dumps(f"q{i}") for i in range(6)))
@@ -652,7 +652,7 @@ def test_batch_concurrency_caps_prompts_in_flight(monkeypatch, capsys, tmp_path)
                 str(tmp_path / "o"),
                 "--pipeline",
                 "Propose(['m'])",
-                "--concurrency",
+                "--max-runs",
                 "2",
             ]
         )

@@ -62,7 +62,7 @@ def _json_line(raw: str, where: str) -> Any:
     try:
         return loads(raw)
     except ValueError as exc:
-        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else short(str(exc), 80)
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else short(str(exc), 200)
         raise UsageError(
             f"{where}: not JSON ({reason}); each line must be "
             '{"prompt": "...", "id": ...} or a JSON string'

@@ -177,7 +177,11 @@ class JsonlOutput:
         os.set_blocking(fd, True)
         _lock(fd, path)
         self.file: IO[bytes] = os.fdopen(fd, "r+b")
-        self.done = self._read()
+        try:
+            self.done = self._read()
+        except BaseException:
+            self.file.close()
+            raise
 
     def _read(self) -> Done:
         """What OUT holds; a last line cut off by a kill is cut away (the one change)."""
@@ -228,11 +232,14 @@ class JsonlOutput:
     def write(self, record: dict[str, Any]) -> None:
         line = dumps({**record, "batch": self.batch.to_dict()}) + "\n"
         try:
-            self.file.write(line.encode("utf-8"))
-            self.file.flush()
+            self._append(line.encode("utf-8"))
         except OSError as exc:
             raise _full(self.path, exc, self.saved, 1) from None
         self.saved += 1
+
+    def _append(self, data: bytes) -> None:
+        self.file.write(data)
+        self.file.flush()
 
     def close(self) -> None:
         # A batch that stopped before its first result leaves no empty file it made.

@@ -66,7 +66,7 @@ def _load_trace(path: str, line: int | None) -> dict[str, Any]:
     except ValueError as exc:
         where = f"{path} line {line}" if line is not None else path
         hint = "; for a batch output (JSONL) give --line N" if line is None else ""
-        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else short(str(exc), 80)
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else short(str(exc), 200)
         raise UsageError(f"{where}: not JSON ({reason}){hint}") from None
     if isinstance(doc, dict) and "steps" not in doc and "history" in doc:
         # a batch line: the run is under "history", its outcome beside it
