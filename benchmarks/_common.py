@@ -8,12 +8,17 @@ copy and is left as it was.
 from __future__ import annotations
 
 import datetime
+import importlib
+import io
 import os
 import platform
 import statistics
 import subprocess
 import sys
+import tarfile
+import tempfile
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Run from a checkout without installing: the repository root holds the moa package.
@@ -90,3 +95,27 @@ def quantile(xs: list[float], q: float) -> float:
 
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
+
+
+def moa_at(revision: str) -> tuple[Any, str]:
+    """moa as it was at git ``revision``, imported beside this checkout's under a name of its
+    own (``moa_at_<commit>``), so both run in one process and one event loop: a before/after
+    comparison on the same machine at the same moment. Returns the module and its short
+    commit. The package's own imports are relative, so a renamed copy runs as itself."""
+    short = subprocess.run(
+        ["git", "rev-parse", "--short", revision],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    archive = subprocess.run(
+        ["git", "archive", revision, "moa"], cwd=ROOT, capture_output=True, check=True
+    ).stdout
+    folder = tempfile.mkdtemp(prefix="moa-at-")
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(folder, filter="data")
+    name = f"moa_at_{short}"
+    os.rename(os.path.join(folder, "moa"), os.path.join(folder, name))
+    sys.path.insert(0, folder)
+    return importlib.import_module(name), short

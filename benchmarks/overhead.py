@@ -1,4 +1,4 @@
-"""Per-call overhead of moa's executor, against a hand-written anyio loop and the seed.
+"""Per-call overhead of moa's executor, against a hand-written anyio loop and mixture-llm.
 
 The client answers instantly (no sleep, no I/O), so everything measured is the framework:
 building messages, scheduling tasks, limits, timeouts, retry set-up, history. The pipeline is
@@ -11,8 +11,10 @@ Contenders, all in ONE process and ONE asyncio event loop (anyio, backend="async
   moa-cap+to+rt  the same with max_concurrency=64, timeout=30, retry=moa.Retry()
   anyio-baseline the same 19 calls in 4 layers with anyio task groups, the same kind of
                  messages (system + user with numbered responses), no history, no retries
-  seed           mixture_llm.run([Propose, Synthesize, Synthesize, Aggregate], ...) from the
-                 the package ``mixture-llm`` (skipped, with a note, when not installed)
+  mixture-llm    mixture_llm.run([Propose, Synthesize, Synthesize, Aggregate], ...), the
+                 package moa grew from (skipped, with a note, when not installed)
+  moa@REV-...    with ``--baseline REV``: the two moa contenders as moa was at git revision
+                 REV, imported beside this checkout's: before and after, side by side
 
 Every run is timed alone with ``time.perf_counter``; the contenders take turns round-robin
 (``--rounds`` rounds, the order rotated each round, ``--runs`` runs per contender in all) so
@@ -21,23 +23,22 @@ median run time divided by 19, in microseconds per call.
 
     python benchmarks/overhead.py                    # defaults
     python benchmarks/overhead.py --runs 5000 --rounds 50
+    python benchmarks/overhead.py --baseline ee4ce2a   # this checkout against that commit
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import os
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 import anyio
-from _common import moa_revision  # benchmarks/ is on sys.path when run as a script
+from _common import SEED_MISSING, moa_at, print_header  # benchmarks/ is on sys.path as a script
 
 # Run from a checkout without installing: the repository root holds the moa package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -108,54 +109,52 @@ async def anyio_baseline(prompt: str, client) -> str:
 Contender = tuple[str, Callable[[CountingClient], Awaitable[str]]]
 
 
-def contenders() -> tuple[list[Contender], str | None]:
-    """The contenders, and a note when the seed could not be imported."""
-    p = (
-        moa.Propose(MODELS)
-        | moa.Synthesize(MODELS)
-        | moa.Synthesize(MODELS)
-        | moa.Aggregate(AGGREGATOR)
-    )
-    retry = moa.Retry()
+def moa_contenders(m: Any, label: str) -> list[Contender]:
+    """moa (the module ``m``, this checkout's or an earlier one's) with no options, and with a
+    cap, a timeout and a retry policy."""
+    p = m.Propose(MODELS) | m.Synthesize(MODELS) | m.Synthesize(MODELS) | m.Aggregate(AGGREGATOR)
+    retry = m.Retry()
 
-    async def moa_defaults(client):
-        text, _ = await moa.run(p, PROMPT, client, seed=1)
+    async def defaults(client):
+        text, _ = await m.run(p, PROMPT, client, seed=1)
         return text
 
-    async def moa_all_on(client):
-        text, _ = await moa.run(
+    async def all_on(client):
+        text, _ = await m.run(
             p, PROMPT, client, seed=1, max_concurrency=64, timeout=30, retry=retry
         )
         return text
 
-    async def baseline(client):
+    return [(f"{label}-defaults", defaults), (f"{label}-cap+to+rt", all_on)]
+
+
+def contenders(
+    baseline_module: Any = None, baseline: str = ""
+) -> tuple[list[Contender], str | None]:
+    """The contenders, and a note when mixture-llm could not be imported."""
+
+    async def by_hand(client):
         return await anyio_baseline(PROMPT, client)
 
-    out: list[Contender] = [
-        ("anyio-baseline", baseline),
-        ("moa-defaults", moa_defaults),
-        ("moa-cap+to+rt", moa_all_on),
-    ]
+    out: list[Contender] = [("anyio-baseline", by_hand), *moa_contenders(moa, "moa")]
+    if baseline_module is not None:
+        out += moa_contenders(baseline_module, f"moa@{baseline}")
     try:
-        import mixture_llm as seed
+        import mixture_llm
     except ImportError:
-        return out, (
-            "seed: mixture_llm is not installed; skipped. Install it with "
-            "`pip install mixture-llm` (on Python 3.11 pip picks 0.1.3, whose core "
-            "matches 0.1.5)"
-        )
-    seed_pipeline = [
-        seed.Propose(MODELS),
-        seed.Synthesize(MODELS),
-        seed.Synthesize(MODELS),
-        seed.Aggregate(AGGREGATOR),
+        return out, SEED_MISSING
+    original = [
+        mixture_llm.Propose(MODELS),
+        mixture_llm.Synthesize(MODELS),
+        mixture_llm.Synthesize(MODELS),
+        mixture_llm.Aggregate(AGGREGATOR),
     ]
 
-    async def seed_run(client):
-        text, _ = await seed.run(seed_pipeline, PROMPT, client)
+    async def original_run(client):
+        text, _ = await mixture_llm.run(original, PROMPT, client)
         return text
 
-    out.append(("seed", seed_run))
+    out.append(("mixture-llm", original_run))
     return out, None
 
 
@@ -203,35 +202,25 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--warmup", type=int, default=200, help="untimed runs per contender first (default 200)"
     )
+    ap.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run moa as it was at git revision REV, in the same loop (before/after)",
+    )
     args = ap.parse_args(argv)
     if args.runs < 1 or args.rounds < 1 or args.rounds > args.runs or args.warmup < 1:
         ap.error("need runs >= rounds >= 1 and warmup >= 1")
 
-    cands, note = contenders()
-    try:
-        seed_version = version("mixture-llm")
-    except PackageNotFoundError:
-        seed_version = None
-    print(f"command : {' '.join([os.path.basename(sys.executable)] + sys.argv)}")
-    print(f"python  : {platform.python_implementation()} {platform.python_version()}")
-    print(f"machine : {platform.platform()}, {platform.machine()}, {os.cpu_count()} CPUs")
-    print(f"date    : {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
-    print(f"moa     : {moa.__version__} at {moa_revision()}")
-    print(
-        f"versions: anyio {version('anyio')}, "
-        f"tenacity {version('tenacity')}, mixture-llm {seed_version or 'not installed'}"
-    )
-    print(
+    before, short = moa_at(args.baseline) if args.baseline else (None, "")
+    cands, note = contenders(before, short)
+    print_header(
         f"pipeline: Propose(6) | Synthesize(6) | Synthesize(6) | Aggregate(1) = "
-        f"{CALLS_PER_RUN} calls/run, instant client, asyncio backend"
-    )
-    print(
+        f"{CALLS_PER_RUN} calls/run, instant client, asyncio backend",
         f"sampling: {args.runs} timed runs per contender in {args.rounds} round-robin rounds, "
-        f"{args.warmup} warm-up runs each"
+        f"{args.warmup} warm-up runs each",
+        *([f"baseline: moa at {short} ({args.baseline})"] if before is not None else []),
+        *([note] if note else []),
     )
-    if note:
-        print(note)
-    print()
 
     t0 = time.perf_counter()
     samples = anyio.run(measure, cands, args.runs, args.rounds, args.warmup, backend="asyncio")
@@ -240,18 +229,24 @@ def main(argv: list[str] | None = None) -> None:
     us = {name: [s * 1e6 / CALLS_PER_RUN for s in xs] for name, xs in samples.items()}
     med = {name: statistics.median(xs) for name, xs in us.items()}
     base = med["anyio-baseline"]
-    seed = med.get("seed")
+    original = med.get("mixture-llm")
+    width = max(len(name) for name, _ in cands) + 2
     header = (
-        f"{'contender':<16}{'median us/call':>16}{'p10-p90 us/call':>18}"
-        f"{'x anyio-baseline':>18}{'x seed':>9}"
+        f"{'contender':<{width}}{'median us/call':>16}{'p10-p90 us/call':>18}"
+        f"{'x anyio-baseline':>18}{'x mixture-llm':>15}"
     )
     print(header)
     print("-" * len(header))
     for name, _ in cands:
         q = statistics.quantiles(us[name], n=10)
         spread = f"{q[0]:.2f}-{q[-1]:.2f}"
-        vs_seed = f"{med[name] / seed:.2f}" if seed else "n/a"
-        print(f"{name:<16}{med[name]:>16.2f}{spread:>18}{med[name] / base:>18.2f}{vs_seed:>9}")
+        vs = f"{med[name] / original:.2f}" if original else "n/a"
+        print(f"{name:<{width}}{med[name]:>16.2f}{spread:>18}{med[name] / base:>18.2f}{vs:>15}")
+    if before is not None:
+        print()
+        for kind in ("defaults", "cap+to+rt"):
+            ratio = med[f"moa-{kind}"] / med[f"moa@{short}-{kind}"]
+            print(f"moa-{kind} / moa@{short}-{kind}: {ratio:.3f} (after / before)")
     print(f"\n(measured in {elapsed:.1f} s)")
 
 

@@ -1,8 +1,8 @@
-"""The attempt layers of a call: one try, ``attempt(req, tap) -> Reply``, raising on failure.
+"""The attempt layers of a call: one try, ``attempt(req, tap)``, an awaitable of the client's
+reply (its shape checked by the retry layer around them all), raising on failure.
 :func:`moa._calls.compose` stacks the ones a run's options ask for, inside out:
 
-  client      the client itself, given copies of the messages (and the seed, if it takes one);
-              its reply's shape is checked
+  client      the client itself, given copies of the messages (and the seed, if it takes one)
   timeout     ``timeout`` seconds per try (``TimeoutError``)
   cap         a slot of the run's ``max_concurrency`` limiter for the try
   limits      the model's gate in ``Limits``: calls in flight, requests and tokens per minute,
@@ -55,7 +55,8 @@ class Tap:
     chunks: int = 0
 
 
-Attempt = Callable[[Request, "Tap | None"], Awaitable[Reply]]
+#: One try: an awaitable of the reply as the client gave it (checked by the retry layer).
+Attempt = Callable[[Request, "Tap | None"], Awaitable[Any]]
 
 
 def copies(messages: tuple[Message, ...]) -> list[dict[str, str]]:
@@ -70,25 +71,22 @@ def copies(messages: tuple[Message, ...]) -> list[dict[str, str]]:
 def client_attempt(client: Client) -> Attempt:
     """The innermost try: the client itself, on its own copies of the messages (a client that
     edits them cannot edit history), given the seed only if the request has one, which it has
-    only for a client that takes a ``seed`` keyword (``accepts_seed``)."""
+    only for a client that takes a ``seed`` keyword (``accepts_seed``). It returns the client's
+    awaitable as it is, with no frame of its own: this is every call's path."""
 
-    async def attempt(req: Request, tap: Tap | None) -> Reply:
+    def attempt(req: Request, tap: Tap | None) -> Awaitable[Any]:
         msgs = copies(req.messages)
         if tap is not None and tap.sent is not None:
             tap.sent()
         if req.seed is None:
-            out = await client(
-                model=req.model, messages=msgs, temp=req.temp, max_tokens=req.max_tokens
-            )
-        else:
-            out = await client(
-                model=req.model,
-                messages=msgs,  # type: ignore[call-arg]  # it takes a seed: accepts_seed
-                temp=req.temp,
-                max_tokens=req.max_tokens,
-                seed=req.seed,
-            )
-        return check_output(req.model, out)
+            return client(model=req.model, messages=msgs, temp=req.temp, max_tokens=req.max_tokens)
+        return client(
+            model=req.model,
+            messages=msgs,  # type: ignore[call-arg]  # it takes a seed: accepts_seed
+            temp=req.temp,
+            max_tokens=req.max_tokens,
+            seed=req.seed,
+        )
 
     return attempt
 
@@ -100,10 +98,10 @@ def stream_attempt(client: Client) -> Attempt:
     seeded = stream is not None and accepts_seed(stream)
     plain = client_attempt(client)
 
-    async def attempt(req: Request, tap: Tap | None) -> Reply:
+    async def attempt(req: Request, tap: Tap | None) -> Any:
         assert tap is not None and tap.chunk is not None
         if stream is None:
-            out = await plain(req, None)
+            out = check_output(req.model, await plain(req, None))
             if out.text:
                 tap.chunk(out.text)
             return out
@@ -149,7 +147,7 @@ def with_timeout(seconds: float) -> Callable[[Attempt], Attempt]:
     """Each try ends after ``seconds`` with ``TimeoutError`` (retried by the policy)."""
 
     def layer(inner: Attempt) -> Attempt:
-        async def attempt(req: Request, tap: Tap | None) -> Reply:
+        async def attempt(req: Request, tap: Tap | None) -> Any:
             # fail_after's behaviour with a bare cancel scope: two context-manager layers fewer.
             with anyio.CancelScope(deadline=anyio.current_time() + seconds) as scope:
                 out = await inner(req, tap)
@@ -166,7 +164,7 @@ def with_cap(limiter: anyio.CapacityLimiter) -> Callable[[Attempt], Attempt]:
     """Each try holds a slot of ``limiter`` (the run's ``max_concurrency``)."""
 
     def layer(inner: Attempt) -> Attempt:
-        async def attempt(req: Request, tap: Tap | None) -> Reply:
+        async def attempt(req: Request, tap: Tap | None) -> Any:
             # A free slot is taken without a trip through the event loop; acquire_nowait
             # refuses while others queue, so waiting callers keep their turn.
             try:
@@ -194,7 +192,7 @@ def with_limits(limits: Limits, policy: Retry) -> Callable[[Attempt], Attempt]:
     Retry-After the policy will wait for pauses that model only; the others keep going."""
 
     def layer(inner: Attempt) -> Attempt:
-        async def attempt(req: Request, tap: Tap | None) -> Reply:
+        async def attempt(req: Request, tap: Tap | None) -> Any:
             gate = limits.gate(req.model)
             if gate is None:
                 return await inner(req, tap)
@@ -202,8 +200,7 @@ def with_limits(limits: Limits, policy: Retry) -> Callable[[Attempt], Attempt]:
             used: int | None = None
             try:
                 out = await inner(req, tap)
-                if out.input_tokens is not None and out.output_tokens is not None:
-                    used = out.input_tokens + out.output_tokens
+                used = _tokens_used(out)
                 return out
             except Exception as exc:
                 after = retry_after(exc)
@@ -218,13 +215,23 @@ def with_limits(limits: Limits, policy: Retry) -> Callable[[Attempt], Attempt]:
     return layer
 
 
+def _tokens_used(reply: Any) -> int | None:
+    """Input plus output tokens of a reply not yet checked (None where either is unknown or
+    not a count: the retry layer refuses such a reply)."""
+    if isinstance(reply, (tuple, list)) and len(reply) == 3:
+        _, tin, tout = reply
+        if type(tin) is int and type(tout) is int:
+            return tin + tout
+    return None
+
+
 def with_hedge(after: float) -> Callable[[Attempt], Attempt]:
     """A try unanswered ``after`` seconds after it reached the client races a duplicate: the
     first answer wins, the other is cancelled and recorded in ``tap.hedges``. When both fail,
     the first one's error is raised."""
 
     def layer(inner: Attempt) -> Attempt:
-        async def attempt(req: Request, tap: Tap | None) -> Reply:
+        async def attempt(req: Request, tap: Tap | None) -> Any:
             assert tap is not None
             return await _race(inner, req, tap, after)
 
@@ -239,12 +246,12 @@ class _Racer:
 
     start: float = 0.0
     end: float = 0.0
-    reply: Reply | None = None
+    reply: Any = None
     error: BaseException | None = None
     done: bool = False
 
 
-async def _race(inner: Attempt, req: Request, tap: Tap, after: float) -> Reply:
+async def _race(inner: Attempt, req: Request, tap: Tap, after: float) -> Any:
     racers = (_Racer(), _Racer())
     first_done = anyio.Event()
     # The hedge clock starts when the first try reaches the client, not while it queues for

@@ -43,7 +43,7 @@ from ._attempts import (
 )
 from ._bounds import error_text
 from ._cache import Cache
-from ._client import Client, Reply
+from ._client import Client, Reply, check_output
 from ._contract import Request
 from ._events import CallFinished, CallRetrying, EventHandler, TextChunk
 from ._history import CallRecord
@@ -73,6 +73,7 @@ class Outcome(NamedTuple):
 
 
 Call = Callable[[Request, Site], Awaitable[Outcome]]
+_new_tuple = tuple.__new__  # a NamedTuple without its __new__'s frame, on every call's path
 #: Answers a call at once when it can (a cached answer), or None; ``step`` is the asking step.
 TryNow = Callable[[Request, Site, object], "Outcome | None"]
 #: Told of a KeyboardInterrupt or SystemExit a client raised: the run's (or batch's) to raise.
@@ -115,12 +116,31 @@ def retried(
         start = monotonic()
         tap = None if tap_for is None else tap_for(req, site)
         try:
-            return _answer(req, await attempt(req, tap), 1, start, tap)
+            text, tin, tout = check_output(req.model, await attempt(req, tap))
         except (KeyboardInterrupt, SystemExit) as exc:
             return _interrupted(interrupt, req, exc, start)
         except Exception as exc:
-            first = exc
-        return await _retry(attempt, policy, interrupt, on_event, req, site, tap, start, first)
+            return await _retry(attempt, policy, interrupt, on_event, req, site, tap, start, exc)
+        # The record built here, not through a helper: this is every call's path.
+        return _new_tuple(
+            Outcome,
+            (
+                CallRecord(
+                    model=req.model,
+                    messages=req.messages,
+                    temp=req.temp,
+                    max_tokens=req.max_tokens,
+                    text=text,
+                    input_tokens=tin,
+                    output_tokens=tout,
+                    latency=monotonic() - start,
+                    hedges=() if tap is None else tuple(tap.hedges),
+                    agent=req.agent,
+                    seed=req.seed,
+                ),
+                None,
+            ),
+        )
 
     return call
 
@@ -153,7 +173,7 @@ async def _retry(
                 if pending is not None:
                     exc, pending = pending, None
                     raise exc
-                reply = await attempt(req, tap)
+                reply = check_output(req.model, await attempt(req, tap))
         return _answer(req, reply, attempts, start, tap)
     except (KeyboardInterrupt, SystemExit) as exc:
         return _interrupted(interrupt, req, exc, start)
@@ -196,7 +216,7 @@ def unrepeatable(inner: Attempt) -> Attempt:
     """A streamed try that failed after its first chunk went out is a
     :class:`~moa.StreamInterruptedError`, never retried: a retry would deliver text twice."""
 
-    async def attempt(req: Request, tap: Tap | None) -> Reply:
+    async def attempt(req: Request, tap: Tap | None) -> Any:
         try:
             return await inner(req, tap)
         except Exception as exc:

@@ -60,7 +60,18 @@ class StreamingClient(Client, Protocol):
     ) -> AsyncIterator[str | Usage]: ...
 
 
+def _count_ok(n: object) -> bool:
+    return n is None or (type(n) is int and 0 <= n < _TOKENS)
+
+
 def check_output(model: str, out: Any) -> Reply:
+    """``out``, a client's return, as a :class:`Reply`; ClientOutputError (or ProviderError
+    for a reply past the size limit) naming the model and the rule it broke. Every call's
+    reply passes here: a well-formed tuple is accepted at the first test."""
+    if type(out) in _TUPLES and len(out) == 3:
+        text, tin, tout = out
+        if type(text) is str and len(text) <= MAX_REPLY_CHARS and _count_ok(tin) and _count_ok(tout):
+            return out if type(out) is Reply else _new_tuple(Reply, out)
     # A tuple subclass (a namedtuple) or a list of three is the shape too.
     if not isinstance(out, (tuple, list)) or len(out) != 3:
         raise ClientOutputError(model, out, "expected a tuple of 3 items")
@@ -75,11 +86,16 @@ def check_output(model: str, out: Any) -> Reply:
             retryable=False,
         )
     for name, n in (("input_tokens", tin), ("output_tokens", tout)):
-        if n is not None and (type(n) is not int or not 0 <= n < 2**63):
+        if not _count_ok(n):
             raise ClientOutputError(
                 model, out, f"{name} must be an int >= 0 (in 64 bits) or None, got {safe_repr(n)}"
             )
-    return out if type(out) is Reply else Reply(text, tin, tout)
+    return Reply(text, tin, tout)
+
+
+_TUPLES = (tuple, Reply)
+_TOKENS = 2**63  # a count that fits a 64-bit column
+_new_tuple = tuple.__new__
 
 
 def unicode_error(text: str) -> str | None:

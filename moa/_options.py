@@ -48,12 +48,31 @@ class RunOptions:
     on_event: EventHandler | None = None
 
     def __post_init__(self) -> None:
+        if self.retry is None:  # retry=None: the default policy
+            object.__setattr__(self, "retry", DEFAULT_RETRY)
+        if not self._plainly_valid():
+            self._check()
+
+    def _plainly_valid(self) -> bool:
+        """The common case, decided fast (every run makes a RunOptions): every field None or
+        plainly of its kind; anything else goes through :meth:`_check`, the rules."""
+        seed, cap, timeout, hedge = self.seed, self.max_concurrency, self.timeout, self.hedge_after
+        return (
+            (seed is None or (type(seed) is int and -_SEED_LIMIT <= seed < _SEED_LIMIT))
+            and (cap is None or (type(cap) is int and 0 < cap <= sys.maxsize))
+            and (timeout is None or (type(timeout) in _NUMBERS and 0 < timeout <= _FLOAT_MAX))
+            and (hedge is None or (type(hedge) in _NUMBERS and 0 < hedge <= _FLOAT_MAX))
+            and type(self.retry) is Retry
+            and self.limits is None
+            and self.cache is None
+            and self.on_event is None
+        )
+
+    def _check(self) -> None:
         check_seed("RunOptions", "seed", self.seed)
         check_int("RunOptions", "max_concurrency", self.max_concurrency, 1, sys.maxsize, none=True)
         check_seconds("RunOptions", "timeout", self.timeout)
         check_seconds("RunOptions", "hedge_after", self.hedge_after)
-        if self.retry is None:  # retry=None: the default policy
-            object.__setattr__(self, "retry", DEFAULT_RETRY)
         _instance("retry", self.retry, Retry, "a moa.Retry policy or None")
         _instance("limits", self.limits, Limits, "a moa.Limits or None", none=True)
         _instance("cache", self.cache, Cache, "a moa.Cache or None", none=True)
@@ -73,6 +92,8 @@ class RunOptions:
         for the defaults) with the keyword ``changes`` made. A bad option raises TypeError or
         ValueError naming ``where``, as ``run(timeout=...)``."""
         if options is None:
+            if not changes:
+                return _DEFAULT
             options = _DEFAULT
         elif not isinstance(options, RunOptions):
             raise TypeError(
@@ -83,7 +104,7 @@ class RunOptions:
         if unknown:
             raise TypeError(_unknown(where, unknown[0]))
         try:
-            return options.replace(**changes)
+            return RunOptions(**changes) if options is _DEFAULT else options.replace(**changes)
         except (TypeError, ValueError) as exc:
             raise type(exc)(str(exc).replace("RunOptions(", f"{where}(", 1)) from None
 
@@ -120,5 +141,8 @@ def _unknown(where: str, name: str) -> str:
     return f"{where}() got an unexpected keyword argument {name!r}{hint}"
 
 
+_SEED_LIMIT = 2**63
+_NUMBERS = (int, float)
+_FLOAT_MAX = sys.float_info.max  # finite: an int past it, or inf, is not
 _FIELDS = frozenset(f.name for f in dataclasses.fields(RunOptions))
 _DEFAULT = RunOptions()

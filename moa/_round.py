@@ -5,6 +5,7 @@ quorum. Records come back in request order, never in the order calls finish."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from time import monotonic
 
 import anyio
@@ -15,6 +16,8 @@ from ._history import CallRecord
 from ._seeds import call_seed
 
 __all__ = ("call_round",)
+
+_new_tuple = tuple.__new__  # a NamedTuple without its __new__'s frame
 
 
 def _sites(
@@ -29,8 +32,8 @@ def _sites(
     seed), the requests with their sampling seeds. The n-th of several identical requests in
     a step is sample n: six identical Self-MoA calls are six samples, not one answer six
     times; ``seen`` carries the count across a step's rounds."""
-    if seed is None and not calls.wants_sample:
-        return requests, [Site(path, offset + i) for i in range(len(requests))]
+    if seed is None and not calls.wants_sample:  # every plain run's rounds: made cheaply
+        return requests, [_new_tuple(Site, (path, offset + i, None)) for i in range(len(requests))]
     seeded: list[Request] = []
     sites: list[Site] = []
     for i, req in enumerate(requests):
@@ -63,7 +66,7 @@ async def call_round(
             results[i] = out = calls.try_now(requests[i], sites[i], step)
             if out is not None and out.fatal is not None:  # it cannot be made at all: none is
                 return [], out.fatal
-    todo = [i for i in range(n) if results[i] is None]
+    todo = range(n) if calls.try_now is None else [i for i in range(n) if results[i] is None]
     enough = step.enough(n)
     if enough is None:
         await _every(calls.call, requests, sites, todo, results)
@@ -77,7 +80,7 @@ async def _every(
     call: Call,
     requests: list[Request],
     sites: list[Site],
-    todo: list[int],
+    todo: Sequence[int],
     results: list[Outcome | None],
 ) -> None:
     """Every call of ``todo``, concurrently: the first in this task, the others each in a task
@@ -101,7 +104,7 @@ async def _quorum(
     calls: Calls,
     requests: list[Request],
     sites: list[Site],
-    todo: list[int],
+    todo: Sequence[int],
     results: list[Outcome | None],
     enough: int,
 ) -> None:

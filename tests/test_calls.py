@@ -74,12 +74,13 @@ async def test_the_client_gets_its_own_messages_and_a_seed_only_when_the_request
     assert seen == [None, 7]
 
 
-async def test_a_client_of_the_wrong_shape_is_a_client_output_error():
+async def test_a_client_of_the_wrong_shape_is_a_client_output_error_for_its_step():
     async def client(*, model, messages, temp, max_tokens):
         return "just text"
 
-    with pytest.raises(ClientOutputError, match="expected a tuple of 3 items"):
-        await client_attempt(client)(REQ, None)
+    out = await retried(client_attempt(client), FAST, print, None)(REQ, SITE)
+    assert isinstance(out.fatal, ClientOutputError) and out.record.attempts == 1
+    assert "expected a tuple of 3 items" in str(out.fatal)
 
 
 async def test_a_stream_gives_its_chunks_to_the_tap_and_its_usage_at_the_end():
