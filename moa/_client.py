@@ -70,7 +70,12 @@ def check_output(model: str, out: Any) -> Reply:
     reply passes here: a well-formed tuple is accepted at the first test."""
     if type(out) in _TUPLES and len(out) == 3:
         text, tin, tout = out
-        if type(text) is str and len(text) <= MAX_REPLY_CHARS and _count_ok(tin) and _count_ok(tout):
+        if (
+            type(text) is str
+            and len(text) <= MAX_REPLY_CHARS
+            and _count_ok(tin)
+            and _count_ok(tout)
+        ):
             return out if type(out) is Reply else _new_tuple(Reply, out)
     # A tuple subclass (a namedtuple) or a list of three is the shape too.
     if not isinstance(out, (tuple, list)) or len(out) != 3:

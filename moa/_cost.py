@@ -1,24 +1,58 @@
-"""What a run cost in US dollars: per-model list prices and the sum over a run's calls.
+"""What a run cost in US dollars: price tables, and the sum over a run's calls.
 
 A call is priced from the tokens it reported and its model's price. A call that cannot be
 priced (no price for its model, or no token counts) makes the cost partly unknown: it is
 named as unknown, never counted as $0.
+
+Where the default prices come from. moa keeps no price list of its own: providers change
+their prices every few months, and a copy here would be out of date by the next release.
+:data:`DEFAULT_PRICES` holds the one price moa knows for certain, $0 for the embedded model
+(SmolLM2-135M-Instruct, which runs on your own machine). Every other model is looked up in
+genai-prices (https://github.com/pydantic/genai-prices), a price list its maintainers keep up
+to date, when it is installed (``pip install 'moa-dsl[prices]'``). Without it, those models'
+costs are unknown until you give their prices.
+
+How moa uses genai-prices:
+
+- Only the data bundled with the installed version, read offline. moa never starts its
+  ``UpdatePrices``, the one part of it that uses the network. A program that starts it
+  itself gets the prices it fetched.
+- A model is found by its name, in any case (``gpt-5-nano-2025-08-07`` is listed as
+  ``gpt-5-nano``). A call's record does not say which provider answered, so genai-prices
+  infers it from the name, as it can for OpenAI, Anthropic, Google, Mistral, DeepSeek, xAI
+  and others. It infers none from Groq's, OpenRouter's or Together's names
+  (``llama-3.3-70b-versatile``, ``qwen/qwen-2.5-72b-instruct``): name the provider for
+  those, ``Prices(DEFAULT_PRICES, genai_prices="groq")``.
+- moa knows a call's input and output tokens, nothing more. A discount for cached input is
+  not applied, so such a call is charged in full. A price with tiers (a higher rate past
+  200,000 input tokens, say) is applied call by call, by that call's input tokens.
+- It is imported the first time a model is missing from the table, never by ``import moa``.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import numbers
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
+from datetime import UTC, datetime
+from types import MappingProxyType, ModuleType
 from typing import Any, ClassVar, Protocol
 
 from ._bounds import describe, safe_repr
 
-__all__ = ("DEFAULT_PRICES", "PRICES_AS_OF", "Cost", "Price", "Prices", "cost")
+__all__ = (
+    "DEFAULT_PRICES",
+    "EMBEDDED_MODELS",
+    "PRICES_AS_OF",
+    "Cost",
+    "Price",
+    "Prices",
+    "cost",
+)
 
 _PER = 1_000_000  # prices are quoted per million tokens
 
@@ -66,25 +100,118 @@ def _as_price(where: str, model: object, value: object) -> Price:
 _NO_PRICES: Mapping[str, Price] = MappingProxyType({})
 
 
+# -- genai-prices, the optional price list -------------------------------------------------------
+# Reached through importlib and typed as Any, so that moa type-checks whether or not the extra
+# is installed.
+def _genai_prices() -> ModuleType | None:
+    """The genai-prices package, or None where it is not installed. Tests replace this."""
+    try:
+        return importlib.import_module("genai_prices")
+    except ModuleNotFoundError as exc:
+        if exc.name != "genai_prices":
+            raise  # installed but broken: say so rather than price nothing
+        return None
+
+
+def _check_source(value: object) -> bool | str:
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, str):
+        raise TypeError(
+            f"Prices(genai_prices=...): genai_prices must be True, False or a genai-prices "
+            f"provider id such as 'groq', not {describe(value)}"
+        )
+    if not value:
+        raise ValueError(
+            "Prices(genai_prices=...): a provider id must be non-empty, such as 'groq'"
+        )
+    library = _genai_prices()
+    if library is not None:
+        snapshot = library.data_snapshot
+        if snapshot.find_provider_by_id(snapshot.get_snapshot().providers, value) is None:
+            raise ValueError(
+                f"Prices(genai_prices={value!r}): genai-prices lists no such provider "
+                f"(ids such as 'openai', 'groq', 'openrouter', 'together')"
+            )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class _Listed:
+    """A model as genai-prices lists it, with its flat input and output prices."""
+
+    library: Any  # the genai_prices module
+    provider: Any  # genai_prices.types.Provider
+    model: Any  # genai_prices.types.ModelInfo
+    price: Price  # the first tier, where its price has tiers
+
+    def call_cost(self, input_tokens: int, output_tokens: int) -> float:
+        """Dollars for one call, by genai-prices' own rules (tiers, any fee per request)."""
+        usage = self.library.Usage(input_tokens=input_tokens, output_tokens=output_tokens)
+        return float(self.model.calc_price(usage, self.provider).total_price)
+
+
+def _listed(source: bool | str, model: str) -> _Listed | None:
+    """``model`` as genai-prices lists it (at ``source``'s provider when it names one), or None
+    where it is not installed, does not list the model, or lists no token prices for it."""
+    library = None if source is False else _genai_prices()
+    if library is None:
+        return None
+    snapshot = library.data_snapshot.get_snapshot()
+    provider_id = source if isinstance(source, str) else None
+    try:
+        provider, info = snapshot.find_provider_model(model, None, provider_id, None)
+    except LookupError:
+        return None
+    prices = info.get_prices(datetime.now(UTC))
+    flat = []
+    for value in (prices.input_mtok, prices.output_mtok):
+        if value is None:  # not priced by the token (an embedding or image model)
+            return None
+        flat.append(float(value.base if isinstance(value, library.types.TieredPrices) else value))
+    return _Listed(library, provider, info, Price(*flat))
+
+
 class Prices(Mapping[str, Price]):
     """A price table: model name -> Price. Immutable; ``prices | {"my-model": (0.5, 1.5)}``
     (or ``| other_prices``) returns a new table with those entries added or replaced.
 
     Values may be given as a :class:`Price` or as an ``(input, output)`` pair of dollars per
-    million tokens. Lookups are by exact model name.
+    million tokens. The table's own entries are looked up by exact model name, and win.
+
+    ``genai_prices`` says whether :meth:`price` and :meth:`call_cost` look a model missing from
+    the table up in genai-prices' bundled data (when that package is installed): False, no;
+    True, yes, the provider inferred from the model's name; a genai-prices provider id such as
+    ``"groq"``, yes, at that provider. Left out, it is ``table``'s own when ``table`` is a
+    Prices, else False. The mapping itself (``[]``, ``in``, ``len``, iteration) holds only the
+    table's own entries.
     """
 
-    __slots__ = ("_table",)
+    __slots__ = ("_source", "_table")
+    _source: bool | str
+    _table: dict[str, Price]
 
-    def __init__(self, table: Mapping[str, Price | tuple[float, float]] = _NO_PRICES) -> None:
+    def __init__(
+        self,
+        table: Mapping[str, Price | tuple[float, float]] = _NO_PRICES,
+        *,
+        genai_prices: bool | str | None = None,
+    ) -> None:
         if not isinstance(table, Mapping):
             raise TypeError(
                 f"Prices(table): table must be a mapping of model name to Price or "
                 f"(input, output), not {describe(table)}"
             )
-        self._table: dict[str, Price] = {
-            model: _as_price("Prices", model, value) for model, value in table.items()
-        }
+        if genai_prices is None:
+            genai_prices = table._source if isinstance(table, Prices) else False
+        self._source = _check_source(genai_prices)
+        self._table = {model: _as_price("Prices", model, value) for model, value in table.items()}
+
+    @property
+    def genai_prices(self) -> bool | str:
+        """Where a model missing from the table is looked up: False (nowhere), True
+        (genai-prices, the provider inferred from the name) or a genai-prices provider id."""
+        return self._source
 
     # -- Mapping --------------------------------------------------------------------------------
     def __getitem__(self, model: str) -> Price:
@@ -98,40 +225,54 @@ class Prices(Mapping[str, Price]):
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Prices):
-            return self._table == other._table
+            return self._table == other._table and self._source == other._source
         return NotImplemented
 
     def __hash__(self) -> int:
-        return hash(frozenset(self._table.items()))
+        return hash((frozenset(self._table.items()), self._source))
 
     def __repr__(self) -> str:
         body = ", ".join(f"{m!r}: ({p.input!r}, {p.output!r})" for m, p in self._table.items())
-        return f"Prices({{{body}}})"
+        source = f", genai_prices={self._source!r}" if self._source is not False else ""
+        return f"Prices({{{body}}}{source})"
 
     # -- lookups --------------------------------------------------------------------------------
     def price(self, model: str) -> Price | None:
-        """The price of ``model`` (exact name), or None when the table has none."""
-        return self._table.get(model)
+        """The price of ``model``: the table's (exact name), else genai-prices' where
+        :attr:`genai_prices` allows and it lists one (the first tier where the price has
+        tiers), else None."""
+        price = self._table.get(model)
+        if price is not None:
+            return price
+        listed = _listed(self._source, model)
+        return None if listed is None else listed.price
 
     def call_cost(
         self, model: str, input_tokens: int | None, output_tokens: int | None
     ) -> float | None:
-        """Dollars for one call of ``model``; None when the model has no price or either
-        token count is unknown."""
-        price = self._table.get(model)
-        if price is None or input_tokens is None or output_tokens is None:
+        """Dollars for one call of ``model``; None when the model has no price (see
+        :meth:`price`) or either token count is unknown. A genai-prices price with tiers is
+        applied at the tier this call's input tokens reach."""
+        if input_tokens is None or output_tokens is None:
             return None
-        return (input_tokens * price.input + output_tokens * price.output) / _PER
+        price = self._table.get(model)
+        if price is not None:
+            return (input_tokens * price.input + output_tokens * price.output) / _PER
+        listed = _listed(self._source, model)
+        return None if listed is None else listed.call_cost(input_tokens, output_tokens)
 
     # -- building new tables --------------------------------------------------------------------
     def override(self, table: Mapping[str, Price | tuple[float, float]]) -> Prices:
-        """A new table: these prices, with ``table``'s entries added or replacing them."""
+        """A new table: these prices, with ``table``'s entries added or replacing them. It
+        looks missing models up where ``table`` does when ``table`` is a Prices that does, else
+        where these prices do."""
         if not isinstance(table, Mapping):
             raise TypeError(
                 f"Prices | ...: the right side must be a Prices or a mapping of model "
                 f"name to Price or (input, output), not {describe(table)}"
             )
-        return Prices({**self._table, **Prices(table)._table})
+        other = Prices(table)
+        return Prices({**self._table, **other._table}, genai_prices=other._source or self._source)
 
     def __or__(self, table: Mapping[str, Price | tuple[float, float]]) -> Prices:
         return self.override(table)
@@ -181,49 +322,29 @@ class Prices(Mapping[str, Price]):
         return cls(table)
 
 
-#: When and where :data:`DEFAULT_PRICES` were taken from.
+#: Where :data:`DEFAULT_PRICES` come from (see the module's docstring).
 PRICES_AS_OF = (
-    "approximate providers' list prices (OpenAI, Anthropic, Google, Groq, OpenRouter, "
-    "Together), USD per million tokens, as of 2025"
+    "no dated table: $0 for the embedded model (it runs on your machine); any other model "
+    "from the data bundled with the installed genai-prices, when it is installed"
 )
 
-#: Approximate list prices, in dollars per million (input, output) tokens, for the models this
-#: package's README, examples and recipes name (see :data:`PRICES_AS_OF`). Prices change and
-#: differ by provider and tier: for figures you rely on, pass your own table,
-#: ``DEFAULT_PRICES | {"my-model": (0.5, 1.5)}`` or ``Prices.from_json("prices.json")``.
-#: Generic names that do not say which model or provider ("llama-70b", "claude") have no price.
-DEFAULT_PRICES = Prices(
-    {
-        # OpenAI
-        "gpt-5-nano-2025-08-07": (0.05, 0.40),
-        "gpt-5": (1.25, 10.0),
-        "gpt-4o": (2.50, 10.0),
-        "gpt-4o-mini": (0.15, 0.60),
-        # Anthropic
-        "claude-sonnet-4-5": (3.0, 15.0),
-        # Google
-        "gemini-2.5-flash": (0.30, 2.50),
-        # Groq
-        "llama-3.3-70b-versatile": (0.59, 0.79),
-        "llama-3.1-8b-instant": (0.05, 0.08),
-        "meta-llama/llama-4-scout-17b-16e-instruct": (0.11, 0.34),
-        "qwen/qwen3-32b": (0.29, 0.59),
-        # OpenRouter
-        "qwen/qwen-2.5-72b-instruct": (0.12, 0.39),
-        "meta-llama/llama-3.3-70b-instruct": (0.13, 0.40),
-        "mistralai/mixtral-8x22b-instruct": (0.90, 0.90),
-        # Together, including the models of Wang et al. (2024)'s Together MoA (moa.recipes)
-        "Qwen/Qwen2.5-72B-Instruct-Turbo": (1.20, 1.20),
-        "wizardlm-2-8x22b": (1.20, 1.20),
-        "qwen1.5-110b-chat": (1.80, 1.80),
-        "qwen1.5-72b-chat": (0.90, 0.90),
-        "llama-3-70b-instruct": (0.90, 0.90),
-        "mixtral-8x22b-instruct": (1.20, 1.20),
-        "dbrx-instruct": (1.20, 1.20),
-        # The embedded model runs on your own machine.
-        "SmolLM2-135M-Instruct": (0.0, 0.0),
-    }
+#: Names the embedded model answers to (SmolLM2-135M-Instruct, run by
+#: ``moa.clients.local_client`` on your own machine): the CLI's ``--model`` spellings and the
+#: model file's name.
+EMBEDDED_MODELS = (
+    "SmolLM2-135M-Instruct",
+    "SmolLM2-135M-Instruct.Q4_1",
+    "smollm2",
+    "smollm2-135m-instruct",
+    "smollm2-135m-instruct.q4_1",
 )
+
+#: The default table: $0 for the embedded model's names, and every other model looked up in
+#: genai-prices' bundled data when that package is installed (``pip install
+#: 'moa-dsl[prices]'``); a model neither knows costs "unknown". Prices differ by provider and
+#: tier and change: for figures you rely on, add your own,
+#: ``DEFAULT_PRICES | {"my-model": (0.5, 1.5)}`` or ``DEFAULT_PRICES | Prices.from_json(path)``.
+DEFAULT_PRICES = Prices(dict.fromkeys(EMBEDDED_MODELS, (0.0, 0.0)), genai_prices=True)
 
 
 def _dollars(amount: float) -> str:

@@ -1,10 +1,18 @@
 """The package's shape, as docs/architecture.md draws it: no module imports one that imports
-it back, and no function grows past what a reader holds in one screen."""
+it back, the layers import only downward (import-linter's contracts in pyproject.toml, run
+here and by .ci/run), no module grows past one job's 600 lines, and no function past what a
+reader holds in one screen."""
 
 from __future__ import annotations
 
 import ast
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "moa"
@@ -110,3 +118,20 @@ def test_no_function_is_longer_than_a_screen():
                 if (length := _code_lines(node)) > 60:
                     long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({length})")
     assert not long, long
+
+
+def test_no_module_is_longer_than_one_job():
+    long = [
+        f"{path.relative_to(ROOT)} ({n})"
+        for path in PACKAGE.rglob("*.py")
+        if (n := len(path.read_text(encoding="utf-8").splitlines())) > 600
+    ]
+    assert not long, long
+
+
+def test_the_layers_import_only_downward():
+    lint = shutil.which("lint-imports", path=os.path.dirname(sys.executable))
+    if lint is None:
+        pytest.skip("import-linter is not installed (pip install -e '.[dev]')")
+    proc = subprocess.run([lint], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:]

@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
+import subprocess
+import sys
 from types import MappingProxyType
 
 import pytest
 
-from moa import recipes
-from moa._cost import DEFAULT_PRICES, PRICES_AS_OF, Cost, Price, Prices, cost
+from moa import _cost, recipes
+from moa._cost import (
+    DEFAULT_PRICES,
+    EMBEDDED_MODELS,
+    PRICES_AS_OF,
+    Cost,
+    Price,
+    Prices,
+    cost,
+)
 from moa._history import CallRecord, History, StepRecord
 
 PRICES = Prices({"a": (1.0, 2.0), "b": Price(0.5, 4.0)})
@@ -131,8 +142,12 @@ def test_empty_run_costs_zero():
 
 
 def test_default_prices_are_used_when_none_given():
-    c = cost(history((call("gpt-5-nano-2025-08-07", 1_000_000, 1_000_000),)))
-    assert c.total == pytest.approx(0.05 + 0.40)
+    h = history((call("smollm2"), call("gpt-5-nano-2025-08-07", 1_000_000, 1_000_000)))
+    assert cost(h) == cost(h, DEFAULT_PRICES) == h.cost()
+    assert cost(h).by_model["smollm2"] == 0.0
+    assert cost(h).by_model["gpt-5-nano-2025-08-07"] == DEFAULT_PRICES.call_cost(
+        "gpt-5-nano-2025-08-07", 1_000_000, 1_000_000
+    )
 
 
 def test_plain_mapping_is_accepted_as_prices():
@@ -310,9 +325,11 @@ def test_from_json_both_entry_forms(tmp_path):
 
 def test_from_json_overrides_the_defaults(tmp_path):
     path = write(tmp_path, '{"gpt-5": [1, 1]}')
+    assert Prices.from_json(path).genai_prices is False  # a file's table is exact
     merged = DEFAULT_PRICES | Prices.from_json(path)
     assert merged.price("gpt-5") == Price(1, 1)
-    assert merged.price("claude-sonnet-4-5") == DEFAULT_PRICES.price("claude-sonnet-4-5")
+    assert merged.price("smollm2") == Price(0, 0)
+    assert merged.genai_prices is True  # still looks up the models the file does not name
 
 
 @pytest.mark.parametrize(
@@ -350,6 +367,12 @@ def test_from_json_missing_file(tmp_path):
 PLACEHOLDERS = {"llama-70b", "llama-3.3-70b", "claude"}
 
 
+@pytest.fixture
+def no_genai_prices(monkeypatch):
+    """As where genai-prices is not installed."""
+    monkeypatch.setattr(_cost, "_genai_prices", lambda: None)
+
+
 def _recipe_models() -> set[str]:
     names = set(recipes.PROPOSERS) | set(recipes.ROBUST_PROPOSERS)
     for recipe in (recipes.together_moa, recipes.moa_lite, recipes.self_moa, recipes.robust_moa):
@@ -366,45 +389,106 @@ def _recipe_models() -> set[str]:
     return names
 
 
-def test_default_prices_cover_the_recipes_models():
+def test_default_prices_hold_no_dated_table():
+    # Only the embedded model's $0: every other price comes from genai-prices or the user.
+    assert set(DEFAULT_PRICES) == set(EMBEDDED_MODELS)
+    assert all(price == Price(0, 0) for price in DEFAULT_PRICES.values())
+    assert DEFAULT_PRICES.genai_prices is True
+    assert isinstance(PRICES_AS_OF, str) and "genai-prices" in PRICES_AS_OF
+
+
+def test_the_embedded_model_costs_nothing_by_default():
+    # Regression: a run on the embedded model labelled "smollm2" cost "unknown (smollm2)".
+    h = history((call("smollm2", 1000, 500), call("SmolLM2-135M-Instruct", 10, 20)))
+    c = h.cost()
+    assert c.complete and c.total == 0 and str(c) == "$0"
+    assert c.by_model == {"SmolLM2-135M-Instruct": 0.0, "smollm2": 0.0}
+
+
+def test_every_name_of_the_embedded_model_is_free():
+    from moa.cli.providers import EMBEDDED_NAMES, PROVIDERS
+
+    assert {*EMBEDDED_NAMES, PROVIDERS["local"].model} <= set(EMBEDDED_MODELS)
+    for name in EMBEDDED_MODELS:
+        assert DEFAULT_PRICES.call_cost(name, 10**6, 10**6) == 0.0, name
+
+
+@pytest.mark.parametrize("installed", [True, False], ids=["as-installed", "no-genai-prices"])
+def test_a_model_nobody_knows_stays_unknown(monkeypatch, installed):
+    if not installed:
+        monkeypatch.setattr(_cost, "_genai_prices", lambda: None)
+    h = history((call("mystery-model-x"), call("smollm2"), *(call(m) for m in PLACEHOLDERS)))
+    c = h.cost()
+    assert c.unknown == tuple(sorted({"mystery-model-x", *PLACEHOLDERS}))
+    assert c.known == 0 and c.total is None
+    assert str(c).startswith("unknown (") and "$0" not in str(c)
+    assert DEFAULT_PRICES.price("mystery-model-x") is None
+
+
+def test_without_genai_prices_only_the_embedded_model_has_a_price(no_genai_prices):
+    c = history((call("gpt-4o"), call("smollm2"))).cost()
+    assert c.unknown == ("gpt-4o",) and str(c) == "unknown (gpt-4o)"
+    assert DEFAULT_PRICES.price("gpt-4o") is None
+    assert DEFAULT_PRICES.call_cost("gpt-4o", 10, 10) is None
+
+
+def test_recipe_models_are_never_free_by_default():
     models = _recipe_models()
     assert {"qwen1.5-110b-chat", "qwen1.5-72b-chat", "gpt-5-nano-2025-08-07"} <= models
-    missing = sorted(m for m in models - PLACEHOLDERS if DEFAULT_PRICES.price(m) is None)
-    assert missing == []
+    for model in models:
+        dollars = DEFAULT_PRICES.call_cost(model, 1000, 1000)
+        assert dollars is None or dollars > 0, model
 
 
-def test_default_prices_cover_the_readme_models():
-    named = {
-        "gpt-5-nano-2025-08-07",
-        "gpt-5",
-        "claude-sonnet-4-5",
-        "gemini-2.5-flash",
-        "llama-3.3-70b-versatile",
-        "llama-3.1-8b-instant",
-        "meta-llama/llama-4-scout-17b-16e-instruct",
-        "qwen/qwen3-32b",
-        "qwen/qwen-2.5-72b-instruct",
-        "meta-llama/llama-3.3-70b-instruct",
-        "mistralai/mixtral-8x22b-instruct",
-        "Qwen/Qwen2.5-72B-Instruct-Turbo",
-        "SmolLM2-135M-Instruct",
-    }
-    assert {m for m in named if DEFAULT_PRICES.price(m) is None} == set()
-    assert DEFAULT_PRICES.price("SmolLM2-135M-Instruct") == Price(0, 0)
+def test_import_moa_does_not_import_genai_prices():
+    code = (
+        "import sys, moa\n"
+        "moa.DEFAULT_PRICES.price('smollm2')\n"
+        "assert 'genai_prices' not in sys.modules, 'imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_placeholder_names_have_no_price():
-    for name in PLACEHOLDERS:
-        assert DEFAULT_PRICES.price(name) is None
-    c = cost(history((call("llama-70b"), call("gpt-5-nano-2025-08-07"))))
-    assert c.unknown == ("llama-70b",) and "+ unknown (llama-70b)" in str(c)
+# -- where a table looks missing models up -------------------------------------------------------
+def test_genai_prices_option_errors_state_the_rule():
+    with pytest.raises(TypeError, match=r"genai_prices must be True, False or a genai-prices"):
+        Prices({}, genai_prices=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="a provider id must be non-empty"):
+        Prices({}, genai_prices="")
 
 
-def test_default_prices_are_sane():
-    assert isinstance(PRICES_AS_OF, str) and PRICES_AS_OF
-    for model, price in DEFAULT_PRICES.items():
-        # Output tokens never cost less than input tokens in these providers' lists.
-        assert 0 <= price.input <= price.output < 100, model
+def test_genai_prices_option_in_equality_hash_repr_and_pickle(no_genai_prices):
+    plain = Prices({"a": (1, 2)})
+    looked_up = Prices({"a": (1, 2)}, genai_prices=True)
+    at_groq = Prices({"a": (1, 2)}, genai_prices="groq")
+    assert plain.genai_prices is False and at_groq.genai_prices == "groq"
+    assert len({plain, looked_up, at_groq}) == 3 and plain != looked_up != at_groq
+    assert repr(looked_up) == "Prices({'a': (1.0, 2.0)}, genai_prices=True)"
+    assert repr(at_groq) == "Prices({'a': (1.0, 2.0)}, genai_prices='groq')"
+    for p in (plain, looked_up, at_groq, DEFAULT_PRICES):
+        assert eval(repr(p)) == p
+        # moa.ray sends the table to its workers.
+        assert pickle.loads(pickle.dumps(p)) == p
+
+
+def test_copies_and_unions_keep_where_missing_models_are_looked_up(no_genai_prices):
+    assert Prices(DEFAULT_PRICES) == DEFAULT_PRICES
+    assert Prices(DEFAULT_PRICES, genai_prices=False).genai_prices is False
+    assert (DEFAULT_PRICES | {"m": (0, 0)}).genai_prices is True
+    assert ({"m": (0, 0)} | DEFAULT_PRICES).genai_prices is True
+    assert (PRICES | {"m": (0, 0)}).genai_prices is False
+    at_groq = Prices(DEFAULT_PRICES, genai_prices="groq")
+    assert set(at_groq) == set(DEFAULT_PRICES)
+    assert (at_groq | PRICES).genai_prices == "groq"
+    # As with entries, the right side's wins where it has one.
+    assert (at_groq | DEFAULT_PRICES).genai_prices is True
+    assert (DEFAULT_PRICES | at_groq).genai_prices == "groq"
+
+
+def test_the_mapping_holds_only_the_tables_own_entries():
+    assert "gpt-4o" not in DEFAULT_PRICES and len(DEFAULT_PRICES) == len(EMBEDDED_MODELS)
+    with pytest.raises(KeyError):
+        DEFAULT_PRICES["gpt-4o"]
 
 
 def test_costs_add_as_runs_together():

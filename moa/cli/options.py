@@ -133,9 +133,12 @@ def build_pipeline(args: argparse.Namespace, parsed: Step | None, model: AgentLi
 
 
 def prices_for(args: argparse.Namespace, pipeline: Step) -> Prices:
-    """The default table, then (on the embedded model) every model name of the pipeline at $0,
+    """The default table (on a named provider, looked up in genai-prices for that provider,
+    when installed), then (on the embedded model) every model name of the pipeline at $0,
     since each is a label for the same local model, then the user's ``--prices`` file."""
     base = DEFAULT_PRICES
+    if args.provider != "local" and not args.base_url:
+        base = Prices(DEFAULT_PRICES, genai_prices=args.provider)
     if args.provider == "local" and not args.base_url:
         names = {
             m if isinstance(m, str) else m.model
