@@ -78,7 +78,9 @@ class _Bucket:
         async with self.lock:
             while True:
                 self._refill()
-                if self.level >= amount:
+                # Within a rounding error of enough is enough: refills in small steps can
+                # leave it 1e-16 short, and a sleep that short cannot move the clock.
+                if self.level >= amount - 1e-9 * max(1.0, amount):
                     self.level -= amount
                     return amount
                 await anyio.sleep((amount - self.level) / self.rate)

@@ -29,6 +29,21 @@ def anyio_backend(request):
     return request.param
 
 
+def on_a_virtual_clock(test):
+    """Run the async ``test`` on trio alone, on a virtual clock: ``MockClock`` with
+    ``autojump_threshold=0`` jumps time to the next deadline whenever every task waits, so
+    the test never waits in real time and the times it reads are exact, however slow or
+    loaded the machine (asyncio has no such clock, hence trio alone). Only for tests that run
+    nothing in threads or processes: time jumps while a task waits on one.
+
+    A test of how long something took uses it to assert exact times instead of wall-clock
+    bounds, which a busy machine can break."""
+    from trio.testing import MockClock
+
+    backend = pytest.param(("trio", {"clock": MockClock(autojump_threshold=0)}), id="trio-virtual")
+    return pytest.mark.parametrize("anyio_backend", [backend])(test)
+
+
 def _need(module: str, why: str) -> None:
     """Skip the test when ``module`` is not installed; under CI, fail it instead."""
     if importlib.util.find_spec(module) is None:

@@ -217,3 +217,17 @@ def test_a_cache_of_an_event_loop_free_thread_is_fine(tmp_path):
         run_sync(Propose(["m"]), "q", ScriptedClient(), cache=cache, seed=1)
         assert len(cache) == 1
     assert anyio is not None and sys is not None
+
+
+@pytest.mark.anyio
+async def test_a_rate_bucket_a_rounding_error_short_of_a_request_lets_it_through(monkeypatch):
+    from moa import _limits
+
+    async def no_sleep(seconds):
+        raise AssertionError(f"slept {seconds} s: a sleep that short cannot move the clock")
+
+    bucket = _limits._Bucket(600)
+    bucket.level = 1.0 - 1e-16  # what many 0.1 s refills at 10 a second can leave
+    bucket.stamp = anyio.current_time()
+    monkeypatch.setattr(_limits.anyio, "sleep", no_sleep)
+    assert await bucket.take(1.0) == 1.0

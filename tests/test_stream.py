@@ -148,17 +148,32 @@ async def test_only_the_last_round_of_self_moa_seq_streams():
     assert {e.index for e in events if isinstance(e, TextChunk)} == {1}
 
 
+class AfterB(ScriptedClient):
+    """A scripted client whose model ``a`` answers only once ``b``'s call is in flight."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.b_sent = anyio.Event()
+
+    async def __call__(self, *, model, **request):
+        if model == "a":
+            await self.b_sent.wait()
+        else:
+            self.b_sent.set()  # b is counted in flight before it next yields to a
+        return await super().__call__(model=model, **request)
+
+
 async def test_leaving_early_cancels_the_run():
-    # Leave when the quick proposer has answered and the slow one is still in flight (the
-    # quick one takes 50 ms, so the slow one has started whichever task trio runs first).
-    client = ScriptedClient(long_reply, delay=lambda m, _: 10 if m == "b" else 0.05)
-    start = monotonic()
+    # Leave when the quick proposer has answered and the slow one is still in flight.
+    client = AfterB(long_reply, delay=lambda m, _: 10 if m == "b" else 0)
     async with run_stream(PIPE, "q", client, seed=1) as stream:
         async for event in stream:
             if isinstance(event, CallFinished):
                 assert client.in_flight == 1
                 break
-    assert client.in_flight == 0 and monotonic() - start < 2
+    # b was cancelled, not waited for: only a answered, and the judge was never asked
+    assert client.in_flight == 0 and client.finished == 1
+    assert [c["model"] for c in client.calls] == ["b", "a"]
 
 
 async def test_a_stream_of_the_wrong_shape_is_a_client_output_error_and_is_closed():
@@ -206,11 +221,13 @@ class Tracked(ScriptedClient):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.opened = self.closed = 0
+        self.sent = []
 
     async def stream(self, **request):
         self.opened += 1
         try:
             for word in ("one ", "two ", "three ", "four"):
+                self.sent.append(word)
                 yield word
                 await anyio.sleep(self.chunk_delay)
             yield moa.Usage(1, 4)
@@ -220,12 +237,12 @@ class Tracked(ScriptedClient):
 
 async def test_leaving_early_closes_the_clients_stream_at_once():
     client = Tracked(chunk_delay=10)  # a stalled stream: only a close ends it
-    start = monotonic()
     async with run_stream(PIPE, "q", client, seed=1) as stream:
         async for event in stream:
             if isinstance(event, TextChunk):
                 break
-    assert monotonic() - start < 2
+    # closed in its stall after the first chunk: not read on, nor waited for until its end
+    assert client.sent == ["one "]
     assert client.opened == client.closed == 1
 
 
