@@ -1,4 +1,4 @@
-"""How close one run comes to its critical path, against the seed.
+"""How close one run comes to its critical path, against mixture-llm.
 
 The pipeline is ``Propose(6) | Synthesize(6) | Synthesize(6) | Aggregate`` (19 calls in 4
 layers) and the client sleeps 50 ms per call (``anyio.sleep``) and answers ``"ok"``. Each layer
@@ -12,14 +12,17 @@ Contenders, all in ONE process and ONE event loop (anyio, backend="asyncio"), th
                  no framework at all (the best any contender can do here)
   moa-defaults   await moa.run(p, prompt, client, seed=1)
   moa-cap+to+rt  the same with max_concurrency=64, timeout=30, retry=moa.Retry()
-  seed           mixture_llm.run([Propose, Synthesize, Synthesize, Aggregate], ...) from the
-                 the package ``mixture-llm`` (skipped, with a note, when not installed)
+  mixture-llm    mixture_llm.run([Propose, Synthesize, Synthesize, Aggregate], ...), the
+                 package moa grew from (skipped, with a note, when not installed)
+  moa@REV-...    with ``--baseline REV``: the two moa contenders as moa was at git revision
+                 REV, imported beside this checkout's: before and after, side by side
 
 Every run is timed alone with ``time.perf_counter``; the contenders take turns round-robin,
 the order rotated each turn, so drift in the machine falls on all of them alike.
 
     python benchmarks/critical_path.py                 # 20 runs per contender (~20 s)
     python benchmarks/critical_path.py --runs 50 --latency 0.1
+    python benchmarks/critical_path.py --baseline ee4ce2a   # against that commit
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ import argparse
 import gc
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import anyio
-from _common import SEED_MISSING, median, print_header, quantile
+from _common import SEED_MISSING, median, moa_at, print_header, quantile
 
 import moa
 
@@ -85,51 +89,52 @@ Contender = tuple[str, Callable[[SleepingClient], Awaitable[str]]]
 LAYER_SIZES = {"floor": (1, 1, 1, 1)}  # the rest: (6, 6, 6, 1)
 
 
-def contenders(latency: float) -> tuple[list[Contender], str | None]:
-    p = (
-        moa.Propose(MODELS)
-        | moa.Synthesize(MODELS)
-        | moa.Synthesize(MODELS)
-        | moa.Aggregate(AGGREGATOR)
-    )
-    retry = moa.Retry()
+def moa_contenders(m: Any, label: str) -> list[Contender]:
+    """moa (the module ``m``, this checkout's or an earlier one's) with no options, and with a
+    cap, a timeout and a retry policy."""
+    p = m.Propose(MODELS) | m.Synthesize(MODELS) | m.Synthesize(MODELS) | m.Aggregate(AGGREGATOR)
+    retry = m.Retry()
 
+    async def defaults(client):
+        text, _ = await m.run(p, PROMPT, client, seed=1)
+        return text
+
+    async def all_on(client):
+        text, _ = await m.run(
+            p, PROMPT, client, seed=1, max_concurrency=64, timeout=30, retry=retry
+        )
+        return text
+
+    return [(f"{label}-defaults", defaults), (f"{label}-cap+to+rt", all_on)]
+
+
+def contenders(
+    latency: float, baseline_module: Any = None, baseline: str = ""
+) -> tuple[list[Contender], str | None]:
     async def floor(client):
         for _ in range(LAYERS):  # one call per layer, awaited in a row: no framework at all
             text, _, _ = await client(model=AGGREGATOR, messages=[], temp=0.7, max_tokens=1)
         return text
 
-    async def moa_defaults(client):
-        text, _ = await moa.run(p, PROMPT, client, seed=1)
-        return text
-
-    async def moa_all_on(client):
-        text, _ = await moa.run(
-            p, PROMPT, client, seed=1, max_concurrency=64, timeout=30, retry=retry
-        )
-        return text
-
-    out: list[Contender] = [
-        ("floor", floor),
-        ("moa-defaults", moa_defaults),
-        ("moa-cap+to+rt", moa_all_on),
-    ]
+    out: list[Contender] = [("floor", floor), *moa_contenders(moa, "moa")]
+    if baseline_module is not None:
+        out += moa_contenders(baseline_module, f"moa@{baseline}")
     try:
-        import mixture_llm as seed
+        import mixture_llm
     except ImportError:
         return out, SEED_MISSING
-    seed_pipeline = [
-        seed.Propose(MODELS),
-        seed.Synthesize(MODELS),
-        seed.Synthesize(MODELS),
-        seed.Aggregate(AGGREGATOR),
+    original = [
+        mixture_llm.Propose(MODELS),
+        mixture_llm.Synthesize(MODELS),
+        mixture_llm.Synthesize(MODELS),
+        mixture_llm.Aggregate(AGGREGATOR),
     ]
 
-    async def seed_run(client):
-        text, _ = await seed.run(seed_pipeline, PROMPT, client)
+    async def original_run(client):
+        text, _ = await mixture_llm.run(original, PROMPT, client)
         return text
 
-    out.append(("seed", seed_run))
+    out.append(("mixture-llm", original_run))
     return out, None
 
 
@@ -170,17 +175,24 @@ def main(argv: list[str] | None = None) -> None:
         default=0.05,
         help="seconds the client sleeps per call (default 0.05)",
     )
+    ap.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run moa as it was at git revision REV, in the same loop (before/after)",
+    )
     args = ap.parse_args(argv)
     if args.runs < 1 or not args.latency > 0:
         ap.error("need runs >= 1 and latency > 0")
     critical = LAYERS * args.latency
-    cands, note = contenders(args.latency)
+    before, short = moa_at(args.baseline) if args.baseline else (None, "")
+    cands, note = contenders(args.latency, before, short)
     print_header(
         f"pipeline: Propose(6) | Synthesize(6) | Synthesize(6) | Aggregate(1) = {CALLS_PER_RUN} "
         f"calls in {LAYERS} layers; client sleeps {args.latency * 1e3:g} ms per call "
         f"(anyio.sleep), asyncio backend",
         f"critical path: {LAYERS} x {args.latency * 1e3:g} ms = {critical * 1e3:g} ms; "
         f"{args.runs} timed runs per contender, round-robin",
+        *([f"baseline: moa at {short} ({args.baseline})"] if before is not None else []),
         *([note] if note else []),
     )
 
@@ -192,20 +204,21 @@ def main(argv: list[str] | None = None) -> None:
     med = {name: median(xs) for name, xs in walls.items()}
     over = {name: median([o for _, o, _ in xs]) for name, xs in samples.items()}
     rest = {name: median([r for _, _, r in xs]) for name, xs in samples.items()}
-    seed = med.get("seed")
+    original = med.get("mixture-llm")
+    width = max(len(name) for name, _ in cands) + 2
     header = (
-        f"{'contender':<15}{'median ms':>11}{'p10-p90 ms':>15}{'x critical path':>17}"
-        f"{'x floor':>9}{'x seed':>8}{'timers ms':>11}{'framework ms':>14}"
+        f"{'contender':<{width}}{'median ms':>11}{'p10-p90 ms':>15}{'x critical path':>17}"
+        f"{'x floor':>9}{'x mixture-llm':>15}{'timers ms':>11}{'framework ms':>14}"
     )
     print(header)
     print("-" * len(header))
     for name, _ in cands:
         xs = walls[name]
         spread = f"{quantile(xs, 0.1) * 1e3:.1f}-{quantile(xs, 0.9) * 1e3:.1f}"
-        vs_seed = f"{med[name] / seed:.4f}" if seed else "n/a"
+        vs = f"{med[name] / original:.4f}" if original else "n/a"
         print(
-            f"{name:<15}{med[name] * 1e3:>11.2f}{spread:>15}{med[name] / critical:>17.4f}"
-            f"{med[name] / med['floor']:>9.4f}{vs_seed:>8}{over[name] * 1e3:>11.2f}"
+            f"{name:<{width}}{med[name] * 1e3:>11.2f}{spread:>15}{med[name] / critical:>17.4f}"
+            f"{med[name] / med['floor']:>9.4f}{vs:>15}{over[name] * 1e3:>11.2f}"
             f"{rest[name] * 1e3:>14.2f}"
         )
     print(
@@ -220,6 +233,13 @@ def main(argv: list[str] | None = None) -> None:
         f"{'met' if ratio <= 1.01 else 'NOT met'} ({ratio:.4f}; the floor alone is "
         f"{med['floor'] / critical:.4f})"
     )
+    if before is not None:
+        for kind in ("defaults", "cap+to+rt"):
+            a, b = f"moa-{kind}", f"moa@{short}-{kind}"
+            print(
+                f"{a} / {b}: wall {med[a] / med[b]:.4f}, framework ms "
+                f"{rest[a] * 1e3:.2f} vs {rest[b] * 1e3:.2f} (after / before)"
+            )
     print(f"(measured in {elapsed:.1f} s)")
 
 
