@@ -41,6 +41,15 @@ def make_seeded():
     return seeded_client
 
 
+async def surrogate_client(*, model, messages, temp, max_tokens, seed=None):
+    """A reply UTF-8 cannot hold: a lone surrogate, as a broken tokenizer can give."""
+    return "half \ud800 a character", 1, 1
+
+
+def make_surrogate():
+    return surrogate_client
+
+
 def dying_client(marker: str, pids: str, victim: str):
     """``seeded_client``, but the first worker to see ``victim`` kills its own process mid-call
     (``os.kill`` of the actor's PID, as an OOM killer or a lost node would), once."""
@@ -135,6 +144,18 @@ def test_a_failed_or_unusable_row_is_a_row_with_ok_false_never_a_lost_one(ray_cl
     assert "non-empty str" in failed["e1", "   "]["error"]
     assert all(r["result"] is None for r in failed.values())
     assert sum(r["ok"] for r in out) == 21
+
+
+@pytest.mark.ray
+def test_a_reply_with_a_lone_surrogate_is_a_saved_row_not_a_lost_dataset(ray_cluster):
+    from moa.ray import run_dataset
+
+    out = run_dataset(
+        Propose(["a"]), ray_cluster.data.from_items(rows(6)), make_surrogate, seed=1, workers=1
+    ).take_all()
+    assert len(out) == 6 and all(r["ok"] for r in out)
+    assert all(r["result"] == "half \ufffd a character" for r in out)
+    assert json.loads(out[0]["history"])["outputs"] == ["half \ud800 a character"]
 
 
 @pytest.mark.ray
