@@ -28,7 +28,7 @@ from ._contract import Message, Request
 from ._history import CallRecord
 from ._limits import Limits
 from ._retry import Retry, retry_after
-from ._seeds import accepts_seed
+from ._seeds import accepts, accepts_seed
 from .errors import ClientOutputError
 
 __all__ = (
@@ -68,35 +68,44 @@ def copies(messages: tuple[Message, ...]) -> list[dict[str, str]]:
         return [dict(m) for m in messages]
 
 
-def client_attempt(client: Client) -> Attempt:
+def client_attempt(client: Client, logprobs: bool = False) -> Attempt:
     """The innermost try: the client itself, on its own copies of the messages (a client that
     edits them cannot edit history), given the seed only if the request has one, which it has
-    only for a client that takes a ``seed`` keyword (``accepts_seed``). It returns the client's
-    awaitable as it is, with no frame of its own: this is every call's path."""
+    only for a client that takes a ``seed`` keyword (``accepts_seed``), and ``logprobs=True``
+    when the run asks for confidence (only of a client that takes the keyword). It returns the
+    client's awaitable as it is, with no frame of its own: this is every call's path."""
+    extra = {"logprobs": True} if logprobs else {}
+    call: Callable[..., Awaitable[Any]] = client
 
     def attempt(req: Request, tap: Tap | None) -> Awaitable[Any]:
         msgs = copies(req.messages)
         if tap is not None and tap.sent is not None:
             tap.sent()
         if req.seed is None:
-            return client(model=req.model, messages=msgs, temp=req.temp, max_tokens=req.max_tokens)
-        return client(
+            return call(
+                model=req.model, messages=msgs, temp=req.temp, max_tokens=req.max_tokens, **extra
+            )
+        return call(
             model=req.model,
-            messages=msgs,  # type: ignore[call-arg]  # it takes a seed: accepts_seed
+            messages=msgs,
             temp=req.temp,
             max_tokens=req.max_tokens,
             seed=req.seed,
+            **extra,
         )
 
     return attempt
 
 
-def stream_attempt(client: Client) -> Attempt:
+def stream_attempt(client: Client, logprobs: bool = False) -> Attempt:
     """The innermost try of a streamed reply: ``client.stream`` with each piece of text given
-    to ``tap.chunk`` as it comes; a client without ``stream`` answers whole, as one chunk."""
+    to ``tap.chunk`` as it comes; a client without ``stream`` answers whole, as one chunk.
+    ``logprobs``: ask for confidence (a stream that takes the keyword ends with it in its
+    :class:`~moa.Usage`)."""
     stream = getattr(client, "stream", None)
     seeded = stream is not None and accepts_seed(stream)
-    plain = client_attempt(client)
+    confident = logprobs and stream is not None and accepts(stream, "logprobs")
+    plain = client_attempt(client, logprobs)
 
     async def attempt(req: Request, tap: Tap | None) -> Any:
         assert tap is not None and tap.chunk is not None
@@ -105,7 +114,9 @@ def stream_attempt(client: Client) -> Attempt:
             if out.text:
                 tap.chunk(out.text)
             return out
-        extra = {"seed": req.seed} if seeded and req.seed is not None else {}
+        extra: dict[str, Any] = {"seed": req.seed} if seeded and req.seed is not None else {}
+        if confident:
+            extra["logprobs"] = True
         items = stream(
             model=req.model,
             messages=copies(req.messages),
@@ -140,7 +151,9 @@ async def _read_stream(model: str, items: Any, chunk: Callable[[str], None]) -> 
         if aclose is not None:
             with anyio.move_on_after(5, shield=True):
                 await aclose()
-    return check_output(model, ("".join(parts), usage.input_tokens, usage.output_tokens))
+    return check_output(
+        model, Reply("".join(parts), usage.input_tokens, usage.output_tokens, usage.confidence)
+    )
 
 
 def with_timeout(seconds: float) -> Callable[[Attempt], Attempt]:

@@ -25,7 +25,14 @@ from ._executor import Stop, Walk, walk
 from ._history import History
 from ._options import RunKwargs, RunOptions
 from ._pipeline import Step, StepLike, as_step
-from ._run import ErrorAfter, check_client, check_prompt, draw_seed, unwrapped
+from ._run import (
+    ErrorAfter,
+    check_client,
+    check_prompt,
+    confidence_needs,
+    draw_seed,
+    unwrapped,
+)
 from ._seeds import accepts_seed, check_id, row_seed
 from .errors import BatchStoppedError, MoaError
 
@@ -140,13 +147,20 @@ class _Batch:
         self.step = step
         self.options = options
         self.stop = Stop()
-        self.calls = compose(client, options, self.stop)
+        self.origin = confidence_needs("run_many", step, client).origin
+        self.calls = compose(client, options, self.stop, confidence=self.origin)
         self.seeded = accepts_seed(client)
         self.finished = 0
 
     async def run(self, item: _Item) -> RunResult:
         state = Walk(
-            item.prompt, item.seed, self.calls, self.stop, self.options.on_event, self.seeded
+            item.prompt,
+            item.seed,
+            self.calls,
+            self.stop,
+            self.options.on_event,
+            self.seeded,
+            self.origin,
         )
         try:
             result, history = await walk(self.step, state)

@@ -10,8 +10,10 @@ without the path, two steps (or two parallel branches) sending the same request 
 their samples. The namespace keeps clients apart: the same model name served by two
 providers (or by the embedded model, where a name is only a label) is two sets of entries.
 
-The file holds the key hash, the model, the answer, its token counts and when it was stored;
-never the messages, so no prompt or secret in one reaches the disk through the cache.
+The file holds the key hash, the model, the answer, its token counts, the model's confidence
+in it (its tokens' log-probabilities, summed, and how many) and when it was stored; never the
+messages, so no prompt or secret in one reaches the disk through the cache. A file of the
+first format (without confidence) is upgraded in place when opened to write, its answers kept.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from ._client import Reply
+from ._response import Confidence
 from .errors import CacheError
 
 if TYPE_CHECKING:
@@ -40,12 +43,17 @@ __all__ = ("Cache",)
 MODES = ("rw", "replay", "record")
 _KEY_FORMAT = 2  # bump when the key's inputs change, so old entries stop matching
 _APPLICATION_ID = 0x6D6F6163  # b"moac" in the SQLite header: this file is a moa cache
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2  # 2: the confidence columns; a file of version 1 is upgraded in place
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _BUSY_TIMEOUT_S = 30.0
 _SCHEMA = (
     "CREATE TABLE entries (key BLOB PRIMARY KEY, model TEXT NOT NULL, text TEXT NOT NULL,"
-    " input_tokens INTEGER, output_tokens INTEGER, created_at REAL NOT NULL) WITHOUT ROWID"
+    " input_tokens INTEGER, output_tokens INTEGER, created_at REAL NOT NULL,"
+    " logprob_sum REAL, logprob_tokens INTEGER) WITHOUT ROWID"
+)
+_UPGRADE = (  # version 1 -> 2
+    "ALTER TABLE entries ADD COLUMN logprob_sum REAL",
+    "ALTER TABLE entries ADD COLUMN logprob_tokens INTEGER",
 )
 
 
@@ -95,6 +103,7 @@ class Cache:
         self.mode = mode
         self._lock = threading.Lock()  # one connection, shared by every thread that uses us
         self._conn: sqlite3.Connection | None = None
+        self._version = _SCHEMA_VERSION  # a version-1 file replayed read-only stays one
         self._check_file()
         conn = self._connect()
         try:
@@ -192,12 +201,17 @@ class Cache:
             empty = self._inspect(conn)
         if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0] != "wal":
             self._unusable("SQLite cannot use write-ahead logging on it")
-        if empty:
+        if empty or self._version < _SCHEMA_VERSION:
             with _transaction(conn, "BEGIN IMMEDIATE"):
                 if self._inspect(conn):  # still empty now that we hold the write lock
                     conn.execute(_SCHEMA)
                     conn.execute(f"PRAGMA application_id={_APPLICATION_ID}")
                     conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+                elif self._version < _SCHEMA_VERSION:  # an older file: its answers kept
+                    for statement in _UPGRADE:
+                        conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+            self._version = _SCHEMA_VERSION
         conn.execute("PRAGMA synchronous=NORMAL")
 
     def _inspect(self, conn: sqlite3.Connection) -> bool:
@@ -209,10 +223,12 @@ class Cache:
             return True
         if app_id != _APPLICATION_ID or objects != [("table", "entries")]:
             self._unusable("it is an SQLite database but not a moa cache")
-        if version != _SCHEMA_VERSION:
+        if version not in (1, _SCHEMA_VERSION):
             self._unusable(
-                f"it is a moa cache of format {version}; this moa reads format {_SCHEMA_VERSION}"
+                f"it is a moa cache of format {version}; this moa reads formats 1 and "
+                f"{_SCHEMA_VERSION}"
             )
+        self._version = version
         return False
 
     def _unusable(self, what: str) -> NoReturn:
@@ -246,11 +262,13 @@ class Cache:
         temp: float,
         max_tokens: int,
         index: int | Sequence[int],
-    ) -> Reply | None:
+    ) -> tuple[str, int | None, int | None] | None:
         """The stored ``(text, input_tokens, output_tokens)`` for this request, or None on a miss
         (always None in record mode). ``index`` names the sample: an int, or a sequence of
-        ints (the executor passes the step's path and the position among identical requests)."""
-        return self.lookup(_identity(model, messages, temp, max_tokens), index)
+        ints (the executor passes the step's path and the position among identical requests).
+        :meth:`lookup` gives the stored confidence too."""
+        hit = self.lookup(_identity(model, messages, temp, max_tokens), index)
+        return None if hit is None else (hit.text, hit.input_tokens, hit.output_tokens)
 
     def put(
         self,
@@ -273,19 +291,32 @@ class Cache:
             self._check_open()
             return None
         key = _key(self.namespace, identity, index)
-        sql = "SELECT text, input_tokens, output_tokens FROM entries WHERE key = ?"
-        rows = self._execute(sql, (key,))
+        columns = "text, input_tokens, output_tokens" + (
+            ", logprob_sum, logprob_tokens" if self._version >= 2 else ""
+        )
+        rows = self._execute(f"SELECT {columns} FROM entries WHERE key = ?", (key,))
         if not rows:
             return None
-        text, input_tokens, output_tokens = rows[0]
-        return Reply(text, input_tokens, output_tokens)
+        text, input_tokens, output_tokens, *confidence = rows[0]
+        known = confidence and confidence[1] is not None
+        return Reply(text, input_tokens, output_tokens, Confidence(*confidence) if known else None)
 
     def store(self, identity: Identity, index: int | Sequence[int], reply: Reply) -> None:
-        """:meth:`put` for a request's identity (``Request.identity``)."""
+        """:meth:`put` for a request's identity (``Request.identity``), its confidence too."""
         key = _key(self.namespace, identity, index)
+        c = reply.confidence
         self._execute(
-            "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?)",
-            (key, identity[0], reply.text, reply.input_tokens, reply.output_tokens, time.time()),
+            "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                key,
+                identity[0],
+                reply.text,
+                reply.input_tokens,
+                reply.output_tokens,
+                time.time(),
+                None if c is None else c.logprob_sum,
+                None if c is None else c.tokens,
+            ),
         )
 
     def __len__(self) -> int:

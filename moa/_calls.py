@@ -49,7 +49,7 @@ from ._events import CallFinished, CallRetrying, EventHandler, TextChunk
 from ._history import CallRecord
 from ._options import RunOptions
 from ._retry import Retry
-from ._seeds import accepts_seed
+from ._seeds import accepts, accepts_seed
 from .errors import CacheError, CacheMissError, ClientOutputError, StreamInterruptedError
 
 __all__ = ("Call", "Calls", "Interrupt", "Outcome", "Site", "compose")
@@ -97,6 +97,7 @@ def _answer(req: Request, reply: Reply, attempts: int, start: float, tap: Tap | 
             attempts=attempts,
             latency=monotonic() - start,
             hedges=() if tap is None else tuple(tap.hedges),
+            confidence=reply.confidence,
         )
     )
 
@@ -116,7 +117,7 @@ def retried(
         start = monotonic()
         tap = None if tap_for is None else tap_for(req, site)
         try:
-            text, tin, tout = check_output(req.model, await attempt(req, tap))
+            text, tin, tout, confidence = check_output(req.model, await attempt(req, tap))
         except (KeyboardInterrupt, SystemExit) as exc:
             return _interrupted(interrupt, req, exc, start)
         except Exception as exc:
@@ -137,6 +138,7 @@ def retried(
                     hedges=() if tap is None else tuple(tap.hedges),
                     agent=req.agent,
                     seed=req.seed,
+                    confidence=confidence,
                 ),
                 None,
             ),
@@ -261,14 +263,18 @@ def streaming(final: Call, other: Call, path: tuple[int, ...], seeded: bool) -> 
     return call
 
 
-def caching(inner: Call, cache: Cache) -> tuple[Call, TryNow]:
+def caching(inner: Call, cache: Cache, confidence: bool = False) -> tuple[Call, TryNow]:
     """Answers ``cache`` holds come without a call: ``try_now`` serves them (or, replaying,
     fails a miss) before the round's calls start; the call stores each new answer. A store
-    that fails is the step's error, raised once its answers are recorded (they were paid for)."""
+    that fails is the step's error, raised once its answers are recorded (they were paid for).
+    ``confidence``: the run reads confidence, and an answer stored without one is asked
+    again (and stored with it), as a miss."""
 
     def try_now(req: Request, site: Site, step: object) -> Outcome | None:
         assert site.sample is not None  # the stack asks for sample indices (wants_sample)
         hit = cache.lookup(req.identity, (*site.path, site.sample))
+        if hit is not None and confidence and hit.confidence is None:
+            hit = None  # stored by a run that did not ask for log-probabilities
         if hit is not None:
             return Outcome(
                 CallRecord.asked(
@@ -278,6 +284,7 @@ def caching(inner: Call, cache: Cache) -> tuple[Call, TryNow]:
                     output_tokens=hit.output_tokens,
                     attempts=0,
                     cached=True,
+                    confidence=hit.confidence,
                 )
             )
         if cache.mode == "replay":
@@ -300,7 +307,7 @@ def caching(inner: Call, cache: Cache) -> tuple[Call, TryNow]:
                 cache.store(
                     req.identity,
                     (*site.path, site.sample),
-                    Reply(rec.text, rec.input_tokens, rec.output_tokens),
+                    Reply(rec.text, rec.input_tokens, rec.output_tokens, rec.confidence),
                 )
             except (CacheError, OSError, ValueError) as exc:  # the user's to see, not a call's
                 return Outcome(rec, exc)
@@ -358,12 +365,16 @@ def compose(
     options: RunOptions,
     interrupt: Interrupt,
     stream_path: tuple[int, ...] | None = None,
+    confidence: bool = False,
 ) -> Calls:
     """The call stack for one run (or one batch): only the layers its options ask for,
-    innermost first. ``stream_path``: the step whose final reply streams (run_stream)."""
+    innermost first. ``stream_path``: the step whose final reply streams (run_stream).
+    ``confidence``: the pipeline reads confidence; a client that takes ``logprobs`` is asked
+    for them."""
     policy, on_event = options.retry, options.on_event
+    logprobs = confidence and accepts(client, "logprobs")
     layers = _attempt_layers(options)  # one cap for every call of the run
-    attempt = _stacked(client_attempt(client), layers)
+    attempt = _stacked(client_attempt(client, logprobs), layers)
     tap_for: TapFor | None = None
     if options.hedge_after is not None:
         attempt = with_hedge(options.hedge_after)(attempt)
@@ -372,13 +383,13 @@ def compose(
     if stream_path is not None:
         assert on_event is not None
         # No hedge on the streamed call: two racing streams would both write the answer.
-        streamed = unrepeatable(_stacked(stream_attempt(client), layers))
+        streamed = unrepeatable(_stacked(stream_attempt(client, logprobs), layers))
         final = retried(streamed, policy, interrupt, on_event, _chunk_tap(on_event))
         stream = getattr(client, "stream", None)
         call = streaming(final, call, stream_path, stream is None or accepts_seed(stream))
     try_now = None
     if options.cache is not None:
-        call, try_now = caching(call, options.cache)
+        call, try_now = caching(call, options.cache, confidence)
     finished = None
     if on_event is not None:
         call = reporting(call, on_event)

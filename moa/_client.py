@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from ._bounds import MAX_REPLY_CHARS, safe_repr
+from ._response import Confidence
 from .errors import ClientOutputError, ProviderError
 
 __all__ = (
@@ -24,12 +25,15 @@ __all__ = (
 
 
 class Reply(NamedTuple):
-    """What a client returns: the text, then input and output tokens (None: not reported).
-    A client may return a plain 3-tuple; moa reads it as a Reply."""
+    """What a client returns: the text, then input and output tokens (None: not reported),
+    and, from a client that can read them, the model's :class:`~moa.Confidence` in the text
+    (its tokens' log-probabilities). A client may return a plain 3-tuple; moa reads it as a
+    Reply without a confidence."""
 
     text: str
     input_tokens: int | None
     output_tokens: int | None
+    confidence: Confidence | None = None
 
 
 class Client(Protocol):
@@ -43,10 +47,12 @@ class Client(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """The token counts a streamed reply ends with; either may be None (not reported)."""
+    """The token counts a streamed reply ends with; either may be None (not reported). A
+    stream asked for ``logprobs`` may end with the reply's :class:`~moa.Confidence` too."""
 
     input_tokens: int | None
     output_tokens: int | None
+    confidence: Confidence | None = None
 
 
 class StreamingClient(Client, Protocol):
@@ -68,7 +74,7 @@ def check_output(model: str, out: Any) -> Reply:
     """``out``, a client's return, as a :class:`Reply`; ClientOutputError (or ProviderError
     for a reply past the size limit) naming the model and the rule it broke. Every call's
     reply passes here: a well-formed tuple is accepted at the first test."""
-    if type(out) in _TUPLES and len(out) == 3:
+    if type(out) is tuple and len(out) == 3:
         text, tin, tout = out
         if (
             type(text) is str
@@ -76,8 +82,21 @@ def check_output(model: str, out: Any) -> Reply:
             and _count_ok(tin)
             and _count_ok(tout)
         ):
-            return out if type(out) is Reply else _new_tuple(Reply, out)
+            return _new_tuple(Reply, (text, tin, tout, None))
+    if type(out) is Reply:
+        text, tin, tout, confidence = out
+        if (
+            type(text) is str
+            and len(text) <= MAX_REPLY_CHARS
+            and _count_ok(tin)
+            and _count_ok(tout)
+            and (confidence is None or type(confidence) is Confidence)
+        ):
+            return out
     # A tuple subclass (a namedtuple) or a list of three is the shape too.
+    confidence = out.confidence if isinstance(out, Reply) else None
+    if isinstance(out, Reply):
+        out = tuple(out)[:3]
     if not isinstance(out, (tuple, list)) or len(out) != 3:
         raise ClientOutputError(model, out, "expected a tuple of 3 items")
     text, tin, tout = out
@@ -95,10 +114,15 @@ def check_output(model: str, out: Any) -> Reply:
             raise ClientOutputError(
                 model, out, f"{name} must be an int >= 0 (in 64 bits) or None, got {safe_repr(n)}"
             )
-    return Reply(text, tin, tout)
+    if confidence is not None and not isinstance(confidence, Confidence):
+        raise ClientOutputError(
+            model,
+            out,
+            f"the confidence must be a moa.Confidence or None, got {safe_repr(confidence)}",
+        )
+    return Reply(text, tin, tout, confidence)
 
 
-_TUPLES = (tuple, Reply)
 _TOKENS = 2**63  # a count that fits a 64-bit column
 _new_tuple = tuple.__new__
 

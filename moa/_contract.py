@@ -19,6 +19,7 @@ from ._pipeline import Step
 
 __all__ = (
     "OFF_LOOP_SECONDS",
+    "Reads",
     "Identity",
     "LLMStep",
     "Message",
@@ -28,6 +29,7 @@ __all__ = (
     "ask",
     "messages",
     "numbered",
+    "reads",
     "with_responses",
 )
 
@@ -164,10 +166,18 @@ class LLMStep(Step):
     ``needs_responses``: the step has nothing to work on without current responses, and the
     executor raises :class:`~moa.errors.EmptyInputError` rather than call with none. Set it
     to False for a step that starts from the prompt alone, as ``Propose`` does.
+    ``reads_origin`` and ``needs_confidence``: see below (the selection steps set them).
     """
 
     __slots__ = ()
     needs_responses: ClassVar[bool] = True
+    #: The step reads where its responses came from (each a :class:`~moa.Response`: agent,
+    #: model, confidence): the run then hands every step's outputs on as Responses and asks
+    #: a client that can give log-probabilities for them.
+    reads_origin: ClassVar[bool] = False
+    #: The step cannot work without confidence: a run whose client cannot give
+    #: log-probabilities is refused at its start.
+    needs_confidence: ClassVar[bool] = False
 
     def requests(self, prompt: str, responses: list[str]) -> list[Request]:
         """The calls to make, in the order their replies are passed to :meth:`combine`.
@@ -206,3 +216,29 @@ class LLMStep(Step):
         """
         replies = yield self.requests(prompt, responses)
         return self.combine(prompt, responses, replies)
+
+
+@dataclass(frozen=True, slots=True)
+class Reads:
+    """What a pipeline's steps read of their responses: ``origin``, whether any step reads
+    where they came from; ``confidence``, the steps that cannot work without confidence."""
+
+    origin: bool
+    confidence: tuple[LLMStep, ...]
+
+
+def reads(step: Step) -> Reads:
+    """What the steps of ``step`` (a pipeline, at any depth) read of their responses."""
+    found: list[LLMStep] = []
+    stack = [step]
+    origin = False
+    while stack:
+        s = stack.pop()
+        parts = getattr(s, "steps", None) or getattr(s, "branches", None)
+        if parts is not None and not isinstance(s, LLMStep):
+            stack.extend(parts)
+        elif isinstance(s, LLMStep):
+            origin = origin or s.reads_origin
+            if s.needs_confidence:
+                found.append(s)
+    return Reads(origin, tuple(found))

@@ -26,6 +26,7 @@ from ._events import EventHandler, StepFinished, StepStarted
 from ._history import CallRecord, History, StepRecord
 from ._offload import run_off_loop, seconds_for
 from ._pipeline import Parallel, Pipeline, Step, step_text
+from ._response import Response
 from ._round import call_round
 from ._transforms import Transform
 from .errors import EmptyInputError, MoaError, StepFailedError
@@ -53,10 +54,11 @@ class Stop:
 
 class Walk:
     """One run as the walk sees it: the prompt and the run's seed, the composed calls and the
-    Stop they report interrupts to, the step events' handler, and whether calls carry
-    sampling seeds (the client takes one)."""
+    Stop they report interrupts to, the step events' handler, whether calls carry sampling
+    seeds (the client takes one), and whether replies go on as Responses
+    (:class:`~moa.Response`: a step of the pipeline reads their origin)."""
 
-    __slots__ = ("calls", "on_event", "prompt", "seed", "seeded", "stop")
+    __slots__ = ("calls", "on_event", "origin", "prompt", "seed", "seeded", "stop")
 
     def __init__(
         self,
@@ -66,6 +68,7 @@ class Walk:
         stop: Stop,
         on_event: EventHandler | None = None,
         seeded: bool = False,
+        origin: bool = False,
     ) -> None:
         self.prompt = prompt
         self.seed = seed
@@ -73,6 +76,7 @@ class Walk:
         self.stop = stop
         self.on_event = on_event
         self.seeded = seeded
+        self.origin = origin
 
 
 def rng_for(seed: int) -> random.Random:
@@ -159,7 +163,7 @@ def _exec_transform(
     except Exception as exc:
         exc.add_note(f"in step {step!r} at path {path}")
         raise
-    if type(out) is not list or not all(type(r) is str for r in out):
+    if type(out) is not list or not all(isinstance(r, str) for r in out):
         raise TypeError(f"{step!r}.apply must return a list of str, returned {describe(out)}")
     notes: tuple[str, ...] = ()
     if responses and not out:
@@ -393,6 +397,8 @@ class _StepRun:
                 f"needs {need} ({_grouped_errors(records)})",
                 step=repr(self.step),
             )
+        if run.origin:  # a later step reads where each reply came from
+            return [_response(c) for c in records]
         return [c.text for c in records]
 
     def tally(self, records: list[CallRecord], n: int) -> int:
@@ -445,7 +451,7 @@ class _StepRun:
                 f"returned {describe(returned)}"
             )
         out, notes = returned
-        if type(out) is not list or not all(type(r) is str for r in out):
+        if type(out) is not list or not all(isinstance(r, str) for r in out):
             raise TypeError(
                 f"{step!r}.combine must return a list of str as its responses, "
                 f"returned {describe(out)}"
@@ -477,6 +483,14 @@ class _StepRun:
             ),
         )
         return out
+
+
+def _response(call: CallRecord) -> Response | None:
+    if call.text is None:
+        return None
+    return Response(
+        call.text, agent=call.agent or call.model, model=call.model, confidence=call.confidence
+    )
 
 
 def _check_requests(step: LLMStep, requests: object) -> None:

@@ -12,6 +12,7 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from ._cost import Cost, Prices, cost
+from ._response import Confidence
 
 __all__ = ("CallRecord", "History", "StepRecord")
 
@@ -69,6 +70,16 @@ def _get(
     return value
 
 
+def _confidence(d: Any, where: str) -> Confidence | None:
+    if d is None:
+        return None
+    at = f"{where}.confidence"
+    try:
+        return Confidence(_get(d, "logprob_sum", _NUMBER, at), _get(d, "tokens", int, at))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"not a moa history: {at}: {exc}") from None
+
+
 def _strings(d: Any, key: str, where: str) -> tuple[str, ...]:
     items = _get(d, key, list, where)
     if not all(isinstance(x, str) for x in items):
@@ -100,7 +111,9 @@ class CallRecord:
     marks an answer served from a :class:`~moa.Cache`: its tokens are what the stored answer
     cost when it was made; this run spent nothing on it. ``agent`` is the label of the
     :class:`~moa.Agent` that made the call (None for a bare model name); ``seed`` the sampling
-    seed the client was given (None when it takes none).
+    seed the client was given (None when it takes none); ``confidence`` the model's
+    :class:`~moa.Confidence` in the reply, its tokens' log-probabilities (None when the client
+    gave none).
     """
 
     model: str
@@ -118,6 +131,7 @@ class CallRecord:
     cached: bool = False
     agent: str | None = None
     seed: int | None = None
+    confidence: Confidence | None = None
 
     @property
     def ok(self) -> bool:
@@ -171,6 +185,7 @@ class CallRecord:
             "cached": self.cached,
             "agent": self.agent,
             "seed": self.seed,
+            "confidence": None if self.confidence is None else self.confidence.to_dict(),
         }
 
     @classmethod
@@ -204,6 +219,7 @@ class CallRecord:
             cached=_get(d, "cached", bool, where, False),
             agent=_get(d, "agent", str, where, None, optional=True),
             seed=_get(d, "seed", int, where, None, optional=True),
+            confidence=_confidence(_get(d, "confidence", dict, where, None, optional=True), where),
         )
 
 

@@ -18,16 +18,18 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from ._bounds import describe, safe_repr
 from ._calls import compose
 from ._client import Client, unicode_error
-from ._contract import LLMStep
+from ._contract import LLMStep, Reads, reads
 from ._events import Event, EventHandler, RunFinished
 from ._executor import Stop, Walk, walk
 from ._history import History
 from ._options import RunKwargs, RunOptions
 from ._pipeline import Pipeline, Step, StepLike, as_step
-from ._seeds import accepts_seed
+from ._seeds import accepts, accepts_seed
+from .errors import ConfidenceUnavailableError
 
 __all__ = (
     "ErrorAfter",
+    "confidence_needs",
     "check_client",
     "check_prompt",
     "draw_seed",
@@ -68,6 +70,22 @@ def check_client(where: str, client: object) -> None:
             f"{where}(client): client must be an async callable "
             f"client(model, messages, temp, max_tokens), not {describe(client)}"
         )
+
+
+def confidence_needs(where: str, step: Step, client: object) -> Reads:
+    """What ``step``'s steps read of their responses; ConfidenceUnavailableError, before any
+    call, when one needs confidence and ``client`` cannot give log-probabilities (it takes no
+    ``logprobs`` keyword)."""
+    wants = reads(step)
+    if wants.confidence and not (callable(client) and accepts(client, "logprobs")):
+        names = ", ".join(sorted({type(s).__name__ for s in wants.confidence}))
+        raise ConfidenceUnavailableError(
+            f"{where}: {names} reads each response's confidence (its tokens' "
+            f"log-probabilities), and this client gives none: it takes no `logprobs` keyword "
+            f"({safe_repr(client)}); use Majority, or a client that reads log-probabilities "
+            "(local_client, or openai_client on a server that returns them)"
+        )
+    return wants
 
 
 async def walk_stopped(step: Step, state: Walk) -> tuple[str, History]:
@@ -112,14 +130,16 @@ async def run(
     raises a :class:`~moa.errors.StepFailedError` carrying the history so far.
     """
     step, opts = _prepared("run", pipeline, prompt, client, options, dict(kwargs))
+    wants = confidence_needs("run", step, client)
     stop = Stop()
     state = Walk(
         prompt,
         draw_seed(opts.seed),
-        compose(client, opts, stop),
+        compose(client, opts, stop, confidence=wants.origin),
         stop,
         opts.on_event,
         accepts_seed(client),
+        wants.origin,
     )
     return await walk_stopped(step, state)
 
@@ -199,13 +219,16 @@ async def run_stream(
     events so far. Options are ``run``'s; leaving the block early cancels the run.
     """
     step, opts = _prepared("run_stream", pipeline, prompt, client, options, dict(kwargs))
+    wants = confidence_needs("run_stream", step, client)
     send, receive = anyio.create_memory_object_stream[Event](math.inf)
     events = ErrorAfter(receive)
     handler = send.send_nowait if opts.on_event is None else _both(opts.on_event, send.send_nowait)
     opts = opts.replace(on_event=handler)
     stop = Stop()
-    calls = compose(client, opts, stop, stream_path=_stream_path(step))
-    state = Walk(prompt, draw_seed(opts.seed), calls, stop, handler, accepts_seed(client))
+    calls = compose(client, opts, stop, stream_path=_stream_path(step), confidence=wants.origin)
+    state = Walk(
+        prompt, draw_seed(opts.seed), calls, stop, handler, accepts_seed(client), wants.origin
+    )
 
     async def drive() -> None:
         with send:

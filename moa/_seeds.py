@@ -23,7 +23,7 @@ from ._bounds import SEED_RANGE, check_seed, check_type, shown
 if TYPE_CHECKING:
     from ._contract import Identity
 
-__all__ = ("SEED_BITS", "accepts_seed", "call_seed", "check_id", "row_seed")
+__all__ = ("SEED_BITS", "accepts", "accepts_seed", "call_seed", "check_id", "row_seed")
 
 #: Call seeds are below 2**31: every backend takes them (llama.cpp's are 32-bit unsigned,
 #: some servers parse a signed 32-bit int).
@@ -44,7 +44,7 @@ def check_id(owner: str, name: str, ident: object) -> None:
         )
 
 
-_known: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+_known: weakref.WeakKeyDictionary[Any, dict[str, bool]] = weakref.WeakKeyDictionary()
 
 
 def call_seed(run_seed: int, path: tuple[int, ...], identity: Identity, sample: int) -> int:
@@ -57,33 +57,41 @@ def call_seed(run_seed: int, path: tuple[int, ...], identity: Identity, sample: 
     return int.from_bytes(h.digest(), "big") >> (64 - SEED_BITS)
 
 
-def _takes_seed(fn: Callable[..., Any]) -> bool:
+def _takes(fn: Callable[..., Any], keyword: str) -> bool:
     try:
         parameters = inspect.signature(fn).parameters
-    except (TypeError, ValueError):  # no signature to read (a builtin): it takes no seed
+    except (TypeError, ValueError):  # no signature to read (a builtin): it takes none
         return False
-    seed = parameters.get("seed")
-    return seed is not None and seed.kind in (
+    found = parameters.get(keyword)
+    return found is not None and found.kind in (
         inspect.Parameter.POSITIONAL_OR_KEYWORD,
         inspect.Parameter.KEYWORD_ONLY,
     )
 
 
-def accepts_seed(fn: Callable[..., Any]) -> bool:
-    """Whether ``fn`` (a client, or its ``stream`` method) takes a ``seed`` keyword. Read
-    from its signature once per client: runs ask it every time."""
+def accepts(fn: Callable[..., Any], keyword: str) -> bool:
+    """Whether ``fn`` (a client, or its ``stream`` method) takes ``keyword`` (``seed``,
+    ``logprobs``) by keyword. Read from its signature once per client: runs ask it every
+    time."""
     # A bound method's answer is its function's (a new method object is made at each lookup).
     key = getattr(fn, "__func__", None) or fn
     try:
-        return _known[key]
+        known = _known[key]
     except (KeyError, TypeError):
-        pass
-    answer = _takes_seed(fn)
-    try:
-        _known[key] = answer
-    except TypeError:  # not weakly referenceable: asked again next time
-        pass
+        known = {}
+        try:
+            _known[key] = known
+        except TypeError:  # not weakly referenceable: asked again next time
+            pass
+    answer = known.get(keyword)
+    if answer is None:
+        answer = known[keyword] = _takes(fn, keyword)
     return answer
+
+
+def accepts_seed(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` (a client, or its ``stream`` method) takes a ``seed`` keyword."""
+    return accepts(fn, "seed")
 
 
 def row_seed(seed: int, ident: str | int) -> int:

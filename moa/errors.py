@@ -12,6 +12,7 @@ __all__ = (
     "CacheError",
     "CacheMissError",
     "ClientOutputError",
+    "ConfidenceUnavailableError",
     "EmptyInputError",
     "MoaError",
     "ProviderError",
@@ -129,3 +130,9 @@ class BatchStoppedError(MoaError):
     def __init__(self, message: str, results: tuple[Any, ...] = ()) -> None:
         super().__init__(message)
         self.results = results
+
+
+class ConfidenceUnavailableError(MoaError, ValueError):
+    """A pipeline holds a step that reads each response's confidence (its tokens'
+    log-probabilities), and the run's client cannot give them: refused at the run's start,
+    before any call."""

@@ -312,7 +312,7 @@ def test_a_read_only_recording_in_a_read_only_folder_replays(tmp_path):
         cache.put("m", [{"role": "user", "content": "q"}], 0.7, 8, (0, 0), "stored", 3, 4)
     proc = _read_only_run(folder, REPLAY, path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == "Reply(text='stored', input_tokens=3, output_tokens=4) 1\n"
+    assert proc.stdout == "('stored', 3, 4) 1\n"
 
 
 def test_replay_never_creates_a_file(tmp_path):

@@ -9,6 +9,7 @@ stops its generation at the next token.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import queue
 import re
@@ -21,7 +22,8 @@ import anyio
 import anyio.to_thread
 
 from .._bounds import check_int
-from .._client import Usage
+from .._client import Reply, Usage
+from .._response import Confidence
 from ..errors import MoaError, ProviderError
 from ._extras import MissingExtraError, require
 
@@ -245,22 +247,41 @@ def _take(items: queue.SimpleQueue[Any]) -> list[Any]:
     return batch
 
 
-def _stopper(llama: Any, stop: threading.Event, sampled: list[int]) -> Any:
+def _stopper(
+    llama: Any, stop: threading.Event, sampled: list[int], scored: list[float] | None = None
+) -> Any:
     """A logits processor that forces the end-of-sequence token once ``stop`` is set, so the
     generation ends at its next token, and appends to ``sampled`` the context's length before
-    each token is sampled (its first entry is the prompt's length in tokens)."""
+    each token is sampled (its first entry is the prompt's length in tokens). With ``scored``,
+    it also appends each sampled token's log-probability under the model's distribution: the
+    scores of one step are kept until the next, whose context ends with the token sampled
+    from them (so the last token sampled, the end-of-sequence one or the one a length limit
+    stops at, is not scored)."""
     eos = llama.token_eos()
+    kept: list[Any] = []  # the last step's (log-normaliser, scores)
 
     # llama.cpp calls this per token from C, where an exception would be swallowed: forcing
     # the end-of-sequence token is the way to stop.
     def check_stop(input_ids: Any, scores: Any) -> Any:
         sampled.append(llama.n_tokens)
+        if scored is not None:
+            if kept:
+                normaliser, previous = kept.pop()
+                scored.append(float(previous[input_ids[-1]]) - normaliser)
+            top = float(scores.max())
+            kept.append((top + math.log(float(_exp_sum(scores, top))), scores.copy()))
         if stop.is_set():
             scores[:] = -float("inf")
             scores[eos] = 0.0
         return scores
 
     return check_stop
+
+
+def _exp_sum(scores: Any, top: float) -> Any:
+    import numpy  # llama-cpp-python's own dependency: there whenever a model runs
+
+    return numpy.exp(scores - top, dtype=numpy.float64).sum()
 
 
 def _seeded(seed: int | None) -> dict[str, int]:
@@ -339,9 +360,11 @@ class LocalClient:
         max_tokens: int,
         stop: threading.Event,
         seed: int | None,
-    ) -> tuple[str, int | None, int | None]:
+        logprobs: bool = False,
+    ) -> Reply | tuple[str, int | None, int | None]:
         engine = self._engine(model)
-        check_stop = _stopper(engine.llama, stop, [])
+        scored: list[float] | None = [] if logprobs else None
+        check_stop = _stopper(engine.llama, stop, [], scored)
         with engine.lock:
             if stop.is_set():
                 raise _Stopped
@@ -358,7 +381,9 @@ class LocalClient:
                 raise _rejected(model, exc) from None
         usage = out.get("usage") or {}
         text = out["choices"][0]["message"].get("content") or ""
-        return str(text), usage.get("prompt_tokens"), usage.get("completion_tokens")
+        reply = (str(text), usage.get("prompt_tokens"), usage.get("completion_tokens"))
+        # Three items, as a client returns, unless there is a confidence to add.
+        return Reply(*reply, Confidence.of(scored)) if scored else reply
 
     async def __call__(
         self,
@@ -368,7 +393,11 @@ class LocalClient:
         temp: float,
         max_tokens: int,
         seed: int | None = None,
-    ) -> tuple[str, int | None, int | None]:
+        logprobs: bool = False,
+    ) -> Reply | tuple[str, int | None, int | None]:
+        """The reply to one call: ``(text, input_tokens, output_tokens)``, or with
+        ``logprobs`` a :class:`~moa.Reply` with the model's confidence in it (its sampled
+        tokens' log-probabilities, read as it samples: no extra memory)."""
         stop = threading.Event()
         try:
             return await anyio.to_thread.run_sync(
@@ -379,6 +408,7 @@ class LocalClient:
                 max_tokens,
                 stop,
                 seed,
+                logprobs,
                 abandon_on_cancel=True,
             )
         except anyio.get_cancelled_exc_class():
@@ -395,10 +425,11 @@ class LocalClient:
         temp: float,
         max_tokens: int,
         seed: int | None = None,
+        logprobs: bool = False,
     ) -> AsyncIterator[str | Usage]:
-        """The reply's text chunks as the model writes them, then its :class:`~moa.Usage`.
-        Leaving the iteration early, or cancelling it, stops the generation at its next token
-        and frees the model."""
+        """The reply's text chunks as the model writes them, then its :class:`~moa.Usage`
+        (with the reply's confidence when ``logprobs``). Leaving the iteration early, or
+        cancelling it, stops the generation at its next token and frees the model."""
         stop = threading.Event()
         items: queue.SimpleQueue[Any] = queue.SimpleQueue()
         # An async generator cannot keep a task group open across its yields, so the generation
@@ -407,7 +438,7 @@ class LocalClient:
         # ends at most one token after this generator does.
         threading.Thread(
             target=self._produce,
-            args=(model, messages, temp, max_tokens, stop, items, seed),
+            args=(model, messages, temp, max_tokens, stop, items, seed, logprobs),
             name=f"moa-local-stream-{model}",
             daemon=True,
         ).start()
@@ -431,9 +462,12 @@ class LocalClient:
         stop: threading.Event,
         items: queue.SimpleQueue[Any],
         seed: int | None,
+        logprobs: bool = False,
     ) -> None:
         try:
-            for item in self._generate_stream(model, messages, temp, max_tokens, stop, seed):
+            for item in self._generate_stream(
+                model, messages, temp, max_tokens, stop, seed, logprobs
+            ):
                 items.put(item)
         except BaseException as exc:  # handed to the consumer, which raises it
             items.put(exc)
@@ -448,13 +482,15 @@ class LocalClient:
         max_tokens: int,
         stop: threading.Event,
         seed: int | None,
+        logprobs: bool = False,
     ) -> Iterator[str | Usage]:
         engine = self._engine(model)
         # llama's streamed chunks carry no usage, and one chunk may hold several tokens (a
         # character split across tokens): the counts come from the logits processor, which
         # runs once per sampled token, first when the context holds just the prompt.
         sampled: list[int] = []
-        check_stop = _stopper(engine.llama, stop, sampled)
+        scored: list[float] | None = [] if logprobs else None
+        check_stop = _stopper(engine.llama, stop, sampled, scored)
         finish = None
         with engine.lock:
             if stop.is_set():
@@ -483,7 +519,8 @@ class LocalClient:
         # which llama does not count as a completion token; at "length" every sampled token
         # counts. (A stop string written out in text, rare, also ends with "stop" but with no
         # such token: llama's own count is then one more.)
-        yield Usage(sampled[0], len(sampled) - (finish == "stop"))
+        confidence = Confidence.of(scored) if scored else None
+        yield Usage(sampled[0], len(sampled) - (finish == "stop"), confidence)
 
 
 def local_client(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import re
 from collections.abc import AsyncIterator
@@ -14,7 +15,8 @@ from typing import Any
 import anyio
 
 from .._bounds import check_seconds
-from .._client import Usage
+from .._client import Reply, Usage
+from .._response import Confidence
 from ..errors import MoaError, ProviderError
 from ._common import PerLoop, check_defaults, token_count
 from ._errors import provider_error, redact, url_passwords
@@ -73,11 +75,12 @@ class _StreamState:
     """What a Chat Completions stream has said so far: the token counts it reported, its
     finish reason, and whether any event, any chunk with choices, any text and [DONE] came."""
 
-    __slots__ = ("any_chunk", "any_event", "any_text", "done", "finish", "tin", "tout")
+    __slots__ = ("any_chunk", "any_event", "any_text", "done", "finish", "logprobs", "tin", "tout")
 
     def __init__(self) -> None:
         self.tin: int | None = None
         self.tout: int | None = None
+        self.logprobs: list[float] = []
         self.finish: Any = None
         self.any_text = self.done = self.any_event = self.any_chunk = False
 
@@ -112,12 +115,22 @@ class OpenAIClient:
         return redact(f"openai_client({', '.join(args)})", self._secrets)
 
     def params(
-        self, model: str, temp: float, max_tokens: int, seed: int | None = None
+        self,
+        model: str,
+        temp: float,
+        max_tokens: int,
+        seed: int | None = None,
+        logprobs: bool = False,
     ) -> dict[str, Any]:
         """The keyword arguments of ``chat.completions.create`` for one call, bar the messages.
         ``seed`` is the request's ``seed`` field (OpenAI, vLLM and llama.cpp's server sample
-        from it); a call's seed replaces a ``seed`` given as a default."""
+        from it); a call's seed replaces a ``seed`` given as a default. ``logprobs`` asks for
+        the sampled tokens' log-probabilities (not of a reasoning model, which gives none:
+        its replies then carry no confidence)."""
         params: dict[str, Any] = {"model": model}
+        if logprobs and not is_reasoning_model(model):
+            params["logprobs"] = True
+            params["top_logprobs"] = 1  # llama.cpp's server gives none without it
         if is_reasoning_model(model):
             params["max_completion_tokens"] = max_tokens
             effort = self.reasoning_effort or _default_effort(model)
@@ -152,10 +165,14 @@ class OpenAIClient:
         temp: float,
         max_tokens: int,
         seed: int | None = None,
-    ) -> tuple[str, int | None, int | None]:
+        logprobs: bool = False,
+    ) -> Reply | tuple[str, int | None, int | None]:
+        """The reply to one call: ``(text, input_tokens, output_tokens)``, or a
+        :class:`~moa.Reply` with the model's confidence when ``logprobs`` asked for it and the
+        server gave it."""
         try:
             response = await self._sdks.get().chat.completions.create(
-                messages=messages, **self.params(model, temp, max_tokens, seed)
+                messages=messages, **self.params(model, temp, max_tokens, seed, logprobs)
             )
         except Exception as exc:
             error = self._error(exc, model)
@@ -175,12 +192,14 @@ class OpenAIClient:
         temp: float,
         max_tokens: int,
         seed: int | None = None,
+        logprobs: bool = False,
     ) -> AsyncIterator[str | Usage]:
         """The reply's text chunks as the server sends them, then its :class:`~moa.Usage`
-        (``Usage(None, None)`` from a server that reports no usage in a stream). Failures,
+        (``Usage(None, None)`` from a server that reports no usage in a stream), with the
+        reply's confidence when ``logprobs`` asked for it and the server gave it. Failures,
         when the stream opens or in its middle, are sorted into ``ProviderError`` as
         ``__call__`` sorts them; the HTTP response is closed however the iteration ends."""
-        params = self.params(model, temp, max_tokens, seed)
+        params = self.params(model, temp, max_tokens, seed, logprobs)
         stream = await self._open(model, messages, params, {"include_usage": True})
         if stream is None:
             # The server refused stream_options: it will not report usage anyway.
@@ -202,7 +221,9 @@ class OpenAIClient:
         finally:
             await close_shielded(stream)
         _check_outcome(model, state, self._secrets)
-        yield Usage(state.tin, state.tout)
+        yield Usage(
+            state.tin, state.tout, Confidence.of(state.logprobs) if state.logprobs else None
+        )
 
     def _take_chunk(self, model: str, chunk: Any, state: _StreamState) -> str | None:
         """Read one stream chunk (not [DONE]) into ``state``: the text it adds (None or ""
@@ -224,6 +245,7 @@ class OpenAIClient:
         if choice is None:  # the usage chunk
             return None
         state.finish = choice.get("finish_reason") or state.finish
+        state.logprobs.extend(token_logprobs(choice.get("logprobs")))
         text = _chunk_text(model, choice, self._secrets)
         if text:
             state.any_text = True
@@ -332,9 +354,28 @@ def _chunk_text(model: str, choice: dict[str, Any], secrets: tuple[str, ...]) ->
     )
 
 
+def token_logprobs(logprobs: Any) -> list[float]:
+    """The sampled tokens' log-probabilities in a choice's ``logprobs`` (``{"content": [{"token":
+    ..., "logprob": ...}, ...]}``, an object or a dict): those that are finite numbers <= 0,
+    in order; none from a server that sent none."""
+    content = field(logprobs, "content") if logprobs is not None else None
+    if not isinstance(content, list):
+        return []
+    out = []
+    for item in content:
+        value = field(item, "logprob")
+        if (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and -math.inf < value <= 0
+        ):
+            out.append(float(value))
+    return out
+
+
 def _reply(
     model: str, response: Any, secrets: tuple[str, ...]
-) -> tuple[str, int | None, int | None]:
+) -> Reply | tuple[str, int | None, int | None]:
     choices = field(response, "choices")
     if choices == [] or (choices is None and field(response, "error")):
         # A 200 with no choices is what OpenRouter sends when the upstream provider failed
@@ -347,11 +388,14 @@ def _reply(
         )
     text = chat_text(model, response, secrets)
     usage = field(response, "usage")
-    return (
+    logprobs = token_logprobs(field(field(response, "choices")[0], "logprobs"))
+    reply = (
         text,
         token_count(getattr(usage, "prompt_tokens", None)),
         token_count(getattr(usage, "completion_tokens", None)),
     )
+    # Three items, as a client returns, unless there is a confidence to add.
+    return Reply(*reply, Confidence.of(logprobs)) if logprobs else reply
 
 
 def openai_client(

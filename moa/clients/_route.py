@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from .._bounds import describe
-from .._client import Usage
-from .._seeds import accepts_seed
+from .._client import Usage, check_output
+from .._seeds import accepts, accepts_seed
 from ..errors import MoaError
 
 __all__ = ("NoRouteError", "Router", "route")
@@ -61,6 +61,7 @@ class Router:
         temp: float,
         max_tokens: int,
         seed: int | None = None,
+        logprobs: bool = False,
     ) -> tuple[str, int | None, int | None]:
         client = self.client_for(model)
         reply: tuple[str, int | None, int | None] = await client(
@@ -68,7 +69,7 @@ class Router:
             messages=messages,
             temp=temp,
             max_tokens=max_tokens,
-            **_seed_for(client, seed),
+            **_extra_for(client, seed, logprobs),
         )
         return reply
 
@@ -80,28 +81,32 @@ class Router:
         temp: float,
         max_tokens: int,
         seed: int | None = None,
+        logprobs: bool = False,
     ) -> AsyncIterator[str | Usage]:
         """The routed client's ``stream``; a client without one gives its whole reply as one
         chunk, then its Usage."""
         client = self.client_for(model)
         stream = getattr(client, "stream", None)
         if stream is None:
-            text, input_tokens, output_tokens = await client(
-                model=model,
-                messages=messages,
-                temp=temp,
-                max_tokens=max_tokens,
-                **_seed_for(client, seed),
+            reply = check_output(
+                model,
+                await client(
+                    model=model,
+                    messages=messages,
+                    temp=temp,
+                    max_tokens=max_tokens,
+                    **_extra_for(client, seed, logprobs),
+                ),
             )
-            yield text
-            yield Usage(input_tokens, output_tokens)
+            yield reply.text
+            yield Usage(reply.input_tokens, reply.output_tokens, reply.confidence)
             return
         items = stream(
             model=model,
             messages=messages,
             temp=temp,
             max_tokens=max_tokens,
-            **_seed_for(stream, seed),
+            **_extra_for(stream, seed, logprobs),
         )
         try:
             async for item in items:
@@ -112,9 +117,13 @@ class Router:
                 await aclose()
 
 
-def _seed_for(fn: Any, seed: int | None) -> dict[str, int]:
-    # The seed passes through to a routed client that takes one, and only to such a client.
-    return {"seed": seed} if seed is not None and accepts_seed(fn) else {}
+def _extra_for(fn: Any, seed: int | None, logprobs: bool) -> dict[str, Any]:
+    # The seed and the ask for log-probabilities pass through to a routed client that takes
+    # them, and only to such a client (one that cannot give confidence answers without it).
+    extra: dict[str, Any] = {"seed": seed} if seed is not None and accepts_seed(fn) else {}
+    if logprobs and accepts(fn, "logprobs"):
+        extra["logprobs"] = True
+    return extra
 
 
 def route(clients: Mapping[str, Any], default: Any = None) -> Router:

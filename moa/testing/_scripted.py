@@ -14,7 +14,9 @@ from typing import Any
 
 import anyio
 
+from .._client import Reply as MoaReply
 from .._client import Usage
+from .._response import Confidence
 from ..errors import ProviderError
 
 __all__ = ("Permanent", "ScriptedClient", "Transient", "default_reply")
@@ -58,6 +60,11 @@ class ScriptedClient:
     :meth:`stream` gives the same reply word by word (``chunk_delay`` seconds before each
     chunk after the first), then its :class:`moa.Usage`; a model in ``break_stream`` fails
     retryably after that many chunks, as a dropped connection would.
+
+    Asked for ``logprobs`` (a run whose pipeline reads confidence asks), a reply carries a
+    :class:`moa.Confidence`: ``confidence(model, messages, text)`` gives its mean token
+    log-probability (None: the client gives none), by default one drawn from the model,
+    messages and text, in [-3, 0).
     """
 
     def __init__(
@@ -70,8 +77,10 @@ class ScriptedClient:
         hang: frozenset[str] | set[str] | Sequence[str] = frozenset(),
         chunk_delay: float = 0.0,
         break_stream: Mapping[str, int] | None = None,
+        confidence: Callable[[str, list[dict[str, str]], str], float | None] | None = None,
     ) -> None:
         self.reply = reply
+        self.confidence = confidence
         self.delay = delay
         self.transient = transient if isinstance(transient, int) else dict(transient or {})
         self.permanent = set(permanent)
@@ -95,6 +104,7 @@ class ScriptedClient:
             hang=self.hang,
             chunk_delay=self.chunk_delay,
             break_stream=self.break_stream,
+            confidence=self.confidence,
         )
 
     def _transient(self, model: str) -> int:
@@ -102,12 +112,38 @@ class ScriptedClient:
             return self.transient
         return self.transient.get(model, 0)
 
+    def _confidence(
+        self, model: str, messages: list[dict[str, str]], text: str
+    ) -> Confidence | None:
+        """The reply's confidence when asked: the ``confidence`` script's mean log-probability
+        (None: the client gives none), else one drawn from the model, messages and text."""
+        if self.confidence is not None:
+            mean = self.confidence(model, messages, text)
+        else:
+            mean = -3 * int(_digest(model, messages, ("confidence", text))[:8], 16) / 2**32
+        if mean is None:
+            return None
+        tokens = max(1, len(text.split()))
+        return Confidence(mean * tokens, tokens)
+
     async def __call__(
-        self, *, model: str, messages: list[dict[str, str]], temp: float, max_tokens: int
-    ) -> tuple[str, int, int]:
-        self.calls.append(
-            {"model": model, "messages": messages, "temp": temp, "max_tokens": max_tokens}
-        )
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, str]],
+        temp: float,
+        max_tokens: int,
+        logprobs: bool = False,
+    ) -> MoaReply | tuple[str, int, int]:
+        call: dict[str, Any] = {
+            "model": model,
+            "messages": messages,
+            "temp": temp,
+            "max_tokens": max_tokens,
+        }
+        if logprobs:
+            call["logprobs"] = True
+        self.calls.append(call)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -124,17 +160,28 @@ class ScriptedClient:
             text = self.reply(model, messages)
             tokens_in = sum(len(m["content"].split()) for m in messages)
             self.finished += 1
-            return text, tokens_in, len(text.split())
+            confidence = self._confidence(model, messages, text) if logprobs else None
+            if confidence is None:  # three items, as a client returns
+                return text, tokens_in, len(text.split())
+            return MoaReply(text, tokens_in, len(text.split()), confidence)
         finally:
             self.in_flight -= 1
 
     async def stream(
-        self, *, model: str, messages: list[dict[str, str]], temp: float, max_tokens: int
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, str]],
+        temp: float,
+        max_tokens: int,
+        logprobs: bool = False,
     ) -> AsyncIterator[str | Usage]:
         """The reply of :meth:`__call__` in word chunks, then its Usage."""
-        text, tokens_in, tokens_out = await self(
-            model=model, messages=messages, temp=temp, max_tokens=max_tokens
+        reply = await self(
+            model=model, messages=messages, temp=temp, max_tokens=max_tokens, logprobs=logprobs
         )
+        text, tokens_in, tokens_out = reply[:3]
+        confidence = reply.confidence if isinstance(reply, MoaReply) else None
         self.streams += 1
         words = text.split(" ")
         for i, word in enumerate(words):
@@ -143,7 +190,7 @@ class ScriptedClient:
             if i == self.break_stream.get(model, -1):
                 raise Transient(model)
             yield word if i == len(words) - 1 else word + " "
-        yield Usage(tokens_in, tokens_out)
+        yield Usage(tokens_in, tokens_out, confidence)
 
     def __repr__(self) -> str:
         script = [f"reply={getattr(self.reply, '__name__', None) or self.reply!r}"]
