@@ -11,6 +11,7 @@ from ._batch import as_completed as as_completed
 from ._batch import run_many as run_many
 from ._cache import Cache as Cache
 from ._client import Client as Client
+from ._client import Reply as Reply
 from ._client import StreamingClient as StreamingClient
 from ._client import Usage as Usage
 from ._contract import LLMStep as LLMStep
@@ -48,12 +49,17 @@ from ._pipeline import Pipeline as Pipeline
 from ._pipeline import Step as Step
 from ._pipeline import parallel as parallel
 from ._pipeline import pipeline as pipeline
+from ._response import Confidence as Confidence
+from ._response import Response as Response
 from ._retry import Retry as Retry
 from ._run import run as run
 from ._run import run_stream as run_stream
 from ._run import run_sync as run_sync
 from ._seeds import row_seed as row_seed
 from ._select import Majority as Majority
+from ._select import MostConfident as MostConfident
+from ._select import MostConsistent as MostConsistent
+from ._select import WeightedMajority as WeightedMajority
 from ._transforms import Dropout as Dropout
 from ._transforms import Filter as Filter
 from ._transforms import Map as Map
@@ -65,6 +71,7 @@ from .errors import BatchStoppedError as BatchStoppedError
 from .errors import CacheError as CacheError
 from .errors import CacheMissError as CacheMissError
 from .errors import ClientOutputError as ClientOutputError
+from .errors import ConfidenceUnavailableError as ConfidenceUnavailableError
 from .errors import EmptyInputError as EmptyInputError
 from .errors import MoaError as MoaError
 from .errors import ProviderError as ProviderError
@@ -106,6 +113,8 @@ __all__ = (
     "CallRetrying",
     "Client",
     "ClientOutputError",
+    "Confidence",
+    "ConfidenceUnavailableError",
     "Cost",
     "Dropout",
     "EmptyInputError",
@@ -118,6 +127,8 @@ __all__ = (
     "Map",
     "MoaError",
     "ModelLimit",
+    "MostConfident",
+    "MostConsistent",
     "Parallel",
     "Pick",
     "Pipeline",
@@ -128,6 +139,8 @@ __all__ = (
     "ProviderError",
     "Rank",
     "Refine",
+    "Reply",
+    "Response",
     "Retry",
     "RetryAfterTooLongError",
     "RunFinished",
@@ -148,6 +161,7 @@ __all__ = (
     "Transform",
     "Usage",
     "Vote",
+    "WeightedMajority",
     "as_completed",
     "cost",
     "parallel",

@@ -19,12 +19,12 @@ from ._pipeline import Step
 
 __all__ = (
     "OFF_LOOP_SECONDS",
-    "Reads",
     "Identity",
     "LLMStep",
     "Message",
     "OffLoop",
     "Plan",
+    "Reads",
     "Request",
     "ask",
     "messages",

@@ -22,7 +22,7 @@ from ._agent import Agent
 from ._contract import LLMStep
 from ._llm_steps import Aggregate, AggregateSeq, Pick, Propose, Rank, Refine, Synthesize, Vote
 from ._pipeline import Parallel, Pipeline, Step
-from ._select import Majority
+from ._select import Majority, MostConfident, MostConsistent, WeightedMajority
 from ._syntax import (
     EXPR_MAX_BRACKETS,
     EXPR_MAX_CHARS,
@@ -76,6 +76,9 @@ STEPS: dict[str, type] = {
         Vote,
         Pick,
         Majority,
+        WeightedMajority,
+        MostConsistent,
+        MostConfident,
         Shuffle,
         Dropout,
         Sample,

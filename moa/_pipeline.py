@@ -103,7 +103,13 @@ class Step:
         shown = [
             source(list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields
         ]
-        args = shown[: self._positional]
+        # Positional arguments up to the last one not at its default: Majority(), not
+        # Majority(None).
+        given = [
+            f.default is dataclasses.MISSING or getattr(self, f.name) != f.default
+            for f in fields[: self._positional]
+        ]
+        args = shown[: max((i + 1 for i, g in enumerate(given) if g), default=0)]
         for f, text in zip(fields[self._positional :], shown[self._positional :], strict=True):
             if f.default is dataclasses.MISSING or getattr(self, f.name) != f.default:
                 args.append(f"{f.name}={text}")

@@ -29,9 +29,9 @@ from .errors import ConfidenceUnavailableError
 
 __all__ = (
     "ErrorAfter",
-    "confidence_needs",
     "check_client",
     "check_prompt",
+    "confidence_needs",
     "draw_seed",
     "run",
     "run_stream",

@@ -1,13 +1,18 @@
 """Selection steps: no model call, one response kept verbatim from the current ones.
 
-:class:`Majority` counts the answers extracted from the responses. Extraction runs off the
-event loop (:mod:`moa._offload`): a regex in a worker process, killed past its time bound, so a
-pattern that backtracks without end fails its step instead of freezing every run on the loop;
-an extractor function in a thread.
+:class:`Majority` counts the answers extracted from the responses; :class:`WeightedMajority`
+weighs each vote by the model's confidence in it (CISC, arXiv:2502.06233) and can drop the
+least confident first (DeepConf, arXiv:2508.15260); :class:`MostConsistent` keeps the answer of
+the agent whose own samples agree most (SLM-MUX, arXiv:2510.05077); :class:`MostConfident`
+keeps the response the model was surest of. Extraction runs off the event loop
+(:mod:`moa._offload`): a regex in a worker process, killed past its time bound, so a pattern
+that backtracks without end fails its step instead of freezing every run on the loop; an
+extractor function, and the default answer key, in a thread.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from collections import Counter
@@ -16,13 +21,23 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ._agent import plain_text
-from ._bounds import describe, safe_repr
+from ._answers import answer_key
+from ._bounds import check_number, describe, safe_repr
 from ._contract import LLMStep, OffLoop, Plan
 
-__all__ = ("Extractor", "Majority", "extract_answers")
+__all__ = (
+    "Extractor",
+    "Majority",
+    "MostConfident",
+    "MostConsistent",
+    "WeightedMajority",
+    "extract_answers",
+)
 
 #: What reads an answer from a response: a regex (its last non-empty match; with groups, the
-#: first group that took part) or a function ``str -> str | None``; None: the whole response.
+#: first group that took part) or a function ``str -> str | None``; None: the answer key
+#: (:func:`moa.answers.answer_key`: the last number, else the first content word that is not
+#: in the question).
 Extractor = str | Callable[[str], str | None] | None
 
 
@@ -59,18 +74,18 @@ def _function_answers(
     return out
 
 
-def _whole(texts: list[str]) -> list[str | None]:
-    return [text.strip() or None for text in texts]
+def _keys(question: str, texts: list[str]) -> list[str | None]:
+    return [answer_key(text, question) for text in texts]
 
 
-def extract_answers(where: str, extract: Extractor, texts: list[str]) -> OffLoop:
+def extract_answers(where: str, extract: Extractor, texts: list[str], question: str) -> OffLoop:
     """The work of reading each text's answer with ``extract``, for a plan to yield: a regex
-    in a worker process, a function in a thread, the whole text in a thread."""
+    in a worker process, a function in a thread, the answer key (None) in a thread."""
     if isinstance(extract, str):
-        return OffLoop(_regex_answers, (extract, texts), process=True)
+        return OffLoop(_regex_answers, (extract, list(map(str, texts))), process=True)
     if extract is None:
-        return OffLoop(_whole, (texts,))
-    return OffLoop(_function_answers, (where, extract, texts))
+        return OffLoop(_keys, (question, list(texts)))
+    return OffLoop(_function_answers, (where, extract, list(texts)))
 
 
 def check_extractor(step: str, extract: object) -> Extractor:
@@ -97,10 +112,11 @@ class Majority(LLMStep):
     """The most common answer among the responses, as the single output, verbatim.
 
     Each response's answer is read by ``extract`` (a regex: its last non-empty match, or with
-    groups the first group that took part; a function ``str -> str | None``; None: the whole
-    response, stripped); "" is no answer. The most common answer wins, a tie broken with the
-    run's seeded RNG, and the first response giving it is kept. Responses with no answer do
-    not vote; when none has one, the first response is kept and a note says so. No model is
+    groups the first group that took part; a function ``str -> str | None``; None: the answer
+    key, the last number in the response, else its first content word that is not in the
+    question); "" is no answer. The most common answer wins, a tie broken with the run's
+    seeded RNG, and the first response giving it is kept. Responses with no answer do not
+    vote; when none has one, the first response is kept and a note says so. No model is
     called.
     """
 
@@ -111,7 +127,7 @@ class Majority(LLMStep):
         object.__setattr__(self, "extract", check_extractor("Majority", self.extract))
 
     def plan(self, prompt: str, responses: list[str], rng: random.Random) -> Plan:
-        answers = yield extract_answers(repr(self), self.extract, responses)
+        answers = yield extract_answers(repr(self), self.extract, responses, prompt)
         return _majority(answers, responses, rng)
 
 
@@ -134,3 +150,170 @@ def _majority(
         + (f"; {answers.count(None)} had no answer" if None in answers else "")
     )
     return [responses[answers.index(winner)]], [note]
+
+
+def _weight(response: str) -> float | None:
+    confidence = getattr(response, "confidence", None)
+    return None if confidence is None else float(confidence.weight)
+
+
+def _check_share(step: str, name: str, value: object) -> float:
+    check_number(step, name, value, high=0.99)
+    assert isinstance(value, (int, float))
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class WeightedMajority(LLMStep):
+    """The answer with the most confidence behind it, as the single output, verbatim.
+
+    Answers are read as :class:`Majority` reads them; each response's vote weighs its
+    :attr:`~moa.Confidence.weight`, the geometric mean of its tokens' probabilities
+    (confidence-informed self-consistency, CISC). First, ``drop`` (a share below 1) of the
+    responses, the least confident, are set aside (DeepConf's filter); at least one is kept.
+    The answer with the largest total weight wins; a tie goes to the answer whose best
+    response is the surest, then to the run's seeded RNG; the winning answer's most confident
+    response is kept. A response without a confidence (a client that gave none for it)
+    weighs the median of the others', and a note says how many; needs a client that can
+    give log-probabilities (refused at run start otherwise).
+    """
+
+    extract: Extractor = None
+    drop: float = 0.0
+    _positional: ClassVar[int] = 1
+    reads_origin: ClassVar[bool] = True
+    needs_confidence: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "extract", check_extractor("WeightedMajority", self.extract))
+        object.__setattr__(self, "drop", _check_share("WeightedMajority", "drop", self.drop))
+
+    def plan(self, prompt: str, responses: list[str], rng: random.Random) -> Plan:
+        answers = yield extract_answers(repr(self), self.extract, responses, prompt)
+        return _weighted(answers, responses, self.drop, rng)
+
+
+def _filled_weights(responses: list[str]) -> tuple[list[float], int]:
+    """Each response's weight, the unknown ones at the median of the known (1.0 when none
+    is known), and how many were unknown."""
+    weights = [_weight(r) for r in responses]
+    known = sorted(w for w in weights if w is not None)
+    middle = known[len(known) // 2] if known else 1.0
+    return [middle if w is None else w for w in weights], weights.count(None)
+
+
+def _weighted(
+    answers: list[str | None], responses: list[str], drop: float, rng: random.Random
+) -> tuple[list[str], list[str]]:
+    weights, unknown = _filled_weights(responses)
+    order = sorted(range(len(responses)), key=lambda i: -weights[i])
+    kept = order[: max(1, len(order) - int(drop * len(order)))]
+    totals: dict[str, float] = {}
+    best: dict[str, int] = {}
+    for i in kept:
+        a = answers[i]
+        if a is not None:
+            totals[a] = totals.get(a, 0.0) + weights[i]
+            best.setdefault(a, i)  # ``kept`` runs surest first
+    notes = [f"{unknown} of {len(responses)} responses had no confidence"] if unknown else []
+    if drop and len(kept) < len(order):
+        notes.append(f"dropped the {len(order) - len(kept)} least confident")
+    if not totals:
+        return [responses[kept[0]]], [
+            *notes,
+            "WeightedMajority: no answer could be read; kept the surest response",
+        ]
+    top = max(totals.values())
+    tied = sorted(a for a, w in totals.items() if w >= top - 1e-12)
+    if len(tied) > 1:
+        surest = max(weights[best[a]] for a in tied)
+        tied = [a for a in tied if weights[best[a]] >= surest - 1e-12]
+    winner = tied[0] if len(tied) == 1 else rng.choice(tied)
+    note = (
+        f"WeightedMajority: {winner!r} with weight {totals[winner]:.3g} of "
+        f"{sum(totals.values()):.3g}" + (" (a tie, broken at random)" if len(tied) > 1 else "")
+    )
+    return [responses[best[winner]]], [note, *notes]
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class MostConsistent(LLMStep):
+    """The answer of the agent whose own responses agree most, as the single output, verbatim
+    (SLM-MUX's selection).
+
+    The responses are grouped by the agent that wrote them (each agent sampled several
+    times: ``Propose([a] * 5 + [b] * 5)``); an agent's consistency is the share of its
+    responses that give its most common answer (read as :class:`Majority` reads them). The
+    most consistent agent wins, a tie going to the agent whose agreeing responses are surer
+    (their mean confidence, where the client gave one), then to the run's seeded RNG; its
+    answer's first response is kept.
+    """
+
+    extract: Extractor = None
+    _positional: ClassVar[int] = 1
+    reads_origin: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "extract", check_extractor("MostConsistent", self.extract))
+
+    def plan(self, prompt: str, responses: list[str], rng: random.Random) -> Plan:
+        answers = yield extract_answers(repr(self), self.extract, responses, prompt)
+        return _most_consistent(answers, responses, rng)
+
+
+def _most_consistent(
+    answers: list[str | None], responses: list[str], rng: random.Random
+) -> tuple[list[str], list[str]]:
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(responses):
+        groups.setdefault(str(getattr(r, "agent", None)), []).append(i)
+    scores: dict[str, tuple[float, float, str, int]] = {}
+    for agent, members in groups.items():
+        counts: Counter[str] = Counter()
+        for i in members:
+            if (a := answers[i]) is not None:
+                counts[a] += 1
+        if not counts:
+            continue
+        answer, n = max(counts.items(), key=lambda kv: (kv[1], kv[0]))
+        agreeing = [i for i in members if answers[i] == answer]
+        known = [w for i in agreeing if (w := _weight(responses[i])) is not None]
+        sure = sum(known) / len(known) if known else 0.0
+        scores[agent] = (n / len(members), sure, answer, agreeing[0])
+    if not scores:
+        return [responses[0]], ["MostConsistent: no answer could be read; kept the first"]
+    top = max((c, s) for c, s, _, _ in scores.values())
+    tied = sorted(a for a, (c, s, _, _) in scores.items() if (c, s) == top)
+    agent = tied[0] if len(tied) == 1 else rng.choice(tied)
+    share, _, answer, first = scores[agent]
+    return [responses[first]], [
+        f"MostConsistent: {answer!r} from agent {agent} ({share:.0%} of its "
+        f"{len(groups[agent])} responses agree), {len(groups)} agents"
+        + (" (a tie, broken at random)" if len(tied) > 1 else "")
+    ]
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class MostConfident(LLMStep):
+    """The response the model was surest of (the highest mean token log-probability), as the
+    single output, verbatim: best-of-n by confidence, for open-ended answers no extractor
+    can read. A tie goes to the run's seeded RNG; responses without a confidence rank last;
+    needs a client that can give log-probabilities (refused at run start otherwise)."""
+
+    reads_origin: ClassVar[bool] = True
+    needs_confidence: ClassVar[bool] = True
+
+    def plan(self, prompt: str, responses: list[str], rng: random.Random) -> Plan:
+        yield from ()  # a plan is a generator, this one of no round
+        means = [
+            -math.inf if (c := getattr(r, "confidence", None)) is None else c.mean
+            for r in responses
+        ]
+        top = max(means)
+        tied = [i for i, m in enumerate(means) if m == top]
+        i = tied[0] if len(tied) == 1 else rng.choice(tied)
+        shown = "no confidence" if top == -math.inf else f"mean log-probability {top:.3f}"
+        return [responses[i]], [
+            f"MostConfident: response {i + 1} of {len(responses)} ({shown})"
+            + (" (a tie, broken at random)" if len(tied) > 1 else "")
+        ]

@@ -8,6 +8,7 @@ the event loop is handed to the executor as an :class:`OffLoop`. ``docs/custom-s
 walks through both kinds, with their law tests.
 """
 
+from ._answers import answer_key as answer_key
 from ._contract import LLMStep as LLMStep
 from ._contract import OffLoop as OffLoop
 from ._contract import Plan as Plan
@@ -27,6 +28,7 @@ __all__ = (
     "Plan",
     "Request",
     "Transform",
+    "answer_key",
     "ask",
     "messages",
     "numbered",

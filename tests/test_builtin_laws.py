@@ -11,7 +11,22 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import moa
-from moa import Aggregate, Dropout, Filter, Map, Pipeline, Rank, Refine, Sample, Shuffle, Take
+from moa import (
+    Aggregate,
+    Dropout,
+    Filter,
+    Majority,
+    Map,
+    MostConfident,
+    MostConsistent,
+    Pipeline,
+    Rank,
+    Refine,
+    Sample,
+    Shuffle,
+    Take,
+    WeightedMajority,
+)
 from moa.testing import (
     ScriptedClient,
     check_laws,
@@ -197,6 +212,24 @@ check_laws(
 check_laws(
     Aggregate("a"), [never_empty, length_bound(lambda n: min(n, 1))], max_examples=LLM_EXAMPLES
 )
+# The selection steps keep one of their responses, verbatim, whatever the confidences drawn;
+# keeping one from one is keeping it.
+SELECTION_LAWS = [
+    sub_multiset,
+    never_empty,
+    length_bound(lambda n: min(n, 1)),
+    deterministic_under_seed,
+    idempotent,
+]
+for selection in (
+    Majority(),
+    Majority(r"[ab]"),
+    WeightedMajority(),
+    WeightedMajority(drop=0.5),
+    MostConsistent(),
+    MostConfident(),
+):
+    check_laws(selection, SELECTION_LAWS, max_examples=LLM_EXAMPLES)
 
 
 # -- what the laws cannot say ------------------------------------------------------------------

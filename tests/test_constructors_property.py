@@ -22,6 +22,8 @@ from moa import (
     Majority,
     Map,
     ModelLimit,
+    MostConfident,
+    MostConsistent,
     Parallel,
     Pick,
     Pipeline,
@@ -37,6 +39,7 @@ from moa import (
     Synthesize,
     Take,
     Vote,
+    WeightedMajority,
 )
 from moa.errors import MoaError
 
@@ -107,6 +110,9 @@ CONSTRUCTORS = [
     Agent,
     RunOptions,
     Majority,
+    WeightedMajority,
+    MostConsistent,
+    MostConfident,
     Propose,
     Synthesize,
     Aggregate,
@@ -143,6 +149,7 @@ KEYWORDS = [
     "window",
     "reserved",
     "extract",
+    "drop",
     "attempts",
     "initial",
     "max_wait",

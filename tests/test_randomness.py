@@ -32,7 +32,20 @@ from math import comb, exp, lgamma, log, log1p
 import pytest
 
 import moa
-from moa import Dropout, Majority, Pick, Propose, Sample, Shuffle, Transform
+from moa import (
+    Confidence,
+    Dropout,
+    Majority,
+    MostConfident,
+    MostConsistent,
+    Pick,
+    Propose,
+    Response,
+    Sample,
+    Shuffle,
+    Transform,
+    WeightedMajority,
+)
 from moa.steps import OffLoop
 from moa.testing import ScriptedClient
 
@@ -243,6 +256,34 @@ def test_vote_breaks_a_tie_uniformly_at_random_among_the_tied_answers_only():
     xs = ("a: 1", "b: 2", "c: 2", "d: 1", "e: 3")
     assert_frequencies(
         outputs_over_seeds(Majority(r"\d"), xs), {("a: 1",): 1 / 2, ("b: 2",): 1 / 2}
+    )
+
+
+def sure(*texts: str, mean: float = -1.0) -> tuple[Response, ...]:
+    """Responses each with the same confidence, so only chance can break a tie."""
+    return tuple(Response(t, agent=t[0], confidence=Confidence(mean, 1)) for t in texts)
+
+
+def test_weighted_majority_breaks_a_full_tie_uniformly_at_random_among_the_tied_answers():
+    # Equal weights, equal best responses: "1" and "2" tie; "3" (one vote) never wins.
+    xs = sure("a: 1", "b: 2", "c: 2", "d: 1", "e: 3")
+    assert_frequencies(
+        outputs_over_seeds(WeightedMajority(r"\d"), xs), {("a: 1",): 1 / 2, ("b: 2",): 1 / 2}
+    )
+
+
+def test_most_confident_breaks_a_tie_uniformly_at_random_among_the_surest():
+    xs = (*sure("a", "b", "c", mean=-0.5), *sure("d", mean=-2.0))
+    assert_frequencies(
+        outputs_over_seeds(MostConfident(), xs), {("a",): 1 / 3, ("b",): 1 / 3, ("c",): 1 / 3}
+    )
+
+
+def test_most_consistent_breaks_a_tie_uniformly_among_equally_consistent_agents():
+    # Agents a and b each agree with themselves on every response; c does not.
+    xs = sure("a1 7", "a2 7", "b1 8", "b2 8", "c1 5", "c2 6")
+    assert_frequencies(
+        outputs_over_seeds(MostConsistent(r"\d$"), xs), {("a1 7",): 1 / 2, ("b1 8",): 1 / 2}
     )
 
 

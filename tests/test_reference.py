@@ -25,6 +25,8 @@ from moa import (
     Propose,
     Rank,
     Refine,
+    Reply,
+    Response,
     Sample,
     Shuffle,
     Synthesize,
@@ -32,6 +34,7 @@ from moa import (
     Transform,
     Vote,
 )
+from moa._contract import reads
 from moa.steps import OffLoop
 
 PROMPT = "What is the answer?"
@@ -44,8 +47,10 @@ class NoResponses(Exception):
 async def reference(step, prompt, client, seed):
     """``(outputs, records)`` of running ``step`` sequentially; a record is
     ``(step, path, kind, inputs, outputs, calls)`` and a call ``(model, messages, temp,
-    max_tokens, text)``."""
+    max_tokens, text)``. When a step reads where responses came from, every call asks for
+    log-probabilities and its reply goes on as a Response (agent, model, confidence)."""
     records = []
+    origin = reads(step).origin
 
     async def walk(step, responses, rng, path):
         if isinstance(step, Pipeline):
@@ -81,10 +86,24 @@ async def reference(step, prompt, client, seed):
                 replies = []
                 for req in requests:
                     messages = [dict(m) for m in req.messages]
-                    text, _, _ = await client(
-                        model=req.model, messages=messages, temp=req.temp, max_tokens=req.max_tokens
+                    extra = {"logprobs": True} if origin else {}
+                    reply = await client(
+                        model=req.model,
+                        messages=messages,
+                        temp=req.temp,
+                        max_tokens=req.max_tokens,
+                        **extra,
                     )
+                    text = reply[0]
                     calls.append((req.model, messages, req.temp, req.max_tokens, text))
+                    if origin:
+                        confidence = reply.confidence if isinstance(reply, Reply) else None
+                        text = Response(
+                            text,
+                            agent=req.agent or req.model,
+                            model=req.model,
+                            confidence=confidence,
+                        )
                     replies.append(text)
             records.append((repr(step), path, "llm", tuple(responses), tuple(out), tuple(calls)))
             return out

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import inspect
 import random
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,9 @@ from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
 from .._bounds import describe
+from .._client import Reply
+from .._response import Confidence
+from .._seeds import accepts
 from .._llm_steps import Propose
 from .._pipeline import Parallel, Pipeline, Step, as_step
 from .._retry import Retry
@@ -86,22 +90,33 @@ def _feed(xs: list[str]) -> Step:
 
 
 class _Fed:
-    """The drawn client, with the feed's agents answering the inputs."""
+    """The drawn client, with the feed's agents answering the inputs (asked for confidence,
+    the i-th input's is drawn from its text, as the scripted client draws one)."""
 
     def __init__(self, client: Any, xs: list[str]) -> None:
         self.client = client
         self.xs = xs
 
     async def __call__(
-        self, *, model: str, messages: list[dict[str, str]], temp: float, max_tokens: int
-    ) -> tuple[str, int | None, int | None]:
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, str]],
+        temp: float,
+        max_tokens: int,
+        logprobs: bool = False,
+    ) -> Any:
         if model.startswith(_FEED):
             i = int(model[len(_FEED) :])
-            return (self.xs[i] if i < len(self.xs) else ""), 0, 0
-        reply: tuple[str, int | None, int | None] = await self.client(
-            model=model, messages=messages, temp=temp, max_tokens=max_tokens
+            text = self.xs[i] if i < len(self.xs) else ""
+            if not logprobs:
+                return text, 0, 0
+            mean = -3 * (zlib.crc32(text.encode("utf-8", "surrogatepass")) / 2**32)
+            return Reply(text, 0, 0, Confidence(mean, 1))
+        extra = {"logprobs": True} if logprobs and accepts(self.client, "logprobs") else {}
+        return await self.client(
+            model=model, messages=messages, temp=temp, max_tokens=max_tokens, **extra
         )
-        return reply
 
 
 def _transforms_only(step: Step) -> bool:

@@ -18,7 +18,7 @@ from .._agent import Agent
 from .._bounds import MAX_TEMP
 from .._llm_steps import Aggregate, AggregateSeq, Pick, Propose, Rank, Refine, Synthesize, Vote
 from .._pipeline import Pipeline, Step
-from .._select import Majority
+from .._select import Majority, MostConfident, MostConsistent, WeightedMajority
 from .._transforms import Dropout, Filter, Map, Sample, Shuffle, Take
 from ._scripted import HashedDelay, HashedReply, ScriptedClient
 
@@ -40,7 +40,20 @@ T = TypeVar("T")
 TRANSFORMS = (Shuffle, Dropout, Sample, Take, Filter, Map)
 #: The built-in LLM step types (Majority calls no model, but runs as an LLM step: it has notes
 #: and works off the event loop).
-LLM_STEPS = (Propose, Synthesize, Refine, Aggregate, Rank, Vote, Pick, AggregateSeq, Majority)
+LLM_STEPS = (
+    Propose,
+    Synthesize,
+    Refine,
+    Aggregate,
+    Rank,
+    Vote,
+    Pick,
+    AggregateSeq,
+    Majority,
+    WeightedMajority,
+    MostConsistent,
+    MostConfident,
+)
 DEFAULT_MODELS = ("alpha", "beta", "gamma")
 #: The answer extractors ``Majority(...)`` is drawn with: regexes (so reprs evaluate) that
 #: find answers in the short drawn texts and in the scripted client's "<model> says <hex>",
@@ -160,9 +173,15 @@ def _llm_step(
 ) -> Step:
     kind = draw(st.sampled_from(kinds))
     agents = _agent(models, options)
-    if kind is Majority:  # reads the answers itself: no model, no prompt, no sampling
-        step: Step = Majority(draw(st.sampled_from(MAJORITY_EXTRACTS)))
+    if kind in (Majority, WeightedMajority, MostConsistent):  # no model, no sampling
+        extract = draw(st.sampled_from((None, *MAJORITY_EXTRACTS)))
+        if kind is WeightedMajority and draw(st.booleans()):
+            step: Step = WeightedMajority(extract, drop=draw(st.sampled_from([0.25, 0.5])))
+        else:
+            step = kind(extract)
         return step
+    if kind is MostConfident:
+        return MostConfident()
     kwargs: dict[str, Any] = {}
     if options:
         if draw(st.booleans()):
@@ -197,10 +216,11 @@ def llm_steps(
     models: str | Sequence[str] | SearchStrategy[str] = DEFAULT_MODELS,
     options: bool = False,
 ) -> SearchStrategy[Step]:
-    """Built-in LLM steps of the ``kinds`` given (default all nine) over ``models`` (a list is
+    """Built-in LLM steps of the ``kinds`` given (default all twelve) over ``models`` (a list is
     sampled from): ``Rank`` with a drawn ``n``, ``Pick`` with drawn ``times``, ``AggregateSeq``
-    with a drawn ``window`` and ``reserved``, and ``Majority`` with a drawn regex ``extract``
-    (no model). With ``options``, also with drawn ``temp``,
+    with a drawn ``window`` and ``reserved``, and the selection steps (``Majority``,
+    ``WeightedMajority``, ``MostConsistent``, ``MostConfident``: no model) with a drawn
+    ``extract``. With ``options``, also with drawn ``temp``,
     ``max_tokens``, ``prompt`` and ``min_success``, and agents that are :class:`~moa.Agent`
     values with settings of their own."""
     kinds = LLM_STEPS if kinds is None else tuple(kinds)

@@ -1,0 +1,91 @@
+"""How a short answer is read from a reply: the numbers in it, its words without punctuation
+or articles, and the key two replies must share to give the same answer. The selection steps
+group replies by :func:`answer_key`; :mod:`moa.eval`'s scorers compare by the same readings,
+so what counts as "the same answer" and as "the right answer" never disagree.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from decimal import Decimal, InvalidOperation
+
+__all__ = ("answer_key", "last_number", "normalise", "numbers", "same_number", "short_answer")
+
+_ARTICLES = frozenset({"a", "an", "the"})
+# A number standing alone: not inside a word ("h2o", "gpt4"), thousands grouped by commas or
+# not, an optional decimal part. A minus counts as a sign only when no word or number is
+# right before it, so "9-3" is 9 and 3 while "= -2" is -2.
+_NUMBER = re.compile(r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?!\d|,\d{3})")
+
+
+def normalise(text: str) -> str:
+    """Lowercase, punctuation as spaces, no articles (a, an, the), single spaces."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = re.sub(r"[\W_]+", " ", text)
+    return " ".join(w for w in text.split() if w not in _ARTICLES)
+
+
+def numbers(text: str) -> list[str]:
+    """Every standalone number in the text, in order, as written (commas kept)."""
+    text = unicodedata.normalize("NFKC", text).replace("\u2212", "-")
+    return _NUMBER.findall(text)
+
+
+def _decimal(number: str) -> Decimal:
+    value = Decimal(number.replace(",", ""))
+    return Decimal(0) if value == 0 else value  # -0 is 0
+
+
+def last_number(text: str) -> str | None:
+    """The last number in the text in a canonical form ("1,500.50" -> "1500.5"), or None."""
+    found = numbers(text)
+    if not found:
+        return None
+    try:
+        return format(_decimal(found[-1]).normalize(), "f")
+    except InvalidOperation:  # pragma: no cover - the pattern only finds valid numbers
+        return None
+
+
+def same_number(a: str, b: str) -> bool:
+    """Whether two numbers as written are one value ("1,500" and "1500.0")."""
+    try:
+        return _decimal(a) == _decimal(b)
+    except InvalidOperation:
+        return False
+
+
+# Words that carry no answer in a short reply ("The answer is blue", "It is typically blue").
+_FILLER = frozenset(
+    """
+a an the is are was were be been being it its this that these those i my me you your we our
+they their he she his her of to in on at for and or but with by from as so do does did can
+could would should will there here what which who whom whose when where why how answer answers
+word words one only reply please sure okay ok correct right final called known typically
+usually generally simply actually definitely probably certainly very most also just
+s m re ve ll d t don doesn isn aren wasn won not
+""".split()
+)  # the last line: what is left of contractions ("that's" is "that s")
+
+
+def short_answer(reply: str, question: str = "") -> str | None:
+    """The first content word of a short reply, or None: the words of the question itself
+    ("the capital of Italy is ...") and filler words ("the answer is ...") are skipped,
+    clause by clause, so "The capital of Italy is Rome." and "Rome, of course" both give
+    "rome"."""
+    first = question.split("?")[0] if "?" in question else question
+    asked = set(normalise(first).split())
+    for line in reply.splitlines():
+        for clause in re.split(r"[.!?;:,()\"]+", line):
+            for word in normalise(clause).split():
+                if word not in asked and word not in _FILLER:
+                    return word
+    return None
+
+
+def answer_key(reply: str, question: str = "") -> str | None:
+    """What two replies to ``question`` must share to give the same answer: the last number
+    in the reply (canonical: "1,500.0" is "1500"), else its first content word
+    (:func:`short_answer`), else None (no answer)."""
+    return last_number(reply) or short_answer(reply, question)
