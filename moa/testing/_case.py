@@ -39,12 +39,12 @@ from hypothesis.strategies import SearchStrategy
 
 from .._bounds import describe
 from .._client import Reply
-from .._response import Confidence
-from .._seeds import accepts
 from .._llm_steps import Propose
 from .._pipeline import Parallel, Pipeline, Step, as_step
+from .._response import Confidence
 from .._retry import Retry
 from .._run import run_sync
+from .._seeds import accepts
 from .._transforms import Take, Transform
 from ..errors import EmptyInputError, StepFailedError
 from . import strategies as mst
