@@ -21,6 +21,8 @@ from ._cost import Price as Price
 from ._cost import Prices as Prices
 from ._cost import cost as cost
 from ._custom import transform as transform
+from ._eval import evaluate as eval
+from ._eval import evaluate_sync as eval_sync
 from ._events import CallFinished as CallFinished
 from ._events import CallRetrying as CallRetrying
 from ._events import Event as Event
@@ -49,17 +51,25 @@ from ._pipeline import Pipeline as Pipeline
 from ._pipeline import Step as Step
 from ._pipeline import parallel as parallel
 from ._pipeline import pipeline as pipeline
+from ._report import ContenderResult as ContenderResult
+from ._report import EvalReport as EvalReport
+from ._report import TaskResult as TaskResult
 from ._response import Confidence as Confidence
 from ._response import Response as Response
 from ._retry import Retry as Retry
 from ._run import run as run
 from ._run import run_stream as run_stream
 from ._run import run_sync as run_sync
+from ._scoring import Judge as Judge
 from ._seeds import row_seed as row_seed
 from ._select import Majority as Majority
 from ._select import MostConfident as MostConfident
 from ._select import MostConsistent as MostConsistent
 from ._select import WeightedMajority as WeightedMajority
+from ._tasks import Task as Task
+from ._tasks import TaskError as TaskError
+from ._tasks import load_tasks as load_tasks
+from ._tasks import split_tasks as split_tasks
 from ._transforms import Dropout as Dropout
 from ._transforms import Filter as Filter
 from ._transforms import Map as Map
@@ -115,12 +125,15 @@ __all__ = (
     "ClientOutputError",
     "Confidence",
     "ConfidenceUnavailableError",
+    "ContenderResult",
     "Cost",
     "Dropout",
     "EmptyInputError",
+    "EvalReport",
     "Event",
     "Filter",
     "History",
+    "Judge",
     "LLMStep",
     "Limits",
     "Majority",
@@ -157,6 +170,9 @@ __all__ = (
     "StreamingClient",
     "Synthesize",
     "Take",
+    "Task",
+    "TaskError",
+    "TaskResult",
     "TextChunk",
     "Transform",
     "Usage",
@@ -164,6 +180,9 @@ __all__ = (
     "WeightedMajority",
     "as_completed",
     "cost",
+    "eval",
+    "eval_sync",
+    "load_tasks",
     "parallel",
     "parse_pipeline",
     "pipeline",
@@ -172,5 +191,6 @@ __all__ = (
     "run_many",
     "run_stream",
     "run_sync",
+    "split_tasks",
     "transform",
 )

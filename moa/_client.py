@@ -27,8 +27,8 @@ __all__ = (
 class Reply(NamedTuple):
     """What a client returns: the text, then input and output tokens (None: not reported),
     and, from a client that can read them, the model's :class:`~moa.Confidence` in the text
-    (its tokens' log-probabilities). A client may return a plain 3-tuple; moa reads it as a
-    Reply without a confidence."""
+    (its tokens' log-probabilities). A client may return a plain 3-tuple (a Reply without a
+    confidence) or 4-tuple."""
 
     text: str
     input_tokens: int | None
@@ -93,13 +93,16 @@ def check_output(model: str, out: Any) -> Reply:
             and (confidence is None or type(confidence) is Confidence)
         ):
             return out
-    # A tuple subclass (a namedtuple) or a list of three is the shape too.
-    confidence = out.confidence if isinstance(out, Reply) else None
-    if isinstance(out, Reply):
-        out = tuple(out)[:3]
-    if not isinstance(out, (tuple, list)) or len(out) != 3:
-        raise ClientOutputError(model, out, "expected a tuple of 3 items")
-    text, tin, tout = out
+    # A tuple subclass (a namedtuple) or a list of three is the shape too; a fourth item is
+    # the confidence (a plain tuple spelled as a Reply is).
+    if not isinstance(out, (tuple, list)) or len(out) not in (3, 4):
+        raise ClientOutputError(
+            model,
+            out,
+            "expected a tuple of 3 items (or 4, the last a moa.Confidence or None)",
+        )
+    text, tin, tout, *rest = out
+    confidence = rest[0] if rest else None
     if type(text) is not str:
         raise ClientOutputError(model, out, f"the text must be a str, got {type(text).__name__}")
     if len(text) > MAX_REPLY_CHARS:

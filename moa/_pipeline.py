@@ -19,6 +19,7 @@ __all__ = (
     "Pipeline",
     "Step",
     "as_step",
+    "leaves",
     "parallel",
     "pipeline",
     "source",
@@ -242,3 +243,22 @@ def pipeline(*steps: StepLike) -> Step:
 def parallel(*branches: StepLike) -> Step:
     """The named form of ``&``: ``parallel(a, b) == a & b``."""
     return Parallel(*branches)
+
+
+def leaves(step: Step) -> list[tuple[tuple[int, ...], Step]]:
+    """Every step that is not a Pipeline or Parallel, in pipeline order, with its path as the
+    executor numbers it (history's ``StepRecord.path``)."""
+    out: list[tuple[tuple[int, ...], Step]] = []
+
+    def walk(s: Step, path: tuple[int, ...]) -> None:
+        if isinstance(s, Pipeline):
+            for i, sub in enumerate(s.steps):
+                walk(sub, (*path, i))
+        elif isinstance(s, Parallel):
+            for i, sub in enumerate(s.branches):
+                walk(sub, (*path, i))
+        else:
+            out.append((path, s))
+
+    walk(step, () if isinstance(step, Pipeline) else (0,))
+    return out

@@ -35,9 +35,11 @@ from ._select import Majority
 from ._transforms import Dropout, Shuffle
 
 __all__ = (
+    "NAMES",
     "PROPOSERS",
     "ROBUST_PROPOSERS",
     "VOTE_PERSONAS",
+    "by_name",
     "moa_lite",
     "persona_vote",
     "robust_moa",
@@ -282,3 +284,23 @@ def persona_vote(
             | Majority(extract)
         ),
     )
+
+
+#: The recipes :func:`by_name` (and ``moa run --recipe``) can name.
+NAMES = ("together_moa", "moa_lite", "self_moa", "self_moa_seq", "robust_moa", "persona_vote")
+
+
+def by_name(name: str, model: AgentLike | None = None) -> Step:
+    """The recipe called ``name`` (one of :data:`NAMES`) with its defaults; with ``model``,
+    every model of the recipe is that one."""
+    if name not in NAMES:
+        raise ValueError(
+            f"no recipe is called {safe_repr(name)}; the recipes are {', '.join(NAMES)}"
+        )
+    make: Callable[..., Step] = globals()[name]
+    if model is None:
+        return make()
+    if name in ("self_moa", "self_moa_seq", "persona_vote"):
+        return make(model=model)
+    proposers = ROBUST_PROPOSERS if name == "robust_moa" else PROPOSERS
+    return make(proposers=[model] * len(proposers), aggregator=model)

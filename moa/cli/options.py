@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 from .. import recipes
@@ -17,7 +16,7 @@ from .._events import EventHandler
 from .._history import History
 from .._options import RunOptions
 from .._parse import PipelineSyntaxError, parse_runnable
-from .._pipeline import Parallel, Pipeline, Step
+from .._pipeline import Parallel, Pipeline, Step, leaves
 from .._retry import DEFAULT_RETRY, Retry
 from ..errors import MoaError
 from .common import UsageError
@@ -27,7 +26,6 @@ __all__ = (
     "build_pipeline",
     "cache_namespace",
     "cost_dict",
-    "leaves",
     "load_prices",
     "open_cache",
     "parse_expression",
@@ -59,7 +57,8 @@ def run_options(
 
 
 #: The recipes ``--recipe`` can name.
-RECIPES = ("together_moa", "moa_lite", "self_moa", "self_moa_seq", "robust_moa", "persona_vote")
+RECIPES = recipes.NAMES
+recipe = recipes.by_name
 
 
 def parse_expression(text: str) -> Step:
@@ -68,17 +67,6 @@ def parse_expression(text: str) -> Step:
     except PipelineSyntaxError as exc:
         # str(exc) is the reason, the expression, and a caret under the offending token.
         raise UsageError(f"--pipeline: {exc}") from None
-
-
-def recipe(name: str, model: AgentLike | None) -> Step:
-    """``moa.recipes.<name>()``; with ``model``, every model of the recipe is that one."""
-    make: Callable[..., Step] = getattr(recipes, name)
-    if model is None:
-        return make()
-    if name in ("self_moa", "self_moa_seq", "persona_vote"):
-        return make(model=model)
-    proposers = recipes.ROBUST_PROPOSERS if name == "robust_moa" else recipes.PROPOSERS
-    return make(proposers=[model] * len(proposers), aggregator=model)
 
 
 def with_max_tokens(step: Step, n: int) -> Step:
@@ -98,25 +86,6 @@ def with_max_tokens(step: Step, n: int) -> Step:
     ):
         return dataclasses.replace(step, max_tokens=n)
     return step
-
-
-def leaves(step: Step) -> list[tuple[tuple[int, ...], Step]]:
-    """Every step that is not a Pipeline or Parallel, in pipeline order, with its path as the
-    executor numbers it (history's ``StepRecord.path``)."""
-    out: list[tuple[tuple[int, ...], Step]] = []
-
-    def walk(s: Step, path: tuple[int, ...]) -> None:
-        if isinstance(s, Pipeline):
-            for i, sub in enumerate(s.steps):
-                walk(sub, (*path, i))
-        elif isinstance(s, Parallel):
-            for i, sub in enumerate(s.branches):
-                walk(sub, (*path, i))
-        else:
-            out.append((path, s))
-
-    walk(step, () if isinstance(step, Pipeline) else (0,))
-    return out
 
 
 def build_pipeline(args: argparse.Namespace, parsed: Step | None, model: AgentLike) -> Step:

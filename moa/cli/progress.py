@@ -14,9 +14,8 @@ from typing import Any
 
 from .._events import CallFinished, CallRetrying, StepFinished, StepStarted
 from .._history import CallRecord, StepRecord, spent_tokens
-from .._pipeline import Step
+from .._pipeline import Step, leaves
 from .common import short, tokens
-from .options import leaves
 
 __all__ = ("NoProgress", "fancy", "load_rich", "progress_for")
 

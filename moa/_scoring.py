@@ -1,0 +1,172 @@
+"""Whether a reply answers a task: the scorers an evaluation compares replies with.
+
+``number`` (the reply's last number equals an answer's, as numbers: "1,500.0" is 1500),
+``contains`` (an answer's words appear in the reply's, in order, punctuation and articles
+ignored), ``exact`` (the whole reply is an answer, so normalised), ``regex`` (the task's answer
+is a regular expression the reply must match, run off the event loop with a time bound),
+``auto`` (each task's own ``match``, else ``number`` for a numeric answer and ``contains``
+otherwise), a function ``(reply, task) -> bool``, or :class:`Judge`, a model asked whether
+the reply gives the reference answer, in both orders (position-debiased: right only when both
+say so). A scorer that cannot fit the tasks (``number`` on "Paris") is refused before any call,
+naming the task.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ._agent import AgentLike, agent_of
+from ._answers import last_number, normalise, numbers, same_number
+from ._bounds import describe
+from ._contract import LLMStep, Plan, ask, messages
+from ._tasks import Task, TaskError
+
+__all__ = ("SCORERS", "Judge", "ScorerLike", "check_scorer", "score_many", "score_text")
+
+#: The scorers named by a string.
+SCORERS = ("auto", "number", "contains", "exact", "regex")
+
+
+def _number(reply: str, task: Task) -> bool:
+    got = last_number(reply)
+    return got is not None and any(same_number(got, numbers(a)[-1]) for a in task.answers)
+
+
+def _contains(reply: str, task: Task) -> bool:
+    padded = f" {normalise(reply)} "
+    return any(f" {normalise(a)} " in padded for a in task.answers)
+
+
+def _exact(reply: str, task: Task) -> bool:
+    said = normalise(reply)
+    return any(said == normalise(a) for a in task.answers)
+
+
+def _regex(reply: str, task: Task) -> bool:
+    return any(re.search(a, reply, re.IGNORECASE) for a in task.answers)
+
+
+_BY_NAME: dict[str, Callable[[str, Task], bool]] = {
+    "number": _number,
+    "contains": _contains,
+    "exact": _exact,
+    "regex": _regex,
+}
+
+
+def _auto(task: Task) -> str:
+    if task.match is not None:
+        return task.match
+    return "number" if numbers(task.answer) == [task.answer] else "contains"
+
+
+def score_text(scorer: str | Callable[[str, Task], bool], reply: str, task: Task) -> bool:
+    """Whether ``reply`` answers ``task`` by a named scorer or a function (not a Judge)."""
+    if callable(scorer):
+        verdict = scorer(reply, task)
+        if not isinstance(verdict, bool):
+            raise TypeError(f"a scorer function returns a bool, returned {describe(verdict)}")
+        return verdict
+    return _BY_NAME[_auto(task) if scorer == "auto" else scorer](reply, task)
+
+
+def check_scorer(scorer: object, tasks: Sequence[Task]) -> ScorerLike:
+    """``scorer`` checked against every task before any call: a name of :data:`SCORERS`, a
+    function or a Judge; TaskError naming the task a named scorer cannot score."""
+    if isinstance(scorer, Judge) or (callable(scorer) and not isinstance(scorer, str)):
+        return scorer
+    if not isinstance(scorer, str):
+        raise TypeError(
+            f"scorer must be one of {', '.join(SCORERS)}, a function (reply, task) -> bool or "
+            f"a moa.Judge, not {describe(scorer)}"
+        )
+    if scorer not in SCORERS:
+        raise ValueError(f"scorer must be one of {', '.join(SCORERS)}, not {scorer!r}")
+    for task in tasks:
+        kind = _auto(task) if scorer == "auto" else scorer
+        for answer in task.answers:
+            if kind == "number" and not numbers(answer):
+                raise TaskError(
+                    f"task {task.id!r}: the {kind} scorer compares numbers, and the answer "
+                    f"{answer!r} holds none; use scorer='contains' (or 'auto')"
+                )
+            if kind == "regex":
+                try:
+                    re.compile(answer)
+                except (re.error, OverflowError, RecursionError) as exc:
+                    raise TaskError(
+                        f"task {task.id!r}: {answer!r} is not a regex ({exc})"
+                    ) from None
+            if kind in ("contains", "exact") and not normalise(answer):
+                raise TaskError(
+                    f"task {task.id!r}: the answer {answer!r} is empty once punctuation and "
+                    "articles are left out, so no reply could contain it"
+                )
+    return scorer
+
+
+JUDGE_PROMPT = (
+    "You grade an answer to a question against the reference answer. Reply YES if the "
+    "candidate answer gives the reference answer (other words for the same thing count), "
+    "NO if it does not. Reply with YES or NO only."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Judge:
+    """A model that scores open-ended replies: asked whether the reply gives the reference
+    answer, once with the reference first and once with the reply first; the reply is right
+    only when both say YES (a judge that favours a position cannot decide by it)."""
+
+    agent: AgentLike
+    max_tokens: int = 4
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "agent", agent_of("Judge", self.agent, "agent"))
+
+    def step(self, task: Task, reply: str) -> LLMStep:
+        """The two asks as a step of their own, run like any other (cached, retried)."""
+        return _JudgeStep(self.agent, task.prompt, task.answer, reply, self.max_tokens)
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class _JudgeStep(LLMStep):
+    agent: AgentLike
+    question: str
+    reference: str
+    reply: str
+    max_tokens: int = 4
+    needs_responses = False
+
+    def plan(self, prompt: str, responses: list[str], rng: Any) -> Plan:
+        first = f"Reference answer:\n{self.reference}\n\nCandidate answer:\n{self.reply}"
+        second = f"Candidate answer:\n{self.reply}\n\nReference answer:\n{self.reference}"
+        asks = [
+            ask(
+                self.agent,
+                messages(
+                    ("system", JUDGE_PROMPT), ("user", f"Question:\n{self.question}\n\n{body}")
+                ),
+                0.0,
+                self.max_tokens,
+            )
+            for body in (first, second)
+        ]
+        replies = yield asks
+        verdicts = [(r or "").strip().upper().startswith("YES") for r in replies]
+        return ["YES" if all(verdicts) else "NO"], [f"judge: {', '.join(map(str, verdicts))}"]
+
+
+#: What scores a reply: a name of :data:`SCORERS`, a function ``(reply, task) -> bool``, or a
+#: :class:`Judge`.
+ScorerLike = str | Callable[[str, Task], bool] | Judge
+
+
+def score_many(
+    scorer: str | Callable[[str, Task], bool], replies: Sequence[str | None], task: Task
+) -> list[bool]:
+    """Each reply scored (None: no reply, wrong): what an evaluation hands off the loop."""
+    return [r is not None and score_text(scorer, r, task) for r in replies]
