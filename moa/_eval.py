@@ -348,7 +348,7 @@ async def evaluate(
     opts = RunOptions.of("moa.eval", options, dict(kwargs))
     if opts.seed is None:
         opts = dataclasses.replace(opts, seed=0)
-    table = _prices(prices)
+    table = prices_of(prices)
     task_list = _tasks_of(tasks)
     checked = check_scorer(scorer, task_list)
     entries = contenders_of(contenders, baselines=baselines, model=model)
@@ -392,7 +392,7 @@ def _scorer_name(scorer: ScorerLike) -> str:
     return getattr(scorer, "__qualname__", None) or safe_repr(scorer)
 
 
-def _prices(prices: object) -> Prices:
+def prices_of(prices: object) -> Prices:
     if prices is None:
         return DEFAULT_PRICES
     if isinstance(prices, Prices):

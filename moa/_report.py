@@ -321,9 +321,9 @@ class EvalReport:
         text.extend(self._correlation_lines())
         if self.judge_calls:
             text.append(f"The judge made {self.judge_calls} calls ({_dollars(self.judge_cost)}).")
-        for c in self.contenders:
-            if c.unpriced:
-                text.append(f"{c.name}: no price for {', '.join(c.unpriced)}; cost unknown.")
+        unpriced = sorted({m for c in self.contenders for m in c.unpriced})
+        if unpriced:
+            text.append(f"No price for {', '.join(unpriced)}: what it cost is unknown (?).")
         return "\n".join(text)
 
     def _correlation_lines(self) -> list[str]:

@@ -17,9 +17,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._bounds import SEED_RANGE
+from .._scoring import SCORERS
 from ..errors import MoaError
 from .batch import batch_command
 from .common import UsageError, short
+from .evaluate import eval_command, tune_command
 from .options import RECIPES, with_max_tokens
 from .providers import PROVIDERS, make_client
 from .run import DEMO_PROMPT, demo, run_command
@@ -127,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     _run_parser(sub)
     _batch_parser(sub)
     _trace_parser(sub)
+    _eval_parser(sub)
+    _tune_parser(sub)
     return parser
 
 
@@ -264,6 +268,145 @@ def _trace_parser(sub: Any) -> None:
     t.add_argument("--full", action="store_true", help="show every call's text in full")
     t.add_argument("--prices", metavar="FILE", help="a JSON price table over the defaults")
     t.set_defaults(handler=trace_command)
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
+def _dollars(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be dollars, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _eval_options(p: argparse.ArgumentParser) -> None:
+    """What ``eval`` and ``tune`` share."""
+    p.add_argument(
+        "tasks",
+        metavar="TASKS",
+        help="the questions: JSON Lines (prompt or question, answer; optional id, aliases, "
+        "match) or Parquet",
+    )
+    p.add_argument(
+        "--pipeline",
+        action="append",
+        metavar="EXPR",
+        help="a pipeline expression to evaluate (repeat for more)",
+    )
+    p.add_argument(
+        "--recipe", action="append", choices=RECIPES, help="a recipe to evaluate (repeatable)"
+    )
+    _provider_options(p)
+    p.add_argument(
+        "--scorer",
+        choices=(*SCORERS, "judge"),
+        default="auto",
+        help="how a reply is checked against the answer (default: auto: numbers as numbers, "
+        "else the answer's words in the reply); judge: a model asked in both orders",
+    )
+    p.add_argument("--judge", metavar="MODEL", help="the judge model (default: --model)")
+    p.add_argument(
+        "--max-tokens", type=_positive, default=None, help="max_tokens of every LLM step"
+    )
+    p.add_argument(
+        "--max-concurrency", type=_positive, default=None, help="calls in flight at once"
+    )
+    p.add_argument(
+        "--max-runs", type=_positive, default=None, help="tasks in flight at once (default: 4)"
+    )
+    p.add_argument(
+        "--cache",
+        metavar="FILE",
+        help="a response cache (SQLite): rerun with it to resume, or to add a contender at "
+        "the cost of its new calls only (default: a temporary one)",
+    )
+    p.add_argument(
+        "--prices",
+        metavar="FILE",
+        help='a JSON price table {"model": [input, output]} in $ per million tokens',
+    )
+    p.add_argument("--json", metavar="FILE", help="save the whole report (every reply) as JSON")
+    p.add_argument(
+        "--chart",
+        metavar="FILE",
+        help="save the accuracy-per-cost chart (.svg, or .png with matplotlib)",
+    )
+    p.add_argument(
+        "--limit", type=_positive, default=None, help="only the first N tasks (a quick look)"
+    )
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+
+
+def _eval_parser(sub: Any) -> None:
+    """``moa eval``."""
+    e = sub.add_parser(
+        "eval",
+        help="score pipelines on your questions against their single models",
+        description="Runs each pipeline (and, unless --no-baselines, each agent of its first "
+        "Propose alone) on every task of TASKS, scores the replies, and prints accuracy with "
+        "95 %% intervals, the difference from the best single agent (paired bootstrap), "
+        "oracle and beta (the all-wrong rate), error correlations, calls and cost per "
+        "correct answer. Exit status 2 for a bad task file or option.",
+    )
+    _eval_options(e)
+    e.add_argument("--csv", metavar="FILE", help="save one row per contender as CSV")
+    e.add_argument(
+        "--no-baselines", action="store_true", help="do not add each agent alone as a contender"
+    )
+    e.set_defaults(handler=eval_command)
+
+
+def _tune_parser(sub: Any) -> None:
+    """``moa tune``."""
+    t = sub.add_parser(
+        "tune",
+        help="choose a mixture on dev questions, then check it once on held-out ones",
+        description="Searches a space of mixtures (personas, samples, temperatures, selection "
+        "steps, an aggregator) on the dev tasks, chooses one, and evaluates it once on held-out "
+        "tasks against the single agent the search would have picked. Prints the held-out "
+        "result with its interval (a warning when it includes 0), the search table, and the "
+        "winning expression for moa run --pipeline.",
+    )
+    _eval_options(t)
+    held = t.add_mutually_exclusive_group()
+    held.add_argument(
+        "--holdout-tasks", metavar="FILE", help="held-out tasks (default: part of TASKS)"
+    )
+    held.add_argument(
+        "--holdout",
+        type=_share,
+        default=0.5,
+        help="the share of TASKS held out when no --holdout-tasks (default: 0.5)",
+    )
+    t.add_argument(
+        "--space",
+        metavar="FILE",
+        help="a JSON object: personas, samples, temps, selections, max_tokens (and models)",
+    )
+    t.add_argument(
+        "--budget-calls", type=_positive, default=None, help="refuse a search needing more calls"
+    )
+    t.add_argument(
+        "--budget-dollars", type=_dollars, default=None, help="refuse a search costing more"
+    )
+    t.add_argument(
+        "--penalty",
+        type=float,
+        default=0.0,
+        help="accuracy (0 to 1) given up per extra call per task when choosing (default: 0)",
+    )
+    t.set_defaults(handler=tune_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
