@@ -77,6 +77,10 @@ from ._transforms import Sample as Sample
 from ._transforms import Shuffle as Shuffle
 from ._transforms import Take as Take
 from ._transforms import Transform as Transform
+from ._tune import Space as Space
+from ._tune import TuneReport as TuneReport
+from ._tune import tune as tune
+from ._tune import tune_sync as tune_sync
 from .errors import BatchStoppedError as BatchStoppedError
 from .errors import CacheError as CacheError
 from .errors import CacheMissError as CacheMissError
@@ -161,6 +165,7 @@ __all__ = (
     "RunResult",
     "Sample",
     "Shuffle",
+    "Space",
     "Step",
     "StepFailedError",
     "StepFinished",
@@ -175,6 +180,7 @@ __all__ = (
     "TaskResult",
     "TextChunk",
     "Transform",
+    "TuneReport",
     "Usage",
     "Vote",
     "WeightedMajority",
@@ -193,4 +199,6 @@ __all__ = (
     "run_sync",
     "split_tasks",
     "transform",
+    "tune",
+    "tune_sync",
 )
