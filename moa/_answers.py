@@ -10,13 +10,21 @@ import re
 import unicodedata
 from decimal import Decimal, InvalidOperation
 
-__all__ = ("answer_key", "last_number", "normalise", "numbers", "same_number", "short_answer")
+__all__ = (
+    "answer_key",
+    "is_number",
+    "last_number",
+    "normalise",
+    "numbers",
+    "same_number",
+    "short_answer",
+)
 
 _ARTICLES = frozenset({"a", "an", "the"})
 # A number standing alone: not inside a word ("h2o", "gpt4"), thousands grouped by commas or
-# not, an optional decimal part. A minus counts as a sign only when no word or number is
-# right before it, so "9-3" is 9 and 3 while "= -2" is -2.
-_NUMBER = re.compile(r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?!\d|,\d{3})")
+# not, an optional decimal part (or only one: ".5"). A minus counts as a sign only when no word
+# or number is right before it, so "9-3" is 9 and 3 while "= -2" is -2.
+_NUMBER = re.compile(r"(?<![\w.])-?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?!\d|,\d{3})")
 
 
 def normalise(text: str) -> str:
@@ -26,10 +34,18 @@ def normalise(text: str) -> str:
     return " ".join(w for w in text.split() if w not in _ARTICLES)
 
 
+def _plain(text: str) -> str:
+    return unicodedata.normalize("NFKC", text).replace("\u2212", "-")
+
+
 def numbers(text: str) -> list[str]:
     """Every standalone number in the text, in order, as written (commas kept)."""
-    text = unicodedata.normalize("NFKC", text).replace("\u2212", "-")
-    return _NUMBER.findall(text)
+    return _NUMBER.findall(_plain(text))
+
+
+def is_number(text: str) -> bool:
+    """Whether the text is one number and nothing else ("-3", "\u22123", "1,500", ".5")."""
+    return _NUMBER.fullmatch(_plain(text).strip()) is not None
 
 
 def _decimal(number: str) -> Decimal:

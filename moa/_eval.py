@@ -264,20 +264,14 @@ async def _evaluate_one(
         )
         tick(contender.name)
 
-    async with (
-        anyio.create_task_group() as tg,
-        as_completed(
-            contender.pipeline,
-            [t.prompt for t in tasks],
-            client,
-            options,
-            ids=[t.id for t in tasks],
-            max_runs=max_runs,
-        ) as stream,
-    ):
-        async for r in stream:
-            spend.add(r.history, scorer.prices)
-            tg.start_soon(score, r)
+    try:
+        await _drive(contender, tasks, client, options, max_runs, score, spend, scorer.prices)
+    except BaseExceptionGroup as group:
+        # A scorer function that fails, fails on every task scored at once: the first error
+        # leaves as itself (an interrupt before any), not in a group.
+        leaves = _leaves(group)
+        error = next((e for e in leaves if not isinstance(e, Exception)), leaves[0])
+        raise error from error.__cause__
     return ContenderResult(
         name=contender.name,
         expression=repr(contender.pipeline),
@@ -292,6 +286,39 @@ async def _evaluate_one(
         cached_calls=spend.cached,
         wall=time.perf_counter() - started,
     )
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for e in group.exceptions:
+        out.extend(_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
+    return out
+
+
+async def _drive(
+    contender: Contender,
+    tasks: Sequence[Task],
+    client: Client,
+    options: RunOptions,
+    max_runs: int | None,
+    score: Callable[[RunResult], Any],
+    spend: _Spend,
+    prices: Prices,
+) -> None:
+    async with (
+        anyio.create_task_group() as tg,
+        as_completed(
+            contender.pipeline,
+            [t.prompt for t in tasks],
+            client,
+            options,
+            ids=[t.id for t in tasks],
+            max_runs=max_runs,
+        ) as stream,
+    ):
+        async for r in stream:
+            spend.add(r.history, prices)
+            tg.start_soon(score, r)
 
 
 def _tasks_of(tasks: object) -> list[Task]:
@@ -381,6 +408,7 @@ async def evaluate(
         seed=opts.seed or 0,
         judge_calls=judge.spend.calls,
         judge_cost=None if judge.spend.unpriced else judge.spend.dollars,
+        judge_cached=judge.spend.cached,
     )
 
 

@@ -168,6 +168,7 @@ class EvalReport:
     seed: int
     judge_calls: int = 0
     judge_cost: float | None = 0.0
+    judge_cached: int = 0
 
     def __iter__(self) -> Iterator[ContenderResult]:
         return iter(self.contenders)
@@ -320,7 +321,10 @@ class EvalReport:
         text.append(f"Pooled oracle (some reply or candidate right): {_pct(self.pooled_oracle)} %.")
         text.extend(self._correlation_lines())
         if self.judge_calls:
-            text.append(f"The judge made {self.judge_calls} calls ({_dollars(self.judge_cost)}).")
+            text.append(
+                f"The judge made {self.judge_calls} calls ({self.judge_cached} answered from "
+                f"the cache; {_dollars(self.judge_cost)} as if none were)."
+            )
         unpriced = sorted({m for c in self.contenders for m in c.unpriced})
         if unpriced:
             text.append(f"No price for {', '.join(unpriced)}: what it cost is unknown (?).")
@@ -355,7 +359,13 @@ class EvalReport:
             "scorer": self.scorer,
             "seed": self.seed,
             "tasks": [
-                {"id": t.id, "prompt": t.prompt, "answer": t.answer, "aliases": list(t.aliases)}
+                {
+                    "id": t.id,
+                    "prompt": t.prompt,
+                    "answer": t.answer,
+                    "aliases": list(t.aliases),
+                    "match": t.match,
+                }
                 for t in self.tasks
             ],
             "best_single": None if self.best_single is None else self.best_single.name,
@@ -363,6 +373,7 @@ class EvalReport:
             "error_correlation": [[a, b, v] for (a, b), v in self.error_correlation().items()],
             "frontier": {"axis": self.cost_axis, "contenders": self.frontier()},
             "judge_calls": self.judge_calls,
+            "judge_cached": self.judge_cached,
             "judge_cost": self.judge_cost,
             "contenders": [
                 {

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._agent import AgentLike, agent_of
-from ._answers import last_number, normalise, numbers, same_number
+from ._answers import is_number, last_number, normalise, numbers, same_number
 from ._bounds import describe
 from ._contract import LLMStep, Plan, ask, messages
 from ._tasks import Task, TaskError
@@ -30,26 +30,24 @@ __all__ = ("SCORERS", "Judge", "ScorerLike", "check_scorer", "score_many", "scor
 SCORERS = ("auto", "number", "contains", "exact", "regex")
 
 
-def _number(reply: str, task: Task) -> bool:
+def _number(reply: str, answer: str) -> bool:
     got = last_number(reply)
-    return got is not None and any(same_number(got, numbers(a)[-1]) for a in task.answers)
+    return got is not None and same_number(got, numbers(answer)[-1])
 
 
-def _contains(reply: str, task: Task) -> bool:
-    padded = f" {normalise(reply)} "
-    return any(f" {normalise(a)} " in padded for a in task.answers)
+def _contains(reply: str, answer: str) -> bool:
+    return f" {normalise(answer)} " in f" {normalise(reply)} "
 
 
-def _exact(reply: str, task: Task) -> bool:
-    said = normalise(reply)
-    return any(said == normalise(a) for a in task.answers)
+def _exact(reply: str, answer: str) -> bool:
+    return normalise(reply) == normalise(answer)
 
 
-def _regex(reply: str, task: Task) -> bool:
-    return any(re.search(a, reply, re.IGNORECASE) for a in task.answers)
+def _regex(reply: str, answer: str) -> bool:
+    return re.search(answer, reply, re.IGNORECASE) is not None
 
 
-_BY_NAME: dict[str, Callable[[str, Task], bool]] = {
+_BY_NAME: dict[str, Callable[[str, str], bool]] = {
     "number": _number,
     "contains": _contains,
     "exact": _exact,
@@ -57,10 +55,15 @@ _BY_NAME: dict[str, Callable[[str, Task], bool]] = {
 }
 
 
-def _auto(task: Task) -> str:
+def _kinds(scorer: str, task: Task) -> list[tuple[str, str]]:
+    """Each answer of ``task`` with how ``scorer`` compares a reply with it: ``auto`` takes
+    the task's ``match``, else ``number`` for an answer that is a number and ``contains`` for
+    one that is not (so "4" with the alias "four" accepts both)."""
+    if scorer != "auto":
+        return [(scorer, a) for a in task.answers]
     if task.match is not None:
-        return task.match
-    return "number" if numbers(task.answer) == [task.answer] else "contains"
+        return [(task.match, a) for a in task.answers]
+    return [("number" if is_number(a) else "contains", a) for a in task.answers]
 
 
 def score_text(scorer: str | Callable[[str, Task], bool], reply: str, task: Task) -> bool:
@@ -70,7 +73,7 @@ def score_text(scorer: str | Callable[[str, Task], bool], reply: str, task: Task
         if not isinstance(verdict, bool):
             raise TypeError(f"a scorer function returns a bool, returned {describe(verdict)}")
         return verdict
-    return _BY_NAME[_auto(task) if scorer == "auto" else scorer](reply, task)
+    return any(_BY_NAME[kind](reply, answer) for kind, answer in _kinds(scorer, task))
 
 
 def check_scorer(scorer: object, tasks: Sequence[Task]) -> ScorerLike:
@@ -86,12 +89,16 @@ def check_scorer(scorer: object, tasks: Sequence[Task]) -> ScorerLike:
     if scorer not in SCORERS:
         raise ValueError(f"scorer must be one of {', '.join(SCORERS)}, not {scorer!r}")
     for task in tasks:
-        kind = _auto(task) if scorer == "auto" else scorer
-        for answer in task.answers:
+        for kind, answer in _kinds(scorer, task):
             if kind == "number" and not numbers(answer):
+                fix = (
+                    "give the task match 'contains'"
+                    if scorer == "auto"
+                    else ("use scorer='contains' (or 'auto')")
+                )
                 raise TaskError(
-                    f"task {task.id!r}: the {kind} scorer compares numbers, and the answer "
-                    f"{answer!r} holds none; use scorer='contains' (or 'auto')"
+                    f"task {task.id!r}: the number scorer compares numbers, and the answer "
+                    f"{answer!r} holds none; {fix}"
                 )
             if kind == "regex":
                 try:

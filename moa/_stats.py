@@ -30,7 +30,10 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At k = 0 and k = n the bounds are 0 and 1 exactly; the formula leaves a rounding error.
+    low = 0.0 if k == 0 else max(0.0, centre - half)
+    high = 1.0 if k == n else min(1.0, centre + half)
+    return low, high
 
 
 def paired_bootstrap(
@@ -46,6 +49,10 @@ def paired_bootstrap(
     draw for both (so what both get right or wrong cancels)."""
     if len(a) != len(b) or not a:
         raise ValueError("paired_bootstrap needs two equally long, non-empty lists of results")
+    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
+        raise ValueError(f"paired_bootstrap: resamples must be an int >= 1, not {resamples!r}")
+    if not 0 < level < 1:
+        raise ValueError(f"paired_bootstrap: level must be between 0 and 1, not {level!r}")
     n = len(a)
     diffs = [int(x) - int(y) for x, y in zip(a, b, strict=True)]
     rng = random.Random(seed)

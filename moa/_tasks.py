@@ -59,7 +59,9 @@ def task_of(row: Any, where: str, position: int) -> Task:
     ``aliases``, ``match``); TaskError naming ``where`` for a row that is not one."""
     if not isinstance(row, dict):
         raise TaskError(f"{where}: a task is an object, not {describe(row)}")
-    prompt = row.get("prompt", row.get("question"))
+    prompt = row.get("prompt")
+    if prompt is None:  # absent, or null in a Parquet file whose other rows say "question"
+        prompt = row.get("question")
     if prompt is None:
         raise TaskError(f"{where}: no 'prompt' (nor 'question'): the question to ask")
     if "answer" not in row or row["answer"] is None:
@@ -70,7 +72,9 @@ def task_of(row: Any, where: str, position: int) -> Task:
     match = row.get("match")
     if match is not None and match not in MATCHES:
         raise TaskError(f"{where}: 'match' must be one of {', '.join(MATCHES)}, not {match!r}")
-    ident = row.get("id", position)
+    ident = row.get("id")
+    if ident is None:
+        ident = position
     if isinstance(ident, bool) or not isinstance(ident, (str, int)) or ident == "":
         raise TaskError(f"{where}: 'id' must be a non-empty string or an integer")
     return Task(
@@ -92,7 +96,7 @@ def _rows(path: str) -> Iterator[tuple[str, Any]]:
             yield f"{path} row {n}", row
         return
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is no task
             for n, line in enumerate(f, 1):
                 if line.strip():
                     try:
@@ -124,7 +128,8 @@ def load_tasks(source: str | os.PathLike[str] | Iterable[Task | dict[str, Any]])
         seen[key] = where
         tasks.append(task)
     if not tasks:
-        raise TaskError(f"{source if isinstance(source, str) else 'the tasks'}: no tasks")
+        name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "the tasks"
+        raise TaskError(f"{name}: no tasks")
     return tasks
 
 
