@@ -470,9 +470,10 @@ class _Parser:
         chain.reverse()
         for op_node in chain:
             op = _OPERATORS.get(type(op_node.op), type(op_node.op).__name__)
-            if op not in ("|", "&", "*"):
+            if op not in ("|", "&", "*", "+"):
                 self.fail(
-                    f"operator {op!r} is not allowed; use | (then), & (alongside) or * (repeat)",
+                    f"operator {op!r} is not allowed; use | (then), & (alongside), * (repeat) "
+                    "or + (join two lists of agents)",
                     op_node,
                 )
         value = self.value(left, depth + 1)
@@ -482,6 +483,8 @@ class _Parser:
         return value
 
     def combine(self, node: ast.BinOp, left: Any, right: Any) -> Any:
+        if isinstance(node.op, ast.Add):
+            return self.join_lists(node, left, right)
         if isinstance(node.op, ast.Mult):
             if (isinstance(left, list) and _is_count(right)) or (
                 _is_count(left) and isinstance(right, list)
@@ -531,6 +534,22 @@ class _Parser:
         if len(items) * n > EXPR_MAX_ITEMS:
             self.fail(f"list is too long: {len(items)} * {n} items, at most {EXPR_MAX_ITEMS}", node)
         return items * n if items else []  # [] * n overflows for an n past sys.maxsize
+
+    def join_lists(self, node: ast.BinOp, left: Any, right: Any) -> list[Any]:
+        # ['m'] + [Agent('m', temp=0.3)] * 5, as a pool of agents is written in Python.
+        for value in (left, right):
+            if not isinstance(value, list) or not all(isinstance(x, (str, Agent)) for x in value):
+                self.fail(
+                    f"'+' joins two lists of model names or agents, not {_kind(left)} + "
+                    f"{_kind(right)}",
+                    node,
+                )
+        if len(left) + len(right) > EXPR_MAX_ITEMS:
+            self.fail(
+                f"list is too long: {len(left)} + {len(right)} items, at most {EXPR_MAX_ITEMS}",
+                node,
+            )
+        return [*left, *right]
 
     def check_size(self, steps: int, node: ast.AST) -> None:
         if steps > EXPR_MAX_STEPS:

@@ -201,7 +201,10 @@ def test_import_call_is_never_executed(tmp_path):
         ("Take(~1)", "only a minus sign before a number", 5),
         ("Take(--1)", "only a minus sign before a number", 5),
         ("Take(-x)", "only a minus sign before a number", 5),
-        ("Take(1) + Take(2)", "operator '+' is not allowed", 0),
+        ("Take(1) + Take(2)", "'+' joins two lists of model names or agents", 0),
+        ("Propose(['m'] + 3)", "'+' joins two lists", 8),
+        ("Propose(['m'] + [1])", "'+' joins two lists", 8),
+        ("Propose(['m'] * 600 + ['n'] * 600)", "list is too long: 600 + 600 items", 8),
         ("Take(1) - Take(2)", "operator '-' is not allowed", 0),
         ("Take(1) ^ Take(2)", "operator '^' is not allowed", 0),
         ("Take(1) @ Take(2)", "operator '@' is not allowed", 0),
@@ -531,3 +534,12 @@ def test_python_warnings_are_syntax_errors_whatever_the_filters(action, recwarn)
         check(r"Aggregate('a', prompt='C:\data')", r"invalid escape sequence '\d'", 22)
         check("Take(1if 1 else 2)", "invalid syntax: invalid decimal literal", 5)
     assert not recwarn.list
+
+
+def test_plus_joins_lists_of_agents_as_in_python():
+    from moa import Agent, Propose, parse_pipeline
+
+    hot = Agent("m", temp=0.3)
+    step = parse_pipeline("Propose(['m'] + [Agent('m', temp=0.3)] * 2, temp=0)")
+    assert step == Propose(["m", hot, hot], temp=0)
+    assert parse_pipeline("Propose(['a'] + ['b'] + ['c'])") == Propose(["a", "b", "c"])
