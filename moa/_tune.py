@@ -352,47 +352,36 @@ async def tune(
     mixtures = _mixtures(space, model)
     for name, step in mixtures.items():
         confidence_needs(f"moa.tune({name})", step, client)
-    singles = [c.pipeline for c in contenders_of(mixtures) if c.baseline]
-    per_task = plan_calls(mixtures, singles)
-    worst = max(plan_calls({n: s}) for n, s in mixtures.items())
-    planned = len(dev) * per_task + len(held) * (worst + 1)
+    planned = _planned(mixtures, dev, held)
     _check_budget(planned, budget_calls, budget_dollars, mixtures, dev, held, prices)
-    search = await evaluate(
-        mixtures,
-        dev,
-        client,
-        opts,
-        scorer=scorer,
-        prices=prices,
-        max_runs=max_runs,
-        progress=progress,
+    same = functools.partial(
+        evaluate, scorer=scorer, prices=prices, max_runs=max_runs, progress=progress
     )
+    search = await same(mixtures, dev, client, opts)
     ranked = [c for c in search if not c.single]
     best = max(ranked, key=lambda c: (score(c), -c.calls))
     single = search.best_single
     assert single is not None  # every mixture's pool has its agents alone
-    holdout_report = await evaluate(
-        {best.name: mixtures[best.name], single.name: _single_step(single.name, mixtures)},
-        held,
-        client,
-        opts,
-        scorer=scorer,
-        baselines=False,
-        prices=prices,
-        max_runs=max_runs,
-        progress=progress,
-    )
-    delta = holdout_report.versus(best.name, single.name)
+    pair = {best.name: mixtures[best.name], single.name: _single_step(single.name, mixtures)}
+    held_out = await same(pair, held, client, opts, baselines=False)
     return TuneReport(
         winner=best.name,
         expression=repr(mixtures[best.name]),
         single=single.name,
         search=search,
-        holdout=holdout_report,
-        delta=delta,
+        holdout=held_out,
+        delta=held_out.versus(best.name, single.name),
         objective=objective_name,
         planned_calls=planned,
     )
+
+
+def _planned(mixtures: Mapping[str, Step], dev: Sequence[Task], held: Sequence[Task]) -> int:
+    """Calls the search may make: the pool and aggregators on every dev task, then the
+    dearest mixture and one single agent on every held-out task."""
+    singles = [c.pipeline for c in contenders_of(mixtures) if c.baseline]
+    worst = max(plan_calls({n: s}) for n, s in mixtures.items())
+    return len(dev) * plan_calls(mixtures, singles) + len(held) * (worst + 1)
 
 
 def _single_step(name: str, mixtures: Mapping[str, Step]) -> Step:

@@ -153,3 +153,11 @@ def test_moa_tune_refuses_a_bad_space_file(client, tasks, tmp_path, capsys):
     space.write_text(json.dumps({"temperature": [0.3]}))
     assert main(["tune", str(tasks), "--space", str(space)]) == 2
     assert "has no 'temperature'" in capsys.readouterr().err
+
+
+def test_a_pipeline_may_be_named(client, tasks, capsys):
+    assert main(["eval", str(tasks), "--pipeline", f"weighted={VOTE}", "-q", "--limit", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "\nweighted " in out and VOTE not in out
+    assert main(["eval", str(tasks), "--pipeline", f"a={VOTE}", "--pipeline", f"a={VOTE}"]) == 2
+    assert "two contenders are named 'a'" in capsys.readouterr().err

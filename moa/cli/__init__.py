@@ -301,8 +301,8 @@ def _eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--pipeline",
         action="append",
-        metavar="EXPR",
-        help="a pipeline expression to evaluate (repeat for more)",
+        metavar="[NAME=]EXPR",
+        help="a pipeline expression to evaluate, named NAME in the report (repeatable)",
     )
     p.add_argument(
         "--recipe", action="append", choices=RECIPES, help="a recipe to evaluate (repeatable)"

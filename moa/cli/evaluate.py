@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from typing import Any
@@ -88,11 +89,24 @@ def _scorer(args: argparse.Namespace, model: AgentLike) -> ScorerLike:
     return str(args.scorer)
 
 
+_NAME = re.compile(r"\s*([\w][\w .+-]*?)\s*=(?!=)\s*")
+
+
+def _named(text: str) -> tuple[str, str]:
+    """``NAME=EXPR`` as (NAME, EXPR); an expression alone is named by itself. (An expression's
+    own ``=`` comes after a parenthesis, which a name never holds.)"""
+    m = _NAME.match(text)
+    return (m[1], text[m.end() :]) if m else (text, text)
+
+
 def _contenders(args: argparse.Namespace, model: AgentLike) -> dict[str, Step]:
     local = args.provider == "local" and not args.base_url
     out: dict[str, Step] = {}
     for text in args.pipeline or ():
-        out[text] = parse_expression(text)
+        name, expression = _named(text)
+        if name in out:
+            raise UsageError(f"--pipeline: two contenders are named {name!r}")
+        out[name] = parse_expression(expression)
     for name in args.recipe or ():
         out[name] = recipe(name, model if args.model or local else None)
     if not out:
