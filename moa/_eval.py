@@ -16,7 +16,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Unpack
 
 import anyio
 
@@ -30,7 +30,7 @@ from ._cost import DEFAULT_PRICES, Prices
 from ._history import CallRecord, History
 from ._llm_steps import Propose
 from ._offload import run_off_loop
-from ._options import RunOptions
+from ._options import RunKwargs, RunOptions
 from ._parse import parse_runnable
 from ._pipeline import Pipeline, Step, as_step, leaves
 from ._report import ContenderResult, EvalReport, TaskResult
@@ -342,7 +342,7 @@ async def evaluate(
     prices: Prices | Mapping[str, Any] | None = None,
     max_runs: int | None = None,
     progress: EvalProgress | None = None,
-    **kwargs: Any,
+    **kwargs: Unpack[RunKwargs],
 ) -> EvalReport:
     """Every contender's answer to every task, scored, with the statistics that say whether a
     mixture beats the best single model (an :class:`~moa.EvalReport`).
@@ -390,7 +390,7 @@ async def evaluate(
         if progress is not None:
             progress(done, total, name)
 
-    with _cache_for(opts) as opts:
+    with _EvalCache(opts) as opts:
         judge = _Scorer(checked, client, opts, table)
         # A contender that reads confidence runs first: its answers, cached with their
         # log-probabilities, then serve the others too (one cached without them is asked
@@ -433,7 +433,7 @@ def prices_of(prices: object) -> Prices:
     )
 
 
-class _cache_for:
+class _EvalCache:
     """The options with a cache: the user's, else one in a temporary folder, removed after."""
 
     def __init__(self, options: RunOptions) -> None:

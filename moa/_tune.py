@@ -16,7 +16,7 @@ import dataclasses
 import functools
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Unpack
 
 import anyio
 
@@ -26,7 +26,7 @@ from ._client import Client
 from ._cost import Prices
 from ._eval import EvalProgress, contenders_of, evaluate, prices_of, single_agent
 from ._llm_steps import Aggregate, Propose
-from ._options import RunOptions
+from ._options import RunKwargs, RunOptions
 from ._pipeline import Step, leaves
 from ._report import ContenderResult, EvalReport
 from ._run import check_client, confidence_needs
@@ -329,7 +329,7 @@ async def tune(
     prices: Prices | Mapping[str, Any] | None = None,
     max_runs: int | None = None,
     progress: EvalProgress | None = None,
-    **kwargs: Any,
+    **kwargs: Unpack[RunKwargs],
 ) -> TuneReport:
     """Choose a mixture on dev tasks and measure it, once, on held-out tasks.
 
