@@ -57,7 +57,8 @@ def frontier_svg(points: Sequence[Point], axis: str, tasks: int) -> str:
         out.append(f'<text x="{_LEFT - 8}" y="{y + 4}" text-anchor="end">{tick} %</text>')
     for i in range(5):
         x = xmax * 1.05 * i / 4
-        out.append(f'<text x="{sx(x)}" y="{sy(0) + 18}" text-anchor="middle">{x:.3g}</text>')
+        unit = "$" if axis == "cost" else ""
+        out.append(f'<text x="{sx(x)}" y="{sy(0) + 18}" text-anchor="middle">{unit}{x:.2g}</text>')
     out.append(
         f'<text x="{_LEFT + pw / 2}" y="{_H - 16}" text-anchor="middle">{_axis_label(axis)}</text>'
     )
