@@ -122,27 +122,9 @@ def retried(
             return _interrupted(interrupt, req, exc, start)
         except Exception as exc:
             return await _retry(attempt, policy, interrupt, on_event, req, site, tap, start, exc)
-        # The record built here, not through a helper: this is every call's path.
-        return _new_tuple(
-            Outcome,
-            (
-                CallRecord(
-                    model=req.model,
-                    messages=req.messages,
-                    temp=req.temp,
-                    max_tokens=req.max_tokens,
-                    text=text,
-                    input_tokens=tin,
-                    output_tokens=tout,
-                    latency=monotonic() - start,
-                    hedges=() if tap is None else tuple(tap.hedges),
-                    agent=req.agent,
-                    seed=req.seed,
-                    confidence=confidence,
-                ),
-                None,
-            ),
-        )
+        hedges = () if tap is None else tuple(tap.hedges)
+        record = CallRecord.answered(req, text, tin, tout, monotonic() - start, hedges, confidence)
+        return _new_tuple(Outcome, (record, None))
 
     return call
 

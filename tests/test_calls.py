@@ -280,3 +280,23 @@ async def test_every_combination_of_options_composes_a_stack_that_answers(names,
             assert out.record.text == "m says hi" and out.fatal is None
             if "hedge_after" in names:  # a hedge that never fired leaves no racer behind
                 assert out.record.hedges == ()
+
+
+def test_the_record_of_a_first_try_answer_equals_the_record_asked_for_it():
+    # CallRecord.answered sets slots past the frozen dataclass's __init__, for speed: it must
+    # give the same value, stay frozen, and set every field.
+    from dataclasses import FrozenInstanceError, fields
+
+    from moa import Confidence
+    from moa._contract import ask, messages
+
+    req = ask("m", messages(("user", "q")), 0.5, 9).with_seed(7)
+    sure = Confidence(-1.5, 3)
+    fast = CallRecord.answered(req, "x", 1, 2, 0.25, (), sure)
+    slow = CallRecord.asked(
+        req, text="x", input_tokens=1, output_tokens=2, latency=0.25, confidence=sure
+    )
+    assert fast == slow and repr(fast) == repr(slow) and fast.to_dict() == slow.to_dict()
+    assert all(getattr(fast, f.name) == getattr(slow, f.name) for f in fields(CallRecord))
+    with pytest.raises(FrozenInstanceError):
+        fast.text = "y"
