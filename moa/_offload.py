@@ -91,6 +91,14 @@ class _Worker:
             self.process.wait()
         self.process.stdout.close()
 
+    def disown(self) -> None:
+        """In a forked child: close this process's copies of the parent's worker's pipes
+        (the worker goes on serving the parent), so they are not left to the collector."""
+        for pipe in (self.process.stdin, self.process.stdout):
+            if pipe is not None:
+                pipe.close()
+        self.process.returncode = 0  # not this process's child to wait for
+
     def kill(self) -> None:
         self.process.kill()
         self.process.wait()
@@ -115,6 +123,8 @@ class _Pool:
     def take(self) -> _Worker:
         with self.lock:
             if self.pid != os.getpid():  # a forked child does not own its parent's workers
+                for worker in self.idle:
+                    worker.disown()
                 self.idle, self.pid = [], os.getpid()
             while self.idle:
                 worker = self.idle.pop()

@@ -6,6 +6,9 @@ no timeout fired, no Ctrl-C came through) and failed before its fix."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import anyio
@@ -113,3 +116,36 @@ async def test_an_error_in_the_extractor_is_raised_with_the_step_named():
     with pytest.raises(KeyError) as info:
         await run(Propose(["m"]) | Majority(broken), "q", ScriptedClient(), seed=1)
     assert any(n.startswith("in step Majority(") for n in info.value.__notes__)
+
+
+def test_a_forked_child_leaves_its_parents_workers_cleanly():
+    # A child forked after the pool started a worker (mutmut forks per mutant) uses its own
+    # worker and closes its copies of the parent's pipes: no ResourceWarning at collection.
+    script = """
+import gc, os, re, sys
+import anyio
+from moa._contract import OffLoop
+from moa._offload import run_off_loop
+
+async def main():
+    return await run_off_loop(OffLoop(re.findall, (r"\\d", "a1b2"), process=True))
+
+print("parent", anyio.run(main))
+sys.stdout.flush()
+pid = os.fork()
+if pid == 0:
+    print("child", anyio.run(main))
+    gc.collect()
+    sys.stdout.flush()
+    os._exit(0)
+os.waitpid(pid, 0)
+"""
+    proc = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert proc.stdout.splitlines() == ["parent ['1', '2']", "child ['1', '2']"], proc.stderr
+    assert "ResourceWarning" not in proc.stderr, proc.stderr
