@@ -12,10 +12,12 @@ from decimal import Decimal, InvalidOperation
 
 __all__ = (
     "answer_key",
+    "first_clause",
     "is_number",
     "last_number",
     "normalise",
     "numbers",
+    "option_letter",
     "same_number",
     "short_answer",
 )
@@ -28,10 +30,11 @@ _NUMBER = re.compile(r"(?<![\w.])-?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+
 
 
 def normalise(text: str) -> str:
-    """Lowercase, punctuation as spaces, no articles (a, an, the), single spaces."""
+    """Lowercase, punctuation as spaces, no articles (a, an, the), single spaces; a text that
+    is nothing but an article keeps it ("A", an option's letter, is "a")."""
     text = unicodedata.normalize("NFKC", text).lower()
-    text = re.sub(r"[\W_]+", " ", text)
-    return " ".join(w for w in text.split() if w not in _ARTICLES)
+    words = re.sub(r"[\W_]+", " ", text).split()
+    return " ".join(w for w in words if w not in _ARTICLES) or " ".join(words)
 
 
 def _plain(text: str) -> str:
@@ -44,8 +47,10 @@ def numbers(text: str) -> list[str]:
 
 
 def is_number(text: str) -> bool:
-    """Whether the text is one number and nothing else ("-3", "\u22123", "1,500", ".5")."""
-    return _NUMBER.fullmatch(_plain(text).strip()) is not None
+    """Whether the text is one number and nothing else but symbols ("-3", "\u22123", "1,500",
+    ".5", "$1,500", "40%"): what the number scorer can compare."""
+    plain = _plain(text)
+    return len(_NUMBER.findall(plain)) == 1 and not re.search(r"\w", _NUMBER.sub("", plain))
 
 
 def _decimal(number: str) -> Decimal:
@@ -79,29 +84,72 @@ a an the is are was were be been being it its this that these those i my me you 
 they their he she his her of to in on at for and or but with by from as so do does did can
 could would should will there here what which who whom whose when where why how answer answers
 word words one only reply please sure okay ok correct right final called known typically
-usually generally simply actually definitely probably certainly very most also just
+usually generally simply actually definitely probably certainly very most also just either
+neither option choice yes no well think guess believe
 s m re ve ll d t don doesn isn aren wasn won not
 """.split()
 )  # the last line: what is left of contractions ("that's" is "that s")
 
+# A question that lists options "(A) ... (B) ..." or "A. ... B. ...": its answers are letters.
+_OPTIONS = re.compile(r"(?:^|\s)\(?A[).:]\s.*(?:^|\s)\(?B[).:]\s", re.S)
+_LETTER = re.compile(r"(?<![\w'])\(?([A-H])(?:\)|[.:](?!\w)|(?![\w']))")
+
+
+def option_letter(reply: str, question: str) -> str | None:
+    """The option a reply chooses ("(C)", "C.", "The answer is C"), lowercase, when the
+    question lists lettered options; else None."""
+    if not _OPTIONS.search(question):
+        return None
+    m = _LETTER.search(reply)
+    return m[1].lower() if m else None
+
+
+_CLAUSE = re.compile(r"[.!?;:,()\"]+")
+
+
+def _asked(question: str) -> set[str]:
+    first = question.split("?")[0] if "?" in question else question
+    return set(normalise(first).split())
+
+
+def first_clause(reply: str, question: str = "") -> str | None:
+    """The reply's first clause that says something: one with a word that is neither the
+    question's nor filler ("Lyon, not Paris." gives "Lyon"); None when none does."""
+    asked = _asked(question)
+    for line in reply.splitlines():
+        for clause in _CLAUSE.split(line):
+            if any(w not in asked and w not in _FILLER for w in normalise(clause).split()):
+                return clause
+    return None
+
 
 def short_answer(reply: str, question: str = "") -> str | None:
-    """The first content word of a short reply, or None: the words of the question itself
-    ("the capital of Italy is ...") and filler words ("the answer is ...") are skipped,
-    clause by clause, so "The capital of Italy is Rome." and "Rome, of course" both give
-    "rome"."""
-    first = question.split("?")[0] if "?" in question else question
-    asked = set(normalise(first).split())
+    """The first content word of a short reply, with the capitalised words right after it
+    (a name: "New York", "United Kingdom"), normalised, or None: the words of the question
+    itself ("the capital of Italy is ...") and filler words ("the answer is ...") are
+    skipped, clause by clause, so "The capital of Italy is Rome." and "Rome, of course" both
+    give "rome"."""
+    asked = _asked(question)
     for line in reply.splitlines():
-        for clause in re.split(r"[.!?;:,()\"]+", line):
-            for word in normalise(clause).split():
-                if word not in asked and word not in _FILLER:
-                    return word
+        for clause in _CLAUSE.split(line):
+            raw = clause.split()
+            for i, token in enumerate(raw):
+                word = normalise(token)
+                if not word or word in asked or word in _FILLER or " " in word:
+                    continue
+                name = [word]
+                if token[:1].isupper():
+                    for more in raw[i + 1 :]:
+                        if not more[:1].isupper() or not normalise(more):
+                            break
+                        name.append(normalise(more))
+                return " ".join(name)
     return None
 
 
 def answer_key(reply: str, question: str = "") -> str | None:
-    """What two replies to ``question`` must share to give the same answer: the last number
-    in the reply (canonical: "1,500.0" is "1500"), else its first content word
-    (:func:`short_answer`), else None (no answer)."""
-    return last_number(reply) or short_answer(reply, question)
+    """What two replies to ``question`` must share to give the same answer: the option letter
+    where the question lists lettered options, else the last number in the reply (canonical:
+    "1,500.0" is "1500"), else its first content word or name (:func:`short_answer`), else
+    None (no answer)."""
+    return option_letter(reply, question) or last_number(reply) or short_answer(reply, question)

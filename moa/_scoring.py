@@ -4,8 +4,10 @@
 ``contains`` (an answer's words appear in the reply's, in order, punctuation and articles
 ignored), ``exact`` (the whole reply is an answer, so normalised), ``regex`` (the task's answer
 is a regular expression the reply must match, run off the event loop with a time bound),
-``auto`` (each task's own ``match``, else ``number`` for a numeric answer and ``contains``
-otherwise), a function ``(reply, task) -> bool``, or :class:`Judge`, a model asked whether
+``auto`` (each task's own ``match``, else per answer: ``number`` for a number, the option's
+letter for a lettered multiple-choice question, and otherwise the answer's words in the reply
+with the reply's own answer, its first content word or name, among them: "Lyon, not Paris."
+does not answer "Paris"), a function ``(reply, task) -> bool``, or :class:`Judge`, a model asked whether
 the reply gives the reference answer, in both orders (position-debiased: right only when both
 say so). A scorer that cannot fit the tasks (``number`` on "Paris") is refused before any call,
 naming the task.
@@ -19,51 +21,85 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._agent import AgentLike, agent_of
-from ._answers import is_number, last_number, normalise, numbers, same_number
+from ._answers import (
+    first_clause,
+    is_number,
+    last_number,
+    normalise,
+    numbers,
+    option_letter,
+    same_number,
+)
 from ._bounds import describe
 from ._contract import LLMStep, Plan, ask, messages
 from ._tasks import Task, TaskError
 
 __all__ = ("SCORERS", "Judge", "ScorerLike", "check_scorer", "score_many", "score_text")
 
+_CLAUSE_BREAK = re.compile(r"[.!?;:,()\"]")
+
 #: The scorers named by a string.
 SCORERS = ("auto", "number", "contains", "exact", "regex")
 
 
-def _number(reply: str, answer: str) -> bool:
+def _number(reply: str, answer: str, question: str) -> bool:
     got = last_number(reply)
     return got is not None and same_number(got, numbers(answer)[-1])
 
 
-def _contains(reply: str, answer: str) -> bool:
+def _contains(reply: str, answer: str, question: str) -> bool:
     return f" {normalise(answer)} " in f" {normalise(reply)} "
 
 
-def _exact(reply: str, answer: str) -> bool:
+def _exact(reply: str, answer: str, question: str) -> bool:
     return normalise(reply) == normalise(answer)
 
 
-def _regex(reply: str, answer: str) -> bool:
+def _regex(reply: str, answer: str, question: str) -> bool:
     return re.search(answer, reply, re.IGNORECASE) is not None
 
 
-_BY_NAME: dict[str, Callable[[str, str], bool]] = {
+def _text(reply: str, answer: str, question: str) -> bool:
+    # The answer's words in the reply's first clause that says something: "Lyon, not Paris."
+    # does not answer "Paris", though it holds it. (An answer with a clause break of its own,
+    # "Washington, D.C.", is looked for in the whole reply.)
+    clause = None if _CLAUSE_BREAK.search(answer) else first_clause(reply, question)
+    return _contains(reply if clause is None else clause, answer, question)
+
+
+def _option(reply: str, answer: str, question: str) -> bool:
+    return option_letter(reply, question) == normalise(answer)
+
+
+_BY_NAME: dict[str, Callable[[str, str, str], bool]] = {
     "number": _number,
     "contains": _contains,
     "exact": _exact,
     "regex": _regex,
+    "text": _text,
+    "option": _option,
 }
 
 
 def _kinds(scorer: str, task: Task) -> list[tuple[str, str]]:
-    """Each answer of ``task`` with how ``scorer`` compares a reply with it: ``auto`` takes
-    the task's ``match``, else ``number`` for an answer that is a number and ``contains`` for
-    one that is not (so "4" with the alias "four" accepts both)."""
+    """Each answer of ``task`` with how ``scorer`` compares a reply with it. ``auto`` takes
+    the task's ``match``, else, for each answer: ``number`` for a number ("4", "$1,500"),
+    ``option`` for a letter when the question lists lettered options, and ``text`` otherwise
+    (the answer's words in the reply, and the reply's own answer among them); so "4" with the
+    alias "four" accepts both."""
     if scorer != "auto":
         return [(scorer, a) for a in task.answers]
     if task.match is not None:
         return [(task.match, a) for a in task.answers]
-    return [("number" if is_number(a) else "contains", a) for a in task.answers]
+    return [(_auto(a, task.prompt), a) for a in task.answers]
+
+
+def _auto(answer: str, question: str) -> str:
+    if is_number(answer):
+        return "number"
+    if len(answer.strip("() .")) == 1 and option_letter(answer, question) is not None:
+        return "option"
+    return "text"
 
 
 def score_text(scorer: str | Callable[[str, Task], bool], reply: str, task: Task) -> bool:
@@ -73,7 +109,7 @@ def score_text(scorer: str | Callable[[str, Task], bool], reply: str, task: Task
         if not isinstance(verdict, bool):
             raise TypeError(f"a scorer function returns a bool, returned {describe(verdict)}")
         return verdict
-    return any(_BY_NAME[kind](reply, answer) for kind, answer in _kinds(scorer, task))
+    return any(_BY_NAME[kind](reply, answer, task.prompt) for kind, answer in _kinds(scorer, task))
 
 
 def check_scorer(scorer: object, tasks: Sequence[Task]) -> ScorerLike:
@@ -107,7 +143,7 @@ def check_scorer(scorer: object, tasks: Sequence[Task]) -> ScorerLike:
                     raise TaskError(
                         f"task {task.id!r}: {answer!r} is not a regex ({exc})"
                     ) from None
-            if kind in ("contains", "exact") and not normalise(answer):
+            if kind in ("contains", "exact", "text") and not normalise(answer):
                 raise TaskError(
                     f"task {task.id!r}: the answer {answer!r} is empty once punctuation and "
                     "articles are left out, so no reply could contain it"

@@ -197,7 +197,7 @@ def test_a_bad_regex_is_refused_naming_the_task():
 
 
 @pytest.mark.parametrize("scorer", ["contains", "exact"])
-@pytest.mark.parametrize("answer", ["the", "...", "A!"])
+@pytest.mark.parametrize("answer", ["...", "!?", " - "])
 def test_an_answer_empty_once_normalised_is_refused(scorer, answer):
     with pytest.raises(TaskError, match=r"task 'e': the answer .* is empty once punctuation"):
         check_scorer(scorer, [task(answer, id="e")])
@@ -254,3 +254,27 @@ def test_judge_is_a_frozen_value():
 def test_judge_refuses_an_agent_that_is_none():
     with pytest.raises(TypeError, match=r"Judge"):
         Judge(3)  # type: ignore[arg-type]
+
+
+def test_auto_reads_the_replys_own_answer_not_a_word_it_mentions():
+    q = "What is the capital of France? Answer in one word."
+    paris = Task("p", q, "Paris")
+    assert score_text("auto", "Paris.", paris)
+    assert score_text("auto", "The capital of France is Paris.", paris)
+    assert not score_text("auto", "Lyon, not Paris.", paris)
+    dc = Task("dc", "Where is the White House?", "Washington, D.C.")
+    assert score_text("auto", "It is in Washington, D.C., the capital.", dc)
+
+
+def test_auto_scores_a_lettered_option_and_an_article_alone_is_an_answer():
+    q = "Which is a fruit? (A) carrot (B) apple (C) potato"
+    assert score_text("auto", "(B) apple", Task("m", q, "B"))
+    assert score_text("auto", "The answer is B.", Task("m", q, "B"))
+    assert not score_text("auto", "A", Task("m", q, "B"))
+    assert score_text("auto", "A", Task("m", q, "A"))
+    check_scorer("auto", [Task("m", q, "A")])  # "A" is not empty once normalised
+
+
+def test_a_number_with_a_currency_sign_is_a_number():
+    assert score_text("auto", "It costs 1500 dollars", task("$1,500"))
+    assert not score_text("auto", "It costs $1,500.75", task("$1,500"))
