@@ -91,10 +91,10 @@ def gap_closed(report: moa.EvalReport) -> list[str]:
         c = report[name]
         gap = (reach or 0) - vote.accuracy
         share = "-" if gap <= 0 else f"{(c.accuracy - vote.accuracy) / gap:+.0%}"
-        d, lo, hi = report.versus(name, "vote")
+        d = report.versus(name, "vote")
         lines.append(
-            f"  {name:<10} {100 * c.accuracy:5.1f} %  vs vote {100 * d:+5.1f} "
-            f"[{100 * lo:+.1f}, {100 * hi:+.1f}]  gap closed {share}"
+            f"  {name:<10} {100 * c.accuracy:5.1f} %  vs vote {d} won/lost {d.won}/{d.lost} "
+            f"p={d.p:.3f}  gap closed {share}"
         )
     return lines
 

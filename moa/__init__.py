@@ -21,7 +21,7 @@ from ._cost import Price as Price
 from ._cost import Prices as Prices
 from ._cost import cost as cost
 from ._custom import transform as transform
-from ._eval import evaluate as eval
+from ._eval import evaluate as eval  # noqa: F401  (not in __all__: a star import keeps the builtin)
 from ._eval import evaluate_sync as eval_sync
 from ._events import CallFinished as CallFinished
 from ._events import CallRetrying as CallRetrying
@@ -186,7 +186,6 @@ __all__ = (
     "WeightedMajority",
     "as_completed",
     "cost",
-    "eval",
     "eval_sync",
     "load_tasks",
     "parallel",

@@ -23,16 +23,17 @@ class Point(NamedTuple):
     on_frontier: bool
 
 
-_W, _H = 760, 480
-_LEFT, _RIGHT, _TOP, _BOTTOM = 70, 230, 40, 60
+_W, _H = 900, 480
+_LEFT, _RIGHT, _TOP, _BOTTOM = 70, 370, 40, 60
 
 
 def _axis_label(axis: str) -> str:
     return "$ per task" if axis == "cost" else "calls per task"
 
 
-def frontier_svg(points: Sequence[Point], axis: str, tasks: int) -> str:
-    """The chart as an SVG document: ``axis`` is ``"cost"`` or ``"calls"``."""
+def frontier_svg(points: Sequence[Point], axis: str, tasks: int, note: str = "") -> str:
+    """The chart as an SVG document: ``axis`` is ``"cost"`` or ``"calls"``; ``note`` is added
+    to the title. The legend names every contender; the page grows to hold it."""
     xmax = max(p[1] for p in points) or 1.0
     pw, ph = _W - _LEFT - _RIGHT, _H - _TOP - _BOTTOM
 
@@ -42,12 +43,13 @@ def frontier_svg(points: Sequence[Point], axis: str, tasks: int) -> str:
     def sy(y: float) -> float:
         return _TOP + ph * (1 - y)
 
+    height = max(_H, _TOP + 16 * len(points) + 24)
     out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{_H}" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{height}" '
         f'font-family="sans-serif" font-size="12">',
-        f'<rect width="{_W}" height="{_H}" fill="white"/>',
+        f'<rect width="{_W}" height="{height}" fill="white"/>',
         f'<text x="{_LEFT}" y="22" font-size="14">Accuracy against {_axis_label(axis)} '
-        f"({tasks} tasks, 95 % Wilson intervals)</text>",
+        f"({tasks} tasks, 95 % Wilson intervals){escape(note)}</text>",
         f'<line x1="{_LEFT}" y1="{sy(0)}" x2="{_LEFT + pw}" y2="{sy(0)}" stroke="black"/>',
         f'<line x1="{_LEFT}" y1="{sy(0)}" x2="{_LEFT}" y2="{sy(1)}" stroke="black"/>',
     ]
@@ -76,7 +78,7 @@ def frontier_svg(points: Sequence[Point], axis: str, tasks: int) -> str:
         out.append(f'<text x="{sx(x) + 6:.1f}" y="{sy(y) - 6:.1f}" fill="{colour}">{i}</text>')
         out.append(
             f'<text x="{_W - _RIGHT + 12}" y="{_TOP + 16 * i}" fill="{colour}">'
-            f"{i}. {escape(name[:34])} ({100 * y:.1f} %)</text>"
+            f"{i}. {escape(name[:56])} ({100 * y:.1f} %)</text>"
         )
     out.append("</svg>")
     return "\n".join(out) + "\n"

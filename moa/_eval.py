@@ -28,8 +28,8 @@ from ._client import Client
 from ._contract import OffLoop, reads
 from ._cost import DEFAULT_PRICES, Prices
 from ._history import CallRecord, History
-from ._llm_steps import Propose
-from ._offload import run_off_loop
+from ._llm_steps import DEFAULT_MAX_TOKENS, Propose
+from ._offload import run_off_loop, seconds_for
 from ._options import RunKwargs, RunOptions
 from ._parse import parse_runnable
 from ._pipeline import Pipeline, Step, as_step, leaves
@@ -38,6 +38,8 @@ from ._run import check_client, confidence_needs, run
 from ._scoring import Judge, ScorerLike, check_scorer, score_many
 from ._seeds import row_seed
 from ._tasks import Task, load_tasks
+from ._tune_plan import first_layer, most_calls
+from .errors import MoaError
 from .recipes import NAMES, by_name
 
 __all__ = ("Contender", "contenders_of", "evaluate", "member_baselines", "single_agent")
@@ -80,16 +82,25 @@ def _alone(agent: AgentLike, like: Propose, temp: float | None = None) -> Propos
 
 
 def member_baselines(step: Step) -> list[Propose]:
-    """Each agent of the first ``Propose`` of ``step``, alone: as the mixture asks it (so the
-    cache serves it the mixture's own first answer), and greedy (temperature 0) where it is
-    sampled hotter. Requests that would be the same are given once."""
-    first = next((s for _, s in leaves(step) if isinstance(s, Propose)), None)
-    if first is None or len(first.agents) < 2:
+    """The agents of ``step`` alone: each agent of its first ``Propose`` as the mixture asks
+    it (so the cache serves it the mixture's own first answer), and every agent of every LLM
+    step (proposers, aggregators, judges) greedy, at temperature 0, answering the question
+    itself with the first ``Propose``'s ``max_tokens``. Requests that would be the same are
+    given once."""
+    first = first_layer(step)
+    if single_agent(step) is not None:
         return []
+    length = first.max_tokens if first is not None else DEFAULT_MAX_TOKENS
     out: dict[Any, Propose] = {}
-    for agent in first.agents:
-        for alone in (_alone(agent, first), _alone(agent, first, temp=0.0)):
-            out.setdefault(_identity(alone), alone)
+    if first is not None:
+        for agent in first.agents:
+            for alone in (_alone(agent, first), _alone(agent, first, temp=0.0)):
+                out.setdefault(_identity(alone), alone)
+    for _, s in leaves(step):
+        for agent in (*getattr(s, "agents", ()), getattr(s, "agent", None)):
+            if isinstance(agent, (str, Agent)):
+                greedy = _alone(agent, Propose([agent], max_tokens=length), temp=0.0)
+                out.setdefault(_identity(greedy), greedy)
     return list(out.values())
 
 
@@ -119,12 +130,14 @@ def contenders_of(
     *,
     baselines: bool = True,
     model: AgentLike | None = None,
+    where: str = "moa.eval(contenders)",
 ) -> list[Contender]:
     """The contenders of an eval, single agents first: each given one (a step or pipeline, a
     one-line expression, or a recipe name, built with ``model`` where given), named by its
-    key in a mapping, else by the recipe name or expression; with ``baselines``, each agent
-    of each mixture's first ``Propose`` alone (see :func:`member_baselines`), unless a
-    contender already asks exactly that."""
+    key in a mapping, else by the recipe name or expression; with ``baselines``, every agent
+    of each mixture alone (see :func:`member_baselines`), unless a contender already asks
+    exactly that. A pipeline that ends with more than one response (no step chooses one) is
+    refused: its score would be its first response's."""
     given: list[tuple[str | None, object]]
     if isinstance(contenders, Mapping):
         given = [(str(k), v) for k, v in contenders.items()]
@@ -133,20 +146,22 @@ def contenders_of(
     else:
         given = [(None, contenders)]
     if not given:
-        raise ValueError("moa.eval: contenders must name at least one pipeline, got none")
+        raise ValueError(f"{where}: name at least one pipeline, got none")
     built: list[Contender] = []
     for i, (name, value) in enumerate(given):
-        step = _as_pipeline(value, f"moa.eval(contenders[{i}])", model)
+        at = f"{where}[{name!r}]" if name is not None else f"{where}[{i}]"
+        step = _as_pipeline(value, at, model)
+        _check_one_answer(step, at)
         if name is None:
             name = value if isinstance(value, str) else repr(step)
         built.append(Contender(name, step, single=single_agent(step) is not None))
     names = [c.name for c in built]
     if len(set(names)) != len(names):
         twice = next(n for n in names if names.count(n) > 1)
-        raise ValueError(f"moa.eval: two contenders are named {twice!r}; names are unique")
+        raise ValueError(f"{where}: two contenders are named {twice!r}; names are unique")
     singles = [c for c in built if c.single]
     if baselines:
-        seen = {_identity(_first_propose(c.pipeline)) for c in singles}
+        seen = {_identity(first) for c in singles if (first := first_layer(c.pipeline))}
         personas: dict[str | None, int] = {}
         for c in built:
             for alone in member_baselines(c.pipeline):
@@ -160,9 +175,14 @@ def contenders_of(
     return singles + [c for c in built if not c.single]
 
 
-def _first_propose(step: Step) -> Propose:
-    found = next(s for _, s in leaves(step) if isinstance(s, Propose))
-    return found
+def _check_one_answer(step: Step, where: str) -> None:
+    bound = most_calls(step)
+    if bound is not None and bound[1] > 1:
+        raise ValueError(
+            f"{where}: {safe_repr(step)} ends with up to {bound[1]} responses and is scored "
+            "on one; end it with a step that chooses one (Majority(), WeightedMajority(), "
+            "Aggregate(...))"
+        )
 
 
 def _candidates(history: History | None) -> list[CallRecord]:
@@ -204,7 +224,9 @@ class _Spend:
 
 
 class _Scorer:
-    """Scores a run's reply and candidates off the event loop; a Judge through ``run``."""
+    """Scores a run's reply and candidates off the event loop; a Judge through ``run``,
+    every text at once. A reply that cannot be scored (a regex or function past its time
+    bound, a judge that fails) is wrong, and says why."""
 
     def __init__(
         self, scorer: ScorerLike, client: Client, options: RunOptions, prices: Prices
@@ -215,26 +237,44 @@ class _Scorer:
         self.prices = prices
         self.spend = _Spend()
 
-    async def __call__(self, texts: list[str | None], task: Task) -> list[bool]:
+    async def __call__(self, texts: list[str | None], task: Task) -> tuple[list[bool], str | None]:
         if isinstance(self.scorer, Judge):
-            return [await self._judged(t, task) for t in texts]
+            return await self._judged(texts, task)
         regex = self.scorer == "regex"
         work = OffLoop(score_many, (self.scorer, texts, task), process=regex)
-        return list(await run_off_loop(work))
+        try:
+            return list(await run_off_loop(work)), None
+        except TimeoutError:
+            seconds = seconds_for(work)
+            return [False] * len(texts), f"scoring took longer than {seconds:g} s; scored wrong"
 
-    async def _judged(self, text: str | None, task: Task) -> bool:
-        if text is None:
-            return False
-        assert isinstance(self.scorer, Judge)
-        seed = row_seed(self.options.seed or 0, task.id)
-        verdict, history = await run(
-            self.scorer.step(task, text),
-            task.prompt,
-            self.client,
-            dataclasses.replace(self.options, seed=seed),
-        )
-        self.spend.add(history, self.prices)
-        return verdict == "YES"
+    async def _judged(self, texts: list[str | None], task: Task) -> tuple[list[bool], str | None]:
+        verdicts = [False] * len(texts)
+        failures: list[str] = []
+
+        async def judge(i: int, text: str) -> None:
+            assert isinstance(self.scorer, Judge)
+            seed = row_seed(self.options.seed or 0, task.id)
+            try:
+                verdict, history = await run(
+                    self.scorer.step(task, text),
+                    task.prompt,
+                    self.client,
+                    dataclasses.replace(self.options, seed=seed),
+                )
+            except MoaError as exc:
+                self.spend.add(exc.history, self.prices)
+                failures.append(error_text(exc))
+                return
+            self.spend.add(history, self.prices)
+            verdicts[i] = verdict == "YES"
+
+        async with anyio.create_task_group() as tg:
+            for i, text in enumerate(texts):
+                if text is not None:
+                    tg.start_soon(judge, i, text)
+        note = f"the judge failed {len(failures)} times ({failures[0]})" if failures else None
+        return verdicts, note
 
 
 async def _evaluate_one(
@@ -254,13 +294,14 @@ async def _evaluate_one(
         task = tasks[r.index]
         calls = _candidates(r.history)
         texts = [r.result, *(c.text for c in calls)]
-        verdicts = await scorer(texts, task)
+        verdicts, note = await scorer(texts, task)
         results[r.index] = TaskResult(
             task.id,
             r.result,
             verdicts[0],
             None if r.error is None else error_text(r.error),
             tuple(verdicts[1:]),
+            note,
         )
         tick(contender.name)
 
@@ -434,23 +475,30 @@ def prices_of(prices: object) -> Prices:
 
 
 class _EvalCache:
-    """The options with a cache: the user's, else one in a temporary folder, removed after."""
+    """The options with a cache keyed by the eval's seed too: the user's file under its
+    namespace and the seed (a rerun with another seed draws new samples, not the old ones),
+    else one in a temporary folder, removed after."""
 
     def __init__(self, options: RunOptions) -> None:
         self.options = options
         self.folder: tempfile.TemporaryDirectory[str] | None = None
+        self.cache: Cache | None = None
 
     def __enter__(self) -> RunOptions:
-        if self.options.cache is not None:
-            return self.options
-        self.folder = tempfile.TemporaryDirectory(prefix="moa-eval-")
-        cache = Cache(os.path.join(self.folder.name, "cache.sqlite"))
-        self.cache = cache
-        return dataclasses.replace(self.options, cache=cache)
+        given = self.options.cache
+        if given is not None:
+            # \x1f cannot be in a namespace a person types: no clash with the user's own.
+            namespace = f"{given.namespace}\x1fmoa.eval seed={self.options.seed}"
+            self.cache = Cache(given.path, mode=given.mode, namespace=namespace)
+        else:
+            self.folder = tempfile.TemporaryDirectory(prefix="moa-eval-")
+            self.cache = Cache(os.path.join(self.folder.name, "cache.sqlite"))
+        return dataclasses.replace(self.options, cache=self.cache)
 
     def __exit__(self, *exc: object) -> None:
-        if self.folder is not None:
+        if self.cache is not None:
             self.cache.close()
+        if self.folder is not None:
             self.folder.cleanup()
 
 

@@ -11,28 +11,56 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import combinations
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._chart import Point, frontier_png, frontier_svg
-from ._stats import oracle, paired_bootstrap, phi, wilson
+from ._stats import mcnemar, oracle, paired_bootstrap, phi, wilson
 from ._tasks import Task
 
-__all__ = ("ContenderResult", "EvalReport", "TaskResult")
+__all__ = ("ContenderResult", "Difference", "EvalReport", "TaskResult")
 
 #: Bootstrap resamples behind every paired interval of a report.
 RESAMPLES = 2000
 
 
+class Difference(NamedTuple):
+    """One contender's accuracy minus another's on the same tasks: the ``difference``, its
+    paired bootstrap 95 % interval (``low``, ``high``), the tasks the first ``won`` (right
+    where the other was wrong) and ``lost``, and the exact McNemar ``p`` of those."""
+
+    difference: float
+    low: float
+    high: float
+    won: int
+    lost: int
+    p: float
+
+    @property
+    def significant(self) -> bool:
+        """The interval excludes 0 and p < 0.05: a difference, in either direction."""
+        return (self.low > 0 or self.high < 0) and self.p < 0.05
+
+    @property
+    def better(self) -> bool:
+        """Significantly better: the interval above 0 and p < 0.05."""
+        return self.significant and self.low > 0
+
+    def __str__(self) -> str:
+        return f"{100 * self.difference:+.1f} [{100 * self.low:+.1f}, {100 * self.high:+.1f}]"
+
+
 @dataclass(frozen=True, slots=True)
 class TaskResult:
     """One contender on one task: its reply (None when the run failed: ``error`` says why),
-    whether it is right, and whether each candidate of its proposal layer was (in order)."""
+    whether it is right, whether each candidate of its proposal layer was (in order), and
+    ``note``: why a reply could not be scored (it then counts as wrong)."""
 
     id: str | int
     reply: str | None
     correct: bool
     error: str | None = None
     candidates: tuple[bool, ...] = ()
+    note: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -145,6 +173,10 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
+def _p(p: float) -> str:
+    return "p<.001" if p < 0.001 else f"p={p:.3f}".replace("0.", ".")
+
+
 def _dollars(x: float | None) -> str:
     if x is None:
         return "?"
@@ -192,18 +224,19 @@ class EvalReport:
         """The most accurate single agent (the first of equals), None with none."""
         return max(self.singles, key=lambda c: c.right, default=None)
 
-    def versus(self, name: str, other: str | None = None) -> tuple[float, float, float]:
+    def versus(self, name: str, other: str | None = None) -> Difference:
         """``name``'s accuracy minus ``other``'s (default: the best single agent's) on the
-        same tasks, with a paired bootstrap 95 % interval, seeded by the eval's seed."""
+        same tasks: a :class:`Difference` with its paired bootstrap 95 % interval (seeded by
+        the eval's seed) and McNemar's exact test."""
         base = self.best_single if other is None else self[other]
         if base is None:
             raise ValueError("the eval has no single agent to compare with; name one")
-        return paired_bootstrap(
-            self[name].correct, base.correct, resamples=RESAMPLES, seed=self.seed
-        )
+        a, b = self[name].correct, base.correct
+        d, low, high = paired_bootstrap(a, b, resamples=RESAMPLES, seed=self.seed)
+        return Difference(d, low, high, *mcnemar(a, b))
 
     @cached_property
-    def _versus(self) -> dict[str, tuple[float, float, float]]:
+    def _versus(self) -> dict[str, Difference]:
         best = self.best_single
         if best is None:
             return {}
@@ -259,23 +292,27 @@ class EvalReport:
     # -- output -----------------------------------------------------------------------------
     def rows(self) -> list[dict[str, Any]]:
         """Each contender's :meth:`ContenderResult.summary` with its difference from the
-        best single agent (``delta``: difference, low, high; None for that agent)."""
+        best single agent (``delta``: a :class:`Difference` as a dict; None for that agent)."""
         out = []
         for c in self.contenders:
             row = c.summary()
-            row["delta"] = list(self._versus[c.name]) if c.name in self._versus else None
+            delta = self._versus.get(c.name)
+            row["delta"] = None if delta is None else delta._asdict()
             out.append(row)
         return out
 
     def table(self) -> str:
         """The report as text: a row per contender, then the single agents' error
         correlations, the pooled ceiling, and what to read into the intervals."""
-        best = self.best_single
+        return "\n".join([*self._grid(), "", *self._notes()])
+
+    def _grid(self) -> list[str]:
         head = (
             "contender",
             "acc %",
             "95% CI",
             "vs best single [95% CI]",
+            "won/lost p",
             "oracle",
             "beta",
             "calls/q",
@@ -286,19 +323,18 @@ class EvalReport:
         n = len(self.tasks)
         for row in self.rows():
             lo, hi = row["interval"]
-            delta = row["delta"]
-            vs = "best single" if delta is None and best is not None else "-"
+            delta = self._versus.get(row["name"])
+            vs, test = ("best single" if self.best_single else "-"), "-"
             if delta is not None:
-                d, dl, dh = delta
-                vs = f"{100 * d:+.1f} [{100 * dl:+.1f}, {100 * dh:+.1f}]"
-            k = row["k"]
+                vs, test = str(delta), f"{delta.won}/{delta.lost} {_p(delta.p)}"
             lines.append(
                 (
                     row["name"] + (f" ({row['errors']} failed)" if row["errors"] else ""),
                     _pct(row["accuracy"]),
                     f"[{_pct(lo)}, {_pct(hi)}]",
                     vs,
-                    "-" if row["oracle"] is None else f"{_pct(row['oracle'])} @{k}",
+                    test,
+                    "-" if row["oracle"] is None else f"{_pct(row['oracle'])} @{row['k']}",
                     _pct(row["beta"]),
                     f"{row['calls_per_task']:.1f}",
                     f"{(row['input_tokens'] + row['output_tokens']) / n:.0f}",
@@ -314,10 +350,35 @@ class EvalReport:
             for r in lines
         ]
         text.insert(1, "-" * len(text[0]))
-        text.append("")
-        text.append(f"{n} tasks, scorer {self.scorer}, seed {self.seed}.")
+        return text
+
+    def _notes(self) -> list[str]:
+        best = self.best_single
+        text = [f"{len(self.tasks)} tasks, scorer {self.scorer}, seed {self.seed}."]
         if best is not None:
-            text.append(f"Best single agent: {best.name} ({_pct(best.accuracy)} %).")
+            text.append(
+                f"Best single agent: {best.name} ({_pct(best.accuracy)} %), chosen on these "
+                "tasks. A difference counts when its interval excludes 0 and p < 0.05 "
+                "(won/lost: the tasks where exactly one of the two is right)."
+            )
+        mixtures = [c for c in self.contenders if not c.single]
+        if len(mixtures) > 2:
+            text.append(
+                f"{len(mixtures)} mixtures are compared: the best of them is favoured by chance. "
+                "Choose on some tasks and confirm on others (moa tune)."
+            )
+        unscored = sum(r.note is not None for c in self.contenders for r in c.results)
+        if unscored:
+            text.append(
+                f"WARNING: {unscored} replies could not be scored (see each result's note) "
+                "and count as wrong."
+            )
+        failed = sum(c.errors for c in self.contenders)
+        if failed:
+            text.append(
+                f"WARNING: {failed} runs failed and are scored wrong; where they differ "
+                "between contenders, the comparison is of failures, not of answers."
+            )
         text.append(f"Pooled oracle (some reply or candidate right): {_pct(self.pooled_oracle)} %.")
         text.extend(self._correlation_lines())
         if self.judge_calls:
@@ -328,7 +389,7 @@ class EvalReport:
         unpriced = sorted({m for c in self.contenders for m in c.unpriced})
         if unpriced:
             text.append(f"No price for {', '.join(unpriced)}: what it cost is unknown (?).")
-        return "\n".join(text)
+        return text
 
     def _correlation_lines(self) -> list[str]:
         singles = self.singles
@@ -385,6 +446,7 @@ class EvalReport:
                             "correct": r.correct,
                             "error": r.error,
                             "candidates": list(r.candidates),
+                            "note": r.note,
                         }
                         for r in c.results
                     ],
@@ -399,15 +461,18 @@ class EvalReport:
         rows = self.rows()
         names = [k for k in rows[0] if k not in ("interval", "delta", "unpriced")]
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow([*names, "low", "high", "delta", "delta_low", "delta_high"])
+        deltas = [f"delta_{f}" for f in Difference._fields]
+        writer.writerow([*names, "low", "high", *deltas, "unpriced"])
         for row in rows:
-            delta = row["delta"] or [None, None, None]
-            writer.writerow([*(row[k] for k in names), *row["interval"], *delta])
+            delta = list(row["delta"].values()) if row["delta"] else [None] * len(deltas)
+            unpriced = " ".join(row["unpriced"])
+            writer.writerow([*(row[k] for k in names), *row["interval"], *delta, unpriced])
         return out.getvalue()
 
-    def save(self, path: str | os.PathLike[str]) -> None:
+    def save(self, path: str | os.PathLike[str], note: str = "") -> None:
         """Write the report by the file's suffix: ``.json`` (everything), ``.csv`` (the rows),
-        ``.svg`` or ``.png`` (the accuracy-per-cost frontier; PNG needs matplotlib)."""
+        ``.svg`` or ``.png`` (the accuracy-per-cost frontier, ``note`` in its title; PNG needs
+        matplotlib)."""
         name = os.fspath(path)
         suffix = os.path.splitext(name)[1].lower()
         if suffix == ".png":
@@ -416,7 +481,7 @@ class EvalReport:
         writers: dict[str, Callable[[], str]] = {
             ".json": lambda: json.dumps(self.to_dict(), indent=1, ensure_ascii=False),
             ".csv": self.to_csv,
-            ".svg": lambda: frontier_svg(self.points(), self.cost_axis, len(self.tasks)),
+            ".svg": lambda: frontier_svg(self.points(), self.cost_axis, len(self.tasks), note),
         }
         if suffix not in writers:
             raise ValueError(

@@ -30,7 +30,7 @@ from ._answers import (
     option_letter,
     same_number,
 )
-from ._bounds import describe
+from ._bounds import check_int, describe
 from ._contract import LLMStep, Plan, ask, messages
 from ._tasks import Task, TaskError
 
@@ -169,10 +169,15 @@ class Judge:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "agent", agent_of("Judge", self.agent, "agent"))
+        check_int("Judge", "max_tokens", self.max_tokens, 1, 1 << 20)
 
     def step(self, task: Task, reply: str) -> LLMStep:
-        """The two asks as a step of their own, run like any other (cached, retried)."""
-        return _JudgeStep(self.agent, task.prompt, task.answer, reply, self.max_tokens)
+        """The two asks as a step of their own, run like any other (cached, retried). The
+        reference is the answer and, where the task has them, its aliases."""
+        reference = task.answer
+        if task.aliases:
+            reference += f" (also right: {'; '.join(task.aliases)})"
+        return _JudgeStep(self.agent, task.prompt, reference, reply, self.max_tokens)
 
 
 @dataclass(frozen=True, slots=True, repr=False)

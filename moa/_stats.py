@@ -4,7 +4,9 @@
 difference of two accuracies on the same questions with a percentile interval (the questions
 resampled, the same draw for both); :func:`oracle` the share of questions some candidate
 got right (``1 - oracle`` is beta, the all-wrong rate: no method that returns one candidate's
-answer can beat ``oracle``); :func:`phi` the correlation of two members' errors (near 1: they
+answer can beat ``oracle``); :func:`mcnemar` the exact test of a paired difference, decided
+by the questions where the two disagree (the bootstrap's percentile interval alone is too
+ready to exclude 0 when they disagree on few); :func:`phi` the correlation of two members' errors (near 1: they
 fail together, and mixing them adds little).
 """
 
@@ -14,7 +16,7 @@ import math
 import random
 from collections.abc import Sequence
 
-__all__ = ("Z95", "oracle", "paired_bootstrap", "phi", "wilson")
+__all__ = ("Z95", "mcnemar", "oracle", "paired_bootstrap", "phi", "wilson")
 
 #: The standard normal's 97.5 % quantile: a 95 % two-sided interval.
 Z95 = 1.959963984540054
@@ -87,3 +89,18 @@ def phi(a: Sequence[bool], b: Sequence[bool]) -> float | None:
         return None
     both = sum(x and y for x, y in zip(ea, eb, strict=True)) / n
     return (both - pa * pb) / math.sqrt(pa * (1 - pa) * pb * (1 - pb))
+
+
+def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> tuple[int, int, float]:
+    """``(won, lost, p)``: the questions ``a`` got right and ``b`` wrong, the reverse, and
+    the exact two-sided McNemar p-value (a binomial test of ``won`` in ``won + lost`` at
+    one half; 1.0 when they never disagree)."""
+    if len(a) != len(b) or not a:
+        raise ValueError("mcnemar needs two equally long, non-empty lists of results")
+    won = sum(x and not y for x, y in zip(a, b, strict=True))
+    lost = sum(y and not x for x, y in zip(a, b, strict=True))
+    n = won + lost
+    if n == 0:
+        return 0, 0, 1.0
+    tail = sum(math.comb(n, i) for i in range(min(won, lost) + 1)) / 2**n
+    return won, lost, min(1.0, 2 * tail)

@@ -112,20 +112,29 @@ def _rows(path: str) -> Iterator[tuple[str, Any]]:
 def load_tasks(source: str | os.PathLike[str] | Iterable[Task | dict[str, Any]]) -> list[Task]:
     """The tasks of a JSON Lines file, a Parquet file or folder, or a list (of Tasks or
     dicts), in order; each line or row must have a prompt (or question) and an answer, its
-    id defaulting to its position, and ids must be unique. TaskError names the line."""
+    id defaulting to its position; ids and prompts must be unique. TaskError names the line."""
     rows: Iterable[tuple[str, Any]]
+    if isinstance(source, (dict, Task)):
+        raise TaskError("tasks: give a list of tasks (or a file), not one task")
     if isinstance(source, (str, os.PathLike)):
         rows = _rows(os.fspath(source))
     else:
         rows = ((f"task {i}", r) for i, r in enumerate(source))
     tasks: list[Task] = []
     seen: dict[str, str] = {}
+    asked: dict[str, str] = {}
     for where, row in rows:
         task = row if isinstance(row, Task) else task_of(row, where, len(tasks))
         key = json.dumps(task.id)
         if key in seen:
             raise TaskError(f"{where}: id {task.id!r} is used on {seen[key]} too; ids are unique")
         seen[key] = where
+        prompt = " ".join(task.prompt.split())
+        if prompt in asked:
+            # The same question twice counts twice, its answers come from the cache the
+            # second time, and a split can put it on both sides.
+            raise TaskError(f"{where}: the prompt of {asked[prompt]} again; each question once")
+        asked[prompt] = where
         tasks.append(task)
     if not tasks:
         name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "the tasks"

@@ -21,21 +21,22 @@ from typing import Any, Unpack
 import anyio
 
 from ._agent import Agent, AgentLike, agent_of
-from ._bounds import check_number, describe, safe_repr
+from ._bounds import check_int, check_number, describe, safe_repr
 from ._client import Client
 from ._cost import Prices
-from ._eval import EvalProgress, contenders_of, evaluate, prices_of, single_agent
+from ._eval import EvalProgress, contenders_of, evaluate, prices_of
 from ._llm_steps import Aggregate, Propose
 from ._options import RunKwargs, RunOptions
 from ._pipeline import Step, leaves
-from ._report import ContenderResult, EvalReport
+from ._report import ContenderResult, Difference, EvalReport
 from ._run import check_client, confidence_needs
-from ._scoring import ScorerLike
+from ._scoring import Judge, ScorerLike, check_scorer
 from ._select import Majority, MostConfident, MostConsistent, WeightedMajority
 from ._tasks import Task, load_tasks, split_tasks
+from ._tune_plan import plan_calls
 from .recipes import VOTE_PERSONAS
 
-__all__ = ("SELECTIONS", "Space", "TuneReport", "plan_calls", "tune", "tune_sync")
+__all__ = ("SELECTIONS", "Space", "TuneReport", "tune", "tune_sync")
 
 #: The selections a :class:`Space` may name, cheapest first.
 SELECTIONS = ("majority", "weighted", "weighted-drop", "consistent", "confident", "aggregate")
@@ -45,7 +46,7 @@ SELECTIONS = ("majority", "weighted", "weighted-drop", "consistent", "confident"
 TUNE_PERSONAS: tuple[str | None, ...] = VOTE_PERSONAS[:4]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Space:
     """The mixtures ``moa.tune`` searches, for each of ``models``:
 
@@ -93,8 +94,10 @@ class Space:
             raise ValueError(
                 f"Space(selections=...): {unknown[0]!r} is not one of {', '.join(SELECTIONS)}"
             )
-        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int):
-            raise TypeError(f"Space(max_tokens=...): an int, not {describe(self.max_tokens)}")
+        check_int("Space", "max_tokens", self.max_tokens, 1, 1 << 20)
+        # The same count or temperature twice would build the same mixtures twice.
+        object.__setattr__(self, "samples", tuple(dict.fromkeys(self.samples)))
+        object.__setattr__(self, "temps", tuple(dict.fromkeys(self.temps)))
 
     def _agent(self, model: AgentLike, persona: str | None, temp: float) -> AgentLike:
         base = model if isinstance(model, Agent) else Agent(model)
@@ -174,76 +177,84 @@ class Space:
         return cls(**given)
 
 
-def plan_calls(mixtures: Mapping[str, Step], singles: Iterable[Step] = ()) -> int:
-    """Calls per task the mixtures make between them, when the cache shares what the same
-    place asks: each distinct first-step request once per sample index, plus each later
-    LLM step's calls (an aggregator's one), counted per mixture."""
-    first: dict[Any, int] = {}
-    later = 0
-    for step in (*mixtures.values(), *singles):
-        for i, (_, s) in enumerate(leaves(step)):
-            if not isinstance(s, (Propose, Aggregate)):
-                continue
-            if i == 0 and isinstance(s, Propose):
-                seen: dict[Any, int] = {}
-                for req in s.requests("", []):
-                    seen[req.identity] = seen.get(req.identity, 0) + 1
-                for identity, n in seen.items():
-                    first[identity] = max(first.get(identity, 0), n)
-            else:
-                later += 1
-    return sum(first.values()) + later
-
-
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class TuneReport:
-    """What ``moa.tune`` chose and what it is worth: ``search`` is the dev eval (every
+    """What ``moa.tune`` chose and what it is worth. ``search`` is the dev eval (every
     mixture of the space and the single agents of its pool; its figures chose, and are
-    optimistic for the winner), ``holdout`` the eval of the winner and of ``single`` (the
-    single agent with the best dev accuracy) on the held-out tasks, run once. ``delta`` is
-    the winner's held-out accuracy minus the single's, with its paired bootstrap 95 %
-    interval: the result."""
+    optimistic for the winner); ``holdout`` the eval, run once, of the winner, of ``single``
+    (the single agent with the best dev accuracy) and of ``greedy`` (the first model alone
+    at temperature 0) on the held-out tasks. ``delta`` is the winner's held-out accuracy
+    minus the single's, a :class:`~moa.Difference`: the result; ``versus_greedy`` the same
+    against the plain greedy model."""
 
     winner: str
     expression: str
     single: str
+    greedy: str
     search: EvalReport
     holdout: EvalReport
-    delta: tuple[float, float, float]
+    delta: Difference
+    versus_greedy: Difference | None
     objective: str
-    planned_calls: int
+    planned_calls: int | None
 
     @property
-    def significant(self) -> bool:
-        """Whether the held-out interval excludes 0."""
-        return self.delta[1] > 0 or self.delta[2] < 0
+    def beats_single(self) -> bool:
+        """The held-out difference is significant and positive (interval above 0, p < .05)."""
+        return self.delta.better
+
+    def _verdict(self) -> list[str]:
+        d = self.delta
+        if d.better:
+            return []
+        if d.significant:
+            return ["  WARNING: on these tasks the mixture is significantly WORSE than the single."]
+        return [
+            "  WARNING: the interval includes 0 (or p >= .05): on these tasks the mixture is "
+            "not shown to beat the single agent."
+        ]
 
     def table(self) -> str:
         """The report as text: the held-out result first, then the search, then the
         winner's expression for ``moa run --pipeline``."""
-        d, lo, hi = self.delta
-        win, one = self.holdout[self.winner], self.holdout[self.single]
-        lines = [
-            f"Held-out result ({len(self.holdout.tasks)} tasks, run once after the search):",
-            f"  winner  {self.winner}: {100 * win.accuracy:.1f} % "
-            f"[{100 * win.interval[0]:.1f}, {100 * win.interval[1]:.1f}], "
-            f"{win.calls / len(win.results):.1f} calls per task",
-            f"  single  {self.single}: {100 * one.accuracy:.1f} % "
-            f"[{100 * one.interval[0]:.1f}, {100 * one.interval[1]:.1f}]",
-            f"  winner - single: {100 * d:+.1f} points, paired bootstrap 95 % interval "
-            f"[{100 * lo:+.1f}, {100 * hi:+.1f}]",
-        ]
-        if not self.significant:
+        held = self.holdout
+        win = held[self.winner]
+        lines = [f"Held-out result ({len(held.tasks)} tasks, run once after the search):"]
+        for role, name in (("winner", self.winner), ("single", self.single)):
+            c = held[name]
             lines.append(
-                "  WARNING: the interval includes 0: on these tasks the mixture is not shown "
-                "to beat the single agent."
+                f"  {role}  {name}: {100 * c.accuracy:.1f} % "
+                f"[{100 * c.interval[0]:.1f}, {100 * c.interval[1]:.1f}], "
+                f"{c.calls / len(c.results):.1f} calls per task"
             )
+        d = self.delta
+        lines.append(
+            f"  winner - single: {d} points (paired bootstrap 95 %), won {d.won} lost "
+            f"{d.lost}, McNemar p = {d.p:.3g}"
+        )
+        if self.versus_greedy is not None:
+            g = self.versus_greedy
+            lines.append(
+                f"  winner - {self.greedy} (greedy): {g} points, won {g.won} lost {g.lost}, "
+                f"p = {g.p:.3g}"
+            )
+        lines += self._verdict()
         if win.oracle() is not None:
+            phi = win.candidate_phi
             lines.append(
                 f"  the winner's candidates: oracle {100 * (win.oracle() or 0):.1f} % "
                 f"(beta {100 * (win.beta or 0):.1f} %), error correlation "
-                f"{'-' if win.candidate_phi is None else f'{win.candidate_phi:.2f}'}"
+                f"{'-' if phi is None else f'{phi:.2f}'}"
             )
+        cached = sum(c.cached_calls for c in held)
+        if cached:
+            lines.append(
+                f"  NOTE: {cached} held-out answers came from the cache: this held-out set was "
+                "evaluated before. A set used to decide more than once is no longer held out."
+            )
+        failed = sum(c.errors for c in held)
+        if failed:
+            lines.append(f"  WARNING: {failed} held-out runs failed and are scored wrong.")
         lines += [
             "",
             f"Search ({len(self.search.tasks)} dev tasks; chosen by {self.objective}; "
@@ -259,16 +270,18 @@ class TuneReport:
         return self.table()
 
     def to_dict(self) -> dict[str, Any]:
-        d, lo, hi = self.delta
+        greedy = self.versus_greedy
         return {
             "format": 1,
             "winner": self.winner,
             "expression": self.expression,
             "single": self.single,
+            "greedy": self.greedy,
             "objective": self.objective,
             "planned_calls": self.planned_calls,
-            "holdout_delta": {"difference": d, "low": lo, "high": hi},
-            "significant": self.significant,
+            "holdout_delta": self.delta._asdict(),
+            "holdout_versus_greedy": None if greedy is None else greedy._asdict(),
+            "beats_single": self.beats_single,
             "holdout": self.holdout.to_dict(),
             "search": self.search.to_dict(),
         }
@@ -349,39 +362,81 @@ async def tune(
         opts = dataclasses.replace(opts, seed=0)
     score, objective_name = _objective(objective, penalty)
     dev, held = _split(tasks, holdout_tasks, holdout, opts.seed or 0)
-    mixtures = _mixtures(space, model)
-    for name, step in mixtures.items():
+    check_scorer(scorer, [*dev, *held])  # a held-out task it cannot score: before the search
+    mixtures, singles = _space_of(space, model)
+    for name, step in {**mixtures, **singles}.items():
         confidence_needs(f"moa.tune({name})", step, client)
-    planned = _planned(mixtures, dev, held)
-    _check_budget(planned, budget_calls, budget_dollars, mixtures, dev, held, prices)
-    same = functools.partial(
-        evaluate, scorer=scorer, prices=prices, max_runs=max_runs, progress=progress
-    )
-    search = await same(mixtures, dev, client, opts)
-    ranked = [c for c in search if not c.single]
-    best = max(ranked, key=lambda c: (score(c), -c.calls))
+    planned = _planned(mixtures, singles, dev, held, isinstance(scorer, Judge))
+    _check_budget(planned, budget_calls, budget_dollars, mixtures, dev, prices)
+    phase = _phases(progress)
+    same = functools.partial(evaluate, scorer=scorer, prices=prices, max_runs=max_runs)
+    search = await same({**singles, **mixtures}, dev, client, opts, progress=phase("search"))
+    best = max((c for c in search if not c.single), key=lambda c: (score(c), -c.calls))
     single = search.best_single
-    assert single is not None  # every mixture's pool has its agents alone
-    pair = {best.name: mixtures[best.name], single.name: _single_step(single.name, mixtures)}
-    held_out = await same(pair, held, client, opts, baselines=False)
+    if single is None:  # pragma: no cover - every mixture has its agents alone
+        raise ValueError("moa.tune: the search has no single agent to compare the winner with")
+    steps = {c.name: c.pipeline for c in contenders_of({**singles, **mixtures})}
+    greedy_name, greedy = _greedy(mixtures[best.name], steps)
+    pair = {best.name: mixtures[best.name], single.name: steps[single.name]}
+    if greedy_name not in pair:
+        pair[greedy_name] = greedy
+    held_out = await same(pair, held, client, opts, baselines=False, progress=phase("held-out"))
     return TuneReport(
         winner=best.name,
         expression=repr(mixtures[best.name]),
         single=single.name,
+        greedy=greedy_name,
         search=search,
         holdout=held_out,
         delta=held_out.versus(best.name, single.name),
+        versus_greedy=None
+        if greedy_name == single.name
+        else held_out.versus(best.name, greedy_name),
         objective=objective_name,
         planned_calls=planned,
     )
 
 
-def _planned(mixtures: Mapping[str, Step], dev: Sequence[Task], held: Sequence[Task]) -> int:
-    """Calls the search may make: the pool and aggregators on every dev task, then the
-    dearest mixture and one single agent on every held-out task."""
-    singles = [c.pipeline for c in contenders_of(mixtures) if c.baseline]
-    worst = max(plan_calls({n: s}) for n, s in mixtures.items())
-    return len(dev) * plan_calls(mixtures, singles) + len(held) * (worst + 1)
+def _phases(progress: EvalProgress | None) -> Callable[[str], EvalProgress | None]:
+    """Progress for each phase: ``progress(done, total, "search: name")``."""
+
+    def phase(label: str) -> EvalProgress | None:
+        if progress is None:
+            return None
+        return lambda done, total, name: progress(done, total, f"{label}: {name}")
+
+    return phase
+
+
+def _greedy(winner: Step, steps: Mapping[str, Step]) -> tuple[str, Step]:
+    """The winner's first model alone at temperature 0, and its name in the search."""
+    first: Any = next(s for _, s in leaves(winner) if getattr(s, "agents", None))
+    agent = first.agents[0]
+    model = agent.model if isinstance(agent, Agent) else agent
+    alone = Propose([model], temp=0.0, max_tokens=first.max_tokens)
+    for name, step in steps.items():
+        if step == alone:
+            return name, step
+    return f"{model} t=0", alone
+
+
+def _planned(
+    mixtures: Mapping[str, Step],
+    singles: Mapping[str, Step],
+    dev: Sequence[Task],
+    held: Sequence[Task],
+    judged: bool,
+) -> int | None:
+    """Calls the search may make, retries aside: the pool, aggregators and judge on every
+    dev task, then the dearest mixture and two single agents on every held-out task; None
+    when a step cannot be bounded."""
+    alone = [c.pipeline for c in contenders_of(mixtures) if c.baseline]
+    search = plan_calls({**singles, **mixtures}, alone, judged)
+    each = [plan_calls({n: s}, (), judged) for n, s in mixtures.items()]
+    if search is None or any(e is None for e in each):
+        return None
+    check = max(e for e in each if e is not None) + 2 * (3 if judged else 1)
+    return len(dev) * search + len(held) * check
 
 
 def _single_step(name: str, mixtures: Mapping[str, Step]) -> Step:
@@ -391,38 +446,46 @@ def _single_step(name: str, mixtures: Mapping[str, Step]) -> Step:
     raise AssertionError(f"{name} is not a contender of the search")  # pragma: no cover
 
 
-def _mixtures(space: object, model: AgentLike | None) -> dict[str, Step]:
+def _space_of(space: object, model: AgentLike | None) -> tuple[dict[str, Step], dict[str, Step]]:
+    """The mixtures to choose among and the user's own single agents (kept as baselines)."""
     if space is None:
         if model is None:
             raise TypeError("moa.tune: give model= (the default space is built on it) or space=")
-        return Space((model,)).mixtures()
+        return Space((model,)).mixtures(), {}
     if isinstance(space, Space):
-        return space.mixtures()
-    if isinstance(space, Mapping) and set(space) <= {f.name for f in dataclasses.fields(Space)}:
-        return Space.of(space, () if model is None else (model,)).mixtures()
-    given = contenders_of(space, baselines=False, model=model)
-    mixtures = {c.name: c.pipeline for c in given if single_agent(c.pipeline) is None}
+        return space.mixtures(), {}
+    fields = {f.name for f in dataclasses.fields(Space)}
+    if isinstance(space, Mapping) and space and set(space) <= fields:
+        return Space.of(space, () if model is None else (model,)).mixtures(), {}
+    if isinstance(space, (Mapping, list, tuple)) and not space:
+        raise ValueError("moa.tune(space=...): the space is empty; give pipelines, or None")
+    given = contenders_of(space, baselines=False, model=model, where="moa.tune(space)")
+    mixtures = {c.name: c.pipeline for c in given if not c.single}
     if not mixtures:
         raise ValueError("moa.tune(space=...): the space holds no mixture (only single agents)")
-    return mixtures
+    return mixtures, {c.name: c.pipeline for c in given if c.single}
 
 
 def _check_budget(
-    planned: int,
+    planned: int | None,
     calls: int | None,
     dollars: float | None,
     mixtures: Mapping[str, Step],
     dev: Sequence[Task],
-    held: Sequence[Task],
     prices: object,
 ) -> None:
+    if (calls is not None or dollars is not None) and planned is None:
+        raise ValueError(
+            "moa.tune: a step of the space has no bound on its calls (a custom LLM step), so "
+            "no budget can be checked; run without budget_calls / budget_dollars"
+        )
     if calls is not None:
-        if isinstance(calls, bool) or not isinstance(calls, int) or calls < 1:
-            raise TypeError(f"moa.tune(budget_calls=...): a positive int, not {calls!r}")
+        check_int("moa.tune", "budget_calls", calls, 1, 1 << 62)
+        assert planned is not None
         if planned > calls:
             raise ValueError(
-                f"moa.tune: the search needs up to {planned:,} calls ({len(dev)} dev tasks, "
-                f"{len(held)} held out, {len(mixtures)} mixtures) and budget_calls is "
+                f"moa.tune: the search needs up to {planned:,} calls before retries "
+                f"({len(dev)} dev tasks, {len(mixtures)} mixtures) and budget_calls is "
                 f"{calls:,}: give fewer personas, samples, temperatures or selections, or "
                 "fewer dev tasks"
             )
@@ -435,6 +498,7 @@ def _check_budget(
                 "moa.tune(budget_dollars=...): a model of the space has no price; give "
                 "prices= (or --prices) for it"
             )
+        assert planned is not None
         needed = planned * worst
         if needed > dollars:
             raise ValueError(

@@ -161,3 +161,9 @@ def test_a_pipeline_may_be_named(client, tasks, capsys):
     assert "\nweighted " in out and VOTE not in out
     assert main(["eval", str(tasks), "--pipeline", f"a={VOTE}", "--pipeline", f"a={VOTE}"]) == 2
     assert "two contenders are named 'a'" in capsys.readouterr().err
+
+
+def test_moa_eval_judge_needs_a_judge_model(client, tasks, capsys):
+    assert main(["eval", str(tasks), "--pipeline", VOTE, "--scorer", "judge"]) == 2
+    assert "--scorer judge needs --judge MODEL" in capsys.readouterr().err
+    assert client.calls == []

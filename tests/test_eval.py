@@ -41,7 +41,7 @@ from moa import (
     WeightedMajority,
 )
 from moa._eval import contenders_of, member_baselines, single_agent
-from moa._stats import paired_bootstrap, phi, wilson
+from moa._stats import mcnemar, paired_bootstrap, phi, wilson
 from moa.errors import ProviderError
 
 pytestmark = pytest.mark.anyio
@@ -235,7 +235,7 @@ async def test_two_contenders_of_one_name_are_refused_before_any_call(contenders
 
 
 async def test_no_contenders_are_refused():
-    with pytest.raises(ValueError, match=r"contenders must name at least one pipeline"):
+    with pytest.raises(ValueError, match=r"name at least one pipeline"):
         await moa.eval([], TASKS, fake_client())
 
 
@@ -264,16 +264,18 @@ async def test_the_best_single_agent_and_the_paired_differences():
     report = await moa.eval({"mix": MIX}, TASKS, fake_client())
     best = report.best_single
     assert best is not None and best.name == "fake-b t=0.7"  # the first of the two fake-b
-    assert report.versus("mix") == paired_bootstrap(
+    assert report.versus("mix")[:3] == paired_bootstrap(
         MAJORITY_RIGHT, RIGHT["fake-b"], resamples=2000, seed=0
     )
-    assert report.versus("mix", "fake-c t=0") == paired_bootstrap(
+    assert report.versus("mix")[3:] == mcnemar(MAJORITY_RIGHT, RIGHT["fake-b"])
+    assert report.versus("mix", "fake-c t=0")[:3] == paired_bootstrap(
         MAJORITY_RIGHT, RIGHT["fake-c"], resamples=2000, seed=0
     )
-    assert report.versus("fake-b t=0.7") == (0.0, 0.0, 0.0)
+    assert report.versus("fake-b t=0.7") == (0.0, 0.0, 0.0, 0, 0, 1.0)
+    assert not report.versus("fake-b t=0.7").significant
     rows = {row["name"]: row for row in report.rows()}
     assert rows["fake-b t=0.7"]["delta"] is None
-    assert rows["mix"]["delta"] == list(report.versus("mix"))
+    assert rows["mix"]["delta"] == report.versus("mix")._asdict()
 
 
 async def test_the_proposal_layer_gives_oracle_and_beta():
@@ -638,7 +640,7 @@ async def test_the_table_names_every_contender_and_the_best_single_agent():
     assert text == report.table()
     for name in report.names:
         assert name in text
-    assert "Best single agent: fake-b t=0.7 (66.7 %)." in text
+    assert "Best single agent: fake-b t=0.7 (66.7 %), chosen on these tasks." in text
     assert "6 tasks, scorer auto, seed 0." in text
     assert "Pooled oracle (some reply or candidate right): 83.3 %." in text
     mix_line = next(line for line in text.splitlines() if line.startswith("mix"))
@@ -670,8 +672,10 @@ async def test_save_json_csv_and_svg(tmp_path):
     assert [r["name"] for r in rows] == report.names
     assert [int(r["right"]) for r in rows] == [c.right for c in report]
     assert [float(r["low"]) for r in rows] == [c.interval[0] for c in report]
-    assert rows[2]["delta"] == ""  # the best single agent itself
-    assert float(rows[-1]["delta"]) == pytest.approx(report.versus("mix <&> 'quoted'")[0])
+    assert rows[2]["delta_difference"] == ""  # the best single agent itself
+    delta = report.versus("mix <&> 'quoted'")
+    assert float(rows[-1]["delta_difference"]) == pytest.approx(delta.difference)
+    assert int(rows[-1]["delta_won"]) == delta.won and int(rows[-1]["delta_lost"]) == delta.lost
 
     report.save(str(tmp_path / "r.svg"))
     root = ET.parse(tmp_path / "r.svg").getroot()

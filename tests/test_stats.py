@@ -269,3 +269,17 @@ def test_phi_is_pearsons_r_of_the_errors(pairs):
 def test_phi_refuses_unequal_or_empty_lists(a, b):
     with pytest.raises(ValueError, match=r"two equally long, non-empty lists"):
         phi(a, b)
+
+
+def test_mcnemar_is_the_exact_binomial_test_of_the_disagreements():
+    from moa._stats import mcnemar
+
+    assert mcnemar([True] * 4 + [False], [False] * 5) == (4, 0, 0.125)
+    won, lost, p = mcnemar(
+        [True] * 15 + [False] * 6 + [True] * 9, [False] * 15 + [True] * 6 + [True] * 9
+    )
+    assert (won, lost) == (15, 6) and p == pytest.approx(0.0784, abs=1e-4)
+    assert mcnemar([True, False], [True, False]) == (0, 0, 1.0)
+    assert mcnemar([True] * 10, [False] * 10)[2] == pytest.approx(2 / 1024)
+    with pytest.raises(ValueError, match="equally long"):
+        mcnemar([True], [True, False])

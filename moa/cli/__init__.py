@@ -275,8 +275,8 @@ def _share(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    if not 0 < value <= 0.99:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 0.99, got {value}")
     return value
 
 
@@ -315,7 +315,7 @@ def _eval_options(p: argparse.ArgumentParser) -> None:
         help="how a reply is checked against the answer (default: auto: numbers as numbers, "
         "else the answer's words in the reply); judge: a model asked in both orders",
     )
-    p.add_argument("--judge", metavar="MODEL", help="the judge model (default: --model)")
+    p.add_argument("--judge", metavar="MODEL", help="the judge model of --scorer judge")
     p.add_argument(
         "--max-tokens", type=_positive, default=None, help="max_tokens of every LLM step"
     )

@@ -82,8 +82,12 @@ def _tasks(path: str, limit: int | None = None) -> list[Any]:
 
 def _scorer(args: argparse.Namespace, model: AgentLike) -> ScorerLike:
     if args.scorer == "judge":
-        judge = args.judge or model
-        return Judge(judge)
+        if not args.judge:
+            # The model under test grading itself would favour its own answers.
+            raise UsageError(
+                "--scorer judge needs --judge MODEL: a model other than the one tested"
+            )
+        return Judge(args.judge)
     if args.judge:
         raise UsageError("--judge names the judge model of --scorer judge")
     return str(args.scorer)
@@ -108,6 +112,8 @@ def _contenders(args: argparse.Namespace, model: AgentLike) -> dict[str, Step]:
             raise UsageError(f"--pipeline: two contenders are named {name!r}")
         out[name] = parse_expression(expression)
     for name in args.recipe or ():
+        if name in out:
+            raise UsageError(f"--recipe {name}: a contender is named {name!r} already")
         out[name] = recipe(name, model if args.model or local else None)
     if not out:
         raise UsageError("give the pipelines to evaluate: --pipeline EXPR or --recipe NAME")
@@ -124,7 +130,10 @@ def _save(report: EvalReport | TuneReport, args: argparse.Namespace) -> None:
     if getattr(args, "csv", None):
         chart_of.save(args.csv)
     if args.chart:
-        (report.search if isinstance(report, TuneReport) else report).save(args.chart)
+        if isinstance(report, TuneReport):
+            report.search.save(args.chart, note=": the search on dev tasks, optimistic")
+        else:
+            report.save(args.chart)
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
@@ -223,13 +232,13 @@ def tune_command(args: argparse.Namespace) -> int:
     try:
         space = _space(args, model)
         scorer = _scorer(args, model)
+        steps = list(space.mixtures().values()) if isinstance(space, Space) else [*space.values()]
     except BaseException:
         anyio.run(close_client, client)
         raise
-    steps = list(space.mixtures().values()) if isinstance(space, Space) else list(space.values())
     prices = _prices(args, {str(i): s for i, s in enumerate(steps)})
     cache = open_cache(args.cache, cache_namespace(args))
-    progress = _Progress(args.quiet, "tune")
+    progress = _Progress(args.quiet, "tune")  # names carry the phase: "search: ..."
     try:
         report = anyio.run(
             _run_closing,
