@@ -51,7 +51,12 @@ from ._pipeline import Pipeline as Pipeline
 from ._pipeline import Step as Step
 from ._pipeline import parallel as parallel
 from ._pipeline import pipeline as pipeline
+from ._plan import RunPlan as RunPlan
+from ._plan import Span as Span
+from ._plan import StepPlan as StepPlan
+from ._plan import plan as plan
 from ._report import ContenderResult as ContenderResult
+from ._report import Difference as Difference
 from ._report import EvalReport as EvalReport
 from ._report import TaskResult as TaskResult
 from ._response import Confidence as Confidence
@@ -131,6 +136,7 @@ __all__ = (
     "ConfidenceUnavailableError",
     "ContenderResult",
     "Cost",
+    "Difference",
     "Dropout",
     "EmptyInputError",
     "EvalReport",
@@ -162,13 +168,16 @@ __all__ = (
     "RetryAfterTooLongError",
     "RunFinished",
     "RunOptions",
+    "RunPlan",
     "RunResult",
     "Sample",
     "Shuffle",
     "Space",
+    "Span",
     "Step",
     "StepFailedError",
     "StepFinished",
+    "StepPlan",
     "StepRecord",
     "StepStarted",
     "StreamInterruptedError",
@@ -191,6 +200,7 @@ __all__ = (
     "parallel",
     "parse_pipeline",
     "pipeline",
+    "plan",
     "row_seed",
     "run",
     "run_many",

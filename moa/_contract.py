@@ -178,6 +178,11 @@ class LLMStep(Step):
     #: The step cannot work without confidence: a run whose client cannot give
     #: log-probabilities is refused at its start.
     needs_confidence: ClassVar[bool] = False
+    #: How many rounds and requests :meth:`plan` makes depends only on how many responses it
+    #: gets, never on what the replies say: :func:`moa.plan` may then bound the step by
+    #: running its plan on stand-ins. A custom step that sets it to True promises that;
+    #: otherwise its calls are "unbounded" in a plan.
+    fixed_rounds: ClassVar[bool] = False
 
     def requests(self, prompt: str, responses: list[str]) -> list[Request]:
         """The calls to make, in the order their replies are passed to :meth:`combine`.

@@ -148,6 +148,8 @@ def _check_quorum(step: str, quorum: object, min_success: int, most: int | None)
 class _MultiAgent(LLMStep):
     """Shared by the steps whose calls may partly fail: keep the successful replies in order."""
 
+    fixed_rounds: ClassVar[bool] = True
+
     __slots__ = ()
     # Fields of the dataclass subclasses, which read them here.
     min_success: int
@@ -260,6 +262,8 @@ def _answered(reply: str | None) -> str:
 class _Judge(LLMStep):
     """One call over all current responses; its failure fails the step."""
 
+    fixed_rounds: ClassVar[bool] = True
+
     __slots__ = ()
     # Fields of the dataclass subclasses, which read them here (Vote's agent may be None).
     agent: AgentLike | None
@@ -364,6 +368,8 @@ class Pick(LLMStep):
     vote; when none picks, the first response is kept and a note says so.
     """
 
+    fixed_rounds: ClassVar[bool] = True
+
     agent: AgentLike
     times: int = 3
     prompt: str | None = None
@@ -433,6 +439,8 @@ class AggregateSeq(LLMStep):
     than ``window`` responses it is one round, as :class:`Aggregate`. Every round's call is in
     history, in order, and a note per round says what it read.
     """
+
+    fixed_rounds: ClassVar[bool] = True
 
     agent: AgentLike
     window: int = 6

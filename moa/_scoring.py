@@ -188,6 +188,7 @@ class _JudgeStep(LLMStep):
     reply: str
     max_tokens: int = 4
     needs_responses = False
+    fixed_rounds = True
 
     def plan(self, prompt: str, responses: list[str], rng: Any) -> Plan:
         first = f"Reference answer:\n{self.reference}\n\nCandidate answer:\n{self.reply}"

@@ -24,7 +24,7 @@ from .common import UsageError, short
 from .evaluate import eval_command, tune_command
 from .options import RECIPES, with_max_tokens
 from .providers import PROVIDERS, make_client
-from .run import DEMO_PROMPT, demo, run_command
+from .run import DEMO_PROMPT, demo, plan_command, run_command
 from .trace import trace_command
 
 __all__ = ("PROVIDERS", "UsageError", "build_parser", "main", "make_client", "with_max_tokens")
@@ -127,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _demo_parser(sub)
     _run_parser(sub)
+    _plan_parser(sub)
     _batch_parser(sub)
     _trace_parser(sub)
     _eval_parser(sub)
@@ -175,7 +176,34 @@ def _run_parser(sub: Any) -> None:
         help="write the run's history, result, pipeline and cost to FILE (also when "
         "the run fails, for `moa trace`)",
     )
+    r.add_argument(
+        "--plan",
+        action="store_true",
+        help="print what the run can cost (moa plan) and ask nothing",
+    )
+    r.add_argument("--latency", type=_seconds, default=None, help=argparse.SUPPRESS)
     r.set_defaults(handler=run_command)
+
+
+def _plan_parser(sub: Any) -> None:
+    """``moa plan``."""
+    p = sub.add_parser(
+        "plan",
+        help="what a pipeline can cost, before any call: calls, depth, tokens, dollars",
+        description="Prints a pipeline's bounds without calling any model: its calls (exact "
+        "where the pipeline fixes them, else a range), how many run one after another, upper "
+        "bounds on input and output tokens per step and in all (from the prompt when given), "
+        "the dollars at most (with the prompt, at --prices), and a time estimate "
+        "(--latency). A step whose calls depend on what replies say is shown as unbounded.",
+    )
+    p.add_argument("prompt", nargs="?", help="the question (optional: its length bounds tokens)")
+    p.add_argument("--prompt-file", metavar="FILE", help="read the prompt from FILE ('-': stdin)")
+    _run_options(p)
+    p.add_argument(
+        "--latency", type=_seconds, default=None, help="seconds per call, for a time estimate"
+    )
+    p.add_argument("--json", metavar="FILE", help="write the plan to FILE as JSON")
+    p.set_defaults(handler=plan_command, plan=True)
 
 
 class _Renamed(argparse.Action):

@@ -18,6 +18,7 @@ from .._history import History
 from .._llm_steps import Aggregate, Propose
 from .._options import RunOptions
 from .._pipeline import Step
+from .._plan import plan
 from .._run import run
 from .._run import run_stream as moa_run_stream
 from ..clients._errors import redact
@@ -183,7 +184,28 @@ def _summary(history: History, prices: Prices) -> str:
     )
 
 
+def plan_command(args: argparse.Namespace) -> int:
+    """``moa plan`` (and ``moa run --plan``): the pipeline's bounds, no model called."""
+    parsed = parse_expression(args.pipeline) if args.pipeline is not None else None
+    check_writable("--json", args.json)
+    given = args.prompt is not None or args.prompt_file is not None
+    prompt = _read_prompt(args) if given else None
+    load_prices(args.prices)
+    agent = model_option(args)
+    # No client: a plan asks nothing (and needs no key); the model is --model's or the
+    # provider's default.
+    model = args.model or providers.PROVIDERS[args.provider].model
+    pipeline = build_pipeline(args, parsed, as_agent(agent, model))
+    bounds = plan(pipeline, prompt, prices=prices_for(args, pipeline), latency=args.latency)
+    print(bounds.table())
+    if args.json is not None:
+        _write_json(args.json, bounds.to_dict())
+    return 0
+
+
 def run_command(args: argparse.Namespace) -> int:
+    if args.plan:
+        return plan_command(args)
     parsed = parse_expression(args.pipeline) if args.pipeline is not None else None
     check_writable("--json", args.json)
     prompt = _read_prompt(args)
