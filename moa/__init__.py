@@ -9,6 +9,7 @@ from ._agent import Agent as Agent
 from ._batch import RunResult as RunResult
 from ._batch import as_completed as as_completed
 from ._batch import run_many as run_many
+from ._budget import Budget as Budget
 from ._cache import Cache as Cache
 from ._client import Client as Client
 from ._client import Reply as Reply
@@ -87,6 +88,7 @@ from ._tune import TuneReport as TuneReport
 from ._tune import tune as tune
 from ._tune import tune_sync as tune_sync
 from .errors import BatchStoppedError as BatchStoppedError
+from .errors import BudgetExceededError as BudgetExceededError
 from .errors import CacheError as CacheError
 from .errors import CacheMissError as CacheMissError
 from .errors import ClientOutputError as ClientOutputError
@@ -124,6 +126,8 @@ __all__ = (
     "Aggregate",
     "AggregateSeq",
     "BatchStoppedError",
+    "Budget",
+    "BudgetExceededError",
     "Cache",
     "CacheError",
     "CacheMissError",

@@ -27,6 +27,8 @@ from ._options import RunKwargs, RunOptions
 from ._pipeline import Step, StepLike, as_step
 from ._run import (
     ErrorAfter,
+    budget_figures,
+    budget_noted,
     check_client,
     check_prompt,
     confidence_needs,
@@ -34,7 +36,7 @@ from ._run import (
     unwrapped,
 )
 from ._seeds import accepts_seed, check_id, row_seed
-from .errors import BatchStoppedError, MoaError
+from .errors import BatchStoppedError, BudgetExceededError, MoaError
 
 __all__ = ("RunResult", "as_completed", "run_many")
 
@@ -143,9 +145,16 @@ def _checked_upfront(
 class _Batch:
     """A batch as it runs: its one call stack, the stop that cancels every run, its counts."""
 
-    def __init__(self, step: Step, client: Client, options: RunOptions) -> None:
+    def __init__(
+        self, step: Step, client: Client, options: RunOptions, on_budget: str = "finish"
+    ) -> None:
         self.step = step
         self.options = options
+        self.on_budget = on_budget
+        #: The BudgetExceededError that spent the batch's budget: no prompt starts after it.
+        self.spent: BudgetExceededError | None = None
+        #: Cancels the runs in flight (set by the batch's driver).
+        self.stop_runs: Callable[[], None] = lambda: None
         self.stop = Stop()
         self.origin = confidence_needs("run_many", step, client).origin
         self.calls = compose(client, options, self.stop, confidence=self.origin)
@@ -162,10 +171,18 @@ class _Batch:
             self.seeded,
             self.origin,
         )
+        budget = self.options.budget
         try:
             result, history = await walk(self.step, state)
+            history = budget_figures(history, budget)
             return RunResult(item.index, item.prompt, result, history, None, item.id, item.seed)
         except Exception as exc:
+            if isinstance(exc, BudgetExceededError):
+                budget_noted(exc, budget)
+                if self.spent is None:
+                    self.spent = exc
+                    if self.on_budget == "cancel":
+                        self.stop_runs()
             partial = exc.history if isinstance(exc, MoaError) else None
             return RunResult(item.index, item.prompt, None, partial, exc, item.id, item.seed)
 
@@ -183,7 +200,9 @@ async def _drive(
     the next prompt taken as one ends (each running run keeps at least one call busy, so a
     cap on calls stays full while memory stays flat). When the prompts or ``progress`` raise,
     no new run starts, the runs in flight finish and are sent, and the batch then raises
-    :class:`~moa.errors.BatchStoppedError` from that error."""
+    :class:`~moa.errors.BatchStoppedError` from that error. So it does when a run spends the
+    budget, the runs in flight finishing (``on_budget="finish"``) or cancelled, unsent
+    (``"cancel"``)."""
     slots = anyio.Semaphore(max_runs) if max_runs else None
     failure: list[BaseException] = []
 
@@ -196,17 +215,18 @@ async def _drive(
                     progress(batch.finished, total, outcome)
                 except Exception as exc:
                     failure.append(exc)
-            await send.send(outcome)
+            send.send_nowait(outcome)  # unbounded: never waits, so a cancel cannot drop it
         finally:
             if slots is not None:
                 slots.release()
 
     async with send, anyio.create_task_group() as tg:
         batch.stop.scope = tg.cancel_scope
-        while not failure:
+        batch.stop_runs = tg.cancel_scope.cancel  # on_budget="cancel"
+        while not failure and batch.spent is None:
             if slots is not None:
                 await slots.acquire()
-                if failure:  # it came while this waited for a slot
+                if failure or batch.spent is not None:  # it came while this waited for a slot
                     break
             try:
                 item = next(feed)
@@ -220,6 +240,8 @@ async def _drive(
         raise batch.stop.interrupt
     if failure:
         out.error = _stopped(failure[0], batch.finished, total)
+    elif batch.spent is not None:  # the prompts not started are not run: resume them later
+        out.error = _stopped(batch.spent, batch.finished, total)
 
 
 def _stopped(cause: BaseException, finished: int, total: int | None) -> BatchStoppedError:
@@ -240,6 +262,7 @@ async def run_many(
     ids: Iterable[str | int] | None = None,
     max_runs: int | None = None,
     progress: Progress | None = None,
+    on_budget: str = "finish",
     **kwargs: Unpack[RunKwargs],
 ) -> list[RunResult]:
     """Run ``pipeline`` on every prompt concurrently; the results come back in input order.
@@ -258,6 +281,11 @@ async def run_many(
     checked before anything runs; an iterator is read as runs start. When it (or
     ``progress``) raises, the runs in flight finish and :class:`~moa.errors.BatchStoppedError`
     is raised from that error, its ``results`` holding every finished run in input order.
+    A ``budget`` is the whole batch's: when a run meets it (a
+    :class:`~moa.errors.BudgetExceededError`), no prompt starts after it, the runs in flight
+    finish (``on_budget="finish"``, the default: their calls that could pass it fail too) or
+    are cancelled and left out (``"cancel"``), and BatchStoppedError is raised from it; the
+    prompts not run are run by a later batch with a new budget.
     """
     results: list[RunResult] = []
     try:
@@ -269,6 +297,7 @@ async def run_many(
             ids=ids,
             max_runs=max_runs,
             progress=progress,
+            on_budget=on_budget,
             **kwargs,
         ) as stream:
             async for r in stream:
@@ -290,6 +319,7 @@ async def as_completed(
     ids: Iterable[str | int] | None = None,
     max_runs: int | None = None,
     progress: Progress | None = None,
+    on_budget: str = "finish",
     **kwargs: Unpack[RunKwargs],
 ) -> AsyncIterator[AsyncIterator[RunResult]]:
     """``run_many`` as a stream in completion order::
@@ -311,10 +341,15 @@ async def as_completed(
             f"run_many(progress=...): progress must be a callable "
             f"progress(done, total, result) or None, not {describe(progress)}"
         )
+    if on_budget not in ("finish", "cancel"):
+        raise ValueError(
+            f"run_many(on_budget=...): 'finish' (the runs in flight finish) or 'cancel', not "
+            f"{on_budget!r}"
+        )
     feed, total = _checked_upfront(prompts, ids, opts.seed)
     send, receive = anyio.create_memory_object_stream[RunResult](math.inf)
     out = ErrorAfter(receive)
-    batch = _Batch(step, client, opts)
+    batch = _Batch(step, client, opts, on_budget)
     with unwrapped():
         async with receive, anyio.create_task_group() as tg:
             runs = max_runs if max_runs is not None else opts.max_concurrency

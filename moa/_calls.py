@@ -42,6 +42,7 @@ from ._attempts import (
     with_timeout,
 )
 from ._bounds import error_text
+from ._budget import with_budget
 from ._cache import Cache
 from ._client import Client, Reply, check_output
 from ._contract import Request
@@ -50,7 +51,13 @@ from ._history import CallRecord
 from ._options import RunOptions
 from ._retry import Retry
 from ._seeds import accepts, accepts_seed
-from .errors import CacheError, CacheMissError, ClientOutputError, StreamInterruptedError
+from .errors import (
+    BudgetExceededError,
+    CacheError,
+    CacheMissError,
+    ClientOutputError,
+    StreamInterruptedError,
+)
 
 __all__ = ("Call", "Calls", "Interrupt", "Outcome", "Site", "compose")
 
@@ -83,8 +90,9 @@ TapFor = Callable[[Request, Site], "Tap | None"]
 
 
 def _fatal(exc: BaseException) -> BaseException | None:
-    # A client of the wrong shape is a bug to fix, not a failure for min_success to absorb.
-    return exc if isinstance(exc, ClientOutputError) else None
+    # A client of the wrong shape is a bug to fix, and a spent budget ends the run: neither
+    # is a failure for min_success to absorb.
+    return exc if isinstance(exc, (ClientOutputError, BudgetExceededError)) else None
 
 
 def _answer(req: Request, reply: Reply, attempts: int, start: float, tap: Tap | None) -> Outcome:
@@ -333,6 +341,8 @@ def _attempt_layers(options: RunOptions) -> list[Callable[[Attempt], Attempt]]:
     if options.limits is not None:
         options.limits.claim()  # a Limits of another event loop is refused before any call
         layers.append(with_limits(options.limits, options.retry))
+    if options.budget is not None:  # outermost: a try is charged before it waits for a slot
+        layers.append(with_budget(options.budget))
     return layers
 
 

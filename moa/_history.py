@@ -399,6 +399,9 @@ class History:
     steps: tuple[StepRecord, ...]
     outputs: tuple[str, ...]
     wall_time: float = field(default=0.0, compare=False)
+    #: The run's budget as it stood at the end: ``{"used": {...}, "left": {...}}`` by limit
+    #: name (dollars, calls, tokens, seconds); None for a run without one.
+    budget: Mapping[str, Mapping[str, float | None]] | None = field(default=None, compare=False)
 
     def __iter__(self) -> Iterator[StepRecord]:
         return iter(self.steps)
@@ -466,6 +469,11 @@ class History:
                 "input_tokens": self.input_tokens,
                 "output_tokens": self.output_tokens,
             },
+            **(
+                {}
+                if self.budget is None
+                else {"budget": {k: dict(v) for k, v in self.budget.items()}}
+            ),
         }
 
     @classmethod
@@ -482,4 +490,5 @@ class History:
             ),
             _strings(d, "outputs", "history"),
             _get(d, "wall_time", _NUMBER, "history", 0.0),
+            _get(d, "budget", dict, "history", None, optional=True),
         )

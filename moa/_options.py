@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TypedDict
 
 from ._bounds import check_int, check_seconds, check_seed, describe
+from ._budget import Budget
 from ._cache import Cache
 from ._events import EventHandler
 from ._limits import Limits
@@ -35,7 +36,8 @@ class RunOptions:
     object. ``hedge_after`` starts a duplicate of a call unanswered after that many seconds;
     the first answer wins. ``cache`` serves answers it holds and stores new ones.
     ``on_event(event)`` is called as steps start and calls finish or retry; it must be quick
-    and must not raise.
+    and must not raise. ``budget`` (a :class:`~moa.Budget`, shared by every run given it) is
+    never passed: a call that could pass it is not made.
     """
 
     seed: int | None = None
@@ -46,6 +48,7 @@ class RunOptions:
     hedge_after: float | None = None
     cache: Cache | None = None
     on_event: EventHandler | None = None
+    budget: Budget | None = None
 
     def __post_init__(self) -> None:
         if self.retry is None:  # retry=None: the default policy
@@ -66,6 +69,7 @@ class RunOptions:
             and self.limits is None
             and self.cache is None
             and self.on_event is None
+            and self.budget is None
         )
 
     def _check(self) -> None:
@@ -76,6 +80,7 @@ class RunOptions:
         _instance("retry", self.retry, Retry, "a moa.Retry policy or None")
         _instance("limits", self.limits, Limits, "a moa.Limits or None", none=True)
         _instance("cache", self.cache, Cache, "a moa.Cache or None", none=True)
+        _instance("budget", self.budget, Budget, "a moa.Budget or None", none=True)
         if self.on_event is not None and not callable(self.on_event):
             raise TypeError(
                 "RunOptions(on_event=...): on_event must be a callable on_event(event) or "
@@ -120,6 +125,7 @@ class RunKwargs(TypedDict, total=False):
     hedge_after: float | None
     cache: Cache | None
     on_event: EventHandler | None
+    budget: Budget | None
 
 
 def _instance(name: str, value: object, kind: type, rule: str, none: bool = False) -> None:

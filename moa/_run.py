@@ -5,6 +5,7 @@ pipeline."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import secrets
@@ -16,6 +17,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._bounds import describe, safe_repr
+from ._budget import Budget
 from ._calls import compose
 from ._client import Client, unicode_error
 from ._contract import LLMStep, Reads, reads
@@ -25,7 +27,7 @@ from ._history import History
 from ._options import RunKwargs, RunOptions
 from ._pipeline import Pipeline, Step, StepLike, as_step
 from ._seeds import accepts, accepts_seed
-from .errors import ConfidenceUnavailableError
+from .errors import BudgetExceededError, ConfidenceUnavailableError
 
 __all__ = (
     "ErrorAfter",
@@ -88,13 +90,40 @@ def confidence_needs(where: str, step: Step, client: object) -> Reads:
     return wants
 
 
-async def walk_stopped(step: Step, state: Walk) -> tuple[str, History]:
+async def walk_stopped(
+    step: Step, state: Walk, budget: Budget | None = None
+) -> tuple[str, History]:
     """``walk`` inside the cancel scope its Stop cancels when a client raises
-    KeyboardInterrupt or SystemExit; that interrupt is raised once every call has stopped."""
+    KeyboardInterrupt or SystemExit; that interrupt is raised once every call has stopped.
+    With a ``budget``, the history says where it stands, and so does a BudgetExceededError."""
     with anyio.CancelScope() as state.stop.scope:
-        return await walk(step, state)
+        try:
+            result, history = await walk(step, state)
+        except BudgetExceededError as exc:
+            budget_noted(exc, budget)
+            raise
+        return result, budget_figures(history, budget)
     assert state.stop.interrupt is not None  # only a Stop cancels this scope
     raise state.stop.interrupt
+
+
+def budget_figures(history: History, budget: Budget | None) -> History:
+    """``history`` with the budget's used and left figures (unchanged without a budget)."""
+    if budget is None:
+        return history
+    return dataclasses.replace(history, budget={"used": budget.used(), "left": budget.left()})
+
+
+def budget_noted(exc: BudgetExceededError, budget: Budget | None) -> None:
+    """Fill in what a BudgetExceededError that ends a run carries: the best partial answer
+    (the first output of the last step that finished), the figures, the history's too."""
+    history = exc.history
+    if history is not None:
+        done = [s for s in history.steps if s.outputs]
+        exc.partial = done[-1].outputs[0] if done else None
+        exc.history = budget_figures(history, budget)
+    if budget is not None:
+        exc.used, exc.left = budget.used(), budget.left()
 
 
 def _prepared(
@@ -141,7 +170,7 @@ async def run(
         accepts_seed(client),
         wants.origin,
     )
-    return await walk_stopped(step, state)
+    return await walk_stopped(step, state, opts.budget)
 
 
 def _stream_path(step: Step) -> tuple[int, ...] | None:
@@ -233,7 +262,7 @@ async def run_stream(
     async def drive() -> None:
         with send:
             try:
-                result, history = await walk_stopped(step, state)
+                result, history = await walk_stopped(step, state, opts.budget)
             except Exception as exc:
                 events.error = exc
             else:

@@ -9,6 +9,7 @@ if TYPE_CHECKING:
 
 __all__ = (
     "BatchStoppedError",
+    "BudgetExceededError",
     "CacheError",
     "CacheMissError",
     "ClientOutputError",
@@ -136,3 +137,21 @@ class ConfidenceUnavailableError(MoaError, ValueError):
     """A pipeline holds a step that reads each response's confidence (its tokens'
     log-probabilities), and the run's client cannot give them: refused at the run's start,
     before any call."""
+
+
+class BudgetExceededError(MoaError):
+    """A call was not made (or was stopped) because it could pass the run's
+    :class:`~moa.Budget`. ``limit`` names the limit ("usd", "calls", "input_tokens",
+    "output_tokens", "seconds"). When it ends a run: ``history``, what ran until then;
+    ``partial``, the best answer the run had (the first output of the last step that
+    finished; None before any did); ``used`` and ``left``, the budget's figures then.
+    Never retried."""
+
+    retryable = False
+
+    def __init__(self, message: str, *, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.partial: str | None = None
+        self.used: dict[str, float] | None = None
+        self.left: dict[str, float | None] | None = None

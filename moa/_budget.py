@@ -1,0 +1,230 @@
+"""A budget that is never passed: :class:`Budget` holds the limits and what was spent against
+them, and a layer around every try of every call keeps it.
+
+Before a try is sent it is charged at its upper bound: one call, its messages' UTF-8 bytes (a
+token is at least one byte) plus a chat template's few tokens per message, its ``max_tokens``
+out, and those at the budget's prices in dollars. A try that would pass a limit is not sent: it
+raises :class:`~moa.errors.BudgetExceededError`, which no retry repeats and no quorum absorbs.
+After the reply the charge is settled at what the provider reported; a try that failed or was
+cancelled keeps its whole charge (what it spent is unknown). So however many tries run at once,
+what was charged never passes the budget, and what was spent is never more. Answers a cache
+serves are free: they never reach this layer.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Mapping
+from time import monotonic
+from typing import Any
+
+import anyio
+
+from ._bounds import describe
+from ._contract import Request
+from ._cost import DEFAULT_PRICES, Prices
+from .errors import BudgetExceededError
+
+__all__ = ("Budget", "request_tokens", "with_budget")
+
+#: Tokens a chat template adds around each message, at most (as :func:`moa.plan` counts).
+MESSAGE_OVERHEAD = 8
+#: The limits a budget may set, in the order they are shown.
+LIMITS = ("usd", "calls", "input_tokens", "output_tokens", "seconds")
+_SPENT = ("usd", "calls", "input_tokens", "output_tokens")
+
+
+def request_tokens(req: Request) -> int:
+    """A request's input tokens at most: its messages' bytes and the template's overhead."""
+    return sum(len(m["content"].encode()) + MESSAGE_OVERHEAD for m in req.messages)
+
+
+def _checked(name: str, value: object) -> float | int | None:
+    if value is None:
+        return None
+    whole = name in ("calls", "input_tokens", "output_tokens")
+    kinds: tuple[type, ...] = (int,) if whole else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        kind = "a whole number" if whole else "a number"
+        raise TypeError(f"Budget({name}=...): {name} must be {kind} or None, not {describe(value)}")
+    assert isinstance(value, (int, float))
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"Budget({name}=...): {name} must be above 0 and finite, got {value!r}")
+    return value
+
+
+class Budget:
+    """The most that may be spent: ``usd`` (at ``prices``, default ``moa.DEFAULT_PRICES``),
+    ``calls`` (tries: a retry or a hedge is a call too), ``input_tokens``, ``output_tokens``,
+    and ``seconds`` from its first call (no try starts after that, and tries still running
+    then are stopped). Each limit is None (none) or above 0; at least one is given.
+
+    A Budget is shared by everything given it, as :class:`~moa.Limits` is: a run, a batch
+    (``run_many``, ``as_completed``, ``moa batch``), several runs one after another.
+    :meth:`used` and :meth:`left` say where it stands; ``run_dataset`` gives each Ray worker
+    a share (:meth:`split`)."""
+
+    __slots__ = ("_held", "_lock", "_spent", "_start", "limits", "prices")
+
+    def __init__(
+        self,
+        *,
+        usd: float | None = None,
+        calls: int | None = None,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        seconds: float | None = None,
+        prices: Prices | Mapping[str, Any] | None = None,
+    ) -> None:
+        given = {"usd": usd, "calls": calls, "input_tokens": input_tokens}
+        given |= {"output_tokens": output_tokens, "seconds": seconds}
+        self.limits: dict[str, float | int | None] = {n: _checked(n, v) for n, v in given.items()}
+        if all(v is None for v in self.limits.values()):
+            raise ValueError(
+                "Budget(): give at least one limit: usd, calls, input_tokens, output_tokens or "
+                "seconds"
+            )
+        if prices is None or isinstance(prices, Prices):
+            self.prices = prices or DEFAULT_PRICES
+        elif isinstance(prices, Mapping):
+            self.prices = DEFAULT_PRICES | prices
+        else:
+            raise TypeError(
+                f"Budget(prices=...): a moa.Prices or a mapping, not {describe(prices)}"
+            )
+        self._spent = dict.fromkeys(_SPENT, 0.0)
+        self._held = dict.fromkeys(_SPENT, 0.0)
+        self._start: float | None = None
+        self._lock = threading.Lock()  # a batch's runs in worker threads share it
+
+    def __repr__(self) -> str:
+        shown = [f"{n}={v!r}" for n, v in self.limits.items() if v is not None]
+        return f"Budget({', '.join(shown)})"
+
+    def __reduce__(self) -> Any:
+        # A Budget sent to another process (a Ray worker) arrives unspent.
+        return (_rebuilt, (self.limits, self.prices))
+
+    # -- where it stands --------------------------------------------------------------------
+    def used(self) -> dict[str, float]:
+        """What was spent (dollars, calls, tokens), and seconds since its first call."""
+        with self._lock:
+            out = dict(self._spent)
+        out["seconds"] = 0.0 if self._start is None else monotonic() - self._start
+        return out
+
+    def left(self) -> dict[str, float | None]:
+        """What is left of each limit (None: no limit)."""
+        used = self.used()
+        return {n: None if v is None else v - used[n] for n, v in self.limits.items()}
+
+    def split(self, parts: int) -> list[Budget]:
+        """``parts`` budgets, one per worker, that together never pass this one: each limit
+        divided (whole limits rounded down, at least 1), the time limit kept."""
+        share: dict[str, Any] = {}
+        for name, value in self.limits.items():
+            if value is None or name == "seconds":
+                share[name] = value
+            elif isinstance(value, int):
+                share[name] = max(1, value // parts)
+            else:
+                share[name] = value / parts
+        return [Budget(**share, prices=self.prices) for _ in range(parts)]
+
+    # -- keeping it ---------------------------------------------------------------------------
+    def deadline(self) -> float | None:
+        """When no more try may run (monotonic seconds), once the clock started."""
+        seconds = self.limits["seconds"]
+        if seconds is None or self._start is None:
+            return None
+        return self._start + seconds
+
+    def charge(self, req: Request) -> dict[str, float]:
+        """Hold ``req``'s upper bound; BudgetExceededError where that would pass a limit."""
+        with self._lock:
+            if self._start is None:
+                self._start = monotonic()
+        ends = self.deadline()
+        if ends is not None and monotonic() >= ends:
+            raise BudgetExceededError(
+                f"the budget's {self.limits['seconds']:g} s are up: no call starts after them",
+                limit="seconds",
+            )
+        tokens = request_tokens(req)
+        want = {"calls": 1.0, "input_tokens": float(tokens), "output_tokens": float(req.max_tokens)}
+        want["usd"] = 0.0
+        if self.limits["usd"] is not None:
+            cost = self.prices.call_cost(req.model, tokens, req.max_tokens)
+            if cost is None:
+                raise BudgetExceededError(
+                    f"no price for model {req.model!r}: a budget in dollars cannot be kept; "
+                    "give Budget(prices=...) a price for it",
+                    limit="usd",
+                )
+            want["usd"] = cost
+        with self._lock:
+            for name in _SPENT:
+                limit = self.limits[name]
+                total = self._spent[name] + self._held[name] + want[name]
+                if limit is not None and total > limit * (1 + 1e-12):
+                    raise BudgetExceededError(
+                        f"the budget's {name.replace('_', ' ')} would pass {limit:g} with this "
+                        f"call to {req.model!r} (up to {want[name]:g} more; "
+                        f"{self._spent[name]:g} spent, {self._held[name]:g} held by calls "
+                        "in flight): it is not sent",
+                        limit=name,
+                    )
+            for name in _SPENT:
+                self._held[name] += want[name]
+        return want
+
+    def settle(self, want: dict[str, float], reply: Any, model: str) -> None:
+        """Release a charge and spend what the reply reports (the whole charge where it
+        reports nothing, or there is no reply: a failed or cancelled try)."""
+        spent = dict(want)
+        if isinstance(reply, (tuple, list)) and len(reply) in (3, 4):
+            tin, tout = reply[1], reply[2]
+            if type(tin) is int and type(tout) is int:
+                spent["input_tokens"], spent["output_tokens"] = float(tin), float(tout)
+                if self.limits["usd"] is not None:
+                    cost = self.prices.call_cost(model, tin, tout)
+                    spent["usd"] = want["usd"] if cost is None else cost
+        with self._lock:
+            for name in _SPENT:
+                self._held[name] -= want[name]
+                self._spent[name] += spent[name]
+
+
+def _rebuilt(limits: dict[str, Any], prices: Prices) -> Budget:
+    return Budget(**limits, prices=prices)
+
+
+def with_budget(budget: Budget) -> Callable[[Any], Any]:
+    """The attempt layer: each try charged before it is sent and settled after; stopped at
+    the budget's deadline."""
+
+    def layer(inner: Any) -> Any:
+        async def attempt(req: Request, tap: Any) -> Any:
+            want = budget.charge(req)
+            reply = None
+            try:
+                ends = budget.deadline()
+                if ends is None:
+                    reply = await inner(req, tap)
+                    return reply
+                with anyio.CancelScope(deadline=anyio.current_time() + ends - monotonic()) as scope:
+                    reply = await inner(req, tap)
+                if scope.cancelled_caught:
+                    raise BudgetExceededError(
+                        f"the budget's {budget.limits['seconds']:g} s ran out while the call to "
+                        f"{req.model!r} was in flight: it was stopped",
+                        limit="seconds",
+                    )
+                return reply
+            finally:
+                budget.settle(want, reply, req.model)
+
+        return attempt
+
+    return layer
