@@ -38,6 +38,7 @@ from ._limits import Limits, ModelLimit
 from ._options import RunOptions
 from ._pipeline import Step, StepLike, as_step
 from .clients._extras import require
+from .errors import BatchStoppedError, BudgetExceededError
 
 if TYPE_CHECKING:
     import ray.data
@@ -137,8 +138,18 @@ class _Worker:
             batch = batch.append_column(name, pa.array(values, type=types[name]))
         return batch
 
-    async def _run(self, prompts: list[str], ids: list[str | int]) -> list[RunResult]:
-        return await run_many(self.pipeline, prompts, self.client, self.options, ids=ids)
+    async def _run(self, prompts: list[str], ids: list[str | int]) -> list[RunResult | str]:
+        try:
+            return list(await run_many(self.pipeline, prompts, self.client, self.options, ids=ids))
+        except BatchStoppedError as exc:
+            spent = exc.__cause__
+            if not isinstance(spent, BudgetExceededError):
+                raise
+            # The rows not run are saved as not run (failed rows: a rerun with a new budget
+            # runs them), never retried by Ray into the same spent budget.
+            done = {r.index: r for r in exc.results}
+            reason = f"not run: this worker's share of the budget was spent ({spent})"
+            return [done.get(i, reason) for i in range(len(prompts))]
 
     def _columns(self, outcome: list[RunResult | str]) -> dict[str, list[Any]]:
         """The output columns: a RunResult's, or a refused row's (its reason, no run). Text
@@ -249,7 +260,9 @@ def run_dataset(
     The run options (a :class:`~moa.RunOptions`, keywords, or both) are ``run``'s, for each
     worker: ``max_concurrency`` caps the calls in flight in one worker (default 64);
     ``limits`` are the cluster's budget, split evenly among the workers
-    (:func:`split_limits`); ``on_event`` is refused (the runs happen in other processes: read
+    (:func:`split_limits`), and so is a ``budget`` (:meth:`moa.Budget.split`: each worker
+    keeps its share; the rows a worker could not run within it are saved as failed rows,
+    "not run", for a later run with a new budget); ``on_event`` is refused (the runs happen in other processes: read
     the output's ``history``). ``workers`` Ray actors (of ``num_cpus`` CPUs each: a
     fraction, as they mostly wait on the network and Ray Data's own tasks need CPUs too)
     each run blocks of ``batch_size`` rows; ``client_factory()`` makes each worker's client,
@@ -283,7 +296,10 @@ def run_dataset(
     _check_arguments(client_factory, workers, batch_size, num_cpus)
     _check_columns(dataset, prompt_column, id_column)
     worker = _WorkerSpec(
-        options=opts.replace(limits=split_limits(opts.limits, workers)),
+        options=opts.replace(
+            limits=split_limits(opts.limits, workers),
+            budget=None if opts.budget is None else opts.budget.split(workers)[0],
+        ),
         cache=_cache_spec(cache),
         prompt_column=prompt_column,
         id_column=id_column,

@@ -272,3 +272,28 @@ def test_run_dataset_runs_nothing_until_the_output_is_read(ray_cluster, tmp_path
     assert list(tmp_path.iterdir()) == []  # no upstream block ran (an LLM stage would pay)
     assert len(out.take_all()) == 8
     assert list(tmp_path.iterdir())
+
+
+@pytest.mark.ray
+def test_a_budget_is_split_among_the_workers_and_rows_past_it_are_saved_not_run(ray_cluster):
+    from moa.ray import run_dataset
+
+    data = rows(40)
+    # 4 calls a row; 2 workers with 30 calls each: at most 15 rows, the rest saved as not run.
+    out = by_id(
+        run_dataset(
+            PIPELINE,
+            ray_cluster.data.from_items(data).repartition(4),
+            make_seeded,
+            seed=11,
+            batch_size=10,
+            workers=2,
+            budget=moa.Budget(calls=60),
+        ).take_all()
+    )
+    assert len(out) == 40  # every row once: none lost, none retried by Ray
+    done = [r for r in out.values() if r["ok"]]
+    not_run = [r for r in out.values() if r["error"] and r["error"].startswith("not run:")]
+    calls = sum(len(History.from_dict(json.loads(r["history"])).calls) for r in done)
+    assert calls <= 60 and 0 < len(done) < 40 and not_run
+    assert "share of the budget was spent" in not_run[0]["error"]
