@@ -335,7 +335,7 @@ async def tune(
     holdout_tasks: str | os.PathLike[str] | Iterable[Task | dict[str, Any]] | None = None,
     holdout: float = 0.5,
     budget_calls: int | None = None,
-    budget_dollars: float | None = None,
+    budget_usd: float | None = None,
     objective: str | Objective = "accuracy",
     penalty: float = 0.0,
     scorer: ScorerLike = "auto",
@@ -351,7 +351,7 @@ async def tune(
     ``tasks``. ``space``: a :class:`Space` (default: ``Space([model])``), a mapping for one,
     or a list (or mapping of names) of pipelines to choose among. ``objective``:
     ``"accuracy"`` (less ``penalty`` per call per task, where given) or a function of a
-    :class:`~moa.ContenderResult` to maximise. ``budget_calls`` / ``budget_dollars``: the
+    :class:`~moa.ContenderResult` to maximise. ``budget_calls`` / ``budget_usd``: the
     search and the held-out check together must fit, counted before any call (dollars from
     ``prices``, every output at its ``max_tokens``); otherwise ValueError saying what it
     needs. The other arguments are :func:`moa.eval`'s.
@@ -367,7 +367,7 @@ async def tune(
     for name, step in {**mixtures, **singles}.items():
         confidence_needs(f"moa.tune({name})", step, client)
     planned = _planned(mixtures, singles, dev, held, isinstance(scorer, Judge))
-    _check_budget(planned, budget_calls, budget_dollars, mixtures, dev, prices)
+    _check_budget(planned, budget_calls, budget_usd, mixtures, dev, prices)
     phase = _phases(progress)
     same = functools.partial(evaluate, scorer=scorer, prices=prices, max_runs=max_runs)
     search = await same({**singles, **mixtures}, dev, client, opts, progress=phase("search"))
@@ -477,7 +477,7 @@ def _check_budget(
     if (calls is not None or dollars is not None) and planned is None:
         raise ValueError(
             "moa.tune: a step of the space has no bound on its calls (a custom LLM step), so "
-            "no budget can be checked; run without budget_calls / budget_dollars"
+            "no budget can be checked; run without budget_calls / budget_usd"
         )
     if calls is not None:
         check_int("moa.tune", "budget_calls", calls, 1, 1 << 62)
@@ -490,12 +490,12 @@ def _check_budget(
                 "fewer dev tasks"
             )
     if dollars is not None:
-        check_number("moa.tune", "budget_dollars", dollars, above=True)
+        check_number("moa.tune", "budget_usd", dollars, above=True)
         table = prices_of(prices)
         worst = _dollars_per_call(mixtures, dev, table)
         if worst is None:
             raise ValueError(
-                "moa.tune(budget_dollars=...): a model of the space has no price; give "
+                "moa.tune(budget_usd=...): a model of the space has no price; give "
                 "prices= (or --prices) for it"
             )
         assert planned is not None
@@ -503,7 +503,7 @@ def _check_budget(
         if needed > dollars:
             raise ValueError(
                 f"moa.tune: the search may cost up to ${needed:.4g} ({planned:,} calls at "
-                f"up to ${worst:.3g} each) and budget_dollars is ${dollars:g}: give a "
+                f"up to ${worst:.3g} each) and budget_usd is ${dollars:g}: give a "
                 "smaller space or fewer dev tasks"
             )
 

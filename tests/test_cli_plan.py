@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 import moa.cli as cli
 from moa.cli import main
 
@@ -58,3 +60,47 @@ def test_moa_plan_without_a_prompt_counts_the_prompt_apart(monkeypatch, capsys):
     assert main(["plan", "--pipeline", PIPE]) == 0
     out = capsys.readouterr().out
     assert "+ 4P" in out and "give the prompt" in out
+
+
+# -- --budget-* -------------------------------------------------------------------------------
+def _scripted(monkeypatch):
+    from scripted import ScriptedClient
+
+    client = ScriptedClient()
+    monkeypatch.setattr(cli.providers, "make_client", lambda p, b, m: (client, m or "m"))
+    return client
+
+
+def test_moa_run_under_a_budget_reports_it_and_stops_at_it(monkeypatch, capsys):
+    client = _scripted(monkeypatch)
+    assert main(["run", "hi", "--pipeline", PIPE, "--budget-calls", "10"]) == 0
+    err = capsys.readouterr().err
+    assert "budget: 4 of 10 calls (left 6)" in err
+    assert main(["run", "hi", "--pipeline", PIPE, "--budget-calls", "3"]) == 1
+    err = capsys.readouterr().err
+    assert "calls would pass 3" in err
+    assert len(client.calls) == 4 + 3
+
+
+def test_moa_batch_stops_at_its_budget_and_the_same_command_resumes(monkeypatch, tmp_path, capsys):
+    _scripted(monkeypatch)
+    prompts = tmp_path / "in.jsonl"
+    prompts.write_text("".join(f'"question {i}"\n' for i in range(10)))
+    out = tmp_path / "out.jsonl"
+    base = ["batch", str(prompts), "-o", str(out), "--pipeline", PIPE, "--max-runs", "1"]
+    assert main([*base, "--budget-calls", "18"]) == 1
+    err = capsys.readouterr().err
+    assert "run by the same command with a new budget" in err
+    first = [json.loads(line) for line in out.read_text().splitlines()]
+    assert 0 < sum(r["error"] is None for r in first) < 10
+    assert main([*base, "--budget-calls", "100"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    done = {r["id"] for r in rows if r["error"] is None}
+    assert done == set(range(10))
+
+
+def test_a_bad_budget_flag_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["run", "hi", "--pipeline", PIPE, "--budget-usd", "-1"])
+    assert caught.value.code == 2
+    assert "--budget-usd" in capsys.readouterr().err

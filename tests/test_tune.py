@@ -89,10 +89,10 @@ async def test_a_search_larger_than_the_budget_is_refused_before_any_call():
     client = good_at(0.6, 0.5)
     with pytest.raises(ValueError, match=r"needs up to [\d,]+ calls .* budget_calls is 100"):
         await moa.tune(TASKS, client, model="m", budget_calls=100)
-    with pytest.raises(ValueError, match=r"may cost up to \$.* budget_dollars is \$0.001"):
-        await moa.tune(TASKS, client, model="m", budget_dollars=0.001, prices={"m": (100.0, 100.0)})
+    with pytest.raises(ValueError, match=r"may cost up to \$.* budget_usd is \$0.001"):
+        await moa.tune(TASKS, client, model="m", budget_usd=0.001, prices={"m": (100.0, 100.0)})
     with pytest.raises(ValueError, match="has no price"):
-        await moa.tune(TASKS, client, model="m", budget_dollars=1.0)
+        await moa.tune(TASKS, client, model="m", budget_usd=1.0)
     assert client.calls == []
 
 

@@ -120,6 +120,19 @@ def _run_options(p: argparse.ArgumentParser) -> None:
         "over the defaults",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress or summary on stderr")
+    _budget_options(p)
+
+
+def _budget_options(p: argparse.ArgumentParser) -> None:
+    """``--budget-*``: a moa.Budget the run (or the whole batch) never passes."""
+    g = p.add_argument_group("budget (never passed: a call that could pass it is not made)")
+    g.add_argument("--budget-usd", type=_dollars, default=None, help="dollars, at --prices")
+    g.add_argument("--budget-calls", type=_positive, default=None, help="calls (tries)")
+    g.add_argument("--budget-input-tokens", type=_positive, default=None, help="input tokens")
+    g.add_argument("--budget-output-tokens", type=_positive, default=None, help="output tokens")
+    g.add_argument(
+        "--budget-seconds", type=_seconds, default=None, help="seconds from the first call"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -266,6 +279,13 @@ def _batch_parser(sub: Any) -> None:
         metavar="ADDRESS",
         help="run on a Ray cluster (moa-dsl[ray]): the one at ADDRESS ('auto': the one this "
         "machine belongs to), or a local one started for this batch when none is given",
+    )
+    b.add_argument(
+        "--on-budget",
+        choices=("finish", "cancel"),
+        default="finish",
+        help="when the budget is met: let the prompts in flight finish (default) or cancel "
+        "them; the prompts not run are run by the same command with a new budget",
     )
     b.add_argument(
         "--workers",
@@ -426,7 +446,7 @@ def _tune_parser(sub: Any) -> None:
         "--budget-calls", type=_positive, default=None, help="refuse a search needing more calls"
     )
     t.add_argument(
-        "--budget-dollars", type=_dollars, default=None, help="refuse a search costing more"
+        "--budget-usd", type=_dollars, default=None, help="refuse a search costing more"
     )
     t.add_argument(
         "--penalty",

@@ -21,7 +21,7 @@ from .._batch import as_completed
 from .._bounds import error_text
 from .._options import RunOptions
 from .._pipeline import Step
-from ..errors import BatchStoppedError
+from ..errors import BatchStoppedError, BudgetExceededError
 from . import providers
 from .batchfile import Item, is_parquet_input, items
 from .batchout import BatchId, Done, Output, open_output
@@ -50,6 +50,7 @@ async def _drive_batch(
     options: RunOptions,
     max_runs: int,
     report: Report,
+    on_budget: str = "finish",
 ) -> None:
     """Every item through ``as_completed``, each reported as it finishes. The items are
     read as runs start (a bad line of stdin stops the batch once the runs in flight are
@@ -74,7 +75,7 @@ async def _drive_batch(
 
     try:
         async with as_completed(
-            pipeline, prompts(), client, options, ids=ids(), max_runs=max_runs
+            pipeline, prompts(), client, options, ids=ids(), max_runs=max_runs, on_budget=on_budget
         ) as results:
             async for r in results:
                 item = running.pop(json.dumps(r.id))
@@ -84,6 +85,11 @@ async def _drive_batch(
         cause = exc.__cause__
         if isinstance(cause, UsageError):  # a bad line of stdin: finished what started first
             raise cause from None
+        if isinstance(cause, BudgetExceededError):
+            raise BatchStoppedError(
+                f"{exc}; the prompts not run (and those that failed) are run by the same "
+                "command with a new budget"
+            ) from cause
         raise
     finally:
         await close_client(client)
@@ -144,6 +150,8 @@ def _batch(args: argparse.Namespace, pipeline: Step, client: Any, out: Output) -
     cache = open_cache(args.cache, cache_namespace(args))
     try:
         report = Report(args, pipeline, out, total, len(done.ids))
+        options = run_options(args, cache=cache, prices=report.prices)
+        report.budget = options.budget
         if args.ray is not None:
             from .batchray import run_on_ray
 
@@ -156,9 +164,10 @@ def _batch(args: argparse.Namespace, pipeline: Step, client: Any, out: Output) -
                     pipeline,
                     todo,
                     client,
-                    run_options(args, cache=cache),
+                    options,
                     args.max_runs or DEFAULT_MAX_RUNS,
                     report,
+                    args.on_budget,
                 )
     finally:
         if cache is not None:

@@ -68,7 +68,7 @@ def run_on_ray(
             pipeline,
             ray.data.from_items(rows),
             partial(worker_client, args.provider, args.base_url, args.model, workers),
-            run_options(args),
+            run_options(args, prices=report.prices),
             workers=workers,
             cache=cache,
             prices=report.prices,

@@ -251,7 +251,7 @@ def tune_command(args: argparse.Namespace) -> int:
                 holdout_tasks=held,
                 holdout=args.holdout,
                 budget_calls=args.budget_calls,
-                budget_dollars=args.budget_dollars,
+                budget_usd=args.budget_usd,
                 penalty=args.penalty,
                 scorer=scorer,
                 prices=prices,

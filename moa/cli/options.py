@@ -9,6 +9,7 @@ from typing import Any
 
 from .. import recipes
 from .._agent import AgentLike
+from .._budget import Budget
 from .._cache import Cache
 from .._contract import LLMStep
 from .._cost import DEFAULT_PRICES, Cost, Prices
@@ -22,7 +23,10 @@ from ..errors import MoaError
 from .common import UsageError
 
 __all__ = (
+    "BUDGET_FLAGS",
     "RECIPES",
+    "budget_line",
+    "budget_of",
     "build_pipeline",
     "cache_namespace",
     "cost_dict",
@@ -42,10 +46,15 @@ RETRY: Retry = DEFAULT_RETRY
 
 
 def run_options(
-    args: argparse.Namespace, *, cache: Cache | None = None, on_event: EventHandler | None = None
+    args: argparse.Namespace,
+    *,
+    cache: Cache | None = None,
+    on_event: EventHandler | None = None,
+    prices: Prices | None = None,
 ) -> RunOptions:
     """The run options a command's flags give (``--seed``, ``--max-concurrency``,
-    ``--timeout``), with the cache and the progress display's handler."""
+    ``--timeout``, ``--budget-*``), with the cache, the progress display's handler, and the
+    prices a budget in dollars is kept at."""
     return RunOptions(
         seed=args.seed,
         max_concurrency=getattr(args, "max_concurrency", None),
@@ -53,7 +62,46 @@ def run_options(
         retry=RETRY,
         cache=cache,
         on_event=on_event,
+        budget=budget_of(args, prices),
     )
+
+
+#: The --budget-* flags, by the Budget limit they set.
+BUDGET_FLAGS = {
+    "usd": "budget_usd",
+    "calls": "budget_calls",
+    "input_tokens": "budget_input_tokens",
+    "output_tokens": "budget_output_tokens",
+    "seconds": "budget_seconds",
+}
+
+
+def budget_of(args: argparse.Namespace, prices: Prices | None = None) -> Budget | None:
+    """The Budget the ``--budget-*`` flags ask for (None without any)."""
+    given = {k: getattr(args, flag, None) for k, flag in BUDGET_FLAGS.items()}
+    if all(v is None for v in given.values()):
+        return None
+    return Budget(**given, prices=prices)
+
+
+def _amount(name: str, x: float) -> str:
+    return f"${x:.4g}" if name == "usd" else f"{x:,.4g}"
+
+
+def budget_line(budget: Budget) -> str:
+    """Where a budget stands, for a command's summary: each limit's use and what is left."""
+    used, left = budget.used(), budget.left()
+    shown = []
+    for name, limit in budget.limits.items():
+        if limit is None:
+            continue
+        unit = "" if name == "usd" else f" {name.replace('_', ' ')}"
+        rest = max(0.0, left[name] or 0.0)
+        shown.append(
+            f"{_amount(name, used[name])} of {_amount(name, limit)}{unit} "
+            f"(left {_amount(name, rest)})"
+        )
+    return "budget: " + ", ".join(shown)
 
 
 #: The recipes ``--recipe`` can name.

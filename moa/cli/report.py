@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Any
 
+from .._budget import Budget
 from .._cost import Cost, Prices, cost
 from .._history import History
 from .._pipeline import Step
@@ -15,7 +16,7 @@ from . import progress
 from .batchfile import Item
 from .batchout import Output, result_record
 from .common import tokens
-from .options import prices_for
+from .options import budget_line, prices_for
 
 __all__ = ("Report",)
 
@@ -37,6 +38,7 @@ class Report:
         self.spent = _Spent()
         self.bar = _BatchBar(total, args.quiet)
         self.start = time.monotonic()
+        self.budget: Budget | None = None  # shown in the summary, where the batch has one
 
     def __call__(
         self,
@@ -57,6 +59,8 @@ class Report:
 
     def __exit__(self, *exc: object) -> None:
         self.bar.__exit__(*exc)
+        if self.budget is not None and not self.args.quiet:
+            print(budget_line(self.budget), file=sys.stderr)
         if exc[0] is None and not self.args.quiet:
             spent, bar = self.spent, self.bar
             print(

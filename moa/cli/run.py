@@ -26,6 +26,7 @@ from ..errors import MoaError
 from . import providers
 from .common import UsageError, check_writable, close_client, dumps, tokens
 from .options import (
+    budget_line,
     build_pipeline,
     cache_namespace,
     cost_dict,
@@ -221,7 +222,7 @@ def run_command(args: argparse.Namespace) -> int:
     pipeline = build_pipeline(args, parsed, as_agent(agent, model))
     prices = prices_for(args, pipeline)
     display = progress_for(args, pipeline)
-    options = run_options(args, cache=cache, on_event=display.handler)
+    options = run_options(args, cache=cache, on_event=display.handler, prices=prices)
     try:
         with display:
             result, history, streamed = anyio.run(
@@ -247,4 +248,6 @@ def run_command(args: argparse.Namespace) -> int:
         _write_json(args.json, _run_document(history, result, pipeline, prices))
     if not args.quiet:
         print(_summary(history, prices), file=sys.stderr)
+        if options.budget is not None:
+            print(budget_line(options.budget), file=sys.stderr)
     return 0
