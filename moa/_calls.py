@@ -329,6 +329,7 @@ class Calls:
     try_now: TryNow | None = None
     finished: Callable[[Site, CallRecord], None] | None = None
     wants_sample: bool = False
+    deadline: float | None = None  # the run's default for a step's rounds
 
 
 def _attempt_layers(options: RunOptions) -> list[Callable[[Attempt], Attempt]]:
@@ -392,7 +393,7 @@ def compose(
 
         if try_now is not None:
             try_now = _reported_now(try_now, on_event, stream_path)
-    return Calls(call, try_now, finished, options.cache is not None)
+    return Calls(call, try_now, finished, options.cache is not None, options.deadline)
 
 
 def _hedge_tap(req: Request, site: Site) -> Tap:

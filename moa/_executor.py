@@ -250,6 +250,7 @@ class _StepRun:
         "br",
         "calls",
         "cancelled",
+        "degraded",
         "failed",
         "notes",
         "path",
@@ -272,6 +273,7 @@ class _StepRun:
         self.seen: dict[Identity, int] = {}
         self.failed = self.cancelled = self.rounds = 0
         self.notes: list[str] = []
+        self.degraded: str | None = None
 
     async def run(self) -> list[str]:
         step, on_event = self.step, self.walk.on_event
@@ -368,7 +370,7 @@ class _StepRun:
     async def round(self, requests: list[Request]) -> list[str | None]:
         """One round's calls, tallied; the replies, or StepFailedError when too few answered."""
         run = self.walk
-        records, fatal = (
+        records, fatal, cut = (
             await call_round(
                 run.calls,
                 self.step,
@@ -379,7 +381,7 @@ class _StepRun:
                 run.seed if run.seeded else None,
             )
             if requests
-            else ([], None)
+            else ([], None, None)
         )
         self.calls.extend(records)
         if fatal is not None:
@@ -387,23 +389,24 @@ class _StepRun:
             # recorded for a replay, a cache that could not store): what ran is recorded first.
             self.give_up()
             raise fatal
-        ok = self.tally(records, len(requests))
+        ok = self.tally(records, len(requests), cut)
         need = self.step.required(len(requests))
         if ok < need:
             self.give_up()
             where = f" in round {self.rounds}" if self.rounds > 1 else ""
+            late = f" by its deadline of {cut:g} s" if cut is not None else ""
             raise StepFailedError(
-                f"{self.step!r} failed{where}: {ok} of {len(records)} calls succeeded and it "
-                f"needs {need} ({_grouped_errors(records)})",
+                f"{self.step!r} failed{where}: {ok} of {len(records)} calls succeeded{late} "
+                f"and it needs {need} ({_grouped_errors(records)})",
                 step=repr(self.step),
             )
         if run.origin:  # a later step reads where each reply came from
             return [_response(c) for c in records]
         return [c.text for c in records]
 
-    def tally(self, records: list[CallRecord], n: int) -> int:
-        """Counts a round's failed and cancelled calls, notes what a quorum stopped; the
-        number that answered."""
+    def tally(self, records: list[CallRecord], n: int, cut: float | None = None) -> int:
+        """Counts a round's failed and cancelled calls, notes what a quorum or a deadline
+        (``cut``) stopped; the number that answered."""
         ok = stopped = unsent = 0
         for c in records:
             if c.error is not None:
@@ -415,7 +418,13 @@ class _StepRun:
             else:
                 unsent += 1
         self.cancelled += stopped + unsent
-        if stopped:
+        if cut is not None and stopped:
+            self.degraded = (
+                f"deadline of {cut:g} s: {ok} of {n} calls answered in time, {stopped} still "
+                "running were cancelled"
+            )
+            self.notes.append(self.degraded)
+        elif stopped:
             self.notes.append(
                 f"quorum of {self.step.enough(n)} reached: {stopped} call(s) "
                 f"still running were cancelled"
@@ -480,6 +489,7 @@ class _StepRun:
                 calls=tuple(calls),
                 notes=tuple(notes),
                 duration=monotonic() - self.start,
+                degraded=self.degraded,
             ),
         )
         return out

@@ -291,7 +291,9 @@ class StepRecord:
     ``path`` locates the step in the pipeline tree: ``(2,)`` is the third top-level step,
     ``(2, 1, 0)`` the first step of the second branch of a parallel third step.
     ``notes`` records every decision the user should see (a judge reply that could not be
-    parsed and the fallback taken, the step that emptied the responses).
+    parsed and the fallback taken, the step that emptied the responses). ``degraded`` says
+    why the step went on with fewer replies than it asked for (its deadline came), None when
+    it did not.
     """
 
     step: str
@@ -302,6 +304,7 @@ class StepRecord:
     calls: tuple[CallRecord, ...] = ()
     notes: tuple[str, ...] = ()
     duration: float = field(default=0.0, compare=False)
+    degraded: str | None = None
 
     # Seed names.
     @property
@@ -330,6 +333,7 @@ class StepRecord:
             "calls": [c.to_dict() for c in self.calls],
             "notes": list(self.notes),
             "duration": self.duration,
+            **({} if self.degraded is None else {"degraded": self.degraded}),
         }
 
     @classmethod
@@ -351,6 +355,7 @@ class StepRecord:
             ),
             notes=_strings(d, "notes", where) if "notes" in d else (),
             duration=_get(d, "duration", _NUMBER, where, 0.0),
+            degraded=_get(d, "degraded", str, where, None, optional=True),
         )
 
 
@@ -431,6 +436,12 @@ class History:
     def cached_calls(self) -> tuple[CallRecord, ...]:
         """Calls answered from the cache: this run spent nothing on them."""
         return tuple(c for c in self.calls if c.cached)
+
+    @property
+    def degraded(self) -> tuple[StepRecord, ...]:
+        """The steps that went on with fewer replies than they asked for (a deadline came):
+        the answer was made from less than the pipeline meant."""
+        return tuple(s for s in self.steps if s.degraded is not None)
 
     @property
     def total_calls(self) -> int:

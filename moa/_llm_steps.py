@@ -19,7 +19,16 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ._agent import AgentLike, agent_of, plain_text
-from ._bounds import MAX_CALLS, MAX_COUNT, MAX_TEMP, check_int, check_number, describe, safe_repr
+from ._bounds import (
+    MAX_CALLS,
+    MAX_COUNT,
+    MAX_TEMP,
+    check_int,
+    check_number,
+    check_seconds,
+    describe,
+    safe_repr,
+)
 from ._contract import LLMStep, Message, Plan, Request, ask, messages, numbered, with_responses
 from ._judging import parse_pick, parse_ranking
 
@@ -146,7 +155,12 @@ def _check_quorum(step: str, quorum: object, min_success: int, most: int | None)
 
 
 class _MultiAgent(LLMStep):
-    """Shared by the steps whose calls may partly fail: keep the successful replies in order."""
+    """Shared by the steps whose calls may partly fail: keep the successful replies in order.
+
+    ``min_success`` calls must answer; with ``quorum``, the step goes on once that many have
+    (the rest are cancelled); with ``deadline`` (seconds), it goes on when the deadline comes
+    with the replies it has, if ``min_success`` of them arrived (the rest are cancelled and
+    the step is marked degraded in history), and fails otherwise."""
 
     fixed_rounds: ClassVar[bool] = True
 
@@ -178,6 +192,7 @@ class Propose(_MultiAgent):
     max_tokens: int = DEFAULT_MAX_TOKENS
     min_success: int = 1
     quorum: int | None = None
+    deadline: float | None = None
     _positional: ClassVar[int] = 1
     needs_responses: ClassVar[bool] = False
 
@@ -186,6 +201,7 @@ class Propose(_MultiAgent):
         _check_sampling(self)
         _check_min_success("Propose", self.min_success, len(self.agents))
         _check_quorum("Propose", self.quorum, self.min_success, len(self.agents))
+        check_seconds("Propose", "deadline", self.deadline)
 
     def requests(self, prompt: str, responses: list[str]) -> list[Request]:
         msgs = messages(("user", prompt))
@@ -203,6 +219,7 @@ class Synthesize(_MultiAgent):
     max_tokens: int = DEFAULT_MAX_TOKENS
     min_success: int = 1
     quorum: int | None = None
+    deadline: float | None = None
     _positional: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
@@ -210,6 +227,7 @@ class Synthesize(_MultiAgent):
         _check_sampling(self)
         _check_min_success("Synthesize", self.min_success, len(self.agents))
         _check_quorum("Synthesize", self.quorum, self.min_success, len(self.agents))
+        check_seconds("Synthesize", "deadline", self.deadline)
 
     def requests(self, prompt: str, responses: list[str]) -> list[Request]:
         msgs = with_responses(self.prompt or SYNTHESIZE_PROMPT, prompt, responses)
@@ -227,6 +245,7 @@ class Refine(_MultiAgent):
     max_tokens: int = DEFAULT_MAX_TOKENS
     min_success: int = 1
     quorum: int | None = None
+    deadline: float | None = None
     _positional: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
@@ -234,6 +253,7 @@ class Refine(_MultiAgent):
         _check_sampling(self)
         _check_min_success("Refine", self.min_success, None)
         _check_quorum("Refine", self.quorum, self.min_success, None)
+        check_seconds("Refine", "deadline", self.deadline)
 
     def requests(self, prompt: str, responses: list[str]) -> list[Request]:
         instruction = self.prompt or REFINE_PROMPT

@@ -37,7 +37,10 @@ class RunOptions:
     the first answer wins. ``cache`` serves answers it holds and stores new ones.
     ``on_event(event)`` is called as steps start and calls finish or retry; it must be quick
     and must not raise. ``budget`` (a :class:`~moa.Budget`, shared by every run given it) is
-    never passed: a call that could pass it is not made.
+    never passed: a call that could pass it is not made. ``deadline`` is the seconds each
+    round of a step that can go on without some of its calls (``Propose``, ``Synthesize``,
+    ``Refine``) waits for them, where the step sets none of its own: at the deadline it goes
+    on with the replies it has (if ``min_success`` arrived) and is marked degraded.
     """
 
     seed: int | None = None
@@ -49,6 +52,7 @@ class RunOptions:
     cache: Cache | None = None
     on_event: EventHandler | None = None
     budget: Budget | None = None
+    deadline: float | None = None
 
     def __post_init__(self) -> None:
         if self.retry is None:  # retry=None: the default policy
@@ -70,6 +74,7 @@ class RunOptions:
             and self.cache is None
             and self.on_event is None
             and self.budget is None
+            and self.deadline is None
         )
 
     def _check(self) -> None:
@@ -77,6 +82,7 @@ class RunOptions:
         check_int("RunOptions", "max_concurrency", self.max_concurrency, 1, sys.maxsize, none=True)
         check_seconds("RunOptions", "timeout", self.timeout)
         check_seconds("RunOptions", "hedge_after", self.hedge_after)
+        check_seconds("RunOptions", "deadline", self.deadline)
         _instance("retry", self.retry, Retry, "a moa.Retry policy or None")
         _instance("limits", self.limits, Limits, "a moa.Limits or None", none=True)
         _instance("cache", self.cache, Cache, "a moa.Cache or None", none=True)
@@ -126,6 +132,7 @@ class RunKwargs(TypedDict, total=False):
     cache: Cache | None
     on_event: EventHandler | None
     budget: Budget | None
+    deadline: float | None
 
 
 def _instance(name: str, value: object, kind: type, rule: str, none: bool = False) -> None:

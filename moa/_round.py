@@ -55,9 +55,10 @@ async def call_round(
     offset: int,
     seen: dict[Identity, int],
     seed: int | None,
-) -> tuple[list[CallRecord], BaseException | None]:
-    """One round of ``step``'s calls: the records in request order, and the first error the
-    step must raise (None when it goes on)."""
+) -> tuple[list[CallRecord], BaseException | None, float | None]:
+    """One round of ``step``'s calls: the records in request order, the first error the step
+    must raise (None when it goes on), and the deadline that cut the round short (None when
+    every call ended by itself): the calls still running then are recorded as cancelled."""
     n = len(requests)
     requests, sites = _sites(calls, path, requests, offset, seen, seed)
     results: list[Outcome | None] = [None] * n
@@ -65,15 +66,42 @@ async def call_round(
         for i in range(n):
             results[i] = out = calls.try_now(requests[i], sites[i], step)
             if out is not None and out.fatal is not None:  # it cannot be made at all: none is
-                return [], out.fatal
+                return [], out.fatal, None
     todo = range(n) if calls.try_now is None else [i for i in range(n) if results[i] is None]
-    enough = step.enough(n)
-    if enough is None:
-        await _every(calls.call, requests, sites, todo, results)
-    else:  # answers served at once count towards the quorum
-        await _quorum(calls, requests, sites, todo, results, enough - (n - len(todo)))
+    # The run's default deadline is for the steps that take one (they can go on without
+    # some replies); an aggregator's one call is bounded by timeout, not cut short.
+    deadline: float | None = None
+    if hasattr(step, "deadline"):
+        deadline = step.deadline if step.deadline is not None else calls.deadline
+    starts = [0.0] * n
+    cut = None
+    if deadline is None:  # every plain round: no cancel scope of its own
+        await _calls(calls, step, requests, sites, todo, results, starts)
+    else:
+        with anyio.CancelScope(deadline=anyio.current_time() + deadline) as scope:
+            await _calls(calls, step, requests, sites, todo, results, starts)
+        if scope.cancelled_caught:
+            cut = deadline
+            _cancelled(calls, requests, sites, todo, results, starts, sent=True)
     done = [r for r in results if r is not None]  # all of them: every call was awaited
-    return [r.record for r in done], next((r.fatal for r in done if r.fatal is not None), None)
+    return [r.record for r in done], next((r.fatal for r in done if r.fatal is not None), None), cut
+
+
+async def _calls(
+    calls: Calls,
+    step: LLMStep,
+    requests: list[Request],
+    sites: list[Site],
+    todo: Sequence[int],
+    results: list[Outcome | None],
+    starts: list[float],
+) -> None:
+    enough = step.enough(len(requests))
+    if enough is None:
+        await _every(calls.call, requests, sites, todo, results, starts)
+    else:  # answers served at once count towards the quorum
+        met = enough - (len(requests) - len(todo))
+        await _quorum(calls, requests, sites, todo, results, met, starts)
 
 
 async def _every(
@@ -82,11 +110,15 @@ async def _every(
     sites: list[Site],
     todo: Sequence[int],
     results: list[Outcome | None],
+    starts: list[float],
 ) -> None:
     """Every call of ``todo``, concurrently: the first in this task, the others each in a task
     of their own (one task fewer a round, and a one-call round, an aggregator's, makes none)."""
     if not todo:
         return
+    now = monotonic()
+    for i in todo:
+        starts[i] = now
     if len(todo) > 1:
 
         async def one(i: int) -> None:
@@ -107,11 +139,11 @@ async def _quorum(
     todo: Sequence[int],
     results: list[Outcome | None],
     enough: int,
+    starts: list[float],
 ) -> None:
     """Runs the calls ``todo`` until ``enough`` of them have answered; the rest are cancelled
     and recorded as cancelled (as never sent, ``attempts=0``, when answers served at once had
     met the quorum already)."""
-    starts = [0.0] * len(requests)
     answered = 0
 
     async def one(i: int, scope: anyio.CancelScope) -> None:
@@ -127,12 +159,26 @@ async def _quorum(
         async with anyio.create_task_group() as tg:
             for i in todo:
                 tg.start_soon(one, i, tg.cancel_scope)
+    _cancelled(calls, requests, sites, todo, results, starts, sent=enough > 0)
+
+
+def _cancelled(
+    calls: Calls,
+    requests: list[Request],
+    sites: list[Site],
+    todo: Sequence[int],
+    results: list[Outcome | None],
+    starts: list[float],
+    sent: bool,
+) -> None:
+    """The calls of ``todo`` with no outcome, recorded as cancelled (``sent``: they reached
+    the call stack, one attempt each; else none)."""
     now = monotonic()
     for i in todo:
         if results[i] is None:
             rec = CallRecord.asked(
                 requests[i],
-                attempts=1 if enough > 0 else 0,
+                attempts=1 if sent else 0,
                 latency=now - starts[i] if starts[i] else 0.0,
                 cancelled=True,
             )

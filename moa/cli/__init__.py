@@ -80,8 +80,8 @@ def _provider_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=_seconds, default=None, help="seconds per call attempt")
 
 
-def _run_options(p: argparse.ArgumentParser) -> None:
-    """The options ``run`` and ``batch`` share."""
+def _run_options(p: argparse.ArgumentParser, batch: bool = False) -> None:
+    """The options ``run`` and ``batch`` share (``batch``: a batch's own)."""
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument(
         "--pipeline",
@@ -120,12 +120,20 @@ def _run_options(p: argparse.ArgumentParser) -> None:
         "over the defaults",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress or summary on stderr")
-    _budget_options(p)
+    _budget_options(p, batch)
 
 
-def _budget_options(p: argparse.ArgumentParser) -> None:
+def _budget_options(p: argparse.ArgumentParser, batch: bool = False) -> None:
     """``--budget-*``: a moa.Budget the run (or the whole batch) never passes."""
     g = p.add_argument_group("budget (never passed: a call that could pass it is not made)")
+    if batch:
+        g.add_argument(
+            "--on-budget",
+            choices=("finish", "cancel"),
+            default="finish",
+            help="when the budget is met: let the prompts in flight finish (default) or "
+            "cancel them; the prompts not run are run by the same command with a new budget",
+        )
     g.add_argument("--budget-usd", type=_dollars, default=None, help="dollars, at --prices")
     g.add_argument("--budget-calls", type=_positive, default=None, help="calls (tries)")
     g.add_argument("--budget-input-tokens", type=_positive, default=None, help="input tokens")
@@ -281,19 +289,12 @@ def _batch_parser(sub: Any) -> None:
         "machine belongs to), or a local one started for this batch when none is given",
     )
     b.add_argument(
-        "--on-budget",
-        choices=("finish", "cancel"),
-        default="finish",
-        help="when the budget is met: let the prompts in flight finish (default) or cancel "
-        "them; the prompts not run are run by the same command with a new budget",
-    )
-    b.add_argument(
         "--workers",
         type=_positive,
         default=None,
         help="Ray workers, each running --max-concurrency calls at once (default: 2)",
     )
-    _run_options(b)
+    _run_options(b, batch=True)
     b.set_defaults(handler=batch_command)
 
 
@@ -445,9 +446,7 @@ def _tune_parser(sub: Any) -> None:
     t.add_argument(
         "--budget-calls", type=_positive, default=None, help="refuse a search needing more calls"
     )
-    t.add_argument(
-        "--budget-usd", type=_dollars, default=None, help="refuse a search costing more"
-    )
+    t.add_argument("--budget-usd", type=_dollars, default=None, help="refuse a search costing more")
     t.add_argument(
         "--penalty",
         type=float,
