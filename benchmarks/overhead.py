@@ -9,6 +9,8 @@ Contenders, all in ONE process and ONE asyncio event loop (anyio, backend="async
 
   moa-defaults   await moa.run(p, prompt, client, seed=1)
   moa-cap+to+rt  the same with max_concurrency=64, timeout=30, retry=moa.Retry()
+  moa-budget     moa-defaults under a moa.Budget (calls and dollars, never reached): what
+                 keeping a budget costs per call (this checkout only)
   anyio-baseline the same 19 calls in 4 layers with anyio task groups, the same kind of
                  messages (system + user with numbered responses), no history, no retries
   mixture-llm    mixture_llm.run([Propose, Synthesize, Synthesize, Aggregate], ...), the
@@ -125,7 +127,18 @@ def moa_contenders(m: Any, label: str) -> list[Contender]:
         )
         return text
 
-    return [(f"{label}-defaults", defaults), (f"{label}-cap+to+rt", all_on)]
+    out = [(f"{label}-defaults", defaults), (f"{label}-cap+to+rt", all_on)]
+    if hasattr(m, "Budget"):
+        # One budget for all the runs (a Budget is shared, as Limits are), never reached.
+        prices = {name: (1.0, 1.0) for name in (*MODELS, AGGREGATOR)}
+        budget = m.Budget(calls=10**12, usd=10.0**9, prices=prices)
+
+        async def budgeted(client):
+            text, _ = await m.run(p, PROMPT, client, seed=1, budget=budget)
+            return text
+
+        out.append((f"{label}-budget", budgeted))
+    return out
 
 
 def contenders(
@@ -247,6 +260,8 @@ def main(argv: list[str] | None = None) -> None:
         for kind in ("defaults", "cap+to+rt"):
             ratio = med[f"moa-{kind}"] / med[f"moa@{short}-{kind}"]
             print(f"moa-{kind} / moa@{short}-{kind}: {ratio:.3f} (after / before)")
+    if "moa-budget" in med:
+        print(f"moa-budget / moa-defaults: {med['moa-budget'] / med['moa-defaults']:.3f}")
     print(f"\n(measured in {elapsed:.1f} s)")
 
 

@@ -13,6 +13,7 @@ serves are free: they never reach this layer.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections.abc import Callable, Mapping
@@ -22,6 +23,7 @@ from typing import Any
 import anyio
 
 from ._bounds import describe
+from ._client import Reply
 from ._contract import Request
 from ._cost import DEFAULT_PRICES, Prices
 from .errors import BudgetExceededError
@@ -37,7 +39,8 @@ _SPENT = ("usd", "calls", "input_tokens", "output_tokens")
 
 def request_tokens(req: Request) -> int:
     """A request's input tokens at most: its messages' bytes and the template's overhead."""
-    return sum(len(m["content"].encode()) + MESSAGE_OVERHEAD for m in req.messages)
+    msgs = req.messages
+    return sum([len(m["content"].encode()) for m in msgs]) + MESSAGE_OVERHEAD * len(msgs)
 
 
 def _checked(name: str, value: object) -> float | int | None:
@@ -65,7 +68,19 @@ class Budget:
     :meth:`used` and :meth:`left` say where it stands; ``run_dataset`` gives each Ray worker
     a share (:meth:`split`)."""
 
-    __slots__ = ("_held", "_lock", "_spent", "_start", "limits", "prices")
+    __slots__ = (
+        "_active",
+        "_costs",
+        "_held",
+        "_lock",
+        "_seconds",
+        "_spent",
+        "_start",
+        "_tokens",
+        "_usd",
+        "limits",
+        "prices",
+    )
 
     def __init__(
         self,
@@ -93,10 +108,20 @@ class Budget:
             raise TypeError(
                 f"Budget(prices=...): a moa.Prices or a mapping, not {describe(prices)}"
             )
-        self._spent = dict.fromkeys(_SPENT, 0.0)
-        self._held = dict.fromkeys(_SPENT, 0.0)
+        # Spent and held as [usd, calls, input tokens, output tokens]; only the limits given
+        # are checked, and a request's bytes are counted only where a limit reads them.
+        self._spent = [0.0, 0.0, 0.0, 0.0]
+        self._held = [0.0, 0.0, 0.0, 0.0]
+        self._active = tuple(
+            (i, float(limit)) for i, name in enumerate(_SPENT) if (limit := self.limits[name])
+        )
+        self._tokens = usd is not None or input_tokens is not None
+        self._usd = usd is not None
+        self._seconds = seconds
+        # A model's price, looked up once (a tiered genai-prices price: call_cost each time).
+        self._costs: dict[str, Callable[[int, int], float | None]] = {}
         self._start: float | None = None
-        self._lock = threading.Lock()  # a batch's runs in worker threads share it
+        self._lock = threading.Lock()  # runs on other threads' event loops may share it
 
     def __repr__(self) -> str:
         shown = [f"{n}={v!r}" for n, v in self.limits.items() if v is not None]
@@ -110,7 +135,7 @@ class Budget:
     def used(self) -> dict[str, float]:
         """What was spent (dollars, calls, tokens), and seconds since its first call."""
         with self._lock:
-            out = dict(self._spent)
+            out = dict(zip(_SPENT, self._spent, strict=True))
         out["seconds"] = 0.0 if self._start is None else monotonic() - self._start
         return out
 
@@ -140,60 +165,83 @@ class Budget:
             return None
         return self._start + seconds
 
-    def charge(self, req: Request) -> dict[str, float]:
+    def charge(self, req: Request) -> list[float]:
         """Hold ``req``'s upper bound; BudgetExceededError where that would pass a limit."""
-        with self._lock:
-            if self._start is None:
-                self._start = monotonic()
-        ends = self.deadline()
-        if ends is not None and monotonic() >= ends:
+        if self._start is None:
+            self._start = monotonic()
+        if self._seconds is not None and monotonic() >= self._start + self._seconds:
             raise BudgetExceededError(
-                f"the budget's {self.limits['seconds']:g} s are up: no call starts after them",
+                f"the budget's {self._seconds:g} s are up: no call starts after them",
                 limit="seconds",
             )
-        tokens = request_tokens(req)
-        want = {"calls": 1.0, "input_tokens": float(tokens), "output_tokens": float(req.max_tokens)}
-        want["usd"] = 0.0
-        if self.limits["usd"] is not None:
-            cost = self.prices.call_cost(req.model, tokens, req.max_tokens)
+        tokens = request_tokens(req) if self._tokens else 0
+        usd = 0.0
+        if self._usd:
+            cost = self._cost(req.model)(tokens, req.max_tokens)
             if cost is None:
                 raise BudgetExceededError(
                     f"no price for model {req.model!r}: a budget in dollars cannot be kept; "
                     "give Budget(prices=...) a price for it",
                     limit="usd",
                 )
-            want["usd"] = cost
+            usd = cost
+        want = [usd, 1.0, float(tokens), float(req.max_tokens)]
         with self._lock:
-            for name in _SPENT:
-                limit = self.limits[name]
-                total = self._spent[name] + self._held[name] + want[name]
-                if limit is not None and total > limit * (1 + 1e-12):
-                    raise BudgetExceededError(
-                        f"the budget's {name.replace('_', ' ')} would pass {limit:g} with this "
-                        f"call to {req.model!r} (up to {want[name]:g} more; "
-                        f"{self._spent[name]:g} spent, {self._held[name]:g} held by calls "
-                        "in flight): it is not sent",
-                        limit=name,
-                    )
-            for name in _SPENT:
-                self._held[name] += want[name]
+            spent, held = self._spent, self._held
+            for i, limit in self._active:
+                if spent[i] + held[i] + want[i] > limit * (1 + 1e-12):
+                    raise self._refused(i, limit, want[i], req.model)
+            held[0] += usd
+            held[1] += 1.0
+            held[2] += want[2]
+            held[3] += want[3]
         return want
 
-    def settle(self, want: dict[str, float], reply: Any, model: str) -> None:
+    def _cost(self, model: str) -> Callable[[int, int], float | None]:
+        found = self._costs.get(model)
+        if found is None:
+            price = self.prices.get(model)  # the table's own: no tiers
+            if price is not None:
+                per_in, per_out = price.input, price.output
+
+                def found(tin: int, tout: int) -> float | None:
+                    return (tin * per_in + tout * per_out) / 1_000_000  # as Prices.call_cost
+
+            else:
+                found = functools.partial(self.prices.call_cost, model)
+            self._costs[model] = found
+        return found
+
+    def _refused(self, i: int, limit: float, more: float, model: str) -> BudgetExceededError:
+        name = _SPENT[i]
+        return BudgetExceededError(
+            f"the budget's {name.replace('_', ' ')} would pass {limit:g} with this call to "
+            f"{model!r} (up to {more:g} more; {self._spent[i]:g} spent, {self._held[i]:g} "
+            "held by calls in flight): it is not sent",
+            limit=name,
+        )
+
+    def settle(self, want: list[float], reply: Any, model: str) -> None:
         """Release a charge and spend what the reply reports (the whole charge where it
         reports nothing, or there is no reply: a failed or cancelled try)."""
-        spent = dict(want)
-        if isinstance(reply, (tuple, list)) and len(reply) in (3, 4):
-            tin, tout = reply[1], reply[2]
-            if type(tin) is int and type(tout) is int:
-                spent["input_tokens"], spent["output_tokens"] = float(tin), float(tout)
-                if self.limits["usd"] is not None:
-                    cost = self.prices.call_cost(model, tin, tout)
-                    spent["usd"] = want["usd"] if cost is None else cost
+        usd, tin, tout = want[0], want[2], want[3]
+        if type(reply) in (tuple, Reply) and len(reply) in (3, 4):
+            got_in, got_out = reply[1], reply[2]
+            if type(got_in) is int and type(got_out) is int:
+                tin, tout = float(got_in), float(got_out)
+                if self._usd:
+                    cost = self._cost(model)(got_in, got_out)
+                    usd = usd if cost is None else cost
         with self._lock:
-            for name in _SPENT:
-                self._held[name] -= want[name]
-                self._spent[name] += spent[name]
+            spent, held = self._spent, self._held
+            held[0] -= want[0]
+            held[1] -= 1.0
+            held[2] -= want[2]
+            held[3] -= want[3]
+            spent[0] += usd
+            spent[1] += 1.0
+            spent[2] += tin
+            spent[3] += tout
 
 
 def _rebuilt(limits: dict[str, Any], prices: Prices) -> Budget:

@@ -104,3 +104,18 @@ def test_a_bad_budget_flag_is_a_usage_error(capsys):
         main(["run", "hi", "--pipeline", PIPE, "--budget-usd", "-1"])
     assert caught.value.code == 2
     assert "--budget-usd" in capsys.readouterr().err
+
+
+def test_moa_run_deadline_is_the_default_of_the_steps_that_take_one(monkeypatch, tmp_path):
+    import anyio
+
+    async def slow_b(*, model, messages, temp, max_tokens):
+        await anyio.sleep(30 if model == "b" else 0)
+        return f"{model} says", 1, 1
+
+    monkeypatch.setattr(cli.providers, "make_client", lambda p, b, m: (slow_b, "m"))
+    out = tmp_path / "run.json"
+    pipe = "Propose(['a', 'b']) | Aggregate('a')"
+    assert main(["run", "hi", "--pipeline", pipe, "--deadline", "0.2", "--json", str(out)]) == 0
+    steps = json.loads(out.read_text())["steps"]
+    assert steps[0]["degraded"].startswith("deadline of 0.2 s: 1 of 2 calls answered")

@@ -119,6 +119,13 @@ def _run_options(p: argparse.ArgumentParser, batch: bool = False) -> None:
         help='a JSON price table {"model": [input, output]} in $ per million tokens, '
         "over the defaults",
     )
+    p.add_argument(
+        "--deadline",
+        type=_seconds,
+        default=None,
+        help="seconds a Propose, Synthesize or Refine round waits, where the step sets no "
+        "deadline: then it goes on with the replies it has (marked degraded)",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress or summary on stderr")
     _budget_options(p, batch)
 

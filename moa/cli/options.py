@@ -63,6 +63,7 @@ def run_options(
         cache=cache,
         on_event=on_event,
         budget=budget_of(args, prices),
+        deadline=getattr(args, "deadline", None),
     )
 
 
