@@ -22,7 +22,7 @@ from .._plan import plan
 from .._run import run
 from .._run import run_stream as moa_run_stream
 from ..clients._errors import redact
-from ..errors import MoaError
+from ..errors import BudgetExceededError, MoaError
 from . import providers
 from .common import UsageError, check_writable, close_client, dumps, tokens
 from .options import (
@@ -237,6 +237,11 @@ def run_command(args: argparse.Namespace) -> int:
             print(flush=True)  # end a partly streamed answer's line before the error
         if args.json is not None and exc.history is not None:
             _write_json(args.json, _run_document(exc.history, None, pipeline, prices, str(exc)))
+        if isinstance(exc, BudgetExceededError) and not args.quiet:
+            if options.budget is not None:
+                print(budget_line(options.budget), file=sys.stderr)
+            if exc.partial is not None:
+                print(f"the best answer the run had: {exc.partial}", file=sys.stderr)
         raise
     finally:
         if cache is not None:
