@@ -29,6 +29,7 @@ from ._run import (
     ErrorAfter,
     budget_figures,
     budget_noted,
+    check_budget,
     check_client,
     check_prompt,
     confidence_needs,
@@ -346,6 +347,7 @@ async def as_completed(
             f"run_many(on_budget=...): 'finish' (the runs in flight finish) or 'cancel', not "
             f"{on_budget!r}"
         )
+    check_budget("run_many", step, opts.budget)
     feed, total = _checked_upfront(prompts, ids, opts.seed)
     send, receive = anyio.create_memory_object_stream[RunResult](math.inf)
     out = ErrorAfter(receive)

@@ -28,7 +28,7 @@ from ._pipeline import Parallel, Pipeline, Step, StepLike, as_step
 from ._select import Majority, MostConfident, MostConsistent, WeightedMajority
 from ._transforms import Dropout, Filter, Map, Sample, Shuffle, Take, Transform
 
-__all__ = ("RunPlan", "Span", "StepPlan", "plan")
+__all__ = ("RunPlan", "Span", "StepPlan", "plan", "unbounded_steps")
 
 #: Tokens a chat template adds around each message, at most (role markers, separators).
 MESSAGE_OVERHEAD = 8
@@ -533,3 +533,21 @@ def _prices(prices: object) -> Prices:
         f"moa.plan(prices=...): a moa.Prices, a mapping of model to (input, output) $ per "
         f"million tokens, or None, not {describe(prices)}"
     )
+
+
+def unbounded_steps(step: Step) -> list[Step]:
+    """The steps of ``step`` whose calls a plan cannot bound: a custom LLM step that does not
+    say ``fixed_rounds``, and a custom transform (how many responses it hands on is unknown:
+    a ``Refine`` after it makes as many calls)."""
+    found: list[Step] = []
+    stack = [step]
+    while stack:
+        s = stack.pop()
+        if isinstance(s, (Pipeline, Parallel)):
+            stack.extend(s.steps if isinstance(s, Pipeline) else s.branches)
+        elif isinstance(s, LLMStep):
+            if not isinstance(s, _SELECTIONS) and not getattr(s, "fixed_rounds", False):
+                found.append(s)
+        elif isinstance(s, Transform) and not isinstance(s, _KNOWN_TRANSFORMS):
+            found.append(s)
+    return found

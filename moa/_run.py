@@ -26,6 +26,7 @@ from ._executor import Stop, Walk, walk
 from ._history import History
 from ._options import RunKwargs, RunOptions
 from ._pipeline import Pipeline, Step, StepLike, as_step
+from ._plan import unbounded_steps
 from ._seeds import accepts, accepts_seed
 from .errors import BudgetExceededError, ConfidenceUnavailableError
 
@@ -138,7 +139,22 @@ def _prepared(
     opts = RunOptions.of(where, options, kwargs)
     check_prompt(where, prompt)
     check_client(where, client)
+    check_budget(where, step, opts.budget)
     return step, opts
+
+
+def check_budget(where: str, step: Step, budget: Budget | None) -> None:
+    """A budget that can stop ``step``: where a step's calls have no bound (a custom LLM step,
+    or what follows a custom transform), dollars or tokens alone could let it loop on a free
+    model, so the budget must count calls or seconds."""
+    if budget is None or budget.limits["calls"] or budget.limits["seconds"]:
+        return
+    loose = unbounded_steps(step)
+    if loose:
+        raise ValueError(
+            f"{where}(budget=...): {safe_repr(loose[0])} has no bound on its calls (a plan "
+            "calls it unbounded), so a budget must set calls= or seconds= to be sure to stop it"
+        )
 
 
 async def run(

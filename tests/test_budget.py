@@ -243,3 +243,28 @@ def test_split_shares_a_budget_among_workers():
     assert [p.limits["calls"] for p in parts] == [3, 3, 3]
     assert parts[0].limits["usd"] == pytest.approx(1 / 3) and parts[0].limits["seconds"] == 5
     assert repr(parts[0]).startswith("Budget(usd=")
+
+
+async def test_a_budget_on_a_step_without_bounds_must_count_calls_or_seconds():
+    from dataclasses import dataclass
+
+    from moa import LLMStep
+    from moa.steps import ask, messages
+
+    @dataclass(frozen=True, slots=True, repr=False)
+    class UntilYes(LLMStep):
+        agent: str
+        needs_responses = False
+
+        def plan(self, prompt, responses, rng):
+            while True:
+                [reply] = yield [ask(self.agent, messages(("user", prompt)), 0.0, 4)]
+                if reply == "yes":
+                    return [reply], []
+
+    with pytest.raises(ValueError, match=r"has no bound on its calls .* calls= or seconds="):
+        await moa.run(UntilYes("m"), "q", _client(), budget=Budget(usd=1.0, prices=PRICES))
+    with pytest.raises(ValueError, match="calls= or seconds="):
+        await moa.run_many(UntilYes("m"), ["q"], _client(), budget=Budget(output_tokens=10))
+    with pytest.raises(BudgetExceededError, match="calls would pass 5"):
+        await moa.run(UntilYes("m"), "q", _client(), budget=Budget(calls=5))
