@@ -19,6 +19,7 @@ first format (without confidence) is upgraded in place when opened to write, its
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import hashlib
 import json
@@ -103,6 +104,7 @@ class Cache:
         self.mode = mode
         self._lock = threading.Lock()  # one connection, shared by every thread that uses us
         self._conn: sqlite3.Connection | None = None
+        self._owns = True  # a view (with_namespace) shares this one's connection
         self._version = _SCHEMA_VERSION  # a version-1 file replayed read-only stays one
         self._check_file()
         conn = self._connect()
@@ -327,11 +329,24 @@ class Cache:
         self._execute("DELETE FROM entries")
 
     def close(self) -> None:
-        """Close the connection; closing twice is harmless."""
+        """Close the connection (a view's: let go of it, its cache's stays open); closing
+        twice is harmless."""
         with self._lock:
             if self._conn is not None:
-                self._conn.close()
+                if self._owns:
+                    self._conn.close()
                 self._conn = None
+
+    def with_namespace(self, namespace: str) -> Cache:
+        """This cache's file under another ``namespace``, through the same connection (no
+        second connection to the file); closing the view leaves this cache open."""
+        if not isinstance(namespace, str):
+            raise TypeError(f"Cache namespace must be a str, not {type(namespace).__name__}")
+        self._check_open()
+        view = copy.copy(self)
+        view.namespace = namespace
+        view._owns = False
+        return view
 
     def __enter__(self) -> Cache:
         return self

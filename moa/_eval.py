@@ -489,7 +489,7 @@ class _EvalCache:
         if given is not None:
             # \x1f cannot be in a namespace a person types: no clash with the user's own.
             namespace = f"{given.namespace}\x1fmoa.eval seed={self.options.seed}"
-            self.cache = Cache(given.path, mode=given.mode, namespace=namespace)
+            self.cache = given.with_namespace(namespace)
         else:
             self.folder = tempfile.TemporaryDirectory(prefix="moa-eval-")
             self.cache = Cache(os.path.join(self.folder.name, "cache.sqlite"))
