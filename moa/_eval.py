@@ -474,6 +474,12 @@ def prices_of(prices: object) -> Prices:
     )
 
 
+def eval_namespace(cache: Cache, seed: int | None) -> str:
+    """The namespace an eval keeps its answers under in ``cache``: the cache's and the seed
+    (\x1f cannot be in a namespace a person types: no clash with the user's own)."""
+    return f"{cache.namespace}\x1fmoa.eval seed={seed}"
+
+
 class _EvalCache:
     """The options with a cache keyed by the eval's seed too: the user's file under its
     namespace and the seed (a rerun with another seed draws new samples, not the old ones),
@@ -487,9 +493,7 @@ class _EvalCache:
     def __enter__(self) -> RunOptions:
         given = self.options.cache
         if given is not None:
-            # \x1f cannot be in a namespace a person types: no clash with the user's own.
-            namespace = f"{given.namespace}\x1fmoa.eval seed={self.options.seed}"
-            self.cache = given.with_namespace(namespace)
+            self.cache = given.with_namespace(eval_namespace(given, self.options.seed))
         else:
             self.folder = tempfile.TemporaryDirectory(prefix="moa-eval-")
             self.cache = Cache(os.path.join(self.folder.name, "cache.sqlite"))

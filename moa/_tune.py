@@ -24,7 +24,7 @@ from ._agent import Agent, AgentLike, agent_of
 from ._bounds import check_int, check_number, describe, safe_repr
 from ._client import Client
 from ._cost import Prices
-from ._eval import EvalProgress, contenders_of, evaluate, prices_of
+from ._eval import EvalProgress, contenders_of, eval_namespace, evaluate, prices_of
 from ._llm_steps import Aggregate, Propose
 from ._options import RunKwargs, RunOptions
 from ._pipeline import Step, leaves
@@ -197,6 +197,9 @@ class TuneReport:
     versus_greedy: Difference | None
     objective: str
     planned_calls: int | None
+    #: Held-out tasks whose single agent's answer the cache held before the held-out eval:
+    #: the set was evaluated before (a set used to decide more than once is no longer held out).
+    reused: int = 0
 
     @property
     def beats_single(self) -> bool:
@@ -246,11 +249,11 @@ class TuneReport:
                 f"(beta {100 * (win.beta or 0):.1f} %), error correlation "
                 f"{'-' if phi is None else f'{phi:.2f}'}"
             )
-        cached = sum(c.cached_calls for c in held)
-        if cached:
+        if self.reused:
             lines.append(
-                f"  NOTE: {cached} held-out answers came from the cache: this held-out set was "
-                "evaluated before. A set used to decide more than once is no longer held out."
+                f"  NOTE: the cache held answers for {self.reused} held-out tasks before this "
+                "check: the held-out set was evaluated before. A set used to decide more than "
+                "once is no longer held out."
             )
         failed = sum(c.errors for c in held)
         if failed:
@@ -380,6 +383,7 @@ async def tune(
     pair = {best.name: mixtures[best.name], single.name: steps[single.name]}
     if greedy_name not in pair:
         pair[greedy_name] = greedy
+    reused = _reused(opts, held, steps[single.name])
     held_out = await same(pair, held, client, opts, baselines=False, progress=phase("held-out"))
     return TuneReport(
         winner=best.name,
@@ -394,7 +398,21 @@ async def tune(
         else held_out.versus(best.name, greedy_name),
         objective=objective_name,
         planned_calls=planned,
+        reused=reused,
     )
+
+
+def _reused(options: RunOptions, held: Sequence[Task], single: Step) -> int:
+    """Held-out tasks whose single agent's answer the eval's cache already holds."""
+    if options.cache is None:
+        return 0
+    view = options.cache.with_namespace(eval_namespace(options.cache, options.seed))
+    first = next(s for _, s in leaves(single) if isinstance(s, Propose))
+    found = sum(
+        view.lookup(first.requests(t.prompt, [])[0].identity, (0, 0)) is not None for t in held
+    )
+    view.close()
+    return found
 
 
 def _phases(progress: EvalProgress | None) -> Callable[[str], EvalProgress | None]:

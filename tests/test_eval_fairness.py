@@ -211,3 +211,13 @@ def test_a_judge_reads_the_aliases_and_its_max_tokens_are_checked():
         Judge("j", max_tokens=0)
     with pytest.raises(TypeError, match="max_tokens"):
         Judge("j", max_tokens="4")
+
+
+async def test_a_held_out_set_evaluated_before_is_said_to_be_so(tmp_path):
+    cache = moa.Cache(tmp_path / "c.sqlite")
+    space = {"vote": Propose(["good", "bad", "good"], temp=0, max_tokens=8) | Majority()}
+    first = await moa.tune(tasks(20), client_for(), space=space, cache=cache)
+    assert first.reused == 0 and "evaluated before" not in str(first)  # sharing within is not
+    again = await moa.tune(tasks(20), client_for(), space=space, cache=cache)
+    assert again.reused == 10 and "held-out set was evaluated before" in str(again)
+    cache.close()
