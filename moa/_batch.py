@@ -10,7 +10,7 @@ import json
 import math
 import random
 import sys
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Unpack
@@ -21,6 +21,8 @@ from anyio.streams.memory import MemoryObjectSendStream
 from ._bounds import check_int, describe, error_text
 from ._calls import compose
 from ._client import Client
+from ._contract import Message
+from ._conversation import Prompt
 from ._executor import Stop, Walk, walk
 from ._history import History
 from ._options import RunKwargs, RunOptions
@@ -73,10 +75,11 @@ class _Item:
     prompt: str
     id: str | int | None
     seed: int
+    earlier: tuple[Message, ...] = ()  # a conversation's turns before the question
 
 
 def _feed(
-    prompts: Iterable[str], ids: Iterable[str | int] | None, seed: int | None
+    prompts: Iterable[Prompt], ids: Iterable[str | int] | None, seed: int | None
 ) -> Iterator[_Item]:
     """The prompts with their ids and seeds, checked as they are taken. With ids and a seed,
     each prompt's seed comes from the seed and its id (the same however the batch is split);
@@ -86,7 +89,7 @@ def _feed(
     seen: set[str] = set()
     index = -1
     for index, prompt in enumerate(prompts):
-        check_prompt(f"run_many(prompts[{index}])", prompt)
+        question, earlier = check_prompt(f"run_many(prompts[{index}])", prompt)
         ident = next(names, _MISSING)
         if ident is _MISSING:
             raise ValueError(f"run_many(ids=...): fewer ids than prompts (none for prompt {index})")
@@ -105,7 +108,7 @@ def _feed(
             if draw is not None
             else draw_seed(None)
         )
-        yield _Item(index, prompt, ident, run_seed)
+        yield _Item(index, question, ident, run_seed, earlier)
     if ids is not None and next(names, _MISSING) is not _MISSING:
         raise ValueError(f"run_many(ids=...): more ids than the {index + 1} prompts")
 
@@ -119,7 +122,7 @@ def _forever_none() -> Iterator[None]:
 
 
 def _checked_upfront(
-    prompts: Iterable[str], ids: Iterable[str | int] | None, seed: int | None
+    prompts: Iterable[Prompt], ids: Iterable[str | int] | None, seed: int | None
 ) -> tuple[Iterator[_Item], int | None]:
     """The feed, and the number of prompts when known. Prompts given as a list (or tuple) and
     ids as one are checked whole here, before any run starts; an iterator is checked as it
@@ -133,6 +136,11 @@ def _checked_upfront(
         raise TypeError("run_many(ids=...): ids must be a list of ids, one per prompt, not a str")
     if not isinstance(prompts, Sequence):
         return _feed(prompts, ids, seed), None
+    if prompts and isinstance(prompts[0], Mapping):
+        raise TypeError(
+            "run_many(prompts): prompts is a list of prompts, and a conversation is one "
+            "prompt (a list of messages): did you mean [conversation]?"
+        )
     if ids is not None and not isinstance(ids, Sequence):
         ids = list(ids)
     if ids is not None and len(ids) != len(prompts):
@@ -171,6 +179,7 @@ class _Batch:
             self.options.on_event,
             self.seeded,
             self.origin,
+            item.earlier,
         )
         budget = self.options.budget
         try:
@@ -256,7 +265,7 @@ def _stopped(cause: BaseException, finished: int, total: int | None) -> BatchSto
 
 async def run_many(
     pipeline: StepLike,
-    prompts: Iterable[str],
+    prompts: Iterable[Prompt],
     client: Client,
     options: RunOptions | None = None,
     *,
@@ -313,7 +322,7 @@ async def run_many(
 @asynccontextmanager
 async def as_completed(
     pipeline: StepLike,
-    prompts: Iterable[str],
+    prompts: Iterable[Prompt],
     client: Client,
     options: RunOptions | None = None,
     *,

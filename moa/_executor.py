@@ -21,7 +21,8 @@ import anyio
 
 from ._bounds import MAX_CALLS, MAX_REQUEST_CHARS, describe
 from ._calls import Calls
-from ._contract import Identity, LLMStep, OffLoop, Request
+from ._contract import Identity, LLMStep, Message, OffLoop, Request
+from ._conversation import with_turns
 from ._events import EventHandler, StepFinished, StepStarted
 from ._history import CallRecord, History, StepRecord
 from ._offload import run_off_loop, seconds_for
@@ -58,7 +59,7 @@ class Walk:
     seeds (the client takes one), and whether replies go on as Responses
     (:class:`~moa.Response`: a step of the pipeline reads their origin)."""
 
-    __slots__ = ("calls", "on_event", "origin", "prompt", "seed", "seeded", "stop")
+    __slots__ = ("calls", "earlier", "on_event", "origin", "prompt", "seed", "seeded", "stop")
 
     def __init__(
         self,
@@ -69,8 +70,10 @@ class Walk:
         on_event: EventHandler | None = None,
         seeded: bool = False,
         origin: bool = False,
+        earlier: tuple[Message, ...] = (),
     ) -> None:
         self.prompt = prompt
+        self.earlier = earlier  # a conversation's turns before the question
         self.seed = seed
         self.calls = calls
         self.stop = stop
@@ -107,7 +110,14 @@ async def walk(step: Step, run: Walk) -> tuple[str, History]:
     except MoaError as exc:  # a failed step, a broken cache: the user keeps what ran
         if run.stop.interrupt is not None:
             raise run.stop.interrupt from None
-        exc.history = History(run.prompt, run.seed, tuple(root.records), (), monotonic() - start)
+        exc.history = History(
+            run.prompt,
+            run.seed,
+            tuple(root.records),
+            (),
+            monotonic() - start,
+            conversation=run.earlier,
+        )
         raise
     except BaseExceptionGroup as group:
         interrupt = interrupt_of(group)
@@ -117,7 +127,12 @@ async def walk(step: Step, run: Walk) -> tuple[str, History]:
     if run.stop.interrupt is not None:
         raise run.stop.interrupt
     history = History(
-        run.prompt, run.seed, tuple(root.records), tuple(outputs), monotonic() - start
+        run.prompt,
+        run.seed,
+        tuple(root.records),
+        tuple(outputs),
+        monotonic() - start,
+        conversation=run.earlier,
     )
     return (outputs[0] if outputs else ""), history
 
@@ -370,6 +385,8 @@ class _StepRun:
     async def round(self, requests: list[Request]) -> list[str | None]:
         """One round's calls, tallied; the replies, or StepFailedError when too few answered."""
         run = self.walk
+        if run.earlier:  # a conversation: every call reads its earlier turns
+            requests = [with_turns(r, run.earlier) for r in requests]
         records, fatal, cut = (
             await call_round(
                 run.calls,

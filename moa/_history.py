@@ -70,6 +70,15 @@ def _get(
     return value
 
 
+def _conversation(d: Any) -> tuple[Mapping[str, str], ...]:
+    turns = _get(d, "conversation", list, "history", [])
+    out = []
+    for i, m in enumerate(turns):
+        where = f"history.conversation[{i}]"
+        out.append({"role": _get(m, "role", str, where), "content": _get(m, "content", str, where)})
+    return tuple(out)
+
+
 def _confidence(d: Any, where: str) -> Confidence | None:
     if d is None:
         return None
@@ -407,6 +416,8 @@ class History:
     #: The run's budget as it stood at the end: ``{"used": {...}, "left": {...}}`` by limit
     #: name (dollars, calls, tokens, seconds); None for a run without one.
     budget: Mapping[str, Mapping[str, float | None]] | None = field(default=None, compare=False)
+    #: A conversation's turns before ``prompt`` (its last, the question); () for one turn.
+    conversation: tuple[Mapping[str, str], ...] = ()
 
     def __iter__(self) -> Iterator[StepRecord]:
         return iter(self.steps)
@@ -485,6 +496,7 @@ class History:
                 if self.budget is None
                 else {"budget": {k: dict(v) for k, v in self.budget.items()}}
             ),
+            **({"conversation": [dict(m) for m in self.conversation]} if self.conversation else {}),
         }
 
     @classmethod
@@ -502,4 +514,5 @@ class History:
             _strings(d, "outputs", "history"),
             _get(d, "wall_time", _NUMBER, "history", 0.0),
             _get(d, "budget", dict, "history", None, optional=True),
+            _conversation(d),
         )

@@ -20,7 +20,8 @@ from ._bounds import describe, safe_repr
 from ._budget import Budget
 from ._calls import compose
 from ._client import Client, unicode_error
-from ._contract import LLMStep, Reads, reads
+from ._contract import LLMStep, Message, Reads, reads
+from ._conversation import Prompt, prompt_of
 from ._events import Event, EventHandler, RunFinished
 from ._executor import Stop, Walk, walk
 from ._history import History
@@ -52,19 +53,20 @@ def draw_seed(seed: int | None) -> int:
     return secrets.randbits(63) if seed is None else seed
 
 
-def check_prompt(where: str, prompt: object) -> str:
-    """A prompt as an entry point takes it: a str (TypeError otherwise) that is not blank and
-    is valid Unicode (ValueError otherwise)."""
-    if not isinstance(prompt, str):
-        raise TypeError(f"{where}(prompt): prompt must be a str, not {describe(prompt)}")
-    if not prompt.strip():
-        raise ValueError(
-            f"{where}(prompt): prompt must be a non-empty str, got {safe_repr(prompt)}"
-        )
-    where_bad = unicode_error(prompt)
-    if where_bad is not None:
-        raise ValueError(f"{where}(prompt): prompt must be valid Unicode text, but {where_bad}")
-    return prompt
+def check_prompt(where: str, prompt: object) -> tuple[str, tuple[Message, ...]]:
+    """A prompt as an entry point takes it: a str that is not blank and is valid Unicode, or a
+    conversation whose last message is the user's (TypeError or ValueError otherwise); the
+    question and the earlier turns (:func:`moa._conversation.prompt_of`)."""
+    if isinstance(prompt, str):  # the common case, checked here in full
+        if not prompt.strip():
+            raise ValueError(
+                f"{where}(prompt): prompt must be a non-empty str, got {safe_repr(prompt)}"
+            )
+        where_bad = unicode_error(prompt)
+        if where_bad is not None:
+            raise ValueError(f"{where}(prompt): prompt must be valid Unicode text, but {where_bad}")
+        return prompt, ()
+    return prompt_of(where, prompt)
 
 
 def check_client(where: str, client: object) -> None:
@@ -130,17 +132,17 @@ def budget_noted(exc: BudgetExceededError, budget: Budget | None) -> None:
 def _prepared(
     where: str,
     pipeline: StepLike,
-    prompt: str,
+    prompt: Prompt,
     client: Client,
     options: RunOptions | None,
     kwargs: dict[str, Any],
-) -> tuple[Step, RunOptions]:
+) -> tuple[Step, RunOptions, str, tuple[Message, ...]]:
     step = as_step(pipeline, where=f"{where}(pipeline)")
     opts = RunOptions.of(where, options, kwargs)
-    check_prompt(where, prompt)
+    question, earlier = check_prompt(where, prompt)
     check_client(where, client)
     check_budget(where, step, opts.budget)
-    return step, opts
+    return step, opts, question, earlier
 
 
 def check_budget(where: str, step: Step, budget: Budget | None) -> None:
@@ -159,12 +161,19 @@ def check_budget(where: str, step: Step, budget: Budget | None) -> None:
 
 async def run(
     pipeline: StepLike,
-    prompt: str,
+    prompt: Prompt,
     client: Client,
     options: RunOptions | None = None,
     **kwargs: Unpack[RunKwargs],
 ) -> tuple[str, History]:
     """Run ``pipeline`` on ``prompt``; return the final response and the run's history.
+
+    ``prompt`` is the question, or a conversation: a list of ``{"role", "content"}`` messages
+    (system first if any, then user and assistant turns) ending with the user's question.
+    Every call reads the earlier turns before its own user message, the conversation's system
+    message first in its own: proposers answer the last turn in context, an aggregator reads
+    the conversation and then the candidates' answers to its last turn; history keeps them
+    (``history.conversation``) and the cache keys on them.
 
     The final response is the first of the last step's outputs (all of them are in
     ``history.outputs``), or ``""`` when a transform left none. The options are a
@@ -174,17 +183,20 @@ async def run(
     ``ExceptionGroup`` when it came from one of several concurrent calls). A step that fails
     raises a :class:`~moa.errors.StepFailedError` carrying the history so far.
     """
-    step, opts = _prepared("run", pipeline, prompt, client, options, dict(kwargs))
+    step, opts, question, earlier = _prepared(
+        "run", pipeline, prompt, client, options, dict(kwargs)
+    )
     wants = confidence_needs("run", step, client)
     stop = Stop()
     state = Walk(
-        prompt,
+        question,
         draw_seed(opts.seed),
         compose(client, opts, stop, confidence=wants.origin),
         stop,
         opts.on_event,
         accepts_seed(client),
         wants.origin,
+        earlier,
     )
     return await walk_stopped(step, state, opts.budget)
 
@@ -237,7 +249,7 @@ def _both(first: EventHandler, second: EventHandler) -> EventHandler:
 @asynccontextmanager
 async def run_stream(
     pipeline: StepLike,
-    prompt: str,
+    prompt: Prompt,
     client: Client,
     options: RunOptions | None = None,
     **kwargs: Unpack[RunKwargs],
@@ -263,7 +275,9 @@ async def run_stream(
     answer), only to the others. When the run fails, iterating raises its error after the
     events so far. Options are ``run``'s; leaving the block early cancels the run.
     """
-    step, opts = _prepared("run_stream", pipeline, prompt, client, options, dict(kwargs))
+    step, opts, question, earlier = _prepared(
+        "run_stream", pipeline, prompt, client, options, dict(kwargs)
+    )
     wants = confidence_needs("run_stream", step, client)
     send, receive = anyio.create_memory_object_stream[Event](math.inf)
     events = ErrorAfter(receive)
@@ -272,7 +286,14 @@ async def run_stream(
     stop = Stop()
     calls = compose(client, opts, stop, stream_path=_stream_path(step), confidence=wants.origin)
     state = Walk(
-        prompt, draw_seed(opts.seed), calls, stop, handler, accepts_seed(client), wants.origin
+        question,
+        draw_seed(opts.seed),
+        calls,
+        stop,
+        handler,
+        accepts_seed(client),
+        wants.origin,
+        earlier,
     )
 
     async def drive() -> None:
@@ -309,7 +330,7 @@ def unwrapped() -> Iterator[None]:
 
 def run_sync(
     pipeline: StepLike,
-    prompt: str,
+    prompt: Prompt,
     client: Client,
     options: RunOptions | None = None,
     *,
