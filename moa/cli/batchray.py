@@ -13,7 +13,8 @@ import logging
 import os
 import re
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import Any, cast
 
@@ -82,7 +83,7 @@ def run_on_ray(
 
 def _collect(ray: Any, results: Any, report: Report, by_id: dict[str, Item], output: str) -> None:
     """Each row Ray hands back, written as it comes; a worker's failure as one line."""
-    with report:
+    with report, _console_quiet("ray.data"):
         try:
             for batch in results.iter_batches(batch_format="pyarrow", batch_size=None):
                 for row in cast("Any", batch).to_pylist():
@@ -97,6 +98,28 @@ def _collect(ray: Any, results: Any, report: Report, by_id: dict[str, Item], out
         # as failed (it runs again on the next run), never dropped without a word.
         for item in by_id.values():
             report(item, None, None, "no result came back from Ray for this prompt")
+
+
+@contextmanager
+def _console_quiet(name: str) -> Iterator[None]:
+    """The console handlers of the logger ``name`` silent within; its file handlers untouched.
+
+    Ray Data logs a worker's failure with its full stack trace to the console, then raises it;
+    moa says it in one line, and the trace stays in Ray Data's log file."""
+    handlers = [
+        handler
+        for handler in logging.getLogger(name).handlers
+        if isinstance(handler, logging.StreamHandler)
+        and not isinstance(handler, logging.FileHandler)
+    ]
+    levels = [handler.level for handler in handlers]
+    for handler in handlers:
+        handler.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for handler, level in zip(handlers, levels, strict=True):
+            handler.setLevel(level)
 
 
 def _connect(ray: Any, address: str, quiet: bool) -> bool:
