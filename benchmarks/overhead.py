@@ -9,8 +9,8 @@ Contenders, all in ONE process and ONE asyncio event loop (anyio, backend="async
 
   moa-defaults   await moa.run(p, prompt, client, seed=1)
   moa-cap+to+rt  the same with max_concurrency=64, timeout=30, retry=moa.Retry()
-  moa-budget     moa-defaults under a moa.Budget (calls and dollars, never reached): what
-                 keeping a budget costs per call (this checkout only)
+  moa-budget-... moa-defaults under a moa.Budget never reached, in calls alone and in calls
+                 and dollars: what keeping a budget costs per call (this checkout only)
   anyio-baseline the same 19 calls in 4 layers with anyio task groups, the same kind of
                  messages (system + user with numbered responses), no history, no retries
   mixture-llm    mixture_llm.run([Propose, Synthesize, Synthesize, Aggregate], ...), the
@@ -129,15 +129,19 @@ def moa_contenders(m: Any, label: str) -> list[Contender]:
 
     out = [(f"{label}-defaults", defaults), (f"{label}-cap+to+rt", all_on)]
     if hasattr(m, "Budget"):
-        # One budget for all the runs (a Budget is shared, as Limits are), never reached.
+        # One budget for all the runs (a Budget is shared, as Limits are), never reached:
+        # in calls alone, and in calls and dollars (each try priced twice: charged, settled).
         prices = {name: (1.0, 1.0) for name in (*MODELS, AGGREGATOR)}
-        budget = m.Budget(calls=10**12, usd=10.0**9, prices=prices)
+        for kind, budget in (
+            ("budget-calls", m.Budget(calls=10**12)),
+            ("budget-usd", m.Budget(calls=10**12, usd=10.0**9, prices=prices)),
+        ):
 
-        async def budgeted(client):
-            text, _ = await m.run(p, PROMPT, client, seed=1, budget=budget)
-            return text
+            async def budgeted(client, budget=budget):
+                text, _ = await m.run(p, PROMPT, client, seed=1, budget=budget)
+                return text
 
-        out.append((f"{label}-budget", budgeted))
+            out.append((f"{label}-{kind}", budgeted))
     return out
 
 
@@ -260,8 +264,9 @@ def main(argv: list[str] | None = None) -> None:
         for kind in ("defaults", "cap+to+rt"):
             ratio = med[f"moa-{kind}"] / med[f"moa@{short}-{kind}"]
             print(f"moa-{kind} / moa@{short}-{kind}: {ratio:.3f} (after / before)")
-    if "moa-budget" in med:
-        print(f"moa-budget / moa-defaults: {med['moa-budget'] / med['moa-defaults']:.3f}")
+    for kind in ("budget-calls", "budget-usd"):
+        if f"moa-{kind}" in med:
+            print(f"moa-{kind} / moa-defaults: {med[f'moa-{kind}'] / med['moa-defaults']:.3f}")
     print(f"\n(measured in {elapsed:.1f} s)")
 
 

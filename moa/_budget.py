@@ -6,14 +6,14 @@ token is at least one byte) plus a chat template's few tokens per message, its `
 out, and those at the budget's prices in dollars. A try that would pass a limit is not sent: it
 raises :class:`~moa.errors.BudgetExceededError`, which no retry repeats and no quorum absorbs.
 After the reply the charge is settled at what the provider reported; a try that failed or was
-cancelled keeps its whole charge (what it spent is unknown). So however many tries run at once,
+cancelled keeps its whole charge (what it spent is unknown). What is used counts the calls in
+flight at their most until they answer. So however many tries run at once,
 what was charged never passes the budget, and what was spent is never more. Answers a cache
 serves are free: they never reach this layer.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import threading
 from collections.abc import Callable, Mapping
@@ -39,8 +39,11 @@ _SPENT = ("usd", "calls", "input_tokens", "output_tokens")
 
 def request_tokens(req: Request) -> int:
     """A request's input tokens at most: its messages' bytes and the template's overhead."""
-    msgs = req.messages
-    return sum([len(m["content"].encode()) for m in msgs]) + MESSAGE_OVERHEAD * len(msgs)
+    total = 0
+    for m in req.messages:
+        text = m["content"]
+        total += (len(text) if text.isascii() else len(text.encode())) + MESSAGE_OVERHEAD
+    return total
 
 
 def _checked(name: str, value: object) -> float | int | None:
@@ -71,13 +74,12 @@ class Budget:
     __slots__ = (
         "_active",
         "_costs",
-        "_held",
         "_lock",
         "_seconds",
-        "_spent",
         "_start",
         "_tokens",
         "_usd",
+        "_used",
         "limits",
         "prices",
     )
@@ -108,18 +110,19 @@ class Budget:
             raise TypeError(
                 f"Budget(prices=...): a moa.Prices or a mapping, not {describe(prices)}"
             )
-        # Spent and held as [usd, calls, input tokens, output tokens]; only the limits given
-        # are checked, and a request's bytes are counted only where a limit reads them.
-        self._spent = [0.0, 0.0, 0.0, 0.0]
-        self._held = [0.0, 0.0, 0.0, 0.0]
+        # Used, as [usd, calls, input tokens, output tokens]: what was spent, and what calls in
+        # flight may spend at their most (settled when they answer). Only the limits given are
+        # checked, and a request's bytes are counted only where a limit reads them.
+        self._used = [0.0, 0.0, 0.0, 0.0]
         self._active = tuple(
             (i, float(limit)) for i, name in enumerate(_SPENT) if (limit := self.limits[name])
         )
         self._tokens = usd is not None or input_tokens is not None
         self._usd = usd is not None
         self._seconds = seconds
-        # A model's price, looked up once (a tiered genai-prices price: call_cost each time).
-        self._costs: dict[str, Callable[[int, int], float | None]] = {}
+        # A model's price, looked up once: (input, output), or () to ask call_cost each time
+        # (a tiered genai-prices price).
+        self._costs: dict[str, tuple[float, ...]] = {}
         self._start: float | None = None
         self._lock = threading.Lock()  # runs on other threads' event loops may share it
 
@@ -133,9 +136,10 @@ class Budget:
 
     # -- where it stands --------------------------------------------------------------------
     def used(self) -> dict[str, float]:
-        """What was spent (dollars, calls, tokens), and seconds since its first call."""
+        """What was spent (dollars, calls, tokens; calls in flight at their most), and the
+        seconds since its first call."""
         with self._lock:
-            out = dict(zip(_SPENT, self._spent, strict=True))
+            out = dict(zip(_SPENT, self._used, strict=True))
         out["seconds"] = 0.0 if self._start is None else monotonic() - self._start
         return out
 
@@ -165,83 +169,80 @@ class Budget:
             return None
         return self._start + seconds
 
-    def charge(self, req: Request) -> list[float]:
-        """Hold ``req``'s upper bound; BudgetExceededError where that would pass a limit."""
-        if self._start is None:
-            self._start = monotonic()
-        if self._seconds is not None and monotonic() >= self._start + self._seconds:
+    def charge(self, req: Request) -> tuple[float, int, int]:
+        """Hold ``req``'s upper bound, ``(dollars, input tokens, output tokens)``;
+        BudgetExceededError where that would pass a limit. (On every try's path: kept lean.)"""
+        start = self._start
+        if start is None:
+            start = self._start = monotonic()
+        if self._seconds is not None and monotonic() >= start + self._seconds:
             raise BudgetExceededError(
                 f"the budget's {self._seconds:g} s are up: no call starts after them",
                 limit="seconds",
             )
+        out = req.max_tokens
         tokens = request_tokens(req) if self._tokens else 0
-        usd = 0.0
-        if self._usd:
-            cost = self._cost(req.model)(tokens, req.max_tokens)
-            if cost is None:
-                raise BudgetExceededError(
-                    f"no price for model {req.model!r}: a budget in dollars cannot be kept; "
-                    "give Budget(prices=...) a price for it",
-                    limit="usd",
-                )
-            usd = cost
-        want = [usd, 1.0, float(tokens), float(req.max_tokens)]
+        usd = self._dollars(req.model, tokens, out) if self._usd else 0.0
         with self._lock:
-            spent, held = self._spent, self._held
+            used = self._used
             for i, limit in self._active:
-                if spent[i] + held[i] + want[i] > limit * (1 + 1e-12):
-                    raise self._refused(i, limit, want[i], req.model)
-            held[0] += usd
-            held[1] += 1.0
-            held[2] += want[2]
-            held[3] += want[3]
-        return want
+                more = (usd, 1, tokens, out)[i]
+                if used[i] + more > limit * (1 + 1e-12):
+                    raise self._refused(i, limit, more, req.model)
+            used[0] += usd
+            used[1] += 1.0
+            used[2] += tokens
+            used[3] += out
+        return usd, tokens, out
 
-    def _cost(self, model: str) -> Callable[[int, int], float | None]:
-        found = self._costs.get(model)
-        if found is None:
+    def _dollars(self, model: str, tin: int, tout: int) -> float:
+        rate = self._costs.get(model)
+        if rate is None:
             price = self.prices.get(model)  # the table's own: no tiers
-            if price is not None:
-                per_in, per_out = price.input, price.output
-
-                def found(tin: int, tout: int) -> float | None:
-                    return (tin * per_in + tout * per_out) / 1_000_000  # as Prices.call_cost
-
-            else:
-                found = functools.partial(self.prices.call_cost, model)
-            self._costs[model] = found
-        return found
+            rate = self._costs[model] = (price.input, price.output) if price else ()
+        if rate:
+            return (tin * rate[0] + tout * rate[1]) / 1_000_000  # as Prices.call_cost
+        cost = self.prices.call_cost(model, tin, tout)  # genai-prices, maybe tiered
+        if cost is None:
+            raise BudgetExceededError(
+                f"no price for model {model!r}: a budget in dollars cannot be kept; give "
+                "Budget(prices=...) a price for it",
+                limit="usd",
+            )
+        return cost
 
     def _refused(self, i: int, limit: float, more: float, model: str) -> BudgetExceededError:
         name = _SPENT[i]
         return BudgetExceededError(
             f"the budget's {name.replace('_', ' ')} would pass {limit:g} with this call to "
-            f"{model!r} (up to {more:g} more; {self._spent[i]:g} spent, {self._held[i]:g} "
-            "held by calls in flight): it is not sent",
+            f"{model!r} (up to {more:g} more; {self._used[i]:g} used, calls in flight counted "
+            "at their most): it is not sent",
             limit=name,
         )
 
-    def settle(self, want: list[float], reply: Any, model: str) -> None:
+    def settle(self, want: tuple[float, int, int], reply: Any, model: str) -> None:
         """Release a charge and spend what the reply reports (the whole charge where it
         reports nothing, or there is no reply: a failed or cancelled try)."""
-        usd, tin, tout = want[0], want[2], want[3]
-        if type(reply) in (tuple, Reply) and len(reply) in (3, 4):
-            got_in, got_out = reply[1], reply[2]
-            if type(got_in) is int and type(got_out) is int:
-                tin, tout = float(got_in), float(got_out)
-                if self._usd:
-                    cost = self._cost(model)(got_in, got_out)
-                    usd = usd if cost is None else cost
+        if type(reply) not in _REPLIES or len(reply) < 3:
+            return  # no reply (failed or cancelled): what it spent is unknown, the charge stays
+        got_in, got_out = reply[1], reply[2]
+        if type(got_in) is not int or type(got_out) is not int:
+            return
+        held_usd, held_in, held_out = want
+        usd = held_usd
+        if self._usd:
+            try:
+                usd = self._dollars(model, got_in, got_out)
+            except BudgetExceededError:  # priced at the charge, so never here
+                pass
         with self._lock:
-            spent, held = self._spent, self._held
-            held[0] -= want[0]
-            held[1] -= 1.0
-            held[2] -= want[2]
-            held[3] -= want[3]
-            spent[0] += usd
-            spent[1] += 1.0
-            spent[2] += tin
-            spent[3] += tout
+            used = self._used
+            used[0] += usd - held_usd
+            used[2] += got_in - held_in
+            used[3] += got_out - held_out
+
+
+_REPLIES = (tuple, Reply)
 
 
 def _rebuilt(limits: dict[str, Any], prices: Prices) -> Budget:
@@ -249,18 +250,30 @@ def _rebuilt(limits: dict[str, Any], prices: Prices) -> Budget:
 
 
 def with_budget(budget: Budget) -> Callable[[Any], Any]:
-    """The attempt layer: each try charged before it is sent and settled after; stopped at
-    the budget's deadline."""
+    """The attempt layer: each try charged before it is sent and settled after; with a time
+    limit, stopped at the budget's deadline."""
+    charge, settle = budget.charge, budget.settle
 
     def layer(inner: Any) -> Any:
-        async def attempt(req: Request, tap: Any) -> Any:
-            want = budget.charge(req)
+        if budget.limits["seconds"] is None:
+
+            async def attempt(req: Request, tap: Any) -> Any:
+                want = charge(req)
+                reply = None
+                try:
+                    reply = await inner(req, tap)
+                    return reply
+                finally:
+                    settle(want, reply, req.model)
+
+            return attempt
+
+        async def timed(req: Request, tap: Any) -> Any:
+            want = charge(req)
             reply = None
             try:
                 ends = budget.deadline()
-                if ends is None:
-                    reply = await inner(req, tap)
-                    return reply
+                assert ends is not None  # the clock started with this charge
                 with anyio.CancelScope(deadline=anyio.current_time() + ends - monotonic()) as scope:
                     reply = await inner(req, tap)
                 if scope.cancelled_caught:
@@ -271,8 +284,8 @@ def with_budget(budget: Budget) -> Callable[[Any], Any]:
                     )
                 return reply
             finally:
-                budget.settle(want, reply, req.model)
+                settle(want, reply, req.model)
 
-        return attempt
+        return timed
 
     return layer
