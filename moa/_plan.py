@@ -330,6 +330,22 @@ def _llm(step: LLMStep, flow: _Flow, path: tuple[int, ...], w: _Walk) -> tuple[_
     if flow.count.high is None:
         w.steps.append(_unbounded(path, at, "how many responses reach it is unknown"))
         return _Flow(Span(0, None), (None,)), Span(0, None)
+    if step.needs_responses and flow.count.high == 0:
+        # No response ever reaches it: the run stops here (EmptyInputError), calling nothing.
+        none = Span(0, 0)
+        w.steps.append(
+            StepPlan(
+                path=path,
+                step=at,
+                calls=none,
+                depth=none,
+                responses=none,
+                input_tokens=0,
+                output_tokens=0,
+                dollars=0.0,
+            )
+        )
+        return _Flow(none, ()), none
     high = _simulate(step, flow.largest(flow.count.high), w)
     low_n = (
         flow.count.low if flow.count.low or not step.needs_responses else min(1, flow.count.high)

@@ -10,7 +10,7 @@ from typing import ClassVar
 
 import anyio
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 import moa
@@ -177,6 +177,9 @@ PRICES = {m: (3.0, 7.0) for m in ("a", "b", "c", "model-a", "model-b", "model-c"
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pipeline=pipelines(STEPS, max_leaves=5), prompt=prompts(), seed=st.integers(0, 2**16))
+# A step no response can reach is planned as the run's end, not simulated on none.
+@example(pipeline=Take(0) | AggregateSeq("alpha"), prompt="0", seed=0)
+@example(pipeline=Take(0) | Pick("alpha"), prompt="0", seed=0)
 def test_a_runs_calls_tokens_and_cost_fall_within_its_plan(pipeline, prompt, seed):
     pipeline = Propose(["a", "b"], max_tokens=16) | pipeline
     client = _word_client()
