@@ -72,7 +72,7 @@ class Budget:
     a share (:meth:`split`)."""
 
     __slots__ = (
-        "_active",
+        "_cap",
         "_costs",
         "_lock",
         "_seconds",
@@ -114,8 +114,10 @@ class Budget:
         # flight may spend at their most (settled when they answer). Only the limits given are
         # checked, and a request's bytes are counted only where a limit reads them.
         self._used = [0.0, 0.0, 0.0, 0.0]
-        self._active = tuple(
-            (i, float(limit)) for i, name in enumerate(_SPENT) if (limit := self.limits[name])
+        # Each limit as the most that may be used (a float's rounding allowed), inf for none.
+        self._cap = tuple(
+            math.inf if (limit := self.limits[name]) is None else float(limit) * (1 + 1e-12)
+            for name in _SPENT
         )
         self._tokens = usd is not None or input_tokens is not None
         self._usd = usd is not None
@@ -143,9 +145,10 @@ class Budget:
         out["seconds"] = 0.0 if self._start is None else monotonic() - self._start
         return out
 
-    def left(self) -> dict[str, float | None]:
-        """What is left of each limit (None: no limit)."""
-        used = self.used()
+    def left(self, used: Mapping[str, float] | None = None) -> dict[str, float | None]:
+        """What is left of each limit (None: no limit), from ``used`` (now's, if None)."""
+        if used is None:
+            used = self.used()
         return {n: None if v is None else v - used[n] for n, v in self.limits.items()}
 
     def split(self, parts: int) -> list[Budget]:
@@ -185,14 +188,11 @@ class Budget:
         usd = self._dollars(req.model, tokens, out) if self._usd else 0.0
         with self._lock:
             used = self._used
-            for i, limit in self._active:
-                more = (usd, 1, tokens, out)[i]
-                if used[i] + more > limit * (1 + 1e-12):
-                    raise self._refused(i, limit, more, req.model)
-            used[0] += usd
-            used[1] += 1.0
-            used[2] += tokens
-            used[3] += out
+            now = (used[0] + usd, used[1] + 1.0, used[2] + tokens, used[3] + out)
+            cap = self._cap
+            if now[0] > cap[0] or now[1] > cap[1] or now[2] > cap[2] or now[3] > cap[3]:
+                raise self._refused(now, usd, tokens, out, req.model)
+            used[:] = now
         return usd, tokens, out
 
     def _dollars(self, model: str, tin: int, tout: int) -> float:
@@ -211,8 +211,11 @@ class Budget:
             )
         return cost
 
-    def _refused(self, i: int, limit: float, more: float, model: str) -> BudgetExceededError:
-        name = _SPENT[i]
+    def _refused(
+        self, now: tuple[float, ...], usd: float, tokens: int, out: int, model: str
+    ) -> BudgetExceededError:
+        i = next(i for i, cap in enumerate(self._cap) if now[i] > cap)
+        name, limit, more = _SPENT[i], self.limits[_SPENT[i]], (usd, 1, tokens, out)[i]
         return BudgetExceededError(
             f"the budget's {name.replace('_', ' ')} would pass {limit:g} with this call to "
             f"{model!r} (up to {more:g} more; {self._used[i]:g} used, calls in flight counted "
@@ -259,12 +262,13 @@ def with_budget(budget: Budget) -> Callable[[Any], Any]:
 
             async def attempt(req: Request, tap: Any) -> Any:
                 want = charge(req)
-                reply = None
                 try:
                     reply = await inner(req, tap)
-                    return reply
-                finally:
-                    settle(want, reply, req.model)
+                except BaseException:
+                    settle(want, None, req.model)
+                    raise
+                settle(want, reply, req.model)
+                return reply
 
             return attempt
 

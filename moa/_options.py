@@ -70,10 +70,10 @@ class RunOptions:
             and (timeout is None or (type(timeout) in _NUMBERS and 0 < timeout <= _FLOAT_MAX))
             and (hedge is None or (type(hedge) in _NUMBERS and 0 < hedge <= _FLOAT_MAX))
             and type(self.retry) is Retry
-            and self.limits is None
-            and self.cache is None
+            and (self.limits is None or type(self.limits) is Limits)
+            and (self.cache is None or type(self.cache) is Cache)
             and self.on_event is None
-            and self.budget is None
+            and (self.budget is None or type(self.budget) is Budget)
             and self.deadline is None
         )
 

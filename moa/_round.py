@@ -75,7 +75,9 @@ async def call_round(
         deadline = step.deadline if step.deadline is not None else calls.deadline
     starts = [0.0] * n
     cut = None
-    if deadline is None:  # every plain round: no cancel scope of its own
+    if deadline is None and step.enough(n) is None:  # every plain round, without a frame more
+        await _every(calls.call, requests, sites, todo, results, starts)
+    elif deadline is None:
         await _calls(calls, step, requests, sites, todo, results, starts)
     else:
         with anyio.CancelScope(deadline=anyio.current_time() + deadline) as scope:

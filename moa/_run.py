@@ -114,7 +114,8 @@ def budget_figures(history: History, budget: Budget | None) -> History:
     """``history`` with the budget's used and left figures (unchanged without a budget)."""
     if budget is None:
         return history
-    return dataclasses.replace(history, budget={"used": budget.used(), "left": budget.left()})
+    used = budget.used()
+    return dataclasses.replace(history, budget={"used": used, "left": budget.left(used)})
 
 
 def budget_noted(exc: BudgetExceededError, budget: Budget | None) -> None:
@@ -126,7 +127,8 @@ def budget_noted(exc: BudgetExceededError, budget: Budget | None) -> None:
         exc.partial = done[-1].outputs[0] if done else None
         exc.history = budget_figures(history, budget)
     if budget is not None:
-        exc.used, exc.left = budget.used(), budget.left()
+        exc.used = budget.used()
+        exc.left = budget.left(exc.used)
 
 
 def _prepared(

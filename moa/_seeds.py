@@ -75,14 +75,14 @@ def accepts(fn: Callable[..., Any], keyword: str) -> bool:
     time."""
     # A bound method's answer is its function's (a new method object is made at each lookup).
     key = getattr(fn, "__func__", None) or fn
+    if type(key).__weakrefoffset__ == 0:
+        # An instance that cannot be weakly referenced (a class with __slots__): its signature
+        # is its class's __call__'s, so the class is asked once for all of them.
+        key = type(key)
     try:
         known = _known[key]
-    except (KeyError, TypeError):
-        known = {}
-        try:
-            _known[key] = known
-        except TypeError:  # not weakly referenceable: asked again next time
-            pass
+    except KeyError:
+        known = _known[key] = {}
     answer = known.get(keyword)
     if answer is None:
         answer = known[keyword] = _takes(fn, keyword)

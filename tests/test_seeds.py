@@ -4,6 +4,7 @@ and the call's sample index; a client gets one only if it takes one; history rec
 from __future__ import annotations
 
 import functools
+import inspect
 
 import pytest
 from scripted import ScriptedClient
@@ -76,6 +77,27 @@ def test_who_takes_a_seed():
     assert not accepts_seed(kwargs) and not accepts_seed(positional_only)
     assert accepts_seed(functools.partial(seeded)) and not accepts_seed(functools.partial(plain))
     assert not accepts_seed(ScriptedClient())
+
+
+def test_a_slotted_client_is_read_once_for_its_class(monkeypatch):
+    # An instance that cannot be weakly referenced is asked through its class: once, not on
+    # every run.
+    class Slotted:
+        __slots__ = ()
+
+        async def __call__(self, *, model, messages, temp, max_tokens, seed=None): ...
+
+    class Plain:
+        __slots__ = ()
+
+        async def __call__(self, *, model, messages, temp, max_tokens): ...
+
+    read = []
+    signature = inspect.signature
+    monkeypatch.setattr(inspect, "signature", lambda fn: read.append(fn) or signature(fn))
+    assert accepts_seed(Slotted()) and accepts_seed(Slotted())
+    assert not accepts_seed(Plain()) and not accepts_seed(Plain())
+    assert len(read) == 2
 
 
 async def test_a_client_that_takes_a_seed_gets_one_per_call_and_history_records_it():
