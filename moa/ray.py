@@ -104,6 +104,7 @@ class _Worker:
         self.portal = self._loop.__enter__()
         # Made on the loop's thread: a client may bind a connection pool to its loop.
         self.client = self.portal.call(_call, client_factory)
+        self.spent: str | None = None  # why no row runs any more: the share was spent
 
     def __call__(self, batch: Any) -> Any:
         """One block (a ``pyarrow.Table``): its rows run, its columns and ours returned."""
@@ -139,6 +140,8 @@ class _Worker:
         return batch
 
     async def _run(self, prompts: list[str], ids: list[str | int]) -> list[RunResult | str]:
+        if self.spent is not None:  # the blocks after the one that spent this worker's share
+            return [self.spent] * len(prompts)
         try:
             return list(await run_many(self.pipeline, prompts, self.client, self.options, ids=ids))
         except BatchStoppedError as exc:
@@ -148,8 +151,8 @@ class _Worker:
             # The rows not run are saved as not run (failed rows: a rerun with a new budget
             # runs them), never retried by Ray into the same spent budget.
             done = {r.index: r for r in exc.results}
-            reason = f"not run: this worker's share of the budget was spent ({spent})"
-            return [done.get(i, reason) for i in range(len(prompts))]
+            self.spent = f"not run: this worker's share of the budget was spent ({spent})"
+            return [done.get(i, self.spent) for i in range(len(prompts))]
 
     def _columns(self, outcome: list[RunResult | str]) -> dict[str, list[Any]]:
         """The output columns: a RunResult's, or a refused row's (its reason, no run). Text
