@@ -1,0 +1,348 @@
+"""moa.serve: pipelines as models behind an OpenAI-compatible API, served by uvicorn on
+127.0.0.1 and called by the real openai SDK, raw HTTP (httpx), and moa itself."""
+
+from __future__ import annotations
+
+import json
+import socket
+from contextlib import asynccontextmanager
+
+import anyio
+import pytest
+from conftest import _need
+from scripted import ScriptedClient
+
+import moa
+import moa.clients
+from moa import Aggregate, Propose, RunOptions
+
+_need("starlette", "pip install 'moa-dsl[serve]'")
+_need("uvicorn", "pip install 'moa-dsl[serve]'")
+_need("openai", "pip install 'moa-dsl[openai]'")
+
+import httpx  # noqa: E402  (the openai SDK's own dependency)
+import openai  # noqa: E402
+import uvicorn  # noqa: E402
+
+from moa.serve import Served, app  # noqa: E402
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"  # uvicorn runs on asyncio
+
+
+PIPE = Propose(["a", "b", "c"]) | Aggregate("j")
+KEY = "sk-test-serve-key"
+
+
+@asynccontextmanager
+async def serving(models, **options):
+    """The app under uvicorn on a free port of 127.0.0.1: its base URL, until the block ends
+    (then shut down as on SIGTERM: in-flight requests drained)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app(models, **options), log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    with sock:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.serve, [sock])
+            while not server.started:
+                await anyio.sleep(0.01)
+            try:
+                yield f"http://127.0.0.1:{port}", server
+            finally:
+                while _opened:
+                    await _opened.pop().close()
+                server.should_exit = True
+
+
+_opened: list[openai.AsyncOpenAI] = []
+
+
+def sdk(base: str, key: str = "none") -> openai.AsyncOpenAI:
+    """The openai SDK's client for the server at ``base``, closed when ``serving`` ends."""
+    api = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
+    _opened.append(api)
+    return api
+
+
+async def test_the_openai_sdk_gets_the_pipelines_answer_and_usage_over_every_call():
+    client = ScriptedClient()
+    async with serving({"mix": Served(PIPE, client)}) as (base, _):
+        api = sdk(base)
+        reply = await api.chat.completions.create(
+            model="mix", messages=[{"role": "user", "content": "What is 2+2?"}], seed=7
+        )
+        models = await api.models.list()
+    expected, history = await moa.run(PIPE, "What is 2+2?", ScriptedClient(), seed=7)
+    assert reply.choices[0].message.content == expected
+    assert reply.choices[0].finish_reason == "stop" and reply.model == "mix"
+    assert reply.usage.prompt_tokens == history.input_tokens
+    assert reply.usage.completion_tokens == history.output_tokens
+    assert len(client.calls) == 4
+    assert [m.id for m in models.data] == ["mix"]
+
+
+async def test_a_stream_sends_the_answer_in_pieces_then_usage_and_done():
+    async with serving({"mix": Served(PIPE, ScriptedClient())}) as (base, _):
+        stream = await sdk(base).chat.completions.create(
+            model="mix",
+            messages=[{"role": "user", "content": "q?"}],
+            seed=3,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [c async for c in stream]
+    expected, history = await moa.run(PIPE, "q?", ScriptedClient(), seed=3)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == expected
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1  # pieces
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finish[-1] == "stop" and set(finish[:-1]) == {None}
+    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == (
+        history.input_tokens + history.output_tokens
+    )
+
+
+async def test_a_conversation_is_the_runs_conversation():
+    client = ScriptedClient()
+    turns = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Name a planet."},
+        {"role": "assistant", "content": "Mars."},
+        {"role": "user", "content": [{"type": "text", "text": "Its moons?"}]},
+    ]
+    async with serving({"mix": Served(PIPE, client)}) as (base, _):
+        reply = await sdk(base).chat.completions.create(model="mix", messages=turns, seed=1)
+    asked = [dict(t, content="Its moons?") if i == 3 else t for i, t in enumerate(turns)]
+    expected, _ = await moa.run(PIPE, asked, ScriptedClient(), seed=1)
+    assert reply.choices[0].message.content == expected
+    # Every proposer read the earlier turns.
+    assert all(c["messages"][1]["content"] == "Name a planet." for c in client.calls[:3])
+
+
+async def test_the_history_extension_is_opt_in():
+    async with serving({"mix": Served(PIPE, ScriptedClient())}) as (base, _):
+        async with httpx.AsyncClient(base_url=base) as http:
+            ask = {"model": "mix", "messages": [{"role": "user", "content": "q?"}]}
+            plain = (await http.post("/v1/chat/completions", json=ask)).json()
+            extended = (
+                await http.post("/v1/chat/completions", json=ask | {"moa": {"history": True}})
+            ).json()
+    assert "moa" not in plain
+    history = moa.History.from_dict(extended["moa"]["history"])
+    assert len(history.calls) == 4 and extended["moa"]["cost"]["usd"] >= 0
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        (b"{not json", 400, "not JSON"),
+        (b"[1]", 400, "JSON object"),
+        (
+            {"model": "nope", "messages": [{"role": "user", "content": "q"}]},
+            404,
+            "'nope' does not exist",
+        ),
+        ({"model": "mix", "messages": []}, 400, "messages"),
+        ({"model": "mix", "messages": [{"role": "user", "content": "q"}], "n": 2}, 400, "n:"),
+        (
+            {
+                "model": "mix",
+                "messages": [{"role": "user", "content": "q"}],
+                "tools": [{"type": "function"}],
+            },
+            400,
+            "tools",
+        ),
+        (
+            {
+                "model": "mix",
+                "messages": [{"role": "user", "content": "q"}],
+                "response_format": {"type": "json_object"},
+            },
+            400,
+            "response format",
+        ),
+        (
+            {"model": "mix", "messages": [{"role": "user", "content": "q"}], "colour": 1},
+            400,
+            "unknown field 'colour'",
+        ),
+        ({"model": "mix", "messages": [{"role": "assistant", "content": "q"}]}, 400, "messages"),
+        (
+            {"model": "mix", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+            400,
+            "only text",
+        ),
+        (
+            {"model": "mix", "messages": [{"role": "user", "content": "q"}], "seed": "7"},
+            400,
+            "seed",
+        ),
+    ],
+)
+async def test_a_bad_request_is_refused_in_openais_shape_before_any_call(body, status, words):
+    client = ScriptedClient()
+    async with serving({"mix": Served(PIPE, client)}) as (base, _):
+        async with httpx.AsyncClient(base_url=base) as http:
+            raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+            response = await http.post(
+                "/v1/chat/completions", content=raw, headers={"content-type": "application/json"}
+            )
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert words in error["message"] and set(error) == {"message", "type", "param", "code"}
+    assert client.calls == []
+
+
+async def test_sampling_fields_are_taken_and_leave_the_steps_settings():
+    client = ScriptedClient()
+    async with serving({"mix": Served(PIPE, client)}) as (base, _):
+        await sdk(base).chat.completions.create(
+            model="mix", messages=[{"role": "user", "content": "q"}], temperature=0.1, max_tokens=5
+        )
+    assert {c["temp"] for c in client.calls} == {0.7} and {
+        c["max_tokens"] for c in client.calls
+    } == {PIPE.steps[0].max_tokens}
+
+
+async def test_a_key_is_asked_of_every_request_but_health():
+    async with serving({"mix": Served(PIPE, ScriptedClient())}, key=KEY) as (base, _):
+        with pytest.raises(openai.AuthenticationError) as wrong:
+            await sdk(base, "sk-wrong").models.list()
+        assert (await sdk(base, KEY).models.list()).data[0].id == "mix"
+        async with httpx.AsyncClient(base_url=base) as http:
+            assert (await http.get("/health")).json()["status"] == "ok"
+            bare = await http.post("/v1/chat/completions", json={"model": "mix"})
+    assert wrong.value.status_code == 401 and bare.status_code == 401
+    assert KEY not in wrong.value.message and "sk-wrong" not in wrong.value.message
+
+
+async def test_a_body_past_the_limit_is_413_however_it_is_sent():
+    async with serving({"mix": Served(PIPE, ScriptedClient())}, max_body=1000) as (base, _):
+        async with httpx.AsyncClient(base_url=base) as http:
+            big = {"model": "mix", "messages": [{"role": "user", "content": "x" * 2000}]}
+            declared = await http.post("/v1/chat/completions", json=big)
+
+            async def chunks():
+                for _ in range(40):
+                    yield b" " * 100  # no Content-Length: chunked
+
+            chunked = await http.post(
+                "/v1/chat/completions",
+                content=chunks(),
+                headers={"content-type": "application/json"},
+            )
+    assert declared.status_code == 413 and chunked.status_code == 413
+
+
+async def test_past_the_servers_capacity_a_request_is_429_at_once():
+    client = ScriptedClient(delay=0.5)
+    async with serving({"mix": Served(PIPE, client)}, max_requests=2) as (base, _):
+        api = sdk(base)
+        statuses: list[int] = []
+
+        async def one():
+            try:
+                await api.chat.completions.create(
+                    model="mix", messages=[{"role": "user", "content": "q"}]
+                )
+                statuses.append(200)
+            except openai.RateLimitError as exc:
+                statuses.append(exc.status_code)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):
+                tg.start_soon(one)
+    assert sorted(statuses) == [200, 200, 429, 429, 429]
+
+
+async def test_failing_providers_are_502_with_no_secret():
+    client = ScriptedClient(permanent={"a", "b", "c"})
+    async with serving({"mix": Served(PIPE, client)}, key=KEY) as (base, _):
+        with pytest.raises(openai.APIStatusError) as failed:
+            await sdk(base, KEY).chat.completions.create(
+                model="mix", messages=[{"role": "user", "content": "q"}]
+            )
+    assert failed.value.status_code == 502
+    assert "providers failed" in failed.value.message and KEY not in failed.value.message
+
+
+async def test_a_run_past_the_timeout_is_504_and_cancelled():
+    client = ScriptedClient(hang={"j"})
+    async with serving({"mix": Served(PIPE, client)}, timeout=0.5) as (base, _):
+        with pytest.raises(openai.APIStatusError) as late:
+            await sdk(base).chat.completions.create(
+                model="mix", messages=[{"role": "user", "content": "q"}]
+            )
+    assert late.value.status_code == 504 and client.in_flight == 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_client_that_disconnects_cancels_every_call_of_its_run(stream):
+    client = ScriptedClient(hang={"b", "c"})
+    async with serving({"mix": Served(PIPE, client)}) as (base, _):
+        async with httpx.AsyncClient(base_url=base) as http:
+            ask = {"model": "mix", "messages": [{"role": "user", "content": "q"}], "stream": stream}
+            with anyio.move_on_after(0.5):
+                async with http.stream("POST", "/v1/chat/completions", json=ask) as response:
+                    async for _ in response.aiter_bytes():
+                        pass
+            assert client.in_flight == 2  # b and c hang: the run waits on them
+            # The connection is closed: the server cancels the run.
+            with anyio.fail_after(5):
+                while client.in_flight:
+                    await anyio.sleep(0.02)
+            health = (await http.get("/health")).json()
+    assert health["in_flight"] == 0 and client.finished == 1  # only "a" answered
+
+
+async def test_moa_itself_calls_a_served_mixture_through_openai_client_streamed_or_not():
+    async with serving({"mix": Served(PIPE, ScriptedClient())}) as (base, _):
+        inner = moa.clients.openai_client(base_url=f"{base}/v1", api_key="none")
+        outer = Propose(["mix", "mix"]) | Aggregate("mix")
+        text, history = await moa.run(outer, "q?", inner, seed=2)
+        async with moa.run_stream(Propose(["mix"]) | Aggregate("mix"), "q?", inner) as events:
+            pieces = [e.text async for e in events if isinstance(e, moa.TextChunk)]
+        await inner.aclose()
+    assert text and len(history.calls) == 3 and all(c.ok for c in history.calls)
+    assert len(pieces) > 1
+
+
+async def test_shutdown_during_a_stream_lets_it_finish():
+    client = ScriptedClient(chunk_delay=0.05)
+    async with serving({"mix": Served(PIPE, client)}) as (base, server):
+        stream = await sdk(base).chat.completions.create(
+            model="mix", messages=[{"role": "user", "content": "q"}], stream=True
+        )
+        got = []
+        async for chunk in stream:
+            got.append(chunk)
+            server.should_exit = True  # as SIGTERM does: no new connection, the rest drained
+    assert got[-1].choices[0].finish_reason == "stop"
+
+
+def test_app_refuses_bad_settings():
+    with pytest.raises(ValueError, match="at least one model"):
+        app({})
+    with pytest.raises(TypeError, match="moa.serve.Served"):
+        app({"m": PIPE})
+    with pytest.raises(ValueError, match="max_requests"):
+        app({"m": Served(PIPE, ScriptedClient())}, max_requests=0)
+    with pytest.raises(ValueError, match="timeout"):
+        app({"m": Served(PIPE, ScriptedClient())}, timeout=float("nan"))
+
+
+async def test_per_model_options_apply():
+    client = ScriptedClient(delay=0.05)
+    served = Served(PIPE, client, RunOptions(max_concurrency=1))
+    async with serving({"mix": served}) as (base, _):
+        await sdk(base).chat.completions.create(
+            model="mix", messages=[{"role": "user", "content": "q"}]
+        )
+    assert client.max_in_flight == 1
