@@ -25,6 +25,7 @@ from .evaluate import eval_command, tune_command
 from .options import RECIPES, with_max_tokens
 from .providers import PROVIDERS, make_client
 from .run import DEMO_PROMPT, demo, plan_command, run_command
+from .serve import serve_command
 from .trace import trace_command
 
 __all__ = ("PROVIDERS", "UsageError", "build_parser", "main", "make_client", "with_max_tokens")
@@ -160,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     _trace_parser(sub)
     _eval_parser(sub)
     _tune_parser(sub)
+    _serve_parser(sub)
     return parser
 
 
@@ -461,6 +463,69 @@ def _tune_parser(sub: Any) -> None:
         help="accuracy (0 to 1) given up per extra call per task when choosing (default: 0)",
     )
     t.set_defaults(handler=tune_command)
+
+
+def _port(text: str) -> int:
+    value = _positive(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError("a TCP port is 1 to 65535")
+    return value
+
+
+def _serve_parser(sub: Any) -> None:
+    """``moa serve``."""
+    s = sub.add_parser(
+        "serve",
+        help="serve pipelines as models behind an OpenAI-compatible API",
+        description="Serves named pipelines as models: POST /v1/chat/completions (streamed "
+        "or not), GET /v1/models, GET /health. Models from --pipeline NAME=EXPR, --recipe "
+        "NAME and a TOML --config (a [server] table and [models.NAME] tables). The key "
+        "clients must send is read from the environment (--key-env); off loopback one is "
+        "required. Needs pip install 'moa-dsl[serve]'.",
+    )
+    s.add_argument("--config", metavar="FILE", help="a TOML file: [server] and [models.NAME]")
+    s.add_argument(
+        "--pipeline", action="append", metavar="NAME=EXPR", help="serve EXPR as model NAME"
+    )
+    s.add_argument(
+        "--recipe", action="append", choices=RECIPES, help="serve a recipe under its own name"
+    )
+    s.add_argument(
+        "--provider",
+        choices=sorted(PROVIDERS),
+        default="local",
+        help="where the models' calls go (default: local, the embedded SmolLM2-135M)",
+    )
+    s.add_argument("--base-url", help="an OpenAI-compatible endpoint the calls go to")
+    s.add_argument("--model", help="the model name (default: the provider's)")
+    s.add_argument("--timeout", type=_seconds, default=None, help="seconds per call attempt")
+    s.add_argument("--max-tokens", type=_positive, default=None, help="every LLM step's max_tokens")
+    s.add_argument(
+        "--max-concurrency", type=_positive, default=None, help="calls in flight, each run"
+    )
+    s.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
+    s.add_argument("--port", type=_port, default=None, help="port (default 8000)")
+    s.add_argument(
+        "--key-env",
+        default=None,
+        metavar="VAR",
+        help="the environment variable holding the key (default MOA_SERVE_KEY)",
+    )
+    s.add_argument(
+        "--max-requests", type=_positive, default=None, help="runs at once, server-wide (64)"
+    )
+    s.add_argument("--max-body", type=_positive, default=None, help="request body bytes (1 MiB)")
+    s.add_argument(
+        "--request-timeout", type=_seconds, default=None, help="seconds a run may take (600)"
+    )
+    s.add_argument(
+        "--drain",
+        type=_seconds,
+        default=30.0,
+        help="on SIGTERM or Ctrl-C, seconds the requests in flight have to finish (30)",
+    )
+    s.add_argument("--quiet", "-q", action="store_true", help="only warnings on stderr")
+    s.set_defaults(handler=serve_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
