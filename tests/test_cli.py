@@ -1089,3 +1089,55 @@ def test_batch_checks_a_whole_input_file_before_any_call(client, capsys, tmp_pat
     assert main(["batch", src, "-o", str(out), "--pipeline", PIPE]) == 2
     assert "line 3: not JSON" in capsys.readouterr().err
     assert client.calls == [] and not out.exists()
+
+
+# -- a conversation from a file --------------------------------------------------------------------
+CHAT = [
+    {"role": "system", "content": "Answer briefly."},
+    {"role": "user", "content": "Name a planet."},
+    {"role": "assistant", "content": "Mars."},
+    {"role": "user", "content": "Its moons?"},
+]
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_run_takes_a_conversation_from_a_messages_file(client, capsys, tmp_path, wrapped):
+    path = tmp_path / "chat.json"
+    path.write_text(json.dumps({"messages": CHAT} if wrapped else CHAT))
+    out = tmp_path / "run.json"
+    assert (
+        main(
+            ["run", "--messages", str(path), "--pipeline", PIPE, "--seed", "3", "--json", str(out)]
+        )
+        == 0
+    )
+    answer = capsys.readouterr().out.strip()
+    expected, _ = moa.run_sync(moa.parse_pipeline(PIPE), CHAT, ScriptedClient(), seed=3)
+    assert answer == expected
+    # Every call read the earlier turns; the saved history keeps them.
+    assert all(c["messages"][1]["content"] == "Name a planet." for c in client.calls)
+    saved = History.from_dict(json.loads(out.read_text()))
+    assert [dict(m) for m in saved.conversation] == CHAT[:3] and saved.prompt == "Its moons?"
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("[", "not JSON"),
+        ("[]", "at least one message"),
+        ('[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]', "user"),
+        ('[{"role": "wizard", "content": "q"}]', "wizard"),
+        ('"q"', "a conversation"),
+    ],
+)
+def test_a_bad_messages_file_is_a_usage_error_before_any_call(
+    client, capsys, tmp_path, text, words
+):
+    path = tmp_path / "chat.json"
+    path.write_text(text)
+    assert main(["run", "--messages", str(path), "--pipeline", PIPE]) == 2
+    err = capsys.readouterr().err
+    assert f"--messages {path}" in err and words in err
+    assert client.calls == []
+    assert main(["run", "q", "--messages", str(path), "--pipeline", PIPE]) == 2
+    assert "not both" in capsys.readouterr().err

@@ -193,6 +193,12 @@ def _run_parser(sub: Any) -> None:
     )
     r.add_argument("prompt", nargs="?", help="the question (default: --prompt-file, or stdin)")
     r.add_argument("--prompt-file", metavar="FILE", help="read the prompt from FILE ('-': stdin)")
+    r.add_argument(
+        "--messages",
+        metavar="FILE",
+        help='a conversation instead of a prompt: a JSON list of {"role", "content"} '
+        "messages (system, user, assistant), the last the user's question ('-': stdin)",
+    )
     _run_options(r)
     r.add_argument(
         "--stream",

@@ -7,11 +7,12 @@ import argparse
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import anyio
 
 from .._client import unicode_error
+from .._conversation import Prompt, prompt_of
 from .._cost import Prices, cost
 from .._events import RunFinished, TextChunk
 from .._history import History
@@ -24,7 +25,7 @@ from .._run import run_stream as moa_run_stream
 from ..clients._errors import redact
 from ..errors import BudgetExceededError, MoaError
 from . import providers
-from .common import UsageError, check_writable, close_client, dumps, tokens
+from .common import UsageError, check_writable, close_client, dumps, loads, tokens
 from .options import (
     budget_line,
     build_pipeline,
@@ -71,7 +72,7 @@ def _print_history(history: History, result: str, out: TextIO | None = None) -> 
 
 
 async def _run_and_close(
-    pipeline: Step, prompt: str, client: Any, options: RunOptions
+    pipeline: Step, prompt: Prompt, client: Any, options: RunOptions
 ) -> tuple[str, History, bool]:
     """``moa.run``, then close the client's connections; what ``run`` returns, and False (no
     chunk of the answer was written as it came)."""
@@ -83,7 +84,7 @@ async def _run_and_close(
 
 
 async def _stream_and_close(
-    pipeline: Step, prompt: str, client: Any, options: RunOptions, out: TextIO | None = None
+    pipeline: Step, prompt: Prompt, client: Any, options: RunOptions, out: TextIO | None = None
 ) -> tuple[str, History, bool]:
     """``moa.run_stream``: the final answer's chunks written to ``out`` as they arrive (the
     other events go to the options' ``on_event``); then close the client's connections.
@@ -121,7 +122,12 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_prompt(args: argparse.Namespace) -> str:
+def _read_prompt(args: argparse.Namespace) -> str | list[dict[str, str]]:
+    messages = getattr(args, "messages", None)
+    if messages is not None:
+        if args.prompt is not None or args.prompt_file is not None:
+            raise UsageError("give a prompt or --messages, not both")
+        return _read_messages(messages)
     if args.prompt is not None and args.prompt_file is not None:
         raise UsageError("give the prompt as an argument or with --prompt-file, not both")
     if args.prompt_file == "-":
@@ -141,6 +147,32 @@ def _read_prompt(args: argparse.Namespace) -> str:
             "or on stdin (echo 'question' | moa run ...)"
         )
     return checked_prompt(text)
+
+
+def _read_messages(path: str) -> list[dict[str, str]]:
+    """A conversation from ``path`` ('-': stdin): a JSON list of {"role", "content"} messages
+    (or an object with such a list under "messages", as a chat request has it), the last the
+    user's question; checked as ``run`` checks one."""
+    where = f"--messages {path}"
+    try:
+        raw = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{where}: {exc}") from None
+    try:
+        doc = loads(raw)
+    except ValueError as exc:
+        raise UsageError(f"{where}: not JSON: {exc}") from None
+    if isinstance(doc, dict) and "messages" in doc:
+        doc = doc["messages"]
+    if not isinstance(doc, list):
+        raise UsageError(
+            f'{where}: a conversation is a JSON list of {{"role", "content"}} messages'
+        )
+    try:
+        prompt_of("moa run", doc)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{where}: {str(exc).replace('moa run(prompt): ', '', 1)}") from None
+    return cast("list[dict[str, str]]", doc)
 
 
 def checked_prompt(text: str) -> str:
@@ -189,8 +221,11 @@ def plan_command(args: argparse.Namespace) -> int:
     """``moa plan`` (and ``moa run --plan``): the pipeline's bounds, no model called."""
     parsed = parse_expression(args.pipeline) if args.pipeline is not None else None
     check_writable("--json", args.json)
+    if getattr(args, "messages", None) is not None:
+        raise UsageError("--plan takes one prompt; a plan of a conversation is not made yet")
     given = args.prompt is not None or args.prompt_file is not None
     prompt = _read_prompt(args) if given else None
+    assert prompt is None or isinstance(prompt, str)
     load_prices(args.prices)
     agent = model_option(args)
     # No client: a plan asks nothing (and needs no key); the model is --model's or the
