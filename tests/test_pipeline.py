@@ -24,7 +24,7 @@ P = ["a", "b", "c"]
 
 
 def test_public_surface_is_exactly_all():
-    subpackages = {"errors", "recipes", "clients", "cli", "testing", "ray", "steps"}
+    subpackages = {"errors", "recipes", "clients", "cli", "testing", "ray", "serve", "steps"}
     public = {n for n in dir(moa) if not n.startswith("_")} - subpackages
     # moa.eval is public but not in __all__: `from moa import *` keeps the builtin eval.
     assert public - {"eval"} == set(moa.__all__) and callable(moa.eval)
