@@ -230,18 +230,17 @@ class _Server:
             self.in_flight += 1
         except ServeError as exc:
             return _error(exc)
-        held = True
         try:
             ask = _Ask.of(await self._body(request), self.models)
             if ask.stream:
-                held = False  # the stream's own generator lets go of its place when it ends
+                # The stream's generator takes its own place when it starts (and gives it back
+                # in its finally): one never started (the client left first) holds none.
                 return self._streamed(request, ask)
             return await self._whole(request, ask)
         except ServeError as exc:
             return _error(exc)
         finally:
-            if held:
-                self.in_flight -= 1
+            self.in_flight -= 1
 
     # -- the parts ---------------------------------------------------------------------------
     def _authorised(self, request: Any) -> None:
@@ -314,6 +313,7 @@ class _Server:
         event. Starlette cancels this generator when the client disconnects: the run is
         cancelled with it."""
         served, head = ask.served, _head(ask, "chat.completion.chunk")
+        self.in_flight += 1
         try:
             yield _sse({**head, "choices": [_delta({"role": "assistant", "content": ""})]})
             written = False
