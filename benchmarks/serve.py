@@ -26,15 +26,20 @@ from pathlib import Path
 import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import moa
 from moa import Aggregate, Propose
-from moa.testing import ScriptedClient
 
 PIPELINE = Propose(["a", "b", "c"]) | Aggregate("j")
 CALL_DELAY = 0.025  # two layers: a 50 ms critical path
 ASK = {"model": "mix", "messages": [{"role": "user", "content": "What is 2+2?"}]}
+
+
+async def sleeping_client(*, model, messages, temp, max_tokens):
+    """A call of 25 ms that keeps nothing (a ScriptedClient records every call: its memory
+    would read as the server's)."""
+    await anyio.sleep(CALL_DELAY)
+    return f"{model}: 4", 12, 3
 
 
 def _serve(port: int) -> None:
@@ -43,8 +48,7 @@ def _serve(port: int) -> None:
 
     from moa.serve import Served, app
 
-    client = ScriptedClient(delay=CALL_DELAY)
-    served = app({"mix": Served(PIPELINE, client)}, max_requests=1024)
+    served = app({"mix": Served(PIPELINE, sleeping_client)}, max_requests=1024)
     uvicorn.run(served, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
 
 
@@ -77,10 +81,9 @@ async def _measure(base: str, sizes: list[int], requests: int) -> list[tuple]:
     import httpx
 
     rows = []
-    direct_client = ScriptedClient(delay=CALL_DELAY)
 
     async def direct() -> None:
-        await moa.run(PIPELINE, ASK["messages"][0]["content"], direct_client)
+        await moa.run(PIPELINE, ASK["messages"][0]["content"], sleeping_client)
 
     limits = httpx.Limits(max_connections=max(sizes), max_keepalive_connections=max(sizes))
     async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as http:

@@ -262,12 +262,17 @@ class _Server:
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
             raise _too_large(self.max_body)
+        from starlette.requests import ClientDisconnect
+
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.max_body:
-                raise _too_large(self.max_body)
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > self.max_body:
+                    raise _too_large(self.max_body)
+                chunks.append(chunk)
+        except ClientDisconnect:  # gone before its request was whole: nothing to run
+            raise ServeError(499, "the client disconnected", code="client_closed") from None
         try:
             return json.loads(b"".join(chunks))
         except (ValueError, UnicodeDecodeError) as exc:

@@ -346,3 +346,20 @@ async def test_per_model_options_apply():
             model="mix", messages=[{"role": "user", "content": "q"}]
         )
     assert client.max_in_flight == 1
+
+
+async def test_a_client_that_leaves_while_sending_its_body_costs_nothing(capsys):
+    client = ScriptedClient()
+    async with serving({"mix": Served(PIPE, client)}) as (base, _):
+        port = int(base.rsplit(":", 1)[1])
+        stream = await anyio.connect_tcp("127.0.0.1", port)
+        head = (
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        )
+        await stream.send(head + b'Content-Length: 500\r\n\r\n{"model": ')
+        await stream.aclose()  # 490 bytes short
+        async with httpx.AsyncClient(base_url=base) as http:
+            with anyio.fail_after(5):
+                while (await http.get("/health")).json()["in_flight"]:
+                    await anyio.sleep(0.02)
+    assert client.calls == [] and "Traceback" not in capsys.readouterr().err
