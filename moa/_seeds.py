@@ -83,6 +83,8 @@ def accepts(fn: Callable[..., Any], keyword: str) -> bool:
         known = _known[key]
     except KeyError:
         known = _known[key] = {}
+    except TypeError:  # unhashable (an __eq__ without __hash__): asked again next time
+        known = {}
     answer = known.get(keyword)
     if answer is None:
         answer = known[keyword] = _takes(fn, keyword)

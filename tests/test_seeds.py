@@ -99,6 +99,14 @@ def test_a_slotted_client_is_read_once_for_its_class(monkeypatch):
     assert not accepts_seed(Plain()) and not accepts_seed(Plain())
     assert len(read) == 2
 
+    class Unhashable:
+        __eq__ = object.__eq__
+        __hash__ = None  # type: ignore[assignment]
+
+        async def __call__(self, *, model, messages, temp, max_tokens, seed=None): ...
+
+    assert accepts_seed(Unhashable()) and accepts_seed(Unhashable())
+
 
 async def test_a_client_that_takes_a_seed_gets_one_per_call_and_history_records_it():
     client = SeededClient()
