@@ -1,8 +1,8 @@
 """What every benchmark prints above its figures: the command, Python, the machine, the date,
 the moa commit (with uncommitted changes under moa/), and the versions that matter.
 
-Kept apart from the scripts so each one prints the same header; ``overhead.py`` has its own
-copy and is left as it was.
+Kept apart from the scripts so each one prints the same header. Also the pipeline that
+``overhead.py`` and ``critical_path.py`` both time, and mixture-llm (the seed) running it.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Awaitable, Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -73,6 +74,33 @@ def print_header(
     for line in extra:
         print(line)
     print(flush=True)
+
+
+#: The pipeline overhead.py and critical_path.py time, as
+#: ``Propose(MODELS) | Synthesize(MODELS) | Synthesize(MODELS) | Aggregate(AGGREGATOR)``.
+MODELS = [f"model-{i}" for i in range(6)]
+AGGREGATOR = "model-agg"
+PROMPT = "What is the capital of France? Answer in one word."
+
+
+def seed_contender() -> tuple[str, Callable[[Any], Awaitable[str]]] | None:
+    """mixture-llm running that pipeline on a client, named; None when it is not installed."""
+    try:
+        import mixture_llm
+    except ImportError:
+        return None
+    original = [
+        mixture_llm.Propose(MODELS),
+        mixture_llm.Synthesize(MODELS),
+        mixture_llm.Synthesize(MODELS),
+        mixture_llm.Aggregate(AGGREGATOR),
+    ]
+
+    async def original_run(client: Any) -> str:
+        text, _ = await mixture_llm.run(original, PROMPT, client)
+        return str(text)
+
+    return "mixture-llm", original_run
 
 
 SEED_MISSING = (

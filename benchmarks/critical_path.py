@@ -34,13 +34,20 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
-from _common import SEED_MISSING, median, moa_at, print_header, quantile
+from _common import (
+    AGGREGATOR,
+    MODELS,
+    PROMPT,
+    SEED_MISSING,
+    median,
+    moa_at,
+    print_header,
+    quantile,
+    seed_contender,
+)
 
 import moa
 
-MODELS = [f"model-{i}" for i in range(6)]
-AGGREGATOR = "model-agg"
-PROMPT = "What is the capital of France? Answer in one word."
 LAYERS = 4
 CALLS_PER_RUN = 6 + 6 + 6 + 1
 
@@ -119,22 +126,10 @@ def contenders(
     out: list[Contender] = [("floor", floor), *moa_contenders(moa, "moa")]
     if baseline_module is not None:
         out += moa_contenders(baseline_module, f"moa@{baseline}")
-    try:
-        import mixture_llm
-    except ImportError:
+    seed = seed_contender()
+    if seed is None:
         return out, SEED_MISSING
-    original = [
-        mixture_llm.Propose(MODELS),
-        mixture_llm.Synthesize(MODELS),
-        mixture_llm.Synthesize(MODELS),
-        mixture_llm.Aggregate(AGGREGATOR),
-    ]
-
-    async def original_run(client):
-        text, _ = await mixture_llm.run(original, PROMPT, client)
-        return text
-
-    out.append(("mixture-llm", original_run))
+    out.append(seed)
     return out, None
 
 

@@ -40,15 +40,20 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
-from _common import SEED_MISSING, moa_at, print_header  # benchmarks/ is on sys.path as a script
+from _common import (
+    AGGREGATOR,
+    MODELS,
+    PROMPT,
+    SEED_MISSING,
+    moa_at,
+    print_header,
+    seed_contender,
+)  # benchmarks/ is on sys.path as a script
 
 # Run from a checkout without installing: the repository root holds the moa package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import moa
 
-MODELS = [f"model-{i}" for i in range(6)]
-AGGREGATOR = "model-agg"
-PROMPT = "What is the capital of France? Answer in one word."
 CALLS_PER_RUN = 6 + 6 + 6 + 1
 
 SYSTEM = (
@@ -156,22 +161,10 @@ def contenders(
     out: list[Contender] = [("anyio-baseline", by_hand), *moa_contenders(moa, "moa")]
     if baseline_module is not None:
         out += moa_contenders(baseline_module, f"moa@{baseline}")
-    try:
-        import mixture_llm
-    except ImportError:
+    seed = seed_contender()
+    if seed is None:
         return out, SEED_MISSING
-    original = [
-        mixture_llm.Propose(MODELS),
-        mixture_llm.Synthesize(MODELS),
-        mixture_llm.Synthesize(MODELS),
-        mixture_llm.Aggregate(AGGREGATOR),
-    ]
-
-    async def original_run(client):
-        text, _ = await mixture_llm.run(original, PROMPT, client)
-        return text
-
-    out.append(("mixture-llm", original_run))
+    out.append(seed)
     return out, None
 
 

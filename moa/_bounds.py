@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Sequence
 
 #: Levels of Pipeline/Parallel nesting (``a | (b & (c | ...))``); deeper would overflow the
 #: stack in ``repr``, ``hash`` and ``run``, and no pipeline needs it.
@@ -38,6 +39,19 @@ MAX_REQUEST_CHARS = 4_000_000
 
 
 # -- text ----------------------------------------------------------------------------------------
+def aligned(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Rows of cells as the lines of a text table: two spaces apart, the first column to the
+    left, the others to the right."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(r, widths, strict=True))
+        ).rstrip()
+        for r in rows
+    ]
+
+
 def shown(n: int) -> str:
     """An int for an error message: a huge one (whose ``str`` Python refuses past 4,300
     digits, or that would flood the message) by its size."""

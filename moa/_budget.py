@@ -25,7 +25,7 @@ import anyio
 from ._bounds import describe
 from ._client import Reply
 from ._contract import Request
-from ._cost import DEFAULT_PRICES, Prices
+from ._cost import Prices, price_table
 from .errors import BudgetExceededError
 
 __all__ = ("Budget", "request_tokens", "with_budget")
@@ -102,14 +102,7 @@ class Budget:
                 "Budget(): give at least one limit: usd, calls, input_tokens, output_tokens or "
                 "seconds"
             )
-        if prices is None or isinstance(prices, Prices):
-            self.prices = prices or DEFAULT_PRICES
-        elif isinstance(prices, Mapping):
-            self.prices = DEFAULT_PRICES | prices
-        else:
-            raise TypeError(
-                f"Budget(prices=...): a moa.Prices or a mapping, not {describe(prices)}"
-            )
+        self.prices = price_table("Budget", prices)
         # Used, as [usd, calls, input tokens, output tokens]: what was spent, and what calls in
         # flight may spend at their most (settled when they answer). Only the limits given are
         # checked, and a request's bytes are counted only where a limit reads them.

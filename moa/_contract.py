@@ -12,7 +12,7 @@ import random
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from ._agent import AgentLike
 from ._pipeline import Step
@@ -30,6 +30,7 @@ __all__ = (
     "messages",
     "numbered",
     "reads",
+    "tie_broken",
     "with_responses",
 )
 
@@ -247,3 +248,15 @@ def reads(step: Step) -> Reads:
             if s.needs_confidence:
                 found.append(s)
     return Reads(origin, tuple(found))
+
+
+_T = TypeVar("_T")
+
+
+def tie_broken(tied: Sequence[_T], rng: random.Random) -> tuple[_T, str]:
+    """The winner among ``tied`` (in a fixed order, never empty): the only one, else one drawn
+    with ``rng`` (drawn from only on a tie, so a step's randomness is the same without one);
+    and the words a note gives it ("" without a tie)."""
+    if len(tied) == 1:
+        return tied[0], ""
+    return rng.choice(tied), " (a tie, broken at random)"

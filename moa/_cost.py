@@ -52,6 +52,7 @@ __all__ = (
     "Price",
     "Prices",
     "cost",
+    "price_table",
 )
 
 _PER = 1_000_000  # prices are quoted per million tokens
@@ -345,6 +346,22 @@ EMBEDDED_MODELS = (
 #: tier and change: for figures you rely on, add your own,
 #: ``DEFAULT_PRICES | {"my-model": (0.5, 1.5)}`` or ``DEFAULT_PRICES | Prices.from_json(path)``.
 DEFAULT_PRICES = Prices(dict.fromkeys(EMBEDDED_MODELS, (0.0, 0.0)), genai_prices=True)
+
+
+def price_table(where: str, prices: object) -> Prices:
+    """The prices an entry point named ``where`` runs at: :data:`DEFAULT_PRICES` for None, a
+    :class:`Prices` as given, a mapping of model to (input, output) $ per million tokens over
+    the defaults; TypeError naming ``where`` for anything else."""
+    if prices is None:
+        return DEFAULT_PRICES
+    if isinstance(prices, Prices):
+        return prices
+    if isinstance(prices, Mapping):
+        return DEFAULT_PRICES | prices
+    raise TypeError(
+        f"{where}(prices=...): a moa.Prices, a mapping of model to (input, output) $ per "
+        f"million tokens, or None, not {describe(prices)}"
+    )
 
 
 def _dollars(amount: float) -> str:

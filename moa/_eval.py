@@ -26,7 +26,7 @@ from ._bounds import check_int, describe, error_text, safe_repr
 from ._cache import Cache
 from ._client import Client
 from ._contract import OffLoop, reads
-from ._cost import DEFAULT_PRICES, Prices
+from ._cost import Prices, price_table
 from ._history import CallRecord, History
 from ._llm_steps import DEFAULT_MAX_TOKENS, Propose
 from ._offload import run_off_loop, seconds_for
@@ -416,7 +416,7 @@ async def evaluate(
     opts = RunOptions.of("moa.eval", options, dict(kwargs))
     if opts.seed is None:
         opts = dataclasses.replace(opts, seed=0)
-    table = prices_of(prices)
+    table = price_table("moa.eval", prices)
     task_list = _tasks_of(tasks)
     checked = check_scorer(scorer, task_list)
     entries = contenders_of(contenders, baselines=baselines, model=model)
@@ -459,19 +459,6 @@ def _scorer_name(scorer: ScorerLike) -> str:
     if isinstance(scorer, Judge):
         return f"judge {safe_repr(scorer.agent)}"
     return getattr(scorer, "__qualname__", None) or safe_repr(scorer)
-
-
-def prices_of(prices: object) -> Prices:
-    if prices is None:
-        return DEFAULT_PRICES
-    if isinstance(prices, Prices):
-        return prices
-    if isinstance(prices, Mapping):
-        return DEFAULT_PRICES | prices
-    raise TypeError(
-        f"moa.eval(prices=...): a moa.Prices, a mapping of model to (input, output) $ per "
-        f"million tokens, or None, not {describe(prices)}"
-    )
 
 
 def eval_namespace(cache: Cache, seed: int | None) -> str:

@@ -29,7 +29,17 @@ from ._bounds import (
     describe,
     safe_repr,
 )
-from ._contract import LLMStep, Message, Plan, Request, ask, messages, numbered, with_responses
+from ._contract import (
+    LLMStep,
+    Message,
+    Plan,
+    Request,
+    ask,
+    messages,
+    numbered,
+    tie_broken,
+    with_responses,
+)
 from ._judging import parse_pick, parse_ranking
 
 __all__ = (
@@ -440,11 +450,10 @@ class Pick(LLMStep):
             ]
         top = max(counts.values())
         tied = sorted(i for i, c in counts.items() if c == top)
-        winner = tied[0] if len(tied) == 1 else rng.choice(tied)
+        winner, tie = tie_broken(tied, rng)
         return [responses[winner]], [
             f"Pick: picks {shown} (response numbers in the current order) over {self.times} "
-            f"orders; kept response {winner + 1} with {top} of {len(picks)}"
-            + (" (a tie, broken at random)" if len(tied) > 1 else "")
+            f"orders; kept response {winner + 1} with {top} of {len(picks)}{tie}"
         ]
 
 

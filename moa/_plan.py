@@ -21,9 +21,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._bounds import check_number, check_type, describe
+from ._bounds import aligned, check_number, check_type
 from ._contract import LLMStep, OffLoop, Request
-from ._cost import DEFAULT_PRICES, Prices
+from ._cost import Prices, price_table
 from ._pipeline import Parallel, Pipeline, Step, StepLike, as_step
 from ._select import Majority, MostConfident, MostConsistent, WeightedMajority
 from ._transforms import Dropout, Filter, Map, Sample, Shuffle, Take, Transform
@@ -144,14 +144,7 @@ class RunPlan:
                 _dollars(self.dollars),
             )
         )
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = [
-            "  ".join(
-                c.ljust(w) if i == 0 else c.rjust(w)
-                for i, (c, w) in enumerate(zip(r, widths, strict=True))
-            ).rstrip()
-            for r in rows
-        ]
+        lines = aligned(rows)
         lines.insert(1, "-" * len(lines[0]))
         lines.insert(len(lines) - 1, "-" * len(lines[0]))
         if self.seconds is not None:
@@ -494,7 +487,7 @@ def plan(
     if prompt is not None:
         check_type("moa.plan", "prompt", prompt, str, "a str or None")
     check_number("moa.plan", "latency", latency, none=True)
-    table = _prices(prices)
+    table = price_table("moa.plan", prices)
     w = _Walk(prompt, table)
     _, depth = _walk(step, _NONE, () if isinstance(step, Pipeline) else (0,), w)
     steps = tuple(w.steps)
@@ -536,19 +529,6 @@ def _fsum(values: Any) -> float | None:
             return None
         total += v
     return total
-
-
-def _prices(prices: object) -> Prices:
-    if prices is None:
-        return DEFAULT_PRICES
-    if isinstance(prices, Prices):
-        return prices
-    if isinstance(prices, Mapping):
-        return DEFAULT_PRICES | prices
-    raise TypeError(
-        f"moa.plan(prices=...): a moa.Prices, a mapping of model to (input, output) $ per "
-        f"million tokens, or None, not {describe(prices)}"
-    )
 
 
 def unbounded_steps(step: Step) -> list[Step]:

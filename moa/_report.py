@@ -13,6 +13,7 @@ from functools import cached_property
 from itertools import combinations
 from typing import Any, NamedTuple
 
+from ._bounds import aligned
 from ._chart import Point, frontier_png, frontier_svg
 from ._stats import mcnemar, oracle, paired_bootstrap, phi, wilson
 from ._tasks import Task
@@ -341,14 +342,7 @@ class EvalReport:
                     _dollars(row["cost_per_correct"]),
                 )
             )
-        widths = [max(len(r[i]) for r in lines) for i in range(len(head))]
-        text = [
-            "  ".join(
-                cell.ljust(w) if i == 0 else cell.rjust(w)
-                for i, (cell, w) in enumerate(zip(r, widths, strict=True))
-            ).rstrip()
-            for r in lines
-        ]
+        text = aligned(lines)
         text.insert(1, "-" * len(text[0]))
         return text
 

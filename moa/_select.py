@@ -23,7 +23,7 @@ from typing import ClassVar
 from ._agent import plain_text
 from ._answers import answer_key
 from ._bounds import check_number, describe, safe_repr
-from ._contract import LLMStep, OffLoop, Plan
+from ._contract import LLMStep, OffLoop, Plan, tie_broken
 
 __all__ = (
     "Extractor",
@@ -142,7 +142,7 @@ def _majority(
         ]
     top = max(counts.values())
     tied = sorted(a for a, c in counts.items() if c == top)
-    winner = tied[0] if len(tied) == 1 else rng.choice(tied)
+    winner, _ = tie_broken(tied, rng)
     others = ", ".join(repr(t) for t in tied if t != winner)
     note = (
         f"Majority: {winner!r} from {top} of {len(responses)} responses"
@@ -228,10 +228,10 @@ def _weighted(
     if len(tied) > 1:
         surest = max(weights[best[a]] for a in tied)
         tied = [a for a in tied if weights[best[a]] >= surest - 1e-12]
-    winner = tied[0] if len(tied) == 1 else rng.choice(tied)
+    winner, tie = tie_broken(tied, rng)
     note = (
         f"WeightedMajority: {winner!r} with weight {totals[winner]:.3g} of "
-        f"{sum(totals.values()):.3g}" + (" (a tie, broken at random)" if len(tied) > 1 else "")
+        f"{sum(totals.values()):.3g}{tie}"
     )
     return [responses[best[winner]]], [note, *notes]
 
@@ -284,12 +284,11 @@ def _most_consistent(
         return [responses[0]], ["MostConsistent: no answer could be read; kept the first"]
     top = max((c, s) for c, s, _, _ in scores.values())
     tied = sorted(a for a, (c, s, _, _) in scores.items() if (c, s) == top)
-    agent = tied[0] if len(tied) == 1 else rng.choice(tied)
+    agent, tie = tie_broken(tied, rng)
     share, _, answer, first = scores[agent]
     return [responses[first]], [
         f"MostConsistent: {answer!r} from agent {agent} ({share:.0%} of its "
-        f"{len(groups[agent])} responses agree), {len(groups)} agents"
-        + (" (a tie, broken at random)" if len(tied) > 1 else "")
+        f"{len(groups[agent])} responses agree), {len(groups)} agents{tie}"
     ]
 
 
@@ -311,9 +310,8 @@ class MostConfident(LLMStep):
         ]
         top = max(means)
         tied = [i for i, m in enumerate(means) if m == top]
-        i = tied[0] if len(tied) == 1 else rng.choice(tied)
+        i, tie = tie_broken(tied, rng)
         shown = "no confidence" if top == -math.inf else f"mean log-probability {top:.3f}"
         return [responses[i]], [
-            f"MostConfident: response {i + 1} of {len(responses)} ({shown})"
-            + (" (a tie, broken at random)" if len(tied) > 1 else "")
+            f"MostConfident: response {i + 1} of {len(responses)} ({shown}){tie}"
         ]

@@ -23,8 +23,8 @@ import anyio
 from ._agent import Agent, AgentLike, agent_of
 from ._bounds import check_int, check_number, describe, safe_repr
 from ._client import Client
-from ._cost import Prices
-from ._eval import EvalProgress, contenders_of, eval_namespace, evaluate, prices_of
+from ._cost import Prices, price_table
+from ._eval import EvalProgress, contenders_of, eval_namespace, evaluate
 from ._llm_steps import Aggregate, Propose
 from ._options import RunKwargs, RunOptions
 from ._pipeline import Step, leaves
@@ -509,7 +509,7 @@ def _check_budget(
             )
     if dollars is not None:
         check_number("moa.tune", "budget_usd", dollars, above=True)
-        table = prices_of(prices)
+        table = price_table("moa.tune", prices)
         worst = _dollars_per_call(mixtures, dev, table)
         if worst is None:
             raise ValueError(

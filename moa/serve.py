@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import hmac
 import json
-import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,8 +47,6 @@ from ._run import run, run_stream
 from .errors import BudgetExceededError, MoaError
 
 __all__ = ("ServeError", "Served", "app")
-
-log = logging.getLogger("moa.serve")
 
 #: A request body's limit by default: 1 MiB (a long conversation is a few hundred KiB).
 MAX_BODY = 1 << 20
@@ -345,29 +343,19 @@ class _Server:
             self.in_flight -= 1
 
 
-class _timed:
+@contextmanager
+def _timed(seconds: float | None) -> Iterator[None]:
     """A run's time limit: ServeError 504 when it passes (None: none)."""
-
-    def __init__(self, seconds: float | None) -> None:
-        self.seconds = seconds
-
-    def __enter__(self) -> None:
-        if self.seconds is not None:
-            self.scope = anyio.fail_after(self.seconds)
-            self.scope.__enter__()
-
-    def __exit__(self, *exc_info: Any) -> bool:
-        if self.seconds is None:
-            return False
-        try:
-            return bool(self.scope.__exit__(*exc_info))
-        except TimeoutError:
-            raise ServeError(
-                504,
-                f"the run passed the server's timeout of {self.seconds:g} s and was cancelled",
-                kind="timeout_error",
-                code="timeout",
-            ) from None
+    try:
+        with anyio.fail_after(seconds):
+            yield
+    except TimeoutError:
+        raise ServeError(
+            504,
+            f"the run passed the server's timeout of {seconds:g} s and was cancelled",
+            kind="timeout_error",
+            code="timeout",
+        ) from None
 
 
 async def _cancel_on_disconnect(request: Any, scope: anyio.CancelScope) -> None:

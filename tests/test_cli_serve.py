@@ -54,6 +54,8 @@ max_tokens = 64
     assert list(server.models) == ["pair", "solo", "self_moa"] and server.max_requests == 3
     pair = server.models["pair"]
     assert pair.options.max_concurrency == 2
+    # One endpoint and model: one client for all three.
+    assert len({id(served.client) for served in server.models.values()}) == 1
     assert {s.max_tokens for s in pair.pipeline.steps} == {64}
     assert "serves pair, solo, self_moa (no key asked: loopback only)" in capsys.readouterr().err
 

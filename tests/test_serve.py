@@ -14,7 +14,7 @@ from scripted import ScriptedClient
 
 import moa
 import moa.clients
-from moa import Aggregate, Propose, RunOptions
+from moa import Aggregate, Majority, Propose, RunOptions
 
 _need("starlette", "pip install 'moa-dsl[serve]'")
 _need("uvicorn", "pip install 'moa-dsl[serve]'")
@@ -363,3 +363,36 @@ async def test_a_client_that_leaves_while_sending_its_body_costs_nothing(capsys)
                 while (await http.get("/health")).json()["in_flight"]:
                     await anyio.sleep(0.02)
     assert client.calls == [] and "Traceback" not in capsys.readouterr().err
+
+
+async def _events(base: str, ask: dict) -> list:
+    """The data of a stream's events, as JSON ([DONE] as the string)."""
+    out = []
+    async with httpx.AsyncClient(base_url=base) as http:
+        async with http.stream("POST", "/v1/chat/completions", json=ask | {"stream": True}) as r:
+            async for line in r.aiter_lines():
+                if line.startswith("data: "):
+                    data = line[6:]
+                    out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+async def test_a_stream_whose_run_fails_ends_with_an_error_event():
+    client = ScriptedClient(permanent={"a", "b", "c"})
+    async with serving({"mix": Served(PIPE, client)}) as (base, _):
+        events = await _events(
+            base, {"model": "mix", "messages": [{"role": "user", "content": "q"}]}
+        )
+    assert events[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert "providers failed" in events[-1]["error"]["message"] and "[DONE]" not in events
+
+
+async def test_a_pipeline_that_ends_without_a_writing_step_streams_its_answer_whole():
+    voted = Propose(["a", "b", "c"]) | Majority()
+    async with serving({"vote": Served(voted, ScriptedClient())}) as (base, _):
+        events = await _events(
+            base, {"model": "vote", "messages": [{"role": "user", "content": "q"}], "seed": 5}
+        )
+    expected, _ = await moa.run(voted, "q", ScriptedClient(), seed=5)
+    pieces = [e["choices"][0]["delta"].get("content") for e in events[1:-1] if e["choices"]]
+    assert pieces == [expected, None] and events[-1] == "[DONE]"

@@ -9,11 +9,13 @@ import json
 import re
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 
 from .._agent import AgentLike
+from .._cache import Cache
 from .._cost import Prices
 from .._eval import evaluate
 from .._pipeline import Step
@@ -153,6 +155,28 @@ async def _run_closing(client: Any, work: Any) -> Any:
         await close_client(client)
 
 
+def _reported(
+    args: argparse.Namespace,
+    client: Any,
+    cache: Cache | None,
+    progress: _Progress,
+    work: Callable[[], Awaitable[EvalReport | TuneReport]],
+) -> int:
+    """``work()`` on ``client`` (closed after), then its report printed and saved; a bad task
+    or option found on the way is a usage error."""
+    try:
+        report = anyio.run(_run_closing, client, work)
+    except (TaskError, ValueError, TypeError) as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        progress.close()
+        if cache is not None:
+            cache.close()
+    print(report.table())
+    _save(report, args)
+    return 0
+
+
 def eval_command(args: argparse.Namespace) -> int:
     agent = model_option(args)
     tasks = _tasks(args.tasks, args.limit)
@@ -168,31 +192,23 @@ def eval_command(args: argparse.Namespace) -> int:
     prices = _prices(args, contenders)
     cache = open_cache(args.cache, cache_namespace(args))
     progress = _Progress(args.quiet, "eval")
-    try:
-        report = anyio.run(
-            _run_closing,
+    return _reported(
+        args,
+        client,
+        cache,
+        progress,
+        lambda: evaluate(
+            contenders,
+            tasks,
             client,
-            lambda: evaluate(
-                contenders,
-                tasks,
-                client,
-                run_options(args, cache=cache),
-                scorer=scorer,
-                baselines=not args.no_baselines,
-                prices=prices,
-                max_runs=args.max_runs or DEFAULT_MAX_RUNS,
-                progress=progress,
-            ),
-        )
-    except (TaskError, ValueError, TypeError) as exc:
-        raise UsageError(str(exc)) from None
-    finally:
-        progress.close()
-        if cache is not None:
-            cache.close()
-    print(report.table())
-    _save(report, args)
-    return 0
+            run_options(args, cache=cache),
+            scorer=scorer,
+            baselines=not args.no_baselines,
+            prices=prices,
+            max_runs=args.max_runs or DEFAULT_MAX_RUNS,
+            progress=progress,
+        ),
+    )
 
 
 def _prices(args: argparse.Namespace, contenders: dict[str, Step]) -> Prices:
@@ -239,32 +255,24 @@ def tune_command(args: argparse.Namespace) -> int:
     prices = _prices(args, {str(i): s for i, s in enumerate(steps)})
     cache = open_cache(args.cache, cache_namespace(args))
     progress = _Progress(args.quiet, "tune")  # names carry the phase: "search: ..."
-    try:
-        report = anyio.run(
-            _run_closing,
+    return _reported(
+        args,
+        client,
+        cache,
+        progress,
+        lambda: tune(
+            tasks,
             client,
-            lambda: tune(
-                tasks,
-                client,
-                run_options(args, cache=cache),
-                space=space,
-                holdout_tasks=held,
-                holdout=args.holdout,
-                budget_calls=args.budget_calls,
-                budget_usd=args.budget_usd,
-                penalty=args.penalty,
-                scorer=scorer,
-                prices=prices,
-                max_runs=args.max_runs or DEFAULT_MAX_RUNS,
-                progress=progress,
-            ),
-        )
-    except (TaskError, ValueError, TypeError) as exc:
-        raise UsageError(str(exc)) from None
-    finally:
-        progress.close()
-        if cache is not None:
-            cache.close()
-    print(report.table())
-    _save(report, args)
-    return 0
+            run_options(args, cache=cache),
+            space=space,
+            holdout_tasks=held,
+            holdout=args.holdout,
+            budget_calls=args.budget_calls,
+            budget_usd=args.budget_usd,
+            penalty=args.penalty,
+            scorer=scorer,
+            prices=prices,
+            max_runs=args.max_runs or DEFAULT_MAX_RUNS,
+            progress=progress,
+        ),
+    )

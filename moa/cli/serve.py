@@ -36,7 +36,7 @@ from ..clients._extras import MissingExtraError
 from .common import UsageError
 from .evaluate import _named
 from .options import RECIPES, parse_expression, recipe, with_max_tokens
-from .providers import PROVIDERS, as_agent, make_client
+from .providers import PROVIDERS, make_client
 
 __all__ = ("serve_command",)
 
@@ -65,7 +65,7 @@ def serve_command(args: argparse.Namespace) -> int:
         ) from None
     config = _config(args.config)
     server = {**config.get("server", {})}
-    for name in ("host", "port", "max_requests", "max_body", "request_timeout", "key_env"):
+    for name in _SERVER_KEYS:  # the command line's settings over the file's
         if getattr(args, name) is not None:
             server[name] = getattr(args, name)
     host, port = server.get("host", "127.0.0.1"), server.get("port", 8000)
@@ -76,8 +76,7 @@ def serve_command(args: argparse.Namespace) -> int:
             f"--host {host}: a server others can reach needs a key; set {key_env} in the "
             "environment (clients send it as Authorization: Bearer KEY)"
         )
-    clients: dict[tuple[Any, ...], tuple[Any, str]] = {}
-    models = _models(args, config.get("models", {}), clients)
+    models = _models(args, config.get("models", {}))
     try:
         served = app(
             models,
@@ -140,9 +139,7 @@ def _config(path: str | None) -> dict[str, Any]:
     return doc
 
 
-def _models(
-    args: argparse.Namespace, tables: dict[str, dict[str, Any]], clients: dict[tuple[Any, ...], Any]
-) -> dict[str, Any]:
+def _models(args: argparse.Namespace, tables: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Every model to serve: the config's tables, then --pipeline and --recipe (one client per
     distinct provider, endpoint and model: the embedded model loads once)."""
     from ..serve import Served
@@ -160,6 +157,7 @@ def _models(
             "give the models to serve: --pipeline NAME=EXPR, --recipe NAME or --config FILE"
         )
     out = {}
+    clients: dict[tuple[Any, ...], tuple[Any, str]] = {}
     for name, spec in specs.items():
         where = (spec.get("provider", args.provider), spec.get("base_url", args.base_url))
         asked = spec.get("model", args.model)
@@ -174,7 +172,7 @@ def _models(
         text = spec["pipeline"]
         if text in RECIPES:
             local = where[0] == "local" and not where[1]
-            step = recipe(text, as_agent(None, model_name) if asked or local else None)
+            step = recipe(text, model_name if asked or local else None)
         else:
             step = parse_expression(text)
         max_tokens = spec.get("max_tokens", args.max_tokens)
