@@ -76,6 +76,7 @@ from ._tasks import Task as Task
 from ._tasks import TaskError as TaskError
 from ._tasks import load_tasks as load_tasks
 from ._tasks import split_tasks as split_tasks
+from ._trace import Tracing as Tracing
 from ._transforms import Dropout as Dropout
 from ._transforms import Filter as Filter
 from ._transforms import Map as Map
@@ -87,6 +88,7 @@ from ._tune import Space as Space
 from ._tune import TuneReport as TuneReport
 from ._tune import tune as tune
 from ._tune import tune_sync as tune_sync
+from ._version import __version__ as __version__
 from .errors import BatchStoppedError as BatchStoppedError
 from .errors import BudgetExceededError as BudgetExceededError
 from .errors import CacheError as CacheError
@@ -99,8 +101,6 @@ from .errors import ProviderError as ProviderError
 from .errors import RetryAfterTooLongError as RetryAfterTooLongError
 from .errors import StepFailedError as StepFailedError
 from .errors import StreamInterruptedError as StreamInterruptedError
-
-__version__ = "0.1.0"
 
 #: Names that moved to :mod:`moa.steps` (the custom-step API); ``moa.<name>`` still works until
 #: the next release, with a DeprecationWarning.
@@ -192,6 +192,7 @@ __all__ = (
     "TaskError",
     "TaskResult",
     "TextChunk",
+    "Tracing",
     "Transform",
     "TuneReport",
     "Usage",

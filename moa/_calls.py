@@ -46,11 +46,12 @@ from ._budget import with_budget
 from ._cache import Cache
 from ._client import Client, Reply, check_output
 from ._contract import Request
-from ._events import CallFinished, CallRetrying, EventHandler, TextChunk
+from ._events import CallFinished, CallRetrying, EventHandler, TextChunk, both
 from ._history import CallRecord
 from ._options import RunOptions
 from ._retry import Retry
 from ._seeds import accepts, accepts_seed
+from ._trace import Spans, spans_for
 from .errors import (
     BudgetExceededError,
     CacheError,
@@ -330,6 +331,7 @@ class Calls:
     finished: Callable[[Site, CallRecord], None] | None = None
     wants_sample: bool = False
     deadline: float | None = None  # the run's default for a step's rounds
+    spans: Spans | None = None  # the run's OpenTelemetry spans (None: tracing off)
 
 
 def _attempt_layers(options: RunOptions) -> list[Callable[[Attempt], Attempt]]:
@@ -372,17 +374,25 @@ def compose(
     if options.hedge_after is not None:
         attempt = with_hedge(options.hedge_after)(attempt)
         tap_for = _hedge_tap
-    call = retried(attempt, policy, interrupt, on_event, tap_for)
+    spans = spans_for(options.tracing, client)
+    retries = on_event  # who hears of a try that will be tried again
+    if spans is not None and spans.calls:
+        retries = spans.retrying if on_event is None else both(on_event, spans.retrying)
+    call = retried(attempt, policy, interrupt, retries, tap_for)
     if stream_path is not None:
-        assert on_event is not None
+        assert on_event is not None and retries is not None
         # No hedge on the streamed call: two racing streams would both write the answer.
         streamed = unrepeatable(_stacked(stream_attempt(client, logprobs), layers))
-        final = retried(streamed, policy, interrupt, on_event, _chunk_tap(on_event))
+        final = retried(streamed, policy, interrupt, retries, _chunk_tap(on_event))
         stream = getattr(client, "stream", None)
         call = streaming(final, call, stream_path, stream is None or accepts_seed(stream))
     try_now = None
     if options.cache is not None:
         call, try_now = caching(call, options.cache, confidence)
+    if spans is not None and spans.calls:
+        call = spans.traced(call)
+        if try_now is not None:
+            try_now = spans.traced_now(try_now)
     finished = None
     if on_event is not None:
         call = reporting(call, on_event)
@@ -393,7 +403,7 @@ def compose(
 
         if try_now is not None:
             try_now = _reported_now(try_now, on_event, stream_path)
-    return Calls(call, try_now, finished, options.cache is not None, options.deadline)
+    return Calls(call, try_now, finished, options.cache is not None, options.deadline, spans)
 
 
 def _hedge_tap(req: Request, site: Site) -> Tap:

@@ -87,3 +87,13 @@ class RunFinished:
 
 Event = StepStarted | CallRetrying | CallFinished | StepFinished | TextChunk | RunFinished
 EventHandler = Callable[[Event], None]
+
+
+def both(first: EventHandler, second: EventHandler) -> EventHandler:
+    """A handler that tells ``first``, then ``second``."""
+
+    def handler(event: Event) -> None:
+        first(event)
+        second(event)
+
+    return handler

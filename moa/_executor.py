@@ -102,6 +102,20 @@ async def walk(step: Step, run: Walk) -> tuple[str, History]:
     """Run ``step`` on the run's prompt: the result and the history. A MoaError leaves with
     the history so far; a client's KeyboardInterrupt leaves as itself once every call stopped
     (the caller's cancel scope, ``run.stop.scope``, ends the rest)."""
+    spans = run.calls.spans
+    if spans is None:
+        return await _walk(step, run)
+    with spans.run(step, run.prompt, run.earlier, run.seed) as span:
+        try:
+            result, history = await _walk(step, run)
+        except MoaError as exc:
+            spans.ran(span, exc.history, None)
+            raise
+        spans.ran(span, history, result)
+        return result, history
+
+
+async def _walk(step: Step, run: Walk) -> tuple[str, History]:
     root = _Branch(rng_for(run.seed), [])
     start = monotonic()
     path = () if isinstance(step, Pipeline) else (0,)
@@ -151,6 +165,21 @@ def interrupt_of(group: BaseExceptionGroup) -> BaseException | None:
 
 
 async def _exec(
+    run: Walk, step: Step, responses: list[str], br: _Branch, path: tuple[int, ...]
+) -> list[str]:
+    spans = run.calls.spans
+    if spans is None or not path:  # the whole pipeline's span is the run's
+        return await _exec_step(run, step, responses, br, path)
+    with spans.step(step, path) as span:
+        try:
+            return await _exec_step(run, step, responses, br, path)
+        finally:
+            rec = br.records[-1] if br.records else None
+            if rec is not None and rec.path == path:  # a sub-pipeline has no record
+                spans.stepped(span, rec)
+
+
+async def _exec_step(
     run: Walk, step: Step, responses: list[str], br: _Branch, path: tuple[int, ...]
 ) -> list[str]:
     if isinstance(step, Pipeline):

@@ -20,6 +20,7 @@ from ._cache import Cache
 from ._events import EventHandler
 from ._limits import Limits
 from ._retry import DEFAULT_RETRY, Retry
+from ._trace import Tracing
 
 __all__ = ("RunKwargs", "RunOptions")
 
@@ -41,6 +42,8 @@ class RunOptions:
     round of a step that can go on without some of its calls (``Propose``, ``Synthesize``,
     ``Refine``) waits for them, where the step sets none of its own: at the deadline it goes
     on with the replies it has (if ``min_success`` arrived) and is marked degraded.
+    ``tracing`` (a :class:`~moa.Tracing`) says how the run reports OpenTelemetry spans; None
+    traces with the defaults whenever the application has configured a tracer provider.
     """
 
     seed: int | None = None
@@ -53,6 +56,7 @@ class RunOptions:
     on_event: EventHandler | None = None
     budget: Budget | None = None
     deadline: float | None = None
+    tracing: Tracing | None = None
 
     def __post_init__(self) -> None:
         if self.retry is None:  # retry=None: the default policy
@@ -75,6 +79,7 @@ class RunOptions:
             and self.on_event is None
             and (self.budget is None or type(self.budget) is Budget)
             and self.deadline is None
+            and self.tracing is None
         )
 
     def _check(self) -> None:
@@ -87,6 +92,7 @@ class RunOptions:
         _instance("limits", self.limits, Limits, "a moa.Limits or None", none=True)
         _instance("cache", self.cache, Cache, "a moa.Cache or None", none=True)
         _instance("budget", self.budget, Budget, "a moa.Budget or None", none=True)
+        _instance("tracing", self.tracing, Tracing, "a moa.Tracing or None", none=True)
         if self.on_event is not None and not callable(self.on_event):
             raise TypeError(
                 "RunOptions(on_event=...): on_event must be a callable on_event(event) or "
@@ -133,6 +139,7 @@ class RunKwargs(TypedDict, total=False):
     on_event: EventHandler | None
     budget: Budget | None
     deadline: float | None
+    tracing: Tracing | None
 
 
 def _instance(name: str, value: object, kind: type, rule: str, none: bool = False) -> None:

@@ -22,7 +22,7 @@ from ._calls import compose
 from ._client import Client, unicode_error
 from ._contract import LLMStep, Message, Reads, reads
 from ._conversation import Prompt, prompt_of
-from ._events import Event, EventHandler, RunFinished
+from ._events import Event, RunFinished, both
 from ._executor import Stop, Walk, walk
 from ._history import History
 from ._options import RunKwargs, RunOptions
@@ -240,14 +240,6 @@ class ErrorAfter(Generic[T]):
         raise StopAsyncIteration
 
 
-def _both(first: EventHandler, second: EventHandler) -> EventHandler:
-    def handler(event: Event) -> None:
-        first(event)
-        second(event)
-
-    return handler
-
-
 @asynccontextmanager
 async def run_stream(
     pipeline: StepLike,
@@ -283,7 +275,7 @@ async def run_stream(
     wants = confidence_needs("run_stream", step, client)
     send, receive = anyio.create_memory_object_stream[Event](math.inf)
     events = ErrorAfter(receive)
-    handler = send.send_nowait if opts.on_event is None else _both(opts.on_event, send.send_nowait)
+    handler = send.send_nowait if opts.on_event is None else both(opts.on_event, send.send_nowait)
     opts = opts.replace(on_event=handler)
     stop = Stop()
     calls = compose(client, opts, stop, stream_path=_stream_path(step), confidence=wants.origin)

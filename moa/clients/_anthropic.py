@@ -70,6 +70,9 @@ class AnthropicClient:
     """A ``moa.Client`` over ``anthropic.AsyncAnthropic`` (one per event loop); built by
     :func:`anthropic_client`."""
 
+    #: ``gen_ai.provider.name`` on its calls' spans.
+    provider = "anthropic"
+
     __slots__ = ("_sdks", "_secrets", "base_url", "defaults", "send_temperature")
 
     def __init__(

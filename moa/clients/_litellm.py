@@ -28,6 +28,9 @@ class LiteLLMClient:
     at once, not retried, saying so.
     """
 
+    #: ``gen_ai.provider.name`` on its calls' spans.
+    provider = "litellm"
+
     __slots__ = ("_secrets", "defaults", "litellm", "prefix")
 
     def __init__(self, litellm: ModuleType, *, prefix: str, defaults: dict[str, Any]) -> None:

@@ -319,6 +319,9 @@ class LocalClient:
     """A ``moa.Client`` over one GGUF file. The ``model`` argument of a call is a label
     recorded in history; every call runs the file this client was made with."""
 
+    #: ``gen_ai.provider.name`` on its calls' spans.
+    provider = "llama_cpp"
+
     def __init__(
         self,
         model_path: str | os.PathLike[str] | None = None,

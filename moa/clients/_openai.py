@@ -89,6 +89,9 @@ class OpenAIClient:
     """A ``moa.Client`` over ``openai.AsyncOpenAI`` (one per event loop); built by
     :func:`openai_client`."""
 
+    #: ``gen_ai.provider.name`` on its calls' spans.
+    provider = "openai"
+
     __slots__ = ("_options", "_sdks", "_secrets", "base_url", "defaults", "reasoning_effort")
 
     def __init__(

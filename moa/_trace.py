@@ -1,0 +1,369 @@
+"""OpenTelemetry spans for a run, named by the GenAI semantic conventions
+(open-telemetry/semantic-conventions-genai v0.1.0, on semantic-conventions v1.45.0).
+
+One trace per run: a root span ``invoke_workflow {name}`` (INTERNAL), a child span per step
+(``step {Kind}``: sub-pipelines, Parallels and their branches nest as the pipeline does), and
+under each LLM step a ``chat {model}`` span (CLIENT) per model call, covering its retries and
+hedged tries. A span carries the conventions' attributes (``gen_ai.operation.name``,
+``gen_ai.provider.name``, ``gen_ai.request.*``, ``gen_ai.usage.*``, ``error.type``) and moa's
+own (``moa.*``). Message content is recorded only when asked for.
+
+The library needs ``opentelemetry-api`` only, and none of it when tracing is off: a run with no
+tracer provider configured (or without the package) composes no tracing layer at all, so it
+pays one check per run, not per call. The spans are the current span while their work runs, so
+an instrumented provider SDK's own spans nest under them (``Tracing(calls=False)`` leaves the
+call spans to it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ._bounds import check_type, describe
+from ._cost import DEFAULT_PRICES, Prices
+from ._events import CallRetrying
+from ._version import __version__
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._contract import Message, Request
+    from ._history import CallRecord, History, StepRecord
+    from ._pipeline import Step
+
+try:
+    from opentelemetry import trace as _otel
+except ImportError:  # pragma: no cover - the library runs without it
+    _otel = None  # type: ignore[assignment]
+
+# The call layer's shapes (moa._calls' Call, TryNow, Site, Outcome), restated: _calls imports
+# this module, so this one cannot import it.
+Site = Any
+Outcome = Any
+Call = Callable[["Request", Site], Awaitable[Outcome]]
+TryNow = Callable[["Request", Site, object], "Outcome | None"]
+
+__all__ = ("CONTENT_ENV", "SEMCONV", "Spans", "Tracing", "spans_for")
+
+#: The conventions the span and attribute names follow.
+SEMCONV = "semantic-conventions-genai v0.1.0 (semantic-conventions v1.45.0)"
+#: The environment variable OpenTelemetry's GenAI instrumentations read to record content.
+CONTENT_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+_LONG = 4096  # the most characters of a step's expression on a span
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Tracing:
+    """How a run reports to OpenTelemetry (``RunOptions(tracing=...)``).
+
+    ``enabled=False`` emits nothing. ``content`` records the messages each call sends and
+    receives and the run's question and answer (``gen_ai.input.messages``,
+    ``gen_ai.output.messages``); None reads ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT``
+    (``true`` records), so content stays out of traces unless someone asks. ``calls=False``
+    emits the run and step spans only: for a provider SDK that is instrumented already, whose
+    own ``chat`` spans then nest under moa's steps instead of being counted twice. ``name``
+    is the workflow's name (``gen_ai.agent.name``, low cardinality: the served model's name,
+    not the prompt). ``tracer_provider`` is the provider to use (None: the global one, so a
+    run traces as soon as the application configures OpenTelemetry). ``prices`` prices each
+    call for ``moa.cost.usd``.
+    """
+
+    enabled: bool = True
+    content: bool | None = None
+    calls: bool = True
+    name: str = "moa"
+    tracer_provider: Any = None
+    prices: Prices = field(default=DEFAULT_PRICES, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("enabled", "calls"):
+            check_type("Tracing", name, getattr(self, name), bool, "a bool")
+        if self.content is not None:
+            check_type("Tracing", "content", self.content, bool, "a bool or None")
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ValueError(
+                f"Tracing(name=...): name must be a non-empty str, not {describe(self.name)}"
+            )
+        if not isinstance(self.prices, Prices):
+            raise TypeError(
+                f"Tracing(prices=...): prices must be a moa.Prices, not {describe(self.prices)}"
+            )
+        provider = self.tracer_provider
+        if provider is not None and not callable(getattr(provider, "get_tracer", None)):
+            raise TypeError(
+                "Tracing(tracer_provider=...): an OpenTelemetry TracerProvider (with "
+                f"get_tracer) or None, not {describe(provider)}"
+            )
+
+
+_DEFAULT = Tracing()
+
+
+def spans_for(tracing: Tracing | None, client: object) -> Spans | None:
+    """The spans a run composed with ``tracing`` emits, or None when it emits none: tracing
+    off, OpenTelemetry not installed, or no tracer provider configured (the API's proxy)."""
+    tracing = _DEFAULT if tracing is None else tracing
+    if _otel is None or not tracing.enabled:
+        return None
+    provider = tracing.tracer_provider
+    if provider is None:
+        provider = _otel.get_tracer_provider()
+        if isinstance(provider, (_otel.ProxyTracerProvider, _otel.NoOpTracerProvider)):
+            return None
+    content = tracing.content
+    if content is None:
+        content = os.environ.get(CONTENT_ENV, "").strip().lower() == "true"
+    return Spans(_tracer(provider), tracing, content, client)
+
+
+_TRACERS: dict[int, tuple[Any, Any]] = {}
+
+
+def _tracer(provider: Any) -> Any:
+    # A tracer per provider, made once: an SDK's get_tracer builds a new one each time.
+    held = _TRACERS.get(id(provider))
+    if held is None or held[0] is not provider:
+        held = (provider, provider.get_tracer("moa", __version__, schema_url=_SCHEMA))
+        if len(_TRACERS) > 64:  # providers made per test: keep the table small
+            _TRACERS.clear()
+        _TRACERS[id(provider)] = held
+    return held[1]
+
+
+_SCHEMA = "https://opentelemetry.io/schemas/1.45.0"
+
+
+def provider_of(client: object, model: str) -> str:
+    """``gen_ai.provider.name`` for a call of ``model`` on ``client``: the provider of the
+    client a router hands it to, else the client's ``provider`` attribute (moa's clients have
+    one: ``openai``, ``anthropic``, ``litellm``, ``llama_cpp``), else the client's name (a
+    custom client)."""
+    route = getattr(client, "client_for", None)
+    if callable(route):
+        try:
+            return provider_of(route(model), model)
+        except Exception:  # no route for the model: the call itself will say so
+            pass
+    name = getattr(client, "provider", None)
+    if isinstance(name, str) and name:
+        return name
+    return getattr(client, "__name__", None) or type(client).__name__
+
+
+class Spans:
+    """The span layers of one run (or one batch): the run's root, each step's, each call's."""
+
+    __slots__ = ("calls", "client", "content", "name", "prices", "tracer")
+
+    def __init__(self, tracer: Any, tracing: Tracing, content: bool, client: object) -> None:
+        self.tracer, self.content, self.client = tracer, content, client
+        self.calls, self.name, self.prices = tracing.calls, tracing.name, tracing.prices
+
+    # -- the run ---------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def run(
+        self, step: Step, prompt: str, earlier: tuple[Message, ...], seed: int
+    ) -> Iterator[Any]:
+        """The run's root span, current while the run goes."""
+        attrs: dict[str, Any] = {
+            "gen_ai.operation.name": "invoke_workflow",
+            "gen_ai.agent.name": self.name,
+            "moa.pipeline": _clipped(repr(step)),
+            "moa.seed": seed,
+        }
+        if earlier:
+            attrs["moa.conversation.turns"] = len(earlier)
+        if self.content:
+            turns = [*earlier, {"role": "user", "content": prompt}]
+            attrs["gen_ai.input.messages"] = _messages(turns)
+        with self._span(f"invoke_workflow {self.name}", _otel.SpanKind.INTERNAL, attrs) as span:
+            yield span
+
+    def ran(self, span: Any, history: History | None, answer: str | None) -> None:
+        """The run's figures on its span: tokens and calls summed, cost, degraded steps."""
+        if history is None:
+            return
+        calls = [c for s in history.steps for c in s.calls]
+        tin = sum(c.input_tokens or 0 for c in calls if not c.cached)
+        tout = sum(c.output_tokens or 0 for c in calls if not c.cached)
+        attrs: dict[str, Any] = {
+            "gen_ai.usage.input_tokens": tin,
+            "gen_ai.usage.output_tokens": tout,
+            "moa.calls": len(calls),
+        }
+        dollars = [self._cost(c) for c in calls]
+        if calls and all(d is not None for d in dollars):
+            attrs["moa.cost.usd"] = sum(d for d in dollars if d is not None)
+        degraded = [s.degraded for s in history.steps if s.degraded]
+        if degraded:
+            attrs["moa.degraded"] = True
+        if answer is not None and self.content:
+            attrs["gen_ai.output.messages"] = _messages([{"role": "assistant", "content": answer}])
+        span.set_attributes(attrs)
+
+    # -- a step ----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def step(self, step: Step, path: tuple[int, ...]) -> Iterator[Any]:
+        """A step's span, current while it runs (its calls' spans are its children)."""
+        attrs: dict[str, Any] = {"moa.step": _clipped(repr(step)), "moa.step.path": list(path)}
+        for name in ("min_success", "quorum"):  # what the step needs, and when it stops
+            value = getattr(step, name, None)
+            if type(value) is int:
+                attrs[f"moa.step.{name}"] = value
+        with self._span(f"step {type(step).__name__}", _otel.SpanKind.INTERNAL, attrs) as span:
+            yield span
+
+    def stepped(self, span: Any, rec: StepRecord) -> None:
+        """A step's record on its span: kind, calls, failures, cancellations, degradation."""
+        attrs: dict[str, Any] = {"moa.step.kind": rec.kind, "moa.step.outputs": len(rec.outputs)}
+        if rec.calls:
+            attrs["moa.step.calls"] = len(rec.calls)
+            attrs["moa.step.failed"] = sum(1 for c in rec.calls if c.error is not None)
+            attrs["moa.step.cancelled"] = sum(1 for c in rec.calls if c.cancelled)
+        if rec.degraded:
+            attrs["moa.step.degraded"] = rec.degraded
+        span.set_attributes(attrs)
+
+    # -- a call ----------------------------------------------------------------------------------
+    def traced(self, inner: Call) -> Call:
+        """``inner`` with a ``chat {model}`` span around each call, current while it runs."""
+
+        async def call(req: Request, site: Site) -> Outcome:
+            with self._span(
+                f"chat {req.model}", _otel.SpanKind.CLIENT, self._asked(req, site)
+            ) as span:
+                out = await inner(req, site)
+                self._answered(span, out.record)
+                return out
+
+        return call
+
+    def traced_now(self, try_now: TryNow) -> TryNow:
+        """``try_now`` with a span for each call it answers at once (a cached answer)."""
+
+        def now(req: Request, site: Site, step: object) -> Outcome | None:
+            out = try_now(req, site, step)
+            if out is not None:
+                span = self.tracer.start_span(
+                    f"chat {req.model}",
+                    kind=_otel.SpanKind.CLIENT,
+                    attributes=self._asked(req, site),
+                )
+                self._answered(span, out.record)
+                span.end()
+            return out
+
+        return now
+
+    def retrying(self, event: object) -> None:
+        """A failed try that will be tried again (a CallRetrying), as an event on the call's
+        span: the retry layer reports it from inside the call, where that span is current."""
+        span = _otel.get_current_span()
+        if isinstance(event, CallRetrying) and span.is_recording():
+            span.add_event(
+                "moa.retry",
+                {
+                    "moa.retry.attempt": event.attempt,
+                    "error.type": _error_type(event.error),
+                    "moa.retry.wait": event.wait,
+                },
+            )
+
+    def _asked(self, req: Request, site: Site) -> dict[str, Any]:
+        attrs: dict[str, Any] = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": provider_of(self.client, req.model),
+            "gen_ai.request.model": req.model,
+            "gen_ai.request.temperature": req.temp,
+            "gen_ai.request.max_tokens": req.max_tokens,
+            "moa.step.path": list(site.path),
+            "moa.call.index": site.call_index,
+        }
+        if req.seed is not None:
+            attrs["gen_ai.request.seed"] = req.seed
+        if req.agent is not None:
+            attrs["moa.agent"] = req.agent
+        if self.content:
+            attrs["gen_ai.input.messages"] = _messages(req.messages)
+        return attrs
+
+    def _answered(self, span: Any, rec: CallRecord) -> None:
+        attrs: dict[str, Any] = {"moa.retry.attempts": rec.attempts}
+        if rec.input_tokens is not None:
+            attrs["gen_ai.usage.input_tokens"] = rec.input_tokens
+        if rec.output_tokens is not None:
+            attrs["gen_ai.usage.output_tokens"] = rec.output_tokens
+        if rec.cached:
+            attrs["moa.cache.hit"] = True
+        dollars = self._cost(rec)
+        if dollars is not None:
+            attrs["moa.cost.usd"] = dollars
+        if rec.cancelled:
+            attrs["moa.call.cancelled"] = True
+        if rec.hedges:
+            attrs["moa.hedge.tries"] = len(rec.hedges) + 1
+            attrs["moa.hedge.cancelled"] = sum(1 for h in rec.hedges if h.cancelled)
+        if rec.confidence is not None:
+            attrs["moa.confidence"] = float(rec.confidence.mean)
+        if rec.error is not None:
+            attrs["error.type"] = _error_type(rec.error)
+            span.set_status(_otel.Status(_otel.StatusCode.ERROR, rec.error))
+        elif rec.text is not None and self.content:
+            attrs["gen_ai.output.messages"] = _messages(
+                [{"role": "assistant", "content": rec.text}]
+            )
+        span.set_attributes(attrs)
+
+    def _cost(self, rec: CallRecord) -> float | None:
+        if rec.cached:
+            return 0.0
+        if rec.input_tokens is None or rec.output_tokens is None:
+            return None
+        try:
+            return self.prices.call_cost(rec.model, rec.input_tokens, rec.output_tokens)
+        except Exception:  # a price table that cannot price it: the span goes without
+            return None
+
+    @contextlib.contextmanager
+    def _span(self, name: str, kind: Any, attrs: dict[str, Any]) -> Iterator[Any]:
+        """A span, current while the block runs; an exception out of it sets ``error.type``
+        and the error status, a cancellation ``moa.cancelled`` (it is not an error)."""
+        span = self.tracer.start_span(name, kind=kind, attributes=attrs)
+        with _otel.use_span(
+            span, end_on_exit=True, record_exception=False, set_status_on_exception=False
+        ):
+            try:
+                yield span
+            except Exception as exc:
+                span.record_exception(exc)
+                span.set_attribute("error.type", type(exc).__qualname__)
+                span.set_status(
+                    _otel.Status(_otel.StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
+                )
+                raise
+            except BaseException:  # cancelled, or interrupted: the run said why elsewhere
+                span.set_attribute("moa.cancelled", True)
+                raise
+
+
+def _error_type(error: str) -> str:
+    """``error.type`` from a recorded error (``"TimeoutError: ..."``): the exception's name."""
+    name = error.split(":", 1)[0].strip()
+    return name if name.replace(".", "").replace("_", "").isalnum() else "_OTHER"
+
+
+def _clipped(text: str) -> str:
+    return text if len(text) <= _LONG else text[: _LONG - 1] + "…"
+
+
+def _messages(messages: Sequence[Mapping[str, str]]) -> str:
+    """Messages in the conventions' JSON form (role and text parts), as a JSON string: OTLP
+    backends read structured attributes unevenly, and the conventions allow the string. No
+    ``finish_reason``: moa's client contract does not carry one, and a guess would mislead."""
+    out = [
+        {"role": m["role"], "parts": [{"type": "text", "content": m["content"]}]} for m in messages
+    ]
+    return json.dumps(out, ensure_ascii=False)
