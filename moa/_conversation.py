@@ -12,14 +12,14 @@ unchanged.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 
 from ._bounds import describe, safe_repr
 from ._client import unicode_error
 from ._contract import Message, Request, messages
 
-__all__ = ("MAX_TURNS", "ROLES", "Prompt", "prompt_of", "with_turns")
+__all__ = ("MAX_TURNS", "ROLES", "Prompt", "messages_of", "prompt_of", "with_turns")
 
 #: What a run takes as its prompt: the question, or a conversation ending with it.
 Prompt = str | Sequence[Mapping[str, str]]
@@ -40,34 +40,55 @@ def prompt_of(where: str, value: object) -> tuple[str, tuple[Message, ...]]:
             f"{where}(prompt): a prompt is a str or a conversation (a list of "
             f'{{"role": ..., "content": ...}} messages), not {describe(value)}'
         )
+    turns = _turns(value, f"{where}(prompt)", lambda i: f"{where}(prompt[{i}])")
+    return turns[-1]["content"], turns[:-1]
+
+
+def messages_of(value: object) -> tuple[Message, ...]:
+    """A row's ``messages`` field (a ``moa batch`` line, a Ray dataset row) as a checked
+    conversation, whole: a list of messages as :func:`prompt_of` takes one (a str is not one
+    here). TypeError or ValueError as ``prompt_of``'s, naming ``messages[i]``."""
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(
+            f'messages: a conversation is a list of {{"role": ..., "content": ...}} messages, '
+            f"not {describe(value)}"
+        )
+    return _turns(value, "messages", lambda i: f"messages[{i}]")
+
+
+def _turns(value: Sequence[object], whole: str, at: Callable[[int], str]) -> tuple[Message, ...]:
+    """The messages of a conversation, checked: ``whole`` names it, ``at(i)`` its i-th message
+    in an error."""
     if not value:
-        raise ValueError(f"{where}(prompt): a conversation needs at least one message")
+        raise ValueError(f"{whole}: a conversation needs at least one message")
     if len(value) > MAX_TURNS:
-        raise ValueError(f"{where}(prompt): {len(value):,} messages, more than {MAX_TURNS:,}")
+        raise ValueError(f"{whole}: {len(value):,} messages, more than {MAX_TURNS:,}")
     turns: list[Message] = []
     for i, m in enumerate(value):
-        at = f"{where}(prompt[{i}])"
+        here = at(i)
         if not isinstance(m, Mapping):
             raise TypeError(
-                f"{at}: a message is a mapping with role and content, not {describe(m)}"
+                f"{here}: a message is a mapping with role and content, not {describe(m)}"
             )
         extra = sorted(set(m) - {"role", "content"})
         if extra:
-            raise ValueError(f"{at}: a message has role and content only, not {extra[0]!r}")
+            raise ValueError(f"{here}: a message has role and content only, not {extra[0]!r}")
         role, content = m.get("role"), m.get("content")
         if role not in ROLES:
-            raise ValueError(f"{at}: role must be one of {', '.join(ROLES)}, not {safe_repr(role)}")
+            raise ValueError(
+                f"{here}: role must be one of {', '.join(ROLES)}, not {safe_repr(role)}"
+            )
         if role == "system" and i != 0:
-            raise ValueError(f"{at}: a system message comes first, or not at all")
+            raise ValueError(f"{here}: a system message comes first, or not at all")
         if not isinstance(content, str):
-            raise TypeError(f"{at}: content must be a str, not {describe(content)}")
-        turns.append(MappingProxyType({"role": role, "content": _text(at, "content", content)}))
+            raise TypeError(f"{here}: content must be a str, not {describe(content)}")
+        turns.append(MappingProxyType({"role": role, "content": _text(here, "content", content)}))
     if turns[-1]["role"] != "user":
         raise ValueError(
-            f"{where}(prompt): the last message is the question a run answers, so it must be "
+            f"{whole}: the last message is the question a run answers, so it must be "
             f"the user's, not the {turns[-1]['role']}'s"
         )
-    return turns[-1]["content"], tuple(turns[:-1])
+    return tuple(turns)
 
 
 def _text(where: str, name: str, text: str) -> str:
