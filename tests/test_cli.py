@@ -1141,3 +1141,101 @@ def test_a_bad_messages_file_is_a_usage_error_before_any_call(
     assert client.calls == []
     assert main(["run", "q", "--messages", str(path), "--pipeline", PIPE]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+# -- batch rows with a conversation -----------------------------------------------------------------
+def _chat_rows(tmp_path, chat=CHAT, name="in.jsonl"):
+    return _write_lines(
+        tmp_path / name,
+        json.dumps({"messages": chat, "id": "c"}),
+        json.dumps({"prompt": "Name a colour.", "id": "p"}),
+    )
+
+
+def test_batch_runs_a_messages_row_as_the_whole_conversation(client, tmp_path):
+    out = tmp_path / "out.jsonl"
+    assert main(["batch", _chat_rows(tmp_path), "-o", str(out), "--pipeline", PIPE, "-q"]) == 0
+    by_id = {e["id"]: e for e in _out(out)}
+    # Every call of the conversation's run read its earlier turns, the system message first.
+    chat_calls = [c for c in client.calls if "Its moons?" in c["messages"][-1]["content"]]
+    assert len(chat_calls) == 3
+    assert all(c["messages"][1:3] == CHAT[1:3] for c in chat_calls)
+    assert all(c["messages"][0]["content"].startswith("Answer briefly.") for c in chat_calls)
+    assert not any("Mars." in str(c["messages"]) for c in client.calls if c not in chat_calls)
+    # OUT keeps the conversation; its prompt is the last turn; a prompt row has no messages.
+    c, p = by_id["c"], by_id["p"]
+    assert c["messages"] == CHAT and c["prompt"] == "Its moons?" and "messages" not in p
+    saved = History.from_dict(c["history"])
+    assert [dict(m) for m in saved.conversation] == CHAT[:3]
+
+
+def test_batch_messages_rows_are_seeded_as_run_many_seeds_them(client, tmp_path):
+    out = tmp_path / "out.jsonl"
+    assert (
+        main(["batch", _chat_rows(tmp_path), "-o", str(out), "--pipeline", PIPE, "--seed", "5"])
+        == 0
+    )
+    want = anyio.run(
+        functools.partial(
+            moa.run_many,
+            moa.parse_pipeline(PIPE),
+            [CHAT, "Name a colour."],
+            ScriptedClient(),
+            ids=["c", "p"],
+            seed=5,
+        )
+    )
+    by_id = {e["id"]: e for e in _out(out)}
+    for r in want:
+        assert by_id[r.id]["result"] == r.result
+        assert History.from_dict(by_id[r.id]["history"]) == r.history
+
+
+@pytest.mark.parametrize(
+    ("row", "words"),
+    [
+        ({"messages": [{"role": "wizard", "content": "q"}]}, "messages[0]: role must be one of"),
+        ({"messages": CHAT[:3]}, "messages: the last message is the question"),
+        ({"messages": "Its moons?"}, "messages: a conversation is a list"),
+        ({"messages": []}, "at least one message"),
+        ({"messages": [{"role": "user", "content": " "}]}, "messages[0]: content must be"),
+        ({"messages": CHAT, "prompt": "Its moons?"}, "give a prompt or messages, not both"),
+    ],
+)
+def test_batch_refuses_a_bad_messages_row_naming_its_line_before_any_call(
+    client, capsys, tmp_path, row, words
+):
+    src = _write_lines(tmp_path / "in.jsonl", '"first?"', json.dumps(row))
+    out = tmp_path / "out.jsonl"
+    assert main(["batch", src, "-o", str(out), "--pipeline", PIPE]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"moa: {src} line 2: ") and words in err, err
+    assert client.calls == [] and not out.exists()
+
+
+def test_batch_resumes_a_conversation_and_refuses_one_whose_earlier_turn_changed(
+    client, capsys, tmp_path
+):
+    out = tmp_path / "out.jsonl"
+    run = ["-o", str(out), "--pipeline", PIPE]
+    assert main(["batch", _chat_rows(tmp_path), *run]) == 0
+    calls, before = len(client.calls), out.read_bytes()
+    assert main(["batch", _chat_rows(tmp_path, name="again.jsonl"), *run]) == 0
+    assert len(client.calls) == calls and "nothing to run" in capsys.readouterr().err
+    edited = [*CHAT[:2], {"role": "assistant", "content": "Venus."}, CHAT[3]]
+    assert main(["batch", _chat_rows(tmp_path, edited, "edited.jsonl"), *run]) == 2
+    err = capsys.readouterr().err
+    assert "holds id 'c' for another prompt" in err and "earlier turns differ" in err
+    assert len(client.calls) == calls and out.read_bytes() == before
+
+
+def test_a_prompts_digest_is_the_one_older_outs_hold():
+    from moa.cli.batchout import digest
+
+    # An OUT written before conversations holds this digest for "a?": it must still resume.
+    assert digest("a?").hex() == "1f653293b15da8f58717dc9661e28226"
+    # A conversation of one message is its prompt, as the run reads it so; with earlier turns
+    # every turn counts, and a conversation never hashes as its last prompt does.
+    assert digest("a?", [{"role": "user", "content": "a?"}]) == digest("a?")
+    assert digest("Its moons?", CHAT) != digest("Its moons?")
+    assert digest("Its moons?", CHAT) != digest("Its moons?", [*CHAT[:2], CHAT[1], CHAT[3]])

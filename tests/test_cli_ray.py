@@ -105,6 +105,75 @@ def test_a_parquet_output_resumes_running_only_what_failed_or_is_missing(
     assert len(client.calls) == calls  # nothing left to run
 
 
+CHAT = [
+    {"role": "system", "content": "Answer briefly."},
+    {"role": "user", "content": "Name a planet."},
+    {"role": "assistant", "content": "Mars."},
+    {"role": "user", "content": "Its moons?"},
+]
+
+
+def test_a_parquet_messages_column_runs_conversations_and_resumes(
+    pyarrow, client, capsys, tmp_path
+):
+    # Both columns: each row fills one, the other null.
+    rows = [
+        {"id": 0, "prompt": "Name a colour.", "messages": None},
+        {"id": 1, "prompt": None, "messages": CHAT},
+        {"id": 2, "prompt": None, "messages": CHAT[1:2]},
+    ]
+    src, out = tmp_path / "in.parquet", tmp_path / "out.parquet"
+    _write_parquet(pyarrow, src, rows)
+    lines = tmp_path / "in.jsonl"
+    lines.write_text(
+        "".join(json.dumps({k: v for k, v in r.items() if v is not None}) + "\n" for r in rows)
+    )
+    common = ["--pipeline", PIPE, "--seed", "3", "-q"]
+    assert main(["batch", str(src), "-o", str(out), *common]) == 0
+    assert main(["batch", str(lines), "-o", str(tmp_path / "out.jsonl"), *common]) == 0
+    done, jsonl = _read_parquet(pyarrow, out), _read_jsonl(tmp_path / "out.jsonl")
+    assert [done[i]["messages"] for i in range(3)] == [None, CHAT, CHAT[1:2]]
+    assert [done[i]["prompt"] for i in range(3)] == [
+        "Name a colour.",
+        "Its moons?",
+        "Name a planet.",
+    ]
+    for i in range(3):
+        assert done[i]["result"] == jsonl[i]["result"] and done[i]["error"] is None
+    assert History.from_dict(json.loads(done[1]["history"])).conversation == tuple(CHAT[:3])
+    calls = len(client.calls)
+    assert main(["batch", str(src), "-o", str(out), *common]) == 0
+    assert len(client.calls) == calls  # each conversation's digest read back from the column
+    edited = [*rows[:1], {"id": 1, "prompt": None, "messages": [*CHAT[:2], CHAT[1], CHAT[3]]}]
+    _write_parquet(pyarrow, src, edited)
+    assert main(["batch", str(src), "-o", str(out), *common]) == 2
+    assert "holds id 1 for another prompt" in capsys.readouterr().err
+    assert len(client.calls) == calls
+
+
+def test_a_parquet_output_older_than_the_messages_column_still_resumes(pyarrow, client, tmp_path):
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.parquet"
+    src.write_text('"a?"\n"b?"\n')
+    common = ["--pipeline", PIPE, "--seed", "3", "-q"]
+    assert main(["batch", str(src), "-o", str(out), *common]) == 0
+    (part,) = out.glob("part-*.parquet")  # as an older moa wrote it: no messages column
+    pq = pyarrow.parquet
+    pq.write_table(pq.read_table(part).drop_columns(["messages"]), part)
+    assert "messages" not in pq.read_schema(part).names
+    calls = len(client.calls)
+    assert main(["batch", str(src), "-o", str(out), *common]) == 0
+    assert len(client.calls) == calls
+    # A conversation added to the input runs, and its part holds the column.
+    with src.open("a") as f:
+        f.write(json.dumps({"messages": CHAT}) + "\n")
+    assert main(["batch", str(src), "-o", str(out), *common]) == 0
+    assert len(client.calls) == calls + 3
+    newest = sorted(out.glob("part-*.parquet"))[-1]
+    assert pq.read_table(newest).column("messages").to_pylist() == [CHAT]
+    assert main(["batch", str(src), "-o", str(out), *common]) == 0
+    assert len(client.calls) == calls + 3
+
+
 def test_parquet_mistakes_are_usage_errors_before_any_call(pyarrow, client, capsys, tmp_path):
     mixed = tmp_path / "mixed.jsonl"
     mixed.write_text('{"prompt": "a?", "id": 1}\n{"prompt": "b?", "id": "two"}\n')

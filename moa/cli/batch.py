@@ -19,6 +19,7 @@ import anyio
 
 from .._batch import as_completed
 from .._bounds import error_text
+from .._conversation import Prompt
 from .._options import RunOptions
 from .._pipeline import Step
 from ..errors import BatchStoppedError, BudgetExceededError
@@ -59,12 +60,12 @@ async def _drive_batch(
     last: list[Item] = []
     ended = False
 
-    def prompts() -> Iterator[str]:
+    def prompts() -> Iterator[Prompt]:
         nonlocal ended
         for item in todo:
             running[json.dumps(item.id)] = item
             last[:] = [item]
-            yield item.prompt
+            yield item.asked  # a conversation whole, its earlier turns with it
         ended = True
 
     def ids() -> Iterator[str | int]:

@@ -1,10 +1,13 @@
 """The ``moa batch`` input, read as it streams: no file is held whole.
 
-JSON Lines: each line a JSON string (the prompt) or ``{"prompt": ..., "id": ...}``; the id
-defaults to the prompt's 0-based position among the prompts; ids are unique, a str or a 64-bit
-int. Lines are split at ``\\n`` only, so prompts may hold U+2028 and friends. Parquet (with
-pyarrow, which ``moa-dsl[ray]`` installs): a ``.parquet`` file or a folder of them, with a
-``prompt`` column and an optional ``id`` column. Where results go: :mod:`moa.cli.batchout`.
+JSON Lines: each line a JSON string (the prompt), ``{"prompt": ..., "id": ...}``, or
+``{"messages": [...], "id": ...}`` (a conversation: ``{"role", "content"}`` messages whose last
+is the user's question, as ``moa.run`` takes one); the id defaults to the prompt's 0-based
+position among the prompts; ids are unique, a str or a 64-bit int. Lines are split at ``\\n``
+only, so prompts may hold U+2028 and friends. Parquet (with pyarrow, which ``moa-dsl[ray]``
+installs): a ``.parquet`` file or a folder of them, with a ``prompt`` column, a ``messages``
+column (a list of ``role``, ``content`` structs) or both (each row fills one), and an optional
+``id`` column. Where results go: :mod:`moa.cli.batchout`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import IO, Any
 
 from .._bounds import safe_repr
 from .._client import unicode_error
+from .._conversation import Prompt, messages_of
 from .._seeds import check_id, row_seed
 from .common import UsageError, loads, short
 
@@ -29,12 +33,20 @@ __all__ = ("Item", "is_parquet_input", "items", "pyarrow_module")
 
 @dataclass(slots=True)
 class Item:
-    """One prompt of a batch: its id as written to OUT, its line in the input, its seed."""
+    """One prompt of a batch: its id as written to OUT, its question, its line in the input,
+    its seed, and the whole conversation when the row gave one (``messages``, the question
+    last)."""
 
     id: Any
     prompt: str
     line: int
     seed: int | None = None
+    messages: tuple[dict[str, str], ...] | None = None
+
+    @property
+    def asked(self) -> Prompt:
+        """What the run is given: the conversation, else the prompt."""
+        return self.prompt if self.messages is None else self.messages
 
 
 def _lines(stream: IO[bytes], where: str) -> Iterator[tuple[int, str]]:
@@ -63,24 +75,32 @@ def _json_line(raw: str, where: str) -> Any:
         return loads(raw)
     except ValueError as exc:
         reason = exc.msg if isinstance(exc, json.JSONDecodeError) else short(str(exc), 200)
-        raise UsageError(
-            f"{where}: not JSON ({reason}); each line must be "
-            '{"prompt": "...", "id": ...} or a JSON string'
-        ) from None
+        raise UsageError(f"{where}: not JSON ({reason}); each line must be {SHAPES}") from None
+
+
+#: What an input line may be, for the messages that refuse one.
+SHAPES = '{"prompt": "...", "id": ...}, {"messages": [...], "id": ...} or a JSON string'
 
 
 def _item(value: Any, raw: str, where: str, position: int) -> Item:
     """The prompt one input row gives (its id defaulting to ``position``); UsageError for a
     row that is not one. ``raw`` is the row as written, for the message."""
+    messages = None
     if isinstance(value, str):
         prompt, ident = value, position
-    elif isinstance(value, dict) and "prompt" in value:
-        prompt, ident = value["prompt"], value.get("id", position)
+    elif isinstance(value, dict) and ("prompt" in value or "messages" in value):
+        if "prompt" in value and "messages" in value:
+            raise UsageError(
+                f"{where}: give a prompt or messages, not both (the messages' last is the prompt)"
+            )
+        ident = value.get("id", position)
+        if "messages" in value:
+            messages = _conversation(value["messages"], where)
+            prompt = messages[-1]["content"]
+        else:
+            prompt = value["prompt"]
     else:
-        raise UsageError(
-            f'{where}: each line must be {{"prompt": "...", "id": ...}} or a JSON string, '
-            f"got {short(raw, 60)}"
-        )
+        raise UsageError(f"{where}: each line must be {SHAPES}, got {short(raw, 60)}")
     if not isinstance(prompt, str) or not prompt.strip():
         raise UsageError(
             f"{where}: the prompt must be a non-empty string, got {short(repr(prompt), 60)}"
@@ -96,7 +116,16 @@ def _item(value: Any, raw: str, where: str, position: int) -> Item:
         ) from None
     if isinstance(ident, str) and (bad := unicode_error(ident)) is not None:
         raise UsageError(f"{where}: the id is not valid Unicode: {bad}")
-    return Item(ident, prompt, 0)
+    return Item(ident, prompt, 0, messages=messages)
+
+
+def _conversation(value: Any, where: str) -> tuple[dict[str, str], ...]:
+    """A row's ``messages``, checked as ``moa.run`` checks a conversation, as plain dicts (to
+    write to OUT and to send to Ray)."""
+    try:
+        return tuple(dict(m) for m in messages_of(value))
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{where}: {short(str(exc), 300)}") from None
 
 
 def items(path: str, seed: int | None) -> Iterator[Item]:
@@ -142,13 +171,16 @@ def _parquet_rows(path: str) -> Iterator[tuple[int, Any, str]]:
     try:
         data = pa_dataset.dataset(path, format="parquet")
         names = set(data.schema.names)
-        if "prompt" not in names:
-            raise UsageError(f"{path}: no 'prompt' column (it has {sorted(names)})")
-        batches = data.to_batches(columns=[c for c in ("prompt", "id") if c in names])
+        if not {"prompt", "messages"} & names:
+            raise UsageError(f"{path}: no 'prompt' column, nor 'messages' (it has {sorted(names)})")
+        batches = data.to_batches(columns=[c for c in ("prompt", "messages", "id") if c in names])
+        both = {"prompt", "messages"} <= names  # then each row fills one, the other null
         row = 0
         for batch in batches:
             for value in batch.to_pylist():
                 row += 1
+                if both:
+                    value = {k: v for k, v in value.items() if k == "id" or v is not None}
                 if "id" in value and value["id"] is None:
                     # One null among ids would fall back to its position and could meet another
                     # row's id: every row of an id column names itself.

@@ -28,11 +28,13 @@ import os
 import stat
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
 from .._client import utf8_text
+from .._conversation import messages_of
 from .._cost import Prices, cost
 from .._history import History
 from .batchfile import Item, pyarrow_module
@@ -66,39 +68,56 @@ class BatchId:
         ]
 
 
-def digest(prompt: str) -> bytes:
-    """What OUT's ids are checked against: a prompt's hash, not the prompt (flat memory)."""
+def digest(prompt: str, messages: Sequence[Mapping[str, str]] | None = None) -> bytes:
+    """What OUT's ids are checked against: a hash of what the run reads, not the text (flat
+    memory). With ``messages`` (a conversation, ``prompt`` its last), the hash covers every
+    turn; one of a single message is its prompt, as the run reads it so."""
     import hashlib
 
-    return hashlib.blake2b(prompt.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    if messages is None or len(messages) <= 1:
+        return hashlib.blake2b(prompt.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    # JSON keeps the turns apart; the personalisation keeps a conversation's hash from ever
+    # being a prompt's.
+    turns = json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False)
+    data = turns.encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(data, digest_size=16, person=b"moa.messages").digest()
 
 
 @dataclass(slots=True)
 class Done:
-    """What OUT already holds: the ids with a success (each with its prompt's digest), and
-    how many failures it held (they run again)."""
+    """What OUT already holds: the ids with a success (each with its input's digest and its
+    prompt, cut short, to name it), and how many failures it held (they run again)."""
 
     ids: dict[str, tuple[bytes, str]] = field(default_factory=dict)
     failed: int = 0
     id_type: type | None = None  # the type of the ids OUT holds, when one is fixed
 
-    def add(self, ident: Any, prompt: str, ok: bool) -> None:
+    def add(
+        self, ident: Any, prompt: str, ok: bool, messages: Sequence[Mapping[str, str]] | None = None
+    ) -> None:
         key = json.dumps(ident)
         if ok:
-            self.ids[key] = (digest(prompt), short(prompt, 40))
+            self.ids[key] = (digest(prompt, messages), short(prompt, 40))
         elif key not in self.ids:
             self.failed += 1
 
     def check(self, item: Item, out: Path) -> bool:
-        """Whether ``item`` is done; UsageError when OUT holds its id for another prompt."""
+        """Whether ``item`` is done; UsageError when OUT holds its id for another prompt (or
+        another conversation: an earlier turn changed)."""
         held = self.ids.get(json.dumps(item.id))
         if held is None:
             return False
-        if held[0] != digest(item.prompt):
+        if held[0] != digest(item.prompt, item.messages):
+            mine = short(item.prompt, 40)
+            which = (
+                f"({held[1]!r}, not {mine!r})"
+                if held[1] != mine
+                else f"(not {mine!r} as it is now: its text or its earlier turns differ)"
+            )
             raise UsageError(
-                f"-o {out} holds id {item.id!r} for another prompt ({held[1]!r}, not "
-                f"{short(item.prompt, 40)!r}); an id must keep its prompt across resumed "
-                "runs: write to another file, or give each prompt its id"
+                f"-o {out} holds id {item.id!r} for another prompt {which}; an id must keep "
+                "its prompt across resumed runs: write to another file, or give each prompt "
+                "its id"
             )
         return True
 
@@ -111,11 +130,13 @@ def result_record(
     prices: Prices,
     seed: int | None = None,
 ) -> dict[str, Any]:
-    """The output record of one finished prompt; ``error`` is its text, None on success."""
+    """The output record of one finished prompt; ``error`` is its text, None on success. A
+    row given as a conversation keeps it under ``messages`` (``prompt`` is its last turn)."""
     c = cost(history, prices) if history is not None else None
-    return {
-        "id": item.id,
-        "prompt": item.prompt,
+    asked: dict[str, Any] = {"id": item.id, "prompt": item.prompt}
+    if item.messages is not None:  # a conversation's row: its turns, the prompt last
+        asked["messages"] = [dict(m) for m in item.messages]
+    return asked | {
         "result": result,
         "error": error,
         "seed": history.seed if history is not None else seed if seed is not None else item.seed,
@@ -204,7 +225,9 @@ class JsonlOutput:
             else:
                 entry = self._entry(raw, lineno)
             if entry is not None:
-                done.add(entry["id"], str(entry["prompt"]), entry["error"] is None)
+                done.add(
+                    entry["id"], str(entry["prompt"]), entry["error"] is None, entry.get("messages")
+                )
             good += len(raw)
         self.file.seek(0, os.SEEK_END)
         return done
@@ -220,6 +243,11 @@ class JsonlOutput:
             ) from None
         if not isinstance(entry, dict) or not {"id", "prompt", "error", "batch"} <= entry.keys():
             raise _not_ours(self.path, f"line {lineno} is not a moa batch result")
+        if entry.get("messages") is not None:
+            try:
+                messages_of(entry["messages"])
+            except (TypeError, ValueError) as exc:
+                raise _not_ours(self.path, f"line {lineno}: {short(str(exc), 80)}") from None
         differ = self.batch.differences(entry["batch"])
         if differ:
             raise UsageError(
@@ -255,10 +283,11 @@ def _not_ours(path: Path, why: str) -> UsageError:
     )
 
 
-#: A Parquet OUT's columns, in order; ``prices`` and ``history`` hold JSON text.
+#: A Parquet OUT's columns, in order; ``prices`` and ``history`` hold JSON text, ``messages`` a
+#: conversation's turns (null for a row given a prompt; absent from parts older than it).
 PARQUET_COLUMNS = (
-    "id", "prompt", "result", "error", "seed", "calls", "input_tokens", "output_tokens", "cost",
-    "prices", "history",
+    "id", "prompt", "messages", "result", "error", "seed", "calls", "input_tokens",
+    "output_tokens", "cost", "prices", "history",
 )  # fmt: skip
 _BATCH_KEY = b"moa.batch"
 
@@ -314,14 +343,19 @@ class ParquetOutput:
                 )
             id_type = table.schema.field("id").type
             done.id_type = int if str(id_type).startswith("int") else str
-            errors = table.column("error").to_pylist()
-            for ident, prompt, error in zip(
+            turns = (
+                table.column("messages").to_pylist()
+                if "messages" in table.column_names
+                else [None] * table.num_rows
+            )
+            for ident, prompt, error, messages in zip(
                 table.column("id").to_pylist(),
                 table.column("prompt").to_pylist(),
-                errors,
+                table.column("error").to_pylist(),
+                turns,
                 strict=True,
             ):
-                done.add(ident, prompt, error is None)
+                done.add(ident, prompt, error is None, messages)
         return 1 + (_part_number(parts[-1]) if parts else -1), id_type, done
 
     def write(self, record: dict[str, Any]) -> None:
@@ -339,9 +373,11 @@ class ParquetOutput:
         if self.id_type is None:
             self.id_type = pa.int64() if isinstance(self.buffer[0]["id"], int) else pa.string()
         text, whole = pa.string(), pa.int64()
+        turns = pa.list_(pa.struct([("role", text), ("content", text)]))
         types = (
             self.id_type,
             text,
+            turns,
             text,
             text,
             whole,
@@ -370,6 +406,7 @@ class ParquetOutput:
                 failed = {name: None for name in PARQUET_COLUMNS} | {
                     "id": row["id"],
                     "prompt": row["prompt"],
+                    "messages": row.get("messages"),
                 }
                 failed["error"] = f"the result cannot be stored in Parquet: {short(str(exc), 200)}"
                 rows.append(failed)
