@@ -9,11 +9,11 @@ imports Ray; this module does.
 What is guaranteed: the same results and histories as ``moa.run_many(prompts, ids=ids,
 seed=seed)`` on one machine, however Ray splits the rows (each row's seed comes from the run
 seed and its id); every input row is in the output exactly once, a failed run (or a row
-without a usable prompt or id) as a row with ``ok=False`` and its error; when a worker dies
-mid-block, Ray starts another and runs the block again, so a call may be made twice
-(at-least-once calls) but no row is lost or repeated. Ids should be unique: a repeated id is
-not detected (that would take a pass over the whole dataset), its row runs on its own with the
-id's seed, wherever Ray puts it.
+without a usable prompt, conversation or id) as a row with ``ok=False`` and its error;
+when a worker dies mid-block, Ray starts another and runs the block again, so a call may be
+made twice (at-least-once calls) but no row is lost or repeated. Ids should be unique: a
+repeated id is not detected (that would take a pass over the whole dataset), its row runs on
+its own with the id's seed, wherever Ray puts it.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from ._batch import RunResult, run_many
 from ._bounds import check_int, check_number, describe, error_text, safe_repr
 from ._cache import Cache
 from ._client import Client, close_client, unicode_error, utf8_text
+from ._conversation import Prompt, messages_of
 from ._cost import DEFAULT_PRICES, Prices, cost
 from ._limits import Limits, ModelLimit
 from ._options import RunOptions
@@ -109,10 +110,16 @@ class _Worker:
     def __call__(self, batch: Any) -> Any:
         """One block (a ``pyarrow.Table``): its rows run, its columns and ours returned."""
         _refuse_taken(batch.column_names)  # when the schema was not known up front
+
+        def column(name: str) -> list[Any]:  # a dataset may have a prompt column, messages or both
+            names = batch.column_names
+            return batch.column(name).to_pylist() if name in names else [None] * batch.num_rows
+
         rows = [
-            _row(prompt, ident)
-            for prompt, ident in zip(
-                batch.column(self.spec.prompt_column).to_pylist(),
+            _row(prompt, messages, ident)
+            for prompt, messages, ident in zip(
+                column(self.spec.prompt_column),
+                column(self.spec.messages_column),
                 batch.column(self.spec.id_column).to_pylist(),
                 strict=True,
             )
@@ -139,7 +146,7 @@ class _Worker:
             batch = batch.append_column(name, pa.array(values, type=types[name]))
         return batch
 
-    async def _run(self, prompts: list[str], ids: list[str | int]) -> list[RunResult | str]:
+    async def _run(self, prompts: list[Prompt], ids: list[str | int]) -> list[RunResult | str]:
         if self.spent is not None:  # the blocks after the one that spent this worker's share
             return [self.spent] * len(prompts)
         try:
@@ -209,12 +216,19 @@ def _call(factory: Callable[[], Client]) -> Client:
     return client
 
 
-def _row(prompt: Any, ident: Any) -> tuple[str, str | int] | str:
-    """A row's (prompt, id) as ``run_many`` takes them, or why it cannot run."""
+def _row(prompt: Any, messages: Any, ident: Any) -> tuple[Prompt, str | int] | str:
+    """A row's (prompt or conversation, id) as ``run_many`` takes them, or why it cannot run."""
     if hasattr(ident, "item") and not isinstance(ident, (str, bytes)):
         ident = ident.item()  # numpy's scalars are Python's ints and strs
     if isinstance(ident, bool) or not isinstance(ident, (str, int)):
         return f"the id must be a str or an int, got {safe_repr(ident)}"
+    if messages is not None:
+        if prompt is not None:
+            return "a row has a prompt or messages, not both (the messages' last is the prompt)"
+        try:
+            return messages_of(messages), ident
+        except (TypeError, ValueError) as exc:
+            return str(exc)
     if not isinstance(prompt, str) or not prompt.strip():
         return f"the prompt must be a non-empty str, got {safe_repr(prompt)}"
     if (bad := unicode_error(prompt)) is not None:
@@ -223,12 +237,12 @@ def _row(prompt: Any, ident: Any) -> tuple[str, str | int] | str:
 
 
 def _rounds(
-    rows: list[tuple[str, str | int] | str],
-) -> list[list[tuple[int, tuple[str, str | int]]]]:
+    rows: list[tuple[Prompt, str | int] | str],
+) -> list[list[tuple[int, tuple[Prompt, str | int]]]]:
     """The runnable rows (with their places) in rounds of distinct ids, as ``run_many`` names
     each prompt by its id once: a repeated id runs in a later round with the id's seed, as it
     would in another block, so the output does not depend on how Ray splits the rows."""
-    rounds: list[list[tuple[int, tuple[str, str | int]]]] = []
+    rounds: list[list[tuple[int, tuple[Prompt, str | int]]]] = []
     seen: dict[str | int, int] = {}
     for i, row in enumerate(rows):
         if isinstance(row, tuple):
@@ -246,6 +260,7 @@ def run_dataset(
     options: RunOptions | None = None,
     *,
     prompt_column: str = "prompt",
+    messages_column: str = "messages",
     id_column: str = "id",
     workers: int = 2,
     cache: Cache | str | os.PathLike[str] | None = None,
@@ -259,6 +274,11 @@ def run_dataset(
     :data:`OUTPUT_COLUMNS` (``error`` is the error's text, as ``moa batch`` writes it, None
     when ``ok``; ``history`` is the JSON of ``History.to_dict()``; ``cost`` in US dollars at
     ``prices`` over moa's defaults).
+
+    A row's prompt is its ``prompt_column`` (a str) or its ``messages_column`` (a
+    conversation: a list of ``{"role", "content"}`` messages whose last is the user's, as
+    ``run`` takes one); the dataset has either column or both, and each row fills one of
+    them (the other null or absent).
 
     The run options (a :class:`~moa.RunOptions`, keywords, or both) are ``run``'s, for each
     worker: ``max_concurrency`` caps the calls in flight in one worker (default 64);
@@ -297,7 +317,7 @@ def run_dataset(
             "events cannot reach you; read each row's history in the output instead"
         )
     _check_arguments(client_factory, workers, batch_size, num_cpus)
-    _check_columns(dataset, prompt_column, id_column)
+    _check_columns(dataset, prompt_column, messages_column, id_column)
     worker = _WorkerSpec(
         options=opts.replace(
             limits=split_limits(opts.limits, workers),
@@ -305,6 +325,7 @@ def run_dataset(
         ),
         cache=_cache_spec(cache),
         prompt_column=prompt_column,
+        messages_column=messages_column,
         id_column=id_column,
         prices=DEFAULT_PRICES if prices is None else DEFAULT_PRICES | Prices(prices),
     )
@@ -328,11 +349,12 @@ DEFAULT_WORKER_CALLS = 64
 @dataclass(frozen=True, slots=True)
 class _WorkerSpec:
     """What each worker is handed: the run options (limits already split), how to open the
-    cache, the columns, the prices."""
+    cache, the columns (the prompt's, the conversation's, the id's), the prices."""
 
     options: RunOptions
     cache: tuple[str, str, str] | None
     prompt_column: str
+    messages_column: str
     id_column: str
     prices: Prices
 
@@ -351,16 +373,21 @@ def _check_arguments(
     check_number("run_dataset", "num_cpus", num_cpus, unit="a number of CPUs")
 
 
-def _check_columns(dataset: ray.data.Dataset, prompt_column: str, id_column: str) -> None:
-    """The prompt and id columns there, no output column there already (when the schema is
-    known without running the dataset)."""
+def _check_columns(
+    dataset: ray.data.Dataset, prompt_column: str, messages_column: str, id_column: str
+) -> None:
+    """The id column and the prompt or messages column there, no output column there already
+    (when the schema is known without running the dataset)."""
     schema = dataset.schema(fetch_if_missing=False)  # never run the upstream to find out
     if schema is not None:
-        missing = sorted({prompt_column, id_column} - set(schema.names))
+        names = set(schema.names)
+        missing = [] if {prompt_column, messages_column} & names else [prompt_column]
+        missing += [] if id_column in names else [id_column]
         if missing:
             raise ValueError(
                 f"run_dataset: the dataset has no column {', '.join(map(repr, missing))}; "
-                "name the prompt and id columns with prompt_column= and id_column="
+                "name the prompt (or messages) and id columns with prompt_column= (or "
+                "messages_column=) and id_column="
             )
         _refuse_taken(schema.names)
 

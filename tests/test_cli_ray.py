@@ -252,6 +252,44 @@ def test_a_worker_that_cannot_start_is_one_line_not_a_ray_traceback(
     assert "sk-driver-only" not in err
 
 
+@pytest.mark.ray
+def test_a_batch_of_conversations_on_ray_equals_the_same_batch_here(
+    ray_cluster, client, monkeypatch, tmp_path
+):
+    import moa.ray
+
+    real = moa.ray.run_dataset
+    # The workers' client: a scripted one (made in each worker), not the command's provider.
+    monkeypatch.setattr(
+        moa.ray,
+        "run_dataset",
+        lambda pipe, data, factory, *a, **k: real(pipe, data, ScriptedClient, *a, **k),
+    )
+    chat = [
+        {"role": "user", "content": "Largest planet?"},
+        {"role": "assistant", "content": "Jupiter."},
+        {"role": "user", "content": "Its moons?"},
+    ]
+    src = tmp_path / "in.jsonl"
+    src.write_text(
+        "".join(
+            json.dumps(r) + "\n" for r in ({"prompt": "a?", "id": 1}, {"messages": chat, "id": 2})
+        )
+    )
+    here, on_ray = tmp_path / "here.jsonl", tmp_path / "ray.jsonl"
+    args = ["--pipeline", PIPE, "--seed", "1", "-q"]
+    assert main(["batch", str(src), "-o", str(here), *args]) == 0
+    assert main(["batch", str(src), "-o", str(on_ray), "--ray", "--workers", "1", *args]) == 0
+    mine, theirs = _read_jsonl(here), _read_jsonl(on_ray)
+    for ident in (1, 2):
+        assert theirs[ident]["result"] == mine[ident]["result"] and theirs[ident]["error"] is None
+        assert History.from_dict(theirs[ident]["history"]) == History.from_dict(
+            mine[ident]["history"]
+        )
+    assert theirs[2]["messages"] == chat and "messages" not in theirs[1]
+    assert History.from_dict(theirs[2]["history"]).conversation == tuple(chat[:2])
+
+
 def test_ray_options_are_checked_before_any_call(client, capsys, tmp_path):
     src = tmp_path / "in.jsonl"
     src.write_text('"a?"\n')

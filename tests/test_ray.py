@@ -147,6 +147,40 @@ def test_a_failed_or_unusable_row_is_a_row_with_ok_false_never_a_lost_one(ray_cl
 
 
 @pytest.mark.ray
+def test_a_messages_column_runs_each_conversation_whole_beside_prompt_rows(ray_cluster):
+    from moa.ray import run_dataset
+
+    chat = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Largest planet?"},
+        {"role": "assistant", "content": "Jupiter."},
+        {"role": "user", "content": "Its moons?"},
+    ]
+    # Rows of both kinds, each filling one column: the other is null or absent in its block.
+    data = [*rows(3), {"id": "c1", "messages": chat}, {"id": "c2", "messages": chat[1:2]}]
+    bad = [
+        {"id": "x1", "messages": chat[:3]},  # ends with the assistant's turn
+        {"id": "x2", "messages": chat, "prompt": "and a prompt?"},
+        {"id": "x3", "messages": [{"role": "bot", "content": "hi"}]},
+    ]
+    asked = [r.get("prompt") or r["messages"] for r in data]
+    want = anyio.run(
+        partial(moa.run_many, PIPELINE, asked, seeded_client, seed=3, ids=[r["id"] for r in data])
+    )
+    for blocks in (1, 3):
+        dataset = ray_cluster.data.from_items(data + bad).repartition(blocks)
+        out = by_id(run_dataset(PIPELINE, dataset, make_seeded, seed=3, workers=1).take_all())
+        for r in want:
+            assert out[r.id]["ok"] and out[r.id]["result"] == r.result
+            assert History.from_dict(json.loads(out[r.id]["history"])) == r.history
+        assert History.from_dict(json.loads(out["c1"]["history"])).conversation == tuple(chat[:3])
+        assert "the last message is the question" in out["x1"]["error"]
+        assert "a prompt or messages, not both" in out["x2"]["error"]
+        assert "messages[0]: role must be one of" in out["x3"]["error"]
+        assert not any(out[r["id"]]["ok"] for r in bad)
+
+
+@pytest.mark.ray
 def test_a_reply_with_a_lone_surrogate_is_a_saved_row_not_a_lost_dataset(ray_cluster):
     from moa.ray import run_dataset
 

@@ -64,7 +64,7 @@ def run_on_ray(
         # moa prints its own progress: Ray Data's bars and INFO lines would interleave with it.
         ray.data.DataContext.get_current().enable_progress_bars = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)
-        rows = [{"id": item.id, "prompt": item.prompt} for item in by_id.values()]
+        rows = [_row(item) for item in by_id.values()]
         results = run_dataset(
             pipeline,
             ray.data.from_items(rows),
@@ -79,6 +79,13 @@ def run_on_ray(
     finally:
         if started:
             ray.shutdown()
+
+
+def _row(item: Item) -> dict[str, Any]:
+    """An item as ``run_dataset`` reads it: a ``prompt``, or a conversation's ``messages``."""
+    if item.messages is None:
+        return {"id": item.id, "prompt": item.prompt}
+    return {"id": item.id, "messages": list(item.messages)}
 
 
 def _collect(ray: Any, results: Any, report: Report, by_id: dict[str, Item], output: str) -> None:
