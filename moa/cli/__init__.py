@@ -258,10 +258,11 @@ def _batch_parser(sub: Any) -> None:
     b = sub.add_parser(
         "batch",
         help="run a pipeline on every prompt of a JSONL file, resumably",
-        description="Runs a pipeline on every prompt of INPUT (one JSON string, or "
-        '{"prompt": ..., "id": ...}, a line; the id defaults to the 0-based index '
-        "among the prompts) and appends one result line per prompt to OUT as it "
-        "finishes. Rerun the same command to resume: ids OUT holds a success for "
+        description="Runs a pipeline on every prompt of INPUT, a line each (a JSON string, "
+        '{"prompt": ..., "id": ...}, or {"messages": [...], "id": ...}: a conversation '
+        'of {"role", "content"} messages, the last the user\'s; the id defaults to the '
+        "0-based index among the prompts), and appends one result line per prompt to OUT "
+        "as it finishes. Rerun the same command to resume: ids OUT holds a success for "
         "are skipped, failed ones run again. With --seed S each prompt's seed comes "
         "from S and its id, as moa.run_many(prompts, ids=ids, seed=S). Exit status 1 "
         "when any prompt failed.",
@@ -270,7 +271,7 @@ def _batch_parser(sub: Any) -> None:
         "input",
         metavar="INPUT",
         help="the prompts: JSON Lines ('-': stdin), or Parquet (a .parquet file or folder "
-        "with a prompt column and an optional id column)",
+        "with a prompt column or a messages column, and an optional id column)",
     )
     b.add_argument(
         "-o",

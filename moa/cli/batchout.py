@@ -17,6 +17,9 @@ A Parquet OUT is a folder whose name ends in ``.parquet``, of parts written (to 
 name, then renamed) every 1,000 results or 10 seconds and at the end, so a kill loses at most
 the results since the last part; they run again on resume. Text is stored as UTF-8: a lone
 surrogate in a reply is U+FFFD in the ``result`` column (the ``history`` JSON keeps it).
+
+A row given as a conversation keeps it under ``messages`` (a line's field, a Parquet column;
+parts written before that column resume as they are); its ``prompt`` is the last turn.
 """
 
 from __future__ import annotations
