@@ -18,6 +18,7 @@ call spans to it).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -46,7 +47,17 @@ Outcome = Any
 Call = Callable[["Request", Site], Awaitable[Outcome]]
 TryNow = Callable[["Request", Site, object], "Outcome | None"]
 
-__all__ = ("CONTENT_ENV", "SEMCONV", "Spans", "Tracing", "spans_for")
+__all__ = (
+    "CONTENT_ENV",
+    "SEMCONV",
+    "Spans",
+    "Tracing",
+    "carried",
+    "continued",
+    "flush_spans",
+    "portable",
+    "spans_for",
+)
 
 #: The conventions the span and attribute names follow.
 SEMCONV = "semantic-conventions-genai v0.1.0 (semantic-conventions v1.45.0)"
@@ -347,6 +358,53 @@ class Spans:
             except BaseException:  # cancelled, or interrupted: the run said why elsewhere
                 span.set_attribute("moa.cancelled", True)
                 raise
+
+
+@contextlib.contextmanager
+def continued(carrier: Mapping[str, str] | None) -> Iterator[None]:
+    """The trace a caller sent along (W3C ``traceparent``, as HTTP headers or a dict from
+    :func:`carried`) as the current context while the block runs, so a run in it is a child
+    of the caller's span. Nothing when there is none or OpenTelemetry is not installed."""
+    if _otel is None or not carrier or "traceparent" not in carrier:
+        yield
+        return
+    from opentelemetry import context, propagate
+
+    token = context.attach(propagate.extract(carrier))
+    try:
+        yield
+    finally:
+        context.detach(token)
+
+
+def carried() -> dict[str, str]:
+    """The current trace as a carrier (``traceparent``...) for another process to continue
+    with :func:`continued`; empty when there is none to carry."""
+    if _otel is None or not _otel.get_current_span().get_span_context().is_valid:
+        return {}
+    from opentelemetry import propagate
+
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+def portable(tracing: Tracing | None) -> Tracing | None:
+    """``tracing`` as another process can take it: without its tracer provider (the other
+    process traces to its own global one)."""
+    if tracing is None or tracing.tracer_provider is None:
+        return tracing
+    return dataclasses.replace(tracing, tracer_provider=None)
+
+
+def flush_spans() -> None:
+    """Sends the spans the global tracer provider holds (an SDK's batch processor queues
+    them): for a worker process that may be stopped without an orderly exit."""
+    if _otel is None:
+        return
+    flush = getattr(_otel.get_tracer_provider(), "force_flush", None)
+    if callable(flush):
+        flush()
 
 
 def _error_type(error: str) -> str:

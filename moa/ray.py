@@ -38,6 +38,7 @@ from ._cost import DEFAULT_PRICES, Prices, cost
 from ._limits import Limits, ModelLimit
 from ._options import RunOptions
 from ._pipeline import Step, StepLike, as_step
+from ._trace import carried, continued, flush_spans, portable
 from .clients._extras import require
 from .errors import BatchStoppedError, BudgetExceededError
 
@@ -144,13 +145,17 @@ class _Worker:
         }
         for name, values in self._columns(outcome).items():
             batch = batch.append_column(name, pa.array(values, type=types[name]))
+        flush_spans()  # a worker is stopped with the cluster, its queued spans with it
         return batch
 
     async def _run(self, prompts: list[Prompt], ids: list[str | int]) -> list[RunResult | str]:
         if self.spent is not None:  # the blocks after the one that spent this worker's share
             return [self.spent] * len(prompts)
         try:
-            return list(await run_many(self.pipeline, prompts, self.client, self.options, ids=ids))
+            with continued(self.spec.carrier):
+                return list(
+                    await run_many(self.pipeline, prompts, self.client, self.options, ids=ids)
+                )
         except BatchStoppedError as exc:
             spent = exc.__cause__
             if not isinstance(spent, BudgetExceededError):
@@ -295,7 +300,11 @@ def run_dataset(
     ``seed``, each row's seed comes from it and the row's id, so the results equal
     ``moa.run_many`` over the same prompts and ids. The options and, when known without
     running the dataset, the columns are checked here; nothing runs until the output is
-    read. ``concurrency`` is the old name of ``workers`` (deprecated).
+    read. ``concurrency`` is the old name of ``workers`` (deprecated). With ``tracing`` (or
+    none: a run traces whenever a tracer provider is configured), each worker's runs trace to
+    that worker's own global tracer provider (set one up in the worker, as
+    ``client_factory`` may), each run a child of the span current where ``run_dataset`` was
+    called, so a cluster's runs join the caller's trace.
     """
     data = require("ray.data", "ray", "moa.ray.run_dataset")
     step = as_step(pipeline, where="run_dataset(pipeline)")
@@ -322,12 +331,14 @@ def run_dataset(
         options=opts.replace(
             limits=split_limits(opts.limits, workers),
             budget=None if opts.budget is None else opts.budget.split(workers)[0],
+            tracing=portable(opts.tracing),
         ),
         cache=_cache_spec(cache),
         prompt_column=prompt_column,
         messages_column=messages_column,
         id_column=id_column,
         prices=DEFAULT_PRICES if prices is None else DEFAULT_PRICES | Prices(prices),
+        carrier=carried(),
     )
     # A worker that dies is restarted and its block run again: Ray Data's actor pools default
     # to max_restarts=-1 and max_task_retries=-1, which the worker-kill test relies on.
@@ -357,6 +368,7 @@ class _WorkerSpec:
     messages_column: str
     id_column: str
     prices: Prices
+    carrier: dict[str, str]  # the caller's trace, which the workers' runs continue
 
 
 def _check_arguments(

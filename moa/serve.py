@@ -23,6 +23,7 @@ run."""
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 import math
@@ -44,6 +45,7 @@ from ._history import History
 from ._options import RunOptions
 from ._pipeline import Step
 from ._run import run, run_stream
+from ._trace import Tracing, continued
 from .errors import BudgetExceededError, MoaError
 
 __all__ = ("ServeError", "Served", "app")
@@ -155,13 +157,23 @@ def app(
         )
     if timeout is not None and not (isinstance(timeout, (int, float)) and 0 < timeout < math.inf):
         raise ValueError(f"moa.serve.app(timeout=...): seconds above 0, or None, not {timeout!r}")
-    server = _Server(dict(models), key, max_requests, max_body, timeout)
+    server = _Server(
+        {n: _named(n, s) for n, s in models.items()}, key, max_requests, max_body, timeout
+    )
     routes = [
         Route("/health", server.health, methods=["GET"]),
         Route("/v1/models", server.list_models, methods=["GET"]),
         Route("/v1/chat/completions", server.chat, methods=["POST"]),
     ]
     return Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed})
+
+
+def _named(name: str, served: Served) -> Served:
+    """``served`` with its runs' traces named after the model it is served as (where its
+    options do not say how to trace)."""
+    if served.options.tracing is not None:
+        return served
+    return dataclasses.replace(served, options=served.options.replace(tracing=Tracing(name=name)))
 
 
 async def _not_found(request: Any, exc: Exception) -> Any:
@@ -285,7 +297,7 @@ class _Server:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_cancel_on_disconnect, request, tg.cancel_scope)
             try:
-                with _timed(self.timeout):
+                with _timed(self.timeout), continued(request.headers):
                     result = await run(
                         served.pipeline, ask.prompt, served.client, served.options, seed=ask.seed
                     )
@@ -305,12 +317,12 @@ class _Server:
         from starlette.responses import StreamingResponse
 
         return StreamingResponse(
-            self._events(ask),
+            self._events(ask, request.headers),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    async def _events(self, ask: _Ask) -> AsyncIterator[str]:
+    async def _events(self, ask: _Ask, headers: Any) -> AsyncIterator[str]:
         """The run as server-sent events: a chunk per piece of the answer, then the last chunk
         (with usage when asked), then ``[DONE]``. A failure after the first event is an error
         event. Starlette cancels this generator when the client disconnects: the run is
@@ -320,7 +332,7 @@ class _Server:
         try:
             yield _sse({**head, "choices": [_delta({"role": "assistant", "content": ""})]})
             written = False
-            with _timed(self.timeout):
+            with _timed(self.timeout), continued(headers):
                 async with run_stream(
                     served.pipeline, ask.prompt, served.client, served.options, seed=ask.seed
                 ) as events:

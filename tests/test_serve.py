@@ -396,3 +396,47 @@ async def test_a_pipeline_that_ends_without_a_writing_step_streams_its_answer_wh
     expected, _ = await moa.run(voted, "q", ScriptedClient(), seed=5)
     pieces = [e["choices"][0]["delta"].get("content") for e in events[1:-1] if e["choices"]]
     assert pieces == [expected, None] and events[-1] == "[DONE]"
+
+
+# -- traces --------------------------------------------------------------------------------------
+TRACE_ID, PARENT_ID = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+ASK = {"model": "mix", "messages": [{"role": "user", "content": "q?"}]}
+
+
+@pytest.fixture
+def spans(monkeypatch):
+    """The spans of the server's runs, its tracer provider the global one (as an application
+    that configured OpenTelemetry has it)."""
+    _need("opentelemetry.sdk", "pip install 'moa-dsl[otel]'")
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter, provider = InMemorySpanExporter(), TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
+    return exporter
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_incoming_traceparent_makes_the_run_a_child_of_the_callers_span(spans, stream):
+    async with serving({"mix": Served(PIPE, ScriptedClient())}) as (base, _):
+        async with httpx.AsyncClient() as http:
+            reply = await http.post(
+                f"{base}/v1/chat/completions",
+                json={**ASK, "stream": stream},
+                headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"},
+            )
+            assert reply.status_code == 200
+            await http.post(f"{base}/v1/chat/completions", json=ASK)  # no traceparent
+    roots = [s for s in spans.get_finished_spans() if s.name == "invoke_workflow mix"]
+    assert len(roots) == 2  # named after the served model
+    joined, alone = roots
+    assert format(joined.context.trace_id, "032x") == TRACE_ID
+    assert format(joined.parent.span_id, "016x") == PARENT_ID and joined.parent.is_remote
+    assert alone.parent is None and format(alone.context.trace_id, "032x") != TRACE_ID
+    chats = [s for s in spans.get_finished_spans() if s.name.startswith("chat ")]
+    assert len(chats) == 8 and {s.attributes["gen_ai.provider.name"] for s in chats} == {
+        "ScriptedClient"
+    }

@@ -23,6 +23,7 @@ from .batch import batch_command
 from .common import UsageError, short
 from .evaluate import eval_command, tune_command
 from .options import RECIPES, with_max_tokens
+from .otel import add_otlp_option
 from .providers import PROVIDERS, make_client
 from .run import DEMO_PROMPT, demo, plan_command, run_command
 from .serve import serve_command
@@ -128,6 +129,7 @@ def _run_options(p: argparse.ArgumentParser, batch: bool = False) -> None:
         "deadline: then it goes on with the replies it has (marked degraded)",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress or summary on stderr")
+    add_otlp_option(p)
     _budget_options(p, batch)
 
 
@@ -532,6 +534,7 @@ def _serve_parser(sub: Any) -> None:
         help="on SIGTERM or Ctrl-C, seconds the requests in flight have to finish (30)",
     )
     s.add_argument("--quiet", "-q", action="store_true", help="only warnings on stderr")
+    add_otlp_option(s)
     s.set_defaults(handler=serve_command)
 
 

@@ -35,6 +35,7 @@ from .options import (
     parse_expression,
     run_options,
 )
+from .otel import exporting
 from .providers import as_agent, model_option
 from .report import Report
 
@@ -159,7 +160,7 @@ def _batch(args: argparse.Namespace, pipeline: Step, client: Any, out: Output) -
             anyio.run(close_client, client)  # it only checked the options: workers make theirs
             run_on_ray(args, pipeline, cache, todo, report)
         else:
-            with report:
+            with exporting(args.otlp, "moa batch"), report:
                 anyio.run(
                     _drive_batch,
                     pipeline,

@@ -25,6 +25,7 @@ from ..clients._extras import MissingExtraError
 from .batchfile import Item
 from .common import UsageError, short
 from .options import run_options
+from .otel import install
 from .report import Report
 
 __all__ = ("run_on_ray",)
@@ -68,7 +69,7 @@ def run_on_ray(
         results = run_dataset(
             pipeline,
             ray.data.from_items(rows),
-            partial(worker_client, args.provider, args.base_url, args.model, workers),
+            partial(worker_client, args.provider, args.base_url, args.model, workers, args.otlp),
             run_options(args, prices=report.prices),
             workers=workers,
             cache=cache,
@@ -193,12 +194,22 @@ def _write(report: Report, by_id: dict[str, Item], row: dict[str, Any]) -> None:
     report(item, row["result"], history, None if row["ok"] else row["error"])
 
 
-def worker_client(provider: str, base_url: str | None, model: str | None, workers: int) -> Any:
+def worker_client(
+    provider: str,
+    base_url: str | None,
+    model: str | None,
+    workers: int,
+    otlp: str | None = None,
+) -> Any:
     """A Ray worker's client, made in the worker from the command's options (an API key is
     read from the worker's environment). The embedded model gets an equal share of this
     machine's cores per worker (``$MOA_THREADS`` overrides), as every worker of a local
-    cluster loads its own copy and llama.cpp threads that outnumber the cores spin."""
+    cluster loads its own copy and llama.cpp threads that outnumber the cores spin. With
+    ``otlp``, the worker's runs are traced there (``--otlp``)."""
     from .providers import make_client
+
+    if otlp is not None:
+        install(otlp, "moa batch")
 
     if provider == "local" and not base_url and "MOA_THREADS" not in os.environ:
         try:

@@ -38,6 +38,7 @@ from .options import (
     run_options,
     saved_prices,
 )
+from .otel import exporting
 from .progress import progress_for
 from .providers import as_agent, model_option
 
@@ -259,7 +260,7 @@ def run_command(args: argparse.Namespace) -> int:
     display = progress_for(args, pipeline)
     options = run_options(args, cache=cache, on_event=display.handler, prices=prices)
     try:
-        with display:
+        with exporting(args.otlp, "moa"), display:
             result, history, streamed = anyio.run(
                 _stream_and_close if args.stream else _run_and_close,
                 pipeline,

@@ -36,6 +36,7 @@ from ..clients._extras import MissingExtraError
 from .common import UsageError
 from .evaluate import _named
 from .options import RECIPES, parse_expression, recipe, with_max_tokens
+from .otel import exporting
 from .providers import PROVIDERS, make_client
 
 __all__ = ("serve_command",)
@@ -94,7 +95,7 @@ def serve_command(args: argparse.Namespace) -> int:
             f"{'' if key else ' (no key asked: loopback only)'}",
             file=sys.stderr,
         )
-    uvicorn.run(
+    settings = uvicorn.Config(
         served,
         host=host,
         port=port,
@@ -102,6 +103,16 @@ def serve_command(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=args.drain,
         lifespan="off",
     )
+    with exporting(args.otlp, "moa serve") as flush:
+
+        class Server(uvicorn.Server):
+            async def shutdown(self, sockets: Any = None) -> None:
+                await super().shutdown(sockets)
+                # uvicorn raises the signal that stopped it again once it returns, which
+                # ends the process before the exporter's own shutdown would send the rest.
+                flush()
+
+        Server(settings).run()
     return 0
 
 
