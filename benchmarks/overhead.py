@@ -11,6 +11,9 @@ Contenders, all in ONE process and ONE asyncio event loop (anyio, backend="async
   moa-cap+to+rt  the same with max_concurrency=64, timeout=30, retry=moa.Retry()
   moa-budget-... moa-defaults under a moa.Budget never reached, in calls alone and in calls
                  and dollars: what keeping a budget costs per call (this checkout only)
+  moa-traced     moa-defaults traced to an OpenTelemetry SDK provider (batched to an exporter
+                 that drops the spans); -traced+content records the messages too (with
+                 moa-dsl[otel]; moa-defaults has no tracer provider configured: tracing off)
   anyio-baseline the same 19 calls in 4 layers with anyio task groups, the same kind of
                  messages (system + user with numbered responses), no history, no retries
   mixture-llm    mixture_llm.run([Propose, Synthesize, Synthesize, Aggregate], ...), the
@@ -147,7 +150,41 @@ def moa_contenders(m: Any, label: str) -> list[Contender]:
                 return text
 
             out.append((f"{label}-{kind}", budgeted))
+    tracer_provider = _sdk_provider() if hasattr(m, "Tracing") else None
+    if tracer_provider is not None:
+        # An application's OpenTelemetry set-up (the SDK, a batch processor, an exporter that
+        # drops what it gets): what tracing costs per call, without and with content.
+        for kind, content in (("traced", False), ("traced+content", True)):
+            tracing = m.Tracing(tracer_provider=tracer_provider, content=content)
+
+            async def traced(client, tracing=tracing):
+                text, _ = await m.run(p, PROMPT, client, seed=1, tracing=tracing)
+                return text
+
+            out.append((f"{label}-{kind}", traced))
     return out
+
+
+def _sdk_provider() -> Any:
+    """An OpenTelemetry SDK tracer provider whose spans are batched to an exporter that drops
+    them; None without the SDK (``moa-dsl[otel]``)."""
+    try:
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import (
+            BatchSpanProcessor,
+            SpanExporter,
+            SpanExportResult,
+        )
+    except ImportError:
+        return None
+
+    class Dropped(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Dropped()))
+    return provider
 
 
 def contenders(
@@ -257,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
         for kind in ("defaults", "cap+to+rt"):
             ratio = med[f"moa-{kind}"] / med[f"moa@{short}-{kind}"]
             print(f"moa-{kind} / moa@{short}-{kind}: {ratio:.3f} (after / before)")
-    for kind in ("budget-calls", "budget-usd"):
+    for kind in ("budget-calls", "budget-usd", "traced", "traced+content"):
         if f"moa-{kind}" in med:
             print(f"moa-{kind} / moa-defaults: {med[f'moa-{kind}'] / med['moa-defaults']:.3f}")
     print(f"\n(measured in {elapsed:.1f} s)")

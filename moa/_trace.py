@@ -183,7 +183,7 @@ class Spans:
             "gen_ai.operation.name": "invoke_workflow",
             "gen_ai.agent.name": self.name,
             "moa.pipeline": _clipped(repr(step)),
-            "moa.seed": seed,
+            "moa.seed": str(seed),  # exact: a JavaScript UI rounds a 64-bit int
         }
         if earlier:
             attrs["moa.conversation.turns"] = len(earlier)

@@ -300,11 +300,9 @@ def run_dataset(
     ``seed``, each row's seed comes from it and the row's id, so the results equal
     ``moa.run_many`` over the same prompts and ids. The options and, when known without
     running the dataset, the columns are checked here; nothing runs until the output is
-    read. ``concurrency`` is the old name of ``workers`` (deprecated). With ``tracing`` (or
-    none: a run traces whenever a tracer provider is configured), each worker's runs trace to
-    that worker's own global tracer provider (set one up in the worker, as
-    ``client_factory`` may), each run a child of the span current where ``run_dataset`` was
-    called, so a cluster's runs join the caller's trace.
+    read. ``concurrency`` is the old name of ``workers`` (deprecated). A worker's runs trace
+    to its own global tracer provider (``client_factory`` may set one up), as children of
+    the span current where ``run_dataset`` was called.
     """
     data = require("ray.data", "ray", "moa.ray.run_dataset")
     step = as_step(pipeline, where="run_dataset(pipeline)")
@@ -328,11 +326,7 @@ def run_dataset(
     _check_arguments(client_factory, workers, batch_size, num_cpus)
     _check_columns(dataset, prompt_column, messages_column, id_column)
     worker = _WorkerSpec(
-        options=opts.replace(
-            limits=split_limits(opts.limits, workers),
-            budget=None if opts.budget is None else opts.budget.split(workers)[0],
-            tracing=portable(opts.tracing),
-        ),
+        options=_worker_options(opts, workers),
         cache=_cache_spec(cache),
         prompt_column=prompt_column,
         messages_column=messages_column,
@@ -350,6 +344,16 @@ def run_dataset(
         compute=data.ActorPoolStrategy(size=workers),
         num_cpus=num_cpus,
         udf_modifying_row_count=False,
+    )
+
+
+def _worker_options(opts: RunOptions, workers: int) -> RunOptions:
+    """A worker's options: its share of the limits and the budget, and tracing without the
+    caller's tracer provider (a worker traces to its own)."""
+    return opts.replace(
+        limits=split_limits(opts.limits, workers),
+        budget=None if opts.budget is None else opts.budget.split(workers)[0],
+        tracing=portable(opts.tracing),
     )
 
 

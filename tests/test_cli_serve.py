@@ -28,7 +28,12 @@ REMOTE = ["--base-url", "http://127.0.0.1:9/v1", "--model", "m"]  # made, never 
 def started(monkeypatch):
     """What ``moa serve`` hands uvicorn, instead of serving it."""
     seen: dict = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+
+    def run(server):
+        c = server.config
+        seen.update(app=c.app, host=c.host, port=c.port, drain=c.timeout_graceful_shutdown)
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
     monkeypatch.delenv("MOA_SERVE_KEY", raising=False)
     return seen
 

@@ -113,7 +113,7 @@ def test_moa_run_sends_its_trace_to_the_collector(receiver):
     assert {service for service, _ in got} == {"moa"}
     assert len({s.trace_id for _, s in got}) == 1
     root = next(s for _, s in got if s.name == "invoke_workflow moa")
-    assert _attrs(root)["moa.seed"] == 7
+    assert _attrs(root)["moa.seed"] == "7"
     chat = next(s for _, s in got if s.name == "chat n")
     attrs = _attrs(chat)
     assert attrs["gen_ai.operation.name"] == "chat" and attrs["gen_ai.request.model"] == "n"
