@@ -85,6 +85,7 @@ class RunFinished:
     history: History
 
 
+#: Any of the events a run reports (``on_event=``, ``moa.run_stream``), in the order they happen.
 Event = StepStarted | CallRetrying | CallFinished | StepFinished | TextChunk | RunFinished
 EventHandler = Callable[[Event], None]
 

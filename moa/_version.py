@@ -1,3 +1,3 @@
 """moa's version, in a module of its own so that any module may read it without importing moa."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"

@@ -18,6 +18,7 @@ from typing import Any
 
 from .._bounds import SEED_RANGE
 from .._scoring import SCORERS
+from .._version import __version__
 from ..errors import MoaError
 from .batch import batch_command
 from .common import UsageError, short
@@ -154,7 +155,12 @@ def _budget_options(p: argparse.ArgumentParser, batch: bool = False) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``moa`` command's parser: one subcommand each for demo, run, plan, batch, trace,
+    eval, tune and serve, and ``--version``. The site's command-line reference is made from it."""
     parser = argparse.ArgumentParser(prog="moa", description="Mixture-of-Agents pipelines.")
+    parser.add_argument(
+        "--version", action="version", version=f"moa {__version__}", help="print moa's version"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     _demo_parser(sub)
     _run_parser(sub)

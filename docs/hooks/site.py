@@ -1,0 +1,104 @@
+"""mkdocs hooks: the pages made from something else at build time, so they cannot drift.
+
+- ``reference/cli.md``: every command and option of ``moa``, read from ``moa.cli.build_parser()``;
+- ``benchmarks.md``: ``benchmarks/README.md`` (its chart beside it);
+- ``changelog.md``: ``CHANGELOG.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+from typing import Any
+
+from mkdocs.structure.files import File, Files
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def on_files(files: Files, config: Any) -> Files:
+    files.append(File.generated(config, "reference/cli.md", content=cli_page()))
+    bench = (ROOT / "benchmarks" / "README.md").read_text(encoding="utf-8")
+    bench = bench.replace("](../docs/", "](")
+    files.append(File.generated(config, "benchmarks.md", content=bench))
+    files.append(File.generated(config, "tail.png", abs_src_path=str(ROOT / "benchmarks" / "tail.png")))
+    changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    files.append(File.generated(config, "changelog.md", content=changelog))
+    return files
+
+
+def cli_page() -> str:
+    """The command-line reference: each subcommand's summary, usage and options, as
+    ``moa COMMAND --help`` gives them."""
+    from moa.cli import build_parser
+
+    parser = build_parser()
+    out = [
+        "# Command line",
+        "",
+        "Generated from `moa.cli.build_parser()`, the parser `moa` itself runs, when the site is "
+        "built; `moa COMMAND --help` prints the same. Exit status: 0 done, 1 a run failed, "
+        "2 a usage or expression error, 130 interrupted.",
+        "",
+        "```text",
+        _usage(parser),
+        "```",
+        "",
+        *_options(parser),
+    ]
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {choice.dest: choice.help for choice in sub._choices_actions}
+    for name, command in sub.choices.items():
+        out += [f"## moa {name}", "", _sentence(helps.get(name) or ""), ""]
+        if command.description:
+            out += [_escape(command.description), ""]
+        out += ["```text", _usage(command), "```", "", *_options(command)]
+    return "\n".join(out) + "\n"
+
+
+def _usage(parser: argparse.ArgumentParser) -> str:
+    formatter = argparse.HelpFormatter(parser.prog, width=88)
+    formatter.add_usage(parser.usage, parser._actions, parser._mutually_exclusive_groups)
+    return formatter.format_help().strip()
+
+
+def _options(parser: argparse.ArgumentParser) -> list[str]:
+    formatter = argparse.HelpFormatter(parser.prog)
+    rows = []
+    for action in parser._actions:
+        if action.help == argparse.SUPPRESS or isinstance(action, argparse._SubParsersAction):
+            continue
+        if action.option_strings:
+            names = ", ".join(
+                f"`{o} {_metavar(action)}`" if action.nargs != 0 else f"`{o}`"
+                for o in action.option_strings
+            )
+        else:
+            names = f"`{action.metavar or action.dest}`"
+        text = formatter._expand_help(action) if action.help else ""
+        if action.choices is not None and action.option_strings:
+            text += " One of: " + ", ".join(f"`{c}`" for c in action.choices) + "."
+        if action.required and action.option_strings:
+            text += " Required."
+        rows.append(f"| {names} | {_escape(text)} |")
+    if not rows:
+        return []
+    return ["| argument | what it does |", "|---|---|", *rows, ""]
+
+
+def _metavar(action: argparse.Action) -> str:
+    if action.metavar is not None:
+        return str(action.metavar)
+    if action.choices is not None:
+        return "{" + ",".join(map(str, action.choices)) + "}"
+    return action.dest.upper()
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + ("." if text and not text.endswith(".") else "")
+
+
+def _escape(text: str) -> str:
+    """Help text as Markdown: ``|`` kept inside a table cell, ``*`` and ``_`` kept literal."""
+    return re.sub(r"([|*_<>])", r"\\\1", text)
