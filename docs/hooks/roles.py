@@ -38,7 +38,11 @@ class Roles(griffe.Extension):
 
     def on_attribute_instance(self, *, attr: griffe.Attribute, **kwargs: Any) -> None:
         if attr.docstring is None and attr.lineno and attr.parent is not None:
-            lines = attr.lines_collection[attr.filepath] if attr.filepath in attr.lines_collection else []
+            lines = (
+                attr.lines_collection[attr.filepath]
+                if attr.filepath in attr.lines_collection
+                else []
+            )
             comment: list[str] = []
             at = attr.lineno - 2
             while at >= 0 and lines[at].strip().startswith("#:"):

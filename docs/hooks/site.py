@@ -1,8 +1,11 @@
 """mkdocs hooks: the pages made from something else at build time, so they cannot drift.
 
 - ``reference/cli.md``: every command and option of ``moa``, read from ``moa.cli.build_parser()``;
-- ``benchmarks.md``: ``benchmarks/README.md`` (its chart beside it);
-- ``changelog.md``: ``CHANGELOG.md``.
+- ``benchmarks.md``: ``benchmarks/README.md`` (its chart beside it, its links into ``docs/``
+  made the site's);
+- ``changelog.md``: ``CHANGELOG.md`` (its links into ``docs/`` made the site's);
+- ``llms.txt``: the site's map for a language model (llmstxt.org), from the nav: each page's
+  title, link and first sentence.
 """
 
 from __future__ import annotations
@@ -22,10 +25,52 @@ def on_files(files: Files, config: Any) -> Files:
     bench = (ROOT / "benchmarks" / "README.md").read_text(encoding="utf-8")
     bench = bench.replace("](../docs/", "](")
     files.append(File.generated(config, "benchmarks.md", content=bench))
-    files.append(File.generated(config, "tail.png", abs_src_path=str(ROOT / "benchmarks" / "tail.png")))
-    changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    files.append(
+        File.generated(config, "tail.png", abs_src_path=str(ROOT / "benchmarks" / "tail.png"))
+    )
+    changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8").replace("](docs/", "](")
     files.append(File.generated(config, "changelog.md", content=changelog))
+    files.append(File.generated(config, "llms.txt", content=llms_txt(config, files)))
     return files
+
+
+def llms_txt(config: Any, files: Files) -> str:
+    """The llms.txt of the site: its summary, then a section per top-level nav entry listing
+    each page with its first sentence. Links are relative to the site's root."""
+    out = [f"# {config['site_name']}", "", f"> {config['site_description']}", ""]
+    out += [
+        "Every code block of these pages runs in moa's tests. The API reference is generated "
+        "from the docstrings, the command-line reference from the parser.",
+        "",
+    ]
+    loose: list[str] = []
+    for entry in config["nav"]:
+        ((title, value),) = entry.items()
+        if isinstance(value, str):
+            loose.append(_llms_line(title, value, files))
+        else:
+            out += [f"## {title}", "", *_llms_lines(value, files), ""]
+    return "\n".join([*out, "## Start and project", "", *loose, ""])
+
+
+def _llms_lines(entries: list[Any], files: Files) -> list[str]:
+    lines = []
+    for entry in entries:
+        ((title, value),) = entry.items()
+        if isinstance(value, str):
+            lines.append(_llms_line(title, value, files))
+        else:
+            lines += _llms_lines(value, files)
+    return lines
+
+
+def _llms_line(title: str, src: str, files: Files) -> str:
+    file = files.get_file_from_path(src)
+    text = file.content_string if file is not None else ""
+    body = [line for line in text.splitlines() if line and not line.startswith(("#", ":::", "```"))]
+    first = re.split(r"(?<=[.:])\s", " ".join(body[:3]), maxsplit=1)[0] if body else ""
+    url = src.removesuffix("index.md").removesuffix(".md") + ("/" if src != "index.md" else "")
+    return f"- [{title}]({url}): {first}".rstrip(": ")
 
 
 def cli_page() -> str:

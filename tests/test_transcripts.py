@@ -1,11 +1,11 @@
-"""The README's terminal sessions are real: every ``$ command`` in a ``console`` block runs on
-the embedded model in a fresh folder, and its output must be the lines the README shows, so
-the transcripts cannot drift from what moa prints. Times (``4.3 s``) vary and are compared as
+"""The site's terminal sessions are real: every ``$ command`` in a ``console`` block of a page
+(the README, docs/, benchmarks/README.md) runs on the embedded model in a fresh folder, and its
+output must be the lines the page shows, so the transcripts cannot drift from what moa prints. Times (``4.3 s``) vary and are compared as
 a pattern; the progress lines a batch prints every few seconds come as the machine's speed
 gives them and are left out on both sides.
 
-Run alone to print the sessions as this checkout gives them (for updating the README):
-``python tests/test_readme_transcripts.py``.
+Run alone to print the sessions as this checkout gives them (for updating a page):
+``python tests/test_transcripts.py [PAGE]``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
 TIME = re.compile(r"\b\d+\.\d+ s\b")
 PROGRESS = re.compile(r"^batch: \d+/\d+ prompts, ")
 
@@ -72,23 +72,43 @@ def run_session(pairs: list[tuple[str, list[str]]], folder: Path) -> list[list[s
     return outputs
 
 
+def pages() -> list[Path]:
+    """The pages with terminal sessions: the README, docs/ and the benchmarks' page."""
+    found = [
+        ROOT / "README.md",
+        ROOT / "benchmarks" / "README.md",
+        *sorted((ROOT / "docs").rglob("*.md")),
+    ]
+    return [page for page in found if "```console" in page.read_text(encoding="utf-8")]
+
+
+def all_sessions() -> list[object]:
+    return [
+        pytest.param(pairs, id=f"{page.relative_to(ROOT).as_posix()}#{n}")
+        for page in pages()
+        for n, pairs in enumerate(sessions(page.read_text(encoding="utf-8")))
+    ]
+
+
+def test_the_site_has_sessions_to_check():
+    assert len(all_sessions()) >= 5
+
+
 @pytest.mark.local
-def test_every_readme_session_prints_what_the_readme_shows(model_path, tmp_path):
-    found = sessions(README.read_text(encoding="utf-8"))
-    assert found, "the README has no console block"
-    for n, pairs in enumerate(found):
-        folder = tmp_path / f"session-{n}"
-        folder.mkdir()
-        for (command, shown), got in zip(pairs, run_session(pairs, folder), strict=True):
-            assert normal(got) == normal(shown), f"$ {command}"
+@pytest.mark.parametrize("pairs", all_sessions())
+def test_every_session_prints_what_its_page_shows(pairs, model_path, tmp_path):
+    for (command, shown), got in zip(pairs, run_session(pairs, tmp_path), strict=True):
+        assert normal(got) == normal(shown), f"$ {command}"
 
 
 if __name__ == "__main__":  # print the sessions as this checkout runs them
     import tempfile
 
-    for pairs in sessions(README.read_text(encoding="utf-8")):
-        with tempfile.TemporaryDirectory() as folder:
-            for (command, _), got in zip(pairs, run_session(pairs, Path(folder)), strict=True):
-                print(f"$ {command}")
-                print("\n".join(got))
-        print("-" * 40)
+    chosen = [ROOT / arg for arg in sys.argv[1:]] or pages()
+    for page in chosen:
+        for pairs in sessions(page.read_text(encoding="utf-8")):
+            with tempfile.TemporaryDirectory() as folder:
+                for (command, _), got in zip(pairs, run_session(pairs, Path(folder)), strict=True):
+                    print(f"$ {command}")
+                    print("\n".join(got))
+            print("-" * 40, page.relative_to(ROOT))
