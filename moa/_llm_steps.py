@@ -195,7 +195,13 @@ class _MultiAgent(LLMStep):
 @dataclass(frozen=True, slots=True, repr=False)
 class Propose(_MultiAgent):
     """Every agent answers the user's prompt alone, concurrently; the answers, in agent order,
-    replace the current responses."""
+    replace the current responses.
+
+    ``agents``: model names or :class:`~moa.Agent` values; ``temp`` and ``max_tokens`` hold
+    where an agent sets none. The step fails with :class:`~moa.StepFailedError` unless
+    ``min_success`` calls answer. ``quorum=k`` goes on once k have answered, the rest cancelled;
+    ``deadline`` (seconds) goes on at that time with the replies it has, if ``min_success`` of
+    them arrived, and marks the step degraded in history."""
 
     agents: Sequence[AgentLike]  # stored as a tuple
     temp: float = DEFAULT_TEMP
@@ -221,7 +227,13 @@ class Propose(_MultiAgent):
 @dataclass(frozen=True, slots=True, repr=False)
 class Synthesize(_MultiAgent):
     """Every agent reads the prompt and all current responses and writes a new response; the
-    new responses, in agent order, replace the old."""
+    new responses, in agent order, replace the old.
+
+    ``agents``: model names or :class:`~moa.Agent` values; ``temp`` and ``max_tokens`` hold
+    where an agent sets none. ``prompt`` replaces the step's instruction (never ``str.format``-ted). The step fails with :class:`~moa.StepFailedError` unless
+    ``min_success`` calls answer. ``quorum=k`` goes on once k have answered, the rest cancelled;
+    ``deadline`` (seconds) goes on at that time with the replies it has, if ``min_success`` of
+    them arrived, and marks the step degraded in history."""
 
     agents: Sequence[AgentLike]  # stored as a tuple
     prompt: str | None = None
@@ -247,7 +259,13 @@ class Synthesize(_MultiAgent):
 @dataclass(frozen=True, slots=True, repr=False)
 class Refine(_MultiAgent):
     """Each response is improved on its own; agents take the responses round-robin. The
-    refined responses keep the order of the originals."""
+    refined responses keep the order of the originals.
+
+    ``agents``: model names or :class:`~moa.Agent` values; ``temp`` and ``max_tokens`` hold
+    where an agent sets none. ``prompt`` replaces the step's instruction (never ``str.format``-ted). The step fails with :class:`~moa.StepFailedError` unless
+    ``min_success`` calls answer. ``quorum=k`` goes on once k have answered, the rest cancelled;
+    ``deadline`` (seconds) goes on at that time with the replies it has, if ``min_success`` of
+    them arrived, and marks the step degraded in history."""
 
     agents: Sequence[AgentLike]  # stored as a tuple
     prompt: str | None = None

@@ -105,6 +105,10 @@ def rewrite(text: str, obj: griffe.Object, pkg: griffe.Module, public: dict[str,
         return f"[`{shown}`][{target}]" if target else f"`{shown}`"
 
     text = ROLE.sub(replace, text)
+    # a doctest paragraph is shown as a console session of Python
+    text = "\n\n".join(
+        f"```pycon\n{part}\n```" if part.startswith(">>> ") else part for part in text.split("\n\n")
+    )
     # reST's "text::" before an indented block is "text:" in print; the block is code either way
     return re.sub(r"(?<=\S)::(?=\n\n)", ":", text)
 

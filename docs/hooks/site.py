@@ -122,8 +122,10 @@ def _options(parser: argparse.ArgumentParser) -> list[str]:
         else:
             names = f"`{action.metavar or action.dest}`"
         text = formatter._expand_help(action) if action.help else ""
-        if action.choices is not None and action.option_strings:
-            text += " One of: " + ", ".join(f"`{c}`" for c in action.choices) + "."
+        if action.choices is not None and action.metavar is not None:  # not shown in the name
+            text = (
+                text.rstrip(".") + ". One of: " + ", ".join(f"`{c}`" for c in action.choices) + "."
+            )
         if action.required and action.option_strings:
             text += " Required."
         rows.append(f"| {names} | {_escape(text)} |")
