@@ -2,7 +2,7 @@
 
 Sizes: each is checked where the value enters (a step's constructor, a client's reply, a
 request a step builds), so an unbounded input is refused with an error that names the limit
-instead of exhausting memory or the stack at run time. The README's limits table lists them
+instead of exhausting memory or the stack at run time. docs/reference/limits.md lists them
 beside the parser's own (:mod:`moa._parse`).
 
 The rule for bad arguments, everywhere: a value of the wrong type raises ``TypeError``, a value

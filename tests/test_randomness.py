@@ -1,7 +1,7 @@
 """The random steps are random: over many fixed seeds every outcome the docs promise is reached,
 each about as often as a fair draw reaches it.
 
-README promises Shuffle's "random order", Sample's "a random subset", Dropout's per-response
+The docs promise Shuffle's "random order", Sample's "a random subset", Dropout's per-response
 rate and its fallback ("one chosen at random is kept"), Pick's random order and its rotations,
 and ties broken at random by Pick and Majority(...). The laws (permutation, sub_multiset,
 ...) hold just as well for a Shuffle that returns its input, so these tests count outcomes.
