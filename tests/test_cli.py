@@ -1239,3 +1239,14 @@ def test_a_prompts_digest_is_the_one_older_outs_hold():
     assert digest("a?", [{"role": "user", "content": "a?"}]) == digest("a?")
     assert digest("Its moons?", CHAT) != digest("Its moons?")
     assert digest("Its moons?", CHAT) != digest("Its moons?", [*CHAT[:2], CHAT[1], CHAT[3]])
+
+
+def test_version_prints_moas_version(capsys):
+    import moa
+    from moa.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out == f"moa {moa.__version__}\n"
+    assert (ROOT / "CHANGELOG.md").read_text().count(moa.__version__.split(".dev")[0]) >= 1
