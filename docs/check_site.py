@@ -3,26 +3,30 @@ Chromium, search it.
 
     mkdocs build --strict && python docs/check_site.py [SITE]   (SITE: the build, default site/)
 
-Screenshots of the home page, one how-to guide, one API page and the search page opened on
-"Propose" go to SITE/_screenshots/. The search is checked in the index the site's search reads:
-search/search_index.json must hold the reference entry of ``moa.Propose`` and the pages that
-mention it. (Headless Chromium leaves mkdocs-material's search worker at "Initializing
-search" whatever the wait, so the results it would list are not counted; the screenshot shows
-the query in the search box.) Needs Debian's ``chromium``. Exits 1, saying what failed, when a
-page is missing or blank or the index has no entry for the query.
+Screenshots of the home page, one how-to guide, one API page and the search for "Propose" go
+to SITE/_screenshots/. The search is checked twice: the index it reads
+(search/search_index.json) must hold the reference entry of ``moa.Propose``, and the site's own
+search, run by Chromium on the page (driven over the DevTools protocol on a pipe, since the
+search worker needs real time, not a virtual-time budget), must list results for "Propose";
+its screenshot is taken once they show. Needs Debian's ``chromium``. Exits 1, saying what
+failed, when a page is missing or blank or the search finds nothing.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
 import http.server
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
 PAGES = {
     "home": "",
@@ -45,16 +49,91 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def chromium(*args: str) -> subprocess.CompletedProcess[str]:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
+HEADLESS = ("--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars")
+
+
+def browser() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
         raise SystemExit("check_site: chromium not found (apt-get install chromium)")
+    return found
+
+
+def chromium(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
+        [browser(), *HEADLESS, *args], capture_output=True, text=True, timeout=120
     )
+
+
+class DevTools:
+    """Chromium driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``:
+    it reads commands on its fd 3 and answers on fd 4, JSON messages ended by a NUL byte)."""
+
+    def __init__(self) -> None:
+        to_chrome, self._out = os.pipe()
+        self._in, from_chrome = os.pipe()
+
+        def fds() -> None:
+            os.dup2(to_chrome, 3)
+            os.dup2(from_chrome, 4)
+
+        self.proc = subprocess.Popen(
+            [browser(), *HEADLESS, "--window-size=1280,900", "--remote-debugging-pipe"],
+            preexec_fn=fds,
+            pass_fds=(3, 4),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        os.close(to_chrome)
+        os.close(from_chrome)
+        self._buffer = b""
+        self._id = 0
+
+    def call(self, method: str, session: str | None = None, **params: Any) -> dict[str, Any]:
+        self._id += 1
+        message: dict[str, Any] = {"id": self._id, "method": method, "params": params}
+        if session is not None:
+            message["sessionId"] = session
+        os.write(self._out, json.dumps(message).encode() + b"\0")
+        while True:
+            while b"\0" in self._buffer:
+                raw, self._buffer = self._buffer.split(b"\0", 1)
+                reply = json.loads(raw)
+                if reply.get("id") == self._id:
+                    if "error" in reply:
+                        raise RuntimeError(f"{method}: {reply['error']}")
+                    return dict(reply["result"])
+            chunk = os.read(self._in, 1 << 20)
+            if not chunk:
+                raise RuntimeError("chromium closed the DevTools pipe")
+            self._buffer += chunk
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        os.close(self._out)
+        os.close(self._in)
+
+
+def search(url: str, out: Path, seconds: float = 30.0) -> int:
+    """The number of results the site's own search lists for the query on ``url``, waited for
+    up to ``seconds``; a screenshot of the page then at ``out``."""
+    tools = DevTools()
+    try:
+        target = tools.call("Target.createTarget", url=f"{url}?q={QUERY}")["targetId"]
+        session = tools.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        count = "document.querySelectorAll('.md-search-result__item').length"
+        listed = 0
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not listed:
+            time.sleep(0.5)
+            value = tools.call("Runtime.evaluate", session, expression=count, returnByValue=True)
+            listed = int(value["result"].get("value") or 0)
+        shot = tools.call("Page.captureScreenshot", session, format="png")
+        out.write_bytes(base64.b64decode(shot["data"]))
+        return listed
+    finally:
+        tools.close()
 
 
 def screenshot(url: str, out: Path) -> str:
@@ -87,8 +166,9 @@ def main(argv: list[str]) -> int:
         for name, path in PAGES.items():
             problem = screenshot(base + path, shots / f"{name}.png")
             problems += [problem] if problem else []
-        problem = screenshot(f"{base}?q={QUERY}", shots / "search.png")
-        problems += [problem] if problem else []
+        listed = search(base, shots / "search.png")
+        if listed == 0:
+            problems.append(f"the site's search lists no result for {QUERY!r}")
         hits = index_hits(site)
         if "reference/api/steps/#moa.Propose" not in hits:
             problems.append(f"the search index has no entry for moa.Propose ({len(hits)} hits)")
@@ -97,8 +177,8 @@ def main(argv: list[str]) -> int:
     for problem in problems:
         print(f"check_site: {problem}", file=sys.stderr)
     print(
-        f"check_site: {len(PAGES) + 1} screenshots in {shots}; the search index has "
-        f"{len(hits)} entries with {QUERY!r}, moa.Propose's among them"
+        f"check_site: {len(PAGES) + 1} screenshots in {shots}; the search lists {listed} "
+        f"results for {QUERY!r}; its index has {len(hits)} entries with it, moa.Propose's among them"
     )
     return 1 if problems else 0
 
