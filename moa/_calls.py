@@ -15,6 +15,7 @@ Outcome``, never raising but for cancellation. Inside out:
   stream      (run_stream) the final reply's call through ``client.stream``, retried only until
               its first chunk went out; other calls pass by
   cache       answers the cache holds are served without a call (``try_now``); new ones stored
+  spans       (tracing) a ``chat {model}`` OpenTelemetry span around each call, cached or not
   events      CallFinished for every call, CallRetrying before every wait
 
 ``site`` says where the call is: the step's path, the call's index in the step, and its sample
@@ -374,7 +375,8 @@ def compose(
     if options.hedge_after is not None:
         attempt = with_hedge(options.hedge_after)(attempt)
         tap_for = _hedge_tap
-    spans = spans_for(options.tracing, client)
+    budget = options.budget
+    spans = spans_for(options.tracing, client, None if budget is None else budget.prices)
     retries = on_event  # who hears of a try that will be tried again
     if spans is not None and spans.calls:
         retries = spans.retrying if on_event is None else both(on_event, spans.retrying)

@@ -36,7 +36,7 @@ import json
 import math
 import numbers
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType, ModuleType
@@ -261,6 +261,18 @@ class Prices(Mapping[str, Price]):
             return (input_tokens * price.input + output_tokens * price.output) / _PER
         listed = _listed(self._source, model)
         return None if listed is None else listed.call_cost(input_tokens, output_tokens)
+
+    def pricer(self, model: str) -> Callable[[int, int], float | None]:
+        """:meth:`call_cost` for ``model``, looked up once: ``pricer(input, output)`` in
+        dollars, or None where the model has no price (a genai-prices lookup is ~100 us; a
+        caller that prices many calls of one model keeps the pricer)."""
+        price = self._table.get(model)
+        if price is not None:
+            return lambda tin, tout: (tin * price.input + tout * price.output) / _PER
+        listed = _listed(self._source, model)
+        if listed is None:
+            return lambda tin, tout: None
+        return listed.call_cost
 
     # -- building new tables --------------------------------------------------------------------
     def override(self, table: Mapping[str, Price | tuple[float, float]]) -> Prices:

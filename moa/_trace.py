@@ -21,12 +21,13 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._bounds import check_type, describe
-from ._cost import DEFAULT_PRICES, Prices
+from ._cost import DEFAULT_PRICES, Prices, price_table
 from ._events import CallRetrying
 from ._version import __version__
 
@@ -78,8 +79,13 @@ class Tracing:
     own ``chat`` spans then nest under moa's steps instead of being counted twice. ``name``
     is the workflow's name (``gen_ai.agent.name``, low cardinality: the served model's name,
     not the prompt). ``tracer_provider`` is the provider to use (None: the global one, so a
-    run traces as soon as the application configures OpenTelemetry). ``prices`` prices each
-    call for ``moa.cost.usd``.
+    run traces as soon as the application configures OpenTelemetry). ``prices`` (a
+    :class:`~moa.Prices`, or a mapping of model to (input, output) $ per million tokens over
+    the defaults) prices each call for ``moa.cost.usd``; None: the run's budget's prices,
+    else :data:`~moa.DEFAULT_PRICES`.
+
+    With ``content`` off, no message, persona or prompt template is recorded: a step's or an
+    agent's expression is recorded with its ``system=`` and ``prompt=`` texts left out.
     """
 
     enabled: bool = True
@@ -87,21 +93,18 @@ class Tracing:
     calls: bool = True
     name: str = "moa"
     tracer_provider: Any = None
-    prices: Prices = field(default=DEFAULT_PRICES, compare=False)
+    prices: Prices | None = None
 
     def __post_init__(self) -> None:
         for name in ("enabled", "calls"):
             check_type("Tracing", name, getattr(self, name), bool, "a bool")
         if self.content is not None:
             check_type("Tracing", "content", self.content, bool, "a bool or None")
-        if not isinstance(self.name, str) or not self.name.strip():
-            raise ValueError(
-                f"Tracing(name=...): name must be a non-empty str, not {describe(self.name)}"
-            )
-        if not isinstance(self.prices, Prices):
-            raise TypeError(
-                f"Tracing(prices=...): prices must be a moa.Prices, not {describe(self.prices)}"
-            )
+        check_type("Tracing", "name", self.name, str, "a str")
+        if not self.name.strip():
+            raise ValueError(f"Tracing(name=...): name must be a non-empty str, not {self.name!r}")
+        if self.prices is not None:
+            object.__setattr__(self, "prices", price_table("Tracing", self.prices))
         provider = self.tracer_provider
         if provider is not None and not callable(getattr(provider, "get_tracer", None)):
             raise TypeError(
@@ -113,9 +116,12 @@ class Tracing:
 _DEFAULT = Tracing()
 
 
-def spans_for(tracing: Tracing | None, client: object) -> Spans | None:
+def spans_for(
+    tracing: Tracing | None, client: object, prices: Prices | None = None
+) -> Spans | None:
     """The spans a run composed with ``tracing`` emits, or None when it emits none: tracing
-    off, OpenTelemetry not installed, or no tracer provider configured (the API's proxy)."""
+    off, OpenTelemetry not installed, or no tracer provider configured (the API's proxy).
+    ``prices``: the run's own (its budget's), where ``tracing`` names none."""
     tracing = _DEFAULT if tracing is None else tracing
     if _otel is None or not tracing.enabled:
         return None
@@ -126,8 +132,14 @@ def spans_for(tracing: Tracing | None, client: object) -> Spans | None:
             return None
     content = tracing.content
     if content is None:
-        content = os.environ.get(CONTENT_ENV, "").strip().lower() == "true"
-    return Spans(_tracer(provider), tracing, content, client)
+        content = os.environ.get(CONTENT_ENV, "").strip().lower() in _CONTENT_ON
+    table = tracing.prices or prices or DEFAULT_PRICES
+    return Spans(_tracer(provider), tracing, content, client, table)
+
+
+# The values of CONTENT_ENV that record content: "true", and the newer GenAI instrumentations'
+# modes that put it on spans.
+_CONTENT_ON = ("true", "span_only", "span_and_event")
 
 
 _TRACERS: dict[int, tuple[Any, Any]] = {}
@@ -167,11 +179,16 @@ def provider_of(client: object, model: str) -> str:
 class Spans:
     """The span layers of one run (or one batch): the run's root, each step's, each call's."""
 
-    __slots__ = ("calls", "client", "content", "name", "prices", "tracer")
+    __slots__ = ("calls", "client", "content", "name", "pricers", "prices", "providers", "tracer")
 
-    def __init__(self, tracer: Any, tracing: Tracing, content: bool, client: object) -> None:
+    def __init__(
+        self, tracer: Any, tracing: Tracing, content: bool, client: object, prices: Prices
+    ) -> None:
         self.tracer, self.content, self.client = tracer, content, client
-        self.calls, self.name, self.prices = tracing.calls, tracing.name, tracing.prices
+        self.calls, self.name, self.prices = tracing.calls, tracing.name, prices
+        # Per model, looked up once: a genai-prices lookup is ~100 us, a call's span ~10.
+        self.pricers: dict[str, Callable[[int, int], float | None]] = {}
+        self.providers: dict[str, str] = {}
 
     # -- the run ---------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -182,7 +199,7 @@ class Spans:
         attrs: dict[str, Any] = {
             "gen_ai.operation.name": "invoke_workflow",
             "gen_ai.agent.name": self.name,
-            "moa.pipeline": _clipped(repr(step)),
+            "moa.pipeline": self._shown(step),
             "moa.seed": str(seed),  # exact: a JavaScript UI rounds a 64-bit int
         }
         if earlier:
@@ -200,9 +217,11 @@ class Spans:
         calls = [c for s in history.steps for c in s.calls]
         tin = sum(c.input_tokens or 0 for c in calls if not c.cached)
         tout = sum(c.output_tokens or 0 for c in calls if not c.cached)
+        # moa's names, not gen_ai.usage.*: the conventions' workflow span has no usage, and a
+        # backend that adds up a trace's usage would count every call twice.
         attrs: dict[str, Any] = {
-            "gen_ai.usage.input_tokens": tin,
-            "gen_ai.usage.output_tokens": tout,
+            "moa.usage.input_tokens": tin,
+            "moa.usage.output_tokens": tout,
             "moa.calls": len(calls),
         }
         dollars = [self._cost(c) for c in calls]
@@ -219,7 +238,7 @@ class Spans:
     @contextlib.contextmanager
     def step(self, step: Step, path: tuple[int, ...]) -> Iterator[Any]:
         """A step's span, current while it runs (its calls' spans are its children)."""
-        attrs: dict[str, Any] = {"moa.step": _clipped(repr(step)), "moa.step.path": list(path)}
+        attrs: dict[str, Any] = {"moa.step": self._shown(step), "moa.step.path": list(path)}
         for name in ("min_success", "quorum"):  # what the step needs, and when it stops
             value = getattr(step, name, None)
             if type(value) is int:
@@ -284,36 +303,41 @@ class Spans:
             )
 
     def _asked(self, req: Request, site: Site) -> dict[str, Any]:
+        provider = self.providers.get(req.model)
+        if provider is None:
+            provider = self.providers[req.model] = provider_of(self.client, req.model)
         attrs: dict[str, Any] = {
             "gen_ai.operation.name": "chat",
-            "gen_ai.provider.name": provider_of(self.client, req.model),
+            "gen_ai.provider.name": provider,
             "gen_ai.request.model": req.model,
-            "gen_ai.request.temperature": req.temp,
-            "gen_ai.request.max_tokens": req.max_tokens,
             "moa.step.path": list(site.path),
             "moa.call.index": site.call_index,
         }
-        if req.seed is not None:
-            attrs["gen_ai.request.seed"] = req.seed
+        for name, value in (
+            ("gen_ai.request.temperature", req.temp),
+            ("gen_ai.request.max_tokens", req.max_tokens),
+            ("gen_ai.request.seed", req.seed),
+        ):
+            if value is not None:  # a custom step's request may leave one out
+                attrs[name] = value
         if req.agent is not None:
-            attrs["moa.agent"] = req.agent
+            attrs["moa.agent"] = req.agent if self.content else _redacted(req.agent)
         if self.content:
             attrs["gen_ai.input.messages"] = _messages(req.messages)
         return attrs
 
     def _answered(self, span: Any, rec: CallRecord) -> None:
         attrs: dict[str, Any] = {"moa.retry.attempts": rec.attempts}
-        if rec.input_tokens is not None:
-            attrs["gen_ai.usage.input_tokens"] = rec.input_tokens
-        if rec.output_tokens is not None:
-            attrs["gen_ai.usage.output_tokens"] = rec.output_tokens
-        if rec.cached:
+        if rec.cached:  # nothing spent: the tokens the stored answer cost are not this run's
             attrs["moa.cache.hit"] = True
+        else:
+            if rec.input_tokens is not None:
+                attrs["gen_ai.usage.input_tokens"] = rec.input_tokens
+            if rec.output_tokens is not None:
+                attrs["gen_ai.usage.output_tokens"] = rec.output_tokens
         dollars = self._cost(rec)
         if dollars is not None:
             attrs["moa.cost.usd"] = dollars
-        if rec.cancelled:
-            attrs["moa.call.cancelled"] = True
         if rec.hedges:
             attrs["moa.hedge.tries"] = len(rec.hedges) + 1
             attrs["moa.hedge.cancelled"] = sum(1 for h in rec.hedges if h.cancelled)
@@ -333,10 +357,16 @@ class Spans:
             return 0.0
         if rec.input_tokens is None or rec.output_tokens is None:
             return None
-        try:
-            return self.prices.call_cost(rec.model, rec.input_tokens, rec.output_tokens)
-        except Exception:  # a price table that cannot price it: the span goes without
-            return None
+        pricer = self.pricers.get(rec.model)
+        if pricer is None:
+            pricer = self.pricers[rec.model] = self.prices.pricer(rec.model)
+        return pricer(rec.input_tokens, rec.output_tokens)
+
+    def _shown(self, step: Step) -> str:
+        """A step's expression as a span shows it: whole with content, else without the
+        texts of its personas and prompts."""
+        text = repr(step)
+        return _clipped(text if self.content else _redacted(text))
 
     @contextlib.contextmanager
     def _span(self, name: str, kind: Any, attrs: dict[str, Any]) -> Iterator[Any]:
@@ -349,11 +379,15 @@ class Spans:
             try:
                 yield span
             except Exception as exc:
-                span.record_exception(exc)
-                span.set_attribute("error.type", type(exc).__qualname__)
-                span.set_status(
-                    _otel.Status(_otel.StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
-                )
+                name = type(exc).__name__
+                if self.content:
+                    span.record_exception(exc)
+                    text = str(exc)
+                else:  # its notes and message may quote a step's persona or prompt
+                    text = _redacted(str(exc))
+                    span.add_event("exception", {"exception.type": name, "exception.message": text})
+                span.set_attribute("error.type", name)
+                span.set_status(_otel.Status(_otel.StatusCode.ERROR, f"{name}: {text}"))
                 raise
             except BaseException:  # cancelled, or interrupted: the run said why elsewhere
                 span.set_attribute("moa.cancelled", True)
@@ -364,13 +398,22 @@ class Spans:
 def continued(carrier: Mapping[str, str] | None) -> Iterator[None]:
     """The trace a caller sent along (W3C ``traceparent``, as HTTP headers or a dict from
     :func:`carried`) as the current context while the block runs, so a run in it is a child
-    of the caller's span. Nothing when there is none or OpenTelemetry is not installed."""
+    of the caller's span. Nothing when there is none, when it does not parse, when a span is
+    current already (an instrumented server's, itself the caller's child), or when
+    OpenTelemetry is not installed."""
     if _otel is None or not carrier or "traceparent" not in carrier:
         yield
         return
+    if _otel.get_current_span().get_span_context().is_valid:
+        yield  # a server span (an instrumented server) continues the caller's trace already
+        return
     from opentelemetry import context, propagate
 
-    token = context.attach(propagate.extract(carrier))
+    incoming = propagate.extract(carrier)
+    if not _otel.get_current_span(incoming).get_span_context().is_valid:
+        yield  # a traceparent that does not parse: nothing to continue
+        return
+    token = context.attach(incoming)
     try:
         yield
     finally:
@@ -411,6 +454,16 @@ def _error_type(error: str) -> str:
     """``error.type`` from a recorded error (``"TimeoutError: ..."``): the exception's name."""
     name = error.split(":", 1)[0].strip()
     return name if name.replace(".", "").replace("_", "").isalnum() else "_OTHER"
+
+
+# A system= or prompt= keyword of a step's or an agent's expression, with its str literal (as
+# repr writes one: single or double quotes, backslash escapes).
+_TEXTS = re.compile(r"""\b(system|prompt)=('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
+
+
+def _redacted(text: str) -> str:
+    """``text`` with the persona and prompt texts of the expressions in it left out."""
+    return _TEXTS.sub(r"\1=…", text)
 
 
 def _clipped(text: str) -> str:

@@ -23,7 +23,9 @@ run."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import hmac
 import json
 import math
@@ -168,12 +170,34 @@ def app(
     return Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed})
 
 
+@functools.cache
+def _closing_stream() -> Any:
+    """Starlette's StreamingResponse, closing its body in the task that sent it. Starlette
+    leaves a body it stopped sending (the client went away while a chunk was being sent) to
+    be closed by the garbage collector, in another task, where the run's cancel scopes and
+    the trace's context cannot be exited."""
+    from starlette.responses import StreamingResponse
+
+    class ClosingStream(StreamingResponse):
+        async def stream_response(self, send: Any) -> None:
+            body = self.body_iterator
+            try:
+                await super().stream_response(send)
+            finally:
+                close = getattr(body, "aclose", None)
+                if close is not None:
+                    await close()
+
+    return ClosingStream
+
+
 def _named(name: str, served: Served) -> Served:
-    """``served`` with its runs' traces named after the model it is served as (where its
-    options do not say how to trace)."""
+    """``served`` with its runs' traces named after the model it is served as and priced at
+    its prices (where its options do not say how to trace)."""
     if served.options.tracing is not None:
         return served
-    return dataclasses.replace(served, options=served.options.replace(tracing=Tracing(name=name)))
+    tracing = Tracing(name=name, prices=served.prices)
+    return dataclasses.replace(served, options=served.options.replace(tracing=tracing))
 
 
 async def _not_found(request: Any, exc: Exception) -> Any:
@@ -314,9 +338,7 @@ class _Server:
         return JSONResponse(_completion(ask, *result))
 
     def _streamed(self, request: Any, ask: _Ask) -> Any:
-        from starlette.responses import StreamingResponse
-
-        return StreamingResponse(
+        return _closing_stream()(
             self._events(ask, request.headers),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -332,10 +354,15 @@ class _Server:
         try:
             yield _sse({**head, "choices": [_delta({"role": "assistant", "content": ""})]})
             written = False
-            with _timed(self.timeout), continued(headers):
-                async with run_stream(
-                    served.pipeline, ask.prompt, served.client, served.options, seed=ask.seed
-                ) as events:
+            with _timed(self.timeout):
+                async with contextlib.AsyncExitStack() as stack:
+                    started = run_stream(
+                        served.pipeline, ask.prompt, served.client, served.options, seed=ask.seed
+                    )
+                    # The caller's trace is current while the run's task starts (it copies it),
+                    # never across this generator's yields.
+                    with continued(headers):
+                        events = await stack.enter_async_context(started)
                     async for event in events:
                         if isinstance(event, TextChunk) and event.text:
                             written = True

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -140,7 +142,30 @@ def test_an_otlp_url_that_is_not_http_is_a_usage_error(url, capsys):
     assert "an http:// or https:// URL of an OTLP/HTTP collector" in capsys.readouterr().err
 
 
-def test_the_endpoint_is_the_collectors_traces_path_unless_a_path_is_given():
+def test_the_endpoint_is_the_collectors_traces_path_under_its_base():
     assert endpoint("http://h:4318") == "http://h:4318/v1/traces"
     assert endpoint("http://h:4318/") == "http://h:4318/v1/traces"
     assert endpoint("https://h/otlp/v1/traces") == "https://h/otlp/v1/traces"
+    # A collector under a base path (Langfuse's, Grafana Cloud's) gets OTLP's path below it.
+    assert endpoint("https://cloud.langfuse.com/api/public/otel") == (
+        "https://cloud.langfuse.com/api/public/otel/v1/traces"
+    )
+
+
+def test_a_collector_that_is_down_costs_seconds_and_never_the_answer(tmp_path):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.monotonic()
+    done = _moa("run", "What is 2+2?", "--pipeline", PIPE, "--otlp", f"http://127.0.0.1:{port}")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()  # the answer
+    assert time.monotonic() - start < 20  # the export gives up within EXPORT_SECONDS
+
+
+def test_otel_service_name_names_the_service(receiver, monkeypatch):
+    url, got, _ = receiver
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "my-mixture")
+    done = _moa("run", "q", "--pipeline", "Propose(['m'])", "--otlp", url)
+    assert done.returncode == 0, done.stderr
+    assert {service for service, _ in got} == {"my-mixture"}

@@ -93,8 +93,11 @@ async def test_a_run_is_one_trace_of_run_steps_and_calls(provider, exporter):
     assert root.attributes["gen_ai.agent.name"] == "moa"
     assert root.attributes["moa.seed"] == str(history.seed)  # exact in any UI
     assert root.attributes["moa.calls"] == 3
-    assert root.attributes["gen_ai.usage.input_tokens"] == history.input_tokens
-    assert root.attributes["gen_ai.usage.output_tokens"] == history.output_tokens
+    assert root.attributes["moa.pipeline"] == "Propose(['a', 'b']) | Shuffle() | Aggregate('j')"
+    # moa's names for the sums: gen_ai.usage.* on the root would count every call twice.
+    assert root.attributes["moa.usage.input_tokens"] == history.input_tokens
+    assert root.attributes["moa.usage.output_tokens"] == history.output_tokens
+    assert not [k for k in root.attributes if k.startswith("gen_ai.usage")]
     assert root.status.status_code is StatusCode.UNSET
 
 
@@ -304,7 +307,8 @@ def test_the_provider_name_follows_the_route():
         ({"content": "yes"}, "content must be a bool or None"),
         ({"name": " "}, "name must be a non-empty str"),
         ({"tracer_provider": object()}, "an OpenTelemetry TracerProvider"),
-        ({"prices": {}}, "prices must be a moa.Prices"),
+        ({"prices": [1]}, "Tracing\\(prices=...\\): a moa.Prices, a mapping"),
+        ({"name": 5}, "name must be a str"),
     ],
 )
 def test_tracing_settings_are_checked_where_they_are_made(kw, message):
@@ -312,3 +316,82 @@ def test_tracing_settings_are_checked_where_they_are_made(kw, message):
         Tracing(**kw)
     with pytest.raises(TypeError, match="tracing must be a moa.Tracing or None"):
         moa.RunOptions(tracing=True)
+
+
+async def test_content_off_keeps_personas_and_prompt_templates_out(provider, exporter):
+    persona = moa.Agent("a", system="SECRET PERSONA")
+    pipe = Propose([persona, "b"]) | Aggregate("j", prompt="SECRET TEMPLATE {responses}")
+    client = ScriptedClient(permanent={"j"})
+    with pytest.raises(StepFailedError):
+        await run(pipe, "Q", client, retry=FAST, tracing=traced(provider, content=False))
+    seen = []
+    for s in exporter.get_finished_spans():
+        seen += [str(v) for v in s.attributes.values()]
+        seen += [str(v) for e in s.events for v in e.attributes.values()]
+        seen.append(s.status.description or "")
+    assert not [v for v in seen if "SECRET" in v]
+    (root,) = named(exporter.get_finished_spans(), "invoke_workflow moa")
+    assert root.attributes["moa.pipeline"].startswith("Propose([Agent('a', system=…), 'b'])")
+    assert "prompt=…" in root.attributes["moa.pipeline"]
+    exporter.clear()
+    with pytest.raises(StepFailedError):
+        await run(pipe, "Q", client.fresh(), retry=FAST, tracing=traced(provider, content=True))
+    (root,) = named(exporter.get_finished_spans(), "invoke_workflow moa")
+    assert "SECRET PERSONA" in root.attributes["moa.pipeline"]
+
+
+async def test_a_cached_call_spends_no_tokens_on_its_span(provider, exporter, tmp_path):
+    cache = Cache(tmp_path / "c.sqlite")
+    await run(Propose(["a"]), "Q", ScriptedClient(), cache=cache, seed=1)
+    await run(Propose(["a"]), "Q", ScriptedClient(), cache=cache, seed=1, tracing=traced(provider))
+    (chat,) = named(exporter.get_finished_spans(), "chat a")
+    assert not [k for k in chat.attributes if k.startswith("gen_ai.usage")]
+    (root,) = named(exporter.get_finished_spans(), "invoke_workflow moa")
+    assert root.attributes["moa.usage.input_tokens"] == 0
+
+
+async def test_calls_are_priced_at_the_tracings_prices_else_the_budgets(provider, exporter):
+    async def client(*, model, messages, temp, max_tokens):
+        return "ok", 1_000_000, 2_000_000
+
+    prices = {"a": (1.0, 2.0)}  # $ per million tokens
+    await run(Propose(["a"]), "Q", client, tracing=traced(provider, prices=prices))
+    (chat,) = named(exporter.get_finished_spans(), "chat a")
+    assert chat.attributes["moa.cost.usd"] == 5.0
+    (root,) = named(exporter.get_finished_spans(), "invoke_workflow moa")
+    assert root.attributes["moa.cost.usd"] == 5.0
+    exporter.clear()
+    budget = moa.Budget(usd=100.0, prices={"a": (3.0, 0.0)})
+    await run(Propose(["a"]), "Q", client, budget=budget, tracing=traced(provider))
+    assert named(exporter.get_finished_spans(), "chat a")[0].attributes["moa.cost.usd"] == 3.0
+    exporter.clear()
+    await run(Propose(["a"]), "Q", client, tracing=traced(provider))  # no price for "a"
+    assert "moa.cost.usd" not in named(exporter.get_finished_spans(), "chat a")[0].attributes
+
+
+async def test_the_runs_and_steps_own_figures(provider, exporter):
+    convo = [
+        {"role": "user", "content": "Q1"},
+        {"role": "assistant", "content": "A1"},
+        {"role": "user", "content": "Q2"},
+    ]
+    delays = {"a": 0, "b": 5}
+    client = ScriptedClient(lambda m, _: m, delay=lambda m, _: delays.get(m, 0), transient={"a": 1})
+    pipe = Propose([moa.Agent("a", name="alpha"), "b"], deadline=0.2) | Aggregate("j")
+    await run(
+        pipe,
+        convo,
+        client,
+        retry=Retry(attempts=2, initial=0.01, max_wait=0.01, jitter=0),
+        tracing=traced(provider),
+    )
+    spans = exporter.get_finished_spans()
+    (root,) = named(spans, "invoke_workflow moa")
+    assert root.attributes["moa.conversation.turns"] == 2 and root.attributes["moa.degraded"]
+    (step,) = named(spans, "step Propose")
+    assert step.attributes["moa.step"] == "Propose([Agent('a', name='alpha'), 'b'], deadline=0.2)"
+    assert step.attributes["moa.step.min_success"] == 1 and "moa.step.degraded" in step.attributes
+    assert step.attributes["moa.step.outputs"] == 1 and step.attributes["moa.step.failed"] == 0
+    (a,) = named(spans, "chat a")
+    assert a.attributes["moa.agent"] == "alpha"
+    assert a.events[0].attributes["moa.retry.wait"] == pytest.approx(0.01)

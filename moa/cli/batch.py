@@ -152,15 +152,20 @@ def _batch(args: argparse.Namespace, pipeline: Step, client: Any, out: Output) -
     cache = open_cache(args.cache, cache_namespace(args))
     try:
         report = Report(args, pipeline, out, total, len(done.ids))
-        options = run_options(args, cache=cache, prices=report.prices)
-        report.budget = options.budget
         if args.ray is not None:
             from .batchray import run_on_ray
 
+            report.budget = run_options(args, prices=report.prices).budget
             anyio.run(close_client, client)  # it only checked the options: workers make theirs
             run_on_ray(args, pipeline, cache, todo, report)
-        else:
-            with exporting(args.otlp, "moa batch"), report:
+            return 1 if report.bar.failed else 0
+        # A Ray worker makes its own tracer provider; here the command's is the runs'.
+        with exporting(args.otlp, "moa batch") as tracer_provider:
+            options = run_options(
+                args, cache=cache, prices=report.prices, tracer_provider=tracer_provider
+            )
+            report.budget = options.budget
+            with report:
                 anyio.run(
                     _drive_batch,
                     pipeline,

@@ -25,7 +25,7 @@ from ..clients._extras import MissingExtraError
 from .batchfile import Item
 from .common import UsageError, short
 from .options import run_options
-from .otel import install
+from .otel import checked, install
 from .report import Report
 
 __all__ = ("run_on_ray",)
@@ -53,6 +53,8 @@ def run_on_ray(
         raise MissingExtraError(
             "moa batch --ray needs Ray, which is not installed: pip install 'moa-dsl[ray]'"
         ) from None
+    if args.otlp is not None:
+        checked(args.otlp)  # a bad URL or a missing SDK, before a cluster starts
     workers = args.workers or DEFAULT_WORKERS
     by_id = {json.dumps(item.id): item for item in todo}
     if report.bar.total is None:

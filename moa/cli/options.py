@@ -19,6 +19,7 @@ from .._options import RunOptions
 from .._parse import PipelineSyntaxError, parse_runnable
 from .._pipeline import Parallel, Pipeline, Step, leaves
 from .._retry import DEFAULT_RETRY, Retry
+from .._trace import Tracing
 from ..errors import MoaError
 from .common import UsageError
 
@@ -51,10 +52,15 @@ def run_options(
     cache: Cache | None = None,
     on_event: EventHandler | None = None,
     prices: Prices | None = None,
+    tracer_provider: Any = None,
 ) -> RunOptions:
     """The run options a command's flags give (``--seed``, ``--max-concurrency``,
-    ``--timeout``, ``--budget-*``), with the cache, the progress display's handler, and the
-    prices a budget in dollars is kept at."""
+    ``--timeout``, ``--budget-*``), with the cache, the progress display's handler, the
+    prices a budget in dollars is kept at and the spans are priced at, and the tracer
+    provider ``--otlp`` made (None: the global one's, if the application set one)."""
+    tracing = None
+    if prices is not None or tracer_provider is not None:
+        tracing = Tracing(prices=prices, tracer_provider=tracer_provider)
     return RunOptions(
         seed=args.seed,
         max_concurrency=getattr(args, "max_concurrency", None),
@@ -64,6 +70,7 @@ def run_options(
         on_event=on_event,
         budget=budget_of(args, prices),
         deadline=getattr(args, "deadline", None),
+        tracing=tracing,
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any, TextIO, cast
 
 import anyio
 
+from .._cache import Cache
 from .._client import unicode_error
 from .._conversation import Prompt, prompt_of
 from .._cost import Prices, cost
@@ -257,10 +258,30 @@ def run_command(args: argparse.Namespace) -> int:
         raise
     pipeline = build_pipeline(args, parsed, as_agent(agent, model))
     prices = prices_for(args, pipeline)
-    display = progress_for(args, pipeline)
-    options = run_options(args, cache=cache, on_event=display.handler, prices=prices)
     try:
-        with exporting(args.otlp, "moa"), display:
+        # The answer is out before the spans are sent (the block's end waits for that).
+        with exporting(args.otlp, "moa") as tracer_provider:
+            return _run(args, pipeline, prompt, client, cache, prices, tracer_provider)
+    finally:
+        if cache is not None:
+            cache.close()
+
+
+def _run(
+    args: argparse.Namespace,
+    pipeline: Step,
+    prompt: str | list[dict[str, str]],
+    client: Any,
+    cache: Cache | None,
+    prices: Prices,
+    tracer_provider: Any,
+) -> int:
+    display = progress_for(args, pipeline)
+    options = run_options(
+        args, cache=cache, on_event=display.handler, prices=prices, tracer_provider=tracer_provider
+    )
+    try:
+        with display:
             result, history, streamed = anyio.run(
                 _stream_and_close if args.stream else _run_and_close,
                 pipeline,
@@ -279,9 +300,6 @@ def run_command(args: argparse.Namespace) -> int:
             if exc.partial is not None:
                 print(f"the best answer the run had: {exc.partial}", file=sys.stderr)
         raise
-    finally:
-        if cache is not None:
-            cache.close()
     # Streamed, the answer is already out (a pipeline whose last step does not write the
     # answer, such as a transform, streams nothing: it is printed whole, as without --stream).
     print("" if streamed else result, flush=True)

@@ -25,6 +25,7 @@ stops taking connections and lets the requests in flight finish."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
 import os
 import sys
@@ -32,6 +33,7 @@ import tomllib
 from typing import Any
 
 from .._options import RunOptions
+from .._trace import Tracing
 from ..clients._extras import MissingExtraError
 from .common import UsageError
 from .evaluate import _named
@@ -88,42 +90,62 @@ def serve_command(args: argparse.Namespace) -> int:
             "environment (clients send it as Authorization: Bearer KEY)"
         )
     models = _models(args, config.get("models", {}))
-    try:
-        served = app(
-            models,
-            key=key,
-            max_requests=server.get("max_requests", 64),
-            max_body=server.get("max_body", MAX_BODY),
-            timeout=server.get("request_timeout", 600.0),
+    # The runs trace to the command's own provider (--otlp), named after the served model.
+    with exporting(args.otlp, "moa serve") as tracer_provider:
+        if tracer_provider is not None:
+            models = {n: _traced(n, m, tracer_provider) for n, m in models.items()}
+        try:
+            served = app(
+                models,
+                key=key,
+                max_requests=server.get("max_requests", 64),
+                max_body=server.get("max_body", MAX_BODY),
+                timeout=server.get("request_timeout", 600.0),
+            )
+        except (TypeError, ValueError) as exc:
+            raise UsageError(str(exc).replace("moa.serve.app(", "[server] (", 1)) from None
+        if not args.quiet:
+            print(
+                f"moa serve: http://{host}:{port}/v1 serves {', '.join(models)}"
+                f"{'' if key else ' (no key asked: loopback only)'}",
+                file=sys.stderr,
+            )
+        settings = uvicorn.Config(
+            served,
+            host=host,
+            port=port,
+            log_level="warning" if args.quiet else "info",
+            timeout_graceful_shutdown=args.drain,
+            **UVICORN,
         )
-    except (TypeError, ValueError) as exc:
-        raise UsageError(str(exc).replace("moa.serve.app(", "[server] (", 1)) from None
-    where = f"http://{host}:{port}/v1"
-    if not args.quiet:
-        print(
-            f"moa serve: {where} serves {', '.join(models)}"
-            f"{'' if key else ' (no key asked: loopback only)'}",
-            file=sys.stderr,
-        )
-    settings = uvicorn.Config(
-        served,
-        host=host,
-        port=port,
-        log_level="warning" if args.quiet else "info",
-        timeout_graceful_shutdown=args.drain,
-        **UVICORN,
-    )
-    with exporting(args.otlp, "moa serve") as flush:
-
-        class Server(uvicorn.Server):
-            async def shutdown(self, sockets: Any = None) -> None:
-                await super().shutdown(sockets)
-                # uvicorn raises the signal that stopped it again once it returns, which
-                # ends the process before the exporter's own shutdown would send the rest.
-                flush()
-
-        Server(settings).run()
+        _server_class()(settings, tracer_provider).run()
     return 0
+
+
+def _traced(name: str, served: Any, tracer_provider: Any) -> Any:
+    """``served``, its runs traced to ``tracer_provider`` as ``invoke_workflow {name}``."""
+    tracing = Tracing(name=name, tracer_provider=tracer_provider, prices=served.prices)
+    return dataclasses.replace(served, options=served.options.replace(tracing=tracing))
+
+
+def _server_class() -> Any:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, sending the spans it holds once it has drained: uvicorn raises
+        the signal that stopped it again as it returns, which ends the process before the
+        tracer provider's own shutdown would send them."""
+
+        def __init__(self, config: Any, tracer_provider: Any) -> None:
+            super().__init__(config)
+            self.tracer_provider = tracer_provider
+
+        async def shutdown(self, sockets: Any = None) -> None:
+            await super().shutdown(sockets)
+            if self.tracer_provider is not None:
+                self.tracer_provider.force_flush()
+
+    return Server
 
 
 def _config(path: str | None) -> dict[str, Any]:
