@@ -6,7 +6,7 @@ Every chat UI, agent framework and SDK that speaks the OpenAI API can then pick 
 where it picks a model::
 
     app = moa.serve.app({"self-moa": moa.serve.Served(self_moa("m"), client)})
-    # uvicorn.run(app, host="127.0.0.1", port=8000)
+    # uvicorn.run(app, host="127.0.0.1", port=8000, timeout_keep_alive=75)
 
 A request's messages are the run's conversation; its ``seed`` the run's seed. ``usage`` sums
 every call of the run. ``"moa": {"history": true}`` in the request adds the run's history and

@@ -31,7 +31,13 @@ def started(monkeypatch):
 
     def run(server):
         c = server.config
-        seen.update(app=c.app, host=c.host, port=c.port, drain=c.timeout_graceful_shutdown)
+        seen.update(
+            app=c.app,
+            host=c.host,
+            port=c.port,
+            drain=c.timeout_graceful_shutdown,
+            keep_alive=c.timeout_keep_alive,
+        )
 
     monkeypatch.setattr(uvicorn.Server, "run", run)
     monkeypatch.delenv("MOA_SERVE_KEY", raising=False)
@@ -55,6 +61,9 @@ max_tokens = 64
     argv = ["serve", "--config", str(config), "--pipeline", "solo=Propose(['m']) | Aggregate('m')"]
     assert main([*argv, "--recipe", "self_moa", *REMOTE]) == 0
     assert started["host"] == "127.0.0.1" and started["port"] == 9123
+    # Longer than a client's pool keeps an idle connection (httpx: 5 s), so the client drops
+    # it first and never sends on one the server is closing.
+    assert started["keep_alive"] == 75
     server = started["app"].routes[0].endpoint.__self__
     assert list(server.models) == ["pair", "solo", "self_moa"] and server.max_requests == 3
     pair = server.models["pair"]

@@ -71,8 +71,6 @@ SHOWN = {
     "tests/test_serve.py runs a served pipeline as another run's client",
     ("docs/tracing.md", "OTLPSpanExporter(endpoint="): "exports to a collector on port 6006; "
     "tests/test_otlp.py exports a run to a local OTLP receiver",
-    ("docs/tracing.md", "tracing=moa.Tracing("): "lists the settings with their defaults (a "
-    "moa.run it does not await); tests/test_tracing.py runs each setting",
 }
 
 #: Pages whose code needs the embedded model or a Ray cluster.
