@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -238,7 +239,7 @@ class Spans:
     @contextlib.contextmanager
     def step(self, step: Step, path: tuple[int, ...]) -> Iterator[Any]:
         """A step's span, current while it runs (its calls' spans are its children)."""
-        attrs: dict[str, Any] = {"moa.step": self._shown(step), "moa.step.path": list(path)}
+        attrs: dict[str, Any] = {"moa.step": self._shown(step), "moa.step.path": _path(path)}
         for name in ("min_success", "quorum"):  # what the step needs, and when it stops
             value = getattr(step, name, None)
             if type(value) is int:
@@ -310,7 +311,7 @@ class Spans:
             "gen_ai.operation.name": "chat",
             "gen_ai.provider.name": provider,
             "gen_ai.request.model": req.model,
-            "moa.step.path": list(site.path),
+            "moa.step.path": _path(site.path),
             "moa.call.index": site.call_index,
         }
         for name, value in (
@@ -365,8 +366,7 @@ class Spans:
     def _shown(self, step: Step) -> str:
         """A step's expression as a span shows it: whole with content, else without the
         texts of its personas and prompts."""
-        text = repr(step)
-        return _clipped(text if self.content else _redacted(text))
+        return _shown(step, self.content)
 
     @contextlib.contextmanager
     def _span(self, name: str, kind: Any, attrs: dict[str, Any]) -> Iterator[Any]:
@@ -464,6 +464,26 @@ _TEXTS = re.compile(r"""\b(system|prompt)=('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")"
 def _redacted(text: str) -> str:
     """``text`` with the persona and prompt texts of the expressions in it left out."""
     return _TEXTS.sub(r"\1=…", text)
+
+
+@functools.lru_cache(maxsize=1024)
+def _shown_hashed(step: Step, content: bool) -> str:
+    # Steps are immutable values: a step's expression is made once, not on every run.
+    text = repr(step)
+    return _clipped(text if content else _redacted(text))
+
+
+def _shown(step: Step, content: bool) -> str:
+    try:
+        return _shown_hashed(step, content)
+    except TypeError:  # a custom step that is not hashable
+        return _shown_hashed.__wrapped__(step, content)
+
+
+def _path(path: tuple[int, ...]) -> str:
+    """A step's path as a span shows it: ``"2"``, ``"0.1"`` (a string: an OpenTelemetry
+    sequence costs a check per item, on every call's span)."""
+    return ".".join(map(str, path))
 
 
 def _clipped(text: str) -> str:

@@ -119,7 +119,7 @@ async def test_a_call_span_carries_the_genai_attributes(provider, exporter):
     assert a["gen_ai.request.max_tokens"] == 77
     assert a["gen_ai.request.seed"] == seeds[0]
     assert a["gen_ai.usage.input_tokens"] == 5 and a["gen_ai.usage.output_tokens"] == 2
-    assert a["moa.step.path"] == (0,) and a["moa.call.index"] == 0
+    assert a["moa.step.path"] == "0" and a["moa.call.index"] == 0
     assert a["moa.retry.attempts"] == 1
     (step,) = named(exporter.get_finished_spans(), "step Propose")
     assert step.attributes["moa.step.calls"] == 1 and step.attributes["moa.step.kind"] == "llm"
@@ -230,8 +230,8 @@ async def test_sub_pipelines_and_parallel_branches_nest(provider, exporter):
     assert kids["invoke_workflow moa"] == ["step Aggregate", "step Parallel"]
     assert kids["step Parallel"] == ["step Pipeline", "step Propose"]
     assert kids["step Pipeline"] == ["step Propose", "step Take"]
-    paths = sorted(tuple(s.attributes["moa.step.path"]) for s in spans if s.name.startswith("step"))
-    assert paths == [(0,), (0, 0), (0, 0, 0), (0, 0, 1), (0, 1), (1,)]
+    paths = sorted(s.attributes["moa.step.path"] for s in spans if s.name.startswith("step"))
+    assert paths == ["0", "0.0", "0.0.0", "0.0.1", "0.1", "1"]
 
 
 async def test_every_run_of_a_batch_is_its_own_trace(provider, exporter):
