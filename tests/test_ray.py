@@ -17,6 +17,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from conftest import _need
 
 import moa
 from moa import Aggregate, Dropout, History, Limits, ModelLimit, Propose, Shuffle
@@ -178,6 +179,51 @@ def test_a_messages_column_runs_each_conversation_whole_beside_prompt_rows(ray_c
         assert "a prompt or messages, not both" in out["x2"]["error"]
         assert "messages[0]: role must be one of" in out["x3"]["error"]
         assert not any(out[r["id"]]["ok"] for r in bad)
+
+
+def traced_seeded(path: str):
+    """``seeded_client``, in a worker whose global tracer provider writes each span it ends
+    to ``path`` (a line of JSON): what the worker's runs traced, for the driver to read."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter
+    from opentelemetry.sdk.trace.export import SpanExportResult as Result
+
+    class ToFile(SpanExporter):
+        def export(self, spans):
+            with open(path, "a") as f:
+                for s in spans:
+                    parent = s.parent.span_id if s.parent else None
+                    ids = {"trace": s.context.trace_id, "parent": parent}
+                    f.write(json.dumps({"name": s.name, **ids}) + "\n")
+            return Result.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(ToFile()))
+    trace.set_tracer_provider(provider)
+    return seeded_client
+
+
+@pytest.mark.ray
+def test_the_workers_runs_continue_the_trace_current_where_run_dataset_is_called(
+    ray_cluster, tmp_path
+):
+    _need("opentelemetry.sdk", "pip install 'moa-dsl[otel]'")
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from moa.ray import run_dataset
+
+    spans = tmp_path / "spans.jsonl"
+    tracer = TracerProvider().get_tracer("the-driver")
+    with tracer.start_as_current_span("batch") as batch:
+        dataset = ray_cluster.data.from_items(rows(4))
+        out = run_dataset(PIPELINE, dataset, partial(traced_seeded, str(spans)), workers=1)
+        assert all(r["ok"] for r in out.take_all())
+    got = [json.loads(line) for line in spans.read_text().splitlines()]
+    roots = [s for s in got if s["name"] == "invoke_workflow moa"]
+    assert len(roots) == 4
+    assert {s["trace"] for s in got} == {batch.get_span_context().trace_id}
+    assert {r["parent"] for r in roots} == {batch.get_span_context().span_id}
 
 
 @pytest.mark.ray
