@@ -28,6 +28,11 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2  # noqa: E4
 
 ROOT = Path(__file__).resolve().parent.parent
 PIPE = "Propose(['m', 'n']) | Shuffle() | Aggregate('m')"
+#: The spans a run of PIPE makes, sorted by name.
+SPAN_NAMES = sorted(
+    ["invoke_workflow moa", "step Propose", "chat m", "chat n", "step Shuffle"]
+    + ["step Aggregate", "chat m"]
+)
 # The command, its client a ScriptedClient (no model, no network but the receiver's).
 SCRIPT = """
 import sys
@@ -102,16 +107,7 @@ def test_moa_run_sends_its_trace_to_the_collector(receiver):
     done = _moa("run", "What is 2+2?", "--pipeline", PIPE, "--seed", "7", "--otlp", url)
     assert done.returncode == 0, done.stderr
     assert paths and set(paths) == {"/v1/traces"}  # the base URL gets OTLP's path
-    names = sorted(s.name for _, s in got)
-    assert names == [
-        "chat m",
-        "chat m",
-        "chat n",
-        "invoke_workflow moa",
-        "step Aggregate",
-        "step Propose",
-        "step Shuffle",
-    ]
+    assert sorted(s.name for _, s in got) == SPAN_NAMES
     assert {service for service, _ in got} == {"moa"}
     assert len({s.trace_id for _, s in got}) == 1
     root = next(s for _, s in got if s.name == "invoke_workflow moa")

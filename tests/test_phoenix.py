@@ -19,7 +19,7 @@ import time
 import urllib.request
 
 import pytest
-from test_otlp import PIPE, _moa
+from test_otlp import PIPE, SPAN_NAMES, _moa
 
 pytestmark = pytest.mark.phoenix
 
@@ -86,15 +86,7 @@ def test_a_runs_trace_is_read_back_from_phoenix_with_its_tree(phoenix):
     while len(spans) < 7 and time.monotonic() < deadline:  # Phoenix ingests in the background
         time.sleep(0.5)
         spans = _get(f"{phoenix}/v1/projects/default/spans?limit=100")["data"]
-    assert sorted(s["name"] for s in spans) == [
-        "chat m",
-        "chat m",
-        "chat n",
-        "invoke_workflow moa",
-        "step Aggregate",
-        "step Propose",
-        "step Shuffle",
-    ]
+    assert sorted(s["name"] for s in spans) == SPAN_NAMES
     by_id = {s["context"]["span_id"]: s for s in spans}
     assert len({s["context"]["trace_id"] for s in spans}) == 1
     (root,) = [s for s in spans if s["parent_id"] is None]

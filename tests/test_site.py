@@ -20,6 +20,7 @@ A block of any other language fails, so a new kind is a decision, not an acciden
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import re
 import shlex
@@ -342,16 +343,16 @@ def reference_directives() -> set[str]:
     return found
 
 
-PUBLIC = (
-    "moa",
-    "moa.steps",
-    "moa.testing",
-    "moa.clients",
-    "moa.ray",
-    "moa.serve",
-    "moa.errors",
-    "moa.recipes",
-)
+def _public_modules() -> tuple[str, ...]:
+    """The modules the reference documents: the list the docs' roles hook reads (one list)."""
+    spec = importlib.util.spec_from_file_location("roles", DOCS / "hooks" / "roles.py")
+    assert spec is not None and spec.loader is not None
+    roles = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(roles)
+    return tuple(roles.PUBLIC_MODULES)
+
+
+PUBLIC = _public_modules()
 
 
 def public_names() -> dict[str, object]:
