@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import logging
 import socket
 from contextlib import asynccontextmanager
 
@@ -440,3 +442,44 @@ async def test_an_incoming_traceparent_makes_the_run_a_child_of_the_callers_span
     assert len(chats) == 8 and {s.attributes["gen_ai.provider.name"] for s in chats} == {
         "ScriptedClient"
     }
+
+
+async def test_a_client_stalled_then_gone_mid_stream_ends_its_run_in_its_own_task(caplog):
+    """Starlette stops sending when the client disconnects while a chunk waits to be sent
+    (its transport paused); the body is then closed in the request's own task: the run's
+    calls are cancelled there, nothing is left for the garbage collector to close elsewhere
+    ("Attempted to exit cancel scope in a different task"), and the count goes back to 0."""
+    client = ScriptedClient(chunk_delay=0.05)
+    served = app({"mix": Served(PIPE, client)})
+    server = served.routes[0].endpoint.__self__
+    body = json.dumps({**ASK, "stream": True}).encode()
+    sent: list[dict] = []
+    asked = False
+
+    async def receive():
+        nonlocal asked
+        if not asked:
+            asked = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await anyio.sleep(0.3)
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+        if message["type"] == "http.response.body" and len(sent) >= 3:
+            await anyio.sleep_forever()  # a stalled client
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+        "query_string": b"", "root_path": "", "headers": [(b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2),
+    }  # fmt: skip
+    with anyio.fail_after(5):
+        await served(scope, receive, send)
+    gc.collect()
+    await anyio.sleep(0.1)
+    assert server.in_flight == 0
+    assert client.in_flight == 0  # every call of the run was cancelled
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
