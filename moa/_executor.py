@@ -13,6 +13,7 @@ only asks for calls.
 from __future__ import annotations
 
 import random
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from time import monotonic
 from typing import Any
@@ -29,6 +30,7 @@ from ._offload import run_off_loop, seconds_for
 from ._pipeline import Parallel, Pipeline, Step, step_text
 from ._response import Response
 from ._round import call_round
+from ._trace import Spans
 from ._transforms import Transform
 from .errors import EmptyInputError, MoaError, StepFailedError
 
@@ -98,13 +100,18 @@ class _Branch:
     emptied_by: str | None = None
 
 
-async def walk(step: Step, run: Walk) -> tuple[str, History]:
+def walk(step: Step, run: Walk) -> Awaitable[tuple[str, History]]:
     """Run ``step`` on the run's prompt: the result and the history. A MoaError leaves with
     the history so far; a client's KeyboardInterrupt leaves as itself once every call stopped
-    (the caller's cancel scope, ``run.stop.scope``, ends the rest)."""
+    (the caller's cancel scope, ``run.stop.scope``, ends the rest). Untraced: no frame of its
+    own, which would live as long as the run and be passed through each time the run resumes."""
     spans = run.calls.spans
     if spans is None:
-        return await _walk(step, run)
+        return _walk(step, run)
+    return _traced_walk(step, run, spans)
+
+
+async def _traced_walk(step: Step, run: Walk, spans: Spans) -> tuple[str, History]:
     with spans.run(step, run.prompt, run.earlier, run.seed) as span:
         try:
             result, history = await _walk(step, run)
@@ -164,12 +171,19 @@ def interrupt_of(group: BaseExceptionGroup) -> BaseException | None:
     return first
 
 
-async def _exec(
+def _exec(
     run: Walk, step: Step, responses: list[str], br: _Branch, path: tuple[int, ...]
-) -> list[str]:
+) -> Awaitable[list[str]]:
+    # Untraced, the step's own coroutine, with no frame between it and its caller's.
     spans = run.calls.spans
     if spans is None or not path:  # the whole pipeline's span is the run's
-        return await _exec_step(run, step, responses, br, path)
+        return _exec_step(run, step, responses, br, path)
+    return _traced_step(run, step, responses, br, path, spans)
+
+
+async def _traced_step(
+    run: Walk, step: Step, responses: list[str], br: _Branch, path: tuple[int, ...], spans: Spans
+) -> list[str]:
     with spans.step(step, path) as span:
         try:
             return await _exec_step(run, step, responses, br, path)
