@@ -154,3 +154,16 @@ def check_seconds(owner: str, name: str, value: object) -> None:
     """None or a finite number of seconds > 0 (TypeError for another type, ValueError out of
     range), in a message that names the argument and states the rule."""
     check_number(owner, name, value, above=True, none=True, unit="a finite number of seconds")
+
+
+def unicode_error(text: str) -> str | None:
+    """Why ``text`` cannot be sent to a model (it holds a lone surrogate, as text decoded
+    from invalid UTF-8 with ``surrogateescape`` does), or None when it can."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (
+            f"it holds a lone surrogate {text[exc.start]!r} at index {exc.start} "
+            f"(invalid UTF-8 in the input?)"
+        )
+    return None

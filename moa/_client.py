@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
-from ._bounds import MAX_REPLY_CHARS, safe_repr
+from ._bounds import MAX_REPLY_CHARS, safe_repr, unicode_error
 from ._response import Confidence
 from .errors import ClientOutputError, ProviderError
 
@@ -129,19 +129,6 @@ def check_output(model: str, out: Any) -> Reply:
 
 _TOKENS = 2**63  # a count that fits a 64-bit column
 _new_tuple = tuple.__new__
-
-
-def unicode_error(text: str) -> str | None:
-    """Why ``text`` cannot be sent to a model (it holds a lone surrogate, as text decoded
-    from invalid UTF-8 with ``surrogateescape`` does), or None when it can."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        return (
-            f"it holds a lone surrogate {text[exc.start]!r} at index {exc.start} "
-            f"(invalid UTF-8 in the input?)"
-        )
-    return None
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")

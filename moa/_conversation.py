@@ -15,8 +15,7 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 
-from ._bounds import describe, safe_repr
-from ._client import unicode_error
+from ._bounds import describe, safe_repr, unicode_error
 from ._contract import Message, Request, messages
 
 __all__ = ("MAX_TURNS", "ROLES", "Prompt", "messages_of", "prompt_of", "with_turns")

@@ -258,7 +258,7 @@ class _Scorer:
             try:
                 verdict, history = await run(
                     self.scorer.step(task, text),
-                    task.prompt,
+                    task.asked,
                     self.client,
                     dataclasses.replace(self.options, seed=seed),
                 )
@@ -350,7 +350,7 @@ async def _drive(
         anyio.create_task_group() as tg,
         as_completed(
             contender.pipeline,
-            [t.prompt for t in tasks],
+            [t.asked for t in tasks],
             client,
             options,
             ids=[t.id for t in tasks],

@@ -417,6 +417,7 @@ class EvalReport:
                 {
                     "id": t.id,
                     "prompt": t.prompt,
+                    **({"earlier": [list(turn) for turn in t.earlier]} if t.earlier else {}),
                     "answer": t.answer,
                     "aliases": list(t.aliases),
                     "match": t.match,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._bounds import check_number, describe
+from ._conversation import messages_of, prompt_of
 
 __all__ = ("MATCHES", "Task", "TaskError", "load_tasks", "split_tasks")
 
@@ -29,20 +30,30 @@ class TaskError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Task:
     """One question: its ``id``, the ``prompt`` asked, the reference ``answer`` and other
-    right answers (``aliases``), and how a reply is compared with them when the scorer is
+    right answers (``aliases``), how a reply is compared with them when the scorer is
     ``"auto"`` (``match``: None for the scorer's own rule, where numbers are compared as
-    numbers and anything else by its words)."""
+    numbers and anything else by its words), and the conversation's turns before the question
+    (``earlier``: ``(role, content)`` pairs; none for a one-turn task)."""
 
     id: str | int
     prompt: str
     answer: str
     aliases: tuple[str, ...] = ()
     match: str | None = None
+    earlier: tuple[tuple[str, str], ...] = ()
 
     @property
     def answers(self) -> tuple[str, ...]:
         """The answer and its aliases."""
         return (self.answer, *self.aliases)
+
+    @property
+    def asked(self) -> str | list[dict[str, str]]:
+        """What a run is given: the prompt, or the conversation ending with it."""
+        if not self.earlier:
+            return self.prompt
+        turns = [{"role": role, "content": content} for role, content in self.earlier]
+        return [*turns, {"role": "user", "content": self.prompt}]
 
 
 def _text(value: object, where: str, name: str) -> str:
@@ -55,15 +66,21 @@ def _text(value: object, where: str, name: str) -> str:
 
 
 def task_of(row: Any, where: str, position: int) -> Task:
-    """A Task from one row (a dict: ``prompt`` or ``question``, ``answer``, optional ``id``,
-    ``aliases``, ``match``); TaskError naming ``where`` for a row that is not one."""
+    """A Task from one row (a dict: ``prompt`` or ``question``, or ``messages`` (a
+    conversation ending with the question), ``answer``, optional ``id``, ``aliases``,
+    ``match``); TaskError naming ``where`` for a row that is not one."""
     if not isinstance(row, dict):
         raise TaskError(f"{where}: a task is an object, not {describe(row)}")
     prompt = row.get("prompt")
     if prompt is None:  # absent, or null in a Parquet file whose other rows say "question"
         prompt = row.get("question")
+    earlier: tuple[tuple[str, str], ...] = ()
+    if row.get("messages") is not None:
+        if prompt is not None:
+            raise TaskError(f"{where}: a task asks a prompt or messages, not both")
+        earlier, prompt = _conversation(row["messages"], where)
     if prompt is None:
-        raise TaskError(f"{where}: no 'prompt' (nor 'question'): the question to ask")
+        raise TaskError(f"{where}: no 'prompt' (nor 'question', nor 'messages'): the question")
     if "answer" not in row or row["answer"] is None:
         raise TaskError(f"{where}: no 'answer': the reference a reply is scored against")
     aliases = row.get("aliases") or []
@@ -83,7 +100,18 @@ def task_of(row: Any, where: str, position: int) -> Task:
         _text(row["answer"], where, "answer"),
         tuple(_text(a, where, "aliases") for a in aliases),
         match,
+        earlier,
     )
+
+
+def _conversation(value: object, where: str) -> tuple[tuple[tuple[str, str], ...], str]:
+    """A task's ``messages``: its earlier turns as (role, content) pairs, and its question."""
+    try:
+        turns = messages_of(value)
+        prompt_of("messages", list(turns))  # the last turn must be the user's question
+    except (TypeError, ValueError) as exc:
+        raise TaskError(f"{where}: {str(exc).replace('messages(prompt): ', '', 1)}") from None
+    return tuple((m["role"], m["content"]) for m in turns[:-1]), turns[-1]["content"]
 
 
 def _rows(path: str) -> Iterator[tuple[str, Any]]:

@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, Unpack
 
 import anyio
@@ -23,6 +24,8 @@ import anyio
 from ._agent import Agent, AgentLike, agent_of
 from ._bounds import check_int, check_number, describe, safe_repr
 from ._client import Client
+from ._contract import Request
+from ._conversation import with_turns
 from ._cost import Prices, price_table
 from ._eval import EvalProgress, contenders_of, eval_namespace, evaluate
 from ._llm_steps import Aggregate, Propose
@@ -319,11 +322,11 @@ def _split(
     if holdout_tasks is None:
         return split_tasks(task_list, holdout, seed)
     held = load_tasks(holdout_tasks)
-    seen = {t.prompt for t in task_list} & {t.prompt for t in held}
+    seen = {(t.prompt, t.earlier) for t in task_list} & {(t.prompt, t.earlier) for t in held}
     if seen:
         raise ValueError(
             f"moa.tune: {len(seen)} held-out prompts are among the dev tasks too (e.g. "
-            f"{safe_repr(next(iter(seen)))}); held-out tasks must be unseen by the search"
+            f"{safe_repr(next(iter(seen))[0])}); held-out tasks must be unseen by the search"
         )
     return task_list, held
 
@@ -408,11 +411,20 @@ def _reused(options: RunOptions, held: Sequence[Task], single: Step) -> int:
         return 0
     view = options.cache.with_namespace(eval_namespace(options.cache, options.seed))
     first = next(s for _, s in leaves(single) if isinstance(s, Propose))
-    found = sum(
-        view.lookup(first.requests(t.prompt, [])[0].identity, (0, 0)) is not None for t in held
-    )
+    found = sum(view.lookup(_asked(first, t).identity, (0, 0)) is not None for t in held)
     view.close()
     return found
+
+
+def _asked(first: Propose, task: Task) -> Request:
+    """The single agent's first request for ``task``, as a run sends it (its earlier turns
+    in), so the cache is looked up under the key the run stores it at."""
+    req = first.requests(task.prompt, [])[0]
+    if not task.earlier:
+        return req
+    return with_turns(
+        req, tuple(MappingProxyType({"role": r, "content": c}) for r, c in task.earlier)
+    )
 
 
 def _phases(progress: EvalProgress | None) -> Callable[[str], EvalProgress | None]:
@@ -531,7 +543,7 @@ def _dollars_per_call(
 ) -> float | None:
     """The dearest call of the space at its longest: the longest prompt (4 characters a
     token) plus every response an aggregator reads, every output at its max_tokens."""
-    prompt = max(len(t.prompt) for t in tasks) // 4 + 64
+    prompt = max(len(t.prompt) + sum(len(c) for _, c in t.earlier) for t in tasks) // 4 + 64
     worst = 0.0
     for step in mixtures.values():
         shown = 0

@@ -704,3 +704,31 @@ async def test_save_png_needs_matplotlib(tmp_path):
     else:
         report.save(tmp_path / "r.png")
         assert (tmp_path / "r.png").read_bytes().startswith(b"\x89PNG")
+
+
+async def test_a_conversation_task_is_asked_whole_of_every_contender_and_the_judge():
+    chat = [
+        {"role": "user", "content": "Which planet is the largest?"},
+        {"role": "assistant", "content": "Jupiter."},
+        {"role": "user", "content": "How many moons does it have?"},
+    ]
+    seen: list[tuple[str, list[dict]]] = []
+
+    async def client(*, model, messages, temp, max_tokens):
+        seen.append((model, messages))
+        return ("YES" if model == "judge" else "95"), 5, 1
+
+    task = Task("moons", "How many moons does it have?", "95", earlier=(
+        ("user", "Which planet is the largest?"), ("assistant", "Jupiter."),
+    ))  # fmt: skip
+    assert task.asked == chat
+    mix = Propose(["a", "b"]) | moa.Aggregate("a")
+    report = await moa.eval({"mix": mix}, [task], client, scorer=moa.Judge("judge"))
+    assert report["mix"].correct == [True]
+    assert "judge" in {model for model, _ in seen}
+    # Every call, the judge's too, reads the earlier turns in order before its own messages.
+    for _, messages in seen:
+        turns = [(m["role"], m["content"]) for m in messages]
+        at = turns.index(("assistant", "Jupiter."))
+        assert turns[at - 1] == ("user", "Which planet is the largest?")
+    assert report.to_dict()["tasks"][0]["earlier"] == [list(t) for t in task.earlier]

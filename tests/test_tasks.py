@@ -114,7 +114,7 @@ def test_a_line_that_is_not_json_is_named(tmp_path, bad):
 @pytest.mark.parametrize(
     "row, message",
     [
-        ({"answer": "1"}, r"line 2: no 'prompt' \(nor 'question'\)"),
+        ({"answer": "1"}, r"line 2: no 'prompt' \(nor 'question', nor 'messages'\)"),
         ({"prompt": None, "answer": "1"}, r"line 2: no 'prompt'"),
         ({"prompt": "a"}, r"line 2: no 'answer'"),
         ({"prompt": "a", "answer": None}, r"line 2: no 'answer'"),
@@ -311,3 +311,36 @@ def test_a_holdout_that_is_not_a_number_is_refused(holdout):
 def test_too_few_tasks_to_split_are_refused(n, holdout):
     with pytest.raises(TaskError, match=rf"split_tasks: {n} tasks cannot be split"):
         split_tasks(TEN[:n], holdout)
+
+
+# -- conversations ----------------------------------------------------------------------------
+CHAT = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Which planet is the largest?"},
+    {"role": "assistant", "content": "Jupiter."},
+    {"role": "user", "content": "How many moons does it have?"},
+]
+
+
+def test_a_task_may_be_a_conversation_ending_with_its_question(tmp_path):
+    (task,) = load_tasks(jsonl(tmp_path, {"id": "moons", "messages": CHAT, "answer": "95"}))
+    assert task.prompt == "How many moons does it have?"
+    assert task.earlier == tuple((m["role"], m["content"]) for m in CHAT[:-1])
+    assert task.asked == CHAT  # what a run is given
+    plain = Task("q", "2+2?", "4")
+    assert plain.earlier == () and plain.asked == "2+2?"
+    assert hash(task) == hash(Task(*[getattr(task, f) for f in task.__dataclass_fields__]))
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({"messages": CHAT, "prompt": "also?", "answer": "1"}, "a prompt or messages, not both"),
+        ({"messages": CHAT[:3], "answer": "1"}, "must be the user's, not the assistant's"),
+        ({"messages": "hi", "answer": "1"}, "a conversation is a list"),
+        ({"messages": [{"role": "bot", "content": "hi"}], "answer": "1"}, r"messages\[0\]: role"),
+    ],
+)
+def test_a_bad_conversation_is_refused_naming_its_line(tmp_path, row, message):
+    with pytest.raises(TaskError, match=rf"tasks.jsonl line 1: .*{message}"):
+        load_tasks(jsonl(tmp_path, {"id": "x", **row}))
