@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import _need
 
+import moa.cli
 from moa.cli import main
 from moa.cli.otel import endpoint
 
@@ -133,9 +134,16 @@ def test_moa_batch_sends_a_trace_per_prompt(receiver, tmp_path):
 
 
 @pytest.mark.parametrize("url", ["ftp://127.0.0.1/", "127.0.0.1:4318", "http://"])
-def test_an_otlp_url_that_is_not_http_is_a_usage_error(url, capsys):
-    assert main(["run", "q", "--pipeline", PIPE, "--otlp", url]) == 2
-    assert "an http:// or https:// URL of an OTLP/HTTP collector" in capsys.readouterr().err
+def test_an_otlp_url_that_is_not_http_is_a_usage_error_before_a_model_loads(
+    url, capsys, monkeypatch
+):
+    def make_client(*args):  # pragma: no cover - the URL is refused first
+        raise AssertionError("a model was made before --otlp was checked")
+
+    monkeypatch.setattr(moa.cli.providers, "make_client", make_client)
+    for command in (["run", "q"], ["batch", "in.jsonl", "-o", "out.jsonl"], ["serve"]):
+        assert main([*command, "--pipeline", PIPE, "--otlp", url]) == 2, command
+        assert "an http:// or https:// URL of an OTLP/HTTP collector" in capsys.readouterr().err
 
 
 def test_the_endpoint_is_the_collectors_traces_path_under_its_base():

@@ -35,7 +35,7 @@ from .options import (
     parse_expression,
     run_options,
 )
-from .otel import exporting
+from .otel import checked, exporting
 from .providers import as_agent, model_option
 from .report import Report
 
@@ -102,6 +102,8 @@ def batch_command(args: argparse.Namespace) -> int:
     agent = model_option(args)
     load_prices(args.prices)  # a bad price file is a usage error before anything runs
     _check_flags(args)
+    if args.otlp is not None:
+        checked(args.otlp)  # and a bad --otlp, before a model loads
     client, model = providers.make_client(args.provider, args.base_url, args.model)
     pipeline = build_pipeline(args, parsed, as_agent(agent, model))
     batch = BatchId(repr(pipeline), args.seed, cache_namespace(args))

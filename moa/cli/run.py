@@ -39,7 +39,7 @@ from .options import (
     run_options,
     saved_prices,
 )
-from .otel import exporting
+from .otel import checked, exporting
 from .progress import progress_for
 from .providers import as_agent, model_option
 
@@ -248,6 +248,8 @@ def run_command(args: argparse.Namespace) -> int:
     check_writable("--json", args.json)
     prompt = _read_prompt(args)
     load_prices(args.prices)  # a bad price file is a usage error before anything runs
+    if args.otlp is not None:
+        checked(args.otlp)  # and a bad --otlp, before a model loads
     agent = model_option(args)
     cache = open_cache(args.cache, cache_namespace(args))
     try:

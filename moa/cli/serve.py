@@ -38,7 +38,7 @@ from ..clients._extras import MissingExtraError
 from .common import UsageError
 from .evaluate import _named
 from .options import RECIPES, parse_expression, recipe, with_max_tokens
-from .otel import exporting
+from .otel import checked, exporting
 from .providers import PROVIDERS, make_client
 
 __all__ = ("serve_command",)
@@ -76,6 +76,8 @@ def serve_command(args: argparse.Namespace) -> int:
         raise MissingExtraError(
             "moa serve needs Starlette and uvicorn: pip install 'moa-dsl[serve]'"
         ) from None
+    if args.otlp is not None:
+        checked(args.otlp)  # a bad --otlp, before a model loads
     config = _config(args.config)
     server = {**config.get("server", {})}
     for name in _SERVER_KEYS:  # the command line's settings over the file's
