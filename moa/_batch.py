@@ -24,6 +24,7 @@ from ._client import Client
 from ._contract import Message
 from ._conversation import Prompt
 from ._executor import Stop, Walk, walk
+from ._held import holds, packed, unpacked
 from ._history import History
 from ._options import RunKwargs, RunOptions
 from ._pipeline import Step, StepLike, as_step
@@ -44,6 +45,7 @@ from .errors import BatchStoppedError, BudgetExceededError, MoaError
 __all__ = ("RunResult", "as_completed", "run_many")
 
 
+@holds
 @dataclass(frozen=True, slots=True)
 class RunResult:
     """One prompt's outcome in a batch: its ``result`` and ``history``, or the ``error`` that
@@ -297,7 +299,8 @@ async def run_many(
     are cancelled and left out (``"cancel"``), and BatchStoppedError is raised from it; the
     prompts not run are run by a later batch with a new budget.
     """
-    results: list[RunResult] = []
+    held: list[Any] = []  # finished runs as atoms: the collector stops rescanning them
+    shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
     try:
         async with as_completed(
             pipeline,
@@ -311,12 +314,14 @@ async def run_many(
             **kwargs,
         ) as stream:
             async for r in stream:
-                results.append(r)
+                held.append(packed(r, shapes))
     except BatchStoppedError as exc:
-        exc.results = tuple(sorted(results, key=lambda r: r.index))
+        exc.results = tuple(sorted(map(unpacked, held), key=lambda r: r.index))
         raise
-    results.sort(key=lambda r: r.index)
-    return results
+    for i, r in enumerate(held):  # in place: each packed form is freed as its result is made
+        held[i] = unpacked(r)
+    held.sort(key=lambda r: r.index)
+    return held
 
 
 @asynccontextmanager

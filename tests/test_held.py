@@ -1,0 +1,75 @@
+"""moa._held: a finished run held as atoms while run_many goes on, built back equal."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+
+import moa
+from moa import Agent, Aggregate, Budget, Propose, Shuffle
+from moa._held import packed, unpacked
+from tests.scripted import ScriptedClient
+
+pytestmark = pytest.mark.anyio
+CHAT = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Largest planet?"},
+    {"role": "assistant", "content": "Jupiter."},
+    {"role": "user", "content": "Its moons?"},
+]
+
+
+def same(a, b) -> bool:
+    """Equal, the fields equality leaves out too (timings, the budget's figures)."""
+    if a != b or a.history != b.history:
+        return False
+    ha, hb = a.history, b.history
+    return (
+        (ha.wall_time, ha.budget, ha.conversation) == (hb.wall_time, hb.budget, hb.conversation)
+        and [s.duration for s in ha.steps] == [s.duration for s in hb.steps]
+        and [c.latency for c in ha.calls] == [c.latency for c in hb.calls]
+    )
+
+
+async def test_a_result_is_held_as_untracked_atoms_and_built_back_equal():
+    delays = {"a": 0, "b": 0, "c": 5}
+    client = ScriptedClient(lambda m, _: m, delay=lambda m, _: delays.get(m, 0), transient={"b": 1})
+    pipe = Propose([Agent("a", system="S"), "b", "c"], quorum=2) | Shuffle() | Aggregate("j")
+    results = await moa.run_many(
+        pipe, ["q", "r", CHAT], client, seed=1, budget=Budget(calls=100), retry=moa.Retry(initial=0)
+    )
+    shapes: dict = {}
+    for r in results:
+        held = packed(r, shapes)
+        assert type(held) is tuple and len(held) == 2
+        gc.collect()
+        gc.collect()
+        assert not gc.is_tracked(held)  # the collector no longer scans it
+        assert same(unpacked(held), r)
+    assert len(shapes) == 2  # the two one-turn runs share one shape
+
+
+async def test_a_failed_run_and_a_foreign_object_are_held_as_they_are():
+    client = ScriptedClient(permanent={"a"})
+    (failed,) = await moa.run_many(Propose(["a"]), ["q"], client)
+    assert not failed.ok and packed(failed, {}) is failed and unpacked(failed) is failed
+
+    class Odd:
+        pass
+
+    (ok,) = await moa.run_many(Propose(["b"]), ["q"], ScriptedClient())
+    odd = moa.RunResult(ok.index, ok.prompt, ok.result, ok.history, None, Odd(), ok.seed)
+    assert packed(odd, {}) is odd
+
+
+async def test_run_many_returns_the_results_it_would_hold_as_objects():
+    prompts = [f"q{i}" for i in range(50)]
+    got = await moa.run_many(
+        Propose(["a", "b"]) | Aggregate("j"), prompts, ScriptedClient(), seed=3
+    )
+    for i, r in enumerate(got):
+        want, history = await moa.run(
+            Propose(["a", "b"]) | Aggregate("j"), prompts[i], ScriptedClient(), seed=r.seed
+        )
+        assert r.index == i and r.result == want and r.history == history
