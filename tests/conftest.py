@@ -157,3 +157,21 @@ def ray_cluster():
         yield ray
     finally:
         ray.shutdown()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Phoenix takes 15-25 s to start: when its test is selected, it starts now, beside the
+    tests before it (test_phoenix's fixture waits for it, or starts one itself)."""
+    if not any(item.get_closest_marker("phoenix") for item in session.items):
+        return
+    import test_phoenix
+
+    exe = test_phoenix.executable()
+    if exe is not None and test_phoenix.started is None:
+        test_phoenix.started = test_phoenix.Started(exe)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    test_phoenix = sys.modules.get("test_phoenix")
+    if test_phoenix is not None and test_phoenix.started is not None:  # never reached its test
+        test_phoenix.started.stop()

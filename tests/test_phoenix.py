@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 
@@ -35,47 +36,76 @@ def _get(url: str) -> dict:
         return json.loads(reply.read())
 
 
+class Started:
+    """A Phoenix process serving on 127.0.0.1 (free HTTP and gRPC ports, its database in a
+    temporary folder), started as the test session begins (``conftest`` starts it when this
+    test is selected: it needs 15-25 s, which the tests before it cover)."""
+
+    def __init__(self, exe: str) -> None:
+        self.folder = tempfile.mkdtemp(prefix="moa-phoenix-")
+        port = _port()
+        env = {
+            **os.environ,
+            "PHOENIX_HOST": "127.0.0.1",  # it binds 0.0.0.0 otherwise
+            "PHOENIX_PORT": str(port),
+            "PHOENIX_GRPC_PORT": str(_port()),
+            "PHOENIX_WORKING_DIR": os.path.join(self.folder, "db"),
+        }
+        self.log = os.path.join(self.folder, "phoenix.log")
+        with open(self.log, "w") as out:
+            self.process = subprocess.Popen(
+                [exe, "serve"], env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+        self.base = f"http://127.0.0.1:{port}"
+
+    def ready(self, seconds: float = 120) -> str:
+        """Its base URL, once it answers; RuntimeError with its log if it does not."""
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.base}/healthz", timeout=2).read()
+                return self.base
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    with open(self.log) as f:
+                        text = f.read()[-3000:]
+                    raise RuntimeError(f"Phoenix did not start:\n{text}") from None
+                time.sleep(0.5)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+#: The Phoenix conftest started for this session (None until then, or when not selected).
+started: Started | None = None
+
+
+def executable() -> str | None:
+    return os.environ.get("MOA_PHOENIX") or shutil.which("phoenix")
+
+
 @pytest.fixture(scope="module")
-def phoenix(tmp_path_factory):
-    """Phoenix serving on 127.0.0.1 (its HTTP and gRPC ports free ones, its database in a
-    temporary folder): its base URL."""
-    exe = os.environ.get("MOA_PHOENIX") or shutil.which("phoenix")
+def phoenix():
+    """Phoenix's base URL: the one started as the session began, else one started now."""
+    global started
+    exe = executable()
     if exe is None:
         if os.environ.get("CI"):
             pytest.fail("CI must run the Phoenix test: set MOA_PHOENIX to Phoenix's phoenix")
         pytest.skip("Phoenix is not installed (pip install arize-phoenix, in a venv of its own)")
-    port = _port()
-    env = {
-        **os.environ,
-        "PHOENIX_HOST": "127.0.0.1",  # it binds 0.0.0.0 otherwise
-        "PHOENIX_PORT": str(port),
-        "PHOENIX_GRPC_PORT": str(_port()),
-        "PHOENIX_WORKING_DIR": str(tmp_path_factory.mktemp("phoenix")),
-    }
-    log = tmp_path_factory.mktemp("phoenix-log") / "phoenix.log"
-    with open(log, "w") as out:
-        server = subprocess.Popen([exe, "serve"], env=env, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+    if started is None:
+        started = Started(exe)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/healthz", timeout=2).read()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"Phoenix did not start:\n{log.read_text()[-3000:]}"
-                    ) from None
-                time.sleep(0.5)
-        yield base
+        yield started.ready()
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        started.stop()
+        started = None
 
 
 def test_a_runs_trace_is_read_back_from_phoenix_with_its_tree(phoenix):
