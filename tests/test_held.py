@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 
 import pytest
+from test_conversation import CONVERSATION as CHAT
 
 import moa
 from moa import Agent, Aggregate, Budget, Propose, Shuffle
@@ -12,12 +13,6 @@ from moa._held import packed, unpacked
 from tests.scripted import ScriptedClient
 
 pytestmark = pytest.mark.anyio
-CHAT = [
-    {"role": "system", "content": "Be brief."},
-    {"role": "user", "content": "Largest planet?"},
-    {"role": "assistant", "content": "Jupiter."},
-    {"role": "user", "content": "Its moons?"},
-]
 
 
 def same(a, b) -> bool:
