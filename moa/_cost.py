@@ -256,11 +256,7 @@ class Prices(Mapping[str, Price]):
         applied at the tier this call's input tokens reach."""
         if input_tokens is None or output_tokens is None:
             return None
-        price = self._table.get(model)
-        if price is not None:
-            return (input_tokens * price.input + output_tokens * price.output) / _PER
-        listed = _listed(self._source, model)
-        return None if listed is None else listed.call_cost(input_tokens, output_tokens)
+        return self.pricer(model)(input_tokens, output_tokens)
 
     def pricer(self, model: str) -> Callable[[int, int], float | None]:
         """:meth:`call_cost` for ``model``, looked up once: ``pricer(input, output)`` in

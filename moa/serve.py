@@ -130,11 +130,14 @@ def app(
     max_requests: int = 64,
     max_body: int = MAX_BODY,
     timeout: float | None = 600.0,
+    tracer_provider: Any = None,
 ) -> Any:
     """A Starlette app serving ``models`` by name. ``key``: the bearer key every request but
     ``/health`` must give (None: none asked; ``moa serve`` requires one off loopback).
     ``max_requests``: runs at once, server-wide (past it, 429 at once). ``max_body``: bytes
-    a request may send (413 past it). ``timeout``: seconds a run may take (504 past it)."""
+    a request may send (413 past it). ``timeout``: seconds a run may take (504 past it).
+    ``tracer_provider``: where runs are traced, as ``invoke_workflow {model}`` (None: the
+    global one), for a model whose options do not say."""
     try:
         from starlette.applications import Starlette
         from starlette.routing import Route
@@ -159,9 +162,8 @@ def app(
         )
     if timeout is not None and not (isinstance(timeout, (int, float)) and 0 < timeout < math.inf):
         raise ValueError(f"moa.serve.app(timeout=...): seconds above 0, or None, not {timeout!r}")
-    server = _Server(
-        {n: _named(n, s) for n, s in models.items()}, key, max_requests, max_body, timeout
-    )
+    named = {n: _named(n, s, tracer_provider) for n, s in models.items()}
+    server = _Server(named, key, max_requests, max_body, timeout)
     routes = [
         Route("/health", server.health, methods=["GET"]),
         Route("/v1/models", server.list_models, methods=["GET"]),
@@ -191,12 +193,11 @@ def _closing_stream() -> Any:
     return ClosingStream
 
 
-def _named(name: str, served: Served) -> Served:
-    """``served`` with its runs' traces named after the model it is served as and priced at
-    its prices (where its options do not say how to trace)."""
+def _named(name: str, served: Served, tracer_provider: Any) -> Served:
+    """``served``, traced as the model ``name`` at its prices (unless its options say how)."""
     if served.options.tracing is not None:
         return served
-    tracing = Tracing(name=name, prices=served.prices)
+    tracing = Tracing(name=name, prices=served.prices, tracer_provider=tracer_provider)
     return dataclasses.replace(served, options=served.options.replace(tracing=tracing))
 
 

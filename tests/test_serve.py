@@ -483,3 +483,20 @@ async def test_a_client_stalled_then_gone_mid_stream_ends_its_run_in_its_own_tas
     assert server.in_flight == 0
     assert client.in_flight == 0  # every call of the run was cancelled
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_a_servers_own_tracer_provider_gets_its_runs_named_after_the_model():
+    _need("opentelemetry.sdk", "pip install 'moa-dsl[otel]'")
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter, provider = InMemorySpanExporter(), TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    async with serving({"mix": Served(PIPE, ScriptedClient())}, tracer_provider=provider) as (
+        base,
+        _,
+    ):
+        async with httpx.AsyncClient() as http:
+            assert (await http.post(f"{base}/v1/chat/completions", json=ASK)).status_code == 200
+    assert [s.name for s in exporter.get_finished_spans()][-1] == "invoke_workflow mix"

@@ -25,7 +25,6 @@ stops taking connections and lets the requests in flight finish."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import ipaddress
 import os
 import sys
@@ -33,7 +32,6 @@ import tomllib
 from typing import Any
 
 from .._options import RunOptions
-from .._trace import Tracing
 from ..clients._extras import MissingExtraError
 from .common import UsageError
 from .evaluate import _named
@@ -94,8 +92,6 @@ def serve_command(args: argparse.Namespace) -> int:
     models = _models(args, config.get("models", {}))
     # The runs trace to the command's own provider (--otlp), named after the served model.
     with exporting(args.otlp, "moa serve") as tracer_provider:
-        if tracer_provider is not None:
-            models = {n: _traced(n, m, tracer_provider) for n, m in models.items()}
         try:
             served = app(
                 models,
@@ -103,6 +99,7 @@ def serve_command(args: argparse.Namespace) -> int:
                 max_requests=server.get("max_requests", 64),
                 max_body=server.get("max_body", MAX_BODY),
                 timeout=server.get("request_timeout", 600.0),
+                tracer_provider=tracer_provider,
             )
         except (TypeError, ValueError) as exc:
             raise UsageError(str(exc).replace("moa.serve.app(", "[server] (", 1)) from None
@@ -122,12 +119,6 @@ def serve_command(args: argparse.Namespace) -> int:
         )
         _server_class()(settings, tracer_provider).run()
     return 0
-
-
-def _traced(name: str, served: Any, tracer_provider: Any) -> Any:
-    """``served``, its runs traced to ``tracer_provider`` as ``invoke_workflow {name}``."""
-    tracing = Tracing(name=name, tracer_provider=tracer_provider, prices=served.prices)
-    return dataclasses.replace(served, options=served.options.replace(tracing=tracing))
 
 
 def _server_class() -> Any:
