@@ -12,7 +12,7 @@ import random
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Unpack
 
 import anyio
@@ -28,6 +28,7 @@ from ._held import holds, packed, unpacked
 from ._history import History
 from ._options import RunKwargs, RunOptions
 from ._pipeline import Step, StepLike, as_step
+from ._pool import Workers, took
 from ._run import (
     ErrorAfter,
     budget_figures,
@@ -149,8 +150,10 @@ def _checked_upfront(
         raise ValueError(
             f"run_many(ids=...): {len(ids)} ids for {len(prompts)} prompts: one id a prompt"
         )
-    items = list(_feed(prompts, ids, seed))
-    return iter(items), len(items)
+    # Held as plain tuples until each run starts: the collector stops scanning a tuple of
+    # atoms, where it would rescan 10,000 _Items at every full collection of the batch.
+    items = [(i.index, i.prompt, i.id, i.seed, i.earlier) for i in _feed(prompts, ids, seed)]
+    return (_Item(*item) for item in items), len(items)
 
 
 class _Batch:
@@ -235,22 +238,33 @@ async def _drive(
     async with send, anyio.create_task_group() as tg:
         batch.stop.scope = tg.cancel_scope
         batch.stop_runs = tg.cancel_scope.cancel  # on_budget="cancel"
-        while not failure and batch.spent is None:
-            if slots is not None:
-                await slots.acquire()
-                if failure or batch.spent is not None:  # it came while this waited for a slot
+        # Untraced, runs and calls reuse the batch's tasks (traced, their spans find their
+        # parents in each task's own context).
+        workers = Workers(tg, reuse=batch.calls.spans is None)
+        if workers.reuse:
+            batch.calls = replace(batch.calls, workers=workers)
+        try:
+            while not failure and batch.spent is None:
+                if slots is not None:
+                    if not took(slots):  # a free slot is taken without a trip round the loop
+                        await slots.acquire()
+                    if failure or batch.spent is not None:  # it came while this waited
+                        break
+                try:
+                    item = next(feed)
+                except StopIteration:
                     break
-            try:
-                item = next(feed)
-            except StopIteration:
-                break
-            except Exception as exc:  # a bad prompt in an iterator, a file's bad line
-                failure.append(exc)
-                break
-            tg.start_soon(one, item)
+                except Exception as exc:  # a bad prompt in an iterator, a file's bad line
+                    failure.append(exc)
+                    break
+                workers.start_soon(one, item)
+        finally:
+            workers.close()
     if batch.stop.interrupt is not None:
-        raise batch.stop.interrupt
-    if failure:
+        # Raised where the results are read, not in this task: on asyncio a KeyboardInterrupt
+        # leaving a task stops the loop under the reader ("Task exception was never retrieved").
+        out.error = batch.stop.interrupt
+    elif failure:
         out.error = _stopped(failure[0], batch.finished, total)
     elif batch.spent is not None:  # the prompts not started are not run: resume them later
         out.error = _stopped(batch.spent, batch.finished, total)

@@ -50,6 +50,7 @@ from ._contract import Request
 from ._events import CallFinished, CallRetrying, EventHandler, TextChunk, both
 from ._history import CallRecord
 from ._options import RunOptions
+from ._pool import Workers
 from ._retry import Retry
 from ._seeds import accepts, accepts_seed
 from ._trace import Spans, spans_for
@@ -325,7 +326,8 @@ class Calls:
     """A run's composed call stack, as the walk uses it: ``call`` makes a call; ``try_now``,
     when not None, answers a call of ``step`` at once if it can (a cached answer) or returns
     None; ``finished``, when not None, is told of calls the walk ended itself (stopped by a
-    quorum); ``wants_sample``: the sites must carry sample indices."""
+    quorum); ``wants_sample``: the sites must carry sample indices; ``workers``, when not None,
+    the tasks a round's concurrent calls run in (a batch's, reused)."""
 
     call: Call
     try_now: TryNow | None = None
@@ -333,6 +335,7 @@ class Calls:
     wants_sample: bool = False
     deadline: float | None = None  # the run's default for a step's rounds
     spans: Spans | None = None  # the run's OpenTelemetry spans (None: tracing off)
+    workers: Workers | None = None  # a batch's tasks, reused for a round's calls
 
 
 def _attempt_layers(options: RunOptions) -> list[Callable[[Attempt], Attempt]]:

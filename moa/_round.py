@@ -10,7 +10,7 @@ from time import monotonic
 
 import anyio
 
-from ._calls import Call, Calls, Outcome, Site
+from ._calls import Calls, Outcome, Site
 from ._contract import Identity, LLMStep, Request
 from ._history import CallRecord
 from ._seeds import call_seed
@@ -76,7 +76,7 @@ async def call_round(
     starts = [0.0] * n
     cut = None
     if deadline is None and step.enough(n) is None:  # every plain round, without a frame more
-        await _every(calls.call, requests, sites, todo, results, starts)
+        await _every(calls, requests, sites, todo, results, starts)
     elif deadline is None:
         await _calls(calls, step, requests, sites, todo, results, starts)
     else:
@@ -100,14 +100,14 @@ async def _calls(
 ) -> None:
     enough = step.enough(len(requests))
     if enough is None:
-        await _every(calls.call, requests, sites, todo, results, starts)
+        await _every(calls, requests, sites, todo, results, starts)
     else:  # answers served at once count towards the quorum
         met = enough - (len(requests) - len(todo))
         await _quorum(calls, requests, sites, todo, results, met, starts)
 
 
 async def _every(
-    call: Call,
+    calls: Calls,
     requests: list[Request],
     sites: list[Site],
     todo: Sequence[int],
@@ -115,9 +115,11 @@ async def _every(
     starts: list[float],
 ) -> None:
     """Every call of ``todo``, concurrently: the first in this task, the others each in a task
-    of their own (one task fewer a round, and a one-call round, an aggregator's, makes none)."""
+    of their own (one task fewer a round, and a one-call round, an aggregator's, makes none):
+    a batch's reused tasks where it has them."""
     if not todo:
         return
+    call = calls.call
     now = monotonic()
     for i in todo:
         starts[i] = now
@@ -126,7 +128,8 @@ async def _every(
         async def one(i: int) -> None:
             results[i] = await call(requests[i], sites[i])
 
-        async with anyio.create_task_group() as tg:
+        group = anyio.create_task_group() if calls.workers is None else calls.workers.group()
+        async with group as tg:
             for i in todo[1:]:
                 tg.start_soon(one, i)
             results[todo[0]] = await call(requests[todo[0]], sites[todo[0]])

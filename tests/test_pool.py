@@ -1,0 +1,235 @@
+"""A batch's reused tasks (moa._pool): a function always runs, in a waiting task when one
+waits; a group awaits its functions and cancels them as a task group does; and a batch that
+reuses tasks behaves as one that does not: the same histories, deadlines and quorums cut the
+same calls, a Ctrl-C ends it cleanly."""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import subprocess
+import sys
+
+import anyio
+import pytest
+
+import moa
+from moa import Aggregate, Propose
+from moa._pool import Workers
+from scripted import ScriptedClient
+
+pytestmark = pytest.mark.anyio
+
+
+RUNS: contextvars.ContextVar[int] = contextvars.ContextVar("runs", default=0)
+
+
+async def note_runs(seen: list[int]) -> None:
+    """Notes how many functions ran in this task's context before, and counts itself."""
+    seen.append(RUNS.get())
+    RUNS.set(RUNS.get() + 1)
+
+
+async def test_a_finished_task_takes_the_next_function_and_close_ends_the_waiting_ones():
+    seen: list[int] = []
+
+    async with anyio.create_task_group() as tg:
+        workers = Workers(tg)
+        workers.start_soon(note_runs, seen)
+        await anyio.sleep(0.01)  # it ran, and its task waits
+        workers.start_soon(note_runs, seen)
+        await anyio.sleep(0.01)
+        workers.close()
+    assert seen == [0, 1]  # the second ran in the first one's task (and its context)
+
+
+async def test_without_reuse_every_function_gets_a_task_of_its_own():
+    seen: list[int] = []
+
+    async with anyio.create_task_group() as tg:
+        workers = Workers(tg, reuse=False)
+        workers.start_soon(note_runs, seen)
+        await anyio.sleep(0.01)
+        workers.start_soon(note_runs, seen)
+        workers.close()
+    assert seen == [0, 0]
+
+
+async def test_close_waits_for_the_functions_still_running_and_theirs():
+    done: list[str] = []
+
+    async def inner() -> None:
+        await anyio.sleep(0.02)
+        done.append("inner")
+
+    async def outer(workers: Workers) -> None:
+        await anyio.sleep(0.01)
+        async with workers.group() as group:  # started after close: it still runs
+            group.start_soon(inner)
+        done.append("outer")
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            workers = Workers(tg)
+            workers.start_soon(outer, workers)
+            workers.close()
+    assert done == ["inner", "outer"]
+
+
+async def test_a_group_awaits_every_function_and_raises_the_first_error_after():
+    done: list[int] = []
+
+    async def ok(i: int) -> None:
+        await anyio.sleep(0.01 * i)
+        done.append(i)
+
+    async def bad() -> None:
+        raise ValueError("boom")
+
+    async with anyio.create_task_group() as tg:
+        workers = Workers(tg)
+        with pytest.raises(ValueError, match="boom"):
+            async with workers.group() as group:
+                group.start_soon(ok, 2)
+                group.start_soon(bad)
+                group.start_soon(ok, 1)
+        workers.close()
+    assert sorted(done) == [1, 2]  # an error does not cancel the others
+
+
+async def test_a_cancelled_group_cancels_its_functions_and_awaits_their_cleanup():
+    events: list[str] = []
+
+    async def slow(i: int) -> None:
+        try:
+            await anyio.sleep(10)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(0.01)  # cleanup that takes a moment
+            events.append(f"cleaned {i}")
+
+    async with anyio.create_task_group() as tg:
+        workers = Workers(tg)
+        with anyio.move_on_after(0.05) as scope:
+            async with workers.group() as group:
+                group.start_soon(slow, 1)
+                group.start_soon(slow, 2)
+            events.append("not reached")
+        events.append("left")
+        workers.close()
+    assert scope.cancelled_caught
+    assert events == ["cleaned 1", "cleaned 2", "left"] or events == [
+        "cleaned 2",
+        "cleaned 1",
+        "left",
+    ]
+
+
+async def test_a_function_not_started_when_its_group_is_cancelled_never_starts():
+    started: list[int] = []
+
+    async def note(i: int) -> None:
+        started.append(i)
+
+    async with anyio.create_task_group() as tg:
+        workers = Workers(tg)
+        async with workers.group() as group:
+            group.start_soon(note, 1)
+            group.cancel()  # before any of them ran
+        workers.close()
+    assert started == []
+
+
+async def test_a_function_handed_to_a_task_as_it_is_cancelled_still_runs():
+    ran: list[str] = []
+
+    async def quick() -> None:
+        pass
+
+    async def handed() -> None:
+        try:
+            ran.append("started")
+            await anyio.sleep(10)
+        finally:
+            ran.append("ended")
+
+    async with anyio.create_task_group() as tg:
+        workers = Workers(tg)
+        workers.start_soon(quick)
+        await anyio.sleep(0.01)  # its task now waits for a function
+        tg.cancel_scope.cancel()
+        workers.start_soon(handed)
+    assert ran == ["started", "ended"]
+
+
+# -- a batch that reuses its tasks -----------------------------------------------------------------
+PIPE = Propose(["a", "b", "c"]) | Aggregate("agg")
+
+
+async def test_a_batch_gives_every_prompt_the_history_a_run_of_its_own_gives():
+    prompts = [f"q{i}" for i in range(40)]
+    results = await moa.run_many(PIPE, prompts, ScriptedClient(delay=0.001), seed=3, ids=prompts)
+    for r in results:
+        _, alone = await moa.run(PIPE, r.prompt, ScriptedClient(delay=0.001), seed=r.seed)
+        assert r.history.steps == alone.steps  # type: ignore[union-attr]
+
+
+async def test_a_deadline_in_a_batch_cuts_the_same_calls_as_in_a_run():
+    def client() -> ScriptedClient:
+        return ScriptedClient(delay=lambda m, _: 10.0 if m == "c" else 0.01)
+
+    pipe = Propose(["a", "b", "c"], deadline=0.2) | Aggregate("agg")
+    with anyio.fail_after(5):
+        results = await moa.run_many(pipe, ["q1", "q2", "q3"], client(), seed=1)
+    _, alone = await moa.run(pipe, "q1", client(), seed=results[0].seed)
+    for r in results:
+        step = r.history.steps[0]  # type: ignore[union-attr]
+        assert [c.cancelled for c in step.calls] == [False, False, True]
+        assert step.degraded == alone.steps[0].degraded
+
+
+async def test_a_quorum_in_a_batch_cancels_the_stragglers_as_in_a_run():
+    pipe = Propose(["a", "b", "c"], quorum=2) | Aggregate("agg")
+    client = ScriptedClient(delay=lambda m, _: 10.0 if m == "c" else 0.01)
+    with anyio.fail_after(5):
+        results = await moa.run_many(pipe, ["q1", "q2"], client, seed=1)
+    for r in results:
+        calls = r.history.steps[0].calls  # type: ignore[union-attr]
+        assert [c.cancelled for c in calls] == [False, False, True]
+    assert client.in_flight == 0
+
+
+INTERRUPT = """
+import sys, anyio, moa
+from moa import Propose, Aggregate
+
+async def client(*, model, messages, temp, max_tokens):
+    if messages[-1]["content"].endswith("q7") and model == "b":
+        raise KeyboardInterrupt
+    await anyio.sleep(0.05)
+    return "ok", 1, 1
+
+async def main():
+    await moa.run_many(Propose(["a", "b", "c"]) | Aggregate("a"), [f"q{i}" for i in range(20)],
+                       client, max_concurrency=4)
+
+try:
+    anyio.run(main, backend=sys.argv[1])
+except KeyboardInterrupt:
+    print("KeyboardInterrupt")
+"""
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_client_raising_keyboardinterrupt_ends_a_batch_cleanly(backend, tmp_path):
+    script = tmp_path / "interrupt.py"
+    script.write_text(INTERRUPT)
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", str(script), backend],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    assert proc.stdout == "KeyboardInterrupt\n", proc.stderr
+    assert proc.stderr == ""
