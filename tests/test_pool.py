@@ -12,11 +12,11 @@ import sys
 
 import anyio
 import pytest
+from scripted import ScriptedClient
 
 import moa
 from moa import Aggregate, Propose
 from moa._pool import Workers
-from scripted import ScriptedClient
 
 pytestmark = pytest.mark.anyio
 
