@@ -27,7 +27,7 @@ from ._client import Client, Reply, Usage, check_output
 from ._contract import Message, Request
 from ._history import CallRecord
 from ._limits import Limits
-from ._pool import took
+from ._pool import Slots
 from ._retry import Retry, retry_after
 from ._seeds import accepts, accepts_seed
 from .errors import ClientOutputError
@@ -174,20 +174,16 @@ def with_timeout(seconds: float) -> Callable[[Attempt], Attempt]:
     return layer
 
 
-def with_cap(limiter: anyio.CapacityLimiter) -> Callable[[Attempt], Attempt]:
-    """Each try holds a slot of ``limiter`` (the run's ``max_concurrency``)."""
+def with_cap(slots: Slots) -> Callable[[Attempt], Attempt]:
+    """Each try holds one of ``slots`` (the run's ``max_concurrency``)."""
 
     def layer(inner: Attempt) -> Attempt:
         async def attempt(req: Request, tap: Tap | None) -> Any:
-            # A free slot is taken without a trip through the event loop; acquire_nowait
-            # refuses while others queue, so waiting callers keep their turn. The wait is
-            # outside the except block, which would keep the refusal and its traceback alive.
-            if not took(limiter):
-                await limiter.acquire()
+            await slots.acquire()
             try:
                 return await inner(req, tap)
             finally:
-                limiter.release()
+                slots.release()
 
         return attempt
 

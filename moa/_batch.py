@@ -175,6 +175,14 @@ class _Batch:
         self.seeded = accepts_seed(client)
         self.finished = 0
 
+    def workers(self, tg: anyio.abc.TaskGroup) -> Workers:
+        """The batch's tasks: untraced, its runs and calls reuse them (traced, each call's
+        span finds its parent in its own task's context)."""
+        workers = Workers(tg, reuse=self.calls.spans is None)
+        if workers.reuse:
+            self.calls = replace(self.calls, workers=workers)
+        return workers
+
     async def run(self, item: _Item) -> RunResult:
         state = Walk(
             item.prompt,
@@ -238,11 +246,7 @@ async def _drive(
     async with send, anyio.create_task_group() as tg:
         batch.stop.scope = tg.cancel_scope
         batch.stop_runs = tg.cancel_scope.cancel  # on_budget="cancel"
-        # Untraced, runs and calls reuse the batch's tasks (traced, their spans find their
-        # parents in each task's own context).
-        workers = Workers(tg, reuse=batch.calls.spans is None)
-        if workers.reuse:
-            batch.calls = replace(batch.calls, workers=workers)
+        workers = batch.workers(tg)
         try:
             while not failure and batch.spent is None:
                 if slots is not None:
@@ -264,9 +268,7 @@ async def _drive(
                 workers.start_soon(one, item)
         finally:
             workers.close()
-    if batch.stop.interrupt is not None:
-        # Raised where the results are read, not in this task: on asyncio a KeyboardInterrupt
-        # leaving a task stops the loop under the reader ("Task exception was never retrieved").
+    if batch.stop.interrupt is not None:  # raised where the results are read (see ErrorAfter)
         out.error = batch.stop.interrupt
     elif failure:
         out.error = _stopped(failure[0], batch.finished, total)

@@ -30,8 +30,6 @@ from dataclasses import dataclass
 from time import monotonic
 from typing import Any, NamedTuple
 
-import anyio
-
 from ._attempts import (
     Attempt,
     Tap,
@@ -50,7 +48,7 @@ from ._contract import Request
 from ._events import CallFinished, CallRetrying, EventHandler, TextChunk, both
 from ._history import CallRecord
 from ._options import RunOptions
-from ._pool import Workers
+from ._pool import Slots, Workers
 from ._retry import Retry
 from ._seeds import accepts, accepts_seed
 from ._trace import Spans, spans_for
@@ -344,7 +342,7 @@ def _attempt_layers(options: RunOptions) -> list[Callable[[Attempt], Attempt]]:
     if options.timeout is not None:
         layers.append(with_timeout(options.timeout))
     if options.max_concurrency is not None:
-        layers.append(with_cap(anyio.CapacityLimiter(options.max_concurrency)))
+        layers.append(with_cap(Slots(options.max_concurrency)))
     if options.limits is not None:
         options.limits.claim()  # a Limits of another event loop is refused before any call
         layers.append(with_limits(options.limits, options.retry))

@@ -20,6 +20,7 @@ import anyio
 import anyio.lowlevel
 
 from ._bounds import check_int, check_number, safe_repr
+from ._pool import Slots
 
 __all__ = ("Limits", "ModelLimit")
 
@@ -97,9 +98,7 @@ class _Gate:
     __slots__ = ("limiter", "paused_until", "requests", "tokens")
 
     def __init__(self, limit: ModelLimit) -> None:
-        self.limiter = (
-            anyio.CapacityLimiter(limit.max_concurrency) if limit.max_concurrency else None
-        )
+        self.limiter = Slots(limit.max_concurrency) if limit.max_concurrency else None
         self.requests = _Bucket(limit.rpm) if limit.rpm else None
         self.tokens = _Bucket(limit.tpm) if limit.tpm else None
         self.paused_until = 0.0

@@ -17,6 +17,7 @@ find their parents in the context.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-__all__ = ("Group", "Workers", "took")
+__all__ = ("Group", "Slots", "Workers")
 
 Fn = Callable[..., Coroutine[Any, Any, Any]]
 
@@ -174,10 +175,53 @@ class Group:
             raise error
 
 
-def took(limiter: anyio.CapacityLimiter | anyio.Semaphore) -> bool:
-    """Whether a free slot of ``limiter`` was taken now, without waiting."""
-    try:
-        limiter.acquire_nowait()
-    except anyio.WouldBlock:
-        return False
-    return True
+class Slots:
+    """At most ``n`` holders at once, the others served in the order they came: anyio's
+    CapacityLimiter without its borrower bookkeeping. A free slot is taken without a pass of
+    the event loop (none waits then, so nobody's turn is taken); a released slot goes
+    straight to the first waiter; a waiter cancelled as it was handed one passes it on. A
+    call's cap and a model's ``max_concurrency`` each take one a try: per try this saves
+    anyio's six ``current_task()`` lookups, and each waiting try holds an event instead of
+    a refused acquire's exception, traceback and frames."""
+
+    __slots__ = ("_free", "_gone", "_waiting", "n")
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self._free = n
+        self._waiting: deque[anyio.Event] = deque()
+        self._gone: set[anyio.Event] = set()  # waiters cancelled before their turn
+
+    def __repr__(self) -> str:
+        return f"<Slots {self.n - self._free}/{self.n} held, {self.waiting} waiting>"
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting) - len(self._gone)
+
+    async def acquire(self) -> None:
+        if self._free and not self._waiting:
+            self._free -= 1
+            return
+        turn = anyio.Event()
+        self._waiting.append(turn)
+        try:
+            await turn.wait()
+        except BaseException:
+            if turn.is_set():  # handed a slot as it was cancelled: the next one takes it
+                self.release()
+            else:
+                self._gone.add(turn)
+            raise
+
+    def release(self) -> None:
+        while self._waiting:
+            turn = self._waiting.popleft()
+            if turn in self._gone:
+                self._gone.discard(turn)
+                continue
+            turn.set()  # the slot passes to it, still taken
+            return
+        if self._free >= self.n:
+            raise RuntimeError("Slots.release: released more slots than were taken")
+        self._free += 1

@@ -216,7 +216,9 @@ def _stream_path(step: Step) -> tuple[int, ...] | None:
 
 class ErrorAfter(Generic[T]):
     """A memory stream read to its end, then the error that ended what fed it (if any):
-    ``run_stream``'s events and ``as_completed``'s results."""
+    ``run_stream``'s events and ``as_completed``'s results. The feeder's task leaves the
+    error here rather than raising it: a KeyboardInterrupt leaving a task on asyncio stops
+    the loop under the reader ("Task exception was never retrieved")."""
 
     __slots__ = ("_receive", "error")
 

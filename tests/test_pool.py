@@ -16,7 +16,7 @@ from scripted import ScriptedClient
 
 import moa
 from moa import Aggregate, Propose
-from moa._pool import Workers
+from moa._pool import Slots, Workers
 
 pytestmark = pytest.mark.anyio
 
@@ -233,3 +233,82 @@ def test_a_client_raising_keyboardinterrupt_ends_a_batch_cleanly(backend, tmp_pa
     )
     assert proc.stdout == "KeyboardInterrupt\n", proc.stderr
     assert proc.stderr == ""
+
+
+# -- slots -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n", [1, 2])
+async def test_slots_serve_waiters_in_the_order_they_came_and_never_more_than_n(n):
+    slots = Slots(n)
+    order: list[int] = []
+    held = 0
+
+    async def take(i: int) -> None:
+        nonlocal held
+        await slots.acquire()
+        held += 1
+        assert held <= n
+        order.append(i)
+        await anyio.sleep(0.01)
+        held -= 1
+        slots.release()
+
+    for _ in range(n):
+        await slots.acquire()
+    async with anyio.create_task_group() as tg:
+        for i in range(6):
+            tg.start_soon(take, i)
+            while slots.waiting < i + 1:  # it queued: the next one comes after it
+                await anyio.sleep(0)
+        for _ in range(n):
+            slots.release()
+    # One slot: strictly in turn. Two: the pair handed slots together may run in either order.
+    assert [sorted(order[k : k + n]) for k in range(0, 6, n)] == [
+        list(range(k, k + n)) for k in range(0, 6, n)
+    ]
+    assert repr(slots) == f"<Slots 0/{n} held, 0 waiting>"
+
+
+async def test_a_waiter_cancelled_before_its_turn_leaves_the_queue():
+    slots = Slots(1)
+    await slots.acquire()
+    with anyio.move_on_after(0.01):
+        await slots.acquire()
+    assert slots.waiting == 0
+    slots.release()  # the slot is free again, not handed to the one that left
+    await slots.acquire()
+    slots.release()
+    assert repr(slots) == "<Slots 0/1 held, 0 waiting>"
+
+
+async def test_a_waiter_cancelled_as_it_is_handed_a_slot_passes_it_on():
+    slots = Slots(1)
+    await slots.acquire()
+    got: list[str] = []
+
+    async def first(scope_box: list[anyio.CancelScope]) -> None:
+        with anyio.CancelScope() as scope:
+            scope_box.append(scope)
+            await slots.acquire()
+            got.append("first")  # not reached: cancelled as the slot came
+            slots.release()
+
+    async def second() -> None:
+        await slots.acquire()
+        got.append("second")
+        slots.release()
+
+    box: list[anyio.CancelScope] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(first, box)
+        await anyio.sleep(0.01)
+        tg.start_soon(second)
+        await anyio.sleep(0.01)
+        box[0].cancel()  # first is cancelled, and before it runs ...
+        slots.release()  # ... handed the slot: it passes it on to second
+    assert got == ["second"]
+    assert repr(slots) == "<Slots 0/1 held, 0 waiting>"
+
+
+def test_releasing_a_slot_never_taken_is_an_error():
+    with pytest.raises(RuntimeError, match="released more slots than were taken"):
+        Slots(1).release()
