@@ -24,7 +24,7 @@ from ._client import Client
 from ._contract import Message
 from ._conversation import Prompt
 from ._executor import Stop, Walk, walk
-from ._held import holds, packed, unpacked
+from ._held import Forms, holds, packed, unpacked
 from ._history import History
 from ._options import RunKwargs, RunOptions
 from ._pipeline import Step, StepLike, as_step
@@ -221,7 +221,9 @@ async def _drive(
 ) -> None:
     """Every prompt's run, each result sent as it finishes. At most ``max_runs`` run at once,
     the next prompt taken as one ends (each running run keeps at least one call busy, so a
-    cap on calls stays full while memory stays flat). When the prompts or ``progress`` raise,
+    cap on calls stays full while memory stays flat); under a cap, a run also waits while an
+    eighth of the cap's slots' worth of tries already queue for it (its calls would only
+    queue too: measured at 10,000 runs, the batch 4 % shorter, 15 % less CPU, half the lag). When the prompts or ``progress`` raise,
     no new run starts, the runs in flight finish and are sent, and the batch then raises
     :class:`~moa.errors.BatchStoppedError` from that error. So it does when a run spends the
     budget, the runs in flight finishing (``on_budget="finish"``) or cancelled, unsent
@@ -256,6 +258,8 @@ async def _drive(
                     # idle, then blocked (measured at 10,000 runs, the collector off: the loop's
                     # lag p99 22 ms against 3-6 ms, the batch 5 % longer).
                     await slots.acquire()
+                    if (cap := batch.calls.cap) is not None:
+                        await cap.fewer_waiting(max(1, cap.n // 8))
                     if failure or batch.spent is not None:  # it came while this waited
                         break
                 try:
@@ -302,8 +306,9 @@ async def run_many(
     The run options (a :class:`~moa.RunOptions`, keywords, or both) are ``run``'s and hold
     for the whole batch: ``max_concurrency`` caps the calls in flight across every prompt,
     ``limits`` and ``cache`` are shared, ``on_event`` hears every run's events. ``max_runs``
-    caps the prompts running at once (default: ``max_concurrency``, else no cap). A run that
-    fails does not stop the batch: its ``RunResult`` carries the error.
+    caps the prompts running at once (default: ``max_concurrency``, else no cap); under
+    ``max_concurrency``, the next prompt also waits while an eighth of that many calls queue
+    for a slot. A run that fails does not stop the batch: its ``RunResult`` carries the error.
     ``progress(done, total, result)`` is called as each run finishes (``total`` is None for
     prompts given as an iterator). With ``seed`` each prompt gets its own seed drawn from it,
     so the batch replays. ``ids`` (one str or int per prompt, unique) name the prompts in
@@ -320,7 +325,7 @@ async def run_many(
     prompts not run are run by a later batch with a new budget.
     """
     held: list[Any] = []  # finished runs as atoms: the collector stops rescanning them
-    shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
+    forms = Forms()
     try:
         async with as_completed(
             pipeline,
@@ -334,12 +339,12 @@ async def run_many(
             **kwargs,
         ) as stream:
             async for r in stream:
-                held.append(packed(r, shapes))
+                held.append(packed(r, forms))
     except BatchStoppedError as exc:
-        exc.results = tuple(sorted(map(unpacked, held), key=lambda r: r.index))
+        exc.results = tuple(sorted((unpacked(r, forms) for r in held), key=lambda r: r.index))
         raise
     for i, r in enumerate(held):  # in place: each packed form is freed as its result is made
-        held[i] = unpacked(r)
+        held[i] = unpacked(r, forms)
     held.sort(key=lambda r: r.index)
     return held
 

@@ -334,15 +334,16 @@ class Calls:
     deadline: float | None = None  # the run's default for a step's rounds
     spans: Spans | None = None  # the run's OpenTelemetry spans (None: tracing off)
     workers: Workers | None = None  # a batch's tasks, reused for a round's calls
+    cap: Slots | None = None  # the slots of max_concurrency, every try takes one
 
 
-def _attempt_layers(options: RunOptions) -> list[Callable[[Attempt], Attempt]]:
+def _attempt_layers(options: RunOptions, cap: Slots | None) -> list[Callable[[Attempt], Attempt]]:
     """The layers around each try, innermost first (no hedge: it wraps them all)."""
     layers: list[Callable[[Attempt], Attempt]] = []
     if options.timeout is not None:
         layers.append(with_timeout(options.timeout))
-    if options.max_concurrency is not None:
-        layers.append(with_cap(Slots(options.max_concurrency)))
+    if cap is not None:
+        layers.append(with_cap(cap))
     if options.limits is not None:
         options.limits.claim()  # a Limits of another event loop is refused before any call
         layers.append(with_limits(options.limits, options.retry))
@@ -370,7 +371,8 @@ def compose(
     for them."""
     policy, on_event = options.retry, options.on_event
     logprobs = confidence and accepts(client, "logprobs")
-    layers = _attempt_layers(options)  # one cap for every call of the run
+    cap = None if options.max_concurrency is None else Slots(options.max_concurrency)
+    layers = _attempt_layers(options, cap)  # one cap for every call of the run
     attempt = _stacked(client_attempt(client, logprobs), layers)
     tap_for: TapFor | None = None
     if options.hedge_after is not None:
@@ -406,7 +408,9 @@ def compose(
 
         if try_now is not None:
             try_now = _reported_now(try_now, on_event, stream_path)
-    return Calls(call, try_now, finished, options.cache is not None, options.deadline, spans)
+    return Calls(
+        call, try_now, finished, options.cache is not None, options.deadline, spans, cap=cap
+    )
 
 
 def _hedge_tap(req: Request, site: Site) -> Tap:

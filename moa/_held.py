@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from ._history import CallRecord, History, StepRecord
 from ._response import Confidence
 
-__all__ = ("holds", "packed", "unpacked")
+__all__ = ("Forms", "holds", "packed", "unpacked")
 
 T = TypeVar("T")
 _CLASSES: list[type] = []
@@ -51,30 +51,69 @@ class _Unheld(Exception):
     """A value :func:`packed` cannot hold as atoms."""
 
 
-def packed(result: Any, shapes: dict[tuple[int, ...], tuple[int, ...]]) -> Any:
-    """``result`` as a pair of flat tuples of atoms (its shape, its leaves), or ``result``
-    itself where it holds anything else. Flat: the collector untracks a tuple of atoms at its
-    first look, where nested tuples would take it a collection a level. ``shapes`` holds the
-    shapes seen so far, one tuple each: a batch's runs mostly share one."""
+class Forms:
+    """The shapes a batch's results were held in, each an int a held result names (an atom:
+    the pair stays untracked). A shape met twice gets code of its own, compiled once, that
+    takes a result of that shape apart and builds one back in straight lines: ~5x faster
+    than walking the shape, and most of a batch's results share one or two shapes. At most
+    :data:`COMPILED` shapes are compiled; any others are walked."""
+
+    __slots__ = ("_last", "_seen", "codes", "shapes")
+
+    def __init__(self) -> None:
+        self.shapes: list[tuple[int, ...]] = []
+        self.codes: list[_Code | None] = []
+        self._seen: dict[tuple[int, ...], int] = {}
+        self._last: int | None = None  # the form the last result had: the next one's guess
+
+    def number(self, shape: tuple[int, ...]) -> int:
+        k = self._seen.get(shape)
+        if k is None:
+            k = self._seen[shape] = len(self.shapes)
+            self.shapes.append(shape)
+            self.codes.append(None)
+        elif self.codes[k] is None and sum(c is not None for c in self.codes) < COMPILED:
+            self.codes[k] = _compiled(shape)
+        self._last = k
+        return k
+
+
+COMPILED = 32
+
+
+def packed(result: Any, forms: Forms) -> Any:
+    """``result`` as a pair of atoms (its form's number in ``forms``, a flat tuple of its
+    leaves), or ``result`` itself where it holds anything else. Flat: the collector untracks
+    a tuple of atoms at its first look, where nested tuples would take it a collection a
+    level."""
     if getattr(result, "error", None) is not None:  # an exception is held as it is
         return result
+    last = forms._last
+    code = None if last is None else forms.codes[last]
+    if code is not None:
+        try:
+            return (last, code.leaves(result))
+        except _Unheld:
+            pass  # another shape: walked below
     shape: list[int] = []
     leaves: list[Any] = []
     try:
         _pack(result, shape, leaves)
     except _Unheld:
         return result
-    form = tuple(shape)
-    return (shapes.setdefault(form, form), tuple(leaves))
+    return (forms.number(tuple(shape)), tuple(leaves))
 
 
-def unpacked(held: Any) -> Any:
+def unpacked(held: Any, forms: Forms) -> Any:
     """The result :func:`packed` held, equal to the one it was given (``compare=False``
     fields too)."""
     if type(held) is not tuple:
         return held
-    shape, leaves = held
-    value, _, _ = _unpack(shape, leaves, 0, 0)
+    k, leaves = held
+    code = forms.codes[k]
+    if code is not None:
+        return code.build(leaves)
+    value, _, _ = _unpack(forms.shapes[k], leaves, 0, 0)
     return value
 
 
@@ -133,3 +172,93 @@ def _unpack(shape: tuple[int, ...], leaves: tuple[Any, ...], at: int, leaf: int)
         return items, at, leaf
     pairs = dict(zip(items[::2], items[1::2], strict=True))
     return (MappingProxyType(pairs) if code == _PROXY else pairs), at, leaf
+
+
+# -- compiled forms ------------------------------------------------------------------------------
+class _Code:
+    """One shape's two functions: ``leaves(value)`` (raises _Unheld for a value of another
+    shape) and ``build(leaves)``."""
+
+    __slots__ = ("build", "leaves")
+
+    def __init__(self, leaves: Callable[[Any], tuple[Any, ...]], build: Callable[..., Any]):
+        self.leaves = leaves
+        self.build = build
+
+
+_KINDS = {_TUPLE: tuple, _LIST: list, _PROXY: MappingProxyType, _DICT: dict}
+
+
+def _compiled(shape: tuple[int, ...]) -> _Code:
+    """The shape's functions, written out as source and compiled: dataclasses writes its
+    ``__init__`` the same way."""
+    take: list[str] = []  # the body of leaves(v0)
+    make: list[str] = []  # the body of build(L)
+    names: dict[str, Any] = {"A": frozenset(_ATOMS), "M": _Unheld, "new": object.__new__}
+    names["MP"] = MappingProxyType
+    out: list[str] = []  # the leaves' names, in order
+    counter = iter(range(1 << 30))
+
+    def walk(at: int, var: str) -> tuple[int, str]:
+        """Writes the code for the value at ``shape[at]``, held in ``var`` when taken apart;
+        returns where the next value starts and the expression that builds this one."""
+        code = shape[at]
+        if code == _LEAF:
+            take.append(f"if type({var}) not in A: raise M")
+            out.append(var)
+            return at + 1, f"L[{len(out) - 1}]"
+        if code > 0:
+            tag = code - 1
+            names[f"C{tag}"] = _CLASSES[tag]
+            take.append(f"if type({var}) is not C{tag}: raise M")
+            made = f"o{next(counter)}"
+            parts = []
+            at += 1
+            for i, name in enumerate(_FIELDS[tag]):
+                sub = f"v{next(counter)}"
+                take.append(f"{sub} = {var}.{name}")
+                at, expr = walk(at, sub)
+                names[f"S{tag}_{i}"] = _SETTERS[tag][i]
+                parts.append(f"S{tag}_{i}({made}, {expr})")
+            make.append(f"{made} = new(C{tag})")
+            make.extend(parts)
+            return at, made
+        n, at = shape[at + 1], at + 2
+        kind = _KINDS[code]
+        names[kind.__name__] = kind
+        take.append(f"if type({var}) is not {kind.__name__} or len({var}) != {n}: raise M")
+        exprs = []
+        if code in (_TUPLE, _LIST):
+            for i in range(n):
+                sub = f"v{next(counter)}"
+                take.append(f"{sub} = {var}[{i}]")
+                at, expr = walk(at, sub)
+                exprs.append(expr)
+            if code == _TUPLE:
+                return at, "(" + "".join(e + ", " for e in exprs) + ")"
+            return at, "[" + ", ".join(exprs) + "]"
+        items = f"v{next(counter)}"
+        take.append(f"{items} = tuple({var}.items())")
+        for i in range(n):
+            key, val = f"v{next(counter)}", f"v{next(counter)}"
+            take.append(f"{key}, {val} = {items}[{i}]")
+            at, k_expr = walk(at, key)
+            at, v_expr = walk(at, val)
+            exprs.append(f"{k_expr}: {v_expr}")
+        pairs = "{" + ", ".join(exprs) + "}"
+        return at, (f"MP({pairs})" if code == _PROXY else pairs)
+
+    end, top = walk(0, "v0")
+    assert end == len(shape)
+    source = (
+        "def leaves(v0):\n"
+        + "".join(f"    {line}\n" for line in take)
+        + "    return ("
+        + "".join(f"{v}, " for v in out)
+        + ")\n"
+        + "def build(L):\n"
+        + "".join(f"    {line}\n" for line in make)
+        + f"    return {top}\n"
+    )
+    exec(compile(source, f"<moa._held form of {len(out)} leaves>", "exec"), names)
+    return _Code(names["leaves"], names["build"])

@@ -184,13 +184,14 @@ class Slots:
     anyio's six ``current_task()`` lookups, and each waiting try holds an event instead of
     a refused acquire's exception, traceback and frames."""
 
-    __slots__ = ("_free", "_gone", "_waiting", "n")
+    __slots__ = ("_free", "_gone", "_thin", "_waiting", "n")
 
     def __init__(self, n: int) -> None:
         self.n = n
         self._free = n
         self._waiting: deque[anyio.Event] = deque()
         self._gone: set[anyio.Event] = set()  # waiters cancelled before their turn
+        self._thin: tuple[int, anyio.Event] | None = None  # who waits for fewer waiters
 
     def __repr__(self) -> str:
         return f"<Slots {self.n - self._free}/{self.n} held, {self.waiting} waiting>"
@@ -212,7 +213,25 @@ class Slots:
                 self.release()
             else:
                 self._gone.add(turn)
+                self._thinned()
             raise
+
+    async def fewer_waiting(self, k: int) -> None:
+        """Returns once fewer than ``k`` wait for a slot (at once if they do). One caller at
+        a time: a batch's driver, which starts a run only when its calls would not just
+        queue."""
+        if self.waiting < k:
+            return
+        event = anyio.Event()
+        self._thin = (k, event)
+        try:
+            await event.wait()
+        finally:
+            self._thin = None
+
+    def _thinned(self) -> None:
+        if self._thin is not None and self.waiting < self._thin[0]:
+            self._thin[1].set()
 
     def release(self) -> None:
         while self._waiting:
@@ -221,6 +240,8 @@ class Slots:
                 self._gone.discard(turn)
                 continue
             turn.set()  # the slot passes to it, still taken
+            if self._thin is not None:
+                self._thinned()
             return
         if self._free >= self.n:
             raise RuntimeError("Slots.release: released more slots than were taken")

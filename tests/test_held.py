@@ -9,7 +9,7 @@ from test_conversation import CONVERSATION as CHAT
 
 import moa
 from moa import Agent, Aggregate, Budget, Propose, Shuffle
-from moa._held import packed, unpacked
+from moa._held import Forms, packed, unpacked
 from tests.scripted import ScriptedClient
 
 pytestmark = pytest.mark.anyio
@@ -34,28 +34,31 @@ async def test_a_result_is_held_as_untracked_atoms_and_built_back_equal():
     results = await moa.run_many(
         pipe, ["q", "r", CHAT], client, seed=1, budget=Budget(calls=100), retry=moa.Retry(initial=0)
     )
-    shapes: dict = {}
-    for r in results:
-        held = packed(r, shapes)
-        assert type(held) is tuple and len(held) == 2
-        gc.collect()
-        gc.collect()
-        assert not gc.is_tracked(held)  # the collector no longer scans it
-        assert same(unpacked(held), r)
-    assert len(shapes) == 2  # the two one-turn runs share one shape
+    forms = Forms()
+    for _ in range(2):  # walked the first time, the second by the code compiled for it
+        for r in results:
+            held = packed(r, forms)
+            assert type(held) is tuple and len(held) == 2
+            gc.collect()
+            gc.collect()
+            assert not gc.is_tracked(held)  # the collector no longer scans it
+            assert same(unpacked(held, forms), r)
+    assert len(forms.shapes) == 2  # the two one-turn runs share one shape
+    assert all(code is not None for code in forms.codes)
 
 
 async def test_a_failed_run_and_a_foreign_object_are_held_as_they_are():
     client = ScriptedClient(permanent={"a"})
     (failed,) = await moa.run_many(Propose(["a"]), ["q"], client)
-    assert not failed.ok and packed(failed, {}) is failed and unpacked(failed) is failed
+    forms = Forms()
+    assert not failed.ok and packed(failed, forms) is failed and unpacked(failed, forms) is failed
 
     class Odd:
         pass
 
     (ok,) = await moa.run_many(Propose(["b"]), ["q"], ScriptedClient())
     odd = moa.RunResult(ok.index, ok.prompt, ok.result, ok.history, None, Odd(), ok.seed)
-    assert packed(odd, {}) is odd
+    assert packed(odd, Forms()) is odd
 
 
 async def test_run_many_returns_the_results_it_would_hold_as_objects():
@@ -68,3 +71,28 @@ async def test_run_many_returns_the_results_it_would_hold_as_objects():
             Propose(["a", "b"]) | Aggregate("j"), prompts[i], ScriptedClient(), seed=r.seed
         )
         assert r.index == i and r.result == want and r.history == history
+
+
+async def test_a_compiled_form_refuses_a_result_of_another_shape_which_is_walked():
+    pipe = Propose(["a", "b"]) | Aggregate("j")
+    two = await moa.run_many(pipe, ["q", "r"], ScriptedClient(), seed=1)
+    (three,) = await moa.run_many(
+        Propose(["a", "b", "c"]) | Aggregate("j"), ["q"], ScriptedClient()
+    )
+    forms = Forms()
+    held = [packed(r, forms) for r in (*two, three, *two)]  # the first shape compiled at "r"
+    assert forms.codes[0] is not None and forms.codes[1] is None  # the other, seen once
+    for h, r in zip(held, (*two, three, *two), strict=True):
+        assert same(unpacked(h, forms), r)
+
+
+async def test_only_so_many_shapes_are_compiled(monkeypatch):
+    monkeypatch.setattr("moa._held.COMPILED", 1)
+    results = [
+        (await moa.run_many(Propose(["a"] * n), ["q", "r"], ScriptedClient(), seed=1))
+        for n in (1, 2)
+    ]
+    forms = Forms()
+    held = [packed(r, forms) for rs in results for r in rs]
+    assert [c is not None for c in forms.codes] == [True, False]
+    assert [unpacked(h, forms) for h in held] == [r for rs in results for r in rs]

@@ -312,3 +312,47 @@ async def test_a_waiter_cancelled_as_it_is_handed_a_slot_passes_it_on():
 def test_releasing_a_slot_never_taken_is_an_error():
     with pytest.raises(RuntimeError, match="released more slots than were taken"):
         Slots(1).release()
+
+
+# -- admission under a cap ---------------------------------------------------------------------
+async def test_under_a_cap_a_run_starts_only_while_few_calls_queue():
+    in_step = most = 0
+
+    def on_event(event: object) -> None:
+        nonlocal in_step, most
+        if isinstance(event, moa.StepStarted):
+            in_step += 1
+            most = max(most, in_step)
+        elif isinstance(event, moa.StepFinished):
+            in_step -= 1
+
+    async def client(*, model, messages, temp, max_tokens):
+        await anyio.sleep(0.01)
+        return "ok", 1, 1
+
+    pipe = Propose([f"m{i}" for i in range(8)])
+    results = await moa.run_many(
+        pipe,
+        [f"q{i}" for i in range(30)],
+        client,
+        max_concurrency=8,
+        max_runs=30,
+        on_event=on_event,
+    )
+    assert all(r.ok for r in results)
+    # A run's 8 calls fill the cap and the next run's 8 queue: no other starts while they do.
+    # A run or two more may start before the last one's calls reach the queue, or as the
+    # first is finishing; max_runs alone would let all 30 start.
+    assert most <= 4
+
+
+async def test_without_a_cap_every_run_starts_at_once():
+    started: set[str] = set()
+
+    async def client(*, model, messages, temp, max_tokens):
+        started.add(messages[-1]["content"])
+        await anyio.sleep(0.01)
+        return "ok", 1, 1
+
+    results = await moa.run_many(Propose(["a", "b"]), [f"q{i}" for i in range(30)], client)
+    assert all(r.ok for r in results) and len(started) == 30
