@@ -28,6 +28,8 @@ import anyio.abc
 __all__ = ("Group", "Slots", "Workers")
 
 Fn = Callable[..., Coroutine[Any, Any, Any]]
+#: Tasks kept waiting once a pool closes, for the functions its last runs still start.
+_KEEP_CLOSING = 16
 
 
 class _Waiting:
@@ -68,20 +70,29 @@ class Workers:
         else:
             self._tg.start_soon(self._work, fn, args)
 
+    @property
+    def idle(self) -> int:
+        """The tasks waiting for a function."""
+        return len(self._waiting)
+
     def group(self) -> Any:
         """Functions started together and awaited together (``async with``): a task group of
         this pool's tasks, or of new ones when it does not reuse them."""
         return Group(self) if self.reuse else anyio.create_task_group()
 
     def close(self) -> None:
-        """Nothing new is started from outside: the tasks end once no function runs."""
+        """Nothing new is started from outside: the tasks end once no function runs. The
+        waiting tasks but a few end now, while the functions still running finish: ending
+        hundreds at once as the last one finishes would hold the loop up (~20 µs each)."""
         self._closing = True
-        if not self._busy:
-            self._end_waiting()
+        self._end_waiting(0 if not self._busy else _KEEP_CLOSING)
 
-    def _end_waiting(self) -> None:
-        while self._waiting:
-            self._waiting.pop().event.set()  # fn None: end
+    def _end_waiting(self, keep: int = 0) -> None:
+        n = len(self._waiting) - keep
+        if n > 0:  # the longest waiting end (fn None); the last to wait are the next taken
+            ending, self._waiting[:n] = self._waiting[:n], []
+            for task in ending:
+                task.event.set()
 
     async def _work(self, fn: Fn | None, args: tuple[Any, ...]) -> None:
         while fn is not None:
@@ -90,8 +101,9 @@ class Workers:
             finally:
                 self._busy -= 1
             fn, args = None, ()  # the finished function's objects are freed before the wait
-            if self._closing and not self._busy:
-                self._end_waiting()
+            if self._closing and (not self._busy or len(self._waiting) >= _KEEP_CLOSING):
+                if not self._busy:
+                    self._end_waiting()
                 return
             fn, args = await self._next()
 

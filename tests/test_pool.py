@@ -356,3 +356,23 @@ async def test_without_a_cap_every_run_starts_at_once():
 
     results = await moa.run_many(Propose(["a", "b"]), [f"q{i}" for i in range(30)], client)
     assert all(r.ok for r in results) and len(started) == 30
+
+
+async def test_closing_ends_the_waiting_tasks_but_a_few_while_functions_still_run():
+    async def quick() -> None:
+        await anyio.sleep(0)
+
+    async def slow() -> None:
+        await anyio.sleep(0.05)
+
+    async with anyio.create_task_group() as tg:
+        workers = Workers(tg)
+        for _ in range(40):
+            workers.start_soon(quick)
+        await anyio.sleep(0.01)
+        assert workers.idle == 40
+        workers.start_soon(slow)  # takes one of them
+        workers.close()
+        await anyio.sleep(0.01)
+        assert workers.idle == 16  # kept for what the last functions may start
+    assert workers.idle == 0
