@@ -1,12 +1,13 @@
-"""A finished run as ``run_many`` holds it until the batch ends: two flat tuples of atoms.
+"""A finished run as ``run_many`` holds it until the batch ends: a pair of atoms.
 
 The garbage collector's full collections scan every object it tracks, and a batch's finished
 results are most of them: a RunResult is 16 tracked objects (its History, StepRecords,
 CallRecords, messages and their tuples), scanned again at every full collection while the
 batch goes on. A tuple holding only str, int, float, bool and None is one the collector stops
-tracking, so :func:`packed` turns a result into two (its shape and its leaves) and
-:func:`unpacked` builds an equal result back, once, when the batch hands its results over. Measured with
-``benchmarks/load.py``: at 100,000 runs the rescans cost ~470 µs of CPU a held result.
+tracking, so :func:`packed` turns a result into a pair (the number of its shape in the
+batch's :class:`Forms`, a flat tuple of its leaves) and :func:`unpacked_all` builds equal
+results back, once, when the batch hands them over. Measured with ``benchmarks/load.py``: at
+100,000 runs the rescans cost ~470 µs of CPU a held result.
 
 A result holding anything else (an exception, a :class:`~moa.Response`, a custom step's
 own objects) is held as it is.
@@ -211,73 +212,91 @@ _KINDS = {_TUPLE: tuple, _LIST: list, _PROXY: MappingProxyType, _DICT: dict}
 def _compiled(shape: tuple[int, ...]) -> _Code:
     """The shape's functions, written out as source and compiled: dataclasses writes its
     ``__init__`` the same way."""
-    take: list[str] = []  # the body of leaves(v0)
-    make: list[str] = []  # the body of build(L)
-    names: dict[str, Any] = {"A": frozenset(_ATOMS), "M": _Unheld, "new": object.__new__}
-    names["MP"] = MappingProxyType
-    out: list[str] = []  # the leaves' names, in order
-    counter = iter(range(1 << 30))
-
-    def walk(at: int, var: str) -> tuple[int, str]:
-        """Writes the code for the value at ``shape[at]``, held in ``var`` when taken apart;
-        returns where the next value starts and the expression that builds this one."""
-        code = shape[at]
-        if code == _LEAF:
-            take.append(f"if type({var}) not in A: raise M")
-            out.append(var)
-            return at + 1, f"L[{len(out) - 1}]"
-        if code > 0:
-            tag = code - 1
-            names[f"C{tag}"] = _CLASSES[tag]
-            take.append(f"if type({var}) is not C{tag}: raise M")
-            made = f"o{next(counter)}"
-            parts = []
-            at += 1
-            for i, name in enumerate(_FIELDS[tag]):
-                sub = f"v{next(counter)}"
-                take.append(f"{sub} = {var}.{name}")
-                at, expr = walk(at, sub)
-                names[f"S{tag}_{i}"] = _SETTERS[tag][i]
-                parts.append(f"S{tag}_{i}({made}, {expr})")
-            make.append(f"{made} = new(C{tag})")
-            make.extend(parts)
-            return at, made
-        n, at = shape[at + 1], at + 2
-        kind = _KINDS[code]
-        names[kind.__name__] = kind
-        take.append(f"if type({var}) is not {kind.__name__} or len({var}) != {n}: raise M")
-        exprs = []
-        if code in (_TUPLE, _LIST):
-            for i in range(n):
-                sub = f"v{next(counter)}"
-                take.append(f"{sub} = {var}[{i}]")
-                at, expr = walk(at, sub)
-                exprs.append(expr)
-            if code == _TUPLE:
-                return at, "(" + "".join(e + ", " for e in exprs) + ")"
-            return at, "[" + ", ".join(exprs) + "]"
-        items = f"v{next(counter)}"
-        take.append(f"{items} = tuple({var}.items())")
-        for i in range(n):
-            key, val = f"v{next(counter)}", f"v{next(counter)}"
-            take.append(f"{key}, {val} = {items}[{i}]")
-            at, k_expr = walk(at, key)
-            at, v_expr = walk(at, val)
-            exprs.append(f"{k_expr}: {v_expr}")
-        pairs = "{" + ", ".join(exprs) + "}"
-        return at, (f"MP({pairs})" if code == _PROXY else pairs)
-
-    end, top = walk(0, "v0")
+    w = _Writer(shape)
+    end, top = w.value(0, "v0")
     assert end == len(shape)
     source = (
         "def leaves(v0):\n"
-        + "".join(f"    {line}\n" for line in take)
+        + "".join(f"    {line}\n" for line in w.take)
         + "    return ("
-        + "".join(f"{v}, " for v in out)
+        + "".join(f"{v}, " for v in w.out)
         + ")\n"
         + "def build(L):\n"
-        + "".join(f"    {line}\n" for line in make)
+        + "".join(f"    {line}\n" for line in w.make)
         + f"    return {top}\n"
     )
-    exec(compile(source, f"<moa._held form of {len(out)} leaves>", "exec"), names)
-    return _Code(names["leaves"], names["build"])
+    exec(compile(source, f"<moa._held form of {len(w.out)} leaves>", "exec"), w.names)
+    return _Code(w.names["leaves"], w.names["build"])
+
+
+class _Writer:
+    """Writes a shape's two functions, one value at a time: the lines of ``leaves(v0)``
+    (``take``: each value checked, then its parts named), the lines of ``build(L)``
+    (``make``), the leaves' names in order (``out``), and the names the code uses."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = shape
+        self.take: list[str] = []
+        self.make: list[str] = []
+        self.out: list[str] = []
+        self.names: dict[str, Any] = {"A": frozenset(_ATOMS), "M": _Unheld, "new": object.__new__}
+        self.names["MP"] = MappingProxyType
+        self._n = 0
+
+    def fresh(self, prefix: str) -> str:
+        self._n += 1
+        return f"{prefix}{self._n}"
+
+    def value(self, at: int, var: str) -> tuple[int, str]:
+        """Writes the code for the value at ``shape[at]``, held in ``var`` when taken apart;
+        returns where the next value starts and the expression that builds this one."""
+        code = self.shape[at]
+        if code == _LEAF:
+            self.take.append(f"if type({var}) not in A: raise M")
+            self.out.append(var)
+            return at + 1, f"L[{len(self.out) - 1}]"
+        if code > 0:
+            return self.instance(code - 1, at + 1, var)
+        n, at = self.shape[at + 1], at + 2
+        kind = _KINDS[code]
+        self.names[kind.__name__] = kind
+        self.take.append(f"if type({var}) is not {kind.__name__} or len({var}) != {n}: raise M")
+        if code in (_PROXY, _DICT):
+            return self.mapping(code, n, at, var)
+        exprs = []
+        for i in range(n):
+            sub = self.fresh("v")
+            self.take.append(f"{sub} = {var}[{i}]")
+            at, expr = self.value(at, sub)
+            exprs.append(expr)
+        if code == _TUPLE:
+            return at, "(" + "".join(e + ", " for e in exprs) + ")"
+        return at, "[" + ", ".join(exprs) + "]"
+
+    def instance(self, tag: int, at: int, var: str) -> tuple[int, str]:
+        self.names[f"C{tag}"] = _CLASSES[tag]
+        self.take.append(f"if type({var}) is not C{tag}: raise M")
+        made = self.fresh("o")
+        sets = []
+        for i, name in enumerate(_FIELDS[tag]):
+            sub = self.fresh("v")
+            self.take.append(f"{sub} = {var}.{name}")
+            at, expr = self.value(at, sub)
+            self.names[f"S{tag}_{i}"] = _SETTERS[tag][i]
+            sets.append(f"S{tag}_{i}({made}, {expr})")
+        self.make.append(f"{made} = new(C{tag})")  # after its fields' objects are made
+        self.make.extend(sets)
+        return at, made
+
+    def mapping(self, code: int, n: int, at: int, var: str) -> tuple[int, str]:
+        items = self.fresh("v")
+        self.take.append(f"{items} = tuple({var}.items())")
+        pairs = []
+        for i in range(n):
+            key, val = self.fresh("v"), self.fresh("v")
+            self.take.append(f"{key}, {val} = {items}[{i}]")
+            at, k_expr = self.value(at, key)
+            at, v_expr = self.value(at, val)
+            pairs.append(f"{k_expr}: {v_expr}")
+        made = "{" + ", ".join(pairs) + "}"
+        return at, (f"MP({made})" if code == _PROXY else made)
