@@ -60,13 +60,14 @@ class Forms:
     than walking the shape, and most of a batch's results share one or two shapes. At most
     :data:`COMPILED` shapes are compiled; any others are walked."""
 
-    __slots__ = ("_last", "_seen", "codes", "shapes")
+    __slots__ = ("_compiled", "_last", "_seen", "codes", "shapes")
 
     def __init__(self) -> None:
         self.shapes: list[tuple[int, ...]] = []
         self.codes: list[_Code | None] = []
         self._seen: dict[tuple[int, ...], int] = {}
         self._last: int | None = None  # the form the last result had: the next one's guess
+        self._compiled = 0  # shapes tried, compiled or not
 
     def number(self, shape: tuple[int, ...]) -> int:
         k = self._seen.get(shape)
@@ -74,8 +75,12 @@ class Forms:
             k = self._seen[shape] = len(self.shapes)
             self.shapes.append(shape)
             self.codes.append(None)
-        elif self.codes[k] is None and sum(c is not None for c in self.codes) < COMPILED:
-            self.codes[k] = _compiled(shape)
+        elif self.codes[k] is None and self._compiled < COMPILED:
+            self._compiled += 1
+            try:
+                self.codes[k] = _compiled(shape)
+            except (RecursionError, SyntaxError, MemoryError):  # too deep to compile: walked
+                pass
         self._last = k
         return k
 

@@ -10,13 +10,15 @@ free task: one is started whenever none waits, so a run or a call starts as soon
 would in a task of its own, and the cap, the per-model limits and their queues are the
 call stack's, as everywhere else.
 
-A reused task runs each function in its own context (the batch's), not a copy of the
-starter's: the batch reuses tasks only when it is not traced, as its OpenTelemetry spans
-find their parents in the context.
+A task of the pool starts in a copy of the context the pool was made in (the batch's start),
+not in a copy of its starter's, and keeps it from one function to the next: a context
+variable one run sets may be seen by a later run in the same task. The batch reuses tasks
+only when it is not traced, as its OpenTelemetry spans find their parents in the context.
 """
 
 from __future__ import annotations
 
+import contextvars
 from collections import deque
 from collections.abc import Callable, Coroutine
 from types import TracebackType
@@ -49,7 +51,7 @@ class Workers:
     new will be started from outside) the tasks end once no function runs.
     ``reuse=False``: every function gets a new task, as with ``tg.start_soon``."""
 
-    __slots__ = ("_busy", "_closing", "_tg", "_waiting", "reuse")
+    __slots__ = ("_busy", "_closing", "_context", "_tg", "_waiting", "reuse")
 
     def __init__(self, tg: anyio.abc.TaskGroup, reuse: bool = True) -> None:
         self._tg = tg
@@ -57,18 +59,19 @@ class Workers:
         self._waiting: list[_Waiting] = []
         self._busy = 0  # functions running (or handed over and about to)
         self._closing = False
+        self._context = contextvars.copy_context()  # each new task starts in a copy of it
 
     def start_soon(self, fn: Fn, *args: Any) -> None:
         if not self.reuse:
             self._tg.start_soon(fn, *args)
             return
-        self._busy += 1
         if self._waiting:
             task = self._waiting.pop()
             task.fn, task.args = fn, args
             task.event.set()
         else:
-            self._tg.start_soon(self._work, fn, args)
+            self._context.run(self._tg.start_soon, self._work, fn, args)
+        self._busy += 1  # counted once handed over: a task group that refused it raised
 
     @property
     def idle(self) -> int:
@@ -112,10 +115,15 @@ class Workers:
         self._waiting.append(me)
         try:
             await me.event.wait()
-        except BaseException:
-            if me.fn is None:  # cancelled while waiting: no function will come here
+        except BaseException as exc:
+            if me.fn is None:  # no function will come here
                 if me in self._waiting:
                     self._waiting.remove(me)
+                raise
+            if not isinstance(exc, anyio.get_cancelled_exc_class()):
+                # A KeyboardInterrupt (trio delivers one into whichever task runs) goes on
+                # up; the function handed over runs in a task of its own.
+                self._context.run(self._tg.start_soon, self._work, me.fn, me.args)
                 raise
             # Handed a function as the wait was cancelled: it runs, and meets the
             # cancellation at its first await (a function given to the pool always runs).
@@ -123,13 +131,14 @@ class Workers:
 
 
 class Group:
-    """Functions started in a :class:`Workers` pool and awaited together, as in a task
-    group: leaving the block waits for them all, each runs in a cancel scope of its own, and
-    when the block (or the wait) is cancelled or raises, they are cancelled and awaited,
-    shielded, before it leaves. A function that raises an Exception has it raised from the
-    block once all are done; one not yet started when the group is cancelled never starts."""
+    """Functions started in a :class:`Workers` pool and awaited together, as in an anyio
+    task group: leaving the block waits for them all; each runs in a cancel scope of its
+    own; when the block (or the wait) is cancelled or raises, they are cancelled and awaited,
+    shielded, before it leaves; the first function to raise an Exception cancels the others
+    and the block, which raises them in an ExceptionGroup. One not yet started when the group
+    is cancelled never starts."""
 
-    __slots__ = ("_cancelled", "_done", "_error", "_left", "_scopes", "_workers")
+    __slots__ = ("_cancelled", "_done", "_errors", "_host", "_left", "_scopes", "_workers")
 
     def __init__(self, workers: Workers) -> None:
         self._workers = workers
@@ -137,14 +146,16 @@ class Group:
         self._done: anyio.Event | None = None
         self._scopes: list[anyio.CancelScope] = []
         self._cancelled = False
-        self._error: Exception | None = None
+        self._errors: list[Exception] = []
+        self._host = anyio.CancelScope()  # the block's, which a function's error cancels
 
     async def __aenter__(self) -> Group:
+        self._host.__enter__()
         return self
 
     def start_soon(self, fn: Fn, *args: Any) -> None:
-        self._left += 1
         self._workers.start_soon(self._job, fn, args)
+        self._left += 1
 
     def cancel(self) -> None:
         self._cancelled = True
@@ -158,8 +169,9 @@ class Group:
                     self._scopes.append(scope)
                     await fn(*args)
         except Exception as exc:
-            if self._error is None:
-                self._error = exc
+            self._errors.append(exc)
+            self.cancel()
+            self._host.cancel()
         finally:
             self._left -= 1
             if not self._left and self._done is not None:
@@ -170,9 +182,26 @@ class Group:
         kind: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:
+    ) -> bool:
         if kind is not None:
             self.cancel()
+        waited: BaseException | None = None
+        try:
+            await self._all_done()
+        except BaseException as raised:  # cancelled while it waited (or a KeyboardInterrupt)
+            waited = raised
+            kind, exc, tb = type(raised), raised, raised.__traceback__
+        swallowed = bool(self._host.__exit__(kind, exc, tb))  # its own cancellation
+        if self._errors:
+            errors, self._errors = self._errors, []
+            if isinstance(exc, Exception) and not swallowed:  # the block's own error too
+                errors.insert(0, exc)
+            raise ExceptionGroup("unhandled errors in a moa task group", errors)
+        if waited is not None and not swallowed:
+            raise waited
+        return swallowed
+
+    async def _all_done(self) -> None:
         if self._left:
             self._done = anyio.Event()
             try:
@@ -182,9 +211,6 @@ class Group:
                 with anyio.CancelScope(shield=True):
                     await self._done.wait()
                 raise
-        if self._error is not None and kind is None:
-            error, self._error = self._error, None
-            raise error
 
 
 class Slots:

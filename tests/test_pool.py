@@ -76,25 +76,68 @@ async def test_close_waits_for_the_functions_still_running_and_theirs():
     assert done == ["inner", "outer"]
 
 
-async def test_a_group_awaits_every_function_and_raises_the_first_error_after():
+async def test_a_function_that_raises_cancels_the_others_and_the_block_as_a_task_group_does():
+    events: list[str] = []
+
+    async def slow(i: int) -> None:
+        try:
+            await anyio.sleep(10)
+        finally:
+            events.append(f"cancelled {i}")
+
+    async def bad() -> None:
+        await anyio.sleep(0.01)
+        raise ValueError("boom")
+
+    async with anyio.create_task_group() as tg:
+        workers = Workers(tg)
+        with pytest.raises(ExceptionGroup) as caught:
+            async with workers.group() as group:
+                group.start_soon(slow, 1)
+                group.start_soon(bad)
+                group.start_soon(slow, 2)
+                await anyio.sleep(10)  # the block is cancelled too
+                events.append("not reached")
+        workers.close()
+    assert [type(e) for e in caught.value.exceptions] == [ValueError]
+    assert sorted(events) == ["cancelled 1", "cancelled 2"]
+
+
+async def test_a_group_whose_functions_all_end_leaves_quietly():
     done: list[int] = []
 
     async def ok(i: int) -> None:
         await anyio.sleep(0.01 * i)
         done.append(i)
 
-    async def bad() -> None:
-        raise ValueError("boom")
-
     async with anyio.create_task_group() as tg:
         workers = Workers(tg)
-        with pytest.raises(ValueError, match="boom"):
-            async with workers.group() as group:
-                group.start_soon(ok, 2)
-                group.start_soon(bad)
-                group.start_soon(ok, 1)
+        async with workers.group() as group:
+            group.start_soon(ok, 2)
+            group.start_soon(ok, 1)
+        assert sorted(done) == [1, 2]
         workers.close()
-    assert sorted(done) == [1, 2]  # an error does not cancel the others
+
+
+async def test_a_reused_task_starts_in_the_pools_context_not_its_starters():
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("where", default="unset")
+    seen: list[str] = []
+
+    async def note() -> None:
+        seen.append(var.get())
+
+    async def starter(workers: Workers) -> None:
+        var.set("starter's")
+        workers.start_soon(note)  # a new task: a copy of the pool's context, not this one's
+
+    var.set("pool's")
+    async with anyio.create_task_group() as tg:
+        workers = Workers(tg)
+        var.set("changed after")
+        workers.start_soon(starter, workers)
+        await anyio.sleep(0.01)
+        workers.close()
+    assert seen == ["pool's"]
 
 
 async def test_a_cancelled_group_cancels_its_functions_and_awaits_their_cleanup():
@@ -204,14 +247,14 @@ import sys, anyio, moa
 from moa import Propose, Aggregate
 
 async def client(*, model, messages, temp, max_tokens):
-    if messages[-1]["content"].endswith("q7") and model == "b":
+    if messages[-1]["content"].endswith("q7") and model == sys.argv[2]:
         raise KeyboardInterrupt
     await anyio.sleep(0.05)
     return "ok", 1, 1
 
 async def main():
-    await moa.run_many(Propose(["a", "b", "c"]) | Aggregate("a"), [f"q{i}" for i in range(20)],
-                       client, max_concurrency=4)
+    await moa.run_many(Propose(["a", "b", "c"]) | Aggregate("agg"),
+                       [f"q{i}" for i in range(20)], client, max_concurrency=4)
 
 try:
     anyio.run(main, backend=sys.argv[1])
@@ -221,11 +264,12 @@ except KeyboardInterrupt:
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_a_client_raising_keyboardinterrupt_ends_a_batch_cleanly(backend, tmp_path):
+@pytest.mark.parametrize("model", ["b", "agg"])  # in a round of calls; in a one-call round
+def test_a_client_raising_keyboardinterrupt_ends_a_batch_cleanly(backend, model, tmp_path):
     script = tmp_path / "interrupt.py"
     script.write_text(INTERRUPT)
     proc = subprocess.run(
-        [sys.executable, "-W", "error", str(script), backend],
+        [sys.executable, "-W", "error", str(script), backend, model],
         capture_output=True,
         text=True,
         timeout=60,

@@ -3,7 +3,8 @@
 - ``reference/cli.md``: every command and option of ``moa``, read from ``moa.cli.build_parser()``;
 - ``benchmarks.md``: ``benchmarks/README.md`` (its chart beside it, its links into ``docs/``
   made the site's);
-- ``changelog.md``: ``CHANGELOG.md`` (its links into ``docs/`` made the site's);
+- ``changelog.md``: ``CHANGELOG.md`` (its links into ``docs/`` and to the benchmarks made the
+  site's);
 - ``llms.txt``: the site's map for a language model (llmstxt.org), from the nav: each page's
   title, link and first sentence.
 """
@@ -29,6 +30,7 @@ def on_files(files: Files, config: Any) -> Files:
         File.generated(config, "tail.png", abs_src_path=str(ROOT / "benchmarks" / "tail.png"))
     )
     changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8").replace("](docs/", "](")
+    changelog = changelog.replace("](benchmarks/README.md", "](benchmarks.md")
     files.append(File.generated(config, "changelog.md", content=changelog))
     files.append(File.generated(config, "llms.txt", content=llms_txt(config, files)))
     return files
