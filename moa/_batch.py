@@ -383,13 +383,8 @@ async def as_completed(
         async with send:  # closed once the error is left for the reader
             out.error = await _drive(batch, feed, total, runs, progress, send.send_nowait)
 
-    with unwrapped():
-        async with receive, anyio.create_task_group() as tg:
-            tg.start_soon(stream)
-            try:
-                yield out
-            finally:
-                tg.cancel_scope.cancel()
+    async with out.fed_by(stream):
+        yield out
 
 
 def _begun(

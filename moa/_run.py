@@ -9,7 +9,7 @@ import dataclasses
 import functools
 import math
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Generic, TypeVar, Unpack
 
@@ -241,6 +241,18 @@ class ErrorAfter(Generic[T]):
             raise error
         raise StopAsyncIteration
 
+    @asynccontextmanager
+    async def fed_by(self, feed: Callable[[], Coroutine[Any, Any, None]]) -> AsyncIterator[None]:
+        """``feed`` runs in a task beside the block that reads this stream; leaving the block
+        (early or not) cancels it, and an error from either comes out as itself."""
+        with unwrapped():
+            async with self._receive, anyio.create_task_group() as tg:
+                tg.start_soon(feed)
+                try:
+                    yield
+                finally:
+                    tg.cancel_scope.cancel()
+
 
 @asynccontextmanager
 async def run_stream(
@@ -301,13 +313,8 @@ async def run_stream(
             else:
                 send.send_nowait(RunFinished(result, history))
 
-    with unwrapped():
-        async with receive, anyio.create_task_group() as tg:
-            tg.start_soon(drive)
-            try:
-                yield events
-            finally:
-                tg.cancel_scope.cancel()
+    async with events.fed_by(drive):
+        yield events
 
 
 @contextmanager
