@@ -78,10 +78,10 @@ class Workers:
         """The tasks waiting for a function."""
         return len(self._waiting)
 
-    def group(self) -> Any:
-        """Functions started together and awaited together (``async with``): a task group of
-        this pool's tasks, or of new ones when it does not reuse them."""
-        return Group(self) if self.reuse else anyio.create_task_group()
+    def group(self) -> Group:
+        """Functions started together in this pool's tasks and awaited together
+        (``async with``), as in a task group."""
+        return Group(self)
 
     def close(self) -> None:
         """Nothing new is started from outside: the tasks end once no function runs. The
